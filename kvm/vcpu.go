@@ -1,6 +1,7 @@
 package kvm
 
 import (
+	"fmt"
 	"runtime"
 	"sync/atomic"
 
@@ -74,7 +75,7 @@ func (v *vcpu) running() stateFn {
 	for {
 		select {
 		case ev := <-v.events:
-			if next := v.eventWhileRunning(ev); next != nil {
+			if next, leave := v.eventWhileRunning(ev); leave {
 				return next
 			}
 			continue
@@ -94,7 +95,7 @@ func (v *vcpu) running() stateFn {
 			v.m.halted(v.id)
 			return v.halted
 		case actFail:
-			v.m.fail(&Error{Op: "run", Kind: ErrGuest, Detail: "vCPU " + itoa(v.id), Err: err})
+			v.m.fail(fmt.Errorf("vCPU %d: %w", v.id, err))
 			return v.stopped
 		}
 		// actContinue, or actPause: the select above sees the event (a
@@ -102,23 +103,23 @@ func (v *vcpu) running() stateFn {
 	}
 }
 
-// eventWhileRunning answers an event received while running and returns
-// the next state, or nil to keep running.
-func (v *vcpu) eventWhileRunning(ev event) stateFn {
+// eventWhileRunning answers an event received while running; leave says
+// whether to leave the running state for next (nil: the thread ends).
+func (v *vcpu) eventWhileRunning(ev event) (next stateFn, leave bool) {
 	switch ev.kind {
 	case evPause:
 		v.setState(StatePaused)
 		ev.reply <- nil
-		return v.paused
+		return v.paused, true
 	case evFinish:
 		ev.reply <- nil
-		return nil
+		return nil, true
 	case evDo:
 		ev.reply <- errorf("vcpu", ErrNotPaused, "vCPU %d is running", v.id)
 	default: // evResume while running: nothing to do
 		ev.reply <- nil
 	}
-	return nil
+	return nil, false
 }
 
 // parked serves events while the vCPU is not running guest code; resume

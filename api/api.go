@@ -1,0 +1,178 @@
+// Package api is klp-kvm's control API: HTTP/JSON on a unix socket (mode
+// 0600), served by `klp-kvm run` and used by the other CLI commands. It is
+// curl-able:
+//
+//	curl --unix-socket klp-kvm.sock http://klp/machine
+//
+// Errors are JSON objects {"error": "...", "errno": "EBUSY"} with an HTTP
+// status: 4xx for a refused operation or a bad request, 5xx otherwise.
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+)
+
+// DefaultSocket is the socket path when neither --api nor $KLP_KVM_API is
+// given.
+const DefaultSocket = "./klp-kvm.sock"
+
+// SocketPath resolves the --api flag value.
+func SocketPath(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if env := os.Getenv("KLP_KVM_API"); env != "" {
+		return env
+	}
+	return DefaultSocket
+}
+
+// ErrorReply is the body of every failed request.
+type ErrorReply struct {
+	Error string `json:"error"`
+	Errno string `json:"errno,omitempty"` // Linux errno name when the operation was refused
+}
+
+// Error is what the client returns for an error reply or a transport failure.
+type Error struct {
+	Op     string // "GET /machine"
+	Status int    // HTTP status, 0 for a transport failure
+	Errno  string
+	Msg    string
+	Err    error
+}
+
+func (e *Error) Error() string {
+	s := "api: " + e.Op + ": "
+	if e.Err != nil {
+		return s + e.Err.Error()
+	}
+	if e.Errno != "" {
+		return s + e.Msg + " (" + e.Errno + ")"
+	}
+	return s + e.Msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Refused reports whether the server refused the operation (as opposed to
+// the API being unreachable): the CLI's exit status 1.
+func (e *Error) Refused() bool { return e.Status >= 400 && e.Status < 500 }
+
+// Listen creates the unix socket with mode 0600. A stale socket file (no
+// server behind it) is replaced; a live one is an error.
+func Listen(path string) (net.Listener, error) {
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("api: %s: another klp-kvm is serving this socket", path)
+	}
+	_ = os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("api: listen: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("api: chmod socket: %w", err)
+	}
+	return l, nil
+}
+
+// WriteJSON writes v with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// WriteError writes an ErrorReply.
+func WriteError(w http.ResponseWriter, status int, errno string, err error) {
+	WriteJSON(w, status, ErrorReply{Error: err.Error(), Errno: errno})
+}
+
+// maxBody bounds request bodies: API input is untrusted.
+const maxBody = 64 << 20
+
+// DecodeBody decodes a JSON request body into v, bounded in size, unknown
+// fields rejected.
+func DecodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("bad request body: %w", err)
+	}
+	return nil
+}
+
+// Client talks to a server over its unix socket.
+type Client struct {
+	Socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for the socket at path.
+func NewClient(path string) *Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}
+	return &Client{Socket: path, hc: &http.Client{Transport: tr}}
+}
+
+// Do sends a request with an optional JSON body and decodes the JSON reply
+// into out (if non-nil).
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	op := method + " " + path
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return &Error{Op: op, Err: err}
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://klp-kvm"+path, body)
+	if err != nil {
+		return &Error{Op: op, Err: err}
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var ne *net.OpError
+		if errors.As(err, &ne) {
+			err = fmt.Errorf("cannot reach klp-kvm at %s (is `klp-kvm run` running? set --api or $KLP_KVM_API): %w", c.Socket, ne.Err)
+		}
+		return &Error{Op: op, Err: err}
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return &Error{Op: op, Err: err}
+	}
+	if resp.StatusCode >= 300 {
+		var er ErrorReply
+		if json.Unmarshal(data, &er) != nil || er.Error == "" {
+			er.Error = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(data))
+		}
+		return &Error{Op: op, Status: resp.StatusCode, Errno: er.Errno, Msg: er.Error}
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return &Error{Op: op, Err: fmt.Errorf("bad reply: %w", err)}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"klp-kvm/elfpatch"
+)
+
+// inspectDefaultKernel returns the kernel `inspect PATCH.o` resolves against
+// when --kernel is not given: the prebuilt guest kernel of the repository
+// holding the working directory, or "" if there is none.
+var inspectDefaultKernel = func() string {
+	dir, err := os.Getwd()
+	if err != nil {
+		return ""
+	}
+	for {
+		cand := filepath.Join(dir, "guestkernel", "prebuilt", "vmlinux")
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			if st, err := os.Stat(cand); err == nil && st.Mode().IsRegular() {
+				return cand
+			}
+			return ""
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return ""
+		}
+		dir = parent
+	}
+}
+
+const inspectUsage = `usage: klp-kvm inspect KERNEL [--symbol NAME] [--json]
+       klp-kvm inspect PATCH.o [--kernel KERNEL] [--base ADDR] [--json]
+
+Offline: reads a guest kernel ELF (patchable functions, fentry sites, why
+others are not patchable) or a livepatch object (name, objects, funcs with
+their resolved old functions, layout in the patch area, relocation plan,
+problems). Exit status: 0 ok, 1 problems found, 2 usage.
+`
+
+// cmdInspect implements `klp-kvm inspect`. The logic is elfpatch's
+// (KernelReport, PatchReport); this only parses flags and prints.
+func cmdInspect(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	symbol := fs.String("symbol", "", "show this kernel symbol's details")
+	kernel := fs.String("kernel", "", "kernel to resolve a patch against")
+	asJSON := fs.Bool("json", false, "JSON output")
+	base := fs.Uint64("base", elfpatch.DefaultPatchBase, "virtual base to lay a patch out at")
+	var pos []string
+	// Flags may come before or after the file (flag stops at the first
+	// positional argument, so parse the rest again).
+	for rest := args; ; {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fmt.Fprint(stdout, inspectUsage)
+				return 0
+			}
+			fmt.Fprintf(stderr, "klp-kvm inspect: %v\n%s", err, inspectUsage)
+			return 2
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if len(pos) != 1 {
+		fmt.Fprintf(stderr, "klp-kvm inspect: want exactly one ELF file\n%s", inspectUsage)
+		return 2
+	}
+	path := pos[0]
+	data, err := readInput(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "klp-kvm inspect: %v\n", err)
+		return 1
+	}
+	isPatch := len(data) > 17 && bytes.HasPrefix(data, []byte("\x7fELF")) && data[16] == 1 && data[17] == 0 // ET_REL
+	if !isPatch {
+		if *kernel != "" {
+			fmt.Fprintf(stderr, "klp-kvm inspect: --kernel applies to a patch object, and %s is not one\n", path)
+			return 2
+		}
+		k, err := elfpatch.ParseKernel(data)
+		if err != nil {
+			fmt.Fprintf(stderr, "klp-kvm inspect: %s: %v\n", path, err)
+			return 1
+		}
+		r := elfpatch.NewKernelReport(k, *symbol)
+		r.Path = path
+		return emit(r, r.OK(), *asJSON, stdout, stderr)
+	}
+	if *symbol != "" {
+		fmt.Fprintf(stderr, "klp-kvm inspect: --symbol applies to a kernel, and %s is a patch object\n", path)
+		return 2
+	}
+	kpath := *kernel
+	if kpath == "" {
+		kpath = inspectDefaultKernel()
+	}
+	var k *elfpatch.Kernel
+	if kpath != "" {
+		kdata, err := readInput(kpath)
+		if err == nil {
+			k, err = elfpatch.ParseKernel(kdata)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "klp-kvm inspect: kernel %s: %v\n", kpath, err)
+			return 1
+		}
+	}
+	var r *elfpatch.PatchReport
+	if p, err := elfpatch.ParsePatchFile(path); err != nil {
+		r = elfpatch.PatchErrorReport(err)
+	} else {
+		r = elfpatch.NewPatchReport(p, k, *base)
+	}
+	r.Path, r.Kernel = path, kpath
+	return emit(r, r.OK(), *asJSON, stdout, stderr)
+}
+
+type textReport interface{ WriteText(io.Writer) error }
+
+func emit(r textReport, ok, asJSON bool, stdout, stderr io.Writer) int {
+	var err error
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(r)
+	} else {
+		err = r.WriteText(stdout)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "klp-kvm inspect: %v\n", err)
+		return 1
+	}
+	if !ok {
+		return 1
+	}
+	return 0
+}
+
+// readInput reads a whole input file (kernels are tens of MB at most).
+func readInput(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	if st.Size() > 1<<30 {
+		return nil, fmt.Errorf("%s: %d bytes is too large for an ELF image here", path, st.Size())
+	}
+	return os.ReadFile(path)
+}

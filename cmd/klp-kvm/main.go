@@ -1,0 +1,61 @@
+// Command klp-kvm live-patches the kernel of a running KVM guest from the
+// host. This file only dispatches subcommands; each lives in its own file,
+// and the logic lives in the packages they call.
+//
+// Exit status: 0 ok, 1 operation refused or failed (the message names the
+// errno), 2 usage.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) int
+}
+
+func commands() []command {
+	return []command{
+		{"run", "boot a guest and serve the control API", cmdRun},
+		{"status", "show the running machine", cmdStatus},
+		{"stop", "stop the running machine", cmdStop},
+		{"inspect", "offline: kernel symbols, fentry sites, patch plan", cmdInspect},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: klp-kvm COMMAND [flags]")
+	fmt.Fprintln(w, "\ncommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\n'klp-kvm COMMAND -h' shows a command's flags.")
+}
+
+func main() {
+	os.Exit(dispatch(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func dispatch(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	switch args[0] {
+	case "-h", "--help", "help":
+		usage(stdout)
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "klp-kvm: unknown command %q\n", args[0])
+	usage(stderr)
+	return 2
+}

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/term"
+
+	"klp-kvm/api"
+	"klp-kvm/kvm"
+)
+
+// defaultKernel supplies the embedded guest kernel when --kernel is not
+// given (set by kernel_embed.go once the image is embedded).
+var defaultKernel func() ([]byte, error)
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	engineName := fs.String("engine", "auto", "execution engine: auto, kvm or emu")
+	cpus := fs.Int("cpus", 2, "number of vCPUs")
+	mem := fs.Int("mem", 128, "guest RAM in MiB")
+	kernelPath := fs.String("kernel", "", "guest kernel ELF (default: the embedded guest kernel)")
+	cmdline := fs.String("cmdline", "console=ttyS0", "guest kernel command line")
+	sock := fs.String("api", "", "control API socket (default $KLP_KVM_API, else ./klp-kvm.sock)")
+	console := fs.String("console", "stdio", "guest console: stdio, none, or a file to write it to")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "klp-kvm run: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	image, err := loadKernel(*kernelPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
+		return 2
+	}
+	eng, why, err := kvm.SelectEngine(*engineName)
+	if err != nil {
+		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "klp-kvm: %s\n", why)
+
+	cfg := kvm.Config{Engine: eng, CPUs: *cpus, MemMiB: *mem, Kernel: image, Cmdline: *cmdline}
+	var restore func()
+	var quit chan struct{}
+	switch *console {
+	case "stdio":
+		cfg.Console = stdout
+		if term.IsTerminal(int(os.Stdin.Fd())) {
+			old, err := term.MakeRaw(int(os.Stdin.Fd()))
+			if err == nil {
+				restore = func() { term.Restore(int(os.Stdin.Fd()), old) }
+				defer restore()
+				// In raw mode the terminal no longer maps \n to \r\n.
+				cfg.Console = crlfWriter{stdout}
+				fmt.Fprint(stderr, "klp-kvm: console attached; Ctrl-A x quits\r\n")
+			}
+			quit = make(chan struct{})
+			cfg.ConsoleIn = &escapeReader{r: os.Stdin, quit: quit}
+		} else {
+			cfg.ConsoleIn = os.Stdin
+		}
+	case "none":
+	default:
+		f, err := os.Create(*console)
+		if err != nil {
+			fmt.Fprintf(stderr, "klp-kvm run: console: %v\n", err)
+			return 2
+		}
+		defer f.Close()
+		cfg.Console = f
+	}
+	m, err := kvm.New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
+		return 1
+	}
+	defer m.Close()
+
+	path := api.SocketPath(*sock)
+	l, err := api.Listen(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
+		return 1
+	}
+	defer os.Remove(path)
+	mux := http.NewServeMux()
+	api.MachineRoutes(mux, m)
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	defer srv.Close()
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case s := <-sigs:
+			fmt.Fprintf(stderr, "\r\nklp-kvm: %v: stopping the guest\r\n", s)
+		case <-quit:
+			fmt.Fprint(stderr, "\r\nklp-kvm: Ctrl-A x: stopping the guest\r\n")
+		case <-m.Done():
+		}
+		m.Stop()
+	}()
+
+	code, err := m.Run()
+	switch {
+	case err != nil:
+		fmt.Fprintf(stderr, "\r\nklp-kvm run: %v\r\n", err)
+		return 1
+	case code != 0:
+		fmt.Fprintf(stderr, "\r\nklp-kvm: guest powered off with code %d\r\n", code)
+		return 1
+	}
+	return 0
+}
+
+func loadKernel(path string) ([]byte, error) {
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("kernel: %w", err)
+		}
+		return b, nil
+	}
+	if defaultKernel == nil {
+		return nil, errors.New("no embedded guest kernel in this build: give --kernel")
+	}
+	return defaultKernel()
+}
+
+// crlfWriter turns \n into \r\n for a terminal in raw mode.
+type crlfWriter struct{ w io.Writer }
+
+func (c crlfWriter) Write(p []byte) (int, error) {
+	for i, b := range p {
+		var err error
+		if b == '\n' {
+			_, err = c.w.Write([]byte{'\r', '\n'})
+		} else {
+			_, err = c.w.Write(p[i : i+1])
+		}
+		if err != nil {
+			return i, err
+		}
+	}
+	return len(p), nil
+}
+
+// escapeReader passes terminal input to the guest, QEMU style: Ctrl-A x
+// quits, Ctrl-A a sends a literal Ctrl-A.
+type escapeReader struct {
+	r       io.Reader
+	quit    chan struct{}
+	escaped bool
+}
+
+func (e *escapeReader) Read(p []byte) (int, error) {
+	for {
+		buf := make([]byte, len(p))
+		n, err := e.r.Read(buf)
+		out := p[:0]
+		for _, b := range buf[:n] {
+			switch {
+			case e.escaped:
+				e.escaped = false
+				switch b {
+				case 'x', 'X':
+					close(e.quit)
+					return 0, io.EOF
+				case 'a':
+					out = append(out, 0x01)
+				default:
+					out = append(out, 0x01, b)
+				}
+			case b == 0x01:
+				e.escaped = true
+			default:
+				out = append(out, b)
+			}
+		}
+		if len(out) > 0 || err != nil {
+			return len(out), err
+		}
+	}
+}
+
+func cmdStatus(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	sock := fs.String("api", "", "control API socket")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var info kvm.Info
+	if code := call(stderr, *sock, "GET", "/machine", nil, &info); code != 0 {
+		return code
+	}
+	if *asJSON {
+		return printJSON(stdout, info)
+	}
+	fmt.Fprintf(stdout, "engine %s, %d MiB, up %.1fs, %s\n", info.Engine, info.MemMiB, float64(info.UptimeNS)/1e9, pausedWord(info.Paused))
+	for _, v := range info.VCPUs {
+		fmt.Fprintf(stdout, "  vCPU %d: %-8s exits %d", v.ID, v.State, v.Exits)
+		if v.Instructions != 0 {
+			fmt.Fprintf(stdout, " instructions %d", v.Instructions)
+		}
+		fmt.Fprintln(stdout)
+	}
+	fmt.Fprintf(stdout, "pauses %d (last window %.1f us), I/O exits %d, unknown port accesses %d\n",
+		info.Pauses, float64(info.LastWindowNS)/1e3, info.IOExits, info.UnknownPorts)
+	return 0
+}
+
+func pausedWord(p bool) string {
+	if p {
+		return "paused"
+	}
+	return "running"
+}
+
+func cmdStop(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("stop", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	sock := fs.String("api", "", "control API socket")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	return call(stderr, *sock, "POST", "/machine/stop", nil, nil)
+}

@@ -1,0 +1,28 @@
+// Package elfpatch reads a guest kernel's ELF image (symbols with Linux's
+// sympos semantics, address lookup, fentry call sites and whether each
+// function can be live patched) and livepatch objects written like Linux
+// livepatch modules (struct klp_patch / klp_object / klp_func from
+// guestkernel/include/livepatch.h), and lays a patch out at a virtual base
+// with all of its relocations applied: the host-side half of
+// klp_enable_patch's "symbol lookups and code relocations".
+//
+// The package is pure and deterministic: no guest, no engine, no I/O beyond
+// reading the input. Its output (an Image) is what the livepatch package
+// writes into the guest's patch area.
+//
+// Raw on-disk structures (rawHeader, rawSection, rawSym, rawRela, ...) are
+// kept apart from the decoded types (Section, Symbol, Reloc), as in debug/elf.
+// debug/elf is not used because it trusts section sizes when allocating and
+// has no notion of sympos or fentry sites.
+//
+// # Security
+//
+// Every input is untrusted: a kernel image or a patch object may be
+// truncated, hostile or simply not what it claims to be. All offsets, sizes,
+// counts and indices are checked against the input before use, every
+// allocation is bounded by the input's size (plus a fixed cap for .bss),
+// string lengths are capped (KSYM_NAME_LEN), and walks over linked
+// structures (klp_object and klp_func arrays) are bounded by the section that
+// holds them. Malformed input yields an *Error, never a panic; the parsers
+// are fuzzed (FuzzParseKernel, FuzzParsePatch) to keep it so.
+package elfpatch

@@ -1,0 +1,75 @@
+package elfpatch
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// Fuzz bodies assert what matters on hostile input: no panic, errors of
+// the package's type, and (by construction, see Security in the package
+// doc) allocations bounded by the input size.
+
+func addSeeds(f *testing.F, globs ...string) {
+	for _, g := range globs {
+		files, _ := filepath.Glob(g)
+		for _, p := range files {
+			if filepath.Base(p) == "livepatch-bench.o" {
+				continue // 300 KB: mutating it is slow and adds nothing
+			}
+			if data, err := os.ReadFile(p); err == nil {
+				f.Add(data)
+			}
+		}
+	}
+}
+
+func FuzzParseKernel(f *testing.F) {
+	addSeeds(f, fixtureKernelPath)
+	f.Add(synthKernel(40, 32))
+	f.Add([]byte("\x7fELF\x02\x01\x01"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		k, err := ParseKernel(data)
+		if err != nil {
+			if _, ok := err.(*Error); !ok {
+				t.Fatalf("error of type %T: %v", err, err)
+			}
+			return
+		}
+		for _, s := range k.FentrySites() {
+			if _, _, ok := k.Addr2Sym(s.Addr); !ok {
+				t.Fatalf("site %#x outside every symbol", s.Addr)
+			}
+		}
+		k.Functions()
+		NewKernelReport(k, "klp_dup_fn")
+		k.Patchable("cmdline_proc_show", 0)
+	})
+}
+
+func FuzzParsePatch(f *testing.F) {
+	addSeeds(f, samplesDir+"/*.o", testPatchesDir+"/*.o")
+	k, err := ParseKernel(readFile(f, fixtureKernelPath))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := ParsePatch(data)
+		if err != nil {
+			if _, ok := err.(*Error); !ok {
+				t.Fatalf("error of type %T: %v", err, err)
+			}
+			return
+		}
+		im, errs := p.Check(patchBase, k)
+		for _, e := range errs {
+			if _, ok := e.(*Error); !ok {
+				t.Fatalf("error of type %T: %v", e, e)
+			}
+		}
+		if im != nil && uint64(len(im.Bytes)) > uint64(len(data))+maxBSS+uint64(len(p.Sections()))*maxSectionAlign {
+			t.Fatalf("image of %d bytes from %d bytes of input", len(im.Bytes), len(data))
+		}
+		NewPatchReport(p, nil, patchBase)
+	})
+}

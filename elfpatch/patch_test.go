@@ -1,0 +1,411 @@
+package elfpatch
+
+import (
+	"bytes"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/arch/x86/x86asm"
+)
+
+func TestParseSamples(t *testing.T) {
+	cases := []struct {
+		file, name, source string
+		replace            bool
+		funcs              []string
+		callbacks          bool
+	}{
+		{"livepatch-sample", "livepatch_sample", NameFromModname, false, []string{"cmdline_proc_show,0"}, false},
+		{"livepatch-sample2", "livepatch_sample2", NameFromFile, false, []string{"cmdline_proc_show,0"}, false},
+		{"livepatch-sympos", "livepatch_sympos", NameFromModname, false, []string{"klp_dup_fn,2"}, false},
+		{"livepatch-pair", "livepatch_pair", NameFromModname, false, []string{"klp_pair_a,0", "klp_pair_b,0"}, false},
+		{"livepatch-park", "livepatch_park", NameFromModname, false, []string{"klp_park_fn,0"}, false},
+		{"livepatch-callbacks", "livepatch_callbacks", NameFromModname, false, []string{"cmdline_proc_show,0"}, true},
+		{"livepatch-replace", "livepatch_replace", NameFromModname, true, []string{"cmdline_proc_show,0"}, false},
+	}
+	for _, c := range cases {
+		p := loadSample(t, c.file)
+		if p.Name != c.name || p.NameSource != c.source || p.Replace != c.replace {
+			t.Errorf("%s: name %q (%s) replace %v", c.file, p.Name, p.NameSource, p.Replace)
+		}
+		if len(p.Objects) != 1 || p.Objects[0].Name != VmlinuxObject {
+			t.Fatalf("%s: objects %+v", c.file, p.Objects)
+		}
+		var got []string
+		for _, f := range p.Funcs() {
+			got = append(got, f.OldName+","+itoa(uint64(f.OldSympos)))
+			if f.NewFunc.Section <= 0 || !p.Sections()[f.NewFunc.Section].Exec() || f.NewFunc.Symbol == "" {
+				t.Errorf("%s: new_func %+v", c.file, f.NewFunc)
+			}
+		}
+		if strings.Join(got, " ") != strings.Join(c.funcs, " ") {
+			t.Errorf("%s: funcs %v, want %v", c.file, got, c.funcs)
+		}
+		cb := p.Objects[0].Callbacks
+		has := cb.PrePatch != nil && cb.PostPatch != nil && cb.PreUnpatch != nil && cb.PostUnpatch != nil
+		none := cb.PrePatch == nil && cb.PostPatch == nil && cb.PreUnpatch == nil && cb.PostUnpatch == nil
+		if c.callbacks && !has || !c.callbacks && !none {
+			t.Errorf("%s: callbacks %+v", c.file, cb)
+		}
+	}
+	bench := loadSample(t, "livepatch-bench")
+	if fs := bench.Funcs(); len(fs) != 1024 || fs[0].OldName != "bench_fn_0000" || fs[1023].OldName != "bench_fn_1023" {
+		t.Errorf("bench: %d funcs", len(fs))
+	}
+	// ParsePatch alone has no file name to fall back on.
+	p, err := ParsePatch(readFile(t, samplePath("livepatch-sample2")))
+	if err != nil || p.Name != "" || p.NameSource != "" {
+		t.Errorf("ParsePatch without modname: %q %q %v", p.Name, p.NameSource, err)
+	}
+	if n := ModuleNameFromFile("/x/y/livepatch-foo-bar.ko"); n != "livepatch_foo_bar" {
+		t.Errorf("ModuleNameFromFile: %q", n)
+	}
+}
+
+// decodeAt decodes the instruction at virtual address va of the image.
+func decodeAt(t *testing.T, im *Image, va uint64) x86asm.Inst {
+	t.Helper()
+	off := va - im.Base
+	inst, err := x86asm.Decode(im.Bytes[off:min(off+15, uint64(len(im.Bytes)))], 64)
+	if err != nil {
+		t.Fatalf("decode at %#x: %v", va, err)
+	}
+	return inst
+}
+
+func cstrAt(im *Image, va uint64) string {
+	off := va - im.Base
+	if off >= uint64(len(im.Bytes)) {
+		return ""
+	}
+	b := im.Bytes[off:]
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}
+
+func TestLayoutSample(t *testing.T) {
+	k := fixtureKernel(t)
+	p := loadSample(t, "livepatch-sample")
+	im, err := p.Layout(patchBase, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size, _ := p.Size()
+	if im.Size() != size || im.Base != patchBase {
+		t.Errorf("size %d / %d", im.Size(), size)
+	}
+	f := im.Objects[0].Funcs[0]
+	cps := mustLookup(t, k, "cmdline_proc_show", 0)
+	if f.OldAddr != cps.Value || f.Site.Addr != cps.Value || f.OldSize != cps.Size || f.NewName != "livepatch_cmdline_proc_show" {
+		t.Errorf("func %+v", f)
+	}
+	if a, ok := im.SymbolAddr("livepatch_cmdline_proc_show"); !ok || a != f.NewAddr {
+		t.Errorf("SymbolAddr %#x %v, NewAddr %#x", a, ok, f.NewAddr)
+	}
+	// Walk the new function: the fentry NOP, the two string immediates
+	// (R_X86_64_32S) and the call (PLT32) must decode to the right targets.
+	if inst := decodeAt(t, im, f.NewAddr); inst.Op != x86asm.NOP || inst.Len != 5 {
+		t.Fatalf("new function does not start with its fentry NOP: %v", inst)
+	}
+	seqPrintf := mustLookup(t, k, "seq_printf", 0)
+	var strs []string
+	called := false
+	for va := f.NewAddr; va < f.NewAddr+0x22; {
+		inst := decodeAt(t, im, va)
+		switch inst.Op {
+		case x86asm.MOV:
+			if imm, ok := inst.Args[1].(x86asm.Imm); ok {
+				strs = append(strs, cstrAt(im, uint64(int64(imm))))
+			}
+		case x86asm.CALL:
+			rel := inst.Args[0].(x86asm.Rel)
+			if target := va + uint64(inst.Len) + uint64(int64(rel)); target != seqPrintf.Value {
+				t.Errorf("call to %#x, want seq_printf %#x", target, seqPrintf.Value)
+			}
+			called = true
+		}
+		va += uint64(inst.Len)
+	}
+	slices.Sort(strs)
+	if !called || strings.Join(strs, "|") != "%s\n|this has been live patched" {
+		t.Errorf("called %v, strings %q", called, strs)
+	}
+	// The klp structs in the image are relocated too: objs->funcs->new_func.
+	read64 := func(va uint64) uint64 { return le.Uint64(im.Bytes[va-im.Base:]) }
+	objs := read64(im.PatchAddr + klpPatchObjs)
+	if objs != im.Objects[0].Addr {
+		t.Errorf("klp_patch.objs %#x, object at %#x", objs, im.Objects[0].Addr)
+	}
+	funcs := read64(objs + klpObjectFuncs)
+	if read64(funcs+klpFuncNewFunc) != f.NewAddr || cstrAt(im, read64(funcs+klpFuncOldName)) != "cmdline_proc_show" {
+		t.Error("klp_func in the image is not relocated")
+	}
+	if len(im.FentrySites) != 1 || im.FentrySites[0].Addr != f.NewAddr || im.FentrySites[0].Func != "livepatch_cmdline_proc_show" {
+		t.Errorf("patch's own sites %+v", im.FentrySites)
+	}
+	// Deterministic, and base-relative.
+	im2, _ := p.Layout(patchBase, k)
+	if !bytes.Equal(im.Bytes, im2.Bytes) {
+		t.Error("two layouts differ")
+	}
+	im3, err := p.Layout(patchBase+0x10000, k)
+	if err != nil || im3.Objects[0].Funcs[0].NewAddr != f.NewAddr+0x10000 {
+		t.Errorf("layout at another base: %v", err)
+	}
+}
+
+// Every accepted relocation type, against the patch and the kernel, checked
+// by recomputing each value from the plan and the image.
+func TestLayoutAllRelocTypes(t *testing.T) {
+	k := fixtureKernel(t)
+	p, err := ParsePatchFile(testPatchesDir + "/allrelocs.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := p.Layout(patchBase, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	types := map[string]bool{}
+	sources := map[string]bool{}
+	for _, r := range im.Relocs {
+		types[r.TypeName+"/"+r.Source] = true
+		sources[r.Source] = true
+		var want uint64
+		switch r.Type {
+		case R_X86_64_64, R_X86_64_32, R_X86_64_32S:
+			want = r.Target + uint64(r.Addend)
+		case R_X86_64_PC32, R_X86_64_PLT32:
+			want = r.Target + uint64(r.Addend) - r.Place
+		}
+		var got uint64
+		if r.Width == 8 {
+			got = le.Uint64(im.Bytes[r.Place-im.Base:])
+		} else {
+			got = uint64(le.Uint32(im.Bytes[r.Place-im.Base:]))
+			want &= 0xffffffff
+		}
+		if got != want || got != r.Value {
+			t.Errorf("%+v: image holds %#x, want %#x", r, got, want)
+		}
+		switch r.Source {
+		case SourceKernel:
+			if s, err := k.LookupGlobal(r.Symbol); err != nil || s.Value != r.Target {
+				t.Errorf("%s: target %#x, kernel has %#x (%v)", r.Symbol, r.Target, s.Value, err)
+			}
+		case SourceKlpSym:
+			if s := mustLookup(t, k, "klp_dup_fn", 1); r.Target != s.Value || r.Symbol != ".klp.sym.vmlinux.klp_dup_fn,1" {
+				t.Errorf("klp.sym %+v, want target %#x", r, s.Value)
+			}
+		case SourcePatch:
+			if r.Target < im.Base || r.Target >= im.Base+im.Size() {
+				t.Errorf("patch symbol outside the image: %+v", r)
+			}
+		}
+	}
+	for _, want := range []string{"R_X86_64_64/patch", "R_X86_64_64/kernel", "R_X86_64_PC32/patch", "R_X86_64_PC32/kernel",
+		"R_X86_64_PLT32/kernel", "R_X86_64_PLT32/klp.sym", "R_X86_64_32S/patch", "R_X86_64_32S/kernel", "R_X86_64_32/kernel"} {
+		if !types[want] {
+			t.Errorf("no %s relocation in the plan (have %v)", want, types)
+		}
+	}
+	if abs := mustLookup(t, k, "fixture_abs_small", 0); abs.Value != 0x1234 {
+		t.Fatal("fixture_abs_small")
+	}
+	// sympos 1 given for a unique name resolves like 0.
+	if f := im.Objects[0].Funcs[1]; f.OldName != "klp_pair_b" || f.OldSympos != 1 || f.OldAddr != mustLookup(t, k, "klp_pair_b", 0).Value {
+		t.Errorf("klp_pair_b,1: %+v", f)
+	}
+}
+
+func TestLayoutSympos(t *testing.T) {
+	k := fixtureKernel(t)
+	im, err := loadSample(t, "livepatch-sympos").Layout(patchBase, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup2 := mustLookup(t, k, "klp_dup_fn", 2)
+	f := im.Objects[0].Funcs[0]
+	if f.OldAddr != dup2.Value || f.OldSympos != 2 {
+		t.Errorf("func %+v, want old %#x", f, dup2.Value)
+	}
+	// The new function calls the original body past its fentry NOP through
+	// .klp.sym.vmlinux.klp_dup_fn,2 (+5).
+	found := false
+	for _, r := range im.Relocs {
+		if r.Source == SourceKlpSym {
+			found = r.Target == dup2.Value && r.Addend == KLPFentrySkip && r.Value == (dup2.Value+5)&0xffffffff
+		}
+	}
+	if !found {
+		t.Errorf("no .klp.sym relocation to klp_dup_fn,2+5 in %+v", im.Relocs)
+	}
+}
+
+// KLPFentrySkip mirrors livepatch.h's KLP_FENTRY_SIZE.
+const KLPFentrySkip = 5
+
+func TestLayoutCallbacksAndReplace(t *testing.T) {
+	k := fixtureKernel(t)
+	p := loadSample(t, "livepatch-callbacks")
+	im, err := p.Layout(patchBase, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := im.Objects[0]
+	for i, name := range []string{"pre_patch_callback", "post_patch_callback", "pre_unpatch_callback", "post_unpatch_callback"} {
+		if a, ok := im.SymbolAddr(name); !ok || o.Callbacks[i] != a {
+			t.Errorf("%s: %#x, symbol at %#x", CallbackNames[i], o.Callbacks[i], a)
+		}
+		// And the klp_object in the image points at them.
+		if got := le.Uint64(im.Bytes[o.Addr+klpObjectCallbacks+uint64(i)*8-im.Base:]); got != o.Callbacks[i] {
+			t.Errorf("image callbacks[%d] = %#x", i, got)
+		}
+	}
+	if a, ok := im.SymbolAddr("klp_callbacks_counts"); !ok || a < im.Base || a+32 > im.Base+im.Size() {
+		t.Errorf("klp_callbacks_counts at %#x", a)
+	}
+	if len(im.FentrySites) != 5 {
+		t.Errorf("%d own fentry sites, want 5", len(im.FentrySites))
+	}
+	if !loadSample(t, "livepatch-replace").Replace {
+		t.Error("replace flag lost")
+	}
+}
+
+func TestLayoutBench1024(t *testing.T) {
+	k := fixtureKernel(t)
+	im, err := loadSample(t, "livepatch-bench").Layout(patchBase, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seenNew := map[uint64]bool{}
+	for i, f := range im.Objects[0].Funcs {
+		want := mustLookup(t, k, f.OldName, 0)
+		if f.OldName != "bench_fn_"+strings.Repeat("0", 4-len(itoa(uint64(i))))+itoa(uint64(i)) || f.OldAddr != want.Value {
+			t.Fatalf("func %d: %+v", i, f)
+		}
+		if seenNew[f.NewAddr] {
+			t.Fatalf("new_func %#x twice", f.NewAddr)
+		}
+		seenNew[f.NewAddr] = true
+	}
+	if len(im.FentrySites) != 1024 {
+		t.Errorf("%d own fentry sites", len(im.FentrySites))
+	}
+}
+
+func TestPatchErrors(t *testing.T) {
+	k := fixtureKernel(t)
+	cases := []struct {
+		path    string
+		kind    error
+		parse   bool // fails in ParsePatch (else in Layout)
+		section string
+		symbol  string
+		detail  string
+	}{
+		{samplePath("bad-unknown-reloc"), ErrUnknownReloc, false, ".text.bad_got_fn", "seq_printf", "R_X86_64_REX_GOTPCRELX"},
+		{samplePath("bad-unresolved"), ErrUnresolved, false, ".text.bad_cmdline_proc_show", "klp_no_such_symbol", "no symbol"},
+		{samplePath("bad-oldname"), ErrUnresolved, false, ".data.funcs", "klp_no_such_function", "no symbol"},
+		{samplePath("bad-duplicate"), ErrDuplicate, true, ".data.funcs", "cmdline_proc_show", "twice"},
+		{samplePath("bad-notpatchable"), ErrNotPatchable, false, ".data.funcs", "klp_guest_abi", "not a function"},
+		{samplePath("bad-ambiguous"), ErrAmbiguous, false, ".data.funcs", "klp_dup_fn", "give sympos 1..2"},
+		{samplePath("bad-sympos"), ErrUnresolved, false, ".data.funcs", "klp_dup_fn", "only 2 exist"},
+		{testPatchesDir + "/range32.o", ErrRange, false, ".text.range_fn", ".text.range_fn", "zero-extend"},
+		{testPatchesDir + "/comdat.o", ErrFormat, true, ".group", "", "COMDAT"},
+		{testPatchesDir + "/module-obj.o", ErrUnresolved, false, ".text.new_mod_fn", ".klp.sym.fixture_mod.mod_fn,0", "no modules"},
+		{testPatchesDir + "/clone-target.o", ErrNotPatchable, false, ".data.funcs", "sum_count.isra.0", ".isra clone"},
+	}
+	for _, c := range cases {
+		p, err := ParsePatchFile(c.path)
+		if err == nil {
+			if c.parse {
+				t.Errorf("%s: parsed", c.path)
+				continue
+			}
+			_, err = p.Layout(patchBase, k)
+		} else if !c.parse {
+			t.Errorf("%s: parse: %v", c.path, err)
+			continue
+		}
+		var e *Error
+		if !errors.Is(err, c.kind) || !errors.As(err, &e) {
+			t.Errorf("%s: %v, want %v", c.path, err, c.kind)
+			continue
+		}
+		if e.Section != c.section || e.Symbol != c.symbol || !strings.Contains(err.Error(), c.detail) {
+			t.Errorf("%s: %q (section %q symbol %q), want section %q symbol %q detail %q",
+				c.path, err, e.Section, e.Symbol, c.section, c.symbol, c.detail)
+		}
+	}
+	// Check keeps going: clone-target has three unpatchable targets.
+	p, _ := ParsePatchFile(testPatchesDir + "/clone-target.o")
+	if _, errs := p.Check(patchBase, k); len(errs) != 3 {
+		t.Errorf("clone-target: %d problems, want 3: %v", len(errs), errs)
+	}
+}
+
+func TestLayoutRangeAndBase(t *testing.T) {
+	k := fixtureKernel(t)
+	p := loadSample(t, "livepatch-sample")
+	// A base more than 2 GiB away from the kernel: the call cannot reach.
+	_, err := p.Layout(0xffff800000000000, k)
+	if !errors.Is(err, ErrRange) {
+		t.Errorf("far base: %v", err)
+	}
+	if _, err := p.Layout(patchBase+1, k); !errors.Is(err, ErrRange) || !strings.Contains(err.Error(), "aligned") {
+		t.Errorf("misaligned base: %v", err)
+	}
+	if _, err := p.Layout(0xffffffffffffff00, k); !errors.Is(err, ErrRange) || !strings.Contains(err.Error(), "wraps") {
+		t.Errorf("wrapping base: %v", err)
+	}
+	// Without a kernel, Layout refuses kernel symbols; Check plans around them.
+	if _, err := p.Layout(patchBase, nil); !errors.Is(err, ErrUnresolved) {
+		t.Errorf("nil kernel: %v", err)
+	}
+	im, errs := p.Check(patchBase, nil)
+	if len(errs) != 0 || im == nil {
+		t.Fatalf("Check without kernel: %v", errs)
+	}
+	unresolved := 0
+	for _, r := range im.Relocs {
+		if !r.Resolved {
+			unresolved++
+		}
+	}
+	if unresolved != 1 {
+		t.Errorf("%d unresolved relocations, want 1 (seq_printf)", unresolved)
+	}
+}
+
+func TestParseKlpSym(t *testing.T) {
+	cases := []struct {
+		in        string
+		obj, name string
+		pos       int
+		ok, bad   bool
+	}{
+		{".klp.sym.vmlinux.klp_dup_fn,2", "vmlinux", "klp_dup_fn", 2, true, false},
+		{".klp.sym.mod.a.b.c,0", "mod", "a.b.c", 0, true, false},
+		{"plain", "", "", 0, false, false},
+		{".klp.sym.vmlinux.x", "", "", 0, false, true},
+		{".klp.sym.vmlinux.x,", "", "", 0, false, true},
+		{".klp.sym.vmlinux.x,-1", "", "", 0, false, true},
+		{".klp.sym..x,1", "", "", 0, false, true},
+		{".klp.sym.vmlinux.x,99999999999", "", "", 0, false, true},
+	}
+	for _, c := range cases {
+		obj, name, pos, ok, err := parseKlpSym(c.in)
+		if obj != c.obj || name != c.name || pos != c.pos || ok != c.ok || (err != nil) != c.bad {
+			t.Errorf("%q: %q %q %d %v %v", c.in, obj, name, pos, ok, err)
+		}
+		if c.bad && !errors.Is(err, ErrFormat) {
+			t.Errorf("%q: %v", c.in, err)
+		}
+	}
+}

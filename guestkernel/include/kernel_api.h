@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * kernel_api.h: the guest kernel functions and data that live patches may
+ * use (the "exported symbols" of the klp-kvm guest kernel). Patch objects are
+ * compiled against this header with the kernel's flags; every name here is
+ * a global symbol of vmlinux.
+ */
+#ifndef KLP_KERNEL_API_H
+#define KLP_KERNEL_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifndef notrace
+/* notrace: no fentry call site, so the function cannot be live patched. */
+#define notrace __attribute__((__no_instrument_function__, __section__(".text.notrace")))
+#endif
+#ifndef noinline
+#define noinline __attribute__((__noinline__))
+#endif
+/*
+ * __patchable: a function meant to be live patched. noipa keeps gcc from
+ * cloning it (.isra/.constprop), folding it with an identical one or
+ * propagating facts about it into its callers, any of which would make a
+ * replacement of it silently incomplete.
+ */
+#ifndef __patchable
+#define __patchable __attribute__((__noinline__, __noipa__))
+#endif
+
+struct seq_file;
+
+/* seq_file output (procfs style): append formatted text to m. */
+int seq_printf(struct seq_file *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int seq_puts(struct seq_file *m, const char *s);
+
+/* Kernel log: console (COM1) and the dmesg ring buffer. Returns bytes. */
+int printk(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Sleep (scheduled out) for at least ms milliseconds. */
+void msleep(unsigned int ms);
+/* Busy-wait for at least us microseconds. */
+void udelay(unsigned long us);
+/* Nanoseconds since boot. */
+uint64_t ktime_get_ns(void);
+
+/* The kernel command line, as /proc/cmdline shows it. */
+extern char saved_command_line[];
+
+/* Renders /proc/cmdline: seq_printf(m, "%s\n", saved_command_line). */
+int cmdline_proc_show(struct seq_file *m, void *v);
+
+/*
+ * Consistency pair: klp_pair_b() returns KLP_PAIR_B_VERSION; klp_pair_a()
+ * busy-loops briefly, calls klp_pair_b() and returns
+ * (KLP_PAIR_A_VERSION << 16) | klp_pair_b(). A caller that sees
+ * (r >> 16) != (r & 0xffff) has observed a half-applied patch.
+ */
+#define KLP_PAIR_A_VERSION 1
+#define KLP_PAIR_B_VERSION 1
+unsigned long klp_pair_a(void);
+unsigned long klp_pair_b(void);
+
+/*
+ * A thread entering klp_park_fn() stays inside it, sleeping, while the
+ * park flag is set (shell "park on|off", /proc/klp_park).
+ */
+void klp_park_fn(void);
+extern volatile int klp_park_flag;
+
+/*
+ * A counter with no meaning to the kernel, shown in /proc/klp_selftest as
+ * "callback_counter": patch callbacks bump it to prove they ran.
+ */
+extern volatile unsigned long klp_callback_counter;
+
+/* bench_fn_0000 .. bench_fn_NNNN (generated). */
+#include "bench_fns.h"
+
+#endif /* KLP_KERNEL_API_H */

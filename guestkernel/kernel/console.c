@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: GPL-2.0
+/* console.c: polled 16550 UARTs, printk with a ring buffer, panic. */
+#include "kernel.h"
+
+#define UART_RBR 0
+#define UART_THR 0
+#define UART_IER 1
+#define UART_FCR 2
+#define UART_LCR 3
+#define UART_MCR 4
+#define UART_LSR 5
+#define LSR_DR 0x01
+#define LSR_THRE 0x20
+
+#define LOG_BUF_SIZE 65536
+
+static char log_buf[LOG_BUF_SIZE];
+static uint64_t log_head; /* total bytes ever logged */
+static spinlock_t console_lock = SPINLOCK_INIT;
+static volatile int oops_in_progress;
+
+notrace void uart_init(uint16_t port)
+{
+	outb(port + UART_IER, 0x00); /* polled: no UART interrupts */
+	outb(port + UART_LCR, 0x80); /* DLAB: 115200 baud */
+	outb(port + 0, 0x01);
+	outb(port + 1, 0x00);
+	outb(port + UART_LCR, 0x03); /* 8N1 */
+	outb(port + UART_FCR, 0x07);
+	outb(port + UART_MCR, 0x03); /* DTR, RTS */
+}
+
+notrace void uart_putc(uint16_t port, char c)
+{
+	/* bounded wait: a host that never drains must not hang the guest */
+	for (int i = 0; i < 100000 && !(inb(port + UART_LSR) & LSR_THRE); i++)
+		cpu_relax();
+	outb(port + UART_THR, (uint8_t)c);
+}
+
+notrace int uart_getc(uint16_t port)
+{
+	if (!(inb(port + UART_LSR) & LSR_DR))
+		return -1;
+	return inb(port + UART_RBR);
+}
+
+static notrace void console_emit(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] == '\n')
+			uart_putc(PORT_COM1, '\r');
+		uart_putc(PORT_COM1, s[i]);
+	}
+}
+
+notrace void console_write(const char *s, size_t n)
+{
+	if (oops_in_progress) {
+		console_emit(s, n);
+		return;
+	}
+	uint64_t f = spin_lock_irqsave(&console_lock);
+	console_emit(s, n);
+	spin_unlock_irqrestore(&console_lock, f);
+}
+
+int vprintk(const char *fmt, va_list ap)
+{
+	char buf[512];
+	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	if (n > (int)sizeof(buf) - 1)
+		n = sizeof(buf) - 1;
+	uint64_t f = 0;
+	if (!oops_in_progress)
+		f = spin_lock_irqsave(&console_lock);
+	for (int i = 0; i < n; i++)
+		log_buf[(log_head + i) % LOG_BUF_SIZE] = buf[i];
+	log_head += n;
+	console_emit(buf, n);
+	if (!oops_in_progress)
+		spin_unlock_irqrestore(&console_lock, f);
+	return n;
+}
+
+int printk(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vprintk(fmt, ap);
+	va_end(ap);
+	return n;
+}
+
+/* dmesg_read copies the ring out under the lock, then emits it outside. */
+void dmesg_read(void (*emit)(void *ctx, const char *s, size_t n), void *ctx)
+{
+	static char snap[LOG_BUF_SIZE];
+	static spinlock_t snap_lock = SPINLOCK_INIT;
+	uint64_t f0 = spin_lock_irqsave(&snap_lock);
+	uint64_t f = spin_lock_irqsave(&console_lock);
+	uint64_t head = log_head;
+	uint64_t n = head < LOG_BUF_SIZE ? head : LOG_BUF_SIZE;
+	for (uint64_t i = 0; i < n; i++)
+		snap[i] = log_buf[(head - n + i) % LOG_BUF_SIZE];
+	spin_unlock_irqrestore(&console_lock, f);
+	emit(ctx, snap, n);
+	spin_unlock_irqrestore(&snap_lock, f0);
+}
+
+notrace __noreturn void panic(const char *fmt, ...)
+{
+	char buf[256];
+	va_list ap;
+	irq_disable();
+	oops_in_progress = 1;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	console_emit("Kernel panic: ", 14);
+	console_emit(buf, strlen(buf));
+	console_emit("\n", 1);
+	power_off(100);
+}

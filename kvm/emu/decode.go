@@ -1,0 +1,216 @@
+package emu
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"golang.org/x/arch/x86/x86asm"
+)
+
+// handler executes one predecoded instruction. regs[rIP] already points
+// past it and curRIP at it.
+type handler func(c *cpu, in *inst)
+
+type aluFn func(f *Flags, size uint8, a, b uint64) uint64
+type shiftFn func(f *Flags, size uint8, a uint64, count uint8) uint64
+
+// inst is one predecoded instruction: its handler and resolved operands.
+// Register operands: r1 is the first (destination) operand, r2 the second.
+// When an operand is memory (mem), its effective address is
+// regs[base] + regs[index]<<scale + disp (+ FS/GS base, see eaf).
+type inst struct {
+	fn    handler
+	alu   aluFn
+	sh    shiftFn
+	imm   uint64
+	disp  uint64
+	len   uint8
+	size  uint8 // operand size in bytes
+	sz2   uint8 // source size (MOVZX/MOVSX) or other secondary size
+	r1    uint8
+	r2    uint8
+	base  uint8
+	index uint8
+	scale uint8
+	eaf   uint8 // eaFS, eaGS, ea32
+	cc    uint8 // condition code, or a sub-operation selector
+	mem   bool
+	rep   uint8 // 0, repE (F3) or repNE (F2) for string instructions
+}
+
+const (
+	eaFS = 1 << iota
+	eaGS
+	ea32
+)
+
+const (
+	repE  = 1
+	repNE = 2
+)
+
+// ea computes the linear address of the memory operand.
+func (c *cpu) ea(in *inst) uint64 {
+	a := c.regs[in.base&31] + c.regs[in.index&31]<<(in.scale&3) + in.disp
+	if in.eaf != 0 {
+		a = c.eaSlow(in, a)
+	}
+	return a
+}
+
+func (c *cpu) eaSlow(in *inst, a uint64) uint64 {
+	if in.eaf&ea32 != 0 {
+		a = uint64(uint32(a))
+	}
+	if in.eaf&eaFS != 0 {
+		a += c.sr.FS.Base
+	} else if in.eaf&eaGS != 0 {
+		a += c.sr.GS.Base
+	}
+	return a
+}
+
+// block is a run of instructions translated from one guest-physical page
+// (its last instruction may extend into a second page, pfn2).
+type block struct {
+	phys  uint64
+	pfn2  uint64 // noPage unless the last instruction straddles
+	gen1  uint32
+	gen2  uint32
+	insts []inst
+	texts []string // disassembly, only when tracing
+}
+
+const noPage = ^uint64(0)
+
+func bcacheIndex(phys uint64) uint64 { return (phys ^ phys>>12) & (bcacheSize - 1) }
+
+// getBlock returns the valid translated block at RIP, translating it if
+// needed. Fetch faults are raised for the instruction at RIP.
+func (c *cpu) getBlock() *block {
+	rip := c.regs[rIP]
+	vpn := rip >> 12
+	e := &c.tlbX[vpn&tlbMask]
+	var phys uint64
+	if e.tag == vpn {
+		phys = e.phys | rip&0xfff
+	} else {
+		phys = c.translate(rip, accExec)
+		if phys >= c.ram.size {
+			c.fatal("instruction fetch at guest-physical %#x (RIP %#x) is outside RAM", phys, rip)
+		}
+	}
+	b := c.bcache[bcacheIndex(phys)]
+	if b == nil || b.phys != phys || atomic.LoadUint32(&c.gen[phys>>12]) != b.gen1 || b.pfn2 != noPage && !c.page2OK(b, rip) {
+		b = c.blockSlow(phys, rip)
+	}
+	return b
+}
+
+func (c *cpu) page2OK(b *block, rip uint64) bool {
+	if atomic.LoadUint32(&c.gen[b.pfn2]) != b.gen2 {
+		return false
+	}
+	return c.translate((rip|0xfff)+1, accExec)>>12 == b.pfn2
+}
+
+func (c *cpu) blockSlow(phys, rip uint64) *block {
+	if b := c.blocks[phys]; b != nil && atomic.LoadUint32(&c.gen[phys>>12]) == b.gen1 &&
+		(b.pfn2 == noPage || c.page2OK(b, rip)) {
+		c.bcache[bcacheIndex(phys)] = b
+		return b
+	}
+	b := c.translateBlock(phys, rip)
+	c.blocks[phys] = b
+	c.bcache[bcacheIndex(phys)] = b
+	return b
+}
+
+// translateBlock decodes instructions from phys (the translation of rip)
+// up to a block-ending instruction, the page end or the block limit.
+func (c *cpu) translateBlock(phys, rip uint64) *block {
+	pfn := phys >> 12
+	// Mark before reading the generation and the bytes, so that a store
+	// racing with this translation either bumps the generation we read
+	// after it or happens before we read the bytes.
+	atomic.StoreUint32(&c.mark[pfn], 1)
+	b := &block{phys: phys, pfn2: noPage, gen1: atomic.LoadUint32(&c.gen[pfn])}
+	pageEnd := (phys | 0xfff) + 1
+	off := phys
+	var buf [16]byte
+	for n := 0; n < c.vm.cfg.maxBlock && off < pageEnd; n++ {
+		k := min(15, pageEnd-off)
+		c.ram.copyOut(buf[:k], off)
+		x, err := decodeInst(buf[:k])
+		if err != nil && k < 15 && errors.Is(err, x86asm.ErrTruncated) {
+			if n > 0 {
+				break // let the straddling instruction start its own block
+			}
+			lin2 := (rip | 0xfff) + 1
+			p2 := c.translate(lin2, accExec)
+			if p2+15-k > c.ram.size {
+				c.fatal("instruction fetch at guest-physical %#x (RIP %#x) is outside RAM", p2, lin2)
+			}
+			atomic.StoreUint32(&c.mark[p2>>12], 1)
+			b.pfn2 = p2 >> 12
+			b.gen2 = atomic.LoadUint32(&c.gen[p2>>12])
+			c.ram.copyOut(buf[k:15], p2)
+			k = 15
+			x, err = decodeInst(buf[:k])
+		}
+		var in inst
+		end := true
+		if err == nil {
+			in, end = compile(&x)
+		} else {
+			in = inst{fn: hUD, len: 1}
+		}
+		if in.fn == nil {
+			in = inst{fn: hUD, len: uint8(max(x.Len, 1))}
+			end = true
+		}
+		b.insts = append(b.insts, in)
+		if c.trace {
+			text := fmt.Sprintf("(bad: % x)", buf[:min(k, 4)])
+			if err == nil {
+				text = x86asm.GNUSyntax(x, 0, nil)
+			}
+			b.texts = append(b.texts, text)
+		}
+		off += uint64(in.len)
+		if end || b.pfn2 != noPage {
+			break
+		}
+	}
+	b.insts = b.insts[:len(b.insts):len(b.insts)]
+	return b
+}
+
+// decodeInst decodes one 64-bit instruction. x86asm decodes endbr64/32
+// (f3 0f 1e fa/fb) wrongly; they are NOPs here.
+func decodeInst(b []byte) (x86asm.Inst, error) {
+	if len(b) >= 4 && b[0] == 0xf3 && b[1] == 0x0f && b[2] == 0x1e && (b[3] == 0xfa || b[3] == 0xfb) {
+		return x86asm.Inst{Op: x86asm.NOP, Len: 4, Mode: 64, DataSize: 32, AddrSize: 64}, nil
+	}
+	return x86asm.Decode(b, 64)
+}
+
+// Implemented decodes the instruction at the start of code and reports its
+// length and whether the interpreter executes it (err says why not: a
+// decode error or an instruction it would answer with #UD). UD0/UD1/UD2
+// count as implemented: raising #UD is what they do.
+func Implemented(code []byte) (n int, err error) {
+	x, err := decodeInst(code[:min(len(code), 15)])
+	if err != nil {
+		return 0, fmt.Errorf("decode % x: %w", code[:min(len(code), 15)], err)
+	}
+	in, _ := compile(&x)
+	switch {
+	case x.Op == x86asm.UD0 || x.Op == x86asm.UD1 || x.Op == x86asm.UD2:
+		return x.Len, nil
+	case in.fn == nil:
+		return x.Len, fmt.Errorf("%s: not implemented", x86asm.GNUSyntax(x, 0, nil))
+	}
+	return x.Len, nil
+}

@@ -1,0 +1,156 @@
+// Package emu is klp-kvm's software x86-64 engine: an interpreter that runs
+// a 64-bit long-mode guest (ring 0, integer instructions, 4-level paging,
+// exceptions through the IDT, an x2APIC with timer and IPIs) behind the same
+// engine.Engine contract as /dev/kvm.
+//
+// Instructions are decoded with golang.org/x/arch/x86/x86asm once, into
+// basic blocks of predecoded handlers cached per guest-physical address and
+// validated by a per-page generation counter, so that guest stores, host
+// writes (VM.CodeChanged) and self-modifying code all invalidate stale code.
+// Arithmetic flags are lazy (see flags.go).
+package emu
+
+import (
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"klp-kvm/kvm/engine"
+)
+
+// Option configures the engine.
+type Option func(*config)
+
+type config struct {
+	trace    io.Writer
+	maxBlock int
+}
+
+// WithTrace writes one line per executed instruction (vCPU, RIP,
+// disassembly) to w. It slows the interpreter down by orders of magnitude:
+// debugging only. Writes from several vCPUs are serialised.
+func WithTrace(w io.Writer) Option { return func(c *config) { c.trace = w } }
+
+// WithMaxBlock caps the number of instructions in one translated block,
+// which bounds how many instructions run between two checks for Kick and
+// pending interrupts. Values outside 1..1024 are clamped.
+func WithMaxBlock(n int) Option {
+	return func(c *config) {
+		c.maxBlock = min(max(n, 1), 1024)
+	}
+}
+
+const defaultMaxBlock = 64
+
+type emuEngine struct{ cfg config }
+
+// New returns the software engine.
+func New(opts ...Option) engine.Engine {
+	e := &emuEngine{cfg: config{maxBlock: defaultMaxBlock}}
+	for _, o := range opts {
+		o(&e.cfg)
+	}
+	return e
+}
+
+func (e *emuEngine) Name() string { return "emu" }
+
+// maxVCPUs bounds vCPU ids; the x2APIC ICR broadcast walks them all.
+const maxVCPUs = 256
+
+// vm is one guest: RAM, the per-page code bookkeeping, and the vCPUs.
+type vm struct {
+	cfg   config
+	ram   ramMem
+	epoch time.Time // RDTSC and the APIC timer count from here
+
+	// Per 4 KiB physical page. mark is nonzero while some vCPU holds
+	// translated code from the page; gen is bumped whenever such a page is
+	// written, which invalidates every block translated from it.
+	mark []uint32
+	gen  []uint32
+
+	mu     sync.Mutex // guards vcpus and closed
+	vcpus  [maxVCPUs]atomic.Pointer[cpu]
+	closed bool
+
+	traceMu sync.Mutex
+
+	// lockedMu serialises the rare locked accesses that cannot use a
+	// host atomic (misaligned, page-straddling, CMPXCHG16B).
+	lockedMu sync.Mutex
+}
+
+func (e *emuEngine) NewVM(mem []byte) (engine.VM, error) {
+	if len(mem) == 0 || len(mem)%4096 != 0 {
+		return nil, errorf("NewVM", KindInvalid, "guest RAM size %d is not a nonzero multiple of 4096", len(mem))
+	}
+	pages := len(mem) / 4096
+	v := &vm{
+		cfg:   e.cfg,
+		ram:   newRAM(mem),
+		epoch: time.Now(),
+		mark:  make([]uint32, pages),
+		gen:   make([]uint32, pages),
+	}
+	return v, nil
+}
+
+func (v *vm) NewVCPU(id int) (engine.VCPU, error) {
+	if id < 0 || id >= maxVCPUs {
+		return nil, errorf("NewVCPU", KindInvalid, "vCPU id %d out of range 0..%d", id, maxVCPUs-1)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil, errorf("NewVCPU", KindClosed, "VM closed")
+	}
+	if v.vcpus[id].Load() != nil {
+		return nil, errorf("NewVCPU", KindBusy, "vCPU %d exists", id)
+	}
+	c := newCPU(v, id)
+	v.vcpus[id].Store(c)
+	return c, nil
+}
+
+// CodeChanged invalidates translated code overlapping [gpa, gpa+n).
+func (v *vm) CodeChanged(gpa, n uint64) {
+	if n == 0 {
+		return
+	}
+	end := gpa + n
+	if end < gpa || end > v.ram.size {
+		end = v.ram.size
+	}
+	for p := gpa >> 12; p<<12 < end; p++ {
+		v.invalidatePage(p)
+	}
+}
+
+// invalidatePage drops all code translated from physical page pfn.
+func (v *vm) invalidatePage(pfn uint64) bool {
+	if pfn >= uint64(len(v.gen)) {
+		return false
+	}
+	if atomic.SwapUint32(&v.mark[pfn], 0) != 0 {
+		atomic.AddUint32(&v.gen[pfn], 1)
+		return true
+	}
+	return false
+}
+
+func (v *vm) Close() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil
+	}
+	v.closed = true
+	for i := range v.vcpus {
+		if c := v.vcpus[i].Load(); c != nil {
+			c.apic.stopTimer()
+		}
+	}
+	return nil
+}

@@ -1,0 +1,690 @@
+package emu
+
+import (
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"klp-kvm/kvm/engine"
+)
+
+// done is the epilogue every test program uses: OUT EAX to the done port.
+const done = `
+	mov $0xf4, %dx
+	out %eax, %dx
+	hlt
+`
+
+// report writes EAX to I/O port n (logged by the harness).
+func report(n int) string {
+	return "\tmov $" + itoa(n) + ", %dx\n\tout %eax, %dx\n"
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	s := ""
+	neg := n < 0
+	if neg {
+		n = -n
+	}
+	for n > 0 {
+		s = string(rune('0'+n%10)) + s
+		n /= 10
+	}
+	if neg {
+		s = "-" + s
+	}
+	return s
+}
+
+// x2apic MSR write helper: wrmsr(msr, value32).
+func wrmsr(msr, val uint32) string {
+	return "\tmov $" + itoa(int(msr)) + ", %ecx\n\tmov $" + itoa(int(val)) + ", %eax\n\txor %edx, %edx\n\twrmsr\n"
+}
+
+func (m *machine) logged(port uint16) []uint64 {
+	var v []uint64
+	for _, r := range m.ioLog {
+		if r.port == port {
+			v = append(v, r.val)
+		}
+	}
+	return v
+}
+
+func TestSimpleArith(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	mov $10, %ecx
+	xor %eax, %eax
+1:	add %ecx, %eax
+	dec %ecx
+	jnz 1b
+	`+done, 1)
+	if got := m.run(0); got != 55 {
+		t.Fatalf("sum = %d, want 55", got)
+	}
+	if s := m.cpus[0].Stats(); s.Instructions < 30 || s.Exits == 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestPagingLargePages(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	movabs $0x1122334455667788, %rax
+	mov %rax, 0x200008          # through the 2 MiB identity map
+	mov 0x40200008, %rbx        # the same PA through the 1 GiB page
+	cmp %rax, %rbx
+	jne fail
+	# 4 KiB page: map VA 0x3fe05000 -> PA 0x300000 and read through it.
+	movq $0x300003, 0x4000+5*8
+	movl $0xcafe, 0x300010
+	mov 0x3fe05010, %eax
+	`+done+`
+fail:
+	mov $1, %eax
+	`+done, 1)
+	if got := m.run(0); got != 0xcafe {
+		t.Fatalf("got %#x", got)
+	}
+	// The walk set accessed bits; the 2 MiB write set the dirty bit.
+	if pde := m.u64(tPD + 8); pde&(pteA|pteD) != pteA|pteD {
+		t.Fatalf("PDE[1] = %#x, want A and D set", pde)
+	}
+	if pte := m.u64(tPT + 5*8); pte&pteA == 0 || pte&pteD != 0 {
+		t.Fatalf("PTE[5] = %#x, want A set and D clear", pte)
+	}
+}
+
+func TestPageFaultFixup(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	movl $77, 0x301000
+	mov 0x3fe07000, %eax        # not present: #PF, handler maps it, retry
+	`+report(1)+`
+	# write to a read-only mapping
+	movq $0x302001, 0x4000+8*8  # present, read-only
+	movl $5, 0x3fe08004          # #PF with P|W; handler makes it writable
+	mov 0x302004, %eax
+	`+report(2)+`
+	mov count, %eax
+	`+done+`
+vec_14:
+	mov %cr2, %rax
+	`+report(3)+`
+	mov (%rsp), %rax             # error code
+	`+report(4)+`
+	mov %cr2, %rax
+	sub $0x3fe00000, %rax
+	shr $12, %rax
+	lea 0x4000(,%rax,8), %rbx
+	mov (%rbx), %rcx
+	test %rcx, %rcx
+	jnz 1f
+	movq $0x301003, (%rbx)       # map the missing page
+	jmp 2f
+1:	orq $2, (%rbx)               # make it writable
+	invlpg (%rbx)
+2:	incl count
+	add $8, %rsp                 # drop the error code
+	iretq
+.align 8
+count: .quad 0
+	`, 1)
+	if got := m.run(0); got != 2 {
+		t.Fatalf("handler ran %d times, want 2", got)
+	}
+	want := map[uint16][]uint64{1: {77}, 2: {5}, 3: {0x3fe07000, 0x3fe08004}, 4: {0, 3}}
+	for port, w := range want {
+		if got := m.logged(port); !equalU64(got, w) {
+			t.Errorf("port %d: got %#x want %#x", port, got, w)
+		}
+	}
+}
+
+func equalU64(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Exceptions whose handler resumes at a recovery label stored in %r15.
+const recoverHandler = `
+	mov (%rsp), %rax             # error code
+	`
+
+func TestExceptionsGPDEUDBP(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	lea 1f(%rip), %r15
+	movabs $0x8000000000000000, %rbx
+	mov (%rbx), %rax             # non-canonical: #GP(0)
+1:	lea 2f(%rip), %r15
+	xor %ecx, %ecx
+	mov $7, %eax
+	xor %edx, %edx
+	div %ecx                     # #DE
+2:	lea 3f(%rip), %r15
+	ud2                          # #UD
+3:	int3                         # #BP: trap, returns after the int3
+	mov $0x80000000, %eax
+	cdq
+	mov $-1, %ecx
+	lea 4f(%rip), %r15
+	idiv %ecx                    # INT_MIN / -1 overflows: #DE
+4:	lea 5f(%rip), %r15
+	mov $0x12345, %ecx
+	rdmsr                        # unknown MSR: #GP(0)
+5:	mov bp, %eax
+	`+done+`
+vec_13:
+	mov (%rsp), %rax
+	`+report(13)+`
+	add $8, %rsp
+	mov %r15, (%rsp)
+	iretq
+vec_0:
+	mov $0, %eax
+	`+report(10)+`
+	mov %r15, (%rsp)
+	iretq
+vec_6:
+	mov $6, %eax
+	`+report(16)+`
+	mov %r15, (%rsp)
+	iretq
+vec_3:
+	mov (%rsp), %rax             # saved RIP: the instruction after int3
+	`+report(3)+`
+	incl bp
+	iretq
+bp: .long 0
+	`, 1)
+	if got := m.run(0); got != 1 {
+		t.Fatalf("bp count %d", got)
+	}
+	if got := m.logged(13); !equalU64(got, []uint64{0, 0}) {
+		t.Errorf("#GP error codes %#x", got)
+	}
+	if got := m.logged(10); len(got) != 2 {
+		t.Errorf("#DE count %d, want 2", len(got))
+	}
+	if got := m.logged(16); len(got) != 1 {
+		t.Errorf("#UD count %d", len(got))
+	}
+	// int3 is at label 3: find it: saved RIP must be inside the program, after int3.
+	if got := m.logged(3); len(got) != 1 || got[0] <= tCode {
+		t.Errorf("#BP saved RIP %#x", got)
+	}
+}
+
+func TestIO(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	mov $0xab, %al
+	out %al, $0x80
+	mov $0x1234, %ax
+	mov $0x81, %dx
+	out %ax, %dx
+	mov $0xdeadbeef, %eax
+	out %eax, $0x82
+	in $0x60, %al
+	movzbl %al, %ebx
+	mov $0x61, %dx
+	in %dx, %ax
+	movzwl %ax, %ecx
+	in %dx, %eax
+	shl $16, %rbx
+	or %rcx, %rbx
+	shl $32, %rbx
+	or %rax, %rbx
+	mov %rbx, result
+	mov $1, %eax
+	`+done+`
+.align 8
+result: .quad 0
+	`, 1)
+	m.inVal = func(port uint16) uint32 {
+		if port == 0x60 {
+			return 0x5a
+		}
+		return 0x87654321
+	}
+	m.run(0)
+	want := []ioRecord{{0x80, 0xab, 1}, {0x81, 0x1234, 2}, {0x82, 0xdeadbeef, 4}}
+	if len(m.ioLog) != 3 {
+		t.Fatalf("io log %+v", m.ioLog)
+	}
+	for i, w := range want {
+		if m.ioLog[i] != w {
+			t.Errorf("out %d: %+v want %+v", i, m.ioLog[i], w)
+		}
+	}
+	if got := m.u64(m.sym("result")); got != 0x005a4321_87654321 {
+		t.Errorf("IN results %#x", got)
+	}
+}
+
+func TestMMIO(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	mov $0x30000010, %rbx
+	movl $0x11223344, (%rbx)     # MMIO write
+	mov 8(%rbx), %rcx            # MMIO read
+	mov %rcx, %rax
+	`+done, 1)
+	ex := m.runExit(0)
+	if ex.Reason != engine.ExitMMIO || !ex.MMIO.Write || ex.MMIO.Addr != 0x30000010 || len(ex.MMIO.Data) != 4 ||
+		ex.MMIO.Data[0] != 0x44 || ex.MMIO.Data[3] != 0x11 {
+		t.Fatalf("write exit %+v", ex)
+	}
+	ex = m.runExit(0)
+	if ex.Reason != engine.ExitMMIO || ex.MMIO.Write || ex.MMIO.Addr != 0x30000018 || len(ex.MMIO.Data) != 8 {
+		t.Fatalf("read exit %+v", ex)
+	}
+	for i := range ex.MMIO.Data {
+		ex.MMIO.Data[i] = byte(0x10 + i)
+	}
+	if got := m.run(0); got != 0x17161514_13121110&0xffffffff {
+		t.Fatalf("read value %#x", got)
+	}
+	if r := m.regs(0); r.RCX != 0x1716151413121110 {
+		t.Fatalf("rcx %#x", r.RCX)
+	}
+}
+
+const apicSetup = `
+	mov $0x80f, %ecx             # SVR: enable, spurious vector 0xff
+	mov $0x1ff, %eax
+	xor %edx, %edx
+	wrmsr
+	mov $0x83e, %ecx             # divide by 1
+	mov $0xb, %eax
+	wrmsr
+`
+
+const timerHandler = `
+vec_64:
+	push %rax
+	push %rcx
+	push %rdx
+	incl ticks
+	mov $0x80b, %ecx             # EOI
+	xor %eax, %eax
+	xor %edx, %edx
+	wrmsr
+	pop %rdx
+	pop %rcx
+	pop %rax
+	iretq
+.align 8
+ticks: .long 0
+`
+
+func TestLAPICTimerPeriodic(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	`+apicSetup+`
+	mov $0x832, %ecx
+	mov $0x20040, %eax           # periodic, vector 64
+	wrmsr
+	mov $0x838, %ecx
+	mov $500000, %eax            # 0.5 ms
+	wrmsr
+	sti
+1:	cmpl $5, ticks
+	jb 1b
+	cli
+	mov $0x839, %ecx             # current count is running
+	rdmsr
+	`+report(1)+`
+	mov ticks, %eax
+	`+done+timerHandler, 1)
+	start := time.Now()
+	if got := m.run(0); got < 5 {
+		t.Fatalf("ticks %d", got)
+	}
+	if el := time.Since(start); el < 2*time.Millisecond {
+		t.Fatalf("5 periodic ticks of 0.5 ms took only %v", el)
+	}
+	if cc := m.logged(1); len(cc) != 1 || cc[0] == 0 || cc[0] > 500000 {
+		t.Fatalf("current count %v", cc)
+	}
+}
+
+func TestLAPICTimerOneShotHLT(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	`+apicSetup+`
+	mov $0x832, %ecx
+	mov $0x40, %eax              # one-shot, vector 64
+	wrmsr
+	mov $0x838, %ecx
+	mov $2000000, %eax           # 2 ms
+	wrmsr
+	sti
+	hlt                          # woken by the timer
+	cli
+	mov ticks, %eax
+	`+report(1)+`
+	# spin a while: a one-shot timer must not fire again
+	mov $200000, %ecx
+1:	dec %ecx
+	jnz 1b
+	mov $0x839, %ecx
+	rdmsr
+	`+report(2)+`
+	mov ticks, %eax
+	`+done+timerHandler, 1)
+	start := time.Now()
+	if got := m.run(0); got != 1 {
+		t.Fatalf("ticks %d, want 1", got)
+	}
+	if el := time.Since(start); el < 2*time.Millisecond {
+		t.Fatalf("HLT returned after %v, before the 2 ms timer", el)
+	}
+	if got := m.logged(2); !equalU64(got, []uint64{0}) {
+		t.Fatalf("current count after expiry %v", got)
+	}
+}
+
+func TestHLTWithIFClearExits(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	cli
+	hlt
+	mov $9, %eax
+	`+done, 1)
+	ex := m.runExit(0)
+	if ex.Reason != engine.ExitHLT {
+		t.Fatalf("exit %v %s", ex.Reason, ex.Message)
+	}
+	if got := m.run(0); got != 9 {
+		t.Fatalf("resume got %d", got)
+	}
+}
+
+func TestSpinlockTwoVCPUs(t *testing.T) {
+	const n = 20000
+	m := newMachine(t, `
+_start:
+	mov $`+itoa(n)+`, %r8d
+1:	mov $1, %ecx
+2:	xor %eax, %eax
+	lock cmpxchg %ecx, lock      # take the lock
+	jz 3f
+	pause
+	jmp 2b
+3:	mov counter, %rax            # plain read-modify-write inside the lock
+	inc %rax
+	mov %rax, counter
+	movl $0, lock                # release (a plain store is a release on x86)
+	dec %r8d
+	jnz 1b
+	lock incq finished
+	mov $1, %eax
+	`+done+`
+.align 64
+lock: .long 0
+.align 64
+counter: .quad 0
+finished: .quad 0
+	`, 2)
+	var wg sync.WaitGroup
+	for id := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.run(id)
+		}()
+	}
+	wg.Wait()
+	if got := m.u64(m.sym("counter")); got != 2*n {
+		t.Fatalf("counter = %d, want %d", got, 2*n)
+	}
+	if got := m.u64(m.sym("finished")); got != 2 {
+		t.Fatalf("finished = %d", got)
+	}
+}
+
+func TestIPIWakesHLT(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	`+apicSetup+`
+	test %rdi, %rdi
+	jnz cpu1
+	# vCPU 0: wait until vCPU 1 is about to sleep, then IPI it.
+1:	cmpl $1, ready
+	jne 1b
+	mov $200000, %ecx            # give it time to reach HLT
+2:	dec %ecx
+	jnz 2b
+	mov $0x830, %ecx             # ICR: fixed, vector 0x50, dest APIC ID 1
+	mov $0x50, %eax
+	mov $1, %edx
+	wrmsr
+	mov $1, %eax
+	`+done+`
+cpu1:
+	cli
+	movl $1, ready
+3:	sti
+	hlt
+	cli
+	cmpl $0, got
+	je 3b
+	mov got, %eax
+	`+done+`
+vec_80:
+	movl $0x50, got
+	push %rcx
+	push %rax
+	push %rdx
+	mov $0x80b, %ecx
+	xor %eax, %eax
+	xor %edx, %edx
+	wrmsr
+	pop %rdx
+	pop %rax
+	pop %rcx
+	iretq
+.align 8
+ready: .long 0
+got: .long 0
+	`, 2)
+	var wg sync.WaitGroup
+	res := make([]uint64, 2)
+	for id := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res[id] = m.run(id)
+		}()
+	}
+	wg.Wait()
+	if res[1] != 0x50 {
+		t.Fatalf("vCPU 1 got %#x", res[1])
+	}
+}
+
+func TestKickTightLoop(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	xor %eax, %eax
+1:	inc %rax
+	jmp 1b
+	`, 1)
+	c := m.cpus[0]
+	var last uint64
+	for i := range 3 {
+		timer := time.AfterFunc(5*time.Millisecond, c.Kick)
+		ex, err := c.Run()
+		timer.Stop()
+		if err != nil || ex.Reason != engine.ExitIntr {
+			t.Fatalf("round %d: %v %v", i, ex, err)
+		}
+		r := m.regs(0)
+		if r.RAX <= last {
+			t.Fatalf("round %d: rax %d did not advance from %d", i, r.RAX, last)
+		}
+		if r.RIP < tCode || r.RIP > tCode+16 {
+			t.Fatalf("RIP %#x outside the loop", r.RIP)
+		}
+		last = r.RAX
+	}
+	// A kick while not running is pending: the next Run exits at once.
+	c.Kick()
+	ex, _ := c.Run()
+	if ex.Reason != engine.ExitIntr || m.regs(0).RAX != last {
+		t.Fatalf("pending kick: %v rax %d want %d", ex.Reason, m.regs(0).RAX, last)
+	}
+}
+
+func TestKickDuringHLT(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	sti
+	hlt
+	mov $3, %eax
+	`+done, 1)
+	c := m.cpus[0]
+	for i := range 2 {
+		timer := time.AfterFunc(5*time.Millisecond, c.Kick)
+		start := time.Now()
+		ex, err := c.Run()
+		timer.Stop()
+		if err != nil || ex.Reason != engine.ExitIntr {
+			t.Fatalf("round %d: %+v %v", i, ex, err)
+		}
+		if el := time.Since(start); el < 4*time.Millisecond {
+			t.Fatalf("HLT returned after %v before the kick", el)
+		}
+	}
+	// Still halted after the kicks: the program has not proceeded.
+	if r := m.regs(0); r.RAX == 3 {
+		t.Fatal("program ran past HLT without an interrupt")
+	}
+}
+
+func TestSelfModifyingCode(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	# Patch the immediate of the next instruction in the same block.
+	movl $42, patch+1
+patch:
+	mov $1, %eax
+	`+report(1)+`
+	# Write a whole new instruction sequence (mov $7,%eax; ret) and call it.
+	movl $0x07b8, target         # b8 07 00 00
+	movb $0x00, target+4
+	movb $0xc3, target+5
+	call target
+	`+report(2)+`
+	# Store straddling a page boundary into code that then runs.
+	lea pageend-2(%rip), %rbx
+	movl $0x000009b8, (%rbx)     # b8 09 00 | 00 ... across the boundary
+	movw $0xc300, 4(%rbx)
+	call *%rbx
+	`+done+`
+target:
+	mov $1, %eax
+	ret
+	nop
+.balign 4096
+	.skip 4090
+pageend:
+	.skip 16, 0x90
+	`, 1)
+	if got := m.run(0); got != 9 {
+		t.Fatalf("straddling SMC result %d", got)
+	}
+	if got := m.logged(1); !equalU64(got, []uint64{42}) {
+		t.Errorf("same-block SMC: %v", got)
+	}
+	if got := m.logged(2); !equalU64(got, []uint64{7}) {
+		t.Errorf("call into rewritten code: %v", got)
+	}
+}
+
+func TestHostCodeChanged(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	call f
+	`+done+`
+f:	mov $1, %eax
+	ret
+	`, 1)
+	if got := m.run(0); got != 1 {
+		t.Fatalf("first run %d", got)
+	}
+	f := m.sym("f")
+	m.ram[f+1] = 2 // mov $2, %eax
+	m.vm.CodeChanged(f, 5)
+	r := m.regs(0)
+	r.RIP = m.sym("_start")
+	m.cpus[0].SetRegs(r)
+	if got := m.run(0); got != 2 {
+		t.Fatalf("after CodeChanged got %d, want 2", got)
+	}
+}
+
+func TestTripleFault(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	lidt idtr
+boom:
+	int3
+	`+done+`
+idtr: .word 0
+	.quad 0
+	`, 1)
+	ex := m.runExit(0)
+	if ex.Reason != engine.ExitShutdown {
+		t.Fatalf("exit %v %s", ex.Reason, ex.Message)
+	}
+	if ex.RIP != m.sym("boom") {
+		t.Errorf("RIP %#x, want %#x", ex.RIP, m.sym("boom"))
+	}
+	for _, w := range []string{"triple fault", "#GP", "#DF"} {
+		if !strings.Contains(ex.Message, w) {
+			t.Errorf("message %q lacks %q", ex.Message, w)
+		}
+	}
+	// The vCPU stays shut down.
+	if ex2 := m.runExit(0); ex2.Reason != engine.ExitShutdown {
+		t.Errorf("second run %v", ex2.Reason)
+	}
+}
+
+func TestDoubleFaultOnIST(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	mov $0x3fe0f000, %rsp        # unmapped stack: #PF delivery faults -> #DF
+	mov (%rsp), %rax
+	`+done+`
+vec_14:
+	mov $14, %eax
+	`+done+`
+vec_8:
+	mov (%rsp), %rax             # #DF error code (0)
+	`+report(8)+`
+	mov %rsp, %rax
+	`+done, 1)
+	got := m.run(0)
+	if got&^0xfff != tISTTop-0x1000 && got>>12 != (tISTTop-1)>>12 {
+		t.Fatalf("#DF handler RSP %#x, want on the IST1 stack below %#x", got, tISTTop)
+	}
+	if cr := m.logged(8); !equalU64(cr, []uint64{0}) {
+		t.Fatalf("#DF error code %v", cr)
+	}
+}

@@ -1,0 +1,324 @@
+package emu
+
+import (
+	"sync/atomic"
+
+	"klp-kvm/kvm/engine"
+)
+
+// Control register and EFER bits.
+const (
+	cr0PE uint64 = 1 << 0
+	cr0TS uint64 = 1 << 3
+	cr0WP uint64 = 1 << 16
+	cr0PG uint64 = 1 << 31
+
+	cr4PSE  uint64 = 1 << 4
+	cr4PAE  uint64 = 1 << 5
+	cr4PGE  uint64 = 1 << 7
+	cr4SMEP uint64 = 1 << 20
+
+	eferSCE uint64 = 1 << 0
+	eferLME uint64 = 1 << 8
+	eferLMA uint64 = 1 << 10
+	eferNXE uint64 = 1 << 11
+)
+
+// Page-table entry bits.
+const (
+	pteP    uint64 = 1 << 0
+	pteW    uint64 = 1 << 1
+	pteU    uint64 = 1 << 2
+	pteA    uint64 = 1 << 5
+	pteD    uint64 = 1 << 6
+	ptePS   uint64 = 1 << 7
+	pteNX   uint64 = 1 << 63
+	pteAddr uint64 = 0x000ffffffffff000
+)
+
+// #PF error code bits.
+const (
+	pfP    uint32 = 1 << 0
+	pfW    uint32 = 1 << 1
+	pfU    uint32 = 1 << 2
+	pfRSVD uint32 = 1 << 3
+	pfI    uint32 = 1 << 4
+)
+
+type access uint8
+
+const (
+	accRead access = iota
+	accWrite
+	accExec
+)
+
+const (
+	vecDE = 0
+	vecDB = 1
+	vecBP = 3
+	vecOF = 4
+	vecUD = 6
+	vecNM = 7
+	vecDF = 8
+	vecTS = 10
+	vecNP = 11
+	vecSS = 12
+	vecGP = 13
+	vecPF = 14
+)
+
+func canonical(a uint64) bool { return uint64(int64(a<<16)>>16) == a }
+
+func (c *cpu) flushTLB() {
+	for i := range c.tlbR {
+		c.tlbR[i].tag = tagInvalid
+		c.tlbW[i].tag = tagInvalid
+		c.tlbX[i].tag = tagInvalid
+	}
+}
+
+// translate maps linear address lin to a guest-physical address for acc,
+// walking the page tables (setting accessed/dirty bits) and raising #PF or
+// #GP as the CPU would. RAM pages are entered in the TLB.
+func (c *cpu) translate(lin uint64, acc access) uint64 {
+	if c.sr.CR0&cr0PG == 0 {
+		return lin
+	}
+	if !canonical(lin) {
+		c.faultCode(vecGP, 0)
+	}
+	nxe := c.sr.EFER&eferNXE != 0
+	user := c.cpl == 3
+	table := c.sr.CR3 & pteAddr
+	writable, userOK, nx := true, true, false
+	var entries [4]uint64
+	for level := 4; level >= 1; level-- {
+		shift := uint(12 + 9*(level-1))
+		ea := table + (lin>>shift&511)*8
+		if ea+8 > c.ram.size {
+			c.fatal("page-table entry at guest-physical %#x (level %d, for %#x) is outside RAM", ea, level, lin)
+		}
+		pte := c.ram.load64(ea)
+		entries[4-level] = ea
+		if pte&pteP == 0 {
+			c.pageFault(lin, acc, 0)
+		}
+		if pte&pteNX != 0 && !nxe || level == 4 && pte&ptePS != 0 {
+			c.pageFault(lin, acc, pfP|pfRSVD)
+		}
+		writable = writable && pte&pteW != 0
+		userOK = userOK && pte&pteU != 0
+		nx = nx || nxe && pte&pteNX != 0
+		if level > 1 && pte&ptePS == 0 {
+			table = pte & pteAddr
+			continue
+		}
+		size := uint64(1) << shift
+		if level > 1 && (pte>>13)&(size>>13-1) != 0 {
+			c.pageFault(lin, acc, pfP|pfRSVD) // large-page address bits below the page size
+		}
+		switch {
+		case user && !userOK:
+			c.pageFault(lin, acc, pfP)
+		case acc == accWrite && !writable && (user || c.sr.CR0&cr0WP != 0):
+			c.pageFault(lin, acc, pfP)
+		case acc == accExec && (nx || !user && userOK && c.sr.CR4&cr4SMEP != 0):
+			c.pageFault(lin, acc, pfP)
+		}
+		for i := 0; i <= 4-level; i++ {
+			bits := pteA
+			if i == 4-level && acc == accWrite {
+				bits |= pteD
+			}
+			if c.ram.load64(entries[i])&bits != bits {
+				c.ram.or64(entries[i], bits)
+			}
+		}
+		phys := pte&pteAddr&^(size-1) | lin&(size-1)
+		page := phys &^ 0xfff
+		if page+0x1000 <= c.ram.size {
+			vpn := lin >> 12
+			e := tlbEntry{tag: vpn, phys: page}
+			switch acc {
+			case accRead:
+				c.tlbR[vpn&tlbMask] = e
+			case accWrite:
+				c.tlbW[vpn&tlbMask] = e
+				c.tlbR[vpn&tlbMask] = e
+			case accExec:
+				c.tlbX[vpn&tlbMask] = e
+			}
+		}
+		return phys
+	}
+	panic("unreachable")
+}
+
+func (c *cpu) pageFault(lin uint64, acc access, code uint32) {
+	if acc == accWrite {
+		code |= pfW
+	}
+	if c.cpl == 3 {
+		code |= pfU
+	}
+	if acc == accExec && (c.sr.EFER&eferNXE != 0 || c.sr.CR4&cr4SMEP != 0) {
+		code |= pfI
+	}
+	c.sr.CR2 = lin
+	c.faultCode(vecPF, code)
+}
+
+// read loads size bytes from linear address lin.
+func (c *cpu) read(lin uint64, size uint8) uint64 {
+	vpn := lin >> 12
+	e := &c.tlbR[vpn&tlbMask]
+	if e.tag == vpn && lin&0xfff <= 0x1000-uint64(size) {
+		return c.ram.load(e.phys|lin&0xfff, size)
+	}
+	return c.readSlow(lin, size, nil)
+}
+
+// write stores size bytes at linear address lin.
+func (c *cpu) write(lin uint64, size uint8, v uint64) {
+	vpn := lin >> 12
+	e := &c.tlbW[vpn&tlbMask]
+	if e.tag == vpn && lin&0xfff <= 0x1000-uint64(size) {
+		p := e.phys | lin&0xfff
+		c.ram.store(p, size, v)
+		if atomic.LoadUint32(&c.mark[p>>12]) != 0 {
+			c.codeWritten(p >> 12)
+		}
+		return
+	}
+	c.writeSlow(lin, size, v, nil)
+}
+
+// codeWritten invalidates code translated from physical page pfn after a
+// guest store into it; if the running block came from that page it ends
+// after the current instruction, so the modified code is re-translated.
+func (c *cpu) codeWritten(pfn uint64) {
+	c.vm.invalidatePage(pfn)
+	if b := c.cur; b != nil && (b.phys>>12 == pfn || b.pfn2 == pfn) {
+		c.stop = true
+	}
+}
+
+// readSlow handles TLB misses, page-straddling accesses and, for MOV
+// (mov != nil), MMIO. Any other access outside RAM stops the vCPU.
+func (c *cpu) readSlow(lin uint64, size uint8, mov *inst) uint64 {
+	if lin&0xfff > 0x1000-uint64(size) {
+		// Straddles two pages: translate both before touching either.
+		n1 := 0x1000 - lin&0xfff
+		p1 := c.translate(lin, accRead)
+		p2 := c.translate(lin+n1, accRead)
+		if p1+n1 > c.ram.size || p2+uint64(size)-n1 > c.ram.size {
+			c.fatal("%d-byte read at %#x straddles pages outside RAM", size, lin)
+		}
+		var v uint64
+		for i := uint64(size); i > 0; i-- {
+			p := p1 + i - 1
+			if i-1 >= n1 {
+				p = p2 + i - 1 - n1
+			}
+			v = v<<8 | c.ram.load(p, 1)
+		}
+		return v
+	}
+	p := c.translate(lin, accRead)
+	if p+uint64(size) <= c.ram.size {
+		return c.ram.load(p, size)
+	}
+	if mov == nil {
+		c.fatal("read of %d bytes at guest-physical %#x (linear %#x) is outside RAM and not by a MOV", size, p, lin)
+	}
+	c.mmioExit(p, size, false, 0)
+	return 0
+}
+
+func (c *cpu) writeSlow(lin uint64, size uint8, v uint64, mov *inst) {
+	if lin&0xfff > 0x1000-uint64(size) {
+		n1 := 0x1000 - lin&0xfff
+		p1 := c.translate(lin, accWrite)
+		p2 := c.translate(lin+n1, accWrite)
+		if p1+n1 > c.ram.size || p2+uint64(size)-n1 > c.ram.size {
+			c.fatal("%d-byte write at %#x straddles pages outside RAM", size, lin)
+		}
+		for i := uint64(0); i < uint64(size); i++ {
+			p := p1 + i
+			if i >= n1 {
+				p = p2 + i - n1
+			}
+			c.ram.store(p, 1, v>>(8*i))
+		}
+		if atomic.LoadUint32(&c.mark[p1>>12]) != 0 {
+			c.codeWritten(p1 >> 12)
+		}
+		if atomic.LoadUint32(&c.mark[p2>>12]) != 0 {
+			c.codeWritten(p2 >> 12)
+		}
+		return
+	}
+	p := c.translate(lin, accWrite)
+	if p+uint64(size) <= c.ram.size {
+		c.ram.store(p, size, v)
+		if atomic.LoadUint32(&c.mark[p>>12]) != 0 {
+			c.codeWritten(p >> 12)
+		}
+		return
+	}
+	if mov == nil {
+		c.fatal("write of %d bytes at guest-physical %#x (linear %#x) is outside RAM and not by a MOV", size, p, lin)
+	}
+	c.mmioExit(p, size, true, v)
+}
+
+// mmioExit ends the current MOV with an MMIO exit. A write is complete
+// (RIP already past it); a read is finished by the next Run (complete).
+func (c *cpu) mmioExit(phys uint64, size uint8, write bool, v uint64) {
+	c.setExit(engine.ExitMMIO, "")
+	c.exit.MMIO.Addr = phys
+	c.exit.MMIO.Write = write
+	c.exit.MMIO.Data = c.ioBuf[:size]
+	if write {
+		for i := range c.exit.MMIO.Data {
+			c.ioBuf[i] = byte(v >> (8 * i))
+		}
+		return
+	}
+	clear(c.ioBuf[:size])
+	c.pend = pendMMIORead
+	c.pendNext = c.regs[rIP]
+	c.regs[rIP] = c.curRIP
+}
+
+// physRMW resolves a locked read-modify-write target: the RAM offset for
+// a write access of size bytes at lin, or ok=false if the access straddles
+// pages (the caller then uses the global lock and the slow paths).
+func (c *cpu) physRMW(lin uint64, size uint8) (off uint64, ok bool) {
+	if lin&0xfff > 0x1000-uint64(size) {
+		// Check both pages for write before the caller touches either.
+		c.translate(lin, accWrite)
+		c.translate(lin+(0x1000-lin&0xfff), accWrite)
+		return 0, false
+	}
+	vpn := lin >> 12
+	e := &c.tlbW[vpn&tlbMask]
+	var p uint64
+	if e.tag == vpn {
+		p = e.phys | lin&0xfff
+	} else {
+		p = c.translate(lin, accWrite)
+		if p+uint64(size) > c.ram.size {
+			c.fatal("locked access at guest-physical %#x (linear %#x) is outside RAM", p, lin)
+		}
+	}
+	return p, true
+}
+
+// afterRMW does the code-page bookkeeping after a locked store at off.
+func (c *cpu) afterRMW(off uint64) {
+	if atomic.LoadUint32(&c.mark[off>>12]) != 0 {
+		c.codeWritten(off >> 12)
+	}
+}

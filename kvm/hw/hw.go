@@ -1,0 +1,433 @@
+// Package hw is klp-kvm's execution engine over /dev/kvm.
+//
+// It is deliberately thin (every decision lives in package kvm): gokvm's kvm
+// package issues most ioctls; this package adds what gokvm lacks or gets in
+// our way: KVM_RUN with EINTR as the pause point, the kick (immediate_exit +
+// tgkill), KVM_KVMCLOCK_CTRL, KVM_GET/SET_MSRS with the processed count
+// checked, and the decoding of the mmap'd struct kvm_run into engine.Exit.
+//
+// Machine set-up done here, once per VM or vCPU, so that every caller gets
+// the same machine: an in-kernel irqchip (LAPIC, IOAPIC, PIC), the TSS and
+// identity-map pages Intel needs, RAM as memory slot 0, and on every vCPU
+// the supported CPUID with x2APIC advertised and the APIC in x2APIC mode.
+package hw
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/bobuhiro11/gokvm/kvm"
+	"golang.org/x/sys/unix"
+
+	"klp-kvm/kvm/engine"
+)
+
+// DevicePath is the KVM device New opens.
+const DevicePath = "/dev/kvm"
+
+// APICBusHz is the LAPIC timer's input clock under KVM: the kernel's
+// APIC_BUS_CYCLE_NS is 1, i.e. 1 GHz, before the TDCR divider.
+const APICBusHz = 1_000_000_000
+
+// kickSignal interrupts KVM_RUN on a vCPU thread. SIGURG is the Go
+// runtime's own preemption signal: it always has a handler installed (a
+// signal without one would kill the process or be ignored without
+// interrupting the ioctl), it is never blocked on Go threads, and a stray
+// one is harmless by design.
+const kickSignal = unix.SIGURG
+
+type kvmEngine struct {
+	fd        int               // /dev/kvm, kept for the life of the process
+	mmapSize  int               // KVM_GET_VCPU_MMAP_SIZE
+	cpuid     []kvm.CPUIDEntry2 // KVM_GET_SUPPORTED_CPUID
+	syncRegs  bool              // KVM_CAP_SYNC_REGS has KVM_SYNC_X86_REGS
+	clockCtrl bool              // KVM_CAP_KVMCLOCK_CTRL
+}
+
+// New opens /dev/kvm and checks that this KVM has what klp-kvm needs.
+// Where /dev/kvm cannot be opened the error matches ErrUnavailable.
+func New() (engine.Engine, error) {
+	fd, err := unix.Open(DevicePath, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		e := &Error{Op: "open " + DevicePath, Kind: ErrUnavailable}
+		errors.As(err, &e.Errno)
+		return nil, e
+	}
+	e := &kvmEngine{fd: fd}
+	if err := e.probe(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *kvmEngine) probe() error {
+	v, err := kvm.GetAPIVersion(uintptr(e.fd))
+	if err != nil {
+		return ioctlErr("KVM_GET_API_VERSION", err)
+	}
+	if v != kvmAPIVersion {
+		return &Error{Op: "KVM_GET_API_VERSION", Kind: ErrUnsupported, Detail: fmt.Sprintf("API version %d, want %d", v, kvmAPIVersion)}
+	}
+	for _, c := range []struct {
+		cap  kvm.Capability
+		name string
+	}{
+		{capIRQChip, "KVM_CAP_IRQCHIP"},
+		{capUserMemory, "KVM_CAP_USER_MEMORY"},
+		{capSetTSSAddr, "KVM_CAP_SET_TSS_ADDR"},
+		{capExtCPUID, "KVM_CAP_EXT_CPUID"},
+		{capImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"},
+	} {
+		if r, err := kvm.CheckExtension(uintptr(e.fd), c.cap); err != nil || r == 0 {
+			return &Error{Op: "KVM_CHECK_EXTENSION", Kind: ErrUnsupported, Detail: c.name}
+		}
+	}
+	if r, err := kvm.CheckExtension(uintptr(e.fd), capSyncRegs); err == nil && r&kvmSyncX86Regs != 0 {
+		e.syncRegs = true
+	}
+	if r, err := kvm.CheckExtension(uintptr(e.fd), capKVMClockCtrl); err == nil && r != 0 {
+		e.clockCtrl = true
+	}
+	sz, err := kvm.GetVCPUMMmapSize(uintptr(e.fd))
+	if err != nil {
+		return ioctlErr("KVM_GET_VCPU_MMAP_SIZE", err)
+	}
+	if int(sz) < runMinSize {
+		return &Error{Op: "KVM_GET_VCPU_MMAP_SIZE", Kind: ErrABI, Detail: fmt.Sprintf("%d bytes", sz)}
+	}
+	e.mmapSize = int(sz)
+	// The table's size is not known in advance: the kernel answers E2BIG
+	// until nent is large enough.
+	for n := 64; ; n *= 2 {
+		c := &kvm.CPUID{Nent: uint32(n), Entries: make([]kvm.CPUIDEntry2, n)}
+		err := kvm.GetSupportedCPUID(uintptr(e.fd), c)
+		if errors.Is(err, unix.E2BIG) && n < 4096 {
+			continue
+		}
+		if err != nil {
+			return ioctlErr("KVM_GET_SUPPORTED_CPUID", err)
+		}
+		if int(c.Nent) > len(c.Entries) {
+			return &Error{Op: "KVM_GET_SUPPORTED_CPUID", Kind: ErrABI, Detail: fmt.Sprintf("nent %d", c.Nent)}
+		}
+		e.cpuid = c.Entries[:c.Nent]
+		return nil
+	}
+}
+
+func (e *kvmEngine) Name() string { return "kvm" }
+
+// NewVM creates a VM with mem as guest-physical RAM from 0 (memory slot 0)
+// and the in-kernel irqchip.
+func (e *kvmEngine) NewVM(mem []byte) (engine.VM, error) {
+	if len(mem) == 0 || len(mem)%4096 != 0 || sliceAddr(mem)%4096 != 0 {
+		return nil, &Error{Op: "NewVM", Kind: ErrInvalid, Detail: fmt.Sprintf("RAM of %d bytes at %#x: must be non-empty and page-aligned", len(mem), sliceAddr(mem))}
+	}
+	if uint64(len(mem)) > identityMapAddr {
+		return nil, &Error{Op: "NewVM", Kind: ErrInvalid, Detail: fmt.Sprintf("RAM of %d bytes overlaps KVM's pages at %#x", len(mem), identityMapAddr)}
+	}
+	fd, err := kvm.CreateVM(uintptr(e.fd))
+	if err != nil {
+		return nil, ioctlErr("KVM_CREATE_VM", err)
+	}
+	v := &vm{e: e, fd: int(fd), mem: mem, vcpus: map[int]*vcpu{}}
+	if err := v.setup(); err != nil {
+		unix.Close(v.fd)
+		return nil, err
+	}
+	return v, nil
+}
+
+type vm struct {
+	e   *kvmEngine
+	fd  int
+	mem []byte
+
+	mu     sync.Mutex
+	vcpus  map[int]*vcpu
+	closed bool
+}
+
+func (v *vm) setup() error {
+	// Before any vCPU exists (KVM requires this order).
+	if err := kvm.SetIdentityMapAddr(uintptr(v.fd), identityMapAddr); err != nil {
+		return ioctlErr("KVM_SET_IDENTITY_MAP_ADDR", err)
+	}
+	if err := kvm.SetTSSAddr(uintptr(v.fd), tssAddr); err != nil {
+		return ioctlErr("KVM_SET_TSS_ADDR", err)
+	}
+	// No PIT: the guest's clock is the x2APIC timer, and an unused PIT would
+	// only add a device (and a kernel thread) to every VM.
+	if err := kvm.CreateIRQChip(uintptr(v.fd)); err != nil {
+		return ioctlErr("KVM_CREATE_IRQCHIP", err)
+	}
+	region := kvm.UserspaceMemoryRegion{
+		Slot:          0,
+		GuestPhysAddr: 0,
+		MemorySize:    uint64(len(v.mem)),
+		UserspaceAddr: uint64(sliceAddr(v.mem)),
+	}
+	if err := kvm.SetUserMemoryRegion(uintptr(v.fd), &region); err != nil {
+		return ioctlErr("KVM_SET_USER_MEMORY_REGION", err)
+	}
+	return nil
+}
+
+// NewVCPU creates vCPU id with CPUID (x2APIC advertised) and its APIC in
+// x2APIC mode, so the guest can use the x2APIC MSRs from its first
+// instruction.
+func (v *vm) NewVCPU(id int) (engine.VCPU, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil, &Error{Op: "NewVCPU", Kind: ErrClosed}
+	}
+	if id < 0 || id > 1023 {
+		return nil, &Error{Op: "NewVCPU", Kind: ErrInvalid, Detail: fmt.Sprintf("vCPU id %d", id)}
+	}
+	if _, dup := v.vcpus[id]; dup {
+		return nil, &Error{Op: "NewVCPU", Kind: ErrInvalid, Detail: fmt.Sprintf("vCPU %d exists", id)}
+	}
+	fd, err := kvm.CreateVCPU(uintptr(v.fd), id)
+	if err != nil {
+		return nil, ioctlErr("KVM_CREATE_VCPU", err)
+	}
+	c := &vcpu{id: id, fd: int(fd), syncRegs: v.e.syncRegs, clockCtrl: v.e.clockCtrl}
+	if err := c.setup(v.e, id); err != nil {
+		c.Close()
+		return nil, err
+	}
+	v.vcpus[id] = c
+	return c, nil
+}
+
+// CodeChanged needs nothing on hardware: the CPU keeps instruction fetch
+// coherent with stores, and KVM's shadow/nested paging does not cache code.
+func (v *vm) CodeChanged(gpa, n uint64) {}
+
+func (v *vm) Close() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil
+	}
+	v.closed = true
+	var first error
+	for _, c := range v.vcpus {
+		if err := c.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	if err := unix.Close(v.fd); err != nil && first == nil {
+		first = ioctlErr("close VM", err)
+	}
+	return first
+}
+
+type vcpu struct {
+	id        int
+	fd        int
+	syncRegs  bool
+	clockCtrl bool
+
+	// run is the mmap'd struct kvm_run; word points at its first word
+	// (immediate_exit). mu guards them against Close while Kick runs from
+	// another goroutine.
+	mu     sync.RWMutex
+	run    []byte
+	word   *uint32
+	closed bool
+
+	tid    atomic.Int32 // thread running KVM_RUN, 0 before the first Run
+	locked bool         // Run has locked its goroutine to its thread
+	exits  atomic.Uint64
+	exit   engine.Exit
+}
+
+func (c *vcpu) setup(e *kvmEngine, id int) error {
+	run, err := unix.Mmap(c.fd, 0, e.mmapSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return ioctlErr("mmap kvm_run", err)
+	}
+	c.run = run
+	c.word = runWord(run)
+	if c.syncRegs {
+		// Ask KVM to store the registers into kvm_run at every exit, so
+		// Exit.RIP costs nothing. kvm_dirty_regs stays 0: we never load
+		// registers through kvm_run.
+		binary.LittleEndian.PutUint64(run[runValidRegs:], kvmSyncX86Regs)
+	}
+	cpuid := vcpuCPUID(e.cpuid, id)
+	if err := kvm.SetCPUID2(uintptr(c.fd), &kvm.CPUID{Nent: uint32(len(cpuid)), Entries: cpuid}); err != nil {
+		return ioctlErr("KVM_SET_CPUID2", err)
+	}
+	// After SET_CPUID2: KVM accepts EXTD only once the guest's CPUID has
+	// x2APIC.
+	if err := c.SetMSRs([]engine.MSR{{Index: engine.MSRApicBase, Data: x2apicBase(id)}}); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (c *vcpu) ID() int { return c.id }
+
+func (c *vcpu) Regs() (engine.Regs, error) {
+	r, err := kvm.GetRegs(uintptr(c.fd))
+	if err != nil {
+		return engine.Regs{}, ioctlErr("KVM_GET_REGS", err)
+	}
+	// engine.Regs and gokvm's kvm.Regs are both struct kvm_regs with the
+	// same field names, so Go converts one into the other directly.
+	return engine.Regs(*r), nil
+}
+
+func (c *vcpu) SetRegs(r engine.Regs) error {
+	k := kvm.Regs(r)
+	return ioctlErr("KVM_SET_REGS", kvm.SetRegs(uintptr(c.fd), &k))
+}
+
+func (c *vcpu) Sregs() (engine.Sregs, error) {
+	s, err := kvm.GetSregs(uintptr(c.fd))
+	if err != nil {
+		return engine.Sregs{}, ioctlErr("KVM_GET_SREGS", err)
+	}
+	return fromKvmSregs(s), nil
+}
+
+func (c *vcpu) SetSregs(s engine.Sregs) error {
+	k := toKvmSregs(&s)
+	return ioctlErr("KVM_SET_SREGS", kvm.SetSregs(uintptr(c.fd), &k))
+}
+
+func (c *vcpu) GetMSRs(m []engine.MSR) error { return c.msrs("KVM_GET_MSRS", ioctlGetMSRs, m) }
+func (c *vcpu) SetMSRs(m []engine.MSR) error { return c.msrs("KVM_SET_MSRS", ioctlSetMSRs, m) }
+
+// msrs checks the processed count, which KVM returns instead of an error:
+// it stops at the first MSR it does not know or refuses.
+func (c *vcpu) msrs(op string, req uintptr, m []engine.MSR) error {
+	if len(m) == 0 {
+		return nil
+	}
+	n, errno := msrIoctl(c.fd, req, m)
+	if errno != 0 {
+		return &Error{Op: op, Errno: errno}
+	}
+	if n < len(m) {
+		return &Error{Op: op, Kind: ErrInvalid, Detail: fmt.Sprintf("MSR %#x refused (%d of %d processed)", m[n].Index, n, len(m))}
+	}
+	return nil
+}
+
+// Run enters the guest until the next exit user space must handle.
+//
+// The pause protocol: Kick sets kvm_run.immediate_exit, then signals the
+// thread. KVM_RUN returns -EINTR either at entry (immediate_exit) or when
+// the signal arrives mid-run; both are the pause point and end Run with
+// ExitIntr, after immediate_exit is cleared. An EINTR with immediate_exit
+// clear came from a signal that is not a kick (the Go runtime's own
+// preemption signal): the guest asked for nothing, so KVM_RUN is entered
+// again. No kick is lost: Kick sets the flag before signalling, and the
+// check-and-clear is atomic, so a kick is either seen here or makes the
+// next KVM_RUN return at once.
+func (c *vcpu) Run() (*engine.Exit, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return nil, &Error{Op: "KVM_RUN", Kind: ErrClosed}
+	}
+	if !c.locked {
+		// The tid Kick signals must stay this goroutine's: lock once, for
+		// the vCPU's life (the contract asks callers to be locked already;
+		// this makes it so).
+		runtime.LockOSThread()
+		c.locked = true
+	}
+	c.tid.Store(int32(unix.Gettid()))
+	for {
+		errno := runIoctl(c.fd)
+		if errno == unix.EINTR || (errno == 0 && binary.LittleEndian.Uint32(c.run[runExitReason:]) == kvmExitIntr) {
+			if !clearImmediateExit(c.word) {
+				continue
+			}
+			c.paused()
+			c.exits.Add(1)
+			c.exit = engine.Exit{Reason: engine.ExitIntr}
+			if c.syncRegs {
+				c.exit.RIP = binary.LittleEndian.Uint64(c.run[runSyncRIP:])
+			}
+			return &c.exit, nil
+		}
+		if errno == unix.EAGAIN {
+			continue // KVM asks for a retry (e.g. a memslot update raced the entry)
+		}
+		if errno != 0 {
+			return nil, &Error{Op: "KVM_RUN", Errno: errno, Detail: fmt.Sprintf("vCPU %d", c.id)}
+		}
+		if err := decodeExit(c.run, c.syncRegs, &c.exit); err != nil {
+			return nil, err
+		}
+		if c.exit.Reason == engine.ExitShutdown && !c.syncRegs {
+			if r, err := c.Regs(); err == nil {
+				c.exit.RIP = r.RIP
+			}
+		}
+		c.exits.Add(1)
+		return &c.exit, nil
+	}
+}
+
+// paused runs at the pause point: KVM_KVMCLOCK_CTRL tells a guest using
+// kvmclock that it was stopped by the host, so its soft-lockup watchdog
+// does not fire after a long pause. EINVAL means the guest has no kvmclock
+// page: nothing to tell.
+func (c *vcpu) paused() {
+	if !c.clockCtrl {
+		return
+	}
+	_, _ = ioctl(c.fd, ioctlKVMClockCtrl, 0) // best effort; EINVAL is the usual answer for our guest
+}
+
+// Kick makes a Run in progress return ExitIntr, or the next Run if none is.
+func (c *vcpu) Kick() {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return
+	}
+	setImmediateExit(c.word)
+	if tid := c.tid.Load(); tid != 0 {
+		// ESRCH (thread gone) is fine: the flag alone stops the next Run.
+		_ = unix.Tgkill(os.Getpid(), int(tid), kickSignal)
+	}
+}
+
+func (c *vcpu) Stats() engine.Stats { return engine.Stats{Exits: c.exits.Load()} }
+
+// Close ends the vCPU. A Run in progress is kicked out first (it holds the
+// read lock for the length of KVM_RUN).
+func (c *vcpu) Close() error {
+	c.Kick()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	var first error
+	if c.run != nil {
+		if err := unix.Munmap(c.run); err != nil {
+			first = ioctlErr("munmap kvm_run", err)
+		}
+		c.run, c.word = nil, nil
+	}
+	if err := unix.Close(c.fd); err != nil && first == nil {
+		first = ioctlErr("close vCPU", err)
+	}
+	return first
+}

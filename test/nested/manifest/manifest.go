@@ -1,0 +1,90 @@
+// Package manifest is the contract between the nested tier's host side
+// (package nested's test) and its in-VM /init (test/nested/vminit): what to
+// run, and the control lines /init writes on its result channel.
+//
+// The result channel is the VM's second serial port (ttyS1), so that
+// kernel messages on the console can never split or fake a result line.
+// On it, /init writes control lines (Marker + one JSON Event) around the raw
+// output of each test binary, which runs with -test.v=test2json.
+package manifest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Path is where the manifest sits in the initramfs.
+const Path = "/klp-nested/manifest.json"
+
+// Marker starts every control line on the result channel.
+const Marker = "@@klp-nested "
+
+// Manifest says what /init runs, in order.
+type Manifest struct {
+	Modules     []string `json:"modules"`      // .ko files under ModulesDir, dependencies first
+	ModulesDir  string   `json:"modules_dir"`  // e.g. /klp-nested/modules
+	Tests       []Binary `json:"tests"`        // test binaries
+	Env         []string `json:"env"`          // KEY=VALUE added for every binary
+	TimeoutSecs int      `json:"timeout_secs"` // per binary: -test.timeout, then SIGKILL a bit later
+}
+
+// Binary is one `go test -c` binary.
+type Binary struct {
+	Name string   `json:"name"` // file under /klp-nested/bin, e.g. "kvm-hw.test"
+	Pkg  string   `json:"pkg"`  // import path, for test2json -p and messages
+	Dir  string   `json:"dir"`  // working directory in the VM (the package's testdata sits below it)
+	Args []string `json:"args"` // extra flags, e.g. -test.run
+}
+
+// Event kinds on the result channel.
+const (
+	EventBoot   = "boot"   // /init started: kernel and CPU facts
+	EventModule = "module" // one module loaded (or failed: Error set)
+	EventKVM    = "kvm"    // /dev/kvm checked: OK or Error
+	EventBegin  = "begin"  // a binary starts; its raw output follows
+	EventEnd    = "end"    // a binary ended: Exit, ElapsedMS, Error (start failure, kill)
+	EventDone   = "done"   // all ran: OK = every binary exited 0
+)
+
+// Event is one control line.
+type Event struct {
+	Event     string `json:"event"`
+	Name      string `json:"name,omitempty"`
+	Pkg       string `json:"pkg,omitempty"`
+	Exit      int    `json:"exit"`
+	ElapsedMS int64  `json:"elapsed_ms,omitempty"`
+	OK        bool   `json:"ok,omitempty"`
+	Error     string `json:"error,omitempty"`
+	Info      string `json:"info,omitempty"`
+}
+
+// Line renders e as one control line (without the newline).
+func (e Event) Line() string {
+	b, err := json.Marshal(e)
+	if err != nil { // cannot happen for this struct; keep the channel parseable anyway
+		return Marker + `{"event":"error"}`
+	}
+	return Marker + string(b)
+}
+
+// ErrNotEvent: a line that is not a control line.
+var ErrNotEvent = errors.New("not a control line")
+
+// ParseLine reads a control line. Anything read from the VM is untrusted:
+// malformed lines are errors, never panics.
+func ParseLine(line string) (Event, error) {
+	line = strings.TrimRight(line, "\r\n")
+	if !strings.HasPrefix(line, Marker) {
+		return Event{}, ErrNotEvent
+	}
+	var e Event
+	if err := json.Unmarshal([]byte(line[len(Marker):]), &e); err != nil {
+		return Event{}, fmt.Errorf("control line %q: %w", line, err)
+	}
+	if e.Event == "" {
+		return Event{}, fmt.Errorf("control line %q: no event", line)
+	}
+	return e, nil
+}

@@ -1,0 +1,446 @@
+package nested
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"klp-kvm/test/nested/initramfs"
+	"klp-kvm/test/nested/manifest"
+)
+
+// The packages whose tests run on real KVM. ./test/e2e joins once it
+// exists and has tests; its tests select the KVM engine from
+// KLP_KVM_ENGINE=kvm.
+var (
+	basePackages     = []string{"./kvm/hw"}
+	optionalPackages = []string{"./test/e2e"}
+)
+
+// extraArgs are flags for one package's binary in the VM: kvm/hw also runs
+// its benchmarks briefly, which gives the exit cost under nested KVM.
+var extraArgs = map[string][]string{
+	"./kvm/hw": {"-test.bench=KVM", "-test.benchtime=200x"},
+}
+
+const defaultTimeout = 10 * time.Minute
+
+func TestNestedKVM(t *testing.T) {
+	if os.Getenv("KLP_KVM_NESTED") == "0" {
+		t.Skip("nested KVM tier: disabled by KLP_KVM_NESTED=0")
+	}
+	if testing.Short() {
+		t.Skip("nested KVM tier: skipped in -short mode")
+	}
+	root := moduleRoot(t)
+	direct := kvmUsable() && os.Getenv("KLP_KVM_NESTED_DIRECT") != "0"
+	var kernel *kernelCache
+	if !direct {
+		var why string
+		kernel, why = findPrerequisites()
+		if kernel == nil {
+			t.Skipf("nested KVM tier: no /dev/kvm and %s; run test/nested/prepare.sh", why)
+		}
+	}
+
+	work := t.TempDir()
+	t0 := time.Now()
+	bins := buildTestBinaries(t, root, work)
+	klp := buildKlpKvm(t, root, work)
+	t.Logf("built %d test binaries%s in %v", len(bins), map[bool]string{true: " and klp-kvm", false: ""}[klp != ""], time.Since(t0).Round(time.Millisecond))
+
+	if direct {
+		runDirect(t, root, bins, klp)
+		return
+	}
+	runNested(t, root, work, kernel, bins, klp)
+}
+
+// testBinary is one `go test -c` output.
+type testBinary struct {
+	Pkg     string // ./kvm/hw
+	ImportP string // klp-kvm/kvm/hw
+	Name    string // kvm-hw.test
+	Path    string // on the host
+}
+
+func moduleRoot(t *testing.T) string {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		t.Fatal("not inside the klp-kvm module")
+	}
+	return filepath.Dir(gomod)
+}
+
+func kvmUsable() bool {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+// kernelCache is what prepare.sh leaves in the cache.
+type kernelCache struct {
+	Dir     string
+	Version string
+	Vmlinuz string
+	Modules []string // file names under Dir/modules, load order
+	QEMU    string
+}
+
+func cacheDir() string {
+	if d := os.Getenv("KLP_KVM_NESTED_CACHE"); d != "" {
+		return d
+	}
+	base := os.Getenv("XDG_CACHE_HOME")
+	if base == "" {
+		home, _ := os.UserHomeDir()
+		base = filepath.Join(home, ".cache")
+	}
+	return filepath.Join(base, "klp-kvm", "nested")
+}
+
+// findPrerequisites returns the cached kernel and QEMU, or why not.
+func findPrerequisites() (*kernelCache, string) {
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return nil, "no qemu-system-x86_64 in PATH"
+	}
+	dir := filepath.Join(cacheDir(), "current")
+	if _, err := os.Stat(filepath.Join(dir, ".complete")); err != nil {
+		return nil, "no kernel in " + dir
+	}
+	load, err := os.ReadFile(filepath.Join(dir, "modules.load"))
+	if err != nil {
+		return nil, "no modules.load in " + dir
+	}
+	k := &kernelCache{Dir: dir, Vmlinuz: filepath.Join(dir, "vmlinuz"), QEMU: qemu}
+	if v, err := os.ReadFile(filepath.Join(dir, "version")); err == nil {
+		k.Version = strings.TrimSpace(string(v))
+	}
+	for _, m := range strings.Fields(string(load)) {
+		if strings.Contains(m, "/") || !strings.HasSuffix(m, ".ko") {
+			return nil, fmt.Sprintf("bad module name %q in modules.load", m)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "modules", m)); err != nil {
+			return nil, "missing module " + m
+		}
+		k.Modules = append(k.Modules, m)
+	}
+	if _, err := os.Stat(k.Vmlinuz); err != nil || len(k.Modules) == 0 {
+		return nil, "incomplete kernel cache in " + dir
+	}
+	return k, ""
+}
+
+func goCmd(root string, args ...string) *exec.Cmd {
+	cmd := exec.Command("go", args...)
+	cmd.Dir = root
+	// Static binaries: the initramfs has no libc.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	return cmd
+}
+
+func hasTests(dir string) bool {
+	m, _ := filepath.Glob(filepath.Join(dir, "*_test.go"))
+	return len(m) > 0
+}
+
+func buildTestBinaries(t *testing.T, root, work string) []testBinary {
+	pkgs := append([]string(nil), basePackages...)
+	for _, p := range optionalPackages {
+		if hasTests(filepath.Join(root, p)) {
+			pkgs = append(pkgs, p)
+		}
+	}
+	var bins []testBinary
+	for _, p := range pkgs {
+		name := strings.ReplaceAll(strings.TrimPrefix(p, "./"), "/", "-") + ".test"
+		out := filepath.Join(work, name)
+		cmd := goCmd(root, "test", "-c", "-o", out, p)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go test -c %s: %v\n%s", p, err, b)
+		}
+		bins = append(bins, testBinary{Pkg: p, ImportP: "klp-kvm/" + strings.TrimPrefix(p, "./"), Name: name, Path: out})
+	}
+	return bins
+}
+
+// buildKlpKvm builds the CLI for the in-VM tests that drive it; it is
+// optional (the e2e tests that need it find it through KLP_KVM_BIN).
+func buildKlpKvm(t *testing.T, root, work string) string {
+	if _, err := os.Stat(filepath.Join(root, "cmd", "klp-kvm")); err != nil {
+		return ""
+	}
+	out := filepath.Join(work, "klp-kvm")
+	if b, err := goCmd(root, "build", "-o", out, "./cmd/klp-kvm").CombinedOutput(); err != nil {
+		t.Logf("klp-kvm does not build, in-VM tests run without it: %v\n%s", err, tail(string(b), 10))
+		return ""
+	}
+	return out
+}
+
+func runArgs(p string) []string {
+	args := append([]string(nil), extraArgs[p]...)
+	if r := os.Getenv("KLP_KVM_NESTED_RUN"); r != "" {
+		args = append(args, "-test.run="+r)
+		if !strings.Contains(r, "Benchmark") {
+			args = filterBench(args)
+		}
+	}
+	return args
+}
+
+func filterBench(args []string) []string {
+	var out []string
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-test.bench") {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// runDirect runs the binaries on this host's /dev/kvm, reporting exactly
+// as for the VM.
+func runDirect(t *testing.T, root string, bins []testBinary, klp string) {
+	t.Log("/dev/kvm is usable: running the KVM-engine tests directly, not nested")
+	for _, b := range bins {
+		args := append([]string{"-test.v=test2json", "-test.count=1", "-test.timeout=" + defaultTimeout.String()}, runArgs(b.Pkg)...)
+		cmd := exec.Command(b.Path, args...)
+		cmd.Dir = filepath.Join(root, b.Pkg)
+		cmd.Env = append(os.Environ(), "KLP_KVM_ENGINE=kvm")
+		if klp != "" {
+			cmd.Env = append(cmd.Env, "KLP_KVM_BIN="+klp)
+		}
+		start := time.Now()
+		out, err := cmd.CombinedOutput()
+		r := &binResult{Name: b.Name, Pkg: b.ImportP, Output: out, Ended: true, Elapsed: time.Since(start)}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			r.Exit = ee.ExitCode()
+		} else if err != nil {
+			r.Exit, r.Error = -1, err.Error()
+		}
+		t.Run(strings.TrimSuffix(b.Name, ".test"), func(t *testing.T) { report(t, r, "") })
+	}
+}
+
+func runNested(t *testing.T, root, work string, k *kernelCache, bins []testBinary, klp string) {
+	initrd := filepath.Join(work, "initrd.cpio")
+	t0 := time.Now()
+	size := buildInitramfs(t, root, work, k, bins, klp, initrd)
+	t.Logf("initramfs %.1f MiB built in %v (kernel %s)", float64(size)/(1<<20), time.Since(t0).Round(time.Millisecond), k.Version)
+
+	timeout := defaultTimeout
+	if s := os.Getenv("KLP_KVM_NESTED_TIMEOUT"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("KLP_KVM_NESTED_TIMEOUT=%q: %v", s, err)
+		}
+		timeout = d
+	}
+	resultsPath := filepath.Join(work, "results.txt")
+	hung, elapsed := bootVM(t, k, initrd, resultsPath, timeout)
+	t.Logf("VM ran for %v", elapsed.Round(time.Millisecond))
+
+	raw, err := os.ReadFile(resultsPath)
+	if err != nil {
+		t.Fatalf("result channel: %v", err)
+	}
+	res, err := parseResults(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatalf("result channel: %v", err)
+	}
+	for _, l := range res.Bad {
+		t.Logf("malformed control line from the VM: %q", l)
+	}
+	if res.Boot == "" {
+		t.Fatalf("the VM's /init never reported (%s); see the console above", hungReason(&binResult{}, hung))
+	}
+	t.Logf("VM: %s", res.Boot)
+	for _, m := range res.Modules {
+		if m.Error != "" {
+			t.Errorf("module %s: %s", m.Name, m.Error)
+		}
+	}
+	if res.KVM == nil || !res.KVM.OK {
+		msg := "not checked"
+		if res.KVM != nil {
+			msg = res.KVM.Error
+		}
+		t.Fatalf("no working /dev/kvm in the VM: %s", msg)
+	}
+	ran := map[string]bool{}
+	for _, b := range res.Bins {
+		b := b
+		ran[b.Name] = true
+		t.Run(strings.TrimSuffix(b.Name, ".test"), func(t *testing.T) {
+			if b.Ended {
+				t.Logf("%s ran for %v in the VM", b.Name, b.Elapsed)
+			}
+			report(t, b, hung)
+		})
+	}
+	for _, b := range bins {
+		if !ran[b.Name] {
+			t.Errorf("%s never started in the VM (%s)", b.Name, hungReason(&binResult{}, hung))
+		}
+	}
+	if res.Done == nil && hung == "" {
+		t.Error("the VM stopped before /init reported done")
+	}
+}
+
+func buildInitramfs(t *testing.T, root, work string, k *kernelCache, bins []testBinary, klp, out string) int64 {
+	initBin := filepath.Join(work, "init")
+	if b, err := goCmd(root, "build", "-o", initBin, "./test/nested/vminit").CombinedOutput(); err != nil {
+		t.Fatalf("build vminit: %v\n%s", err, b)
+	}
+	a := initramfs.New()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(a.AddFile("init", initBin))
+	must(a.AddCharDev("dev/console", 0o600, 5, 1))
+	const modDir = "/klp-nested/modules"
+	for _, m := range k.Modules {
+		must(a.AddFile(path.Join(modDir, m), filepath.Join(k.Dir, "modules", m)))
+	}
+	man := manifest.Manifest{Modules: k.Modules, ModulesDir: modDir, TimeoutSecs: int((5 * time.Minute).Seconds())}
+	if klp != "" {
+		must(a.AddFile("klp-nested/bin/klp-kvm", klp))
+		man.Env = append(man.Env, "KLP_KVM_BIN=/klp-nested/bin/klp-kvm")
+	}
+	for _, b := range bins {
+		must(a.AddFile(path.Join("klp-nested/bin", b.Name), b.Path))
+		dir := path.Join("/src", strings.TrimPrefix(b.Pkg, "./"))
+		// Tests read testdata relative to their package directory.
+		if td := filepath.Join(root, b.Pkg, "testdata"); isDir(td) {
+			must(a.AddTree(path.Join(dir, "testdata"), td))
+		}
+		man.Tests = append(man.Tests, manifest.Binary{Name: b.Name, Pkg: b.ImportP, Dir: dir, Args: runArgs(b.Pkg)})
+	}
+	mj, err := json.MarshalIndent(man, "", "  ")
+	must(err)
+	must(a.AddBytes(manifest.Path, mj, 0o644))
+	f, err := os.Create(out)
+	must(err)
+	w := bufio.NewWriterSize(f, 1<<20)
+	must(a.Write(w))
+	must(w.Flush())
+	st, err := f.Stat()
+	must(err)
+	must(f.Close())
+	return st.Size()
+}
+
+func isDir(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
+}
+
+// qemuArgs is the VM: TCG with SVM emulated, 2 vCPUs (so multi-vCPU pause
+// is real), the console on stdio, the result channel on a file.
+func qemuArgs(k *kernelCache, initrd, results string) []string {
+	return []string{
+		"-accel", "tcg,thread=multi",
+		"-cpu", "max",
+		"-smp", "2",
+		"-m", "1024",
+		"-display", "none",
+		"-monitor", "none",
+		"-serial", "stdio",
+		"-serial", "file:" + results,
+		"-nic", "none",
+		"-no-reboot",
+		"-kernel", k.Vmlinuz,
+		"-initrd", initrd,
+		"-append", "console=ttyS0 quiet panic=-1",
+	}
+}
+
+// bootVM runs QEMU until it exits or the timeout, streaming the console to
+// the test log line by line. It returns why the VM was stopped early ("" if
+// it powered off by itself) and how long it ran.
+func bootVM(t *testing.T, k *kernelCache, initrd, results string, timeout time.Duration) (string, time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, k.QEMU, qemuArgs(k, initrd, results)...)
+	cmd.Stdin = nil
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = 5 * time.Second
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", k.QEMU, err)
+	}
+	t.Logf("booting: %s %s", k.QEMU, strings.Join(qemuArgs(k, initrd, results), " "))
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		if line = stripControl(line); line != "" {
+			t.Logf("[vm %6.2fs] %s", time.Since(start).Seconds(), line)
+		}
+	}
+	err = cmd.Wait()
+	elapsed := time.Since(start)
+	if ctx.Err() == context.DeadlineExceeded {
+		return fmt.Sprintf("the VM hung: killed after %v", timeout), elapsed
+	}
+	if err != nil {
+		t.Errorf("qemu: %v\n%s", err, tail(stderr.String(), 20))
+		return "QEMU failed: " + err.Error(), elapsed
+	}
+	if s := strings.TrimSpace(stderr.String()); s != "" {
+		t.Logf("qemu stderr:\n%s", tail(s, 20))
+	}
+	return "", elapsed
+}
+
+// stripControl drops terminal escape sequences and control bytes the
+// firmware and the kernel write to the console.
+func stripControl(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == 0x1b: // ESC [ ... final byte, or ESC x
+			if i+1 < len(s) && s[i+1] == '[' {
+				i += 2
+				for i < len(s) && (s[i] < 0x40 || s[i] > 0x7e) {
+					i++
+				}
+			} else {
+				i++
+			}
+		case c == '\t' || c >= 0x20:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
