@@ -97,8 +97,12 @@ func TestMalformedKernel(t *testing.T) {
 		{"symtab size", func(e *elfEdit) { e.put64(e.field(e.section(".symtab"), shSize), 25) }, "multiple"},
 		{"symtab link", func(e *elfEdit) { e.put32(e.field(e.section(".symtab"), shLink), 999) }, "string table"},
 		{"no symtab", func(e *elfEdit) { e.put32(e.field(e.section(".symtab"), shType), SHT_PROGBITS) }, "no symbol table"},
-		{"symbol name", func(e *elfEdit) { e.put32(int(le.Uint64(e.data[e.field(e.section(".symtab"), shOffset):]))+symSize, 1<<30) }, "name"},
-		{"symbol shndx", func(e *elfEdit) { e.put16(int(le.Uint64(e.data[e.field(e.section(".symtab"), shOffset):]))+symSize+6, 0x9000) }, "section"},
+		{"symbol name", func(e *elfEdit) {
+			e.put32(int(le.Uint64(e.data[e.field(e.section(".symtab"), shOffset):]))+symSize, 1<<30)
+		}, "name"},
+		{"symbol shndx", func(e *elfEdit) {
+			e.put16(int(le.Uint64(e.data[e.field(e.section(".symtab"), shOffset):]))+symSize+6, 0x9000)
+		}, "section"},
 		{"strtab unterminated", func(e *elfEdit) {
 			b := e.sectionBytes(".strtab")
 			for i := range b {

@@ -2,6 +2,7 @@ package elfpatch
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -31,5 +32,44 @@ func TestSynthKernel(t *testing.T) {
 	r := NewKernelReport(k, "")
 	if r.Patchable != 2000+125 || !r.OK() {
 		t.Errorf("report: %d patchable, problems %v", r.Patchable, r.Problems)
+	}
+}
+
+// IBT-style entries (endbr64, then the fentry NOP at +4) are patchable; a
+// site elsewhere inside a function is not.
+func TestSiteOffsets(t *testing.T) {
+	const fnSize = 64
+	data := synthKernel(8, fnSize)
+	f, err := parseELF("test", data, etExec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := f.sections[1]
+	mc := f.sections[2]
+	fn := func(i int) []byte { return data[text.Offset+uint64(i*fnSize):][:fnSize] }
+	setSite := func(i int, off uint64) {
+		le.PutUint64(data[mc.Offset+uint64(8*i):], text.Addr+uint64(i*fnSize)+off)
+	}
+	// Function 1: endbr64; nop5 at +4.
+	copy(fn(1), append(append([]byte{}, endbr64...), Nop5[:]...))
+	setSite(1, 4)
+	// Function 2: push %rbp; nop5 at +1 (valid NOP, wrong place).
+	copy(fn(2), append([]byte{0x55}, Nop5[:]...))
+	setSite(2, 1)
+	// Function 3: a site whose bytes are a different 5-byte instruction.
+	copy(fn(3), []byte{0xb8, 1, 0, 0, 0}) // mov $1, %eax
+	k, err := ParseKernel(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site, err := k.Patchable("synth_fn_000001", 0)
+	if err != nil || site.Offset != 4 || site.Addr != text.Addr+fnSize+4 {
+		t.Errorf("endbr64 entry: %+v %v", site, err)
+	}
+	if _, err := k.Patchable("synth_fn_000002", 0); !errors.Is(err, ErrNotPatchable) || !strings.Contains(err.Error(), "not at the function's entry") {
+		t.Errorf("site at +1: %v", err)
+	}
+	if _, err := k.Patchable("synth_fn_000003", 0); !errors.Is(err, ErrNotPatchable) || !strings.Contains(err.Error(), "not a 5-byte NOP") {
+		t.Errorf("mov at the site: %v", err)
 	}
 }

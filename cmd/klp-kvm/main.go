@@ -21,6 +21,8 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"run", "boot a guest and serve the control API", cmdRun},
+		{"exec", "run a guest shell command through the agent", cmdExec},
+		{"sysfs", "ls, cat or write the guest's /sys/kernel/livepatch", cmdSysfs},
 		{"status", "show the running machine", cmdStatus},
 		{"stop", "stop the running machine", cmdStop},
 		{"inspect", "offline: kernel symbols, fentry sites, patch plan", cmdInspect},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,15 +11,59 @@ import (
 	"os/signal"
 	"syscall"
 
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"klp-kvm/api"
+	"klp-kvm/guestkernel"
 	"klp-kvm/kvm"
+	"klp-kvm/kvm/agent"
 )
 
-// defaultKernel supplies the embedded guest kernel when --kernel is not
-// given (set by kernel_embed.go once the image is embedded).
-var defaultKernel func() ([]byte, error)
+// sysfsWriteEvent is the data of the agent's "sysfs-write" event: a guest
+// process wrote value to a /sys/kernel/livepatch file and waits for the
+// host's answer.
+type sysfsWriteEvent struct {
+	ID    uint64 `json:"id"`
+	Path  string `json:"path"`
+	Value string `json:"value"`
+}
+
+// sysfsWrite carries out a guest-side sysfs write; nil until a livepatch
+// manager serves them, and then writes are refused with ENODEV.
+var sysfsWrite func(path, value string) error
+
+// guestEvent handles one event line from the guest agent.
+func guestEvent(ag *agent.Client, ev agent.Event, stderr io.Writer) {
+	if ev.Name != "sysfs-write" {
+		fmt.Fprintf(stderr, "klp-kvm: guest event %s: %s\r\n", ev.Name, ev.Data)
+		return
+	}
+	var w sysfsWriteEvent
+	if err := json.Unmarshal(ev.Data, &w); err != nil {
+		fmt.Fprintf(stderr, "klp-kvm: malformed sysfs-write event: %v\r\n", err)
+		return
+	}
+	errno := int(unix.ENODEV)
+	if sysfsWrite != nil {
+		errno = errnoOf(sysfsWrite(w.Path, w.Value))
+	}
+	if err := ag.SysfsReply(w.ID, errno); err != nil {
+		fmt.Fprintf(stderr, "klp-kvm: sysfs-reply: %v\r\n", err)
+	}
+}
+
+// errnoOf is the Linux errno an error carries (EIO if none), 0 for nil.
+func errnoOf(err error) int {
+	if err == nil {
+		return 0
+	}
+	var en syscall.Errno
+	if errors.As(err, &en) {
+		return int(en)
+	}
+	return int(unix.EIO)
+}
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
@@ -93,8 +138,14 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer os.Remove(path)
+	var ag *agent.Client
+	agReady := make(chan struct{}) // events may arrive before New returns
+	ag = agent.New(m.AgentPort(), agent.Options{OnEvent: func(ev agent.Event) { <-agReady; guestEvent(ag, ev, stderr) }})
+	close(agReady)
+	defer ag.Close()
 	mux := http.NewServeMux()
 	api.MachineRoutes(mux, m)
+	api.GuestRoutes(mux, ag)
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(l)
 	defer srv.Close()
@@ -133,10 +184,7 @@ func loadKernel(path string) ([]byte, error) {
 		}
 		return b, nil
 	}
-	if defaultKernel == nil {
-		return nil, errors.New("no embedded guest kernel in this build: give --kernel")
-	}
-	return defaultKernel()
+	return guestkernel.Vmlinux(), nil
 }
 
 // crlfWriter turns \n into \r\n for a terminal in raw mode.

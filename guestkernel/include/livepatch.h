@@ -138,9 +138,5 @@ _Static_assert(__builtin_offsetof(struct klp_patch, replace) == 16, "klp_patch l
  * since a call to the entry itself would be redirected back to it. */
 #define KLP_FENTRY_SIZE 5
 
-#ifndef notrace
-#define notrace __attribute__((no_instrument_function))
-#endif
-
 #endif /* __ASSEMBLER__ */
 #endif /* KLP_LIVEPATCH_H */

@@ -2,8 +2,9 @@
 /*
  * livepatch-callbacks.c - the vmlinux object's pre/post (un)patch callbacks
  * (Linux's samples/livepatch/livepatch-callbacks-demo.c, reduced). Each
- * callback bumps its own counter; the replacement cmdline_proc_show() prints
- * them, so "cat /proc/cmdline" shows which callbacks ran and how often.
+ * callback bumps its own counter and the kernel's klp_callback_counter (shown
+ * by /proc/klp_selftest); the replacement cmdline_proc_show() prints the
+ * patch's counters, so "cat /proc/cmdline" shows which callbacks ran.
  * pre_patch refuses (-EINVAL) once klp_callbacks_refuse is set non-zero,
  * which a test can poke to check that a failing pre_patch aborts enabling.
  */
@@ -12,6 +13,8 @@
 
 #define EINVAL 22
 
+extern volatile unsigned long klp_callback_counter;
+
 /* Not static: tests find the counters by symbol in the patch image. */
 int klp_callbacks_refuse;
 unsigned long klp_callbacks_counts[4];
@@ -19,22 +22,26 @@ unsigned long klp_callbacks_counts[4];
 static int pre_patch_callback(struct klp_object *obj)
 {
 	klp_callbacks_counts[0]++;
+	klp_callback_counter++;
 	return klp_callbacks_refuse ? -EINVAL : 0;
 }
 
 static void post_patch_callback(struct klp_object *obj)
 {
 	klp_callbacks_counts[1]++;
+	klp_callback_counter++;
 }
 
 static void pre_unpatch_callback(struct klp_object *obj)
 {
 	klp_callbacks_counts[2]++;
+	klp_callback_counter++;
 }
 
 static void post_unpatch_callback(struct klp_object *obj)
 {
 	klp_callbacks_counts[3]++;
+	klp_callback_counter++;
 }
 
 static int livepatch_cmdline_proc_show(struct seq_file *m, void *v)

@@ -9,7 +9,7 @@ import "math/bits"
 // the operand size; results are truncated (zero-extended) to it. Every function sets the
 // arithmetic flags exactly like the CPU where the SDM defines them; where the SDM leaves
 // a flag undefined the value chosen here is documented at the function and in
-// alu_test.go's table (it is never something a correct guest relies on).
+// the table in native_amd64_test.go (never something a correct guest relies on).
 //
 // A size other than 1, 2, 4 or 8 is a bug in the caller; it yields meaningless values
 // but never panics (all shifts below are by unsigned counts, which Go defines for any

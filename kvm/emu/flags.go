@@ -77,27 +77,19 @@ func (f *Flags) PF() bool {
 }
 
 // Get materialises the arithmetic bits at their RFLAGS positions; all other bits are 0.
+// Branch-free: PUSHF, interrupt delivery and LAHF call it with unpredictable flags.
 func (f *Flags) Get() uint64 {
-	var v uint64
-	if f.CF() {
-		v |= FlagCF
+	aux, res := f.aux, f.res
+	cf := aux >> 31 & 1
+	of := (aux + auxPO) >> 31 & 1
+	af := aux >> 3 & 1
+	sf := (res>>63 ^ aux) & 1
+	pf := uint64(bits.OnesCount8(uint8(res)^1^uint8(aux>>auxPDBShift))&1) ^ 1
+	var zf uint64
+	if res == resBias {
+		zf = 1
 	}
-	if f.PF() {
-		v |= FlagPF
-	}
-	if f.AF() {
-		v |= FlagAF
-	}
-	if f.ZF() {
-		v |= FlagZF
-	}
-	if f.SF() {
-		v |= FlagSF
-	}
-	if f.OF() {
-		v |= FlagOF
-	}
-	return v
+	return cf | pf<<2 | af<<4 | zf<<6 | sf<<7 | of<<11
 }
 
 // Set loads all six arithmetic flags from v (RFLAGS layout); other bits are ignored.

@@ -372,12 +372,14 @@ func (p aluPrep) String() string {
 	if p.kind == 0 {
 		return "Set"
 	}
-	return fmt.Sprintf("aluPrep%d/size%d(%#x,%#x,c=%d)", p.kind, p.size, p.a, p.b, p.c)
+	return fmt.Sprintf("prep%d/size%d(%#x,%#x,c=%d)", p.kind, p.size, p.a, p.b, p.c)
 }
+
+const aluPrepKinds = 12
 
 // apply establishes the input flags on f and returns them in RFLAGS layout.
 func (p aluPrep) apply(f *Flags, fl uint64) uint64 {
-	switch p.kind % 8 {
+	switch p.kind % aluPrepKinds {
 	case 0:
 		f.Set(fl)
 	case 1:
@@ -399,6 +401,16 @@ func (p aluPrep) apply(f *Flags, fl uint64) uint64 {
 		Bt(f, p.size, p.a, uint(p.c)&63)
 		Tzcnt(f, p.size, p.b)
 		f.SetCF(p.c&1 != 0)
+	case 8:
+		Popcnt(f, p.size, p.a) // PF via the parity delta byte
+	case 9:
+		Shr(f, p.size, p.a, p.c)
+	case 10:
+		f.Set(fl)
+		Dec(f, p.size, p.a)
+	case 11:
+		f.Set(fl)
+		Rol(f, p.size, p.a, p.c) // SF/PF deltas from Set survive
 	}
 	return f.Get()
 }
@@ -653,7 +665,7 @@ func aluRandIn(r *rand.Rand, s *aluSpec, size uint8) (aluIn, aluPrep) {
 	}
 	var p aluPrep
 	if r.IntN(2) == 0 {
-		p = aluPrep{kind: uint8(r.IntN(8)), size: aluSizes[r.IntN(4)],
+		p = aluPrep{kind: uint8(r.IntN(aluPrepKinds)), size: aluSizes[r.IntN(4)],
 			a: aluRandOperand(r, 8), b: aluRandOperand(r, 8), c: uint8(r.UintN(256))}
 	}
 	return in, p
@@ -832,7 +844,7 @@ func FuzzALU(f *testing.F) {
 			}
 		}
 		in := aluIn{a: a, b: b, h: h, c: c, fl: flags}
-		p := aluPrep{kind: prepKind % 8, size: aluSizes[prepKind>>3%4], a: prepA, b: b ^ prepA, c: c ^ prepKind}
+		p := aluPrep{kind: prepKind % aluPrepKinds, size: aluSizes[prepKind>>4%4], a: prepA, b: b ^ prepA, c: c ^ prepKind}
 		emu, nat, in, ok := aluRunCase(s, sz, in, p)
 		if !ok {
 			return // a #DE vector; TestDivDENative covers those

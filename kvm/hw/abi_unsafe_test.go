@@ -116,6 +116,7 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_CREATE_VCPU", kvm.IIO(0x41), 0xae41},
 		{"KVM_SET_TSS_ADDR", kvm.IIO(0x47), 0xae47},
 		{"KVM_CREATE_IRQCHIP", kvm.IIO(0x60), 0xae60},
+		{"KVM_SET_MP_STATE", kvm.IIOW(0x99, unsafe.Sizeof(kvm.MPState{})), 0x4004ae99},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %#x, kernel has %#x", c.name, c.got, c.want)

@@ -263,6 +263,12 @@ func (c *vcpu) setup(e *kvmEngine, id int) error {
 		// registers through kvm_run.
 		binary.LittleEndian.PutUint64(run[runValidRegs:], kvmSyncX86Regs)
 	}
+	// With the in-kernel LAPIC, KVM starts every vCPU but 0 in
+	// wait-for-SIPI, where KVM_RUN blocks. klp-kvm's boot protocol starts
+	// every vCPU at the kernel entry, so all are made runnable.
+	if err := kvm.SetMPState(uintptr(c.fd), &kvm.MPState{State: kvm.MPStateRunnable}); err != nil {
+		return ioctlErr("KVM_SET_MP_STATE", err)
+	}
 	cpuid := vcpuCPUID(e.cpuid, id)
 	if err := kvm.SetCPUID2(uintptr(c.fd), &kvm.CPUID{Nent: uint32(len(cpuid)), Entries: cpuid}); err != nil {
 		return ioctlErr("KVM_SET_CPUID2", err)

@@ -15,9 +15,10 @@
 // without /dev/kvm the test skips with one line; with /dev/kvm it runs the
 // same binaries directly on the host instead.
 //
-// Knobs (environment): KLP_KVM_NESTED=0 skips the tier; KLP_KVM_NESTED_RUN
+// Knobs (environment): KLP_KVM_NESTED_REQUIRE=1 (CI) turns every skip into
+// a failure; KLP_KVM_NESTED=0 skips the tier; KLP_KVM_NESTED_RUN
 // is passed to every binary as -test.run; KLP_KVM_NESTED_TIMEOUT (a Go
 // duration, default 10m) bounds the whole VM run; KLP_KVM_NESTED_CACHE
 // overrides the cache directory; KLP_KVM_NESTED_DIRECT=0 forces the VM even
-// where /dev/kvm exists.
+// where /dev/kvm exists, =1 runs directly on the host whatever it has.
 package nested

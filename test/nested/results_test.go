@@ -96,10 +96,9 @@ func parseResults(r io.Reader) (*vmResults, error) {
 
 // testEvent is one line of `go tool test2json` output.
 type testEvent struct {
-	Action  string
-	Test    string
-	Output  string
-	Elapsed float64
+	Action string
+	Test   string
+	Output string
 }
 
 // test2json converts a binary's -test.v=test2json output with the Go
@@ -127,10 +126,9 @@ func test2json(pkg string, out []byte) ([]testEvent, error) {
 
 // testOutcome is one top-level in-VM test.
 type testOutcome struct {
-	Name    string
-	Action  string // pass, fail, skip, or "" if it never finished
-	Output  string // its output and its subtests'
-	Elapsed float64
+	Name   string
+	Action string // pass, fail, skip, or "" if it never finished
+	Output string // its output and its subtests'
 }
 
 // outcomes groups test2json events by top-level test, in first-seen order,
@@ -158,7 +156,6 @@ func outcomes(evs []testEvent) (tests []*testOutcome, pkgOutput string) {
 		case "pass", "fail", "skip":
 			if !sub {
 				o.Action = e.Action
-				o.Elapsed = e.Elapsed
 			}
 		}
 	}
@@ -179,16 +176,22 @@ func report(t *testing.T, b *binResult, hung string) {
 		t.Run(o.Name, func(t *testing.T) {
 			switch o.Action {
 			case "pass":
-				t.Logf("passed in the VM in %.2fs\n%s", o.Elapsed, strings.TrimRight(o.Output, "\n"))
+				t.Logf("passed in the VM:\n%s", strings.TrimRight(o.Output, "\n"))
 			case "skip":
 				t.Skipf("skipped in the VM:\n%s", strings.TrimRight(o.Output, "\n"))
 			case "fail":
 				t.Errorf("failed in the VM:\n%s", strings.TrimRight(o.Output, "\n"))
 			default:
+				// A benchmark has no pass line: it is done when the
+				// binary ended well.
+				if strings.HasPrefix(o.Name, "Benchmark") && b.Ended && b.Exit == 0 && b.Error == "" {
+					t.Logf("benchmark in the VM:\n%s", strings.TrimRight(o.Output, "\n"))
+					return
+				}
 				t.Errorf("never finished in the VM (%s):\n%s", hungReason(b, hung), tail(o.Output+pkgOut, 60))
 			}
 		})
-		if o.Action == "fail" || o.Action == "" {
+		if o.Action == "fail" || (o.Action == "" && !(strings.HasPrefix(o.Name, "Benchmark") && b.Ended && b.Exit == 0)) {
 			failed++
 		}
 	}
@@ -203,10 +206,6 @@ func report(t *testing.T, b *binResult, hung string) {
 		}
 	case len(tests) == 0:
 		t.Errorf("%s ran no test:\n%s", b.Name, tail(pkgOut, 20))
-	default:
-		if bench := benchLines(pkgOut); bench != "" {
-			t.Logf("benchmarks in the VM:\n%s", bench)
-		}
 	}
 }
 
@@ -215,16 +214,6 @@ func hungReason(b *binResult, hung string) string {
 		return hung
 	}
 	return "the VM stopped"
-}
-
-func benchLines(s string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.HasPrefix(l, "Benchmark") {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
 }
 
 // tail returns the last n lines of s.

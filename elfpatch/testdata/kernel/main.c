@@ -20,6 +20,7 @@ struct guest_abi {
 struct guest_abi klp_guest_abi = { 1, 0 };
 
 volatile unsigned long sink;
+volatile unsigned long klp_callback_counter; /* bumped by livepatch-callbacks */
 
 int seq_printf(struct seq_file *m, const char *fmt, ...)
 {

@@ -237,7 +237,11 @@ func runBinary(res *os.File, m *manifest.Manifest, b manifest.Binary) bool {
 				resMu.Lock()
 				res.Write(line)
 				resMu.Unlock()
-				os.Stdout.Write(bytes.ReplaceAll(line, []byte{0x16}, nil))
+				// The console copy is for people: no framing bytes, no
+				// test2json "=== NAME" bookkeeping lines.
+				if human := bytes.ReplaceAll(line, []byte{0x16}, nil); !bytes.HasPrefix(human, []byte("=== NAME")) {
+					os.Stdout.Write(human)
+				}
 			}
 			if err != nil {
 				return

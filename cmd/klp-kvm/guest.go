@@ -1,0 +1,89 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"klp-kvm/api"
+	"klp-kvm/kvm/agent"
+)
+
+// cmdExec runs a guest shell command line through the agent:
+// klp-kvm exec [--api SOCK] [--json] -- CMD...
+func cmdExec(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	sock := fs.String("api", "", "control API socket")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "usage: klp-kvm exec [--api SOCK] [--json] -- CMD...")
+		return 2
+	}
+	var res agent.ExecResult
+	if code := call(stderr, *sock, "POST", "/guest/exec", api.ExecRequest{Cmd: strings.Join(fs.Args(), " ")}, &res); code != 0 {
+		return code
+	}
+	if *asJSON {
+		return printJSON(stdout, res)
+	}
+	io.WriteString(stdout, res.Output)
+	if res.Truncated {
+		fmt.Fprintln(stderr, "klp-kvm: output truncated by the guest agent")
+	}
+	if res.Status != 0 {
+		fmt.Fprintf(stderr, "klp-kvm: guest command exited with status %d\n", res.Status)
+		return 1
+	}
+	return 0
+}
+
+// cmdSysfs reads and writes the guest's /sys/kernel/livepatch:
+// klp-kvm sysfs [--api SOCK] ls|cat PATH | write PATH VALUE
+// A relative PATH is taken under /sys/kernel/livepatch.
+func cmdSysfs(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sysfs", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	sock := fs.String("api", "", "control API socket")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	a := fs.Args()
+	usage := func() int {
+		fmt.Fprintln(stderr, "usage: klp-kvm sysfs [--api SOCK] ls [PATH] | cat PATH | write PATH VALUE")
+		return 2
+	}
+	if len(a) == 0 {
+		return usage()
+	}
+	switch {
+	case a[0] == "ls" && len(a) <= 2:
+		p := api.SysfsRoot
+		if len(a) == 2 {
+			p = api.SysfsPath(a[1])
+		}
+		var res agent.ExecResult
+		if code := call(stderr, *sock, "POST", "/guest/exec", api.ExecRequest{Cmd: "ls " + p}, &res); code != 0 {
+			return code
+		}
+		io.WriteString(stdout, res.Output)
+		if res.Status != 0 {
+			return 1
+		}
+		return 0
+	case a[0] == "cat" && len(a) == 2:
+		var res api.FileReply
+		if code := call(stderr, *sock, "POST", "/guest/file/read", api.FileRequest{Path: api.SysfsPath(a[1])}, &res); code != 0 {
+			return code
+		}
+		io.WriteString(stdout, res.Content)
+		return 0
+	case a[0] == "write" && len(a) == 3:
+		return call(stderr, *sock, "POST", "/guest/file/write", api.FileRequest{Path: api.SysfsPath(a[1]), Data: a[2]}, nil)
+	}
+	return usage()
+}
