@@ -10,6 +10,22 @@
 // reading the input. Its output (an Image) is what the livepatch package
 // writes into the guest's patch area.
 //
+// Conventions (see livepatch.h):
+//   - A patch names its struct klp_patch with KLP_PATCH(p): one 8-byte
+//     pointer in section .klp.patch. Its name is the string in section
+//     .klp.modname (KLP_MODULE_NAME), else the file's stem with '-' -> '_'
+//     (ParsePatchFile, ModuleNameFromFile).
+//   - sympos counts the symbols of one name in ascending address order
+//     (kallsyms order), from 1; 0 means the only one (ErrAmbiguous if not).
+//   - Plain undefined symbols resolve to the kernel's global symbols only;
+//     .klp.sym.vmlinux.<name>,<sympos> reaches locals. Other objects than
+//     vmlinux are refused (the guest has no modules).
+//   - A function is patchable when it is an STT_FUNC with a size, not a
+//     compiler clone (.cold/.part/.isra/.constprop/...), and has a checked
+//     fentry site at its entry (or right after an entry endbr64).
+//   - Layout order: code, read-only data, data, bss, each section at its
+//     own alignment (at most 4096), so a base aligned to Patch.Align works.
+//
 // Raw on-disk structures (rawHeader, rawSection, rawSym, rawRela, ...) are
 // kept apart from the decoded types (Section, Symbol, Reloc), as in debug/elf.
 // debug/elf is not used because it trusts section sizes when allocating and

@@ -253,8 +253,7 @@ func cstring(tab []byte, off uint64) (string, error) {
 	return string(rest[:n]), nil
 }
 
-// parseSymbols decodes the symbol table (required). keep filters symbols
-// whose names are worth materialising (nil keeps all).
+// parseSymbols decodes the symbol table (required).
 func (f *elfFile) parseSymbols() error {
 	if f.symtab < 0 {
 		return f.errf(ErrFormat, "no symbol table (stripped?)")

@@ -1,6 +1,7 @@
 package elfpatch
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -63,4 +64,15 @@ func mustLookup(t testing.TB, k *Kernel, name string, pos int) Symbol {
 		t.Fatal(err)
 	}
 	return s
+}
+
+func bytesReaderAt(b, p []byte, off int64) (int, error) {
+	if off >= int64(len(b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"slices"
+	"sort"
 	"strings"
 
 	"golang.org/x/arch/x86/x86asm"
@@ -260,10 +261,8 @@ func (k *Kernel) nameRange(name string) []int32 {
 	lo, _ := slices.BinarySearchFunc(k.byName, name, func(i int32, n string) int {
 		return strings.Compare(syms[i].Name, n)
 	})
-	hi := lo
-	for hi < len(k.byName) && syms[k.byName[hi]].Name == name {
-		hi++
-	}
+	// Upper bound by binary search too: a name may repeat many times.
+	hi := lo + sort.Search(len(k.byName)-lo, func(i int) bool { return syms[k.byName[lo+i]].Name != name })
 	return k.byName[lo:hi]
 }
 
@@ -335,13 +334,21 @@ func (k *Kernel) Sympos(index int) (pos, count int) {
 	if index <= 0 || index >= len(k.f.symbols) {
 		return 0, 0
 	}
-	r := k.nameRange(k.f.symbols[index].Name)
-	for i, idx := range r {
-		if int(idx) == index {
-			return i + 1, len(r)
+	syms := k.f.symbols
+	target := &syms[index]
+	r := k.nameRange(target.Name)
+	// r is sorted by (address, index): binary search, so that a hostile
+	// image with one name repeated 100k times stays fast.
+	i, found := slices.BinarySearchFunc(r, int32(index), func(idx, want int32) int {
+		if c := cmp.Compare(syms[idx].Value, target.Value); c != 0 {
+			return c
 		}
+		return cmp.Compare(idx, want)
+	})
+	if !found {
+		return 0, 0
 	}
-	return 0, 0
+	return i + 1, len(r)
 }
 
 // Addr2Sym finds the symbol containing addr and the offset into it (like
@@ -518,6 +525,7 @@ func (k *Kernel) findSites() {
 		}
 		k.sites = append(k.sites, s)
 	}
+	slices.SortFunc(k.siteProblems, func(a, b SiteProblem) int { return cmp.Compare(a.Addr, b.Addr) })
 	slices.SortFunc(k.sites, func(a, b Site) int { return cmp.Compare(a.Addr, b.Addr) })
 	k.sites = slices.CompactFunc(k.sites, func(a, b Site) bool { return a.Addr == b.Addr })
 }
@@ -577,8 +585,11 @@ func (k *Kernel) checkFunc(sym Symbol) FuncInfo {
 	}
 	site := k.siteIn(sym.Value, sym.Value+sym.Size)
 	if site == nil {
-		for _, p := range k.siteProblems {
-			if p.Addr >= sym.Value && p.Addr-sym.Value < sym.Size {
+		// siteProblems is sorted by address: a binary search keeps a
+		// hostile image with many bad entries linear overall.
+		i, _ := slices.BinarySearchFunc(k.siteProblems, sym.Value, func(p SiteProblem, a uint64) int { return cmp.Compare(p.Addr, a) })
+		if i < len(k.siteProblems) {
+			if p := k.siteProblems[i]; p.Addr-sym.Value < sym.Size {
 				return no(ReasonBadSite, "%s: __mcount_loc entry at %#x: %s", sym.Name, p.Addr, p.Reason)
 			}
 		}

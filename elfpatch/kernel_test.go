@@ -3,6 +3,8 @@ package elfpatch
 import (
 	"bytes"
 	"errors"
+	"io"
+	"os"
 	"strings"
 	"testing"
 )
@@ -240,5 +242,31 @@ func TestKernelReportFixture(t *testing.T) {
 	}
 	if r := NewKernelReport(k, "nope"); r.OK() {
 		t.Error("report of a missing symbol is OK")
+	}
+}
+
+type plainReaderAt struct{ b []byte }
+
+func (r plainReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	return bytesReaderAt(r.b, p, off)
+}
+
+func TestOpenKernel(t *testing.T) {
+	f, err := os.Open(fixtureKernelPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data := readFile(t, fixtureKernelPath)
+	for name, r := range map[string]io.ReaderAt{
+		"file": f, "bytes.Reader": bytes.NewReader(data), "plain": plainReaderAt{data},
+	} {
+		k, err := OpenKernel(r)
+		if err != nil || len(k.FentrySites()) != len(fixtureKernel(t).FentrySites()) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if _, err := OpenKernel(bytes.NewReader(data[:100])); !errors.Is(err, ErrFormat) {
+		t.Errorf("short: %v", err)
 	}
 }

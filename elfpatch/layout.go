@@ -3,7 +3,6 @@ package elfpatch
 import (
 	"cmp"
 	"errors"
-	"fmt"
 	"math"
 	"slices"
 	"strconv"
@@ -79,6 +78,28 @@ type Image struct {
 	FentrySites []Site          `json:"fentry_sites"` // the patch's own functions' sites
 	Relocs      []Reloc         `json:"relocs"`
 	symbols     map[string]uint64
+	funcs       []imageSym // the patch's function symbols, by address
+}
+
+type imageSym struct {
+	name       string
+	addr, size uint64
+}
+
+// Addr2Sym names the patch function holding addr (for stack walks that
+// meet the patch's code): its name and the offset into it.
+func (im *Image) Addr2Sym(addr uint64) (name string, off uint64, ok bool) {
+	i, _ := slices.BinarySearchFunc(im.funcs, addr+1, func(s imageSym, a uint64) int { return cmp.Compare(s.addr, a) })
+	for i--; i >= 0; i-- {
+		s := &im.funcs[i]
+		if addr-s.addr < s.size {
+			return s.name, addr - s.addr, true
+		}
+		if s.size > 0 {
+			break
+		}
+	}
+	return "", 0, false
 }
 
 // Size is the image's length in the patch area.
@@ -125,7 +146,9 @@ func (p *Patch) plan() (*plan, error) {
 		s := &f.sections[i]
 		if s.Alloc() && (s.Type == SHT_PROGBITS || s.Type == SHT_NOBITS) {
 			idx = append(idx, i)
-		} else if s.Alloc() && s.Type != SHT_NULL && s.Size > 0 {
+		} else if s.Alloc() && s.Type != SHT_NULL && s.Type != shtNote && s.Size > 0 {
+			// Notes (.note.gnu.property of CET builds) are not needed at
+			// run time; anything else allocated would be silently lost.
 			return nil, &Error{Op: "layout", Section: s.Name, Err: kindf(ErrFormat, "allocated section of type %d is not supported", s.Type)}
 		}
 	}
@@ -262,8 +285,17 @@ func (p *Patch) layout(base uint64, k *Kernel, all bool) (*Image, []error) {
 			if prev, dup := st.funcAt[a]; s.Type == TypeFunc && (!dup || s.Name < prev) {
 				st.funcAt[a] = s.Name
 			}
+			if s.Type == TypeFunc {
+				im.funcs = append(im.funcs, imageSym{s.Name, a, s.Size})
+			}
 		}
 	}
+	slices.SortFunc(im.funcs, func(a, b imageSym) int {
+		if c := cmp.Compare(a.addr, b.addr); c != 0 {
+			return c
+		}
+		return strings.Compare(a.name, b.name)
+	})
 	if st.relocate() {
 		return im, st.errs
 	}
@@ -274,8 +306,14 @@ func (p *Patch) layout(base uint64, k *Kernel, all bool) (*Image, []error) {
 	return im, st.errs
 }
 
+// addr is the virtual address of a Ref into a loaded section (the parser
+// only hands out such Refs; 0 otherwise).
 func (st *layoutState) addr(r Ref) uint64 {
-	return st.pl.sections[st.pl.byIndex[r.Section]].Addr + r.Offset
+	i, ok := st.pl.byIndex[r.Section]
+	if !ok {
+		return 0
+	}
+	return st.pl.sections[i].Addr + r.Offset
 }
 
 // resolve finds a relocation symbol's address S.
@@ -374,9 +412,12 @@ func parseKlpSym(s string) (obj, name string, pos int, ok bool, err error) {
 func (st *layoutState) relocate() bool {
 	p := st.p
 	targets := make([]int, 0, len(p.relas))
-	for t := range p.relas {
+	total := 0
+	for t, list := range p.relas {
 		targets = append(targets, t)
+		total += len(list)
 	}
+	st.im.Relocs = make([]Reloc, 0, total)
 	slices.Sort(targets)
 	for _, t := range targets {
 		pi, ok := st.pl.byIndex[t]
@@ -509,34 +550,38 @@ func (st *layoutState) relocated(sec int, off uint64) bool {
 }
 
 func (st *layoutState) checkSite(addr uint64) (Site, error) {
-	for _, ps := range st.pl.sections {
-		if !ps.Exec || addr < ps.Addr || addr-ps.Addr >= ps.Size {
-			continue
-		}
-		if ps.Size-(addr-ps.Addr) < FentrySize {
-			break
-		}
-		at := ps.off + (addr - ps.Addr)
-		code := st.im.Bytes[at:min(at+15, ps.off+ps.Size)]
-		inst, err := x86asm.Decode(code, 64)
-		if err != nil || inst.Op != x86asm.NOP || inst.Len != FentrySize {
-			return Site{}, kindf(ErrFormat, "fentry site %#x holds % x, not a 5-byte NOP", addr, code[:FentrySize])
-		}
-		s := Site{Addr: addr, Kind: SiteNop5}
-		copy(s.Bytes[:], code)
-		if name, ok := st.funcAt[addr]; ok {
-			s.Func, s.FuncAddr = name, addr
-		}
-		return s, nil
+	secs := st.pl.sections // in address order: placed one after another
+	i, _ := slices.BinarySearchFunc(secs, addr+1, func(ps PlacedSection, a uint64) int { return cmp.Compare(ps.Addr, a) })
+	// Zero-size sections share addresses with their successors: walk back
+	// to the section that really holds addr.
+	for i--; i >= 0 && secs[i].Size == 0; i-- {
 	}
-	return Site{}, kindf(ErrFormat, "fentry site %#x is not in the patch's code", addr)
+	if i < 0 || !secs[i].Exec || addr-secs[i].Addr >= secs[i].Size {
+		return Site{}, kindf(ErrFormat, "fentry site %#x is not in the patch's code", addr)
+	}
+	ps := &secs[i]
+	if ps.Size-(addr-ps.Addr) < FentrySize {
+		return Site{}, kindf(ErrFormat, "fentry site %#x runs past the end of %s", addr, ps.Name)
+	}
+	at := ps.off + (addr - ps.Addr)
+	code := st.im.Bytes[at:min(at+15, ps.off+ps.Size)]
+	inst, err := x86asm.Decode(code, 64)
+	if err != nil || inst.Op != x86asm.NOP || inst.Len != FentrySize {
+		return Site{}, kindf(ErrFormat, "fentry site %#x holds % x, not a 5-byte NOP", addr, code[:FentrySize])
+	}
+	s := Site{Addr: addr, Kind: SiteNop5}
+	copy(s.Bytes[:], code)
+	if name, ok := st.funcAt[addr]; ok {
+		s.Func, s.FuncAddr = name, addr
+	}
+	return s, nil
 }
 
 // resolveFuncs finds every old function and places every new one.
 func (st *layoutState) resolveFuncs() {
 	p := st.p
 	st.im.PatchAddr = st.addr(p.Loc)
-	owner := map[uint64]string{}
+	owner := map[uint64]Func{}
 	for _, obj := range p.Objects {
 		iobj := ImageObject{Name: obj.Name, Addr: st.addr(obj.Loc)}
 		for i, cb := range obj.Callbacks.list() {
@@ -553,6 +598,9 @@ func (st *layoutState) resolveFuncs() {
 			continue
 		}
 		for _, fn := range obj.Funcs {
+			if iobj.Funcs == nil {
+				iobj.Funcs = make([]ImageFunc, 0, len(obj.Funcs))
+			}
 			imf := ImageFunc{OldName: fn.OldName, OldSympos: fn.OldSympos, NewAddr: st.addr(fn.NewFunc), NewName: fn.NewFunc.Symbol}
 			if st.k != nil {
 				loc := &Error{Op: "resolve", Section: fn.Loc.SectionName, Offset: fn.Loc.Offset, Symbol: fn.OldName}
@@ -567,14 +615,16 @@ func (st *layoutState) resolveFuncs() {
 				}
 				sym, _ := st.k.Lookup(fn.OldName, fn.OldSympos)
 				imf.OldAddr, imf.OldSize, imf.Site = sym.Value, sym.Size, site
-				key := fmt.Sprintf("%s,%d", fn.OldName, fn.OldSympos)
+				// Two spellings of one function (sympos 0 and 1 of a
+				// unique name) are caught here, not by the parser.
 				if prev, dup := owner[sym.Value]; dup {
-					loc.Err = kindf(ErrDuplicate, "%s and %s are the same function (%#x)", prev, key, sym.Value)
+					loc.Err = kindf(ErrDuplicate, "%s,%d and %s,%d are the same function (%#x)",
+						prev.OldName, prev.OldSympos, fn.OldName, fn.OldSympos, sym.Value)
 					if st.fail(loc) {
 						return
 					}
 				}
-				owner[sym.Value] = key
+				owner[sym.Value] = fn
 			}
 			iobj.Funcs = append(iobj.Funcs, imf)
 		}

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"math/rand"
+	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -184,6 +186,10 @@ func TestMalformedPatch(t *testing.T) {
 		{"sympos", func(e *elfEdit) { le.PutUint64(e.sectionBytes(".data.funcs")[klpFuncOldSympos:], 1<<40) }, ErrRange, "implausible"},
 		{"data in bss", func(e *elfEdit) { e.put32(e.field(e.section(".data.funcs"), shType), SHT_NOBITS) }, ErrFormat, "without file data"},
 		{"SHT_REL", func(e *elfEdit) { e.put32(e.field(e.section(".rela.data.funcs"), shType), SHT_REL) }, ErrFormat, "SHT_REL"},
+		{"struct not loaded", func(e *elfEdit) {
+			at := e.field(e.section(".data.objs"), 8)
+			e.put64(at, le.Uint64(e.data[at:])&^SHF_ALLOC)
+		}, ErrFormat, "not loaded"},
 		{"group flag", func(e *elfEdit) {
 			at := e.field(e.section(".data.funcs"), 8)
 			e.put64(at, le.Uint64(e.data[at:])|SHF_GROUP)
@@ -254,11 +260,20 @@ func TestMutationsNoPanic(t *testing.T) {
 	k := fixtureKernel(t)
 	rng := rand.New(rand.NewSource(1))
 	inputs := [][]byte{readFile(t, samplePath("livepatch-callbacks")), readFile(t, testPatchesDir+"/allrelocs.o")}
+	rounds := 1500
+	if n := os.Getenv("ELFPATCH_MUTATIONS"); n != "" {
+		rounds, _ = strconv.Atoi(n)
+	}
 	for _, in := range inputs {
-		for i := 0; i < 1500; i++ {
+		shoff := int(le.Uint64(in[40:]))
+		for i := 0; i < rounds; i++ {
 			d := bytes.Clone(in)
 			for j := rng.Intn(4) + 1; j > 0; j-- {
-				d[rng.Intn(len(d))] = byte(rng.Intn(256))
+				at := rng.Intn(len(d))
+				if rng.Intn(2) == 0 { // the section header table
+					at = shoff + rng.Intn(len(d)-shoff)
+				}
+				d[at] = byte(rng.Intn(256))
 			}
 			p, err := ParsePatch(d)
 			if err != nil {

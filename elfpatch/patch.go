@@ -75,8 +75,9 @@ type Patch struct {
 	Objects    []Object
 	Loc        Ref // the struct klp_patch
 
-	f     *elfFile
-	relas map[int][]rela // by target section index, sorted by offset
+	f         *elfFile
+	relas     map[int][]rela // by target section index, sorted by offset
+	funcNames map[secOff]string
 }
 
 type rela struct {
@@ -132,6 +133,9 @@ func ParsePatchFile(path string) (*Patch, error) {
 // kbuild derives a module name: the stem, with '-' replaced by '_'
 // (livepatch-sample.o -> livepatch_sample).
 func ModuleNameFromFile(path string) string {
+	if path == "" {
+		return ""
+	}
 	base := filepath.Base(path)
 	for _, ext := range []string{".ko", ".o"} {
 		base = strings.TrimSuffix(base, ext)
@@ -223,8 +227,11 @@ func (p *Patch) parseRelas() error {
 			}
 			list = append(list, rela{off: r.Off, typ: uint32(r.Info), sym: int(sym), addend: r.Addend, relSec: i})
 		}
-		slices.SortStableFunc(list, func(a, b rela) int { return cmp.Compare(a.off, b.off) })
 		p.relas[int(s.Info)] = list
+	}
+	for t, list := range p.relas {
+		slices.SortStableFunc(list, func(a, b rela) int { return cmp.Compare(a.off, b.off) })
+		p.relas[t] = list
 	}
 	return nil
 }
@@ -278,6 +285,11 @@ func (p *Patch) field(sec int, off, n uint64, what string) ([]byte, error) {
 	s := &p.f.sections[sec]
 	if s.Type != SHT_PROGBITS {
 		return nil, p.structErr(sec, off, ErrFormat, "%s lies in a section without file data", what)
+	}
+	if !s.Alloc() {
+		// The structures are loaded with the patch (callbacks get a
+		// pointer to their klp_object), so they must be in the image.
+		return nil, p.structErr(sec, off, ErrFormat, "%s lies in a section that is not loaded (no SHF_ALLOC)", what)
 	}
 	if off > s.Size || n > s.Size-off {
 		return nil, p.structErr(sec, off, ErrFormat, "%s (%d bytes) runs past the end of its section (%#x bytes)", what, n, s.Size)
@@ -351,14 +363,27 @@ func (p *Patch) codeRef(ref *Ref, what string) error {
 	return nil
 }
 
-// symbolAt names the function symbol at (sec, off), for messages.
+type secOff struct {
+	sec int
+	off uint64
+}
+
+// symbolAt names the function symbol at (sec, off). The index is built
+// once: a lookup per func over all symbols would be quadratic.
 func (p *Patch) symbolAt(sec int, off uint64) string {
-	for _, s := range p.f.symbols {
-		if s.Section == sec && s.Value == off && s.Type == TypeFunc {
-			return s.Name
+	if p.funcNames == nil {
+		p.funcNames = map[secOff]string{}
+		for _, s := range p.f.symbols {
+			if s.Type != TypeFunc || s.Name == "" {
+				continue
+			}
+			k := secOff{s.Section, s.Value}
+			if prev, ok := p.funcNames[k]; !ok || s.Name < prev {
+				p.funcNames[k] = s.Name
+			}
 		}
 	}
-	return ""
+	return p.funcNames[secOff{sec, off}]
 }
 
 func (p *Patch) parseStructs() error {

@@ -18,7 +18,7 @@ func TestParseSamples(t *testing.T) {
 		callbacks          bool
 	}{
 		{"livepatch-sample", "livepatch_sample", NameFromModname, false, []string{"cmdline_proc_show,0"}, false},
-		{"livepatch-sample2", "livepatch_sample2", NameFromFile, false, []string{"cmdline_proc_show,0"}, false},
+		{"livepatch-sample2", "livepatch_sample2", NameFromModname, false, []string{"cmdline_proc_show,0"}, false},
 		{"livepatch-sympos", "livepatch_sympos", NameFromModname, false, []string{"klp_dup_fn,2"}, false},
 		{"livepatch-pair", "livepatch_pair", NameFromModname, false, []string{"klp_pair_a,0", "klp_pair_b,0"}, false},
 		{"livepatch-park", "livepatch_park", NameFromModname, false, []string{"klp_park_fn,0"}, false},
@@ -54,13 +54,21 @@ func TestParseSamples(t *testing.T) {
 	if fs := bench.Funcs(); len(fs) != 1024 || fs[0].OldName != "bench_fn_0000" || fs[1023].OldName != "bench_fn_1023" {
 		t.Errorf("bench: %d funcs", len(fs))
 	}
-	// ParsePatch alone has no file name to fall back on.
-	p, err := ParsePatch(readFile(t, samplePath("livepatch-sample2")))
+	// Without KLP_MODULE_NAME: ParsePatch has no file name to fall back
+	// on, ParsePatchFile uses the stem.
+	p, err := ParsePatch(readFile(t, testPatchesDir+"/module-obj.o"))
 	if err != nil || p.Name != "" || p.NameSource != "" {
 		t.Errorf("ParsePatch without modname: %q %q %v", p.Name, p.NameSource, err)
 	}
+	p, err = ParsePatchFile(testPatchesDir + "/module-obj.o")
+	if err != nil || p.Name != "module_obj" || p.NameSource != NameFromFile {
+		t.Errorf("ParsePatchFile without modname: %q %q %v", p.Name, p.NameSource, err)
+	}
 	if n := ModuleNameFromFile("/x/y/livepatch-foo-bar.ko"); n != "livepatch_foo_bar" {
 		t.Errorf("ModuleNameFromFile: %q", n)
+	}
+	if n := ModuleNameFromFile(""); n != "" {
+		t.Errorf("ModuleNameFromFile(\"\"): %q", n)
 	}
 }
 
@@ -407,5 +415,42 @@ func TestParseKlpSym(t *testing.T) {
 		if c.bad && !errors.Is(err, ErrFormat) {
 			t.Errorf("%q: %v", c.in, err)
 		}
+	}
+}
+
+// sympos 0 and 1 of a unique name are one function: the parser cannot see
+// it, the layout does.
+func TestLayoutDuplicateByAddress(t *testing.T) {
+	data := readFile(t, samplePath("bad-duplicate"))
+	p0, err := ParsePatch(data)
+	if !errors.Is(err, ErrDuplicate) || p0 != nil {
+		t.Fatalf("bad-duplicate parsed: %v", err)
+	}
+	e := &elfEdit{t, bytes.Clone(data)}
+	le.PutUint64(e.sectionBytes(".data.funcs")[klpFuncSize+klpFuncOldSympos:], 1)
+	p, err := ParsePatch(e.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.Layout(patchBase, fixtureKernel(t))
+	wantError(t, "sympos 0 and 1", err, ErrDuplicate, "cmdline_proc_show,0 and cmdline_proc_show,1 are the same function")
+}
+
+func TestImageAddr2Sym(t *testing.T) {
+	im, err := loadSample(t, "livepatch-pair").Layout(patchBase, fixtureKernel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range im.Objects[0].Funcs {
+		name, off, ok := im.Addr2Sym(f.NewAddr + 3)
+		if !ok || name != f.NewName || off != 3 {
+			t.Errorf("Addr2Sym(%s+3) = %s+%d %v", f.NewName, name, off, ok)
+		}
+	}
+	if _, _, ok := im.Addr2Sym(im.Base + im.Size() + 100); ok {
+		t.Error("address past the image resolved")
+	}
+	if _, _, ok := im.Addr2Sym(im.Base - 1); ok {
+		t.Error("address before the image resolved")
 	}
 }

@@ -47,7 +47,10 @@ const (
 	SHF_RELA_LIVEPATCH = 0x00100000 // Linux: .klp.rela.* sections
 )
 
-const ptLoad = 1
+const (
+	ptLoad  = 1
+	shtNote = 7
+)
 
 // x86-64 relocation types.
 const (

@@ -73,3 +73,39 @@ func TestSiteOffsets(t *testing.T) {
 		t.Errorf("mov at the site: %v", err)
 	}
 }
+
+// One name repeated for every function (a hostile or just odd image) must
+// not make the per-function work quadratic.
+func TestSynthKernelRepeatedName(t *testing.T) {
+	const n = 20000
+	data := synthKernel(n, 16)
+	f, err := parseELF("test", data, etExec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	strtab := f.sectionData(4)
+	// Rename every synth_fn_/synth_gfn_ symbol to the same 15-byte name by
+	// rewriting the string table in place (names keep their offsets).
+	for i := 0; i+15 <= len(strtab); i++ {
+		if string(strtab[i:i+9]) == "synth_fn_" || string(strtab[i:i+10]) == "synth_gfn_" {
+			end := i
+			for end < len(strtab) && strtab[end] != 0 {
+				end++
+			}
+			copy(strtab[i:end], strings.Repeat("x", end-i))
+			i = end
+		}
+	}
+	k, err := ParseKernel(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// x*15: the n-n/16 plain globals and the n/16 locals; x*16: synth_gfn_.
+	r := NewKernelReport(k, "xxxxxxxxxxxxxxx")
+	if len(r.Symbol.Matches) != n {
+		t.Errorf("%d symbols of the repeated name, want %d", len(r.Symbol.Matches), n)
+	}
+	if r.Patchable != n+n/16 {
+		t.Errorf("patchable %d, want %d", r.Patchable, n+n/16)
+	}
+}

@@ -144,16 +144,24 @@ func DecodeSysfsState(st []byte) ([]SysfsPatch, uint32, error) {
 	no := min(u32(st, offSSNrObjs), SysfsMaxObjs)
 	nf := min(u32(st, offSSNrFuncs), SysfsMaxFuncs)
 	var out []SysfsPatch
+	// ranges may overlap in a bogus buffer: bound the total decoded
+	totalObjs, totalFuncs := 0, 0
 	for pi := 0; pi < int(np); pi++ {
 		e := st[offSSPatches+pi*SysfsPatchSize:]
 		p := SysfsPatch{Name: cstring(e[:SysfsNameLen]), Enabled: e[offSPEnabled] != 0, Transition: e[offSPTransition] != 0,
 			Force: e[offSPForce] != 0, Replace: e[offSPReplace] != 0, StackOrder: u32(e, offSPStackOrder)}
 		first, n := u32(e, offSPFirstObj), u32(e, offSPNrObjs)
 		for o := uint64(first); o < uint64(first)+uint64(n) && o < uint64(no); o++ {
+			if totalObjs++; totalObjs > SysfsMaxObjs {
+				return nil, 0, errorf(op, ErrFormat, 0, "object ranges overlap")
+			}
 			oe := st[offSSObjs+int(o)*SysfsObjSize:]
 			obj := SysfsObject{Name: cstring(oe[:SysfsNameLen]), Patched: u32(oe, offSOPatched) != 0}
 			ff, fn := u32(oe, offSOFirstFunc), u32(oe, offSONrFuncs)
 			for f := uint64(ff); f < uint64(ff)+uint64(fn) && f < uint64(nf); f++ {
+				if totalFuncs++; totalFuncs > SysfsMaxFuncs {
+					return nil, 0, errorf(op, ErrFormat, 0, "function ranges overlap")
+				}
 				fe := st[offSSFuncs+int(f)*SysfsFuncSize:]
 				obj.Funcs = append(obj.Funcs, SysfsFunc{Name: cstring(fe[:SysfsFuncNameLen]), Sympos: u32(fe, offSFSympos)})
 			}

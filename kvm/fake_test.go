@@ -14,7 +14,8 @@ import (
 // in RAM (at counterBase + 8*id) in a loop, returns ExitIntr when kicked,
 // and plays a script of exits first.
 type fakeEngine struct {
-	script func(id int, step int) *engine.Exit // nil exit: keep counting
+	script   func(id int, step int) *engine.Exit // nil exit: keep counting
+	slowKick map[int]time.Duration               // vCPUs that honour their first kick only this late
 }
 
 const counterBase = 0x8000
@@ -35,19 +36,20 @@ func (v *fakeVM) NewVCPU(id int) (engine.VCPU, error) {
 	return &fakeVCPU{vm: v, id: id}, nil
 }
 func (v *fakeVM) CodeChanged(gpa, n uint64) { v.changed.Add(n) }
-func (v *fakeVM) Close() error            { return nil }
+func (v *fakeVM) Close() error              { return nil }
 
 type fakeVCPU struct {
-	vm    *fakeVM
-	id    int
-	kick  atomic.Bool
-	regs  engine.Regs
-	sregs engine.Sregs
-	msrs  map[uint32]uint64
-	step  int
-	exit  engine.Exit
-	runs  atomic.Uint64
-	mu    sync.Mutex // guards regs/sregs/msrs against misuse detection
+	vm       *fakeVM
+	id       int
+	kick     atomic.Bool
+	regs     engine.Regs
+	sregs    engine.Sregs
+	msrs     map[uint32]uint64
+	step     int
+	slowDone bool
+	exit     engine.Exit
+	runs     atomic.Uint64
+	mu       sync.Mutex // guards regs/sregs/msrs against misuse detection
 }
 
 func (c *fakeVCPU) ID() int { return c.id }
@@ -96,7 +98,18 @@ func (c *fakeVCPU) Run() (*engine.Exit, error) {
 		}
 	}
 	word := c.vm.mem[counterBase+8*c.id:]
+	var kickedAt time.Time
 	for i := 0; ; i++ {
+		if d := c.vm.e.slowKick[c.id]; d > 0 && c.kick.Load() && !c.slowDone {
+			if kickedAt.IsZero() {
+				kickedAt = time.Now()
+			}
+			if time.Since(kickedAt) < d {
+				time.Sleep(time.Microsecond)
+				continue
+			}
+			c.slowDone = true
+		}
 		if c.kick.Swap(false) {
 			c.exit = engine.Exit{Reason: engine.ExitIntr}
 			return &c.exit, nil

@@ -243,6 +243,17 @@ func (m *Machine) Done() <-chan struct{} { return m.doneCh }
 // Close releases the VM and guest RAM. Call it after Run has returned (or
 // instead of Run).
 func (m *Machine) Close() error {
+	// vCPU threads use RAM until they exit: stop them first if a Run is
+	// still going (a caller that gave up on it, e.g. a failed test).
+	m.mu.Lock()
+	started := m.started
+	m.mu.Unlock()
+	if started {
+		m.Stop()
+		for _, v := range m.vcpus {
+			<-v.done
+		}
+	}
 	var err error
 	for _, v := range m.vcpus {
 		if e := v.cpu.Close(); e != nil && err == nil {

@@ -31,9 +31,9 @@ func testELF(t testing.TB, mutate func(hdr []byte)) []byte {
 	}
 	symOff := b.Len()
 	sym := make([]byte, 48)
-	le.PutUint32(sym[24:], 1)      // st_name
-	sym[24+4] = 0x12               // STB_GLOBAL, STT_FUNC
-	le.PutUint16(sym[24+6:], 1)    // st_shndx: .text
+	le.PutUint32(sym[24:], 1)       // st_name
+	sym[24+4] = 0x12                // STB_GLOBAL, STT_FUNC
+	le.PutUint16(sym[24+6:], 1)     // st_shndx: .text
 	le.PutUint64(sym[24+8:], vaddr) // st_value
 	le.PutUint64(sym[24+16:], 3)    // st_size
 	b.Write(sym)
@@ -398,4 +398,36 @@ func TestWriteVirtAllOrNothing(t *testing.T) {
 	if m.vm.(*fakeVM).changed.Load() != 8 {
 		t.Fatal("engine not told about the write")
 	}
+}
+
+// A vCPU that does not stop in time fails Pause with an error naming it,
+// and the machine goes on running (the others were resumed).
+func TestPauseDeadline(t *testing.T) {
+	cfg := Config{Engine: &fakeEngine{slowKick: map[int]time.Duration{1: 300 * time.Millisecond}}, CPUs: 2,
+		Kernel: testELF(t, nil), PauseDeadline: 30 * time.Millisecond}
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	wait := startMachine(t, m)
+	err = m.Pause()
+	if !errors.Is(err, ErrPauseTimout) || !strings.Contains(err.Error(), "vCPU 1") || strings.Contains(err.Error(), "vCPU 0") {
+		t.Fatalf("Pause with a slow vCPU: %v", err)
+	}
+	if m.Paused() {
+		t.Fatal("machine left paused after a failed Pause")
+	}
+	time.Sleep(400 * time.Millisecond)
+	c0 := m.counter(0)
+	time.Sleep(5 * time.Millisecond)
+	if m.counter(0) == c0 {
+		t.Fatal("vCPU 0 was not resumed after the failed Pause")
+	}
+	if err := m.Pause(); err != nil {
+		t.Fatalf("Pause after the slow vCPU caught up: %v", err)
+	}
+	m.Resume()
+	m.Stop()
+	wait()
 }

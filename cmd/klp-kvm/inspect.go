@@ -11,19 +11,35 @@ import (
 	"path/filepath"
 
 	"klp-kvm/elfpatch"
+	"klp-kvm/guestkernel"
 )
 
 // inspectDefaultKernel returns the kernel `inspect PATCH.o` resolves against
-// when --kernel is not given: the prebuilt guest kernel of the repository
-// holding the working directory, or "" if there is none.
-var inspectDefaultKernel = func() string {
+// when --kernel is not given: the repository's guestkernel/prebuilt/vmlinux
+// when run inside the repository (it may be newer than this binary), else
+// the guest kernel embedded in the binary. An empty name means none.
+var inspectDefaultKernel = func() (name string, data []byte) {
+	if p := repoPrebuiltKernel(); p != "" {
+		if d, err := readInput(p); err == nil {
+			return p, d
+		}
+	}
+	if d := guestkernel.Vmlinux(); len(d) > 0 {
+		return "embedded guest kernel", d
+	}
+	return "", nil
+}
+
+// repoPrebuiltKernel finds guestkernel/prebuilt/vmlinux in the repository
+// holding the working directory, or "".
+func repoPrebuiltKernel() string {
 	dir, err := os.Getwd()
 	if err != nil {
 		return ""
 	}
 	for {
-		cand := filepath.Join(dir, "guestkernel", "prebuilt", "vmlinux")
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			cand := filepath.Join(dir, "guestkernel", "prebuilt", "vmlinux")
 			if st, err := os.Stat(cand); err == nil && st.Mode().IsRegular() {
 				return cand
 			}
@@ -39,6 +55,9 @@ var inspectDefaultKernel = func() string {
 
 const inspectUsage = `usage: klp-kvm inspect KERNEL [--symbol NAME] [--json]
        klp-kvm inspect PATCH.o [--kernel KERNEL] [--base ADDR] [--json]
+
+Without --kernel a patch is resolved against the repository's
+guestkernel/prebuilt/vmlinux, else the guest kernel built into klp-kvm.
 
 Offline: reads a guest kernel ELF (patchable functions, fentry sites, why
 others are not patchable) or a livepatch object (name, objects, funcs with
@@ -103,16 +122,16 @@ func cmdInspect(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	kpath := *kernel
+	var kdata []byte
 	if kpath == "" {
-		kpath = inspectDefaultKernel()
+		kpath, kdata = inspectDefaultKernel()
+	} else if kdata, err = readInput(kpath); err != nil {
+		fmt.Fprintf(stderr, "klp-kvm inspect: kernel: %v\n", err)
+		return 1
 	}
 	var k *elfpatch.Kernel
 	if kpath != "" {
-		kdata, err := readInput(kpath)
-		if err == nil {
-			k, err = elfpatch.ParseKernel(kdata)
-		}
-		if err != nil {
+		if k, err = elfpatch.ParseKernel(kdata); err != nil {
 			fmt.Fprintf(stderr, "klp-kvm inspect: kernel %s: %v\n", kpath, err)
 			return 1
 		}

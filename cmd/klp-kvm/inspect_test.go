@@ -19,7 +19,7 @@ const (
 
 func TestInspectGolden(t *testing.T) {
 	old := inspectDefaultKernel
-	inspectDefaultKernel = func() string { return "" }
+	inspectDefaultKernel = func() (string, []byte) { return "", nil }
 	defer func() { inspectDefaultKernel = old }()
 
 	cases := []struct {
@@ -110,14 +110,26 @@ func TestInspectBadInput(t *testing.T) {
 }
 
 func TestInspectDefaultKernel(t *testing.T) {
-	// From inside the repository the default is the prebuilt vmlinux when it
-	// exists, else nothing.
-	got := inspectDefaultKernel()
-	want := ""
+	// From inside the repository the default is the prebuilt vmlinux file
+	// when it exists, else the embedded image.
+	name, data := inspectDefaultKernel()
 	if st, err := os.Stat("../../guestkernel/prebuilt/vmlinux"); err == nil && st.Mode().IsRegular() {
-		want = "guestkernel/prebuilt/vmlinux"
+		if !strings.HasSuffix(name, "guestkernel/prebuilt/vmlinux") || int64(len(data)) != st.Size() {
+			t.Errorf("default kernel %q (%d bytes)", name, len(data))
+		}
+	} else if name != "embedded guest kernel" && name != "" {
+		t.Errorf("default kernel %q", name)
 	}
-	if want == "" && got != "" || want != "" && !strings.HasSuffix(got, want) {
-		t.Errorf("default kernel %q, want suffix %q", got, want)
+	// And a patch inspected without --kernel resolves against it.
+	if name == "" {
+		t.Skip("no guest kernel at all")
+	}
+	old := inspectDefaultKernel
+	defer func() { inspectDefaultKernel = old }()
+	inspectDefaultKernel = func() (string, []byte) { return "test kernel", data }
+	var out, errb bytes.Buffer
+	if code := cmdInspect([]string{patchDir + "livepatch-sample.o"}, &out, &errb); code != 0 ||
+		!strings.Contains(out.String(), "kernel: test kernel") || strings.Contains(out.String(), "unresolved") {
+		t.Errorf("exit %d:\n%s%s", code, out.String(), errb.String())
 	}
 }

@@ -12,7 +12,7 @@
 #include "json.h"
 
 #define AGENT_LINE_MAX 8192
-#define AGENT_QUEUE 8
+#define AGENT_QUEUE 32
 #define AGENT_MAX_TOKENS 256
 #define AGENT_PENDING 8
 #define AGENT_ID_MAX 64
@@ -116,7 +116,22 @@ static void exec_write(struct out *o, const char *s, size_t n)
 }
 
 static const char *const commands[] = { "guest-ping", "guest-sync", "guest-info", "guest-file-read",
-					"guest-file-write", "guest-exec", "sysfs-reply" };
+					"guest-file-write", "guest-exec", "guest-call", "sysfs-reply" };
+
+/*
+ * guest_call: run a host-loaded function (a patch's callback) with one
+ * argument. Only addresses inside the patch area qualify: anything else
+ * would let the agent channel jump anywhere in the kernel.
+ */
+static int guest_call(uint64_t addr, uint64_t arg, uint64_t *ret)
+{
+	uint64_t base = boot_info_copy.patch_area_virt, size = boot_info_copy.patch_area_size;
+	if (!base || !size || addr < base || addr - base >= size)
+		return -EFAULT;
+	unsigned long (*fn)(unsigned long) = (unsigned long (*)(unsigned long))addr;
+	*ret = fn(arg);
+	return 0;
+}
 
 /* noipa: keep one copy under its own name (no .constprop clone) */
 static __attribute__((__noipa__)) void cmd_dispatch(const char *line, const char *idraw, const struct jtok *t, int nt)
@@ -208,6 +223,25 @@ static __attribute__((__noipa__)) void cmd_dispatch(const char *line, const char
 		seq_puts(&m, "{\"return\":{\"output\":\"");
 		json_escape(&m, eo.m.buf, eo.m.count);
 		seq_printf(&m, "\",\"status\":%d,\"truncated\":%s}", status, eo.m.overflow ? "true" : "false");
+		reply_end(&m, idraw);
+	} else if (!strcmp(name, "guest-call")) {
+		uint64_t addr, a = 0, ret;
+		int at = json_get(line, t, nt, args, "arg");
+		if (json_u64(line, t, json_get(line, t, nt, args, "addr"), &addr) || (at >= 0 && json_u64(line, t, at, &a))) {
+			send_error(idraw, "GenericError", "guest-call: \"addr\" (unsigned integer) required, \"arg\" optional",
+				   EINVAL);
+			return;
+		}
+		int err = guest_call(addr, a, &ret);
+		if (err) {
+			char desc[160];
+			snprintf(desc, sizeof(desc), "guest-call: 0x%lx is outside the patch area [0x%lx, +0x%lx)", addr,
+				 boot_info_copy.patch_area_virt, boot_info_copy.patch_area_size);
+			send_error(idraw, "GenericError", desc, -err);
+			return;
+		}
+		reply_begin(&m);
+		seq_printf(&m, "{\"return\":{\"value\":%lu}", ret);
 		reply_end(&m, idraw);
 	} else {
 		char desc[128];
@@ -362,6 +396,12 @@ static void line_done(void)
 		rx.len = 0;
 		return;
 	}
+	/*
+	 * Queue full: wait a little for the worker (it may be blocked on the
+	 * host, whose answer only this thread can read, hence the bound).
+	 */
+	for (int i = 0; i < 1000 && READ_ONCE(q_tail) - READ_ONCE(q_head) >= AGENT_QUEUE; i++)
+		msleep(1);
 	uint64_t f = spin_lock_irqsave(&q_lock);
 	int full = q_tail - q_head >= AGENT_QUEUE;
 	if (!full) {
@@ -372,8 +412,14 @@ static void line_done(void)
 		q_tail++;
 	}
 	spin_unlock_irqrestore(&q_lock, f);
-	if (full)
-		send_error(NULL, "GenericError", "agent busy: request queue full", EBUSY);
+	if (full) {
+		/* answer with the request's id when it parses, so the host need not time out */
+		char idraw[AGENT_ID_MAX] = "";
+		int nt = rx.too_large ? -1 : json_parse(rx.line, rx.len, reader_toks, ARRAY_SIZE(reader_toks));
+		if (nt > 0 && reader_toks[0].type == J_OBJ)
+			get_idraw(rx.line, reader_toks, nt, idraw);
+		send_error(idraw, "GenericError", "agent busy: request queue full", EBUSY);
+	}
 	else
 		wake_up_process(worker_task);
 	rx.len = 0;

@@ -272,6 +272,17 @@ int json_int(const char *s, const struct jtok *t, int tok, int64_t *v)
 	return 0;
 }
 
+int json_u64(const char *s, const struct jtok *t, int tok, uint64_t *v)
+{
+	if (tok < 0 || (t[tok].type != J_NUM && t[tok].type != J_STR))
+		return -EINVAL;
+	const char *p = s + t[tok].start;
+	size_t n = t[tok].end - t[tok].start;
+	if (t[tok].type == J_NUM && n > 2 && p[0] == '0')
+		return -EINVAL; /* JSON has no leading zeros (nor hex numbers) */
+	return parse_u64(p, n, v);
+}
+
 void json_escape(struct seq_file *m, const char *s, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {

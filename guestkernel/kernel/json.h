@@ -24,6 +24,8 @@ int json_get(const char *s, const struct jtok *t, int ntok, int obj, const char 
 int json_str(const char *s, const struct jtok *t, int tok, char *out, size_t outsz);
 /* integer token -> *v; 0 or -EINVAL */
 int json_int(const char *s, const struct jtok *t, int tok, int64_t *v);
+/* unsigned 64-bit: a non-negative integer number, or a string "123" / "0x7b" */
+int json_u64(const char *s, const struct jtok *t, int tok, uint64_t *v);
 /* append s[0:n] JSON-escaped (without quotes) */
 void json_escape(struct seq_file *m, const char *s, size_t n);
 

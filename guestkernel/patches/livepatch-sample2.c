@@ -3,7 +3,6 @@
  * livepatch-sample2.c - a second patch on cmdline_proc_show(), for stacking:
  * enabled on top of livepatch_sample it wins (top of the func_stack);
  * disabling it brings livepatch_sample's text back.
- * No KLP_MODULE_NAME: its name comes from the file stem (livepatch_sample2).
  */
 #include "livepatch.h"
 #include "kapi.h"
@@ -32,4 +31,5 @@ static struct klp_patch patch = {
 	.objs = objs,
 };
 
+KLP_MODULE_NAME("livepatch_sample2");
 KLP_PATCH(patch);

@@ -423,6 +423,17 @@ func (c *Client) Exec(ctx context.Context, cmd string) (ExecResult, error) {
 	return r, err
 }
 
+// GuestCall is guest-call: the guest calls the function at addr (which
+// must lie in the patch area) with arg and returns its return value. The
+// livepatch package runs patch callbacks this way.
+func (c *Client) GuestCall(ctx context.Context, addr, arg uint64) (uint64, error) {
+	var r struct {
+		Value uint64 `json:"value"`
+	}
+	err := c.Call(ctx, "guest-call", map[string]uint64{"addr": addr, "arg": arg}, &r)
+	return r.Value, err
+}
+
 // SysfsReply answers a sysfs-write event: errno 0 for success, else a
 // positive Linux errno that the guest's write() returns.
 func (c *Client) SysfsReply(id uint64, errno int) error {

@@ -87,6 +87,14 @@ func standard(req map[string]any, w io.Writer) {
 	case "guest-sync":
 		a := req["arguments"].(map[string]any)
 		sendReturn(w, req, fmt.Sprintf("%.0f", a["id"].(float64)))
+	case "guest-call":
+		a := req["arguments"].(map[string]any)
+		addr := a["addr"].(float64)
+		if addr < 0xffffffffa0000000 {
+			fmt.Fprintf(w, `{"error":{"class":"GenericError","desc":"outside","errno":14},"id":%s}`+"\n", idOf(req))
+			return
+		}
+		sendReturn(w, req, fmt.Sprintf(`{"value":%.0f}`, a["arg"].(float64)+1))
 	case "guest-info":
 		sendReturn(w, req, `{"version":"v","cpus":2,"uptime_ms":5,"tasks":9,"supported_commands":["guest-ping"]}`)
 	case "guest-exec":
@@ -138,7 +146,13 @@ func TestCommands(t *testing.T) {
 	if !errors.As(err, &ae) || ae.Class != "CommandNotFound" {
 		t.Fatalf("unknown command: %v", err)
 	}
-	if st := c.Stats(); st.Requests != 7 || st.Replies != 7 || st.Garbage != 0 {
+	if v, err := c.GuestCall(ctx, 0xffffffffa0001000, 41); err != nil || v != 42 {
+		t.Fatalf("guest-call: %d %v", v, err)
+	}
+	if _, err := c.GuestCall(ctx, 0xffffffff81000000, 1); !errors.As(err, &ae) || ae.Errno != 14 {
+		t.Fatalf("guest-call outside the patch area: %v", err)
+	}
+	if st := c.Stats(); st.Requests != 9 || st.Replies != 9 || st.Garbage != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 }

@@ -402,3 +402,24 @@ func aluBenchFlags() *Flags {
 }
 
 var aluBenchSink *Flags
+
+// BenchmarkCondMixed evaluates unpredictable condition codes on varied lazy states,
+// the interpreter's situation (every Jcc/SETcc/CMOVcc of the guest goes through Cond).
+func BenchmarkCondMixed(b *testing.B) {
+	states := aluLazyStates(4096)
+	ccs := make([]uint8, 4096)
+	x := uint32(1)
+	for i := range ccs {
+		x = x*1664525 + 1013904223
+		ccs[i] = uint8(x >> 28)
+	}
+	b.ResetTimer()
+	n := 0
+	for i := 0; i < b.N; i++ {
+		j := i & 4095
+		if states[j].Cond(ccs[j]) {
+			n++
+		}
+	}
+	aluSinkU64 = uint64(n)
+}

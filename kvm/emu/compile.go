@@ -44,7 +44,8 @@ func setMem(in *inst, m x.Mem) bool {
 		}
 		in.base = r
 	}
-	if m.Scale != 0 {
+	// A SIB byte without an index decodes as Scale 1, Index 0.
+	if m.Scale != 0 && m.Index != 0 {
 		r, sz, ok := gpr(m.Index)
 		if !ok || sz < 4 {
 			return false
@@ -207,6 +208,7 @@ var stringOps = map[x.Op]struct {
 	x.CMPSB: {hCmps, 1}, x.CMPSW: {hCmps, 2}, x.CMPSD: {hCmps, 4}, x.CMPSQ: {hCmps, 8},
 	x.SCASB: {hScas, 1}, x.SCASW: {hScas, 2}, x.SCASD: {hScas, 4}, x.SCASQ: {hScas, 8},
 	x.OUTSB: {hOuts, 1}, x.OUTSW: {hOuts, 2}, x.OUTSD: {hOuts, 4},
+	x.INSB: {hIns, 1}, x.INSW: {hIns, 2}, x.INSD: {hIns, 4},
 }
 
 // compile turns a decoded instruction into an inst. fn == nil means the
@@ -330,7 +332,7 @@ func compile(xi *x.Inst) (in inst, end bool) {
 		if xi.AddrSize == 32 {
 			in.eaf |= ea32
 		}
-		return in, op == x.OUTSB || op == x.OUTSW || op == x.OUTSD
+		return in, op == x.OUTSB || op == x.OUTSW || op == x.OUTSD || op == x.INSB || op == x.INSW || op == x.INSD
 	}
 
 	switch op {
@@ -562,6 +564,15 @@ func compile(xi *x.Inst) (in inst, end bool) {
 		default:
 			return fail()
 		}
+		return in, true
+	case x.LJMP:
+		m, ok := xi.Args[0].(x.Mem)
+		// x86asm reports MemBytes 0 for the REX.W form: use the data size.
+		in.size = uint8(xi.DataSize / 8)
+		if !ok || !setMem(&in, m) || in.size != 4 && in.size != 8 {
+			return fail()
+		}
+		in.fn = hLjmp
 		return in, true
 	case x.JRCXZ, x.JECXZ, x.LOOP, x.LOOPE, x.LOOPNE:
 		rel, ok := xi.Args[0].(x.Rel)

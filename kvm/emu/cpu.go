@@ -49,6 +49,7 @@ const (
 	pendNone pendingKind = iota
 	pendIn
 	pendMMIORead
+	pendIns // INS: the data waits in insVal for the instruction to store it
 )
 
 // cpu is one vCPU. Only its own Run goroutine touches the fields above the
@@ -88,6 +89,9 @@ type cpu struct {
 	pendReg  uint8
 	pendSize uint8
 	pendNext uint64
+	insReady bool
+	insRIP   uint64
+	insVal   uint64
 	ioBuf    [16]byte
 
 	excPending bool
@@ -103,6 +107,7 @@ type cpu struct {
 	bcache [bcacheSize]*block
 
 	icount, flushed uint64
+	translations    uint64 // blocks translated (tests check invalidation precision)
 
 	// shared
 	attn     atomic.Uint32
@@ -494,6 +499,12 @@ func (c *cpu) complete() {
 		}
 		c.setReg(c.pendReg, c.pendSize, v)
 		c.regs[rIP] = c.pendNext
+	case pendIns:
+		var v uint64
+		for i := int(c.pendSize) - 1; i >= 0; i-- {
+			v = v<<8 | uint64(c.ioBuf[i])
+		}
+		c.insVal, c.insReady, c.insRIP = v, true, c.regs[rIP]
 	}
 	c.pend = pendNone
 }

@@ -134,16 +134,21 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 	// Mark before reading the generation and the bytes, so that a store
 	// racing with this translation either bumps the generation we read
 	// after it or happens before we read the bytes.
-	atomic.StoreUint32(&c.mark[pfn], 1)
+	atomic.OrUint32(&c.mark[pfn], chunkBits(phys&0xfff, min(15, (phys|0xfff)+1-phys)))
 	b := &block{phys: phys, pfn2: noPage, gen1: atomic.LoadUint32(&c.gen[pfn])}
+	c.translations++
 	pageEnd := (phys | 0xfff) + 1
 	off := phys
 	var buf [16]byte
 	for n := 0; n < c.vm.cfg.maxBlock && off < pageEnd; n++ {
 		k := min(15, pageEnd-off)
+		atomic.OrUint32(&c.mark[pfn], chunkBits(off&0xfff, k))
 		c.ram.copyOut(buf[:k], off)
 		x, err := decodeInst(buf[:k])
-		if err != nil && k < 15 && errors.Is(err, x86asm.ErrTruncated) {
+		// x86asm reports some truncated instructions as ErrTruncated and
+		// others (e.g. a lone REX prefix: "48 89 53" at a page end) as a
+		// 1-byte instruction with Op 0 and no error.
+		if k < 15 && ((err != nil && errors.Is(err, x86asm.ErrTruncated)) || (err == nil && x.Op == 0)) {
 			if n > 0 {
 				break // let the straddling instruction start its own block
 			}
@@ -152,7 +157,7 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 			if p2+15-k > c.ram.size {
 				c.fatal("instruction fetch at guest-physical %#x (RIP %#x) is outside RAM", p2, lin2)
 			}
-			atomic.StoreUint32(&c.mark[p2>>12], 1)
+			atomic.OrUint32(&c.mark[p2>>12], chunkBits(p2&0xfff, 15-k))
 			b.pfn2 = p2 >> 12
 			b.gen2 = atomic.LoadUint32(&c.gen[p2>>12])
 			c.ram.copyOut(buf[k:15], p2)

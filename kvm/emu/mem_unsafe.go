@@ -161,3 +161,35 @@ func (m ramMem) swap(off uint64, size uint8, v uint64) uint64 {
 func (m ramMem) or64(off uint64, bits uint64) {
 	atomic.OrUint64((*uint64)(unsafe.Add(m.base, off)), bits)
 }
+
+// moveElems copies n elements of size bytes from src to dst one element
+// at a time in ascending order, which is what a forward REP MOVS does even
+// when the ranges overlap; non-overlapping or downward copies use memmove.
+//
+//go:norace
+func (m ramMem) moveElems(dst, src, n uint64, size uint8) {
+	bytes := n * uint64(size)
+	if dst <= src || dst >= src+bytes {
+		copy(unsafe.Slice((*byte)(unsafe.Add(m.base, dst)), bytes), unsafe.Slice((*byte)(unsafe.Add(m.base, src)), bytes))
+		return
+	}
+	for i := uint64(0); i < n; i++ {
+		m.store(dst+i*uint64(size), size, m.load(src+i*uint64(size), size))
+	}
+}
+
+// fillElems stores v (size bytes) n times from dst upwards.
+//
+//go:norace
+func (m ramMem) fillElems(dst, n uint64, size uint8, v uint64) {
+	if size == 1 {
+		b := unsafe.Slice((*byte)(unsafe.Add(m.base, dst)), n)
+		for i := range b {
+			b[i] = byte(v)
+		}
+		return
+	}
+	for i := uint64(0); i < n; i++ {
+		m.store(dst+i*uint64(size), size, v)
+	}
+}

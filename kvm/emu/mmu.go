@@ -186,9 +186,7 @@ func (c *cpu) write(lin uint64, size uint8, v uint64) {
 	if e.tag == vpn && lin&0xfff <= 0x1000-uint64(size) {
 		p := e.phys | lin&0xfff
 		c.ram.store(p, size, v)
-		if atomic.LoadUint32(&c.mark[p>>12]) != 0 {
-			c.codeWritten(p >> 12)
-		}
+		c.codeStore(p, uint64(size))
 		return
 	}
 	c.writeSlow(lin, size, v, nil)
@@ -251,20 +249,14 @@ func (c *cpu) writeSlow(lin uint64, size uint8, v uint64, mov *inst) {
 			}
 			c.ram.store(p, 1, v>>(8*i))
 		}
-		if atomic.LoadUint32(&c.mark[p1>>12]) != 0 {
-			c.codeWritten(p1 >> 12)
-		}
-		if atomic.LoadUint32(&c.mark[p2>>12]) != 0 {
-			c.codeWritten(p2 >> 12)
-		}
+		c.codeStore(p1, n1)
+		c.codeStore(p2, uint64(size)-n1)
 		return
 	}
 	p := c.translate(lin, accWrite)
 	if p+uint64(size) <= c.ram.size {
 		c.ram.store(p, size, v)
-		if atomic.LoadUint32(&c.mark[p>>12]) != 0 {
-			c.codeWritten(p >> 12)
-		}
+		c.codeStore(p, uint64(size))
 		return
 	}
 	if mov == nil {
@@ -316,9 +308,20 @@ func (c *cpu) physRMW(lin uint64, size uint8) (off uint64, ok bool) {
 	return p, true
 }
 
-// afterRMW does the code-page bookkeeping after a locked store at off.
-func (c *cpu) afterRMW(off uint64) {
-	if atomic.LoadUint32(&c.mark[off>>12]) != 0 {
-		c.codeWritten(off >> 12)
+// chunkBits is the code-mark mask for bytes [off, off+n) of a page:
+// one bit per 128-byte chunk, so that data stores sharing a page with
+// translated code do not invalidate it.
+func chunkBits(off, n uint64) uint32 {
+	first, last := off>>codeChunkShift, (off+n-1)>>codeChunkShift
+	return uint32(uint64(2)<<last - uint64(1)<<first)
+}
+
+const codeChunkShift = 7
+
+// codeStore does the translated-code bookkeeping after a store of n bytes
+// at physical p (within one page).
+func (c *cpu) codeStore(p, n uint64) {
+	if m := atomic.LoadUint32(&c.mark[p>>12]); m != 0 && m&chunkBits(p&0xfff, n) != 0 {
+		c.codeWritten(p >> 12)
 	}
 }

@@ -68,7 +68,7 @@ func (c *cpu) atomicUpdate(lin uint64, size uint8, op func(f *Flags, old uint64)
 			nv := op(&f, old)
 			if ok, _ := c.ram.cas(off, size, old, nv); ok {
 				c.flags = f
-				c.afterRMW(off)
+				c.codeStore(off, uint64(size))
 				return old
 			}
 		}
@@ -100,7 +100,9 @@ func (c *cpu) rmwLoad(lin uint64, size uint8) uint64 {
 
 // --- CMP / TEST: ALU without write-back ---
 
-func hCmpRR(c *cpu, in *inst) { in.alu(&c.flags, in.size, c.reg(in.r1, in.size), c.reg(in.r2, in.size)) }
+func hCmpRR(c *cpu, in *inst) {
+	in.alu(&c.flags, in.size, c.reg(in.r1, in.size), c.reg(in.r2, in.size))
+}
 func hCmpRI(c *cpu, in *inst) { in.alu(&c.flags, in.size, c.reg(in.r1, in.size), in.imm) }
 func hCmpRM(c *cpu, in *inst) {
 	v := c.read(c.ea(in), in.size)
@@ -383,7 +385,7 @@ func hXchgM(c *cpu, in *inst) {
 	var old uint64
 	if direct && atomicOK(off, in.size) {
 		old = c.ram.swap(off, in.size, v)
-		c.afterRMW(off)
+		c.codeStore(off, uint64(in.size))
 	} else {
 		old = c.atomicUpdate(lin, in.size, func(*Flags, uint64) uint64 { return v })
 	}
@@ -431,7 +433,7 @@ func hCmpxchgM(c *cpu, in *inst) {
 		swapped, cur = c.ram.cas(off, in.size, acc, src)
 		if swapped {
 			cur = acc
-			c.afterRMW(off)
+			c.codeStore(off, uint64(in.size))
 		}
 	} else {
 		cur = c.atomicUpdate(lin, in.size, func(f *Flags, old uint64) uint64 {
@@ -470,7 +472,7 @@ func hCmpxchgDouble(c *cpu, in *inst) {
 			eq, cur = c.ram.cas(off, 8, old, newLo|newHi<<32)
 			if eq {
 				cur = old
-				c.afterRMW(off)
+				c.codeStore(off, uint64(in.size))
 			}
 			lo, hi = cur&0xffffffff, cur>>32
 			goto done

@@ -82,6 +82,21 @@ func hLoop(c *cpu, in *inst) {
 }
 
 func hLret(c *cpu, in *inst) { c.farReturn(in.size, false) }
+
+// hLjmp: jmp far through memory (m16:32 or m16:64), used to reload CS.
+// Only same-privilege targets are supported (no call gates).
+func hLjmp(c *cpu, in *inst) {
+	lin := c.ea(in)
+	off := c.read(lin, in.size)
+	sel := uint16(c.read(lin+uint64(in.size), 2))
+	cs := c.codeDescriptor(sel, 0)
+	if cs.DPL != c.cpl && cs.Type&4 == 0 || !canonical(off) {
+		c.faultCode(vecGP, uint32(sel&^3))
+	}
+	cs.Selector = sel&^3 | uint16(c.cpl)
+	c.sr.CS = cs
+	c.regs[rIP] = off
+}
 func hIret(c *cpu, in *inst) { c.farReturn(in.size, true) }
 
 func hInt(c *cpu, in *inst) {

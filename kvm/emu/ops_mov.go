@@ -1,7 +1,5 @@
 package emu
 
-import "sync/atomic"
-
 func hMovRRw(c *cpu, in *inst)  { c.regs[in.r1&31] = c.regs[in.r2&31] }
 func hMovRR32(c *cpu, in *inst) { c.regs[in.r1&31] = uint64(uint32(c.regs[in.r2&31])) }
 func hMovRR(c *cpu, in *inst)   { c.setReg(in.r1, in.size, c.reg(in.r2, in.size)) }
@@ -37,9 +35,7 @@ func (c *cpu) movStore(in *inst, v uint64) {
 	if e.tag == vpn && lin&0xfff <= 0x1000-uint64(in.size) {
 		p := e.phys | lin&0xfff
 		c.ram.store(p, in.size, v)
-		if atomic.LoadUint32(&c.mark[p>>12]) != 0 {
-			c.codeWritten(p >> 12)
-		}
+		c.codeStore(p, uint64(in.size))
 		return
 	}
 	c.writeSlow(lin, in.size, v, in)

@@ -53,6 +53,33 @@ func (c *cpu) repStep(in *inst, n int, mask uint64) bool {
 	return true
 }
 
+// ramRun returns the RAM offset for linear address lin (translated for
+// acc) and how many size-byte elements fit from there to the page end, or
+// ok=false when the fast path does not apply (not RAM, element straddles).
+func (c *cpu) ramRun(lin uint64, acc access, size uint8) (off, elems uint64, ok bool) {
+	room := (0x1000 - lin&0xfff) / uint64(size)
+	if room == 0 {
+		return 0, 0, false
+	}
+	vpn := lin >> 12
+	tlb := &c.tlbR
+	if acc == accWrite {
+		tlb = &c.tlbW
+	}
+	if e := &tlb[vpn&tlbMask]; e.tag == vpn {
+		return e.phys | lin&0xfff, room, true
+	}
+	p := c.translate(lin, acc)
+	if p&^0xfff+0x1000 > c.ram.size {
+		return 0, 0, false
+	}
+	return p, room, true
+}
+
+// repFast reports whether a REP string instruction can move whole pages
+// at a time: ascending, 64-bit addressing.
+func (c *cpu) repFast(in *inst) bool { return c.rf&FlagDF == 0 && in.eaf&ea32 == 0 }
+
 func hMovs(c *cpu, in *inst) {
 	mask, d, s := c.strMask(in), c.strDelta(in.size), in.size
 	base := c.srcBase(in)
@@ -63,7 +90,25 @@ func hMovs(c *cpu, in *inst) {
 		c.addReg(rDI, d, mask)
 		return
 	}
+	fast := c.repFast(in)
 	for n := 0; c.repStep(in, n, mask); n++ {
+		if fast {
+			// Up to a page of elements at once; the element loop below
+			// handles what does not fit (straddling elements, MMIO).
+			ps, ns, ok1 := c.ramRun(base+c.regs[rSI], accRead, s)
+			if ok1 {
+				pd, nd, ok2 := c.ramRun(c.regs[rDI], accWrite, s)
+				if ok2 {
+					k := min(ns, nd, c.regs[rCX], repChunk)
+					c.ram.moveElems(pd, ps, k, s)
+					c.codeStore(pd, k*uint64(s))
+					c.regs[rSI] += k * uint64(s)
+					c.regs[rDI] += k * uint64(s)
+					c.regs[rCX] -= k
+					continue
+				}
+			}
+		}
 		v := c.read(base+c.regs[rSI]&mask, s)
 		c.write(c.regs[rDI]&mask, s, v)
 		c.addReg(rSI, d, mask)
@@ -80,7 +125,18 @@ func hStos(c *cpu, in *inst) {
 		c.addReg(rDI, d, mask)
 		return
 	}
+	fast := c.repFast(in)
 	for n := 0; c.repStep(in, n, mask); n++ {
+		if fast {
+			if pd, nd, ok := c.ramRun(c.regs[rDI], accWrite, s); ok {
+				k := min(nd, c.regs[rCX], repChunk)
+				c.ram.fillElems(pd, k, s, v)
+				c.codeStore(pd, k*uint64(s))
+				c.regs[rDI] += k * uint64(s)
+				c.regs[rCX] -= k
+				continue
+			}
+		}
 		c.write(c.regs[rDI]&mask, s, v)
 		c.addReg(rDI, d, mask)
 		c.addReg(rCX, ^uint64(0), mask)
@@ -156,6 +212,37 @@ func hOuts(c *cpu, in *inst) {
 		}
 	}
 	c.ioExit(uint16(c.regs[rDX]), s, true, v)
+}
+
+// hIns reads one element per I/O exit: the exit leaves RIP at the
+// instruction, the next Run hands the data back (complete), and the
+// re-executed instruction stores it and advances (or, with REP and RCX
+// left, stays for the next element).
+func hIns(c *cpu, in *inst) {
+	c.ioAllowed()
+	mask, d, s := c.strMask(in), c.strDelta(in.size), in.size
+	if in.rep != 0 && c.regs[rCX]&mask == 0 {
+		return
+	}
+	dst := c.regs[rDI] & mask
+	if c.insReady && c.insRIP == c.curRIP {
+		c.write(dst, s, c.insVal) // a fault keeps the data for the retry
+		c.insReady = false
+		c.addReg(rDI, d, mask)
+		if in.rep != 0 {
+			c.addReg(rCX, ^uint64(0), mask)
+			if c.regs[rCX]&mask != 0 {
+				c.regs[rIP] = c.curRIP
+				c.stop = true
+			}
+		}
+		return
+	}
+	c.rmwLoad(dst, s) // fault on the destination before reading the port
+	c.ioExit(uint16(c.regs[rDX]), s, false, 0)
+	c.pend = pendIns
+	c.pendSize = s
+	c.regs[rIP] = c.curRIP
 }
 
 // ioAllowed raises #GP for I/O above IOPL (no TSS I/O bitmap).

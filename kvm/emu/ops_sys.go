@@ -431,7 +431,7 @@ func (c *cpu) cpuid(leaf, sub uint32) (a, b, cx, d uint64) {
 	case 0x80000000:
 		return 0x80000008, 0, 0, 0
 	case 0x80000001:
-		cx = 1<<0 | 1<<5                    // LAHF/SAHF, LZCNT
+		cx = 1<<0 | 1<<5                  // LAHF/SAHF, LZCNT
 		d = 1<<20 | 1<<26 | 1<<27 | 1<<29 // NX, 1 GiB pages, RDTSCP, LM
 		return
 	case 0x80000002, 0x80000003, 0x80000004:

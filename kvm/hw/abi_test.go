@@ -221,3 +221,29 @@ func TestNewWithoutKVM(t *testing.T) {
 		t.Errorf("New() = %v, want ErrUnavailable when %s cannot be opened", err, DevicePath)
 	}
 }
+
+// FuzzDecodeExit: whatever the kvm_run page holds, decoding never panics and
+// never hands out data outside the page.
+func FuzzDecodeExit(f *testing.F) {
+	f.Add(uint32(kvmExitIO), uint8(4), uint32(1), uint64(0x100), uint32(0))
+	f.Add(uint32(kvmExitMMIO), uint8(0), uint32(0), uint64(0), uint32(8))
+	f.Add(uint32(kvmExitInternalError), uint8(0), uint32(0xffffffff), uint64(0), uint32(0))
+	f.Fuzz(func(t *testing.T, reason uint32, size uint8, count uint32, off uint64, mmioLen uint32) {
+		p := runPage(reason)
+		le := binary.LittleEndian
+		p[runIOSize] = size
+		le.PutUint32(p[runIOCount:], count)
+		le.PutUint64(p[runIODataOffset:], off)
+		le.PutUint32(p[runMMIOLen:], mmioLen)
+		var ex engine.Exit
+		if err := decodeExit(p, true, &ex); err != nil {
+			return
+		}
+		if ex.Reason == engine.ExitIO && len(ex.IO.Data) != int(ex.IO.Size)*int(ex.IO.Count) {
+			t.Fatalf("IO data %d bytes for %d x %d", len(ex.IO.Data), ex.IO.Count, ex.IO.Size)
+		}
+		if ex.Reason == engine.ExitMMIO && (len(ex.MMIO.Data) == 0 || len(ex.MMIO.Data) > 8) {
+			t.Fatalf("MMIO data %d bytes", len(ex.MMIO.Data))
+		}
+	})
+}

@@ -18,7 +18,7 @@
 // Knobs (environment): KLP_KVM_NESTED_REQUIRE=1 (CI) turns every skip into
 // a failure; KLP_KVM_NESTED=0 skips the tier; KLP_KVM_NESTED_RUN
 // is passed to every binary as -test.run; KLP_KVM_NESTED_TIMEOUT (a Go
-// duration, default 10m) bounds the whole VM run; KLP_KVM_NESTED_CACHE
+// duration, default 8m) bounds the whole VM run; KLP_KVM_NESTED_CACHE
 // overrides the cache directory; KLP_KVM_NESTED_DIRECT=0 forces the VM even
 // where /dev/kvm exists, =1 runs directly on the host whatever it has.
 package nested

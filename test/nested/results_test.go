@@ -163,7 +163,9 @@ func outcomes(evs []testEvent) (tests []*testOutcome, pkgOutput string) {
 }
 
 // report turns one binary's run into subtests of t (one per in-VM test).
-func report(t *testing.T, b *binResult, hung string) {
+//
+// where says where it ran ("in the VM", "on this host"), for messages.
+func report(t *testing.T, b *binResult, hung, where string) {
 	evs, err := test2json(b.Pkg, b.Output)
 	if err != nil {
 		t.Errorf("%s: %v\n%s", b.Name, err, tail(string(b.Output), 40))
@@ -176,19 +178,19 @@ func report(t *testing.T, b *binResult, hung string) {
 		t.Run(o.Name, func(t *testing.T) {
 			switch o.Action {
 			case "pass":
-				t.Logf("passed in the VM:\n%s", strings.TrimRight(o.Output, "\n"))
+				t.Logf("passed %s:\n%s", where, strings.TrimRight(o.Output, "\n"))
 			case "skip":
-				t.Skipf("skipped in the VM:\n%s", strings.TrimRight(o.Output, "\n"))
+				t.Skipf("skipped %s:\n%s", where, strings.TrimRight(o.Output, "\n"))
 			case "fail":
-				t.Errorf("failed in the VM:\n%s", strings.TrimRight(o.Output, "\n"))
+				t.Errorf("failed %s:\n%s", where, strings.TrimRight(o.Output, "\n"))
 			default:
 				// A benchmark has no pass line: it is done when the
 				// binary ended well.
 				if strings.HasPrefix(o.Name, "Benchmark") && b.Ended && b.Exit == 0 && b.Error == "" {
-					t.Logf("benchmark in the VM:\n%s", strings.TrimRight(o.Output, "\n"))
+					t.Logf("benchmark %s:\n%s", where, strings.TrimRight(o.Output, "\n"))
 					return
 				}
-				t.Errorf("never finished in the VM (%s):\n%s", hungReason(b, hung), tail(o.Output+pkgOut, 60))
+				t.Errorf("never finished %s (%s):\n%s", where, hungReason(b, hung), tail(o.Output+pkgOut, 60))
 			}
 		})
 		if o.Action == "fail" || (o.Action == "" && !(strings.HasPrefix(o.Name, "Benchmark") && b.Ended && b.Exit == 0)) {

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"klp-kvm/api"
+	"klp-kvm/guestkernel"
+	"klp-kvm/livepatch"
+)
+
+const patchUsage = `usage: klp-kvm patch [--api SOCK] [--force] [--deadline D] [--conservative]
+         load OBJ | register OBJ | enable NAME | disable NAME | unregister NAME | unload NAME | list [--json]
+OBJ is a patch object file, or the name of an embedded sample (e.g. livepatch-sample).`
+
+// cmdPatch is `klp-kvm patch`: livepatch operations through the API.
+func cmdPatch(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("patch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintln(stderr, patchUsage); fs.PrintDefaults() }
+	sock := fs.String("api", "", "control API socket (default $KLP_KVM_API, else ./klp-kvm.sock)")
+	force := fs.Bool("force", false, "skip the consistency check (like writing 1 to .../force)")
+	deadline := fs.Duration("deadline", 0, "how long to retry a blocked transition (default 5s)")
+	conservative := fs.Bool("conservative", false, "scan every stack word instead of the frame-pointer chain")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	rest := fs.Args()
+	// Flags may also follow the operation (`patch list --json`).
+	if len(rest) > 1 {
+		if err := fs.Parse(rest[1:]); err != nil {
+			return 2
+		}
+		rest = append(rest[:1], fs.Args()...)
+	}
+	if len(rest) == 0 {
+		fmt.Fprintln(stderr, patchUsage)
+		return 2
+	}
+	op := rest[0]
+	opts := api.OpRequest{Force: *force, DeadlineMS: int64(*deadline / time.Millisecond), Conservative: *conservative}
+	switch op {
+	case "list":
+		if len(rest) != 1 {
+			fmt.Fprintln(stderr, patchUsage)
+			return 2
+		}
+		var st livepatch.Status
+		if rc := call(stderr, *sock, "GET", "/patches", nil, &st); rc != 0 {
+			return rc
+		}
+		if *asJSON {
+			return printJSON(stdout, st)
+		}
+		printPatches(stdout, st)
+		return 0
+	case "load", "register":
+		if len(rest) != 2 {
+			fmt.Fprintln(stderr, patchUsage)
+			return 2
+		}
+		data, hint, err := readPatchObject(rest[1])
+		if err != nil {
+			fmt.Fprintf(stderr, "klp-kvm patch: %v\n", err)
+			return 2
+		}
+		req := api.PatchRequest{Op: op, Object: data, Name: hint, Force: opts.Force, DeadlineMS: opts.DeadlineMS,
+			Conservative: opts.Conservative}
+		var rep api.OpReply
+		if rc := call(stderr, *sock, "POST", "/patches", req, &rep); rc != 0 {
+			return rc
+		}
+		return printOp(stdout, rep, *asJSON)
+	case "enable", "disable", "unregister", "unload":
+		if len(rest) != 2 {
+			fmt.Fprintln(stderr, patchUsage)
+			return 2
+		}
+		var rep api.OpReply
+		if rc := call(stderr, *sock, "POST", "/patches/"+rest[1]+"/"+op, opts, &rep); rc != 0 {
+			return rc
+		}
+		return printOp(stdout, rep, *asJSON)
+	}
+	fmt.Fprintf(stderr, "klp-kvm patch: unknown operation %q\n%s\n", op, patchUsage)
+	return 2
+}
+
+// readPatchObject reads OBJ: a file, else an embedded sample by name.
+func readPatchObject(obj string) ([]byte, string, error) {
+	b, err := os.ReadFile(obj)
+	if err == nil {
+		return b, filepath.Base(obj), nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) || strings.Contains(obj, "/") {
+		return nil, "", err
+	}
+	b, gerr := guestkernel.Patch(obj)
+	if gerr != nil {
+		return nil, "", fmt.Errorf("%s: no such file, and no embedded sample of that name (have: %s)", obj,
+			strings.Join(guestkernel.PatchNames(), ", "))
+	}
+	return b, strings.TrimSuffix(obj, ".o") + ".o", nil
+}
+
+func printOp(w io.Writer, rep api.OpReply, asJSON bool) int {
+	if asJSON {
+		return printJSON(w, rep)
+	}
+	fmt.Fprintf(w, "%s %s: ok", rep.Op, rep.Patch)
+	if r := rep.Result; r != nil {
+		fmt.Fprintf(w, " (%d functions switched in a %v pause, %d attempt(s), %v in all", r.Funcs,
+			r.PauseWindow.Round(time.Microsecond), r.Attempts, r.Total.Round(time.Microsecond))
+		if r.Forced {
+			fmt.Fprint(w, ", forced")
+		}
+		if len(r.Replaced) > 0 {
+			fmt.Fprintf(w, ", replaced %s", strings.Join(r.Replaced, ", "))
+		}
+		fmt.Fprint(w, ")")
+	}
+	fmt.Fprintln(w)
+	return 0
+}
+
+func printPatches(w io.Writer, st livepatch.Status) {
+	if len(st.Patches) == 0 {
+		fmt.Fprintln(w, "no patches")
+	}
+	for _, p := range st.Patches {
+		state := "disabled"
+		if p.Enabled {
+			state = "enabled"
+		}
+		if p.Transition {
+			state += ", in transition"
+		}
+		var flags []string
+		if p.Replace {
+			flags = append(flags, "replace")
+		}
+		if p.Forced {
+			flags = append(flags, "forced")
+		}
+		extra := ""
+		if len(flags) > 0 {
+			extra = " [" + strings.Join(flags, ",") + "]"
+		}
+		fmt.Fprintf(w, "%d %s: %s%s\n", p.StackOrder, p.Name, state, extra)
+		for _, o := range p.Objects {
+			for _, f := range o.Funcs {
+				pos := f.OldSympos
+				if pos == 0 {
+					pos = 1
+				}
+				if f.NewAddr != 0 {
+					fmt.Fprintf(w, "    %s/%s,%d -> %s at %#x\n", o.Name, f.OldName, pos, f.NewName, f.NewAddr)
+				} else {
+					fmt.Fprintf(w, "    %s/%s,%d -> %s\n", o.Name, f.OldName, pos, f.NewName)
+				}
+			}
+		}
+	}
+	fmt.Fprintf(w, "patch area: %d of %d bytes in use, %d sites redirected\n", st.PatchAreaInUse, st.PatchAreaSize, len(st.Redirected))
+}

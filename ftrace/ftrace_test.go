@@ -1,0 +1,330 @@
+package ftrace
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"klp-kvm/elfpatch"
+)
+
+// fakeMem is guest memory over two regions: kernel text and patch area.
+type fakeMem struct {
+	regions []region
+	paused  bool
+	failAt  uint64 // a WriteVirt at this address fails
+	writes  int
+}
+
+type region struct {
+	base uint64
+	b    []byte
+}
+
+func (m *fakeMem) find(va uint64, n int) ([]byte, error) {
+	for _, r := range m.regions {
+		if va >= r.base && va-r.base+uint64(n) <= uint64(len(r.b)) {
+			return r.b[va-r.base : va-r.base+uint64(n)], nil
+		}
+	}
+	return nil, fmt.Errorf("no memory at %#x+%d", va, n)
+}
+
+func (m *fakeMem) ReadVirt(va uint64, b []byte) error {
+	p, err := m.find(va, len(b))
+	if err != nil {
+		return err
+	}
+	copy(b, p)
+	return nil
+}
+
+func (m *fakeMem) WriteVirt(va uint64, b []byte) error {
+	if m.failAt != 0 && va == m.failAt {
+		return errors.New("injected write fault")
+	}
+	p, err := m.find(va, len(b))
+	if err != nil {
+		return err
+	}
+	m.writes++
+	copy(p, b)
+	return nil
+}
+
+func (m *fakeMem) Paused() bool { return m.paused }
+
+func (m *fakeMem) hash() [32]byte {
+	h := sha256.New()
+	for _, r := range m.regions {
+		h.Write(r.b)
+	}
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+const (
+	textBase  = 0xffffffff81000000
+	patchBase = 0xffffffffa0000000
+)
+
+func setup(t *testing.T, nsites int) (*fakeMem, *Tracer) {
+	t.Helper()
+	text := make([]byte, 4096)
+	var sites []elfpatch.Site
+	for i := 0; i < nsites; i++ {
+		a := uint64(textBase) + uint64(i*64)
+		copy(text[i*64:], elfpatch.Nop5[:])
+		text[i*64+5] = 0xc3
+		sites = append(sites, elfpatch.Site{Addr: a, Func: fmt.Sprintf("fn%d", i), FuncAddr: a, Bytes: elfpatch.Nop5})
+	}
+	pa := bytes.Repeat([]byte{0xaa}, 4096)
+	m := &fakeMem{regions: []region{{textBase, text}, {patchBase, pa}}}
+	al, err := NewAllocator(patchBase, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, New(m, al, sites)
+}
+
+func TestAllocator(t *testing.T) {
+	a, err := NewAllocator(0x1000, 0x100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, _ := a.Alloc(0x10, 1)
+	y, _ := a.Alloc(0x20, 0x40)
+	if x != 0x1000 || y != 0x1040 {
+		t.Fatalf("first fit: %#x %#x", x, y)
+	}
+	z, _ := a.Alloc(0x30, 1) // fits in the gap 0x1010..0x1040
+	if z != 0x1010 {
+		t.Fatalf("gap not reused: %#x", z)
+	}
+	if a.InUse() != 0x60 || a.Blocks() != 3 {
+		t.Fatalf("InUse %#x blocks %d", a.InUse(), a.Blocks())
+	}
+	if _, err := a.Alloc(0x100, 1); !errors.Is(err, ErrNoMem) {
+		t.Fatalf("want ErrNoMem, got %v", err)
+	}
+	if _, err := a.Alloc(0x10, 3); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("align 3: %v", err)
+	}
+	if err := a.Free(0x1008); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("free of a non-block: %v", err)
+	}
+	for _, p := range []uint64{x, y, z} {
+		if err := a.Free(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.InUse() != 0 || a.Blocks() != 0 {
+		t.Fatalf("leak: %v", a)
+	}
+	if p, err := a.Alloc(0x100, 0x100); err != nil || p != 0x1000 {
+		t.Fatalf("whole area: %#x %v", p, err)
+	}
+}
+
+func TestEncodings(t *testing.T) {
+	tb := TrampBytes(0x1122334455667788)
+	want := []byte{0xff, 0x25, 2, 0, 0, 0, 0xcc, 0xcc, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11}
+	if !bytes.Equal(tb[:], want) {
+		t.Fatalf("trampoline % x", tb)
+	}
+	j, err := JmpRel32(0x1000, 0x2000)
+	if err != nil || !bytes.Equal(j[:], []byte{0xe9, 0xfb, 0x0f, 0, 0}) {
+		t.Fatalf("jmp % x %v", j, err)
+	}
+	j, _ = JmpRel32(0x2000, 0x1000)
+	if int32(binary.LittleEndian.Uint32(j[1:])) != -0x1005 {
+		t.Fatalf("backward jmp % x", j)
+	}
+	if _, err := JmpRel32(0, 1<<32); !errors.Is(err, ErrRange) {
+		t.Fatalf("far jmp: %v", err)
+	}
+}
+
+func TestRedirectSwitchRestore(t *testing.T) {
+	m, tr := setup(t, 3)
+	orig := m.hash()
+	x, err := tr.Prepare([]Update{{textBase, 0xffffffffa0000800}, {textBase + 64, 0xffffffffa0000900}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Commit(); !errors.Is(err, ErrNotPaused) {
+		t.Fatalf("commit while running: %v", err)
+	}
+	if m.hash() != orig {
+		t.Fatal("memory changed by a refused commit")
+	}
+	m.paused = true
+	if err := x.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	x.Finish()
+	s, _ := tr.Site(textBase)
+	if s.State != StateJmp || s.Target != 0xffffffffa0000800 {
+		t.Fatalf("site state %+v", s)
+	}
+	var code [5]byte
+	m.ReadVirt(textBase, code[:])
+	want, _ := JmpRel32(textBase, s.Tramp)
+	if code != want {
+		t.Fatalf("site holds % x, want % x", code, want)
+	}
+	var tb [16]byte
+	m.ReadVirt(s.Tramp, tb[:])
+	if tb != TrampBytes(0xffffffffa0000800) {
+		t.Fatalf("trampoline holds % x", tb)
+	}
+	if tr.Alloc().Blocks() != 2 || len(tr.Redirected()) != 2 {
+		t.Fatalf("blocks %d redirected %d", tr.Alloc().Blocks(), len(tr.Redirected()))
+	}
+	// Switch one slot, restore the other.
+	x, err = tr.Prepare([]Update{{textBase, 0xffffffffa0000a00}, {textBase + 64, 0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(x.Pokes()) != 2 || len(x.Pokes()[0].New) != 8 {
+		t.Fatalf("want a slot poke then a site poke, got %+v", x.Pokes())
+	}
+	if err := x.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	x.Finish()
+	m.ReadVirt(s.Tramp, tb[:])
+	if binary.LittleEndian.Uint64(tb[8:]) != 0xffffffffa0000a00 {
+		t.Fatal("slot not switched")
+	}
+	m.ReadVirt(textBase+64, code[:])
+	if code != elfpatch.Nop5 || tr.Alloc().Blocks() != 1 {
+		t.Fatalf("site 1 % x, blocks %d", code, tr.Alloc().Blocks())
+	}
+	x, _ = tr.Prepare([]Update{{textBase, 0}})
+	if err := x.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	x.Finish()
+	if tr.Alloc().InUse() != 0 {
+		t.Fatal("trampoline leaked")
+	}
+	m.ReadVirt(textBase, code[:])
+	if code != elfpatch.Nop5 {
+		t.Fatalf("site 0 % x", code)
+	}
+}
+
+func TestMismatchWritesNothing(t *testing.T) {
+	m, tr := setup(t, 3)
+	m.paused = true
+	text := m.regions[0].b
+	text[128+2] = 0x99 // fn2's site was changed behind our back
+	orig := m.hash()
+	x, err := tr.Prepare([]Update{{textBase, 0x1234}, {textBase + 128, 0x5678}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = x.Commit()
+	if !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "fn2+0x0") || !strings.Contains(err.Error(), "0f 1f 99 00 00") {
+		t.Fatalf("want a mismatch naming fn2 and the bytes found, got %v", err)
+	}
+	x.Finish()
+	if m.hash() != orig || m.writes != 0 {
+		t.Fatal("a failed batch wrote something")
+	}
+	if tr.Alloc().InUse() != 0 {
+		t.Fatal("trampolines of a failed batch leaked")
+	}
+	if s, _ := tr.Site(textBase); s.State != StateNop {
+		t.Fatal("state changed by a failed batch")
+	}
+}
+
+func TestWriteFaultUndoes(t *testing.T) {
+	m, tr := setup(t, 3)
+	m.paused = true
+	orig := m.hash()
+	x, _ := tr.Prepare([]Update{{textBase, 0x1234}, {textBase + 64, 0x5678}})
+	m.failAt = textBase + 64
+	if err := x.Commit(); !errors.Is(err, ErrMemory) {
+		t.Fatalf("want ErrMemory, got %v", err)
+	}
+	x.Finish()
+	if m.hash() != orig {
+		t.Fatal("half-written batch left behind")
+	}
+}
+
+func TestRollback(t *testing.T) {
+	m, tr := setup(t, 2)
+	m.paused = true
+	orig := m.hash()
+	x, _ := tr.Prepare([]Update{{textBase, 0x1234}})
+	if err := x.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	x.Finish()
+	var code [5]byte
+	m.ReadVirt(textBase, code[:])
+	if code != elfpatch.Nop5 || tr.Alloc().InUse() != 0 {
+		t.Fatalf("rollback left % x, %d bytes in use", code, tr.Alloc().InUse())
+	}
+	_ = orig
+	if _, err := tr.Prepare([]Update{{textBase + 1, 1}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("non-site: %v", err)
+	}
+	if _, err := tr.Prepare([]Update{{textBase, 1}, {textBase, 2}}); !errors.Is(err, ErrInvalid) || tr.Alloc().InUse() != 0 {
+		t.Fatalf("duplicate update: %v (in use %d)", err, tr.Alloc().InUse())
+	}
+}
+
+func FuzzAllocator(f *testing.F) {
+	f.Add([]byte{10, 3, 200, 1, 5, 0})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		a, _ := NewAllocator(0x10000, 0x400)
+		var live []uint64
+		for i := 0; i+1 < len(ops); i += 2 {
+			if ops[i]&1 == 0 || len(live) == 0 {
+				size := uint64(ops[i+1]) + 1
+				al := uint64(1) << (ops[i] >> 5)
+				p, err := a.Alloc(size, al)
+				if err != nil {
+					if !errors.Is(err, ErrNoMem) {
+						t.Fatal(err)
+					}
+					continue
+				}
+				if p&(al-1) != 0 || p < 0x10000 || p+size > 0x10400 {
+					t.Fatalf("bad block %#x+%d align %d", p, size, al)
+				}
+				live = append(live, p)
+			} else {
+				k := int(ops[i+1]) % len(live)
+				if err := a.Free(live[k]); err != nil {
+					t.Fatal(err)
+				}
+				live = append(live[:k], live[k+1:]...)
+			}
+		}
+		for j := 1; j < len(a.used); j++ {
+			if a.used[j-1].addr+a.used[j-1].size > a.used[j].addr {
+				t.Fatalf("overlap %v", a.used)
+			}
+		}
+		for _, p := range live {
+			a.Free(p)
+		}
+		if a.InUse() != 0 {
+			t.Fatal("leak")
+		}
+	})
+}

@@ -1,0 +1,281 @@
+package ftrace
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sort"
+
+	"klp-kvm/elfpatch"
+)
+
+// State is what an fentry site holds.
+type State uint8
+
+const (
+	// StateNop: the compiler's 5-byte NOP; the function runs as built.
+	StateNop State = iota
+	// StateJmp: `jmp rel32` to the site's klp_ops trampoline.
+	StateJmp
+)
+
+func (s State) String() string {
+	if s == StateJmp {
+		return "jmp"
+	}
+	return "nop"
+}
+
+// Trampoline layout: `ff 25 02 00 00 00` (jmp *2(%rip), i.e. the slot),
+// `cc cc` (int3 padding, never reached), then the 8-byte slot holding the
+// new function. 16 bytes, 16-aligned, so the slot is 8-aligned and its
+// update is a single aligned store.
+const (
+	TrampSize    = 16
+	TrampAlign   = 16
+	TrampSlotOff = 8
+)
+
+// TrampBytes returns a trampoline whose slot holds target.
+func TrampBytes(target uint64) [TrampSize]byte {
+	var b [TrampSize]byte
+	copy(b[:], []byte{0xff, 0x25, 0x02, 0x00, 0x00, 0x00, 0xcc, 0xcc})
+	binary.LittleEndian.PutUint64(b[TrampSlotOff:], target)
+	return b
+}
+
+// JmpRel32 encodes `jmp rel32` at from to to.
+func JmpRel32(from, to uint64) ([elfpatch.FentrySize]byte, error) {
+	var b [elfpatch.FentrySize]byte
+	rel := int64(to - (from + elfpatch.FentrySize))
+	if rel != int64(int32(rel)) {
+		return b, errorf("encode jmp", ErrRange, from, "target %#x is %d bytes away", to, rel)
+	}
+	b[0] = 0xe9
+	binary.LittleEndian.PutUint32(b[1:], uint32(int32(rel)))
+	return b, nil
+}
+
+// Site is one fentry site and its state.
+type Site struct {
+	Addr    uint64
+	Func    string
+	FuncOff uint64
+	Nop     [elfpatch.FentrySize]byte // the site's bytes when not redirected
+	State   State
+	Tramp   uint64 // the klp_ops trampoline while State == StateJmp
+	Target  uint64 // the trampoline's slot while State == StateJmp
+}
+
+// Where names the site for messages: symbol+offset.
+func (s *Site) Where() string {
+	if s.Func == "" {
+		return fmt.Sprintf("%#x", s.Addr)
+	}
+	return fmt.Sprintf("%s+%#x", s.Func, s.FuncOff)
+}
+
+// Tracer owns the site table, the patch-area allocator and every text
+// poke. It is not locked: its user (livepatch.Manager) serialises.
+type Tracer struct {
+	mem   Memory
+	alloc *Allocator
+	sites map[uint64]*Site
+}
+
+// New builds the site table from the kernel's fentry sites (all NOP).
+func New(mem Memory, alloc *Allocator, sites []elfpatch.Site) *Tracer {
+	t := &Tracer{mem: mem, alloc: alloc, sites: make(map[uint64]*Site, len(sites))}
+	for _, s := range sites {
+		t.sites[s.Addr] = &Site{Addr: s.Addr, Func: s.Func, FuncOff: s.Offset, Nop: s.Bytes}
+	}
+	return t
+}
+
+// Alloc is the patch-area allocator (images are allocated from it too).
+func (t *Tracer) Alloc() *Allocator { return t.alloc }
+
+// Memory is the guest memory the tracer pokes.
+func (t *Tracer) Memory() Memory { return t.mem }
+
+// Site returns a copy of the site at addr.
+func (t *Tracer) Site(addr uint64) (Site, bool) {
+	s, ok := t.sites[addr]
+	if !ok {
+		return Site{}, false
+	}
+	return *s, true
+}
+
+// NumSites is the size of the site table.
+func (t *Tracer) NumSites() int { return len(t.sites) }
+
+// Redirected returns the sites in StateJmp, by address.
+func (t *Tracer) Redirected() []Site {
+	var out []Site
+	for _, s := range t.sites {
+		if s.State == StateJmp {
+			out = append(out, *s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
+	return out
+}
+
+// Update asks for a site's new target: a function address, or 0 to put
+// the NOP back.
+type Update struct {
+	Site   uint64
+	Target uint64
+}
+
+// Txn is a prepared batch of site changes: trampolines allocated, pokes
+// computed. Commit applies it in one pause; Rollback undoes a committed
+// one; Finish frees the trampolines of sites that went back to NOP; Abort
+// drops an uncommitted one. Exactly one of Abort or Finish (after an
+// optional Rollback) ends a Txn.
+type Txn struct {
+	t         *Tracer
+	pokes     []Poke
+	newTramps []uint64 // allocated by Prepare
+	oldTramps []uint64 // released by sites going back to NOP (freed by Finish)
+	before    []Site   // the changed sites' states before
+	after     []Site
+	committed bool
+	done      bool
+}
+
+// Prepare computes the pokes for updates. Nothing in the guest changes.
+// Fresh trampolines are allocated and their current bytes (the patch
+// area, which no guest code executes yet) become the pokes' expected old
+// bytes.
+func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
+	const op = "prepare"
+	x := &Txn{t: t}
+	seen := map[uint64]bool{}
+	var trampPokes, slotPokes, sitePokes []Poke
+	for _, u := range updates {
+		s, ok := t.sites[u.Site]
+		if !ok {
+			x.Abort()
+			return nil, errorf(op, ErrInvalid, u.Site, "not an fentry site")
+		}
+		if seen[u.Site] {
+			x.Abort()
+			return nil, &Error{Op: op, Kind: ErrInvalid, Addr: u.Site, Site: s.Where(), Detail: "updated twice in one batch"}
+		}
+		seen[u.Site] = true
+		nu := *s
+		switch {
+		case u.Target == 0 && s.State == StateNop:
+			continue
+		case u.Target == 0:
+			jmp, err := JmpRel32(s.Addr, s.Tramp)
+			if err != nil {
+				x.Abort()
+				return nil, err
+			}
+			sitePokes = append(sitePokes, Poke{Addr: s.Addr, Old: jmp[:], New: s.Nop[:], Where: s.Where()})
+			x.oldTramps = append(x.oldTramps, s.Tramp)
+			nu.State, nu.Tramp, nu.Target = StateNop, 0, 0
+		case s.State == StateJmp:
+			if s.Target == u.Target {
+				continue
+			}
+			var o, n [8]byte
+			binary.LittleEndian.PutUint64(o[:], s.Target)
+			binary.LittleEndian.PutUint64(n[:], u.Target)
+			slotPokes = append(slotPokes, Poke{Addr: s.Tramp + TrampSlotOff, Old: o[:], New: n[:], Where: s.Where() + " slot"})
+			nu.Target = u.Target
+		default:
+			tr, err := t.alloc.Alloc(TrampSize, TrampAlign)
+			if err != nil {
+				x.Abort()
+				return nil, err
+			}
+			x.newTramps = append(x.newTramps, tr)
+			jmp, err := JmpRel32(s.Addr, tr)
+			if err != nil {
+				x.Abort()
+				return nil, &Error{Op: op, Kind: ErrRange, Addr: s.Addr, Site: s.Where(), Err: err}
+			}
+			cur := make([]byte, TrampSize)
+			if err := t.mem.ReadVirt(tr, cur); err != nil {
+				x.Abort()
+				return nil, &Error{Op: op, Kind: ErrMemory, Addr: tr, Site: s.Where(), Err: err}
+			}
+			tb := TrampBytes(u.Target)
+			trampPokes = append(trampPokes, Poke{Addr: tr, Old: cur, New: tb[:], Where: s.Where() + " trampoline"})
+			sitePokes = append(sitePokes, Poke{Addr: s.Addr, Old: s.Nop[:], New: jmp[:], Where: s.Where()})
+			nu.State, nu.Tramp, nu.Target = StateJmp, tr, u.Target
+		}
+		x.before = append(x.before, *s)
+		x.after = append(x.after, nu)
+	}
+	// Trampolines and slots before the sites that jump to them (all under
+	// one pause, but a consistent order costs nothing).
+	x.pokes = append(append(trampPokes, slotPokes...), sitePokes...)
+	return x, nil
+}
+
+// Pokes returns the batch (for inspection and tests).
+func (x *Txn) Pokes() []Poke { return x.pokes }
+
+// Empty reports whether the batch changes nothing.
+func (x *Txn) Empty() bool { return len(x.pokes) == 0 }
+
+// Commit applies the batch (the guest must be paused) and records the new
+// site states. On error nothing changed.
+func (x *Txn) Commit() error {
+	if x.done || x.committed {
+		return errorf("commit", ErrState, 0, "transaction already committed or ended")
+	}
+	if err := Apply(x.t.mem, x.pokes); err != nil {
+		return err
+	}
+	for _, s := range x.after {
+		*x.t.sites[s.Addr] = s
+	}
+	x.committed = true
+	return nil
+}
+
+// Rollback undoes a committed batch (the guest must be paused): the sites
+// get their old bytes and states back.
+func (x *Txn) Rollback() error {
+	if !x.committed || x.done {
+		return errorf("rollback", ErrState, 0, "transaction not committed")
+	}
+	if err := Apply(x.t.mem, Invert(x.pokes)); err != nil {
+		return err
+	}
+	for _, s := range x.before {
+		*x.t.sites[s.Addr] = s
+	}
+	x.committed = false
+	return nil
+}
+
+// Finish ends the transaction: after a Commit the trampolines of sites
+// back at NOP are freed; without one (or after a Rollback) the fresh
+// trampolines are.
+func (x *Txn) Finish() {
+	if x.done {
+		return
+	}
+	x.done = true
+	free := x.newTramps
+	if x.committed {
+		free = x.oldTramps
+	}
+	for _, a := range free {
+		_ = x.t.alloc.Free(a)
+	}
+}
+
+// Abort ends an uncommitted transaction.
+func (x *Txn) Abort() {
+	if x.committed {
+		return
+	}
+	x.Finish()
+}

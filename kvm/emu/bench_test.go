@@ -1,0 +1,115 @@
+package emu
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"klp-kvm/kvm/engine"
+)
+
+// mixedWorkload: loads, stores, ALU, multiply, a call and branches; the
+// outer loop count comes in RDI... set by the benchmark through memory.
+const mixedWorkload = `
+_start:
+	mov iterations, %r12
+outer:
+	lea data(%rip), %rsi
+	mov $16, %ecx
+	xor %eax, %eax
+inner:
+	mov (%rsi), %rdx
+	add %rdx, %rax
+	imul $3, %rax, %rax
+	xor %rcx, %rdx
+	mov %rdx, 8(%rsi)
+	add $8, %rsi
+	call leaf
+	dec %ecx
+	jnz inner
+	dec %r12
+	jnz outer
+	` + done + `
+leaf:
+	lea 1(%rax), %rbx
+	cmp %rbx, %rax
+	cmovb %rbx, %rax
+	ret
+.balign 8
+iterations: .quad 0
+.balign 4096
+data: .skip 4096
+`
+
+// BenchmarkMIPS reports guest instructions per second on one vCPU.
+func BenchmarkMIPS(b *testing.B) {
+	m := newMachine(b, mixedWorkload, 1)
+	put64(m.ram, m.sym("iterations"), uint64(max(b.N/200, 1)))
+	b.ResetTimer()
+	start := time.Now()
+	m.run(0)
+	el := time.Since(start)
+	n := m.cpus[0].Stats().Instructions
+	b.ReportMetric(float64(n)/el.Seconds()/1e6, "MIPS")
+	b.ReportMetric(float64(el.Nanoseconds())/float64(n), "ns/guest-insn")
+}
+
+// kickLatency measures the time from Kick to Run returning ExitIntr.
+func kickLatency(b *testing.B, src string) {
+	m := newMachine(b, src, 1)
+	c := m.cpus[0]
+	exits := make(chan time.Time)
+	stop := make(chan struct{})
+	go func() {
+		for {
+			ex, err := c.Run()
+			if err != nil || ex.Reason != engine.ExitIntr {
+				b.Errorf("exit %v %v", ex, err)
+				close(exits)
+				return
+			}
+			t := time.Now()
+			select {
+			case exits <- t:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		time.Sleep(100 * time.Microsecond) // let the guest run (or sleep in HLT)
+		t0 := time.Now()
+		c.Kick()
+		t1, ok := <-exits
+		if !ok {
+			return
+		}
+		lat = append(lat, t1.Sub(t0))
+	}
+	b.StopTimer()
+	close(stop)
+	c.Kick()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "us-median")
+	b.ReportMetric(float64(lat[len(lat)*9/10].Nanoseconds())/1e3, "us-p90")
+}
+
+func BenchmarkKickLatencyLoop(b *testing.B) {
+	kickLatency(b, `
+_start:
+1:	inc %rax
+	add %rax, %rbx
+	jmp 1b
+`)
+}
+
+func BenchmarkKickLatencyHLT(b *testing.B) {
+	kickLatency(b, `
+_start:
+	sti
+1:	hlt
+	jmp 1b
+`)
+}

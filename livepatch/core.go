@@ -1,0 +1,491 @@
+// Package livepatch carries out Linux's livepatch operations
+// (klp_register_patch, klp_enable_patch, klp_disable_patch,
+// klp_unregister_patch) on a running guest from the host. Its files follow
+// Linux's split: core.go is kernel/livepatch/core.c (object model, API,
+// sysfs state mirror, relocation through elfpatch), patch.go is patch.c
+// (klp_ops and func_stack: which function each patched site runs),
+// transition.go is transition.c (the stop_machine-style switch with its
+// consistency check, retries, rollback and force).
+package livepatch
+
+import (
+	"context"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"klp-kvm/elfpatch"
+	"klp-kvm/ftrace"
+	"klp-kvm/guestkernel"
+	"klp-kvm/kvm/engine"
+)
+
+// Guest is what the livepatch core needs of the machine; kvm.Machine
+// satisfies it, unit tests use a fake over a byte slice.
+type Guest interface {
+	ReadVirt(va uint64, b []byte) error
+	WriteVirt(va uint64, b []byte) error
+	Pause() error
+	Resume() error
+	Paused() bool
+	NumCPUs() int
+	Regs(id int) (engine.Regs, error)
+}
+
+// CallbackRunner calls a function in the guest with one argument (the
+// pre/post (un)patch callbacks, which take the struct klp_object) and
+// returns its return value; the guest agent's guest-call.
+type CallbackRunner func(ctx context.Context, addr, arg uint64) (int64, error)
+
+// Config sets up a Manager.
+type Config struct {
+	Guest         Guest
+	Vmlinux       []byte // the guest kernel's ELF image
+	PatchArea     uint64 // virtual base of the patch area
+	PatchAreaSize uint64
+	Callbacks     CallbackRunner // nil: patches with callbacks are refused (ENODEV)
+	// CallbackTimeout bounds each callback; default 10 s.
+	CallbackTimeout time.Duration
+}
+
+// Options tune one enable or disable.
+type Options struct {
+	Force        bool          // skip the consistency check (Linux's force)
+	Deadline     time.Duration // how long to retry a blocked transition; default 5 s
+	Conservative bool          // scan every stack word (Ksplice) instead of the frame-pointer chain
+}
+
+// DefaultDeadline is how long a blocked transition is retried.
+const DefaultDeadline = 5 * time.Second
+
+// Func is a struct klp_func: the old function and its replacement.
+type Func struct {
+	OldName   string `json:"old_name"`
+	OldSympos int    `json:"old_sympos"`
+	OldAddr   uint64 `json:"old_addr"`
+	OldSize   uint64 `json:"old_size"`
+	Site      uint64 `json:"site"`
+	NewName   string `json:"new_name,omitempty"`
+	NewAddr   uint64 `json:"new_addr,omitempty"` // 0 until the patch is laid out
+	NewSize   uint64 `json:"new_size,omitempty"`
+	newOff    uint64 // NewAddr - image base: the same for every base
+}
+
+// Object is a struct klp_object; the guest has no modules, so it is
+// always vmlinux.
+type Object struct {
+	Name      string    `json:"name"`
+	Funcs     []*Func   `json:"funcs"`
+	Callbacks [4]uint64 `json:"callbacks,omitempty"` // addresses once laid out; 0 = none
+	Addr      uint64    `json:"addr,omitempty"`      // its struct klp_object (the callbacks' argument)
+	hasCB     [4]bool
+}
+
+// Patch is a struct klp_patch and its state.
+type Patch struct {
+	Name       string    `json:"name"`
+	Replace    bool      `json:"replace"`
+	Enabled    bool      `json:"enabled"`
+	Transition bool      `json:"transition"`
+	Forced     bool      `json:"forced"`
+	Objects    []*Object `json:"objects"`
+	ImageAddr  uint64    `json:"image_addr,omitempty"` // 0 while not in the patch area
+	ImageSize  uint64    `json:"image_size"`
+
+	parsed *elfpatch.Patch
+	image  *elfpatch.Image
+	saved  []byte // patch-area bytes the image overwrote (restored on failure)
+}
+
+func (p *Patch) funcs() []*Func {
+	var out []*Func
+	for _, o := range p.Objects {
+		out = append(out, o.Funcs...)
+	}
+	return out
+}
+
+// Result describes a completed enable or disable.
+type Result struct {
+	Op          string        `json:"op"`
+	Patch       string        `json:"patch"`
+	Attempts    int           `json:"attempts"`
+	Forced      bool          `json:"forced"`
+	Funcs       int           `json:"funcs"`
+	PauseWindow time.Duration `json:"pause_window_ns"` // Pause..Resume of the switching attempt
+	Total       time.Duration `json:"total_ns"`
+	Replaced    []string      `json:"replaced,omitempty"` // patches an atomic replace removed
+}
+
+// Manager holds the livepatch state of one guest. Every operation takes
+// its mutex: operations are serialised, as under Linux's klp_mutex.
+type Manager struct {
+	mu       sync.Mutex
+	g        Guest
+	kernel   *elfpatch.Kernel
+	syms     *guestkernel.Symbols
+	tracer   *ftrace.Tracer
+	sysfs    *guestkernel.SysfsWriter
+	intro    *guestkernel.Guest // nil if the guest has no klp_guest_abi
+	cb       CallbackRunner
+	cbTO     time.Duration
+	patches  []*Patch        // registration order: the stack
+	ops      map[uint64]*Ops // by old_addr
+	forceReq atomic.Bool     // a guest write to .../force during a transition
+	inTrans  atomic.Bool
+	last     *Result
+}
+
+// New builds a manager for a guest whose kernel is vmlinux. The guest must
+// have klp_sysfs_state (the sysfs mirror); klp_guest_abi (task stacks) is
+// used when present.
+func New(cfg Config) (*Manager, error) {
+	const op = "init"
+	if cfg.Guest == nil {
+		return nil, errorf(op, "", syscall.EINVAL, "no guest")
+	}
+	k, err := elfpatch.ParseKernel(cfg.Vmlinux)
+	if err != nil {
+		return nil, &Error{Op: op, Errno: syscall.EINVAL, Detail: "guest kernel", Err: err}
+	}
+	syms, err := guestkernel.LoadSymbols(cfg.Vmlinux)
+	if err != nil {
+		return nil, &Error{Op: op, Errno: syscall.EINVAL, Detail: "guest kernel symbols", Err: err}
+	}
+	al, err := ftrace.NewAllocator(cfg.PatchArea, cfg.PatchAreaSize)
+	if err != nil {
+		return nil, &Error{Op: op, Errno: syscall.EINVAL, Detail: "patch area", Err: err}
+	}
+	sw, err := guestkernel.NewSysfsWriterSym(cfg.Guest, syms)
+	if err != nil {
+		return nil, &Error{Op: op, Errno: syscall.ENODEV, Detail: "klp_sysfs_state", Err: err}
+	}
+	m := &Manager{g: cfg.Guest, kernel: k, syms: syms, tracer: ftrace.New(cfg.Guest, al, k.FentrySites()),
+		sysfs: sw, cb: cfg.Callbacks, cbTO: cfg.CallbackTimeout, ops: map[uint64]*Ops{}}
+	if m.cbTO <= 0 {
+		m.cbTO = 10 * time.Second
+	}
+	if g, err := guestkernel.Open(cfg.Guest, syms); err == nil {
+		m.intro = g
+	}
+	if err := m.writeSysfs(); err != nil {
+		return nil, &Error{Op: op, Errno: syscall.EIO, Detail: "klp_sysfs_state", Err: err}
+	}
+	return m, nil
+}
+
+// Tracer exposes the fentry sites and the patch-area allocator (for
+// status and leak checks).
+func (m *Manager) Tracer() *ftrace.Tracer { return m.tracer }
+
+func (m *Manager) find(name string) (int, *Patch) {
+	for i, p := range m.patches {
+		if p.Name == name {
+			return i, p
+		}
+	}
+	return -1, nil
+}
+
+// Register parses a patch object and checks it against the kernel with a
+// dry-run layout (the relocation and symbol checks of klp_enable_patch, so
+// a bad patch is refused here with EINVAL and the elfpatch error), then
+// adds it, disabled, to the end of the stack and to the guest's sysfs.
+// nameHint names the patch when the object has no KLP_MODULE_NAME (a file
+// name, as insmod would).
+func (m *Manager) Register(data []byte, nameHint string) (*Patch, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.register(data, nameHint)
+}
+
+func (m *Manager) register(data []byte, nameHint string) (*Patch, error) {
+	const op = "register"
+	ep, err := elfpatch.ParsePatch(data)
+	if err != nil {
+		return nil, &Error{Op: op, Patch: nameHint, Errno: syscall.EINVAL, Err: err}
+	}
+	name := ep.Name
+	if name == "" {
+		name = elfpatch.ModuleNameFromFile(nameHint)
+	}
+	if name == "" || len(name) >= guestkernel.SysfsNameLen || strings.ContainsAny(name, "/\x00\n") || name == "." || name == ".." {
+		return nil, errorf(op, name, syscall.EINVAL, "bad patch name %q", name)
+	}
+	if _, dup := m.find(name); dup != nil {
+		return nil, errorf(op, name, syscall.EEXIST, "a patch of this name is registered")
+	}
+	align, err := ep.Align()
+	if err != nil {
+		return nil, &Error{Op: op, Patch: name, Errno: syscall.EINVAL, Err: err}
+	}
+	base := (m.tracer.Alloc().Base() + align - 1) &^ (align - 1)
+	im, err := ep.Layout(base, m.kernel)
+	if err != nil {
+		return nil, &Error{Op: op, Patch: name, Errno: syscall.EINVAL, Err: err}
+	}
+	p := &Patch{Name: name, Replace: ep.Replace, parsed: ep, ImageSize: im.Size()}
+	sizes := funcSizes(ep)
+	for _, io := range im.Objects {
+		o := &Object{Name: io.Name}
+		for i, cb := range io.Callbacks {
+			o.hasCB[i] = cb != 0
+		}
+		for _, f := range io.Funcs {
+			o.Funcs = append(o.Funcs, &Func{OldName: f.OldName, OldSympos: f.OldSympos, OldAddr: f.OldAddr,
+				OldSize: f.OldSize, Site: f.Site.Addr, NewName: f.NewName, NewSize: sizes[f.NewName],
+				newOff: f.NewAddr - im.Base})
+		}
+		p.Objects = append(p.Objects, o)
+	}
+	if len(p.funcs()) == 0 {
+		return nil, errorf(op, name, syscall.EINVAL, "the patch patches no function")
+	}
+	for _, f := range p.funcs() {
+		if _, ok := m.tracer.Site(f.Site); !ok {
+			return nil, errorf(op, name, syscall.EINVAL, "%s: %#x is not an fentry site of the kernel", f.OldName, f.Site)
+		}
+	}
+	m.patches = append(m.patches, p)
+	if err := m.writeSysfs(); err != nil {
+		m.patches = m.patches[:len(m.patches)-1]
+		_ = m.writeSysfs()
+		return nil, &Error{Op: op, Patch: name, Errno: syscall.ENOMEM, Detail: "guest sysfs", Err: err}
+	}
+	return p, nil
+}
+
+// funcSizes maps the patch's function symbols to their sizes (for the
+// consistency check's ranges of new functions).
+func funcSizes(ep *elfpatch.Patch) map[string]uint64 {
+	out := map[string]uint64{}
+	for _, s := range ep.Symbols() {
+		if s.Type == elfpatch.TypeFunc && s.Defined() && s.Size > out[s.Name] {
+			out[s.Name] = s.Size
+		}
+	}
+	return out
+}
+
+// Unregister removes a disabled patch: its image leaves the patch area and
+// its sysfs entries go (klp_unregister_patch). EBUSY while enabled.
+func (m *Manager) Unregister(name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.unregister(name)
+}
+
+func (m *Manager) unregister(name string) error {
+	const op = "unregister"
+	i, p := m.find(name)
+	if p == nil {
+		return errorf(op, name, syscall.ENOENT, "no such patch")
+	}
+	if p.Enabled {
+		return errorf(op, name, syscall.EBUSY, "the patch is enabled: disable it first")
+	}
+	m.patches = append(m.patches[:i:i], m.patches[i+1:]...)
+	if err := m.writeSysfs(); err != nil {
+		m.patches = append(m.patches[:i:i], append([]*Patch{p}, m.patches[i:]...)...)
+		_ = m.writeSysfs()
+		return &Error{Op: op, Patch: name, Errno: syscall.EIO, Detail: "guest sysfs", Err: err}
+	}
+	m.dropImage(p)
+	return nil
+}
+
+// Load is Register then Enable; a failed enable unregisters again.
+func (m *Manager) Load(data []byte, nameHint string, o Options) (*Patch, *Result, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, err := m.register(data, nameHint)
+	if err != nil {
+		return nil, nil, err
+	}
+	res, err := m.enable(p.Name, o)
+	if err != nil {
+		if uerr := m.unregister(p.Name); uerr != nil {
+			return nil, nil, &Error{Op: "load", Patch: p.Name, Errno: err.(*Error).Errno, Err: err,
+				Detail: "and unregistering it again failed: " + uerr.Error()}
+		}
+		return nil, nil, err
+	}
+	return p, res, nil
+}
+
+// Unload is Disable then Unregister.
+func (m *Manager) Unload(name string, o Options) (*Result, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	res, err := m.disable(name, o)
+	if err != nil {
+		return nil, err
+	}
+	return res, m.unregister(name)
+}
+
+// Enable enables a registered patch (klp_enable_patch).
+func (m *Manager) Enable(name string, o Options) (*Result, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.enable(name, o)
+}
+
+// Disable disables an enabled patch (klp_disable_patch).
+func (m *Manager) Disable(name string, o Options) (*Result, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.disable(name, o)
+}
+
+// PatchInfo is a snapshot of one patch for the API.
+type PatchInfo struct {
+	Patch
+	StackOrder int `json:"stack_order"`
+}
+
+// Status is a snapshot of the livepatch state.
+type Status struct {
+	Patches        []PatchInfo   `json:"patches"`
+	Redirected     []ftrace.Site `json:"redirected_sites"`
+	PatchAreaBase  uint64        `json:"patch_area_base"`
+	PatchAreaSize  uint64        `json:"patch_area_size"`
+	PatchAreaInUse uint64        `json:"patch_area_in_use"`
+	Last           *Result       `json:"last_op,omitempty"`
+}
+
+// Status returns a deep-enough copy of the state (callers may marshal it
+// while operations go on).
+func (m *Manager) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := Status{Redirected: m.tracer.Redirected(), PatchAreaBase: m.tracer.Alloc().Base(),
+		PatchAreaSize: m.tracer.Alloc().Size(), PatchAreaInUse: m.tracer.Alloc().InUse()}
+	for i, p := range m.patches {
+		c := *p
+		c.Objects = nil
+		for _, o := range p.Objects {
+			oc := *o
+			oc.Funcs = nil
+			for _, f := range o.Funcs {
+				fc := *f
+				oc.Funcs = append(oc.Funcs, &fc)
+			}
+			c.Objects = append(c.Objects, &oc)
+		}
+		st.Patches = append(st.Patches, PatchInfo{Patch: c, StackOrder: i + 1})
+	}
+	if m.last != nil {
+		l := *m.last
+		st.Last = &l
+	}
+	return st
+}
+
+// Patches returns the names in stack order.
+func (m *Manager) Patches() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for _, p := range m.patches {
+		out = append(out, p.Name)
+	}
+	return out
+}
+
+// sysfsState renders the state as the guest's /sys/kernel/livepatch.
+func (m *Manager) sysfsState() []guestkernel.SysfsPatch {
+	var out []guestkernel.SysfsPatch
+	for i, p := range m.patches {
+		sp := guestkernel.SysfsPatch{Name: p.Name, Enabled: p.Enabled, Transition: p.Transition, Force: p.Forced,
+			Replace: p.Replace, StackOrder: uint32(i + 1)}
+		for _, o := range p.Objects {
+			so := guestkernel.SysfsObject{Name: o.Name, Patched: p.Enabled}
+			for _, f := range o.Funcs {
+				pos := f.OldSympos
+				if pos == 0 {
+					pos = 1 // Linux shows sympos 0 as 1 (klp_init_func's kobject name)
+				}
+				so.Funcs = append(so.Funcs, guestkernel.SysfsFunc{Name: f.OldName, Sympos: uint32(pos)})
+			}
+			sp.Objects = append(sp.Objects, so)
+		}
+		out = append(out, sp)
+	}
+	return out
+}
+
+func (m *Manager) writeSysfs() error { return m.sysfs.Write(m.sysfsState()) }
+
+// SysfsWrite carries out a guest process's write to a
+// /sys/kernel/livepatch file (forwarded by the agent) with the same code
+// path as the API; the returned error carries the errno the guest's
+// write() returns. Writable, as in Linux: <patch>/enabled (0/1) and
+// <patch>/force (1, only during a transition).
+func (m *Manager) SysfsWrite(p, value string) error {
+	const op = "sysfs write"
+	rel := strings.TrimPrefix(path.Clean("/"+strings.TrimPrefix(p, "/sys/kernel/livepatch")), "/")
+	parts := strings.Split(rel, "/")
+	if len(parts) != 2 || parts[0] == "" {
+		if len(parts) > 2 || rel == "" {
+			return errorf(op, "", syscall.EPERM, "%s is not writable", p)
+		}
+		return errorf(op, "", syscall.ENOENT, "%s", p)
+	}
+	name, attr := parts[0], parts[1]
+	on, err := parseBool(value)
+	switch attr {
+	case "enabled":
+		if err != nil {
+			return errorf(op, name, syscall.EINVAL, "%q is not a boolean", strings.TrimSpace(value))
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		_, pt := m.find(name)
+		if pt == nil {
+			return errorf(op, name, syscall.ENOENT, "no such patch")
+		}
+		if pt.Enabled == on {
+			// Linux's enabled_store: writing the current state is EINVAL.
+			return errorf(op, name, syscall.EINVAL, "the patch is already %s", map[bool]string{true: "enabled", false: "disabled"}[on])
+		}
+		if on {
+			_, err = m.enable(name, Options{})
+		} else {
+			_, err = m.disable(name, Options{})
+		}
+		return err
+	case "force":
+		if err != nil || !on {
+			return errorf(op, name, syscall.EINVAL, "write 1 to force a transition")
+		}
+		// No lock: the transition in progress holds it and polls this flag.
+		if !m.inTrans.Load() {
+			return errorf(op, name, syscall.EINVAL, "no transition in progress")
+		}
+		m.forceReq.Store(true)
+		return nil
+	case "transition", "replace", "stack_order":
+		return errorf(op, name, syscall.EPERM, "%s is read-only", attr)
+	}
+	return errorf(op, name, syscall.ENOENT, "%s", p)
+}
+
+// parseBool is the kernel's kstrtobool for the common spellings.
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "1", "y", "yes", "on", "true":
+		return true, nil
+	case "0", "n", "no", "off", "false":
+		return false, nil
+	}
+	_, err := strconv.ParseBool(strings.TrimSpace(s))
+	if err == nil {
+		err = syscall.EINVAL
+	}
+	return false, err
+}

@@ -1,0 +1,60 @@
+package livepatch
+
+import (
+	"fmt"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Error is the error type of package livepatch: the operation, the patch
+// and the Linux errno the kernel's livepatch core would return, so callers
+// test it with errors.Is(err, syscall.EBUSY) and the guest's sysfs write
+// returns the same errno as the API.
+type Error struct {
+	Op     string // "register", "enable", "disable", "unregister", "sysfs write", ...
+	Patch  string
+	Errno  syscall.Errno
+	Detail string
+	Err    error // underlying cause (elfpatch, ftrace, guestkernel errors)
+}
+
+func (e *Error) Error() string {
+	s := "livepatch: " + e.Op
+	if e.Patch != "" {
+		s += " " + e.Patch
+	}
+	s += ": " + unix.ErrnoName(e.Errno)
+	if e.Detail != "" {
+		s += ": " + e.Detail
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+// Is matches the errno: errors.Is(err, syscall.EBUSY).
+func (e *Error) Is(target error) bool {
+	en, ok := target.(syscall.Errno)
+	return ok && en == e.Errno
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// ErrnoName is the errno's Linux name ("EBUSY").
+func (e *Error) ErrnoName() string { return unix.ErrnoName(e.Errno) }
+
+func errorf(op, patch string, errno syscall.Errno, format string, args ...any) *Error {
+	return &Error{Op: op, Patch: patch, Errno: errno, Detail: fmt.Sprintf(format, args...)}
+}
+
+// As lets errors.As(err, &errno) find the errno (what `klp-kvm run`
+// answers a guest's sysfs write with).
+func (e *Error) As(target any) bool {
+	if p, ok := target.(*syscall.Errno); ok {
+		*p = e.Errno
+		return true
+	}
+	return false
+}

@@ -1,0 +1,114 @@
+package livepatch
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+	"testing"
+
+	"klp-kvm/guestkernel"
+	"klp-kvm/kvm/engine"
+	"klp-kvm/livepatch/fakeguest"
+)
+
+const (
+	patchVirt = fakeguest.PatchVirt
+	fakePatch = fakeguest.PatchSize
+)
+
+// fakeGuest adapts fakeguest.Guest to the tests' helpers (t.Fatal on
+// errors).
+type fakeGuest struct {
+	*fakeguest.Guest
+}
+
+func newFakeGuest(t testing.TB, cpus int) *fakeGuest {
+	t.Helper()
+	g, err := fakeguest.New(cpus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fakeGuest{g}
+}
+
+func (g *fakeGuest) sym(t testing.TB, name string) uint64 {
+	t.Helper()
+	a := g.Sym(name)
+	if a == 0 {
+		t.Fatalf("no symbol %s", name)
+	}
+	return a
+}
+
+func (g *fakeGuest) setRegs(id int, r engine.Regs) { g.SetRegs(id, r) }
+func (g *fakeGuest) regs(id int) engine.Regs       { return g.RegsOf(id) }
+func (g *fakeGuest) hash() [32]byte                { return g.Hash() }
+
+func (g *fakeGuest) u64(t testing.TB, va uint64) uint64 {
+	var b [8]byte
+	if err := g.ReadVirt(va, b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return binary.LittleEndian.Uint64(b[:])
+}
+
+func (g *fakeGuest) sysfs(t testing.TB) []guestkernel.SysfsPatch {
+	t.Helper()
+	ps, err := g.Sysfs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+func (g *fakeGuest) fakeTask(t testing.TB, _ *Manager, slot int, pid uint32, name string, pc uint64) {
+	t.Helper()
+	if err := g.SetTask(slot, pid, name, pc); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (g *fakeGuest) clearTasks(t testing.TB, _ *Manager) {
+	if err := g.ClearTasks(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// cbRecorder runs callbacks "in the guest": it records them and returns
+// what the test asks for.
+type cbRecorder struct {
+	mu    sync.Mutex
+	calls []uint64
+	ret   map[uint64]int64
+}
+
+func (c *cbRecorder) run(ctx context.Context, addr, arg uint64) (int64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls = append(c.calls, addr)
+	return c.ret[addr], nil
+}
+
+func newManager(t testing.TB, cpus int, cb CallbackRunner) (*fakeGuest, *Manager) {
+	t.Helper()
+	g := newFakeGuest(t, cpus)
+	m, err := New(Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: patchVirt, PatchAreaSize: fakePatch, Callbacks: cb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.intro == nil {
+		t.Fatal("klp_guest_abi not found in the guest kernel")
+	}
+	return g, m
+}
+
+func patchObj(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := guestkernel.Patch(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func vmlinuxForTest() []byte { return guestkernel.Vmlinux() }

@@ -1,0 +1,265 @@
+// Package fakeguest is a stand-in for a running klp-kvm guest in unit
+// tests of the livepatch core, its API and its CLI: guest memory over a
+// byte slice with the kvm boot mappings (the kernel map at
+// 0xffffffff80000000 -> 0 and the patch area at 0xffffffffa0000000)
+// holding the real guest kernel's loaded image, and vCPUs whose registers
+// the test sets. Nothing executes; tests place vCPUs and tasks where they
+// want them. It is locked: tests read it while an operation runs.
+package fakeguest
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"sync"
+
+	"klp-kvm/elfpatch"
+	"klp-kvm/guestkernel"
+	"klp-kvm/kvm/engine"
+)
+
+// Layout of the fake.
+const (
+	KernelMap = 0xffffffff80000000
+	PatchVirt = 0xffffffffa0000000
+	RAMSize   = 24 << 20
+	PatchSize = 4 << 20
+	PatchPhys = RAMSize - PatchSize
+	// TaskStacks is where FakeTask puts task stacks (64 KiB apart).
+	TaskStacks = KernelMap + 0x1200000
+	// VCPUStacks is the top of vCPU 0's stack (vCPU i: 64 KiB lower each).
+	VCPUStacks = KernelMap + 0x1300000
+)
+
+// Guest is the fake.
+type Guest struct {
+	mu     sync.Mutex
+	ram    []byte
+	depth  int
+	pauses int
+	regs   []engine.Regs
+	// PauseHook, if set, runs at every Pause before the vCPUs "stop".
+	PauseHook func()
+	syms      *guestkernel.Symbols
+}
+
+// New loads the embedded guest kernel into a fake with cpus vCPUs, all
+// idle at _start with a stack.
+func New(cpus int) (*Guest, error) {
+	img := guestkernel.Vmlinux()
+	k, err := elfpatch.ParseKernel(img)
+	if err != nil {
+		return nil, err
+	}
+	syms, err := guestkernel.LoadSymbols(img)
+	if err != nil {
+		return nil, err
+	}
+	g := &Guest{ram: make([]byte, RAMSize), regs: make([]engine.Regs, cpus), syms: syms}
+	for _, s := range k.Segments {
+		if s.Paddr+s.Memsz > PatchPhys || s.Offset+s.Filesz > uint64(len(img)) {
+			return nil, fmt.Errorf("fakeguest: segment %#x+%#x does not fit", s.Paddr, s.Memsz)
+		}
+		copy(g.ram[s.Paddr:s.Paddr+s.Filesz], img[s.Offset:s.Offset+s.Filesz])
+	}
+	start, err := syms.Lookup("_start")
+	if err != nil {
+		return nil, err
+	}
+	for i := range g.regs {
+		g.regs[i] = engine.Regs{RIP: start.Addr, RSP: VCPUStacks - uint64(i)*0x10000}
+	}
+	return g, nil
+}
+
+// Sym is a kernel symbol's address (0 if absent).
+func (g *Guest) Sym(name string) uint64 {
+	s, err := g.syms.Lookup(name)
+	if err != nil {
+		return 0
+	}
+	return s.Addr
+}
+
+func (g *Guest) phys(va uint64, n int) (uint64, error) {
+	end := va + uint64(n)
+	switch {
+	case end < va:
+	case va >= PatchVirt && end <= PatchVirt+PatchSize:
+		return PatchPhys + va - PatchVirt, nil
+	case va >= KernelMap && end <= KernelMap+PatchPhys:
+		return va - KernelMap, nil
+	}
+	return 0, fmt.Errorf("fakeguest: %#x+%d not mapped", va, n)
+}
+
+// ReadVirt reads guest-virtual memory.
+func (g *Guest) ReadVirt(va uint64, b []byte) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	pa, err := g.phys(va, len(b))
+	if err != nil {
+		return err
+	}
+	copy(b, g.ram[pa:])
+	return nil
+}
+
+// WriteVirt writes guest-virtual memory, all or nothing.
+func (g *Guest) WriteVirt(va uint64, b []byte) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	pa, err := g.phys(va, len(b))
+	if err != nil {
+		return err
+	}
+	copy(g.ram[pa:], b)
+	return nil
+}
+
+// Pause "stops" every vCPU (nests).
+func (g *Guest) Pause() error {
+	if h := g.PauseHook; h != nil {
+		h()
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.depth++
+	g.pauses++
+	return nil
+}
+
+// Resume undoes one Pause.
+func (g *Guest) Resume() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.depth == 0 {
+		return fmt.Errorf("fakeguest: resume without pause")
+	}
+	g.depth--
+	return nil
+}
+
+// Paused reports whether the fake is paused.
+func (g *Guest) Paused() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.depth > 0
+}
+
+// Pauses counts Pause calls.
+func (g *Guest) Pauses() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.pauses
+}
+
+// NumCPUs is the number of vCPUs.
+func (g *Guest) NumCPUs() int { return len(g.regs) }
+
+// Regs returns a paused vCPU's registers.
+func (g *Guest) Regs(id int) (engine.Regs, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.depth == 0 {
+		return engine.Regs{}, fmt.Errorf("fakeguest: registers of a running vCPU")
+	}
+	if id < 0 || id >= len(g.regs) {
+		return engine.Regs{}, fmt.Errorf("fakeguest: no vCPU %d", id)
+	}
+	return g.regs[id], nil
+}
+
+// SetRegs places vCPU id.
+func (g *Guest) SetRegs(id int, r engine.Regs) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.regs[id] = r
+}
+
+// RegsOf returns vCPU id's registers without pausing (test bookkeeping).
+func (g *Guest) RegsOf(id int) engine.Regs {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.regs[id]
+}
+
+// Hash covers the loaded kernel image (text and data) and the patch area,
+// all but the sysfs seqlock counter and generation: a rolled-back
+// transition showed transition=1 and must move them so that guest readers
+// notice.
+func (g *Guest) Hash() [32]byte {
+	st := g.Sym("klp_sysfs_state") - KernelMap
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	h := sha256.New()
+	h.Write(g.ram[0x1000000 : st+16]) // the kernel image up to seq
+	h.Write(g.ram[st+20 : st+44])     // up to generation
+	h.Write(g.ram[st+48:])
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+// Sysfs decodes what the guest would show in /sys/kernel/livepatch.
+func (g *Guest) Sysfs() ([]guestkernel.SysfsPatch, error) {
+	buf := make([]byte, guestkernel.SysfsStateSize)
+	if err := g.ReadVirt(g.Sym("klp_sysfs_state"), buf); err != nil {
+		return nil, err
+	}
+	ps, seq, err := guestkernel.DecodeSysfsState(buf)
+	if err != nil {
+		return nil, err
+	}
+	if seq&1 != 0 {
+		return nil, fmt.Errorf("fakeguest: sysfs seqlock left odd (%d)", seq)
+	}
+	return ps, nil
+}
+
+// SetTask writes a sleeping task into the guest's task table (slot, and
+// nr_tasks = slot+1) whose saved stack has one frame returning into pc.
+func (g *Guest) SetTask(slot int, pid uint32, name string, pc uint64) error {
+	gg, err := guestkernel.Open(g, g.syms)
+	if err != nil {
+		return err
+	}
+	a := gg.ABI()
+	stackBase := TaskStacks + uint64(slot)*0x10000
+	fp := stackBase + 0x3000
+	var w [16]byte
+	binary.LittleEndian.PutUint64(w[8:], pc)
+	if err := g.WriteVirt(fp, w[:]); err != nil {
+		return err
+	}
+	task := make([]byte, a.TaskStride)
+	le := binary.LittleEndian
+	le.PutUint32(task[a.OffState:], guestkernel.TaskSleeping)
+	le.PutUint32(task[a.OffPid:], pid)
+	copy(task[a.OffName:a.OffName+a.NameLen-1], name)
+	le.PutUint64(task[a.OffSavedRSP:], fp-0x40)
+	le.PutUint64(task[a.OffSavedRBP:], fp)
+	le.PutUint64(task[a.OffSavedRIP:], a.SwitchTo)
+	le.PutUint64(task[a.OffStackBase:], stackBase)
+	le.PutUint64(task[a.OffStackSize:], 0x4000)
+	le.PutUint32(task[a.OffOnCPU:], 0xffffffff)
+	if err := g.WriteVirt(a.TaskTable+uint64(slot)*uint64(a.TaskStride), task); err != nil {
+		return err
+	}
+	return g.setNrTasks(a.Addr, uint32(slot+1))
+}
+
+// ClearTasks empties the task table.
+func (g *Guest) ClearTasks() error {
+	gg, err := guestkernel.Open(g, g.syms)
+	if err != nil {
+		return err
+	}
+	return g.setNrTasks(gg.ABI().Addr, 0)
+}
+
+func (g *Guest) setNrTasks(abi uint64, n uint32) error {
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], n)
+	return g.WriteVirt(abi+32, b[:]) // klp_guest_abi.nr_tasks
+}

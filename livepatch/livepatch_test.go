@@ -1,0 +1,530 @@
+package livepatch
+
+import (
+	"encoding/binary"
+	"errors"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"klp-kvm/elfpatch"
+	"klp-kvm/ftrace"
+	"klp-kvm/kvm/engine"
+)
+
+const sample = "livepatch_sample"
+
+func fentryBytes(t *testing.T, g *fakeGuest, addr uint64) [5]byte {
+	var b [5]byte
+	if err := g.ReadVirt(addr, b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// target returns where the site at addr leads: 0 for the NOP, else the
+// slot of the trampoline its jmp reaches.
+func target(t *testing.T, g *fakeGuest, addr uint64) uint64 {
+	t.Helper()
+	b := fentryBytes(t, g, addr)
+	if b == elfpatch.Nop5 {
+		return 0
+	}
+	if b[0] != 0xe9 {
+		t.Fatalf("site %#x holds % x", addr, b)
+	}
+	tramp := addr + 5 + uint64(int64(int32(binary.LittleEndian.Uint32(b[1:]))))
+	var tb [16]byte
+	if err := g.ReadVirt(tramp, tb[:]); err != nil {
+		t.Fatal(err)
+	}
+	if tb[0] != 0xff || tb[1] != 0x25 {
+		t.Fatalf("trampoline %#x holds % x", tramp, tb)
+	}
+	return binary.LittleEndian.Uint64(tb[8:])
+}
+
+func TestLifecycle(t *testing.T) {
+	g, m := newManager(t, 2, nil)
+	site := g.sym(t, "cmdline_proc_show")
+	p, err := m.Register(patchObj(t, "livepatch-sample"), "livepatch-sample.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Name != sample {
+		t.Fatalf("name %q", p.Name)
+	}
+	sf := g.sysfs(t)
+	if len(sf) != 1 || sf[0].Name != sample || sf[0].Enabled || sf[0].Objects[0].Name != "vmlinux" ||
+		sf[0].Objects[0].Funcs[0].Name != "cmdline_proc_show" || sf[0].Objects[0].Funcs[0].Sympos != 1 {
+		t.Fatalf("sysfs after register: %+v", sf)
+	}
+	res, err := m.Enable(sample, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Attempts != 1 || res.Funcs != 1 || res.PauseWindow <= 0 {
+		t.Fatalf("result %+v", res)
+	}
+	f := p.Objects[0].Funcs[0]
+	if f.NewAddr < patchVirt || f.NewAddr >= patchVirt+fakePatch || f.NewSize == 0 {
+		t.Fatalf("new func %+v", f)
+	}
+	if got := target(t, g, site); got != f.NewAddr {
+		t.Fatalf("site leads to %#x, want %#x", got, f.NewAddr)
+	}
+	// The image is in the patch area: the new function starts with its own fentry NOP.
+	if b := fentryBytes(t, g, f.NewAddr); b != elfpatch.Nop5 {
+		t.Fatalf("new function starts with % x", b)
+	}
+	if sf := g.sysfs(t); !sf[0].Enabled || sf[0].Transition || !sf[0].Objects[0].Patched || sf[0].StackOrder != 1 {
+		t.Fatalf("sysfs after enable: %+v", sf)
+	}
+	if g.Paused() {
+		t.Fatal("left paused")
+	}
+	if _, err := m.Disable(sample, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := target(t, g, site); got != 0 {
+		t.Fatalf("site still leads to %#x", got)
+	}
+	// Re-enable is allowed, and reuses the image.
+	if _, err := m.Enable(sample, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Unload(sample, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.Tracer().Alloc().InUse(); n != 0 {
+		t.Fatalf("%d bytes of the patch area leaked", n)
+	}
+	if sf := g.sysfs(t); len(sf) != 0 {
+		t.Fatalf("sysfs after unload: %+v", sf)
+	}
+	if fentryBytes(t, g, site) != elfpatch.Nop5 {
+		t.Fatal("site not restored")
+	}
+}
+
+// errno checks an operation's error and that nothing changed in the guest.
+func refused(t *testing.T, g *fakeGuest, m *Manager, want syscall.Errno, op func() error) {
+	t.Helper()
+	before := g.hash()
+	names := strings.Join(m.Patches(), ",")
+	inUse := m.Tracer().Alloc().InUse()
+	err := op()
+	if !errors.Is(err, want) {
+		t.Fatalf("want %v, got %v", want, err)
+	}
+	var le *Error
+	if !errors.As(err, &le) || !strings.Contains(err.Error(), le.ErrnoName()) {
+		t.Fatalf("error %q does not name its errno", err)
+	}
+	if g.hash() != before {
+		t.Fatalf("guest memory changed by a refused operation (%v)", err)
+	}
+	if strings.Join(m.Patches(), ",") != names || m.Tracer().Alloc().InUse() != inUse {
+		t.Fatalf("state changed by a refused operation (%v)", err)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	g, m := newManager(t, 1, nil)
+	reg := func(name string) error { _, err := m.Register(patchObj(t, name), name+".o"); return err }
+	if err := reg("livepatch-sample"); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg("livepatch-sample2"); err != nil {
+		t.Fatal(err)
+	}
+	en := func(n string) func() error { return func() error { _, err := m.Enable(n, Options{}); return err } }
+	dis := func(n string) func() error { return func() error { _, err := m.Disable(n, Options{}); return err } }
+	unreg := func(n string) func() error { return func() error { return m.Unregister(n) } }
+
+	refused(t, g, m, syscall.EEXIST, func() error { return reg("livepatch-sample") })
+	for _, bad := range []string{"bad-ambiguous", "bad-duplicate", "bad-notpatchable", "bad-oldname", "bad-sympos",
+		"bad-unknown-reloc", "bad-unresolved"} {
+		refused(t, g, m, syscall.EINVAL, func() error { return reg(bad) })
+	}
+	refused(t, g, m, syscall.EINVAL, func() error { _, err := m.Register([]byte("not an elf"), "x.o"); return err })
+	refused(t, g, m, syscall.ENOENT, en("nope"))
+	refused(t, g, m, syscall.ENOENT, dis("nope"))
+	refused(t, g, m, syscall.ENOENT, unreg("nope"))
+	refused(t, g, m, syscall.EINVAL, dis(sample))            // not enabled
+	refused(t, g, m, syscall.EBUSY, en("livepatch_sample2")) // sample below it is disabled
+	if _, err := m.Enable(sample, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	refused(t, g, m, syscall.EINVAL, en(sample)) // enable twice
+	refused(t, g, m, syscall.EBUSY, unreg(sample))
+	if _, err := m.Enable("livepatch_sample2", Options{}); err != nil {
+		t.Fatal(err)
+	}
+	refused(t, g, m, syscall.EBUSY, dis(sample)) // not the top of the stack
+	refused(t, g, m, syscall.EBUSY, unreg("livepatch_sample2"))
+	if _, err := m.Disable("livepatch_sample2", Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Disable(sample, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	refused(t, g, m, syscall.EBUSY, en("livepatch_sample2")) // still: sample is disabled below it
+}
+
+func TestStacking(t *testing.T) {
+	g, m := newManager(t, 1, nil)
+	site := g.sym(t, "cmdline_proc_show")
+	p1, _ := m.Register(patchObj(t, "livepatch-sample"), "livepatch-sample.o")
+	p2, err := m.Register(patchObj(t, "livepatch-sample2"), "livepatch-sample2.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	step := func(op func() (*Result, error), want uint64) {
+		t.Helper()
+		if _, err := op(); err != nil {
+			t.Fatal(err)
+		}
+		if got := target(t, g, site); got != want {
+			t.Fatalf("site leads to %#x, want %#x", got, want)
+		}
+	}
+	if _, err := m.Enable(p1.Name, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	n1 := p1.Objects[0].Funcs[0].NewAddr
+	if target(t, g, site) != n1 {
+		t.Fatal("first patch not active")
+	}
+	trampBefore := m.Tracer().Alloc().Blocks()
+	if _, err := m.Enable(p2.Name, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	n2 := p2.Objects[0].Funcs[0].NewAddr
+	if target(t, g, site) != n2 {
+		t.Fatal("top of func_stack not active")
+	}
+	// One klp_ops per old_addr: the second patch only rewrote the slot
+	// (one more block: its image, no second trampoline).
+	if got := m.Tracer().Alloc().Blocks(); got != trampBefore+1 {
+		t.Fatalf("blocks %d, want %d", got, trampBefore+1)
+	}
+	step(func() (*Result, error) { return m.Disable(p2.Name, Options{}) }, n1)
+	step(func() (*Result, error) { return m.Disable(p1.Name, Options{}) }, 0)
+	if len(m.ops) != 0 {
+		t.Fatalf("ops left: %v", m.ops)
+	}
+}
+
+func TestConsistencyVCPU(t *testing.T) {
+	g, m := newManager(t, 2, nil)
+	old := g.sym(t, "cmdline_proc_show")
+	if _, err := m.Register(patchObj(t, "livepatch-sample"), "livepatch-sample.o"); err != nil {
+		t.Fatal(err)
+	}
+	// A vCPU inside the old function blocks; one at its entry does not.
+	g.setRegs(1, engine.Regs{RIP: old + 9, RSP: g.regs(1).RSP})
+	before := g.hash()
+	_, err := m.Enable(sample, Options{Deadline: 30 * time.Millisecond})
+	if !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "CPU 1") || !strings.Contains(err.Error(), "cmdline_proc_show") {
+		t.Fatalf("want EBUSY naming CPU 1 in cmdline_proc_show, got %v", err)
+	}
+	if g.hash() != before {
+		t.Fatal("a timed-out transition left changes behind")
+	}
+	if m.Tracer().Alloc().InUse() != 0 || g.Paused() {
+		t.Fatal("rollback incomplete")
+	}
+	if sf := g.sysfs(t); sf[0].Transition || sf[0].Enabled {
+		t.Fatalf("sysfs after rollback: %+v", sf)
+	}
+	// Its caller's frame not yet pushed: the return address at RSP counts.
+	rsp := g.regs(1).RSP
+	var w [8]byte
+	binary.LittleEndian.PutUint64(w[:], old+20)
+	g.WriteVirt(rsp, w[:])
+	g.setRegs(1, engine.Regs{RIP: g.sym(t, "seq_printf"), RSP: rsp})
+	if _, err := m.Enable(sample, Options{Deadline: 10 * time.Millisecond}); !errors.Is(err, syscall.EBUSY) {
+		t.Fatalf("return address at RSP not seen: %v", err)
+	}
+	binary.LittleEndian.PutUint64(w[:], 0)
+	g.WriteVirt(rsp, w[:])
+	g.setRegs(1, engine.Regs{RIP: old, RSP: rsp})
+	res, err := m.Enable(sample, Options{Deadline: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("vCPU at the fentry site must not block: %v", err)
+	}
+	// Disable: a vCPU inside the new function blocks, force skips the check.
+	nf := m.Status().Patches[0].Objects[0].Funcs[0].NewAddr
+	g.setRegs(0, engine.Regs{RIP: nf + 6, RSP: g.regs(0).RSP})
+	if _, err := m.Disable(sample, Options{Deadline: 10 * time.Millisecond}); !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "livepatch_cmdline_proc_show") {
+		t.Fatalf("want EBUSY in the new function, got %v", err)
+	}
+	if res, err = m.Disable(sample, Options{Force: true}); err != nil || !res.Forced {
+		t.Fatalf("forced disable: %+v %v", res, err)
+	}
+}
+
+func TestConsistencyParkedTask(t *testing.T) {
+	g, m := newManager(t, 1, nil)
+	park := g.sym(t, "klp_park_fn")
+	if _, err := m.Register(patchObj(t, "livepatch-park"), ""); err != nil {
+		t.Fatal(err)
+	}
+	g.fakeTask(t, m, 0, 7, "parker", park+0x30)
+	// Times out and rolls back.
+	before := g.hash()
+	_, err := m.Enable("livepatch_park", Options{Deadline: 40 * time.Millisecond})
+	if !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "pid 7 (parker)") || !strings.Contains(err.Error(), "klp_park_fn") {
+		t.Fatalf("want EBUSY naming pid 7 in klp_park_fn, got %v", err)
+	}
+	if g.hash() != before {
+		t.Fatal("rollback left changes")
+	}
+	// Conservative mode sees it too.
+	if _, err := m.Enable("livepatch_park", Options{Deadline: 10 * time.Millisecond, Conservative: true}); !errors.Is(err, syscall.EBUSY) {
+		t.Fatalf("conservative: %v", err)
+	}
+	// Completes once the task leaves; meanwhile transition reads 1.
+	var sawTransition bool
+	attempts := 0
+	g.PauseHook = func() {
+		attempts++
+		if attempts == 3 {
+			sf := g.sysfs(t)
+			sawTransition = sf[0].Transition
+			g.clearTasks(t, m)
+		}
+	}
+	res, err := m.Enable("livepatch_park", Options{Deadline: 5 * time.Second})
+	g.PauseHook = nil
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sawTransition || res.Attempts != 3 {
+		t.Fatalf("transition seen %v, attempts %d", sawTransition, res.Attempts)
+	}
+	if sf := g.sysfs(t); sf[0].Transition || !sf[0].Enabled {
+		t.Fatalf("sysfs after completion: %+v", sf)
+	}
+}
+
+func TestSysfsWrite(t *testing.T) {
+	g, m := newManager(t, 1, nil)
+	if _, _, err := m.Load(patchObj(t, "livepatch-sample"), "", Options{}); err != nil {
+		t.Fatal(err)
+	}
+	path := "/sys/kernel/livepatch/" + sample
+	cases := []struct {
+		path, value string
+		want        syscall.Errno
+	}{
+		{path + "/enabled", "1\n", syscall.EINVAL}, // already enabled
+		{path + "/enabled", "maybe", syscall.EINVAL},
+		{path + "/transition", "1", syscall.EPERM},
+		{path + "/force", "1", syscall.EINVAL}, // no transition in progress
+		{"/sys/kernel/livepatch/nope/enabled", "0", syscall.ENOENT},
+		{path + "/nope", "0", syscall.ENOENT},
+	}
+	for _, c := range cases {
+		if err := m.SysfsWrite(c.path, c.value); !errors.Is(err, c.want) {
+			t.Errorf("write %q to %s: want %v, got %v", c.value, c.path, c.want, err)
+		}
+	}
+	if err := m.SysfsWrite(path+"/enabled", "0\n"); err != nil {
+		t.Fatal(err)
+	}
+	if sf := g.sysfs(t); sf[0].Enabled {
+		t.Fatal("guest write did not disable")
+	}
+	if err := m.SysfsWrite(sample+"/enabled", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if !m.Status().Patches[0].Enabled {
+		t.Fatal("relative path write did not enable")
+	}
+}
+
+func TestGuestForce(t *testing.T) {
+	g, m := newManager(t, 1, nil)
+	if _, err := m.Register(patchObj(t, "livepatch-park"), ""); err != nil {
+		t.Fatal(err)
+	}
+	g.fakeTask(t, m, 0, 7, "parker", g.sym(t, "klp_park_fn")+0x30)
+	n := 0
+	g.PauseHook = func() {
+		n++
+		if n == 2 {
+			if err := m.SysfsWrite("livepatch_park/force", "1"); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	res, err := m.Enable("livepatch_park", Options{Deadline: 5 * time.Second})
+	g.PauseHook = nil
+	if err != nil || !res.Forced || !m.Status().Patches[0].Forced {
+		t.Fatalf("forced from the guest: %+v %v", res, err)
+	}
+}
+
+func TestReplace(t *testing.T) {
+	g, m := newManager(t, 1, nil)
+	cmd, pa, pb := g.sym(t, "cmdline_proc_show"), g.sym(t, "klp_pair_a"), g.sym(t, "klp_pair_b")
+	for _, n := range []string{"livepatch-sample", "livepatch-pair", "livepatch-replace"} {
+		if _, err := m.Register(patchObj(t, n), n+".o"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []string{sample, "livepatch_pair"} {
+		if _, err := m.Enable(n, Options{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if target(t, g, pa) == 0 || target(t, g, pb) == 0 {
+		t.Fatal("pair patch not active")
+	}
+	res, err := m.Enable("livepatch_replace", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(res.Replaced, ",") != "livepatch_sample,livepatch_pair" {
+		t.Fatalf("replaced %v", res.Replaced)
+	}
+	st := m.Status()
+	if len(st.Patches) != 1 || st.Patches[0].Name != "livepatch_replace" || !st.Patches[0].Replace {
+		t.Fatalf("patches after replace: %+v", st.Patches)
+	}
+	if target(t, g, pa) != 0 || target(t, g, pb) != 0 {
+		t.Fatal("functions no longer patched did not get their original code back")
+	}
+	if target(t, g, cmd) != st.Patches[0].Objects[0].Funcs[0].NewAddr {
+		t.Fatal("replace patch not active")
+	}
+	if sf := g.sysfs(t); len(sf) != 1 || !sf[0].Replace {
+		t.Fatalf("sysfs %+v", sf)
+	}
+	if _, err := m.Unload("livepatch_replace", Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if m.Tracer().Alloc().InUse() != 0 || len(m.Tracer().Redirected()) != 0 {
+		t.Fatal("leak after replace + unload")
+	}
+}
+
+func TestCallbacks(t *testing.T) {
+	rec := &cbRecorder{ret: map[uint64]int64{}}
+	g, m := newManager(t, 1, rec.run)
+	p, err := m.Register(patchObj(t, "livepatch-callbacks"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Enable(p.Name, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	cb := p.Objects[0].Callbacks
+	if len(rec.calls) != 2 || rec.calls[0] != cb[cbPrePatch] || rec.calls[1] != cb[cbPostPatch] {
+		t.Fatalf("enable ran %#x, callbacks %#x", rec.calls, cb)
+	}
+	if _, err := m.Disable(p.Name, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.calls) != 4 || rec.calls[2] != cb[cbPreUnpatch] || rec.calls[3] != cb[cbPostUnpatch] {
+		t.Fatalf("disable ran %#x", rec.calls)
+	}
+	// pre_patch refusing aborts the enable with its errno; nothing changes.
+	rec.ret[cb[cbPrePatch]] = -int64(syscall.EPERM)
+	rec.calls = nil
+	refused(t, g, m, syscall.EPERM, func() error { _, err := m.Enable(p.Name, Options{}); return err })
+	if len(rec.calls) != 1 {
+		t.Fatalf("after a refused pre_patch: %#x", rec.calls)
+	}
+	// Without a callback runner, a patch with callbacks is refused.
+	_, m2 := newManager(t, 1, nil)
+	if _, err := m2.Register(patchObj(t, "livepatch-callbacks"), ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m2.Enable("livepatch_callbacks", Options{}); !errors.Is(err, syscall.ENODEV) {
+		t.Fatalf("want ENODEV, got %v", err)
+	}
+}
+
+func TestBenchPatch(t *testing.T) {
+	g, m := newManager(t, 4, nil)
+	p, err := m.Register(patchObj(t, "livepatch-bench"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.funcs()) != 1024 {
+		t.Fatalf("%d funcs", len(p.funcs()))
+	}
+	res, err := m.Enable(p.Name, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Funcs != 1024 || len(m.Tracer().Redirected()) != 1024 {
+		t.Fatalf("%d switched, %d redirected", res.Funcs, len(m.Tracer().Redirected()))
+	}
+	if g.Pauses() != 1 {
+		t.Fatalf("%d pauses for one enable, want one batch", g.Pauses())
+	}
+	if _, err := m.Unload(p.Name, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if m.Tracer().Alloc().InUse() != 0 {
+		t.Fatal("leak")
+	}
+}
+
+func TestTextMismatchRefused(t *testing.T) {
+	g, m := newManager(t, 1, nil)
+	site := g.sym(t, "cmdline_proc_show")
+	if _, err := m.Register(patchObj(t, "livepatch-sample"), "livepatch-sample.o"); err != nil {
+		t.Fatal(err)
+	}
+	g.WriteVirt(site+1, []byte{0x90}) // someone else changed the text
+	refused(t, g, m, syscall.EINVAL, func() error { _, err := m.Enable(sample, Options{}); return err })
+	var fe *ftrace.Error
+	_, err := m.Enable(sample, Options{})
+	if !errors.As(err, &fe) || !strings.Contains(err.Error(), "cmdline_proc_show+0x0") {
+		t.Fatalf("error does not name the site: %v", err)
+	}
+}
+
+func TestPatchAreaFull(t *testing.T) {
+	g := newFakeGuest(t, 1)
+	m, err := New(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Register(patchObj(t, "livepatch-sample"), "livepatch-sample.o"); err != nil {
+		t.Fatal(err)
+	}
+	refused(t, g, m, syscall.ENOMEM, func() error { _, err := m.Enable(sample, Options{}); return err })
+}
+
+// FuzzSysfsWrite: guest writes are untrusted input; any path and value
+// gets an errno, never a panic, and only enabled/force can succeed.
+func FuzzSysfsWrite(f *testing.F) {
+	g, m := newManager(f, 1, nil)
+	if _, err := m.Register(patchObj(f, "livepatch-sample"), "livepatch-sample.o"); err != nil {
+		f.Fatal(err)
+	}
+	_ = g
+	for _, s := range []string{"/sys/kernel/livepatch/livepatch_sample/enabled", "livepatch_sample/force", "/", "", "../../x", "a/b/c"} {
+		f.Add(s, "1")
+	}
+	f.Fuzz(func(t *testing.T, path, value string) {
+		err := m.SysfsWrite(path, value)
+		if err == nil {
+			if !strings.HasSuffix(path, "/enabled") {
+				t.Fatalf("write to %q accepted", path)
+			}
+			return
+		}
+		var le *Error
+		if !errors.As(err, &le) || le.Errno == 0 {
+			t.Fatalf("error without errno: %v", err)
+		}
+	})
+}

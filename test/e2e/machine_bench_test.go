@@ -1,0 +1,99 @@
+package e2e
+
+import (
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+
+	"klp-kvm/kvm"
+)
+
+// firstByte signals the first console byte.
+type firstByte struct {
+	ch   chan time.Time
+	sent bool
+}
+
+func (f *firstByte) Write(p []byte) (int, error) {
+	if !f.sent && len(p) > 0 {
+		f.sent = true
+		f.ch <- time.Now()
+	}
+	return len(p), nil
+}
+
+// BenchmarkBoot measures machine creation to the first console byte of the
+// boot-test guest (kernel load, boot structures, vCPU setup, first OUT).
+func BenchmarkBoot(b *testing.B) {
+	eng, _, err := kvm.SelectEngine(EngineName())
+	if err != nil {
+		b.Skip(err)
+	}
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		fb := &firstByte{ch: make(chan time.Time, 1)}
+		t0 := time.Now()
+		m, err := kvm.New(kvm.Config{Engine: eng, CPUs: 1, Kernel: bootGuest, Cmdline: "loops=1", Console: fb})
+		if err != nil {
+			b.Fatal(err)
+		}
+		done := start(m)
+		t1 := <-fb.ch
+		total += t1.Sub(t0)
+		<-done
+		m.Close()
+	}
+	b.ReportMetric(float64(total.Microseconds())/float64(b.N), "us/first-byte")
+}
+
+// BenchmarkPauseResume measures how long Pause takes to stop every vCPU
+// (all spinning in the guest's lock incq loop) and the Pause+Resume round
+// trip, for 1, 2, 4 and 8 vCPUs; medians are reported as metrics.
+func BenchmarkPauseResume(b *testing.B) {
+	eng, _, err := kvm.SelectEngine(EngineName())
+	if err != nil {
+		b.Skip(err)
+	}
+	for _, cpus := range []int{1, 2, 4, 8} {
+		b.Run(fmt.Sprintf("cpus=%d", cpus), func(b *testing.B) {
+			m, err := kvm.New(kvm.Config{Engine: eng, CPUs: cpus, Kernel: bootGuest, Cmdline: "loops=4000000000"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer m.Close()
+			done := start(m)
+			defer func() { m.Stop(); <-done }()
+			time.Sleep(20 * time.Millisecond) // let every vCPU reach the loop
+			pause := make([]time.Duration, 0, b.N)
+			round := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				if err := m.Pause(); err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if err := m.Resume(); err != nil {
+					b.Fatal(err)
+				}
+				t2 := time.Now()
+				pause = append(pause, t1.Sub(t0))
+				round = append(round, t2.Sub(t0))
+				time.Sleep(100 * time.Microsecond) // let the vCPUs run between pauses
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(median(pause).Nanoseconds())/1e3, "us/pause-median")
+			b.ReportMetric(float64(median(round).Nanoseconds())/1e3, "us/roundtrip-median")
+		})
+	}
+}
+
+func median(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}

@@ -1,0 +1,311 @@
+package guest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"klp-kvm/guestkernel"
+	"klp-kvm/kvm"
+	"klp-kvm/kvm/agent"
+)
+
+// guestStackNames parses /proc/<pid>/stack ("[<addr>] name+0x../0x..").
+func guestStackNames(s string) []string {
+	var out []string
+	for _, l := range strings.Split(strings.TrimSpace(s), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		out = append(out, strings.SplitN(f[1], "+", 2)[0])
+	}
+	return out
+}
+
+// TestIntrospection: with the guest paused, the host enumerates every task
+// through klp_guest_abi and walks each one's stack to symbol names; the
+// parked task's walk goes through klp_park_fn and matches what the guest
+// itself reports in /proc/<pid>/stack.
+func TestIntrospection(t *testing.T) {
+	g := boot(t, 2, "klp.park", true)
+	syms, err := guestkernel.KernelSymbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gst, err := guestkernel.Open(g.m, syms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// wait until the parker sleeps inside klp_park_fn
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(g.read("/proc/klp_selftest"), "parked: 1\n") {
+		if time.Now().After(deadline) {
+			t.Fatal("parker never parked")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var parkerPID uint32
+	fmt.Sscanf(g.read("/proc/klp_selftest")[strings.Index(g.read("/proc/klp_selftest"), "parker_pid: "):], "parker_pid: %d", &parkerPID)
+
+	var hostParker []string
+	for attempt := 0; attempt < 20; attempt++ {
+		if err := g.m.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		tasks, err := gst.Tasks()
+		if err != nil {
+			g.m.Resume()
+			t.Fatal(err)
+		}
+		cur, err := gst.CPUCurrent()
+		if err != nil {
+			g.m.Resume()
+			t.Fatal(err)
+		}
+		names := map[string]bool{}
+		busy := false
+		hostParker = nil
+		for _, task := range tasks {
+			names[strings.SplitN(task.Name, "/", 2)[0]] = true
+			if task.OnCPU >= 0 {
+				if int(task.OnCPU) >= len(cur) || cur[task.OnCPU] != task.Addr {
+					busy = true // mid-switch
+					continue
+				}
+				regs, err := g.m.Regs(int(task.OnCPU))
+				if err != nil {
+					g.m.Resume()
+					t.Fatal(err)
+				}
+				if gst.InSwitch(regs.RIP) {
+					busy = true
+					continue
+				}
+				frames, err := gst.WalkFrom(regs.RIP, regs.RBP, task.StackBase, task.StackBase+task.StackSize, 0)
+				if err != nil {
+					g.m.Resume()
+					t.Fatalf("live walk of %v: %v (frames %v)", task, err, gst.FrameNames(frames))
+				}
+				continue
+			}
+			frames, err := gst.WalkTask(task, 0)
+			if err != nil {
+				g.m.Resume()
+				t.Fatalf("walk of %v: %v (frames %v)", task, err, gst.FrameNames(frames))
+			}
+			fn := gst.FuncNames(frames)
+			if fn[0] != "klp_switch_to" {
+				g.m.Resume()
+				t.Fatalf("%v: switched out but first frame is %v", task, gst.FrameNames(frames))
+			}
+			if task.PID == parkerPID {
+				hostParker = fn
+			}
+		}
+		if err := g.m.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"idle", "worker", "parker", "shell", "agent_reader", "agent_worker"} {
+			if !names[want] {
+				t.Fatalf("task %s not found among %v", want, tasks)
+			}
+		}
+		if !busy && hostParker != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if hostParker == nil {
+		t.Fatal("parker (pid", parkerPID, ") never seen switched out")
+	}
+	joined := strings.Join(hostParker, " ")
+	if !strings.Contains(joined, "klp_park_fn parker_thread klp_task_start") {
+		t.Fatalf("host walk of the parker: %v", hostParker)
+	}
+	// the guest's own view of the same task
+	guestView := guestStackNames(g.read(fmt.Sprintf("/proc/%d/stack", parkerPID)))
+	if strings.Join(guestView, " ") != joined {
+		t.Fatalf("host walk %v != guest's /proc/%d/stack %v", hostParker, parkerPID, guestView)
+	}
+	t.Logf("parker pid %d: %s", parkerPID, joined)
+}
+
+// TestSysfsMirror: the host writes klp_sysfs_state; the guest renders
+// /sys/kernel/livepatch from it; guest writes to enabled raise events
+// whose answers (0, EBUSY, none) the writer sees as bash would.
+func TestSysfsMirror(t *testing.T) {
+	g := boot(t, 2, "klp.sysfs_timeout_ms=500", true)
+	syms, err := guestkernel.KernelSymbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := guestkernel.NewSysfsWriterSym(g.m, syms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patches := []guestkernel.SysfsPatch{
+		{Name: "livepatch_sample", Enabled: true, StackOrder: 1, Objects: []guestkernel.SysfsObject{
+			{Name: "vmlinux", Patched: true, Funcs: []guestkernel.SysfsFunc{{Name: "cmdline_proc_show", Sympos: 1}}}}},
+		{Name: "livepatch_busy", Transition: true, StackOrder: 2, Objects: []guestkernel.SysfsObject{
+			{Name: "vmlinux", Funcs: []guestkernel.SysfsFunc{{Name: "klp_dup_fn", Sympos: 2}}}}},
+	}
+	if err := w.Write(patches); err != nil {
+		t.Fatal(err)
+	}
+	const lp = "/sys/kernel/livepatch"
+	if s := g.exec("ls " + lp).Output; s != "livepatch_sample/\nlivepatch_busy/\n" {
+		t.Fatalf("ls %s: %q", lp, s)
+	}
+	if s := g.exec("ls " + lp + "/livepatch_sample").Output; !strings.Contains(s, "enabled\n") || !strings.Contains(s, "vmlinux/\n") || !strings.Contains(s, "stack_order\n") {
+		t.Fatalf("ls patch: %q", s)
+	}
+	if s := g.exec("ls " + lp + "/livepatch_sample/vmlinux").Output; s != "patched\ncmdline_proc_show,1/\n" {
+		t.Fatalf("ls object: %q", s)
+	}
+	for f, want := range map[string]string{
+		"livepatch_sample/enabled": "1\n", "livepatch_sample/transition": "0\n", "livepatch_sample/stack_order": "1\n",
+		"livepatch_sample/vmlinux/patched": "1\n", "livepatch_busy/transition": "1\n", "livepatch_busy/enabled": "0\n",
+		"livepatch_busy/stack_order": "2\n", "livepatch_busy/replace": "0\n",
+	} {
+		if s := g.read(lp + "/" + f); s != want {
+			t.Errorf("%s: %q, want %q", f, s, want)
+		}
+	}
+	// write-back: the host answers each event
+	answers := map[string]int{"livepatch_sample": 0, "livepatch_busy": 16}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case ev := <-g.events:
+				sw, err := agent.ParseSysfsWrite(ev)
+				if err != nil {
+					t.Errorf("event: %v", err)
+					continue
+				}
+				if strings.Contains(sw.Path, "silent") {
+					continue
+				}
+				name := strings.Split(strings.TrimPrefix(sw.Path, lp+"/"), "/")[0]
+				if name == "livepatch_nobody" {
+					continue // never answered: the guest times out
+				}
+				if err := g.agent.SysfsReply(sw.ID, answers[name]); err != nil {
+					t.Errorf("reply: %v", err)
+				}
+			case <-stop:
+				return
+			}
+		}
+	}()
+	if r := g.exec("echo 0 > " + lp + "/livepatch_sample/enabled"); r.Status != 0 || r.Output != "" {
+		t.Fatalf("accepted write: %+v", r)
+	}
+	if r := g.exec("echo 1 > " + lp + "/livepatch_busy/enabled"); r.Status != 1 || !strings.Contains(r.Output, "write error: Device or resource busy") {
+		t.Fatalf("refused write: %+v", r)
+	}
+	var ae *agent.Error
+	if err := g.agent.FileWrite(context.Background(), lp+"/livepatch_busy/enabled", "1"); !errors.As(err, &ae) || ae.Errno != 16 {
+		t.Fatalf("guest-file-write of a refused value: %v", err)
+	}
+	if r := g.exec("echo 1 > " + lp + "/livepatch_sample/replace"); r.Status != 1 || !strings.Contains(r.Output, "Permission denied") {
+		t.Fatalf("write to a read-only attribute: %+v", r)
+	}
+	if r := g.exec("echo 1 > " + lp + "/nonexistent/enabled"); r.Status != 1 || !strings.Contains(r.Output, "No such file") {
+		t.Fatalf("write to a missing patch: %+v", r)
+	}
+	// a patch the host never answers for: the write times out
+	patches = append(patches, guestkernel.SysfsPatch{Name: "livepatch_nobody", StackOrder: 3})
+	if err := w.Write(patches); err != nil {
+		t.Fatal(err)
+	}
+	if r := g.exec("echo 1 > " + lp + "/livepatch_nobody/enabled"); r.Status != 1 || !strings.Contains(r.Output, "Connection timed out") {
+		t.Fatalf("unanswered write: %+v", r)
+	}
+	// the state can shrink again
+	if err := w.Write(nil); err != nil {
+		t.Fatal(err)
+	}
+	if s := g.exec("ls " + lp).Output; s != "" {
+		t.Fatalf("after clearing: %q", s)
+	}
+}
+
+// TestMalformedAgentTraffic: garbage from the host does not hang or crash
+// the agent; it answers with errors and keeps serving.
+func TestMalformedAgentTraffic(t *testing.T) {
+	g := boot(t, 1, "", true)
+	port := g.m.AgentPort()
+	junk := []string{
+		"this is not json",
+		"{\"execute\":",
+		strings.Repeat("x", 20000),
+		strings.Repeat("[", 200) + strings.Repeat("]", 200),
+		"{\"execute\":\"guest-file-read\",\"arguments\":{\"path\":\"" + strings.Repeat("a", 1000) + "\"}}",
+		"{\"execute\":\"guest-exec\",\"arguments\":[]}",
+		"{\"execute\":42}",
+		"\x00\x01\x02\xff\xfe",
+		"{\"execute\":\"sysfs-reply\",\"arguments\":{\"id\":99999,\"errno\":5}}",
+		"{\"execute\":\"sysfs-reply\",\"arguments\":{\"id\":\"x\"}}",
+		"{\"execute\":\"guest-ping\",\"id\":\"" + strings.Repeat("9", 100) + "\"}",
+		"\"just a string\"",
+		"{\"a\":\"\\u12\"}",
+	}
+	for _, j := range junk {
+		if _, err := port.Write([]byte(j + "\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := g.agent.Sync(ctx); err != nil {
+		t.Fatalf("agent unusable after garbage: %v", err)
+	}
+	in, err := g.agent.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Errors < 8 {
+		t.Fatalf("guest counted %d errors for %d bad lines", in.Errors, len(junk))
+	}
+	if r := g.exec("uptime"); !strings.Contains(r.Output, "up ") {
+		t.Fatalf("exec after garbage: %+v", r)
+	}
+	t.Logf("guest-info after garbage: %+v; client stats %+v", in, g.agent.Stats())
+}
+
+// TestGuestCall: the agent calls a function the host put in the patch area,
+// and refuses any address outside it.
+func TestGuestCall(t *testing.T) {
+	g := boot(t, 1, "", true)
+	// lea 0x2a(%rdi),%rax; ret: returns arg + 42
+	code := []byte{0x48, 0x8d, 0x47, 0x2a, 0xc3}
+	fn := uint64(kvm.PatchAreaVirt + 0x1000)
+	if err := g.m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	err := g.m.WriteVirt(fn, code)
+	g.m.Resume()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	v, err := g.agent.GuestCall(ctx, fn, 100)
+	if err != nil || v != 142 {
+		t.Fatalf("guest-call: %d %v", v, err)
+	}
+	var ae *agent.Error
+	for _, bad := range []uint64{0, 0xffffffff81000000, kvm.PatchAreaVirt - 1, kvm.PatchAreaVirt + g.m.Layout().PatchAreaSize} {
+		if _, err := g.agent.GuestCall(ctx, bad, 1); !errors.As(err, &ae) || ae.Errno != 14 {
+			t.Fatalf("guest-call %#x: %v", bad, err)
+		}
+	}
+	if err := g.agent.Call(ctx, "guest-call", map[string]string{"addr": "nope"}, nil); !errors.As(err, &ae) || ae.Errno != 22 {
+		t.Fatalf("guest-call with a bad address: %v", err)
+	}
+}
