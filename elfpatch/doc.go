@@ -8,7 +8,8 @@
 //
 // The package is pure and deterministic: no guest, no engine, no I/O beyond
 // reading the input. Its output (an Image) is what the livepatch package
-// writes into the guest's patch area.
+// writes into the guest's patch area. A Kernel or Patch is not modified
+// after parsing, so concurrent lookups and Layouts are safe.
 //
 // Conventions (see livepatch.h):
 //   - A patch names its struct klp_patch with KLP_PATCH(p): one 8-byte

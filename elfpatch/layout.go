@@ -594,6 +594,10 @@ func (st *layoutState) resolveFuncs() {
 				"object %s is not loaded: the guest kernel has no modules", obj.Name)}) {
 				return
 			}
+			for _, fn := range obj.Funcs {
+				iobj.Funcs = append(iobj.Funcs, ImageFunc{OldName: fn.OldName, OldSympos: fn.OldSympos,
+					NewAddr: st.addr(fn.NewFunc), NewName: fn.NewFunc.Symbol})
+			}
 			st.im.Objects = append(st.im.Objects, iobj)
 			continue
 		}

@@ -129,6 +129,14 @@ func ParsePatchFile(path string) (*Patch, error) {
 	return p, nil
 }
 
+// IsObjectFile reports whether data starts like an ELF64 relocatable
+// object (a patch) rather than an executable (a kernel); a cheap sniff
+// for callers that accept both, before the real parse.
+func IsObjectFile(data []byte) bool {
+	return len(data) >= headerSize && string(data[:4]) == "\x7fELF" && data[4] == elfClass64 &&
+		data[5] == elfData2LSB && le.Uint16(data[16:]) == etRel
+}
+
 // ModuleNameFromFile derives a patch name from an object file name as
 // kbuild derives a module name: the stem, with '-' replaced by '_'
 // (livepatch-sample.o -> livepatch_sample).

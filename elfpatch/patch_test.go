@@ -454,3 +454,48 @@ func TestImageAddr2Sym(t *testing.T) {
 		t.Error("address before the image resolved")
 	}
 }
+
+// Linux's klp-convert form: the .klp.sym symbol in SHN_LIVEPATCH and its
+// relocations flagged SHF_RELA_LIVEPATCH resolve like the plain form.
+func TestLayoutLivepatchSectionIndex(t *testing.T) {
+	e := &elfEdit{t, bytes.Clone(readFile(t, samplePath("livepatch-sympos")))}
+	p0, err := ParsePatch(e.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx = -1
+	for _, s := range p0.Symbols() {
+		if strings.HasPrefix(s.Name, ".klp.sym.") {
+			idx = s.Index
+		}
+	}
+	if idx < 0 {
+		t.Fatal("no .klp.sym symbol")
+	}
+	symoff := int(le.Uint64(e.data[e.field(e.section(".symtab"), shOffset):])) + idx*symSize
+	e.put16(symoff+6, shnLivepatch)
+	at := e.field(e.section(".rela.text.livepatch_klp_dup_fn"), 8)
+	e.put64(at, le.Uint64(e.data[at:])|SHF_RELA_LIVEPATCH)
+	p, err := ParsePatch(e.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := fixtureKernel(t)
+	im, err := p.Layout(patchBase, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := loadSample(t, "livepatch-sympos").Layout(patchBase, k)
+	if !bytes.Equal(im.Bytes, want.Bytes) {
+		t.Error("SHN_LIVEPATCH form laid out differently")
+	}
+}
+
+func TestIsObjectFile(t *testing.T) {
+	if !IsObjectFile(readFile(t, samplePath("livepatch-sample"))) {
+		t.Error("patch not recognised")
+	}
+	if IsObjectFile(readFile(t, fixtureKernelPath)) || IsObjectFile([]byte("\x7fELF")) || IsObjectFile(nil) {
+		t.Error("non-object recognised")
+	}
+}

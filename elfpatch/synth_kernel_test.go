@@ -1,6 +1,7 @@
 package elfpatch
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -58,9 +59,28 @@ func TestSiteOffsets(t *testing.T) {
 	setSite(2, 1)
 	// Function 3: a site whose bytes are a different 5-byte instruction.
 	copy(fn(3), []byte{0xb8, 1, 0, 0, 0}) // mov $1, %eax
+	// Functions 4 and 6: call rel32 sites (a kernel built without
+	// -mnop-mcount), to __fentry__ (function 5, renamed) and to function 7.
+	strtab := f.sectionData(4)
+	i := bytes.Index(strtab, []byte("synth_fn_000005\x00"))
+	copy(strtab[i:], "__fentry__\x00")
+	call := func(from, to int) {
+		rel := int32(to*fnSize - (from*fnSize + 5))
+		b := []byte{0xe8, 0, 0, 0, 0}
+		le.PutUint32(b[1:], uint32(rel))
+		copy(fn(from), b)
+	}
+	call(4, 5)
+	call(6, 7)
 	k, err := ParseKernel(data)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if site, err := k.Patchable("synth_fn_000004", 0); err != nil || site.Kind != SiteCall || site.Offset != 0 {
+		t.Errorf("call __fentry__ site: %+v %v", site, err)
+	}
+	if _, err := k.Patchable("synth_fn_000006", 0); !errors.Is(err, ErrNotPatchable) || !strings.Contains(err.Error(), "not __fentry__") {
+		t.Errorf("call elsewhere: %v", err)
 	}
 	site, err := k.Patchable("synth_fn_000001", 0)
 	if err != nil || site.Offset != 4 || site.Addr != text.Addr+fnSize+4 {

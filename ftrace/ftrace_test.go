@@ -44,7 +44,7 @@ func (m *fakeMem) ReadVirt(va uint64, b []byte) error {
 }
 
 func (m *fakeMem) WriteVirt(va uint64, b []byte) error {
-	if m.failAt != 0 && va == m.failAt {
+	if m.failAt != 0 && va <= m.failAt && m.failAt < va+uint64(len(b)) {
 		return errors.New("injected write fault")
 	}
 	p, err := m.find(va, len(b))
@@ -251,8 +251,10 @@ func TestWriteFaultUndoes(t *testing.T) {
 	m.paused = true
 	orig := m.hash()
 	x, _ := tr.Prepare([]Update{{textBase, 0x1234}, {textBase + 64, 0x5678}})
-	m.failAt = textBase + 64
-	if err := x.Commit(); !errors.Is(err, ErrMemory) {
+	// The text cluster is written first, then the trampolines' write
+	// faults: the text must be restored.
+	m.failAt = patchBase + 8
+	if err := x.Commit(); !errors.Is(err, ErrMemory) || m.writes == 0 {
 		t.Fatalf("want ErrMemory, got %v", err)
 	}
 	x.Finish()
@@ -327,4 +329,40 @@ func FuzzAllocator(f *testing.F) {
 			t.Fatal("leak")
 		}
 	})
+}
+
+func TestStage(t *testing.T) {
+	m, tr := setup(t, 2)
+	orig := m.hash()
+	x, _ := tr.Prepare([]Update{{textBase, 0x1234}})
+	if err := x.Stage(); err != nil { // not paused: allowed, only the patch area changes
+		t.Fatal(err)
+	}
+	var tb [16]byte
+	m.ReadVirt(patchBase, tb[:])
+	if tb != TrampBytes(0x1234) || len(x.Pokes()) != 1 {
+		t.Fatalf("staged trampoline % x, %d pokes left for the pause", tb, len(x.Pokes()))
+	}
+	x.Abort()
+	if m.hash() != orig || tr.Alloc().InUse() != 0 {
+		t.Fatal("abort of a staged batch left changes")
+	}
+	x, _ = tr.Prepare([]Update{{textBase, 0x1234}})
+	x.Stage()
+	m.paused = true
+	if err := x.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	x.Finish()
+	if m.hash() != orig || tr.Alloc().InUse() != 0 {
+		t.Fatal("rollback of a staged batch left changes")
+	}
+	// Overlapping pokes are refused.
+	err := Apply(m, []Poke{{Addr: textBase, Old: elfpatch.Nop5[:], New: elfpatch.Nop5[:]}, {Addr: textBase + 2, Old: []byte{0x44}, New: []byte{0x45}}})
+	if !errors.Is(err, ErrInvalid) {
+		t.Fatalf("overlap: %v", err)
+	}
 }

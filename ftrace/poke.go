@@ -3,6 +3,7 @@ package ftrace
 import (
 	"bytes"
 	"fmt"
+	"sort"
 )
 
 // Memory is what ftrace needs of the guest: virtual-address access through
@@ -33,37 +34,132 @@ const maxPoke = 64
 // site and the bytes found); then it writes all of them. A write that
 // fails half way through the batch undoes the ones already written, so a
 // batch is all or nothing.
+//
+// Pokes close to each other are read and written as one cluster (the
+// bytes between them are written back unchanged, which is harmless with
+// every vCPU stopped): a 1024-function patch touches a few pages, not
+// 2048 separate translations, which keeps the pause window short.
 func Apply(mem Memory, pokes []Poke) error {
 	const op = "poke"
 	if !mem.Paused() {
 		return errorf(op, ErrNotPaused, 0, "text pokes need every vCPU stopped")
 	}
-	buf := make([]byte, maxPoke)
-	for _, p := range pokes {
-		if len(p.Old) != len(p.New) || len(p.New) == 0 || len(p.New) > maxPoke {
-			return &Error{Op: op, Kind: ErrInvalid, Addr: p.Addr, Site: p.Where,
-				Detail: fmt.Sprintf("old %d bytes, new %d bytes", len(p.Old), len(p.New))}
+	cl, err := clusters(pokes)
+	if err != nil {
+		return err
+	}
+	return applyClusters(mem, cl)
+}
+
+// applyClusters is Apply on pokes already checked and grouped (a Txn
+// groups its pokes before the pause).
+func applyClusters(mem Memory, cl []cluster) error {
+	const op = "poke"
+	if !mem.Paused() {
+		return errorf(op, ErrNotPaused, 0, "text pokes need every vCPU stopped")
+	}
+	// Verify everything first.
+	for i := range cl {
+		c := &cl[i]
+		c.cur = make([]byte, c.hi-c.lo)
+		if err := mem.ReadVirt(c.lo, c.cur); err != nil {
+			// The cluster may span an unmapped hole: fall back to one
+			// read per poke so the error names the poke that faults.
+			for _, p := range c.pokes {
+				if err := mem.ReadVirt(p.Addr, c.cur[p.Addr-c.lo:p.Addr-c.lo+uint64(len(p.Old))]); err != nil {
+					return &Error{Op: op, Kind: ErrMemory, Addr: p.Addr, Site: p.Where, Err: err}
+				}
+			}
+			c.split = true
 		}
-		got := buf[:len(p.Old)]
-		if err := mem.ReadVirt(p.Addr, got); err != nil {
-			return &Error{Op: op, Kind: ErrMemory, Addr: p.Addr, Site: p.Where, Err: err}
-		}
-		if !bytes.Equal(got, p.Old) {
-			return &Error{Op: op, Kind: ErrMismatch, Addr: p.Addr, Site: p.Where,
-				Detail: fmt.Sprintf("found % x, expected % x", got, p.Old)}
+		for _, p := range c.pokes {
+			got := c.cur[p.Addr-c.lo : p.Addr-c.lo+uint64(len(p.Old))]
+			if !bytes.Equal(got, p.Old) {
+				return &Error{Op: op, Kind: ErrMismatch, Addr: p.Addr, Site: p.Where,
+					Detail: fmt.Sprintf("found % x, expected % x", got, p.Old)}
+			}
 		}
 	}
-	for i, p := range pokes {
-		if err := mem.WriteVirt(p.Addr, p.New); err != nil {
-			// Undo in reverse; these addresses were just read and written,
-			// so the undo can only fail if the guest's memory vanished.
-			for j := i - 1; j >= 0; j-- {
-				_ = mem.WriteVirt(pokes[j].Addr, pokes[j].Old)
+	// Then write.
+	var done []Poke // what to undo if a later write fails
+	for i := range cl {
+		c := &cl[i]
+		if !c.split {
+			buf := append([]byte(nil), c.cur...)
+			for _, p := range c.pokes {
+				copy(buf[p.Addr-c.lo:], p.New)
 			}
-			return &Error{Op: op, Kind: ErrMemory, Addr: p.Addr, Site: p.Where, Err: err}
+			if err := mem.WriteVirt(c.lo, buf); err != nil {
+				undo(mem, done)
+				return &Error{Op: op, Kind: ErrMemory, Addr: c.lo, Site: c.pokes[0].Where, Err: err}
+			}
+			done = append(done, Poke{Addr: c.lo, Old: c.cur, New: buf})
+			continue
+		}
+		for _, p := range c.pokes {
+			if err := mem.WriteVirt(p.Addr, p.New); err != nil {
+				undo(mem, done)
+				return &Error{Op: op, Kind: ErrMemory, Addr: p.Addr, Site: p.Where, Err: err}
+			}
+			done = append(done, p)
 		}
 	}
 	return nil
+}
+
+// undo writes back the old bytes of written pokes, newest first. These
+// addresses were just read and written, so it can only fail if the
+// guest's memory vanished.
+func undo(mem Memory, done []Poke) {
+	for j := len(done) - 1; j >= 0; j-- {
+		_ = mem.WriteVirt(done[j].Addr, done[j].Old)
+	}
+}
+
+// clusterGap: pokes at most this far apart share one read and one write.
+const clusterGap = 4096
+
+// maxCluster bounds one cluster's read.
+const maxCluster = 1 << 20
+
+type cluster struct {
+	lo, hi uint64
+	pokes  []Poke
+	cur    []byte
+	split  bool
+}
+
+// clusters checks pokes and groups them by address; overlapping pokes
+// are refused (their expected bytes could not all be true at once).
+func clusters(pokes []Poke) ([]cluster, error) {
+	const op = "poke"
+	for _, p := range pokes {
+		if len(p.Old) != len(p.New) || len(p.New) == 0 || len(p.New) > maxPoke || p.Addr+uint64(len(p.New)) < p.Addr {
+			return nil, &Error{Op: op, Kind: ErrInvalid, Addr: p.Addr, Site: p.Where,
+				Detail: fmt.Sprintf("old %d bytes, new %d bytes", len(p.Old), len(p.New))}
+		}
+	}
+	sorted := append([]Poke(nil), pokes...)
+	sort.Slice(sorted, func(a, b int) bool { return sorted[a].Addr < sorted[b].Addr })
+	var out []cluster
+	for i, p := range sorted {
+		end := p.Addr + uint64(len(p.New))
+		if i > 0 {
+			if prev := sorted[i-1]; prev.Addr+uint64(len(prev.New)) > p.Addr {
+				return nil, &Error{Op: op, Kind: ErrInvalid, Addr: p.Addr, Site: p.Where, Detail: "overlaps the poke at " + prev.Where}
+			}
+		}
+		if n := len(out); n > 0 {
+			c := &out[n-1]
+			if p.Addr <= c.hi+clusterGap && max(end, c.hi)-c.lo <= maxCluster {
+				c.hi = max(c.hi, end)
+				c.pokes = append(c.pokes, p)
+				continue
+			}
+		}
+		out = append(out, cluster{lo: p.Addr, hi: end, pokes: []Poke{p}})
+	}
+	return out, nil
 }
 
 // Invert returns the pokes that undo pokes (reverse order, Old and New

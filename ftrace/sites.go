@@ -1,7 +1,9 @@
 package ftrace
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -135,7 +137,11 @@ type Update struct {
 // optional Rollback) ends a Txn.
 type Txn struct {
 	t         *Tracer
-	pokes     []Poke
+	pokes     []Poke    // slots and sites (and trampolines unless staged)
+	tramps    []Poke    // fresh trampolines
+	staged    bool      // tramps written ahead of the pause
+	cl        []cluster // the pokes grouped for Apply, ahead of the pause
+	clErr     error
 	newTramps []uint64 // allocated by Prepare
 	oldTramps []uint64 // released by sites going back to NOP (freed by Finish)
 	before    []Site   // the changed sites' states before
@@ -213,8 +219,57 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 	}
 	// Trampolines and slots before the sites that jump to them (all under
 	// one pause, but a consistent order costs nothing).
-	x.pokes = append(append(trampPokes, slotPokes...), sitePokes...)
+	x.tramps = trampPokes
+	x.pokes = append(append(append([]Poke(nil), trampPokes...), slotPokes...), sitePokes...)
+	x.group()
 	return x, nil
+}
+
+// group sorts and clusters the pokes ahead of the pause, which then pays
+// only for reads, compares and writes.
+func (x *Txn) group() { x.cl, x.clErr = clusters(x.pokes) }
+
+// Stage writes the fresh trampolines now, while the guest runs: no site
+// jumps to them before Commit, so nothing can execute them, and the pause
+// is left with only the slot and site pokes. Their expected old bytes are
+// checked as in Apply. Abort, Rollback and Finish without a commit put
+// the old bytes back.
+func (x *Txn) Stage() error {
+	if x.staged || x.committed || x.done {
+		return errorf("stage", ErrState, 0, "transaction already staged, committed or ended")
+	}
+	for i, p := range x.tramps {
+		got := make([]byte, len(p.Old))
+		err := x.t.mem.ReadVirt(p.Addr, got)
+		if err == nil && !bytes.Equal(got, p.Old) {
+			err = &Error{Op: "stage", Kind: ErrMismatch, Addr: p.Addr, Site: p.Where,
+				Detail: fmt.Sprintf("found % x, expected % x", got, p.Old)}
+		}
+		if err == nil {
+			err = x.t.mem.WriteVirt(p.Addr, p.New)
+		}
+		if err != nil {
+			undo(x.t.mem, x.tramps[:i])
+			var fe *Error
+			if errors.As(err, &fe) {
+				return fe
+			}
+			return &Error{Op: "stage", Kind: ErrMemory, Addr: p.Addr, Site: p.Where, Err: err}
+		}
+	}
+	x.staged = true
+	x.pokes = x.pokes[len(x.tramps):]
+	x.group()
+	return nil
+}
+
+func (x *Txn) unstage() {
+	if x.staged {
+		undo(x.t.mem, x.tramps)
+		x.staged = false
+		x.pokes = append(append([]Poke(nil), x.tramps...), x.pokes...)
+		x.group()
+	}
 }
 
 // Pokes returns the batch (for inspection and tests).
@@ -229,7 +284,10 @@ func (x *Txn) Commit() error {
 	if x.done || x.committed {
 		return errorf("commit", ErrState, 0, "transaction already committed or ended")
 	}
-	if err := Apply(x.t.mem, x.pokes); err != nil {
+	if x.clErr != nil {
+		return x.clErr
+	}
+	if err := applyClusters(x.t.mem, x.cl); err != nil {
 		return err
 	}
 	for _, s := range x.after {
@@ -252,6 +310,7 @@ func (x *Txn) Rollback() error {
 		*x.t.sites[s.Addr] = s
 	}
 	x.committed = false
+	x.unstage()
 	return nil
 }
 
@@ -266,6 +325,8 @@ func (x *Txn) Finish() {
 	free := x.newTramps
 	if x.committed {
 		free = x.oldTramps
+	} else {
+		x.unstage()
 	}
 	for _, a := range free {
 		_ = x.t.alloc.Free(a)

@@ -25,7 +25,7 @@ type image struct {
 	named map[string]elf.Symbol // globals, and locals that are unique
 }
 
-func openImage(t *testing.T, b []byte) *image {
+func openImage(t testing.TB, b []byte) *image {
 	t.Helper()
 	f, err := elf.NewFile(bytes.NewReader(b))
 	if err != nil {
@@ -48,7 +48,7 @@ func openImage(t *testing.T, b []byte) *image {
 	return im
 }
 
-func (im *image) addr(t *testing.T, name string) uint64 {
+func (im *image) addr(t testing.TB, name string) uint64 {
 	t.Helper()
 	s, ok := im.named[name]
 	if !ok {
@@ -66,7 +66,7 @@ func (im *image) code(s elf.Symbol) []byte {
 }
 
 // mcountLoc reads __mcount_loc through its start/stop symbols.
-func (im *image) mcountLoc(t *testing.T) map[uint64]bool {
+func (im *image) mcountLoc(t testing.TB) map[uint64]bool {
 	start, stop := im.addr(t, "__start_mcount_loc"), im.addr(t, "__stop_mcount_loc")
 	if start%8 != 0 || (stop-start)%8 != 0 {
 		t.Fatalf("__mcount_loc [%#x, %#x) not 8-aligned", start, stop)
@@ -191,7 +191,7 @@ func TestImageStaticChecks(t *testing.T) {
 	}
 }
 
-func (im *image) read(t *testing.T, name string, n int) []byte {
+func (im *image) read(t testing.TB, name string, n int) []byte {
 	t.Helper()
 	a := im.addr(t, name)
 	for _, p := range im.f.Progs {

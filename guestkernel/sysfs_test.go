@@ -10,7 +10,7 @@ import (
 )
 
 // newSysfsMem places the image's initial klp_sysfs_state in fake memory.
-func newSysfsMem(t *testing.T) (*fakeMem, uint64) {
+func newSysfsMem(t testing.TB) (*fakeMem, uint64) {
 	im := openImage(t, Vmlinux())
 	addr := im.addr(t, "klp_sysfs_state")
 	mem := newFakeMem()

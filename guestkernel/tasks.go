@@ -289,11 +289,27 @@ func (g *Guest) irqFrame(rec, lo, hi uint64) (Frame, []Frame, error) {
 	return f, extra, nil
 }
 
-// FrameNames symbolizes frames ("name+0xoff/0xsize").
+// CallPC is the address to symbolize a frame by: a return address (any
+// frame but the first, an interrupted one or a conservative one) points
+// after its call, which may be past the end of a noreturn caller, so it is
+// looked up at PC-1, as Linux's %pB does.
+func (f Frame) CallPC(i int) uint64 {
+	if i == 0 || f.Interrupted || f.Conservative || f.PC == 0 {
+		return f.PC
+	}
+	return f.PC - 1
+}
+
+// FrameNames symbolizes frames ("name+0xoff/0xsize"; "? " marks
+// conservative ones).
 func (g *Guest) FrameNames(frames []Frame) []string {
 	out := make([]string, len(frames))
 	for i, f := range frames {
-		out[i] = g.syms.Format(f.PC)
+		if s, _, ok := g.syms.Addr2Func(f.CallPC(i)); ok {
+			out[i] = fmt.Sprintf("%s+%#x/%#x", s.Name, f.PC-s.Addr, s.Size)
+		} else {
+			out[i] = fmt.Sprintf("%#x", f.PC)
+		}
 		if f.Conservative {
 			out[i] = "? " + out[i]
 		}
@@ -301,11 +317,11 @@ func (g *Guest) FrameNames(frames []Frame) []string {
 	return out
 }
 
-// FuncNames returns the function name of each frame's PC ("" if unknown).
+// FuncNames returns the function of each frame ("" if unknown).
 func (g *Guest) FuncNames(frames []Frame) []string {
 	out := make([]string, len(frames))
 	for i, f := range frames {
-		if s, _, ok := g.syms.Addr2Func(f.PC); ok {
+		if s, _, ok := g.syms.Addr2Func(f.CallPC(i)); ok {
 			out[i] = s.Name
 		}
 	}

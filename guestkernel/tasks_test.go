@@ -56,7 +56,7 @@ type fakeGuest struct {
 	le    binary.ByteOrder
 }
 
-func loadReal(t *testing.T) (*Symbols, *GuestABI) {
+func loadReal(t testing.TB) (*Symbols, *GuestABI) {
 	t.Helper()
 	syms, err := KernelSymbols()
 	if err != nil {
@@ -70,7 +70,7 @@ func loadReal(t *testing.T) (*Symbols, *GuestABI) {
 	return syms, a
 }
 
-func fnAddr(t *testing.T, s *Symbols, name string, off uint64) uint64 {
+func fnAddr(t testing.TB, s *Symbols, name string, off uint64) uint64 {
 	t.Helper()
 	sym, err := s.Lookup(name)
 	if err != nil {
@@ -108,7 +108,7 @@ func buildStack(stack []byte, base uint64, rets []uint64) uint64 {
 	return first
 }
 
-func newFakeGuest(t *testing.T) *fakeGuest {
+func newFakeGuest(t testing.TB) *fakeGuest {
 	syms, abi := loadReal(t)
 	g := &fakeGuest{mem: newFakeMem(), syms: syms, abi: abi, le: binary.LittleEndian}
 	ab := make([]byte, GuestABISize)
@@ -354,4 +354,71 @@ func FuzzWalk(f *testing.F) {
 			t.Fatalf("%d frames beyond the depth limit", len(frames))
 		}
 	})
+}
+
+func TestAllStacksAndScan(t *testing.T) {
+	g := newFakeGuest(t)
+	s := g.syms
+	stack := make([]byte, StackSize)
+	g.mem.add(stackBase, stack)
+	rets := []uint64{fnAddr(t, s, "schedule", 0x40), fnAddr(t, s, "klp_park_fn", 0x20),
+		fnAddr(t, s, "parker_thread", 0x10), fnAddr(t, s, "klp_task_start", 0x9)}
+	rbp := buildStack(stack, stackBase, rets)
+	g.setTask(2, TaskSleeping, 7, "parker", -1, rbp-48, rbp, fnAddr(t, s, "klp_switch_to", 0x20), stackBase, StackSize)
+	// task 0 runs on CPU 0: a live stack of its own
+	live := make([]byte, StackSize)
+	const liveBase = stackBase + 0x100000
+	g.mem.add(liveBase, live)
+	lrbp := buildStack(live, liveBase, []uint64{fnAddr(t, s, "kernel_main_bsp", 0x30)})
+	g.setTask(0, TaskRunning, 0, "idle/0", 0, 0, 0, 0, liveBase, StackSize)
+	idleRIP := fnAddr(t, s, "cpu_idle_loop", 0x10)
+	regs := func(cpu int) (uint64, uint64, uint64, error) {
+		if cpu != 0 {
+			return 0, 0, 0, fmt.Errorf("no CPU %d", cpu)
+		}
+		return idleRIP, lrbp - 32, lrbp, nil
+	}
+	gst, err := Open(g.mem, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := gst.AllStacks(regs, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 2 || !all[0].Live || all[1].Live {
+		t.Fatalf("stacks %+v", all)
+	}
+	if got := strings.Join(gst.FuncNames(all[0].Frames), " "); got != "cpu_idle_loop kernel_main_bsp" {
+		t.Fatalf("live walk %s", got)
+	}
+	if got := strings.Join(gst.FuncNames(all[1].Frames), " "); got != "klp_switch_to schedule klp_park_fn parker_thread klp_task_start" {
+		t.Fatalf("parked walk %s", got)
+	}
+	// conservative scan of the parked task finds the same return addresses
+	words, err := gst.ScanStack(all[1].Task, rbp-48)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(words) != len(rets) || words[0].PC != rets[0] || !words[0].Conservative {
+		t.Fatalf("scan %v", gst.FrameNames(words))
+	}
+	if _, err := gst.ScanStack(all[1].Task, stackBase-8); !errors.Is(err, ErrBounds) {
+		t.Fatalf("scan below the stack: %v", err)
+	}
+	// a CPU inside klp_switch_to: busy
+	busyRegs := func(int) (uint64, uint64, uint64, error) { return g.abi.SwitchTo + 4, 0, 0, nil }
+	if _, err := gst.AllStacks(busyRegs, 0); !IsBusy(err) {
+		t.Fatalf("mid-switch CPU: %v", err)
+	}
+	// on_cpu and cpu_current disagree: busy
+	g.setTask(2, TaskSleeping, 7, "parker", 0, rbp-48, rbp, 0, stackBase, StackSize)
+	if _, err := gst.AllStacks(regs, 0); !IsBusy(err) {
+		t.Fatalf("inconsistent on_cpu: %v", err)
+	}
+	// a broken chain is an error, not an idle task
+	g.setTask(2, TaskSleeping, 7, "parker", -1, rbp-48, stackBase+3, 0, stackBase, StackSize)
+	if _, err := gst.AllStacks(regs, 0); !errors.Is(err, ErrBounds) {
+		t.Fatalf("broken chain: %v", err)
+	}
 }

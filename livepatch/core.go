@@ -10,6 +10,7 @@ package livepatch
 
 import (
 	"context"
+	"errors"
 	"path"
 	"strconv"
 	"strings"
@@ -34,6 +35,14 @@ type Guest interface {
 	Paused() bool
 	NumCPUs() int
 	Regs(id int) (engine.Regs, error)
+}
+
+// PausedRegser is optionally implemented by a Guest that records every
+// vCPU's registers as it stops (one snapshot per pause, in vCPU order):
+// the consistency check then needs no round trip to each vCPU's thread,
+// which is most of its cost in the pause window.
+type PausedRegser interface {
+	PausedRegs() ([]engine.Regs, error)
 }
 
 // CallbackRunner calls a function in the guest with one argument (the
@@ -91,7 +100,7 @@ type Patch struct {
 	Replace    bool      `json:"replace"`
 	Enabled    bool      `json:"enabled"`
 	Transition bool      `json:"transition"`
-	Forced     bool      `json:"forced"`
+	Forced     bool      `json:"forced"` // a forced transition touched it (sticky, as in Linux)
 	Objects    []*Object `json:"objects"`
 	ImageAddr  uint64    `json:"image_addr,omitempty"` // 0 while not in the patch area
 	ImageSize  uint64    `json:"image_size"`
@@ -117,6 +126,9 @@ type Result struct {
 	Forced      bool          `json:"forced"`
 	Funcs       int           `json:"funcs"`
 	PauseWindow time.Duration `json:"pause_window_ns"` // Pause..Resume of the switching attempt
+	Stop        time.Duration `json:"stop_ns"`         // in the window: stopping every vCPU (Pause)
+	Check       time.Duration `json:"check_ns"`        // in the window: the stack checks
+	Poke        time.Duration `json:"poke_ns"`         // in the window: the verified text pokes
 	Total       time.Duration `json:"total_ns"`
 	Replaced    []string      `json:"replaced,omitempty"` // patches an atomic replace removed
 }
@@ -138,6 +150,7 @@ type Manager struct {
 	forceReq atomic.Bool     // a guest write to .../force during a transition
 	inTrans  atomic.Bool
 	last     *Result
+	retired  uint64 // patch-area bytes of forced patches' images, never freed
 }
 
 // New builds a manager for a guest whose kernel is vmlinux. The guest must
@@ -309,7 +322,9 @@ func (m *Manager) Load(data []byte, nameHint string, o Options) (*Patch, *Result
 	res, err := m.enable(p.Name, o)
 	if err != nil {
 		if uerr := m.unregister(p.Name); uerr != nil {
-			return nil, nil, &Error{Op: "load", Patch: p.Name, Errno: err.(*Error).Errno, Err: err,
+			errno := syscall.EIO
+			errors.As(err, &errno)
+			return nil, nil, &Error{Op: "load", Patch: p.Name, Errno: errno, Err: err,
 				Detail: "and unregistering it again failed: " + uerr.Error()}
 		}
 		return nil, nil, err
@@ -355,6 +370,7 @@ type Status struct {
 	PatchAreaBase  uint64        `json:"patch_area_base"`
 	PatchAreaSize  uint64        `json:"patch_area_size"`
 	PatchAreaInUse uint64        `json:"patch_area_in_use"`
+	Retired        uint64        `json:"patch_area_retired"` // images of forced patches, kept for good
 	Last           *Result       `json:"last_op,omitempty"`
 }
 
@@ -364,7 +380,7 @@ func (m *Manager) Status() Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := Status{Redirected: m.tracer.Redirected(), PatchAreaBase: m.tracer.Alloc().Base(),
-		PatchAreaSize: m.tracer.Alloc().Size(), PatchAreaInUse: m.tracer.Alloc().InUse()}
+		PatchAreaSize: m.tracer.Alloc().Size(), PatchAreaInUse: m.tracer.Alloc().InUse(), Retired: m.retired}
 	for i, p := range m.patches {
 		c := *p
 		c.Objects = nil

@@ -264,6 +264,18 @@ func TestConsistencyVCPU(t *testing.T) {
 	if res, err = m.Disable(sample, Options{Force: true}); err != nil || !res.Forced {
 		t.Fatalf("forced disable: %+v %v", res, err)
 	}
+	// CPU 0 may still be in the new function: unregistering keeps the
+	// image in the patch area for good.
+	st := m.Status()
+	img, size := st.Patches[0].ImageAddr, st.Patches[0].ImageSize
+	code := fentryBytes(t, g, nf)
+	if err := m.Unregister(sample); err != nil {
+		t.Fatal(err)
+	}
+	st = m.Status()
+	if st.Retired != size || st.PatchAreaInUse < size || fentryBytes(t, g, nf) != code || img == 0 {
+		t.Fatalf("forced patch's image freed or changed: retired %d of %d, in use %d", st.Retired, size, st.PatchAreaInUse)
+	}
 }
 
 func TestConsistencyParkedTask(t *testing.T) {
@@ -527,4 +539,102 @@ func FuzzSysfsWrite(f *testing.F) {
 			t.Fatalf("error without errno: %v", err)
 		}
 	})
+}
+
+func TestPauseFailureRetried(t *testing.T) {
+	g, m := newManager(t, 2, nil)
+	if _, err := m.Register(patchObj(t, "livepatch-sample"), "livepatch-sample.o"); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	g.PauseErr = func() error {
+		n++
+		if n <= 2 {
+			return errors.New("vCPU 1 did not stop")
+		}
+		return nil
+	}
+	res, err := m.Enable(sample, Options{})
+	if err != nil || res.Attempts != 3 {
+		t.Fatalf("want success on the third attempt: %+v %v", res, err)
+	}
+	if _, err := m.Disable(sample, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	g.PauseErr = func() error { return errors.New("vCPU 1 did not stop") }
+	refused(t, g, m, syscall.EBUSY, func() error { _, err := m.Enable(sample, Options{Deadline: 20 * time.Millisecond}); return err })
+	if g.Paused() {
+		t.Fatal("left paused")
+	}
+}
+
+// BenchmarkSwitch measures the host-side work of an enable+disable pair
+// on the fake guest (no engine: the pause is free), split into the
+// window's parts.
+func BenchmarkSwitch(b *testing.B) {
+	for _, obj := range []string{"livepatch-sample", "livepatch-bench"} {
+		b.Run(obj, func(b *testing.B) {
+			g, m := newManager(b, 2, nil)
+			for i := 0; i < 6; i++ {
+				g.fakeTask(b, m, i, uint32(10+i), "worker", g.sym(b, "_start")+1)
+			}
+			p, err := m.Register(patchObj(b, obj), obj+".o")
+			if err != nil {
+				b.Fatal(err)
+			}
+			var check, poke, window time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				res, err := m.Enable(p.Name, Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				check += res.Check
+				poke += res.Poke
+				window += res.PauseWindow
+				if _, err := m.Disable(p.Name, Options{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(check.Nanoseconds())/float64(b.N), "check-ns")
+			b.ReportMetric(float64(poke.Nanoseconds())/float64(b.N), "poke-ns")
+			b.ReportMetric(float64(window.Nanoseconds())/float64(b.N), "window-ns")
+		})
+	}
+}
+
+// snapGuest is a guest whose machine snapshots registers at pause time;
+// Regs must not be needed then.
+type snapGuest struct {
+	*fakeGuest
+	snaps int
+}
+
+func (s *snapGuest) PausedRegs() ([]engine.Regs, error) {
+	s.snaps++
+	return []engine.Regs{s.regs(0), s.regs(1)}, nil
+}
+
+func (s *snapGuest) Regs(int) (engine.Regs, error) {
+	return engine.Regs{}, errors.New("Regs called although a pause snapshot exists")
+}
+
+func TestPausedRegsSnapshot(t *testing.T) {
+	fg := newFakeGuest(t, 2)
+	g := &snapGuest{fakeGuest: fg}
+	m, err := New(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Register(patchObj(t, "livepatch-sample"), "livepatch-sample.o"); err != nil {
+		t.Fatal(err)
+	}
+	fg.setRegs(1, engine.Regs{RIP: fg.sym(t, "cmdline_proc_show") + 9, RSP: fg.regs(1).RSP})
+	if _, err := m.Enable(sample, Options{Deadline: 10 * time.Millisecond}); !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "CPU 1") {
+		t.Fatalf("want EBUSY on CPU 1 from the snapshot, got %v", err)
+	}
+	fg.setRegs(1, fg.regs(0))
+	if _, err := m.Enable(sample, Options{}); err != nil || g.snaps == 0 {
+		t.Fatalf("enable with a snapshot: %v (%d snapshots)", err, g.snaps)
+	}
 }

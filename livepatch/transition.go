@@ -5,12 +5,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sort"
+	"sync"
 	"syscall"
 	"time"
 
 	"klp-kvm/elfpatch"
 	"klp-kvm/ftrace"
 	"klp-kvm/guestkernel"
+	"klp-kvm/kvm/engine"
 )
 
 // Callback indices (elfpatch.CallbackNames order).
@@ -99,10 +102,16 @@ func (m *Manager) enable(name string, o Options) (*Result, error) {
 	}
 	// Switched: commit the bookkeeping, then tell the guest.
 	prevOps, prevPatches := m.ops, m.patches
+	prevForced := p.Forced
 	m.ops = pl.next
-	p.Enabled, p.Forced = true, res.Forced
+	p.Enabled = true
+	p.Forced = p.Forced || res.Forced
 	for _, q := range pl.replaced {
 		q.Enabled = false
+		if res.Forced {
+			// Tasks may still run in the replaced patches' code.
+			q.Forced = true
+		}
 		res.Replaced = append(res.Replaced, q.Name)
 	}
 	if len(pl.replaced) > 0 {
@@ -117,7 +126,7 @@ func (m *Manager) enable(name string, o Options) (*Result, error) {
 	if err := m.writeSysfs(); err != nil {
 		// Undo the switch: nothing may stay half-applied.
 		m.ops, m.patches = prevOps, prevPatches
-		p.Enabled, p.Forced = false, false
+		p.Enabled, p.Forced = false, prevForced
 		for _, q := range pl.replaced {
 			q.Enabled = true
 		}
@@ -172,12 +181,13 @@ func (m *Manager) disable(name string, o Options) (*Result, error) {
 		}
 		return nil, err
 	}
-	prevOps := m.ops
+	prevOps, prevForced := m.ops, p.Forced
 	m.ops = pl.next
-	p.Enabled, p.Forced = false, false
+	p.Enabled = false
+	p.Forced = p.Forced || res.Forced
 	if err := m.writeSysfs(); err != nil {
 		m.ops = prevOps
-		p.Enabled = true
+		p.Enabled, p.Forced = true, prevForced
 		rerr := m.undo(x)
 		_ = m.writeSysfs()
 		if rerr != nil {
@@ -298,13 +308,20 @@ func (m *Manager) loadImage(op string, p *Patch) (bool, error) {
 
 // dropImage takes the patch's image out of the patch area: its bytes get
 // what was there before (so a failed or undone operation leaves the patch
-// area as it found it) and its space is freed.
+// area as it found it) and its space is freed. The image of a patch that
+// went through a forced transition stays where it is, allocated, for
+// good: a task may still be running its code (Linux likewise never lets
+// the module of a forced patch be removed).
 func (m *Manager) dropImage(p *Patch) {
 	if p.ImageAddr == 0 {
 		return
 	}
-	_ = m.g.WriteVirt(p.ImageAddr, p.saved)
-	_ = m.tracer.Alloc().Free(p.ImageAddr)
+	if p.Forced {
+		m.retired += p.ImageSize
+	} else {
+		_ = m.g.WriteVirt(p.ImageAddr, p.saved)
+		_ = m.tracer.Alloc().Free(p.ImageAddr)
+	}
 	p.image, p.ImageAddr, p.saved = nil, 0, nil
 	for _, ob := range p.Objects {
 		ob.Addr, ob.Callbacks = 0, [4]uint64{}
@@ -343,6 +360,13 @@ func (m *Manager) transition(op string, p *Patch, pl *stackPlan, o Options) (*Re
 		}
 		return nil, nil, &Error{Op: op, Patch: p.Name, Errno: errno, Err: err}
 	}
+	// Fresh trampolines go in while the guest runs (nothing reaches them
+	// before the sites are poked): a shorter pause.
+	if err := x.Stage(); err != nil {
+		x.Abort()
+		return nil, nil, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "write trampolines", Err: err}
+	}
+	idx := newSpanIndex(pl.spans)
 	deadline := o.Deadline
 	if deadline <= 0 {
 		deadline = DefaultDeadline
@@ -365,19 +389,26 @@ func (m *Manager) transition(op string, p *Patch, pl *stackPlan, o Options) (*Re
 		res.Attempts++
 		force := o.Force || m.forceReq.Load()
 		t0 := time.Now()
-		if err := m.g.Pause(); err != nil {
-			x.Abort()
-			finish()
-			return nil, nil, &Error{Op: op, Patch: p.Name, Errno: syscall.EBUSY, Detail: "cannot stop the guest", Err: err}
-		}
 		var blk *blocker
-		if !force {
-			blk = m.check(pl.spans, o.Conservative)
+		paused := true
+		err := m.g.Pause()
+		tp := time.Now()
+		if err != nil {
+			// A vCPU that does not stop in time is a blocker like any
+			// other: retry until the deadline (the Machine resumed the
+			// others).
+			paused = false
+			blk = &blocker{who: "the guest", what: "could not be stopped: " + err.Error()}
+		} else if !force {
+			blk = m.check(idx, o.Conservative)
 		}
 		if blk == nil {
+			t1 := time.Now()
 			err := x.Commit()
+			t2 := time.Now()
 			rerr := m.g.Resume()
 			res.PauseWindow = time.Since(t0)
+			res.Stop, res.Check, res.Poke = tp.Sub(t0), t1.Sub(tp), t2.Sub(t1)
 			if err == nil && rerr != nil {
 				// The text is switched but the guest did not restart:
 				// report it; the state is consistent (the switch happened).
@@ -399,10 +430,12 @@ func (m *Manager) transition(op string, p *Patch, pl *stackPlan, o Options) (*Re
 			return res, x, nil
 		}
 		last = blk
-		if err := m.g.Resume(); err != nil {
-			x.Abort()
-			finish()
-			return nil, nil, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "resume", Err: err}
+		if paused {
+			if err := m.g.Resume(); err != nil {
+				x.Abort()
+				finish()
+				return nil, nil, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "resume", Err: err}
+			}
 		}
 		if !inTransition {
 			inTransition = true
@@ -423,33 +456,58 @@ func (m *Manager) transition(op string, p *Patch, pl *stackPlan, o Options) (*Re
 // check walks every vCPU's live stack and every sleeping task's saved
 // stack (the guest is paused) and returns the first frame inside a span,
 // or an unreliable stack, or nil when the switch is safe.
-func (m *Manager) check(spans []span, conservative bool) *blocker {
-	if len(spans) == 0 {
+func (m *Manager) check(idx *spanIndex, conservative bool) *blocker {
+	if len(idx.spans) == 0 {
 		return nil
+	}
+	// Fetch every vCPU's registers concurrently (each is a round trip to
+	// that vCPU's thread) while the task table is read and the sleeping
+	// tasks' stacks are walked.
+	n := m.g.NumCPUs()
+	regs := make([]engine.Regs, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	if snap, ok := m.g.(PausedRegser); ok {
+		// The machine kept the registers each vCPU had when it stopped:
+		// no round trips at all.
+		all, err := snap.PausedRegs()
+		for cpu := 0; cpu < n; cpu++ {
+			switch {
+			case err != nil:
+				errs[cpu] = err
+			case cpu < len(all):
+				regs[cpu] = all[cpu]
+			default:
+				errs[cpu] = fmt.Errorf("no registers of vCPU %d in the pause snapshot", cpu)
+			}
+		}
+	} else {
+		for cpu := 0; cpu < n; cpu++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				regs[cpu], errs[cpu] = m.g.Regs(cpu)
+			}()
+		}
 	}
 	var tasks []guestkernel.Task
 	var current []uint64
 	if m.intro != nil {
 		var err error
 		if tasks, err = m.intro.Tasks(); err != nil {
+			wg.Wait()
 			return &blocker{who: "guest task table", what: "unreadable: " + err.Error()}
 		}
 		current, _ = m.intro.CPUCurrent()
 	}
-	hit := func(pc uint64, exact bool) *span {
-		if !exact {
-			pc-- // a return address belongs to the call before it
-		}
-		for i := range spans {
-			s := &spans[i]
-			if pc >= s.lo && pc < s.hi && !(exact && s.entryOK && pc == s.lo) {
-				return s
-			}
-		}
-		return nil
+	hit := idx.hit
+	if b := m.checkTasks(tasks, conservative, hit); b != nil {
+		wg.Wait()
+		return b
 	}
-	for cpu := 0; cpu < m.g.NumCPUs(); cpu++ {
-		r, err := m.g.Regs(cpu)
+	wg.Wait()
+	for cpu := 0; cpu < n; cpu++ {
+		r, err := regs[cpu], errs[cpu]
 		who := fmt.Sprintf("CPU %d", cpu)
 		if err != nil {
 			return &blocker{who: who, what: "registers unreadable: " + err.Error()}
@@ -489,9 +547,14 @@ func (m *Manager) check(spans []span, conservative bool) *blocker {
 			return &blocker{who: who, what: "unreliable stack: " + err.Error()}
 		}
 	}
+	return nil
+}
+
+// checkTasks walks the saved stacks of the tasks not running on a vCPU.
+func (m *Manager) checkTasks(tasks []guestkernel.Task, conservative bool, hit func(uint64, bool) *span) *blocker {
 	for _, t := range tasks {
 		if t.OnCPU != -1 {
-			continue // its live stack was walked above
+			continue // its live stack is walked with its vCPU
 		}
 		who := fmt.Sprintf("pid %d (%s)", t.PID, t.Name)
 		if conservative {
@@ -552,6 +615,45 @@ func (m *Manager) scanWords(lo, hi uint64, who string, hit func(uint64, bool) *s
 		v := binary.LittleEndian.Uint64(buf[off:])
 		if s := hit(v, false); s != nil {
 			return &blocker{who: who, what: s.name + " (stack word)", pc: v}
+		}
+	}
+	return nil
+}
+
+// spanIndex holds spans sorted by start with a running maximum of their
+// ends: a lookup is a binary search plus a short walk back (a
+// 1024-function patch checks every frame of every stack against 2048
+// spans). Built once per transition, outside the pause.
+type spanIndex struct {
+	spans []span
+	maxHi []uint64
+}
+
+func newSpanIndex(spans []span) *spanIndex {
+	x := &spanIndex{spans: append([]span(nil), spans...)}
+	sort.Slice(x.spans, func(i, j int) bool { return x.spans[i].lo < x.spans[j].lo })
+	x.maxHi = make([]uint64, len(x.spans))
+	for i, s := range x.spans {
+		x.maxHi[i] = s.hi
+		if i > 0 {
+			x.maxHi[i] = max(x.maxHi[i-1], s.hi)
+		}
+	}
+	return x
+}
+
+// hit returns the span holding pc: an exact PC (a vCPU's RIP, an
+// interrupted frame), or a return address, which belongs to the call
+// before it.
+func (x *spanIndex) hit(pc uint64, exact bool) *span {
+	if !exact {
+		pc--
+	}
+	i := sort.Search(len(x.spans), func(i int) bool { return x.spans[i].lo > pc })
+	for j := i - 1; j >= 0 && x.maxHi[j] > pc; j-- {
+		s := &x.spans[j]
+		if pc >= s.lo && pc < s.hi && !(exact && s.entryOK && pc == s.lo) {
+			return s
 		}
 	}
 	return nil

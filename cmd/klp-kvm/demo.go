@@ -68,6 +68,9 @@ func runDemo(w, stderr io.Writer, engineName string, cpus int) error {
 		return err
 	}
 	dir := "/sys/kernel/livepatch/" + p.Name
+	if err := show("ls " + dir); err != nil {
+		return err
+	}
 	for _, f := range []string{"enabled", "transition", "force", "replace", "stack_order", "vmlinux/patched"} {
 		if err := show("cat " + dir + "/" + f); err != nil {
 			return err

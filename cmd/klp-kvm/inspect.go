@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -102,8 +101,7 @@ func cmdInspect(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "klp-kvm inspect: %v\n", err)
 		return 1
 	}
-	isPatch := len(data) > 17 && bytes.HasPrefix(data, []byte("\x7fELF")) && data[16] == 1 && data[17] == 0 // ET_REL
-	if !isPatch {
+	if !elfpatch.IsObjectFile(data) {
 		if *kernel != "" {
 			fmt.Fprintf(stderr, "klp-kvm inspect: --kernel applies to a patch object, and %s is not one\n", path)
 			return 2
@@ -137,9 +135,12 @@ func cmdInspect(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	var r *elfpatch.PatchReport
-	if p, err := elfpatch.ParsePatchFile(path); err != nil {
+	if p, err := elfpatch.ParsePatch(data); err != nil {
 		r = elfpatch.PatchErrorReport(err)
 	} else {
+		if p.Name == "" {
+			p.Name, p.NameSource = elfpatch.ModuleNameFromFile(path), elfpatch.NameFromFile
+		}
 		r = elfpatch.NewPatchReport(p, k, *base)
 	}
 	r.Path, r.Kernel = path, kpath

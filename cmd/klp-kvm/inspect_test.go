@@ -42,6 +42,7 @@ func TestInspectGolden(t *testing.T) {
 		{"bad-duplicate.txt", []string{patchDir + "bad-duplicate.o", "--kernel", fixtureKernel}, 1},
 		{"bad-notpatchable.txt", []string{patchDir + "bad-notpatchable.o", "--kernel", fixtureKernel}, 1},
 		{"bad-unresolved.json", []string{"--json", patchDir + "bad-unresolved.o", "--kernel", fixtureKernel}, 1},
+		{"module-obj.txt", []string{"../../elfpatch/testdata/patches/module-obj.o", "--kernel", fixtureKernel}, 1},
 		{"range.txt", []string{patchDir + "livepatch-sample.o", "--kernel", fixtureKernel, "--base", "0x100000000000"}, 1},
 	}
 	for _, c := range cases {

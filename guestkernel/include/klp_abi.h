@@ -27,15 +27,19 @@
  * the frame pointer of that frame and saved_rsp the stack pointer. The
  * frame chain is the usual one: [rbp] = caller's rbp, [rbp+8] = return
  * address; it ends with rbp == 0 (the thread entry trampoline clears it).
- * A task that was preempted by an interrupt has an interrupt frame record
- * on its stack: a frame whose return address equals irq_frame_ret (a label
- * in the interrupt entry code); its [rbp+8] is irq_frame_ret, and the
- * interrupted context's registers are saved at rbp + irq_regs_off as a
- * struct klp_irq_regs. The interrupted function's RIP and RBP are also
- * pushed as an ordinary frame record just above, so a plain frame walk
- * goes on into the interrupted code; but a function interrupted before its
- * "push %rbp; mov %rsp,%rbp" has its caller's return address only at the
- * interrupted RSP, not on the chain: a reliable walker must look at it.
+ * A task that was preempted by an interrupt has an interrupt frame on its
+ * stack. The walk reaches it through a frame record F whose return address
+ * [F+8] equals irq_frame_ret (the return address of the entry code's call
+ * to its C handler). F's saved frame pointer A = [F] is a record the entry
+ * code pushed: [A] = interrupted RBP, [A+8] = interrupted RIP, so a plain
+ * frame walk goes on into the interrupted code; the interrupted context's
+ * registers are at A + irq_regs_off as a struct klp_irq_regs. A function
+ * interrupted before its "push %rbp; mov %rsp,%rbp" has its caller's
+ * return address only at the interrupted RSP (klp_irq_regs.rsp), not on
+ * the chain: a reliable walker must look there too.
+ *
+ * Return addresses point after their call instruction, which may be past
+ * the end of a noreturn caller: symbolize them at address - 1.
  *
  * For a task running on a CPU (on_cpu >= 0, and cpu_current[on_cpu]
  * points to it) the saved_* fields are stale: use the vCPU's registers.

@@ -375,11 +375,12 @@ static int try_sysfs_reply(const char *line, size_t len)
 	for (int i = 0; i < AGENT_PENDING; i++)
 		if (pendings[i].used && pendings[i].id == (uint64_t)id)
 			p = &pendings[i];
-	if (p)
+	/* complete under the lock: a timed-out waiter may free the slot */
+	if (p) {
 		p->err = (int)err;
-	spin_unlock_irqrestore(&pend_lock, f);
-	if (p)
 		complete(&p->done);
+	}
+	spin_unlock_irqrestore(&pend_lock, f);
 	return 1;
 }
 

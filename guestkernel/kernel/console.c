@@ -92,12 +92,17 @@ int printk(const char *fmt, ...)
 	return n;
 }
 
-/* dmesg_read copies the ring out under the lock, then emits it outside. */
+/*
+ * dmesg_read copies the ring out under the console lock, then emits it
+ * with interrupts on (emitting may mean many port writes). The snapshot
+ * buffer is guarded by a sleeping flag, not a spinlock, for that reason.
+ */
 void dmesg_read(void (*emit)(void *ctx, const char *s, size_t n), void *ctx)
 {
 	static char snap[LOG_BUF_SIZE];
-	static spinlock_t snap_lock = SPINLOCK_INIT;
-	uint64_t f0 = spin_lock_irqsave(&snap_lock);
+	static volatile uint32_t snap_busy;
+	while (__atomic_exchange_n(&snap_busy, 1, __ATOMIC_ACQUIRE))
+		msleep(1);
 	uint64_t f = spin_lock_irqsave(&console_lock);
 	uint64_t head = log_head;
 	uint64_t n = head < LOG_BUF_SIZE ? head : LOG_BUF_SIZE;
@@ -105,7 +110,7 @@ void dmesg_read(void (*emit)(void *ctx, const char *s, size_t n), void *ctx)
 		snap[i] = log_buf[(head - n + i) % LOG_BUF_SIZE];
 	spin_unlock_irqrestore(&console_lock, f);
 	emit(ctx, snap, n);
-	spin_unlock_irqrestore(&snap_lock, f0);
+	__atomic_store_n(&snap_busy, 0, __ATOMIC_RELEASE);
 }
 
 notrace __noreturn void panic(const char *fmt, ...)

@@ -71,10 +71,16 @@ int task_stack(struct task *t, uint64_t *pcs, int max)
 	return n;
 }
 
+/*
+ * Return addresses (every entry but the first) point after their call,
+ * possibly past the end of a noreturn caller: look them up at pc - 1.
+ */
+static uint64_t lookup_pc(const uint64_t *pcs, int i) { return i ? pcs[i] - 1 : pcs[i]; }
+
 int stack_has_function(const uint64_t *pcs, int n, const char *name)
 {
 	for (int i = 0; i < n; i++) {
-		const char *s = kallsyms_lookup(pcs[i], NULL, NULL);
+		const char *s = kallsyms_lookup(lookup_pc(pcs, i), NULL, NULL);
 		if (s && strcmp(s, name) == 0)
 			return 1;
 	}
@@ -85,9 +91,9 @@ void seq_print_stack(struct seq_file *m, const uint64_t *pcs, int n)
 {
 	for (int i = 0; i < n; i++) {
 		uint64_t off, size;
-		const char *s = kallsyms_lookup(pcs[i], &off, &size);
+		const char *s = kallsyms_lookup(lookup_pc(pcs, i), &off, &size);
 		if (s)
-			seq_printf(m, "[<%016lx>] %s+0x%lx/0x%lx\n", pcs[i], s, off, size);
+			seq_printf(m, "[<%016lx>] %s+0x%lx/0x%lx\n", pcs[i], s, off + (i ? 1 : 0), size);
 		else
 			seq_printf(m, "[<%016lx>] ?\n", pcs[i]);
 	}

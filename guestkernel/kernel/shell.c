@@ -224,6 +224,12 @@ static int onoff(const char *s, int *v)
 	return -1;
 }
 
+static void dmesg_emit(void *ctx, const char *s, size_t n)
+{
+	struct out *o = ctx;
+	o->write(o, s, n);
+}
+
 static const char help_text[] =
 	"commands:\n"
 	"  help                 this text\n"
@@ -240,6 +246,7 @@ static const char help_text[] =
 	"  hog [CPU] | hog stop an endless loop thread (preemption demo)\n"
 	"  sleep MS             sleep\n"
 	"  int3                 raise a breakpoint exception (reported, harmless)\n"
+	"  oops                 execute ud2: oops report and panic (powers off with 100)\n"
 	"  true | false         exit status 0 | 1\n"
 	"  poweroff [CODE]      power the machine off\n";
 
@@ -288,7 +295,7 @@ int shell_exec(const char *line_in, struct out *o)
 		return 0;
 	}
 	if (!strcmp(c, "dmesg")) {
-		dmesg_read((void (*)(void *, const char *, size_t))o->write, o);
+		dmesg_read(dmesg_emit, o);
 		return 0;
 	}
 	if (!strcmp(c, "park") || !strcmp(c, "workers")) {
@@ -332,6 +339,11 @@ int shell_exec(const char *line_in, struct out *o)
 	if (!strcmp(c, "int3")) {
 		__asm__ __volatile__("int3");
 		return 0;
+	}
+	if (!strcmp(c, "oops")) {
+		printk("oops: executing ud2 on request\n");
+		__asm__ __volatile__("ud2");
+		return 1;
 	}
 	if (!strcmp(c, "poweroff")) {
 		uint64_t code = 0;

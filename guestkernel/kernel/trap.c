@@ -54,12 +54,13 @@ notrace void idt_load(void)
 	__asm__ __volatile__("lidt %0" ::"m"(d));
 }
 
-static notrace void print_sym(const char *what, uint64_t addr)
+/* is_ret: addr is a return address, looked up at addr - 1 (noreturn callers) */
+static notrace void print_sym(const char *what, uint64_t addr, int is_ret)
 {
 	uint64_t off, size;
-	const char *n = kallsyms_lookup(addr, &off, &size);
+	const char *n = kallsyms_lookup(addr - (is_ret ? 1 : 0), &off, &size);
 	if (n)
-		printk("%s: %016lx <%s+0x%lx/0x%lx>\n", what, addr, n, off, size);
+		printk("%s: %016lx <%s+0x%lx/0x%lx>\n", what, addr, n, off + (is_ret ? 1 : 0), size);
 	else
 		printk("%s: %016lx\n", what, addr);
 }
@@ -70,7 +71,7 @@ static notrace void dump_regs(struct klp_irq_regs *r)
 	__asm__ __volatile__("mov %%cr2, %0" : "=r"(cr2));
 	struct task *t = current_task();
 	printk("CPU: %u PID: %u Comm: %s\n", smp_processor_id(), t ? t->pid : 0, t ? t->name : "?");
-	print_sym("RIP", r->rip);
+	print_sym("RIP", r->rip, 0);
 	printk("RSP: %016lx EFLAGS: %08lx CR2: %016lx ERR: %lx\n", r->rsp, r->rflags, cr2, r->error_code);
 	printk("RAX: %016lx RBX: %016lx RCX: %016lx\n", r->rax, r->rbx, r->rcx);
 	printk("RDX: %016lx RSI: %016lx RDI: %016lx\n", r->rdx, r->rsi, r->rdi);
@@ -83,7 +84,7 @@ static notrace void dump_regs(struct klp_irq_regs *r)
 	uint64_t lo = t ? t->stack_base : 0, hi = t ? t->stack_base + t->stack_size : 0;
 	for (int i = 0; i < MAX_STACK_DEPTH && fp >= lo && fp + 16 <= hi && (fp & 7) == 0; i++) {
 		uint64_t ret = ((uint64_t *)fp)[1];
-		print_sym(" ", ret);
+		print_sym(" ", ret, 1);
 		uint64_t next = ((uint64_t *)fp)[0];
 		if (next <= fp)
 			break;
@@ -108,7 +109,7 @@ notrace void irq_dispatch(struct klp_irq_regs *r)
 		return;
 	case 3:
 		printk("int3 at %lx on CPU %u\n", r->rip, smp_processor_id());
-		print_sym("RIP", r->rip);
+		print_sym("RIP", r->rip, 0);
 		return;
 	default:
 		break;

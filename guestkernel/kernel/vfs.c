@@ -88,7 +88,7 @@ static int tasks_show(struct seq_file *m, void *v)
 			int n = task_stack(t, pcs, MAX_STACK_DEPTH);
 			/* first frame outside the scheduler and sleep helpers */
 			for (int k = 0; k < n; k++) {
-				const char *s = kallsyms_lookup(pcs[k], NULL, NULL);
+				const char *s = kallsyms_lookup(k ? pcs[k] - 1 : pcs[k], NULL, NULL);
 				if (s && strcmp(s, "klp_switch_to") && strcmp(s, "schedule") && strcmp(s, "sleep_until") &&
 				    strcmp(s, "msleep") && strcmp(s, "wait_for_completion_timeout")) {
 					wchan = s;

@@ -133,3 +133,23 @@ count: .long 0
 		t.Fatalf("#UD count %d", got)
 	}
 }
+
+// TestCompileNeverPanics decodes and compiles every 2-byte opcode
+// combination (and 0f-prefixed 3-byte ones) under common prefixes.
+func TestCompileNeverPanics(t *testing.T) {
+	tail := []byte{0x44, 0x25, 0x08, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x11, 0x22}
+	prefixes := [][]byte{nil, {0x48}, {0x66}, {0xf0}, {0xf3}, {0xf2}, {0x65}, {0x67}, {0x0f}, {0x48, 0x0f}, {0xf0, 0x0f}}
+	n := 0
+	for _, p := range prefixes {
+		for b0 := 0; b0 < 256; b0++ {
+			for b1 := 0; b1 < 256; b1 += 3 {
+				code := append(append(append([]byte{}, p...), byte(b0), byte(b1)), tail...)
+				if _, err := Implemented(code); err != nil && strings.Contains(err.Error(), "internal error") {
+					t.Fatalf("% x: %v", code, err)
+				}
+				n++
+			}
+		}
+	}
+	t.Logf("%d encodings", n)
+}

@@ -41,10 +41,13 @@ type lapic struct {
 	esr      uint32
 	icr      uint64
 
-	timer    *time.Timer
-	tStart   int64 // ns since the VM epoch at which the count started
-	tPeriod  int64 // ns for one full count (tmict * divisor)
-	timerGen uint64
+	timer   *time.Timer
+	tStart  int64 // ns since the VM epoch at which the count started
+	tPeriod int64 // ns for one full count (tmict * divisor)
+	// nextAt is the armed expiry (ns since the epoch), 0 when disarmed.
+	// Both the host timer and the vCPU's own polling (pollTimer) may
+	// fire it; whoever takes the mutex first with a matching nextAt does.
+	nextAt atomic.Int64
 }
 
 func (a *lapic) init(c *cpu) {
@@ -146,11 +149,7 @@ func (a *lapic) divisor() int64 {
 
 // armTimer (re)starts the countdown from tmict; a.mu held.
 func (a *lapic) armTimer() {
-	a.timerGen++
-	if a.timer != nil {
-		a.timer.Stop()
-		a.timer = nil
-	}
+	a.disarm()
 	if a.tmict == 0 {
 		a.tPeriod = 0
 		return
@@ -169,15 +168,36 @@ func (a *lapic) effectivePeriod() int64 {
 	return a.tPeriod
 }
 
-// schedule sets the host timer for absolute time at (ns since epoch); a.mu held.
-func (a *lapic) schedule(at int64) {
-	gen := a.timerGen
-	a.timer = time.AfterFunc(time.Duration(at-a.now()), func() { a.fire(gen, at) })
+// disarm cancels the pending expiry; a.mu held.
+func (a *lapic) disarm() {
+	a.nextAt.Store(0)
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
 }
 
-func (a *lapic) fire(gen uint64, at int64) {
+// schedule arms the expiry at absolute time at (ns since epoch); a.mu held.
+func (a *lapic) schedule(at int64) {
+	if a.timer != nil {
+		a.timer.Stop()
+	}
+	a.nextAt.Store(at)
+	a.timer = time.AfterFunc(time.Duration(at-a.now()), func() { a.fire(at) })
+}
+
+// pollTimer fires an expired timer from the vCPU's own loop. Go runs
+// timers late when every P is busy (e.g. one spinning vCPU per host CPU);
+// polling keeps the guest's tick on time in that case.
+func (a *lapic) pollTimer() {
+	if at := a.nextAt.Load(); at != 0 && a.now() >= at {
+		a.fire(at)
+	}
+}
+
+func (a *lapic) fire(at int64) {
 	a.mu.Lock()
-	if gen != a.timerGen || a.c.closed.Load() {
+	if at != a.nextAt.Load() || a.c.closed.Load() {
 		a.mu.Unlock()
 		return
 	}
@@ -191,7 +211,7 @@ func (a *lapic) fire(gen uint64, at int64) {
 		}
 		a.schedule(next)
 	} else {
-		a.timer = nil
+		a.disarm()
 	}
 	a.mu.Unlock()
 	if deliver {
@@ -216,11 +236,7 @@ func (a *lapic) currentCount() uint32 {
 
 func (a *lapic) stopTimer() {
 	a.mu.Lock()
-	a.timerGen++
-	if a.timer != nil {
-		a.timer.Stop()
-		a.timer = nil
-	}
+	a.disarm()
 	a.mu.Unlock()
 }
 

@@ -23,6 +23,15 @@ func gpr(r x.Reg) (uint8, uint8, bool) {
 	return 0, 0, false
 }
 
+// gprArg is gpr for an operand that may not be a register at all.
+func gprArg(a x.Arg) (uint8, uint8, bool) {
+	r, ok := a.(x.Reg)
+	if !ok {
+		return 0, 0, false
+	}
+	return gpr(r)
+}
+
 // setMem fills the memory-operand fields of in from m.
 func setMem(in *inst, m x.Mem) bool {
 	in.mem = true
@@ -296,7 +305,7 @@ func compile(xi *x.Inst) (in inst, end bool) {
 			in.fn = hJcc
 			return in, true
 		case op >= x.CMOVA && op <= x.CMOVS:
-			r, sz, ok := gpr(xi.Args[0].(x.Reg))
+			r, sz, ok := gprArg(xi.Args[0])
 			if !ok {
 				return fail()
 			}
@@ -366,7 +375,7 @@ func compile(xi *x.Inst) (in inst, end bool) {
 	case x.MOV:
 		return compileMov(in, xi)
 	case x.MOVZX, x.MOVSX, x.MOVSXD:
-		r, sz, ok := gpr(xi.Args[0].(x.Reg))
+		r, sz, ok := gprArg(xi.Args[0])
 		if !ok {
 			return fail()
 		}
@@ -386,7 +395,7 @@ func compile(xi *x.Inst) (in inst, end bool) {
 		}
 		return in, false
 	case x.LEA:
-		r, sz, ok := gpr(xi.Args[0].(x.Reg))
+		r, sz, ok := gprArg(xi.Args[0])
 		m, isMem := xi.Args[1].(x.Mem)
 		if !ok || !isMem || !setMem(&in, m) {
 			return fail()
@@ -444,7 +453,7 @@ func compile(xi *x.Inst) (in inst, end bool) {
 		if !rm1(&in, xi.Args[0], xi.MemBytes) {
 			return fail()
 		}
-		r2, _, ok := gpr(xi.Args[1].(x.Reg))
+		r2, _, ok := gprArg(xi.Args[1])
 		if !ok {
 			return fail()
 		}
@@ -462,7 +471,7 @@ func compile(xi *x.Inst) (in inst, end bool) {
 		return in, false
 	case x.MUL, x.IMUL, x.DIV, x.IDIV:
 		if op == x.IMUL && xi.Args[1] != nil {
-			r, sz, ok := gpr(xi.Args[0].(x.Reg))
+			r, sz, ok := gprArg(xi.Args[0])
 			if !ok {
 				return fail()
 			}
@@ -506,7 +515,7 @@ func compile(xi *x.Inst) (in inst, end bool) {
 		in.fn = pickLock(lock, hBt, hBtLock)
 		return in, false
 	case x.BSF, x.BSR, x.TZCNT, x.LZCNT, x.POPCNT:
-		r, sz, ok := gpr(xi.Args[0].(x.Reg))
+		r, sz, ok := gprArg(xi.Args[0])
 		if !ok {
 			return fail()
 		}
@@ -518,7 +527,7 @@ func compile(xi *x.Inst) (in inst, end bool) {
 		in.fn = hBitScan
 		return in, false
 	case x.BSWAP:
-		r, sz, ok := gpr(xi.Args[0].(x.Reg))
+		r, sz, ok := gprArg(xi.Args[0])
 		if !ok {
 			return fail()
 		}
@@ -671,7 +680,7 @@ func compile(xi *x.Inst) (in inst, end bool) {
 		if op == x.OUT {
 			port, data = xi.Args[0], xi.Args[1]
 		}
-		_, sz, ok := gpr(data.(x.Reg))
+		_, sz, ok := gprArg(data)
 		if !ok || sz == 8 {
 			return fail()
 		}
@@ -692,7 +701,7 @@ func compileMov(in inst, xi *x.Inst) (inst, bool) {
 	fail := func() (inst, bool) { return inst{len: in.len}, true }
 	// Control, debug and segment registers first.
 	if r, ok := xi.Args[0].(x.Reg); ok && r >= x.ES {
-		src, sz, ok := gpr(xi.Args[1].(x.Reg))
+		src, sz, ok := gprArg(xi.Args[1])
 		if !ok {
 			if m, isMem := xi.Args[1].(x.Mem); isMem && r <= x.GS && setMem(&in, m) {
 				in.size = 2

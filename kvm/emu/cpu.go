@@ -108,6 +108,7 @@ type cpu struct {
 
 	icount, flushed uint64
 	translations    uint64 // blocks translated (tests check invalidation precision)
+	tlbEpoch        uint64 // bumped by every TLB flush; invalidates block links
 
 	// shared
 	attn     atomic.Uint32
@@ -187,8 +188,9 @@ func (c *cpu) SetRegs(r engine.Regs) error {
 	c.regs[rIP] = r.RIP
 	c.flags.Set(r.RFLAGS)
 	c.rf = r.RFLAGS&^ArithFlags&rflagsSettable | 2
+	// Like KVM_SET_REGS this leaves a halted vCPU halted (that is run
+	// state, not register state); new registers do end a shutdown.
 	c.shutdown = ""
-	c.halted = false
 	return nil
 }
 
@@ -412,9 +414,10 @@ func (c *cpu) tryInterrupt() {
 // exec runs blocks until something needs the run loop's attention.
 func (c *cpu) exec() {
 	defer c.recoverExec()
+	var b *block
 	for c.attn.Load() == 0 {
 		c.curRIP = c.regs[rIP]
-		b := c.getBlock()
+		b = c.nextBlock(b)
 		c.cur = b
 		insts := b.insts
 		if c.shadow {
@@ -435,9 +438,12 @@ func (c *cpu) exec() {
 			}
 		}
 		c.icount += uint64(n)
-		if c.icount-c.flushed >= 1<<14 {
+		if c.icount-c.flushed >= 1<<12 {
+			// Every few thousand instructions: publish the counter and
+			// fire an overdue LAPIC timer ourselves.
 			c.nInstr.Store(c.icount)
 			c.flushed = c.icount
+			c.apic.pollTimer()
 		}
 		if c.shadow {
 			c.shadow = false

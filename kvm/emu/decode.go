@@ -80,6 +80,39 @@ type block struct {
 	gen2  uint32
 	insts []inst
 	texts []string // disassembly, only when tracing
+	// links remember the blocks that followed this one (a branch's two
+	// successors), so the run loop skips the TLB and cache lookups.
+	links    [2]blockLink
+	nextLink uint8
+}
+
+// blockLink is valid while the TLB has not been flushed since it was made
+// (epoch) and its target's page generation is unchanged.
+type blockLink struct {
+	rip   uint64
+	epoch uint64
+	b     *block
+	genp  *uint32 // the target's page generation counter...
+	gen   uint32  // ...and its value when the target was translated
+}
+
+// nextBlock returns the block at RIP, following prev's links if possible.
+func (c *cpu) nextBlock(prev *block) *block {
+	rip := c.regs[rIP]
+	if prev != nil {
+		if l := &prev.links[0]; l.rip == rip && l.epoch == c.tlbEpoch && atomic.LoadUint32(l.genp) == l.gen {
+			return l.b
+		}
+		if l := &prev.links[1]; l.rip == rip && l.epoch == c.tlbEpoch && atomic.LoadUint32(l.genp) == l.gen {
+			return l.b
+		}
+	}
+	b := c.getBlock()
+	if prev != nil && b.pfn2 == noPage {
+		prev.links[prev.nextLink&1] = blockLink{rip: rip, epoch: c.tlbEpoch, b: b, genp: &c.gen[b.phys>>12], gen: b.gen1}
+		prev.nextLink++
+	}
+	return b
 }
 
 const noPage = ^uint64(0)
@@ -136,6 +169,8 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 	// after it or happens before we read the bytes.
 	atomic.OrUint32(&c.mark[pfn], chunkBits(phys&0xfff, min(15, (phys|0xfff)+1-phys)))
 	b := &block{phys: phys, pfn2: noPage, gen1: atomic.LoadUint32(&c.gen[pfn])}
+	// Unused links must never match: epoch 0 is before the first flush.
+	b.links[0].genp, b.links[1].genp = &c.gen[pfn], &c.gen[pfn]
 	c.translations++
 	pageEnd := (phys | 0xfff) + 1
 	off := phys
@@ -167,7 +202,7 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 		var in inst
 		end := true
 		if err == nil {
-			in, end = compile(&x)
+			in, end = safeCompile(&x)
 		} else {
 			in = inst{fn: hUD, len: 1}
 		}
@@ -192,6 +227,17 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 	return b
 }
 
+// safeCompile is compile with a guard: a decoder corner case that trips
+// it must become #UD in the guest, not a stopped vCPU.
+func safeCompile(x *x86asm.Inst) (in inst, end bool) {
+	defer func() {
+		if recover() != nil {
+			in, end = inst{len: uint8(max(x.Len, 1))}, true
+		}
+	}()
+	return compile(x)
+}
+
 // decodeInst decodes one 64-bit instruction. x86asm decodes endbr64/32
 // (f3 0f 1e fa/fb) wrongly; they are NOPs here.
 func decodeInst(b []byte) (x86asm.Inst, error) {
@@ -206,6 +252,11 @@ func decodeInst(b []byte) (x86asm.Inst, error) {
 // decode error or an instruction it would answer with #UD). UD0/UD1/UD2
 // count as implemented: raising #UD is what they do.
 func Implemented(code []byte) (n int, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			n, err = 0, fmt.Errorf("decode % x: internal error: %v", code[:min(len(code), 15)], r)
+		}
+	}()
 	x, err := decodeInst(code[:min(len(code), 15)])
 	if err != nil {
 		return 0, fmt.Errorf("decode % x: %w", code[:min(len(code), 15)], err)

@@ -143,6 +143,22 @@ func (c *cpu) deliver(e event) {
 		ext = 1
 	}
 	idtCode := uint32(e.vec)*8 + 2 + ext
+	oldCPL := c.cpl
+	committed := false
+	if oldCPL != 0 {
+		// IDT, GDT and TSS reads and the pushes on the new stack are
+		// supervisor accesses. The TLB holds translations checked at the
+		// current CPL, so it is flushed around the switch, and restored
+		// to the old CPL if delivery faults.
+		c.flushTLB()
+		c.cpl = 0
+		defer func() {
+			if !committed {
+				c.cpl = oldCPL
+				c.flushTLB()
+			}
+		}()
+	}
 	if uint32(e.vec)*16+15 > uint32(c.sr.IDT.Limit) {
 		c.faultCode(vecGP, idtCode)
 	}
@@ -154,7 +170,7 @@ func (c *cpu) deliver(e event) {
 	if typ != 0xe && typ != 0xf {
 		c.faultCode(vecGP, idtCode)
 	}
-	if e.kind == evSoft && dpl < c.cpl {
+	if e.kind == evSoft && dpl < oldCPL {
 		c.faultCode(vecGP, idtCode)
 	}
 	if lo>>47&1 == 0 {
@@ -165,14 +181,14 @@ func (c *cpu) deliver(e event) {
 	ist := lo >> 32 & 7
 	cs := c.codeDescriptor(sel, ext)
 	newCPL := cs.DPL
-	if newCPL > c.cpl {
+	if newCPL > oldCPL {
 		c.faultCode(vecGP, uint32(sel&^3)+ext)
 	}
 	rsp := c.regs[rSP]
 	switch {
 	case ist != 0:
 		rsp = c.read(c.sr.TR.Base+0x24+(ist-1)*8, 8)
-	case newCPL < c.cpl:
+	case newCPL < oldCPL:
 		rsp = c.read(c.sr.TR.Base+4+uint64(newCPL)*8, 8)
 	}
 	rsp &^= 15
@@ -184,19 +200,22 @@ func (c *cpu) deliver(e event) {
 	if !canonical(target) {
 		c.faultCode(vecGP, ext)
 	}
+	c.cpl = newCPL // the new stack is accessed at the handler's privilege
 	for i := 0; i < n; i++ {
 		rsp -= 8
 		c.write(rsp, 8, frame[i])
 	}
 	// Committed: nothing below can fault.
+	committed = true
+	if oldCPL != 0 && newCPL != 0 {
+		c.flushTLB() // entries filled by the supervisor reads above
+	}
 	c.regs[rSP] = rsp
 	c.regs[rIP] = target
-	if newCPL != c.cpl {
+	if newCPL != oldCPL {
 		c.sr.SS = engine.Segment{Selector: uint16(newCPL), Unusable: 1, DPL: newCPL}
-		c.flushTLB()
 	}
 	c.sr.CS = cs
-	c.cpl = newCPL
 	c.rf &^= FlagTF | flagNT | flagRF
 	if typ == 0xe {
 		c.rf &^= FlagIF

@@ -31,7 +31,7 @@ func FuzzExec(f *testing.F) {
 			code = code[:4096]
 		}
 		p := &guestProg{code: code, syms: map[string]uint64{"_start": tCode}}
-		m := newMachineProg(t, p, 1)
+		m := newMachineRAM(t, p, 1, 2<<20) // small RAM: cheap to allocate per run
 		copy(m.ram[fuzzHandlerAddr:], fuzzHandler)
 		for v := uint64(0); v < 256; v++ {
 			put64(m.ram, tIDT+v*16, fuzzHandlerAddr&0xffff|8<<16|0x8e<<40|(fuzzHandlerAddr>>16)<<48)
@@ -40,7 +40,7 @@ func FuzzExec(f *testing.F) {
 		// Make registers point at RAM so memory operands often hit it.
 		c := m.cpus[0]
 		r, _ := c.Regs()
-		r.RAX, r.RBX, r.RCX, r.RSI, r.RDI, r.RBP = 0x200000, 0x201000, 16, 0x202000, 0x203000, 0x204000
+		r.RAX, r.RBX, r.RCX, r.RSI, r.RDI, r.RBP = 0x180000, 0x181000, 16, 0x182000, 0x183000, 0x184000
 		c.SetRegs(r)
 		kick := time.AfterFunc(2*time.Millisecond, c.Kick)
 		defer kick.Stop()

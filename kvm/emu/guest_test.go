@@ -244,15 +244,15 @@ _start:
 	in %dx, %ax
 	movzwl %ax, %ecx
 	in %dx, %eax
-	lea buf, %rdi
-	mov $0x70, %dx
-	mov $3, %ecx
-	rep insw                     # three IN exits, stored in order
 	shl $16, %rbx
 	or %rcx, %rbx
 	shl $32, %rbx
 	or %rax, %rbx
 	mov %rbx, result
+	lea buf, %rdi
+	mov $0x70, %dx
+	mov $3, %ecx
+	rep insw                     # three IN exits, stored in order
 	mov $1, %eax
 	`+done+`
 .align 8
@@ -769,5 +769,282 @@ target: .quad 1b
 	`, 1)
 	if got := m.run(0); got != 8 {
 		t.Fatalf("cs %#x", got)
+	}
+}
+
+// TestUserMode enters CPL 3 with IRETQ and checks the U/S protection,
+// the #PF error code's U bit, the stack switch to TSS.RSP0 and #GP for a
+// privileged instruction at CPL 3.
+func TestUserMode(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	mov %rsp, %rbp
+	pushq $0x33                  # SS: user data, RPL 3
+	pushq $0x80000               # user RSP
+	pushq $0x202                 # RFLAGS: IF
+	pushq $0x2b                  # CS: user code, RPL 3
+	lea user(%rip), %rax
+	push %rax
+	iretq
+user:
+	mov 0x400000, %rax           # supervisor page: #PF P|U
+	hlt                          # privileged at CPL 3: #GP(0)
+vec_14:
+	mov (%rsp), %rax             # error code
+	`+report(1)+`
+	mov %cr2, %rax
+	`+report(2)+`
+	mov 16(%rsp), %rax           # saved CS
+	`+report(3)+`
+	mov %rsp, %rax
+	`+report(4)+`
+	cmpl $0, faults
+	jne 1f
+	orq $4, 0x3000               # let user mode run from PD[0] (code, stack)
+	orq $4, 0x3000+2*8           # make 0x400000 user-readable only after the second #PF
+	andq $~4, 0x3000+2*8
+	jmp 2f
+1:	orq $4, 0x3000+2*8
+2:	incl faults
+	mov %cr3, %rax
+	mov %rax, %cr3               # flush the TLB
+	add $8, %rsp
+	iretq
+vec_13:
+	mov (%rsp), %rax
+	`+report(13)+`
+	mov 16(%rsp), %rax
+	`+report(14)+`
+	mov faults, %eax
+	`+done+`
+.align 8
+faults: .long 0
+	`, 1)
+	if got := m.run(0); got != 2 {
+		t.Fatalf("page faults %d, want 2", got)
+	}
+	user := m.sym("user")
+	// 1st: fetch of a supervisor page at CPL 3 (P|U|I); 2nd: read of a
+	// supervisor page (P|U).
+	if got := m.logged(1); !equalU64(got, []uint64{0x15, 0x5}) {
+		t.Errorf("#PF error codes %#x", got)
+	}
+	if got := m.logged(2); !equalU64(got, []uint64{user, 0x400000}) {
+		t.Errorf("CR2 %#x", got)
+	}
+	if got := m.logged(3); !equalU64(got, []uint64{0x2b, 0x2b}) {
+		t.Errorf("saved CS %#x", got)
+	}
+	for _, sp := range m.logged(4) {
+		if sp >= tStackTop || sp < tStackTop-0x100 {
+			t.Errorf("handler RSP %#x not on TSS.RSP0's stack", sp)
+		}
+	}
+	if got := m.logged(13); !equalU64(got, []uint64{0}) {
+		t.Errorf("#GP error code %v", got)
+	}
+	if got := m.logged(14); !equalU64(got, []uint64{0x2b}) {
+		t.Errorf("#GP saved CS %#x", got)
+	}
+}
+
+// TestSelfIPIAndGates: a self-IPI through the ICR shorthand arrives
+// through an interrupt gate (IF clear in the handler); INT3 through a trap
+// gate keeps IF set; all-but-self with one vCPU delivers nothing.
+func TestSelfIPIAndGates(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	`+apicSetup+`
+	sti
+	mov $0x830, %ecx
+	mov $0xc0061, %eax           # all-but-self, vector 0x61: nobody
+	xor %edx, %edx
+	wrmsr
+	mov $0x40060, %eax           # self, vector 0x60
+	wrmsr
+	nop
+	nop
+	int3
+	mov $0x83f, %ecx             # SELF IPI register, vector 0x62
+	mov $0x62, %eax
+	wrmsr
+	nop
+	mov seen, %eax
+	`+done+`
+vec_96:
+	push %rax
+	push %rcx
+	push %rdx
+	pushfq
+	pop %rax
+	and $0x200, %eax
+	`+report(1)+`
+	orl $1, seen
+	jmp eoi
+vec_97:
+	push %rax
+	push %rcx
+	push %rdx
+	orl $4, seen
+	jmp eoi
+vec_98:
+	push %rax
+	push %rcx
+	push %rdx
+	orl $8, seen
+eoi:
+	mov $0x80b, %ecx
+	xor %eax, %eax
+	xor %edx, %edx
+	wrmsr
+	pop %rdx
+	pop %rcx
+	pop %rax
+	iretq
+trap_3:
+	push %rax
+	push %rdx
+	pushfq
+	pop %rax
+	and $0x200, %eax
+	`+report(2)+`
+	orl $2, seen
+	pop %rdx
+	pop %rax
+	iretq
+.align 4
+seen: .long 0
+	`, 1)
+	if got := m.run(0); got != 1|2|8 {
+		t.Fatalf("handlers seen %#b, want %#b", got, 1|2|8)
+	}
+	if got := m.logged(1); !equalU64(got, []uint64{0}) {
+		t.Errorf("IF in interrupt-gate handler: %#x", got)
+	}
+	if got := m.logged(2); !equalU64(got, []uint64{0x200}) {
+		t.Errorf("IF in trap-gate handler: %#x", got)
+	}
+}
+
+// TestHaltSurvivesRegsRoundTrip: pausing a halted vCPU (Kick), reading and
+// writing back its registers, and resuming must not end the HLT.
+func TestHaltSurvivesRegsRoundTrip(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	sti
+	hlt
+	mov $1, %eax
+	`+done, 1)
+	c := m.cpus[0]
+	timer := time.AfterFunc(2*time.Millisecond, c.Kick)
+	ex, _ := c.Run()
+	timer.Stop()
+	if ex.Reason != engine.ExitIntr {
+		t.Fatalf("exit %v", ex.Reason)
+	}
+	r := m.regs(0)
+	if err := c.SetRegs(r); err != nil {
+		t.Fatal(err)
+	}
+	timer = time.AfterFunc(5*time.Millisecond, c.Kick)
+	start := time.Now()
+	ex, _ = c.Run()
+	timer.Stop()
+	if ex.Reason != engine.ExitIntr || time.Since(start) < 4*time.Millisecond {
+		t.Fatalf("vCPU left HLT after SetRegs: %v after %v", ex.Reason, time.Since(start))
+	}
+}
+
+// TestSMPStress: two vCPUs with periodic timers contend a spinlock and
+// IPI each other; the counter must be exact and both interrupt kinds seen.
+func TestSMPStress(t *testing.T) {
+	const n = 30000
+	m := newMachine(t, `
+_start:
+	mov %rdi, %r13               # my id, which the handlers index by
+	`+apicSetup+`
+	mov $0x832, %ecx
+	mov $0x20040, %eax           # periodic timer, vector 0x40
+	xor %edx, %edx
+	wrmsr
+	mov $0x838, %ecx
+	mov $200000, %eax            # 0.2 ms
+	wrmsr
+	sti
+	lock incq started            # IPIs to a software-disabled APIC are dropped:
+0:	cmpq $2, started             # wait until both have enabled theirs
+	jne 0b
+	xor $1, %rdi                 # the other's APIC ID
+	mov $`+itoa(n)+`, %r8d
+1:	mov $1, %ecx
+2:	xor %eax, %eax
+	lock cmpxchg %ecx, lock
+	jz 3f
+	pause
+	jmp 2b
+3:	incq counter
+	movl $0, lock
+	test $1023, %r8d
+	jnz 4f
+	mov $0x830, %ecx             # IPI the other vCPU, vector 0x50
+	mov $0x50, %eax
+	mov %edi, %edx
+	wrmsr
+4:	dec %r8d
+	jnz 1b
+	lock incq finished
+5:	cmpq $2, finished            # wait for the other, still taking interrupts
+	jne 5b
+	cli
+	mov $1, %eax
+	`+done+`
+vec_64:
+	push %rax
+	push %rcx
+	push %rdx
+	lock incq ticks(,%r13,8)
+	jmp eoi
+vec_80:
+	push %rax
+	push %rcx
+	push %rdx
+	lock incq ipis(,%r13,8)
+eoi:
+	mov $0x80b, %ecx
+	xor %eax, %eax
+	xor %edx, %edx
+	wrmsr
+	pop %rdx
+	pop %rcx
+	pop %rax
+	iretq
+.align 64
+lock: .long 0
+.align 64
+counter: .quad 0
+finished: .quad 0
+started: .quad 0
+ticks: .quad 0, 0
+ipis: .quad 0, 0
+	`, 2)
+	var wg sync.WaitGroup
+	for id := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.run(id)
+		}()
+	}
+	wg.Wait()
+	if got := m.u64(m.sym("counter")); got != 2*n {
+		t.Fatalf("counter = %d, want %d", got, 2*n)
+	}
+	for id := uint64(0); id < 2; id++ {
+		ticks, ipis := m.u64(m.sym("ticks")+8*id), m.u64(m.sym("ipis")+8*id)
+		if ticks == 0 || ipis == 0 {
+			ms := []engine.MSR{{Index: 0x812}, {Index: 0x822}, {Index: 0x80f}}
+			m.cpus[id].GetMSRs(ms)
+			t.Errorf("vCPU %d: %d timer ticks, %d IPIs (ISR %#x IRR %#x SVR %#x)", id, ticks, ipis, ms[0].Data, ms[1].Data, ms[2].Data)
+		}
 	}
 }

@@ -129,7 +129,7 @@ func put64(b []byte, off uint64, v uint64) { binary.LittleEndian.PutUint64(b[off
 
 // newMachine builds a long-mode machine running src on ncpu vCPUs.
 // Symbols named vec_N become IDT handlers for vector N (interrupt gates;
-// vec_8 uses IST1). Every vCPU starts at _start with RDI = its id.
+// vec_8 uses IST1), trap_N trap gates. Every vCPU starts at _start with RDI = its id.
 func newMachine(t testing.TB, src string, ncpu int, opts ...Option) *machine {
 	t.Helper()
 	return newMachineProg(t, assemble(t, src), ncpu, opts...)
@@ -137,7 +137,12 @@ func newMachine(t testing.TB, src string, ncpu int, opts ...Option) *machine {
 
 func newMachineProg(t testing.TB, p *guestProg, ncpu int, opts ...Option) *machine {
 	t.Helper()
-	m := &machine{t: t, ram: make([]byte, tRAM), prog: p}
+	return newMachineRAM(t, p, ncpu, tRAM, opts...)
+}
+
+func newMachineRAM(t testing.TB, p *guestProg, ncpu int, ramSize int, opts ...Option) *machine {
+	t.Helper()
+	m := &machine{t: t, ram: make([]byte, ramSize), prog: p}
 	copy(m.ram[tCode:], p.code)
 	// Identity map of the first GiB with 2 MiB pages; the last 2 MiB of it
 	// through a 4 KiB table that starts empty (for #PF tests).
@@ -155,18 +160,26 @@ func newMachineProg(t testing.TB, p *guestProg, ncpu int, opts ...Option) *machi
 	tss := uint64(tTSS)
 	put64(m.ram, tGDT+24, 0x67|(tss&0xffffff)<<16|0x89<<40|(tss>>24&0xff)<<56)
 	put64(m.ram, tGDT+32, tss>>32)
-	put64(m.ram, tTSS+4, tStackTop)  // RSP0
-	put64(m.ram, tTSS+0x24, tISTTop) // IST1
+	put64(m.ram, tGDT+40, 0x00affa000000ffff) // 0x28: user code (DPL 3)
+	put64(m.ram, tGDT+48, 0x00cff2000000ffff) // 0x30: user data (DPL 3)
+	put64(m.ram, tTSS+4, tStackTop)           // RSP0
+	put64(m.ram, tTSS+0x24, tISTTop)          // IST1
 	for name, addr := range p.syms {
 		var vec int
-		if _, err := fmt.Sscanf(name, "vec_%d", &vec); err != nil || vec < 0 || vec > 255 {
+		gateType := uint64(0x8e) // present, DPL 0, 64-bit interrupt gate
+		if _, err := fmt.Sscanf(name, "trap_%d", &vec); err == nil {
+			gateType = 0x8f // trap gate: IF stays set
+		} else if _, err := fmt.Sscanf(name, "vec_%d", &vec); err != nil {
+			continue
+		}
+		if vec < 0 || vec > 255 {
 			continue
 		}
 		ist := uint64(0)
 		if vec == 8 {
 			ist = 1
 		}
-		lo := addr&0xffff | 8<<16 | ist<<32 | 0x8e<<40 | (addr>>16&0xffff)<<48
+		lo := addr&0xffff | 8<<16 | ist<<32 | gateType<<40 | (addr>>16&0xffff)<<48
 		put64(m.ram, tIDT+uint64(vec)*16, lo)
 		put64(m.ram, tIDT+uint64(vec)*16+8, addr>>32)
 	}
@@ -186,7 +199,7 @@ func newMachineProg(t testing.TB, p *guestProg, ncpu int, opts ...Option) *machi
 		sr := engine.Sregs{CS: code, DS: data, ES: data, SS: data, FS: data, GS: data,
 			TR:   engine.Segment{Selector: 0x18, Base: tTSS, Limit: 0x67, Type: 11, Present: 1},
 			LDT:  engine.Segment{Unusable: 1},
-			GDT:  engine.DTable{Base: tGDT, Limit: 39},
+			GDT:  engine.DTable{Base: tGDT, Limit: 55},
 			IDT:  engine.DTable{Base: tIDT, Limit: 0xfff},
 			CR0:  0x80050033,
 			CR3:  tPML4,

@@ -71,6 +71,7 @@ const (
 func canonical(a uint64) bool { return uint64(int64(a<<16)>>16) == a }
 
 func (c *cpu) flushTLB() {
+	c.tlbEpoch++
 	for i := range c.tlbR {
 		c.tlbR[i].tag = tagInvalid
 		c.tlbW[i].tag = tagInvalid

@@ -99,12 +99,9 @@ func hLjmp(c *cpu, in *inst) {
 }
 func hIret(c *cpu, in *inst) { c.farReturn(in.size, true) }
 
-func hInt(c *cpu, in *inst) {
-	if in.imm == 3 && in.len == 1 {
-		c.trap(vecBP, evSoft)
-	}
-	c.trap(uint8(in.imm), evSoft)
-}
+// hInt: INT n and INT3 are software interrupts: the gate's DPL is
+// checked and the frame saves the next instruction.
+func hInt(c *cpu, in *inst) { c.trap(uint8(in.imm), evSoft) }
 
 func hHlt(c *cpu, in *inst) {
 	if c.cpl != 0 {

@@ -104,8 +104,10 @@ func hMovToCR(c *cpu, in *inst) {
 		c.sr.CR3 = v
 		c.flushTLB()
 	case 4:
-		// Known bits: VME..PCE, OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP.
-		const cr4Valid = 0x3f7ff
+		// Accepted: VME..PCE, OSFXSR, OSXMMEXCPT, UMIP and SMEP. Features the
+		// interpreter does not implement (LA57, PCIDE, FSGSBASE, OSXSAVE,
+		// SMAP, ...) are not in CPUID either, so setting them is #GP.
+		const cr4Valid = 0xfff | 1<<20
 		if v&^uint64(cr4Valid) != 0 || v&cr4PAE == 0 {
 			c.gp0()
 		}

@@ -49,9 +49,22 @@ type kvmEngine struct {
 	clockCtrl bool              // KVM_CAP_KVMCLOCK_CTRL
 }
 
+// shared is the engine New returns once /dev/kvm has been opened: the
+// engine holds only the device fd and what was probed through it, so one
+// per process is enough and repeated New calls do not leak descriptors.
+var shared struct {
+	sync.Mutex
+	e *kvmEngine
+}
+
 // New opens /dev/kvm and checks that this KVM has what klp-kvm needs.
 // Where /dev/kvm cannot be opened the error matches ErrUnavailable.
 func New() (engine.Engine, error) {
+	shared.Lock()
+	defer shared.Unlock()
+	if shared.e != nil {
+		return shared.e, nil
+	}
 	fd, err := unix.Open(DevicePath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		e := &Error{Op: "open " + DevicePath, Kind: ErrUnavailable}
@@ -63,6 +76,7 @@ func New() (engine.Engine, error) {
 		unix.Close(fd)
 		return nil, err
 	}
+	shared.e = e
 	return e, nil
 }
 

@@ -40,7 +40,9 @@ type Guest struct {
 	regs   []engine.Regs
 	// PauseHook, if set, runs at every Pause before the vCPUs "stop".
 	PauseHook func()
-	syms      *guestkernel.Symbols
+	// PauseErr, if set, may make a Pause fail (a vCPU that does not stop).
+	PauseErr func() error
+	syms     *guestkernel.Symbols
 }
 
 // New loads the embedded guest kernel into a fake with cpus vCPUs, all
@@ -121,6 +123,11 @@ func (g *Guest) WriteVirt(va uint64, b []byte) error {
 func (g *Guest) Pause() error {
 	if h := g.PauseHook; h != nil {
 		h()
+	}
+	if f := g.PauseErr; f != nil {
+		if err := f(); err != nil {
+			return err
+		}
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -84,6 +84,9 @@ func TestShellAndAgent(t *testing.T) {
 			t.Errorf("ls /proc lacks %s: %q", f, r.Output)
 		}
 	}
+	if r := g.exec("dmesg"); !strings.Contains(r.Output, "klp-kvm guest up") {
+		t.Errorf("dmesg: %q", tail(r.Output, 300))
+	}
 	if r := g.exec("false"); r.Status != 1 {
 		t.Errorf("false: status %d", r.Status)
 	}
@@ -136,5 +139,29 @@ func TestPowerOff(t *testing.T) {
 	g.m.ConsoleInput([]byte("poweroff 7\n"))
 	if code := g.waitExit(30 * time.Second); code != 7 {
 		t.Fatalf("exit code %d, want 7", code)
+	}
+}
+
+// TestExceptions: a breakpoint is reported and survived; an invalid
+// opcode gives an oops report naming the faulting function and powers off
+// with the panic code.
+func TestExceptions(t *testing.T) {
+	g := boot(t, 2, "", true)
+	if r := g.exec("int3"); r.Status != 0 {
+		t.Fatalf("int3: %+v", r)
+	}
+	g.waitConsole("int3 at ", 10*time.Second)
+	if err := g.agent.Ping(context.Background()); err != nil {
+		t.Fatalf("agent after int3: %v", err)
+	}
+	g.m.ConsoleInput([]byte("oops\n"))
+	if code := g.waitExit(30 * time.Second); code != 100 {
+		t.Fatalf("exit code %d after oops, want 100", code)
+	}
+	out := g.console.String()
+	for _, want := range []string{"Oops: invalid opcode (vector 6)", "<shell_exec+", "Call Trace:", "shell_thread+", "Kernel panic"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("oops report lacks %q:\n%s", want, tail(out, 2000))
+		}
 	}
 }

@@ -49,75 +49,65 @@ func TestIntrospection(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	var parkerPID uint32
-	fmt.Sscanf(g.read("/proc/klp_selftest")[strings.Index(g.read("/proc/klp_selftest"), "parker_pid: "):], "parker_pid: %d", &parkerPID)
+	sel := g.read("/proc/klp_selftest")
+	if i := strings.Index(sel, "parker_pid: "); i < 0 {
+		t.Fatalf("no parker_pid in %q", sel)
+	} else if _, err := fmt.Sscanf(sel[i:], "parker_pid: %d", &parkerPID); err != nil || parkerPID == 0 {
+		t.Fatalf("parker_pid in %q: %v", sel, err)
+	}
 
+	regs := func(cpu int) (uint64, uint64, uint64, error) {
+		r, err := g.m.Regs(cpu)
+		return r.RIP, r.RSP, r.RBP, err
+	}
 	var hostParker []string
-	for attempt := 0; attempt < 20; attempt++ {
+	for attempt := 0; attempt < 50 && hostParker == nil; attempt++ {
 		if err := g.m.Pause(); err != nil {
 			t.Fatal(err)
 		}
-		tasks, err := gst.Tasks()
-		if err != nil {
-			g.m.Resume()
-			t.Fatal(err)
-		}
-		cur, err := gst.CPUCurrent()
-		if err != nil {
-			g.m.Resume()
-			t.Fatal(err)
-		}
-		names := map[string]bool{}
-		busy := false
-		hostParker = nil
-		for _, task := range tasks {
-			names[strings.SplitN(task.Name, "/", 2)[0]] = true
-			if task.OnCPU >= 0 {
-				if int(task.OnCPU) >= len(cur) || cur[task.OnCPU] != task.Addr {
-					busy = true // mid-switch
-					continue
-				}
-				regs, err := g.m.Regs(int(task.OnCPU))
-				if err != nil {
-					g.m.Resume()
-					t.Fatal(err)
-				}
-				if gst.InSwitch(regs.RIP) {
-					busy = true
-					continue
-				}
-				frames, err := gst.WalkFrom(regs.RIP, regs.RBP, task.StackBase, task.StackBase+task.StackSize, 0)
-				if err != nil {
-					g.m.Resume()
-					t.Fatalf("live walk of %v: %v (frames %v)", task, err, gst.FrameNames(frames))
-				}
-				continue
-			}
-			frames, err := gst.WalkTask(task, 0)
-			if err != nil {
-				g.m.Resume()
-				t.Fatalf("walk of %v: %v (frames %v)", task, err, gst.FrameNames(frames))
-			}
-			fn := gst.FuncNames(frames)
-			if fn[0] != "klp_switch_to" {
-				g.m.Resume()
-				t.Fatalf("%v: switched out but first frame is %v", task, gst.FrameNames(frames))
-			}
-			if task.PID == parkerPID {
-				hostParker = fn
-			}
-		}
+		all, err := gst.AllStacks(regs, 0)
 		if err := g.m.Resume(); err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"idle", "worker", "parker", "shell", "agent_reader", "agent_worker"} {
-			if !names[want] {
-				t.Fatalf("task %s not found among %v", want, tasks)
+		if guestkernel.IsBusy(err) {
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("host walk: %v", err)
+		}
+		names := map[string]bool{}
+		live := 0
+		for _, ts := range all {
+			names[strings.SplitN(ts.Task.Name, "/", 2)[0]] = true
+			fn := gst.FuncNames(ts.Frames)
+			if ts.Live {
+				live++
+			} else if fn[0] != "klp_switch_to" {
+				t.Fatalf("%v: switched out but first frame is %v", ts.Task, gst.FrameNames(ts.Frames))
+			}
+			// every chain ends in a thread's or a CPU's entry code
+			if last := fn[len(fn)-1]; last != "klp_task_start" && last != "_start" {
+				t.Fatalf("%v: chain ends in %q: %v", ts.Task, last, gst.FrameNames(ts.Frames))
+			}
+			if ts.Task.PID == parkerPID && !ts.Live {
+				hostParker = fn
+				if !strings.Contains(strings.Join(fn, " "), "klp_park_fn") {
+					t.Logf("parker task %+v frames:", ts.Task)
+					for _, f := range ts.Frames {
+						t.Logf("  pc %#x fp %#x %s", f.PC, f.FP, gst.Symbols().Format(f.PC))
+					}
+				}
 			}
 		}
-		if !busy && hostParker != nil {
-			break
+		if live != 2 {
+			t.Fatalf("%d tasks walked from vCPU registers, want one per CPU", live)
 		}
-		time.Sleep(10 * time.Millisecond)
+		for _, want := range []string{"idle", "worker", "parker", "shell", "agent_reader", "agent_worker"} {
+			if !names[want] {
+				t.Fatalf("task %s not found among %d tasks", want, len(all))
+			}
+		}
 	}
 	if hostParker == nil {
 		t.Fatal("parker (pid", parkerPID, ") never seen switched out")
@@ -307,5 +297,85 @@ func TestGuestCall(t *testing.T) {
 	}
 	if err := g.agent.Call(ctx, "guest-call", map[string]string{"addr": "nope"}, nil); !errors.As(err, &ae) || ae.Errno != 22 {
 		t.Fatalf("guest-call with a bad address: %v", err)
+	}
+}
+
+// TestSysfsSeqlock: the host rewrites klp_sysfs_state continuously while
+// the guest renders /sys/kernel/livepatch; every rendering is one whole
+// state, never a mix (the guest retries reads that overlap a write).
+func TestSysfsSeqlock(t *testing.T) {
+	g := boot(t, 2, "", true)
+	syms, err := guestkernel.KernelSymbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := guestkernel.NewSysfsWriterSym(g.m, syms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the same patches in both states, different functions: a torn read
+	// would list a mix of a_fn and b_fn, or the wrong count
+	mk := func(prefix string, nfuncs int) ([]guestkernel.SysfsPatch, string) {
+		var ps []guestkernel.SysfsPatch
+		var ls strings.Builder
+		ls.WriteString("patched\n")
+		for i := 0; i < 3; i++ {
+			var funcs []guestkernel.SysfsFunc
+			for k := 0; k < nfuncs; k++ {
+				funcs = append(funcs, guestkernel.SysfsFunc{Name: fmt.Sprintf("%s_fn_%d", prefix, k), Sympos: uint32(i)})
+				if i == 1 {
+					fmt.Fprintf(&ls, "%s_fn_%d,%d/\n", prefix, k, i)
+				}
+			}
+			ps = append(ps, guestkernel.SysfsPatch{Name: fmt.Sprintf("p_%d", i), StackOrder: uint32(i + 1),
+				Objects: []guestkernel.SysfsObject{{Name: "vmlinux", Funcs: funcs}}})
+		}
+		return ps, ls.String()
+	}
+	a, lsA := mk("a", 300)
+	b, lsB := mk("b", 250)
+	stop := make(chan struct{})
+	writes := 0
+	done := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			st := a
+			if writes%2 == 1 {
+				st = b
+			}
+			if err := w.Write(st); err != nil {
+				done <- err
+				return
+			}
+			writes++
+		}
+	}()
+	mixed := 0
+	seen := map[string]int{}
+	for i := 0; i < 40; i++ {
+		out := g.exec("ls /sys/kernel/livepatch/p_1/vmlinux").Output
+		switch out {
+		case lsA:
+			seen["A"]++
+		case lsB:
+			seen["B"]++
+		default:
+			mixed++
+			t.Errorf("torn rendering: %q", tail(out, 200))
+		}
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d host writes; guest saw A %d times, B %d times, torn %d", writes, seen["A"], seen["B"], mixed)
+	if writes < 10 {
+		t.Fatalf("only %d host writes: the test did not overlap anything", writes)
 	}
 }

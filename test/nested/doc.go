@@ -20,5 +20,7 @@
 // is passed to every binary as -test.run; KLP_KVM_NESTED_TIMEOUT (a Go
 // duration, default 8m) bounds the whole VM run; KLP_KVM_NESTED_CACHE
 // overrides the cache directory; KLP_KVM_NESTED_DIRECT=0 forces the VM even
-// where /dev/kvm exists, =1 runs directly on the host whatever it has.
+// where /dev/kvm exists, =1 runs directly on the host whatever it has;
+// KLP_KVM_NESTED_PKGS="./kvm/hw ..." replaces the package list;
+// KLP_KVM_NESTED_CPU sets QEMU's -cpu (default max).
 package nested

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Path is where the manifest sits in the initramfs.
@@ -46,7 +47,14 @@ const (
 	EventBegin  = "begin"  // a binary starts; its raw output follows
 	EventEnd    = "end"    // a binary ended: Exit, ElapsedMS, Error (start failure, kill)
 	EventDone   = "done"   // all ran: OK = every binary exited 0
+	// EventAlive is /init's heartbeat on the console, every
+	// HeartbeatInterval: a VM that stops sending it has frozen (the L1
+	// kernel or QEMU itself), which no test inside can report.
+	EventAlive = "alive"
 )
+
+// HeartbeatInterval is how often /init sends EventAlive.
+const HeartbeatInterval = 5 * time.Second
 
 // Event is one control line.
 type Event struct {
