@@ -3,6 +3,7 @@ package kvm
 import (
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -111,6 +112,15 @@ func New(cfg Config) (*Machine, error) {
 	m.agentQ = newByteQueue(1 << 20)
 	m.bus.com2 = NewUART(m.agentQ.put, 64<<10)
 
+	// A software vCPU occupies a Go P for as long as it runs guest code.
+	// With only NumCPU Ps, busy vCPUs would starve the VMM's own goroutines
+	// (Pause, the API, device I/O) until the runtime's 10 ms preemption;
+	// give every vCPU a P of its own on top of the host's, and let the OS
+	// scheduler share the cores. Harmless on KVM, where KVM_RUN releases
+	// its P.
+	if want := runtime.NumCPU() + cfg.CPUs; runtime.GOMAXPROCS(0) < want {
+		runtime.GOMAXPROCS(want)
+	}
 	if m.vm, err = cfg.Engine.NewVM(ram); err != nil {
 		return fail(&Error{Op: op, Kind: ErrConfig, Detail: "create VM on " + cfg.Engine.Name(), Err: err})
 	}
