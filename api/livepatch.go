@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"klp-kvm/kvm"
-	"klp-kvm/kvm/agent"
 	"klp-kvm/livepatch"
 )
 
@@ -194,14 +192,4 @@ func WriteLivepatchError(w http.ResponseWriter, err error) {
 		status = http.StatusInternalServerError
 	}
 	WriteError(w, status, unix.ErrnoName(le.Errno), err)
-}
-
-// AgentCallbacks runs livepatch callbacks in the guest through the agent's
-// guest-call. Callbacks return int: the value is the low 32 bits of RAX,
-// sign-extended.
-func AgentCallbacks(c *agent.Client) livepatch.CallbackRunner {
-	return func(ctx context.Context, addr, arg uint64) (int64, error) {
-		v, err := c.GuestCall(ctx, addr, arg)
-		return int64(int32(uint32(v))), err
-	}
 }

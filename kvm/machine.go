@@ -392,6 +392,25 @@ func (m *Machine) Regs(id int) (r engine.Regs, err error) {
 	return
 }
 
+// PausedRegs returns every vCPU's registers as captured when it stopped
+// for the current pause (one read per vCPU, done by the vCPU threads in
+// parallel while acknowledging the pause).
+func (m *Machine) PausedRegs() ([]engine.Regs, error) {
+	m.pauseMu.Lock()
+	defer m.pauseMu.Unlock()
+	if m.depth == 0 {
+		return nil, errorf("vcpu", ErrNotPaused, "pause the machine first")
+	}
+	regs := make([]engine.Regs, len(m.vcpus))
+	for i, v := range m.vcpus {
+		if v.regsErr != nil {
+			return nil, &Error{Op: "vcpu", Kind: ErrGuest, Detail: "registers of vCPU " + itoa(i), Err: v.regsErr}
+		}
+		regs[i] = v.regs
+	}
+	return regs, nil
+}
+
 // Sregs returns vCPU id's special registers; the machine must be paused.
 func (m *Machine) Sregs(id int) (s engine.Sregs, err error) {
 	err = m.OnVCPU(id, func(c engine.VCPU) (e error) { s, e = c.Sregs(); return })

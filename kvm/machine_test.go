@@ -200,6 +200,10 @@ func TestPauseResume(t *testing.T) {
 	if err != nil || r.RIP < 0xffffffff81000000 {
 		t.Fatalf("Regs while paused: %+v %v", r, err)
 	}
+	all, err := m.PausedRegs()
+	if err != nil || len(all) != 2 || all[1] != r {
+		t.Fatalf("PausedRegs %+v %v, want vCPU 1 = %+v", all, err, r)
+	}
 	// Nested pause: needs two resumes.
 	if err := m.Pause(); err != nil {
 		t.Fatal(err)
@@ -219,6 +223,9 @@ func TestPauseResume(t *testing.T) {
 	}
 	if err := m.Resume(); !errors.Is(err, ErrNotPaused) {
 		t.Fatalf("Resume without Pause: %v", err)
+	}
+	if _, err := m.PausedRegs(); !errors.Is(err, ErrNotPaused) {
+		t.Fatalf("PausedRegs while running: %v", err)
 	}
 	if _, err := m.Regs(0); !errors.Is(err, ErrNotPaused) {
 		t.Fatalf("Regs while running: %v", err)

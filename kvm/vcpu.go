@@ -49,7 +49,17 @@ type vcpu struct {
 	state  atomic.Int32  // VCPUState; written by the vCPU goroutine
 	events chan event    // requests from Pause/Resume/Do/finish
 	done   chan struct{} // closed when the goroutine returns
+	// regs/regsErr are the registers captured by the vCPU thread when it
+	// acknowledged the current pause; written by the vCPU goroutine before
+	// its reply, read by the pauser after receiving it (the channel orders
+	// them).
+	regs    engine.Regs
+	regsErr error
 }
+
+// capture records the registers at the pause point, on the vCPU's own
+// thread, so that a paused machine's registers cost no further round trip.
+func (v *vcpu) capture() { v.regs, v.regsErr = v.cpu.Regs() }
 
 type stateFn func() stateFn
 
@@ -109,6 +119,7 @@ func (v *vcpu) eventWhileRunning(ev event) (next stateFn, leave bool) {
 	switch ev.kind {
 	case evPause:
 		v.setState(StatePaused)
+		v.capture()
 		ev.reply <- nil
 		return v.paused, true
 	case evFinish:
@@ -137,6 +148,7 @@ func (v *vcpu) parked(self VCPUState, resume stateFn) stateFn {
 		case evDo:
 			ev.reply <- ev.fn(v.cpu)
 		default: // evPause: already parked
+			v.capture()
 			ev.reply <- nil
 		}
 	}

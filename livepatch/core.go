@@ -336,6 +336,11 @@ func (m *Manager) Load(data []byte, nameHint string, o Options) (*Patch, *Result
 func (m *Manager) Unload(name string, o Options) (*Result, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// Unload means "make it gone": a patch already disabled (say by a
+	// guest-side write to its enabled file) is just unregistered.
+	if _, p := m.find(name); p != nil && !p.Enabled {
+		return &Result{Op: "unload", Patch: name}, m.unregister(name)
+	}
 	res, err := m.disable(name, o)
 	if err != nil {
 		return nil, err

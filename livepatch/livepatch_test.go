@@ -10,6 +10,7 @@ import (
 
 	"klp-kvm/elfpatch"
 	"klp-kvm/ftrace"
+	"klp-kvm/guestkernel"
 	"klp-kvm/kvm/engine"
 )
 
@@ -636,5 +637,82 @@ func TestPausedRegsSnapshot(t *testing.T) {
 	fg.setRegs(1, fg.regs(0))
 	if _, err := m.Enable(sample, Options{}); err != nil || g.snaps == 0 {
 		t.Fatalf("enable with a snapshot: %v (%d snapshots)", err, g.snaps)
+	}
+}
+
+func TestVCPUInTrampolineBlocks(t *testing.T) {
+	g, m := newManager(t, 1, nil)
+	if _, _, err := m.Load(patchObj(t, "livepatch-sample"), "livepatch-sample.o", Options{}); err != nil {
+		t.Fatal(err)
+	}
+	s, ok := m.Tracer().Site(g.sym(t, "cmdline_proc_show"))
+	if !ok || s.Tramp == 0 {
+		t.Fatalf("site %+v", s)
+	}
+	// About to execute `jmp *slot`: freeing the trampoline now would send
+	// it through freed memory.
+	g.setRegs(0, engine.Regs{RIP: s.Tramp, RSP: g.regs(0).RSP})
+	_, err := m.Disable(sample, Options{Deadline: 10 * time.Millisecond})
+	if !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "trampoline") {
+		t.Fatalf("want EBUSY in the trampoline, got %v", err)
+	}
+}
+
+// TestSysfsFailureRollsBack: the switch succeeded but the guest's sysfs
+// could not be updated: the switch is undone and nothing is left behind.
+func TestSysfsFailureRollsBack(t *testing.T) {
+	g, m := newManager(t, 1, nil)
+	if _, err := m.Register(patchObj(t, "livepatch-sample"), "livepatch-sample.o"); err != nil {
+		t.Fatal(err)
+	}
+	st := g.sym(t, "klp_sysfs_state")
+	g.WriteErr = func(va uint64, n int) error {
+		if va >= st && va < st+guestkernel.SysfsStateSize {
+			return errors.New("injected sysfs write fault")
+		}
+		return nil
+	}
+	refused(t, g, m, syscall.EIO, func() error { _, err := m.Enable(sample, Options{}); return err })
+	if len(m.Tracer().Redirected()) != 0 || m.Tracer().Alloc().InUse() != 0 || m.Status().Patches[0].Enabled {
+		t.Fatal("state left changed")
+	}
+	g.WriteErr = nil
+	if _, err := m.Enable(sample, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	g.WriteErr = func(va uint64, n int) error {
+		if va >= st && va < st+guestkernel.SysfsStateSize {
+			return errors.New("injected sysfs write fault")
+		}
+		return nil
+	}
+	refused(t, g, m, syscall.EIO, func() error { _, err := m.Disable(sample, Options{}); return err })
+	if len(m.Tracer().Redirected()) != 1 || !m.Status().Patches[0].Enabled {
+		t.Fatal("disable not rolled back")
+	}
+}
+
+func TestImageWriteFailure(t *testing.T) {
+	g, m := newManager(t, 1, nil)
+	if _, err := m.Register(patchObj(t, "livepatch-sample"), "livepatch-sample.o"); err != nil {
+		t.Fatal(err)
+	}
+	g.WriteErr = func(va uint64, n int) error {
+		if va >= patchVirt && n > ftrace.TrampSize {
+			return errors.New("injected patch-area fault")
+		}
+		return nil
+	}
+	refused(t, g, m, syscall.EIO, func() error { _, err := m.Enable(sample, Options{}); return err })
+	// Trampoline staging fails: also nothing left.
+	g.WriteErr = func(va uint64, n int) error {
+		if va >= patchVirt && n == ftrace.TrampSize {
+			return errors.New("injected trampoline fault")
+		}
+		return nil
+	}
+	refused(t, g, m, syscall.EIO, func() error { _, err := m.Enable(sample, Options{}); return err })
+	if m.Tracer().Alloc().InUse() != 0 {
+		t.Fatal("leak")
 	}
 }

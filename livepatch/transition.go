@@ -106,7 +106,9 @@ func (m *Manager) enable(name string, o Options) (*Result, error) {
 	m.ops = pl.next
 	p.Enabled = true
 	p.Forced = p.Forced || res.Forced
-	for _, q := range pl.replaced {
+	prevReplForced := make([]bool, len(pl.replaced))
+	for i, q := range pl.replaced {
+		prevReplForced[i] = q.Forced
 		q.Enabled = false
 		if res.Forced {
 			// Tasks may still run in the replaced patches' code.
@@ -127,8 +129,8 @@ func (m *Manager) enable(name string, o Options) (*Result, error) {
 		// Undo the switch: nothing may stay half-applied.
 		m.ops, m.patches = prevOps, prevPatches
 		p.Enabled, p.Forced = false, prevForced
-		for _, q := range pl.replaced {
-			q.Enabled = true
+		for i, q := range pl.replaced {
+			q.Enabled, q.Forced = true, prevReplForced[i]
 		}
 		rerr := m.undo(x)
 		_ = m.writeSysfs()

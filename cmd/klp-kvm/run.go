@@ -18,6 +18,8 @@ import (
 	"klp-kvm/guestkernel"
 	"klp-kvm/kvm"
 	"klp-kvm/kvm/agent"
+	"klp-kvm/livepatch"
+	"klp-kvm/livepatch/session"
 )
 
 // sysfsWriteEvent is the data of the agent's "sysfs-write" event: a guest
@@ -146,6 +148,16 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	mux := http.NewServeMux()
 	api.MachineRoutes(mux, m)
 	api.GuestRoutes(mux, ag)
+	lm, err := livepatch.New(livepatch.Config{Guest: m, Vmlinux: image, PatchArea: kvm.PatchAreaVirt,
+		PatchAreaSize: m.Layout().PatchAreaSize, Callbacks: session.Callbacks(ag)})
+	if err != nil {
+		// A kernel without klp_guest_abi / klp_sysfs_state (e.g. a test
+		// guest) still runs; it just cannot be live patched.
+		fmt.Fprintf(stderr, "klp-kvm: live patching unavailable for this kernel: %v\n", err)
+	} else {
+		sysfsWrite = lm.SysfsWrite
+		api.LivepatchRoutes(mux, lm, m)
+	}
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(l)
 	defer srv.Close()

@@ -36,9 +36,8 @@ static void tx_unlock(void) { __atomic_store_n(&tx_locked, 0, __ATOMIC_RELEASE);
 static void agent_send(const char *s, size_t n)
 {
 	tx_lock();
-	for (size_t i = 0; i < n; i++)
-		uart_putc(PORT_COM2, s[i]);
-	uart_putc(PORT_COM2, '\n');
+	uart_write(PORT_COM2, s, n, 0);
+	uart_write(PORT_COM2, "\n", 1, 0);
 	tx_unlock();
 }
 
@@ -431,6 +430,7 @@ static void agent_reader(void *arg)
 {
 	(void)arg;
 	unsigned int idle_ms = 1;
+	uint64_t last_rx = 0;
 	for (;;) {
 		int got = 0, c;
 		while ((c = uart_getc(PORT_COM2)) >= 0) {
@@ -445,9 +445,21 @@ static void agent_reader(void *arg)
 			}
 			rx.line[rx.len++] = (char)c;
 		}
-		/* poll fast while the host talks, back off to 10 ms when quiet */
-		idle_ms = got ? 1 : min(idle_ms + 1, 10u);
+		/*
+		 * Poll without sleeping for 2 ms after traffic (a reply is often
+		 * followed by the next request), then back off from 1 to 10 ms.
+		 */
+		uint64_t now = ktime_get_ns();
+		if (got)
+			last_rx = now;
+		if (now - last_rx < 2 * NSEC_PER_MSEC) {
+			yield();
+			continue;
+		}
+		idle_ms = min(idle_ms + 1, 10u);
 		msleep(idle_ms);
+		if (got)
+			idle_ms = 1;
 	}
 }
 

@@ -228,6 +228,7 @@ void *kmalloc_pages(size_t bytes); /* never freed; NULL when out of memory */
 /* ---- console, printk ---- */
 void uart_init(uint16_t port);
 void uart_putc(uint16_t port, char c);
+void uart_write(uint16_t port, const char *s, size_t n, int crlf);
 int uart_getc(uint16_t port); /* -1 if no byte is waiting */
 void console_write(const char *s, size_t n);
 int vprintk(const char *fmt, va_list ap);

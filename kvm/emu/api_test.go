@@ -79,13 +79,18 @@ func TestTrace(t *testing.T) {
 	var buf bytes.Buffer
 	m := newMachine(t, `
 _start:
+	int3
 	mov $5, %eax
-	`+done, 1, WithTrace(&buf), WithMaxBlock(1))
+	`+done+`
+vec_3:
+	iretq
+	`, 1, WithTrace(&buf), WithMaxBlock(1))
 	if got := m.run(0); got != 5 {
 		t.Fatal(got)
 	}
 	out := buf.String()
-	for _, w := range []string{"cpu0 0x0000000000100000 mov $0x5,%eax", "out %eax,(%dx)"} {
+	for _, w := range []string{"cpu0 0x0000000000100000 int3", "cpu0 event INT 0x3 at RIP 0x100001",
+		"cpu0 0x0000000000100001 mov $0x5,%eax", "iretq", "out %eax,(%dx)"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("trace lacks %q:\n%s", w, out)
 		}

@@ -515,6 +515,13 @@ func (c *cpu) complete() {
 	c.pend = pendNone
 }
 
+func (c *cpu) traceLine(s string) {
+	c.vm.traceMu.Lock()
+	defer c.vm.traceMu.Unlock()
+	c.traceBuf = append(append(c.traceBuf[:0], s...), '\n')
+	c.vm.cfg.trace.Write(c.traceBuf)
+}
+
 func (c *cpu) traceInst(b *block, i int) {
 	c.vm.traceMu.Lock()
 	defer c.vm.traceMu.Unlock()

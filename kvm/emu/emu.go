@@ -7,7 +7,28 @@
 // basic blocks of predecoded handlers cached per guest-physical address and
 // validated by a per-page generation counter, so that guest stores, host
 // writes (VM.CodeChanged) and self-modifying code all invalidate stale code.
-// Arithmetic flags are lazy (see flags.go).
+// Code marks are kept per 128-byte chunk, so data sharing a page with code
+// does not cause re-translation. Arithmetic flags are lazy (see flags.go).
+//
+// Exceptions unwind out of a handler with a panic of a sentinel value
+// (never on the fast path) and are delivered through the 64-bit IDT with
+// the SDM's double/triple-fault rules. Any other panic is a bug in the
+// interpreter and ends Run with ExitInternalError, never a host crash.
+//
+// Deliberately not modelled: modes other than 64-bit long mode, x87, SSE
+// and AVX (#UD, and not in CPUID), single-stepping (TF) and debug-register
+// breakpoints, NMI/INIT/SIPI, SYSCALL/SYSRET, LDTs (only a null LDT), call
+// gates and far CALL, the TSS I/O bitmap (IOPL only), SMAP, PCID, the
+// TSC-deadline timer. CPL 3 works (IRETQ to it, U/S checks, the RSP0 stack
+// switch) but the guest kernel runs in ring 0 only.
+//
+// Atomicity: LOCKed operations and XCHG on naturally aligned operands use
+// host atomics; misaligned or page-straddling ones and CMPXCHG16B use one
+// VM-wide mutex, so they are atomic with respect to each other but not to
+// plain stores racing with them. A vCPU that modifies code another vCPU is
+// translating at that very moment may leave the other with the old bytes
+// (cross-modifying code needs guest synchronisation on hardware too); host
+// writes through VM.CodeChanged while vCPUs are paused are always exact.
 package emu
 
 import (

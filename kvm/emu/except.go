@@ -77,6 +77,9 @@ func (c *cpu) raise(e event) {
 	chain := []string{}
 	for range 8 {
 		chain = append(chain, e.String())
+		if c.trace {
+			c.traceLine(fmt.Sprintf("cpu%d event %v at RIP %#x (CR2 %#x)", c.id, e, e.rip, c.sr.CR2))
+		}
 		nested, ok := c.tryDeliver(e)
 		if ok {
 			return

@@ -1048,3 +1048,36 @@ ipis: .quad 0, 0
 		}
 	}
 }
+
+// TestNXFault: executing from a no-execute page faults with P|I and CR2 at
+// the target; the handler clears NX and the call is retried.
+func TestNXFault(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	movb $0xc3, 0x303000         # ret
+	movabs $0x8000000000303003, %rax
+	mov %rax, 0x4000+9*8         # VA 0x3fe09000 -> PA 0x303000, NX
+	mov $0x3fe09000, %rbx
+	call *%rbx
+	mov $1, %eax
+	`+done+`
+vec_14:
+	mov (%rsp), %rax
+	`+report(1)+`
+	mov %cr2, %rax
+	`+report(2)+`
+	btrq $63, 0x4000+9*8
+	invlpg 0x3fe09000
+	add $8, %rsp
+	iretq
+	`, 1)
+	if got := m.run(0); got != 1 {
+		t.Fatal(got)
+	}
+	if got := m.logged(1); !equalU64(got, []uint64{uint64(pfP | pfI)}) {
+		t.Errorf("error code %#x", got)
+	}
+	if got := m.logged(2); !equalU64(got, []uint64{0x3fe09000}) {
+		t.Errorf("CR2 %#x", got)
+	}
+}

@@ -493,6 +493,76 @@ var insnCases = []insnCase{
 		mov $0, %r8d
 		rcl $1, %r8d
 	`, map[string]uint64{"rbx": 0x03, "rsi": 0xf, "rdi": 0xfffffffe, "r8": 1}, nil},
+	{"memory-forms", `
+		lea data, %rbx
+		addq $5, (%rbx)                 # MI
+		subw $1, 8(%rbx)                # MI, 16-bit
+		mov $3, %ecx
+		xorl %ecx, 16(%rbx)             # MR, 32-bit
+		cmpq $0x03020105, (%rbx)        # sign-extended imm32: not equal
+		sete %r8b
+		lock orq $0x2000, 24(%rbx)      # locked MI
+		lock incl 32(%rbx)
+		lock btsq $1, 40(%rbx)
+		setc %r9b
+		notq 48(%rbx)
+		negb 56(%rbx)
+		movabs $0x8000000000000001, %rax
+		mov %rax, 64(%rbx)
+		shlq $4, 64(%rbx)
+		movabs $0x1122334455667788, %rax
+		mov %rax, 72(%rbx)
+		shrdq $8, %rcx, 72(%rbx)
+		mov $7, %eax
+		lock xaddl %eax, 81(%rbx)       # misaligned: the VM-wide lock path
+		mov %rax, %r10
+		movzbl %r8b, %r8d
+		movzbl %r9b, %r9d
+	`, map[string]uint64{"r8": 0, "r9": 0, "r10": 0},
+		map[int]uint64{0: 0x0706050403020105, 8: 0x0f0e0d0c0b0a0907, 16: 0x1716151413121113, 24: 0x1f1e1d1c1b1a3918,
+			32: 0x2726252423222121, 40: 0x2f2e2d2c2b2a292a, 48: 0xc8c9cacbcccdcecf, 56: 0x3f3e3d3c3b3a39c8,
+			64: 0x10, 72: 0x0311223344556677, 80: 0x0700}},
+	{"alu-narrow-and-reg-mem", `
+		lea data, %rbx
+		mov $1, %eax
+		add 8(%rbx), %rax               # reg, mem (64-bit)
+		mov %rax, %r8
+		mov $0x1234, %cx
+		sub 2(%rbx), %cx                # reg, mem (16-bit): 0x1234 - 0x0302
+		movzwl %cx, %ecx
+		mov $0x10ff, %esi
+		add $1, %sil                    # carry out of the low byte only
+		adc $0, %esi
+		xor %eax, %eax
+		mov $0x40, %ah
+		add %ah, %ah                    # 0x40 + 0x40: OF
+		seto %dil
+		movzbl %dil, %edi
+		mov %rax, %r11
+		movabs $0xffffffffffffffff, %r12
+		and $0xf0, %r12b                # 8-bit op merges
+		or $0x1, %r12w                  # 16-bit op merges
+		mov $0x12345678, %r13d
+		xor %r13w, %r13w                # upper 48 bits kept
+	`, map[string]uint64{"r8": 0x0f0e0d0c0b0a0909, "rcx": 0x0f32, "rsi": 0x1001, "rdi": 1, "r11": 0x8000,
+		"r12": 0xfffffffffffffff1, "r13": 0x12340000}, nil},
+	{"locked-straddling-page", `
+		mov $0x300ffc, %rbx             # 8 bytes across a 4 KiB boundary
+		movabs $0x1111111122222222, %rax
+		mov %rax, (%rbx)
+		mov $5, %ecx
+		lock cmpxchg %rcx, (%rbx)
+		sete %sil
+		movzbl %sil, %esi
+		mov (%rbx), %rdi
+		mov $9, %r8d
+		xchg %r8, (%rbx)
+		mov (%rbx), %r9
+		mov $0x300ffe, %r10             # 4 bytes, misaligned within a word
+		movl $0x10, (%r10)
+		lock addl $0x20, (%r10)
+		mov (%r10), %r11d
+	`, map[string]uint64{"rsi": 1, "rdi": 5, "r8": 5, "r9": 9, "r11": 0x30}, nil},
 	{"endbr-nops", `
 		endbr64
 		nopw 0x0(%rax,%rax,1)

@@ -42,6 +42,9 @@ type Guest struct {
 	PauseHook func()
 	// PauseErr, if set, may make a Pause fail (a vCPU that does not stop).
 	PauseErr func() error
+	// WriteErr, if set, may make a WriteVirt fail (before anything is
+	// written). Called without the lock.
+	WriteErr func(va uint64, n int) error
 	syms     *guestkernel.Symbols
 }
 
@@ -109,6 +112,11 @@ func (g *Guest) ReadVirt(va uint64, b []byte) error {
 
 // WriteVirt writes guest-virtual memory, all or nothing.
 func (g *Guest) WriteVirt(va uint64, b []byte) error {
+	if f := g.WriteErr; f != nil {
+		if err := f(va, len(b)); err != nil {
+			return err
+		}
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	pa, err := g.phys(va, len(b))

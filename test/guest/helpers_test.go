@@ -20,7 +20,7 @@ import (
 	"klp-kvm/kvm/engine"
 )
 
-func engineFromEnv(t *testing.T) engine.Engine {
+func engineFromEnv(t testing.TB) engine.Engine {
 	t.Helper()
 	name := os.Getenv("KLP_KVM_ENGINE")
 	if name == "" {
@@ -56,7 +56,7 @@ func (s *syncBuffer) String() string {
 }
 
 type guestVM struct {
-	t       *testing.T
+	t       testing.TB
 	m       *kvm.Machine
 	console *syncBuffer
 	agent   *agent.Client
@@ -68,7 +68,7 @@ type guestVM struct {
 
 // boot starts the embedded guest kernel. With wantUp it waits for the
 // "guest up" line and opens an agent client.
-func boot(t *testing.T, cpus int, cmdline string, wantUp bool) *guestVM {
+func boot(t testing.TB, cpus int, cmdline string, wantUp bool) *guestVM {
 	t.Helper()
 	g := &guestVM{t: t, console: &syncBuffer{}, done: make(chan struct{}), events: make(chan agent.Event, 64)}
 	m, err := kvm.New(kvm.Config{Engine: engineFromEnv(t), CPUs: cpus, Kernel: guestkernel.Vmlinux(),
