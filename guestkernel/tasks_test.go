@@ -339,11 +339,11 @@ func TestDecodeGuestABIRejects(t *testing.T) {
 func FuzzWalk(f *testing.F) {
 	f.Add([]byte{}, uint64(0), uint64(0))
 	f.Add(make([]byte, 512), uint64(stackBase+8), uint64(0xffffffff81000000))
+	syms, err := KernelSymbols()
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, data []byte, rbp, rip uint64) {
-		syms, err := KernelSymbols()
-		if err != nil {
-			t.Fatal(err)
-		}
 		mem := newFakeMem()
 		stack := make([]byte, 4096)
 		copy(stack, data)
@@ -421,4 +421,45 @@ func TestAllStacksAndScan(t *testing.T) {
 	if _, err := gst.AllStacks(regs, 0); !errors.Is(err, ErrBounds) {
 		t.Fatalf("broken chain: %v", err)
 	}
+}
+
+// FuzzGuestABI: an arbitrary klp_guest_abi and task table never panic
+// Open/Tasks/AllStacks, and whatever they accept respects the limits.
+func FuzzGuestABI(f *testing.F) {
+	syms, abi := loadReal(f)
+	good := make([]byte, GuestABISize)
+	{
+		g := newFakeGuest(f)
+		copy(good, g.mem.regions[abi.Addr])
+	}
+	f.Add(good, []byte{1, 0, 0, 0, 7})
+	f.Add(make([]byte, GuestABISize), []byte{})
+	f.Fuzz(func(t *testing.T, ab, table []byte) {
+		mem := newFakeMem()
+		hdr := make([]byte, GuestABISize)
+		copy(hdr, ab)
+		mem.add(abi.Addr, hdr)
+		tb := make([]byte, 64<<10)
+		copy(tb, table)
+		mem.add(binary.LittleEndian.Uint64(hdr[offABITaskTable:]), tb)
+		cur := make([]byte, 8*MaxCPUs)
+		mem.add(binary.LittleEndian.Uint64(hdr[offABICPUCurrent:]), cur)
+		g, err := Open(mem, syms)
+		if err != nil {
+			return
+		}
+		a := g.ABI()
+		if a.NrTasks > a.TaskCapacity || a.TaskStride == 0 || a.TaskStride > maxTaskStride {
+			t.Fatalf("accepted ABI out of limits: %+v", a)
+		}
+		tasks, err := g.Tasks()
+		if err != nil {
+			return
+		}
+		for _, tk := range tasks {
+			g.WalkTask(tk, 16)
+			g.ScanStack(tk, tk.SavedRSP)
+		}
+		g.AllStacks(func(int) (uint64, uint64, uint64, error) { return 0, 0, 0, nil }, 16)
+	})
 }

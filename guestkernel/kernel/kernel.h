@@ -58,10 +58,20 @@ const char *errno_name(int err);
 
 /* ---- port I/O, MSRs, CPU ---- */
 static inline void outb(uint16_t port, uint8_t v) { __asm__ __volatile__("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline uint64_t irq_save(void);
+static inline void irq_restore(uint64_t f);
+/*
+ * inb runs with interrupts off. An IN exits to the VMM, which completes it
+ * on the next run; an engine that delivered an interrupt between the exit
+ * and the completion (kvm/emu did) would write the result, and move RIP,
+ * inside the interrupt handler. Two instructions of cli cost nothing.
+ */
 static inline uint8_t inb(uint16_t port)
 {
 	uint8_t v;
+	uint64_t f = irq_save();
 	__asm__ __volatile__("inb %1, %0" : "=a"(v) : "Nd"(port));
+	irq_restore(f);
 	return v;
 }
 static inline void outl(uint16_t port, uint32_t v) { __asm__ __volatile__("outl %0, %1" ::"a"(v), "Nd"(port)); }
@@ -174,11 +184,7 @@ extern uint32_t nr_cpus_boot;
 static inline struct percpu *this_cpu(void)
 {
 	struct percpu *p;
-	/*
-	 * %gs:(reg) with reg = 0 rather than the absolute %gs:0 form (SIB
-	 * without base or index), which kvm/emu did not decode at first.
-	 */
-	__asm__ __volatile__("movq %%gs:(%1), %0" : "=r"(p) : "r"(0UL));
+	__asm__ __volatile__("movq %%gs:0, %0" : "=r"(p));
 	return p;
 }
 static inline struct task *current_task(void) { return this_cpu()->current; }

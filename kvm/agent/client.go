@@ -221,7 +221,7 @@ func (c *Client) handleLine(line []byte) {
 			c.skip(line, &Error{Op: "read", Kind: ErrProtocol, Desc: "malformed error object", Err: err})
 			return
 		}
-		rp.err = &Error{Kind: ErrGuest, Class: we.Class, Desc: we.Desc, Errno: we.Errno}
+		rp.err = &Error{Kind: ErrGuest, Class: we.Class, Desc: we.Desc, Errno: we.Errno, ErrnoName: we.ErrnoName}
 	} else {
 		rp.ret = append(json.RawMessage(nil), w.Return...)
 	}
@@ -298,6 +298,9 @@ func (c *Client) Call(ctx context.Context, cmd string, args any, result any) err
 	}
 	c.callMu.Lock()
 	defer c.callMu.Unlock()
+	if err := ctx.Err(); err != nil { // do not send what nobody will wait for
+		return &Error{Op: cmd, Kind: ErrTimeout, Err: err}
+	}
 	// drop replies that arrived for earlier, abandoned requests
 	for drained := false; !drained; {
 		select {

@@ -105,7 +105,7 @@ func standard(req map[string]any, w io.Writer) {
 			sendReturn(w, req, `{"content":"console=ttyS0\n","count":14,"truncated":false}`)
 			return
 		}
-		fmt.Fprintf(w, `{"error":{"class":"GenericError","desc":"%s: No such file or directory","errno":2},"id":%s}`+"\n",
+		fmt.Fprintf(w, `{"error":{"class":"GenericError","desc":"%s: No such file or directory","errno":2,"errno_name":"ENOENT"},"id":%s}`+"\n",
 			arg(req, "path"), idOf(req))
 	default:
 		fmt.Fprintf(w, `{"error":{"class":"CommandNotFound","desc":"The command %s has not been found"},"id":%s}`+"\n",
@@ -138,7 +138,7 @@ func TestCommands(t *testing.T) {
 	}
 	_, _, err = c.FileRead(ctx, "/nope")
 	var ae *Error
-	if !errors.Is(err, ErrGuest) || !errors.As(err, &ae) || ae.Errno != 2 || !strings.Contains(ae.Desc, "No such file") ||
+	if !errors.Is(err, ErrGuest) || !errors.As(err, &ae) || ae.Errno != 2 || ae.ErrnoName != "ENOENT" || !strings.Contains(ae.Desc, "No such file") ||
 		ae.Op != "guest-file-read" {
 		t.Fatalf("file-read /nope: %v", err)
 	}

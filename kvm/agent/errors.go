@@ -7,12 +7,13 @@ import (
 
 // Error is the one error type of package agent.
 type Error struct {
-	Op    string // the command ("guest-exec") or client operation ("read")
-	Kind  error  // one of the Err* sentinels, checkable with errors.Is
-	Class string // for ErrGuest: the agent's error class ("GenericError", "CommandNotFound")
-	Desc  string // for ErrGuest: the agent's description; otherwise detail
-	Errno int    // for ErrGuest: Linux errno the guest reported, 0 if none
-	Err   error  // underlying error, if any
+	Op        string // the command ("guest-exec") or client operation ("read")
+	Kind      error  // one of the Err* sentinels, checkable with errors.Is
+	Class     string // for ErrGuest: the agent's error class ("GenericError", "CommandNotFound")
+	Desc      string // for ErrGuest: the agent's description; otherwise detail
+	Errno     int    // for ErrGuest: Linux errno the guest reported, 0 if none
+	ErrnoName string // for ErrGuest: its name ("EBUSY"), if the guest sent one
+	Err       error  // underlying error, if any
 }
 
 // Kinds of Error.

@@ -106,9 +106,9 @@ type cpu struct {
 	blocks map[uint64]*block
 	bcache [bcacheSize]*block
 
-	icount, flushed uint64
-	translations    uint64 // blocks translated (tests check invalidation precision)
-	tlbEpoch        uint64 // bumped by every TLB flush; invalidates block links
+	icount, nextPoll uint64
+	translations     uint64 // blocks translated (tests check invalidation precision)
+	tlbEpoch         uint64 // bumped by every TLB flush; invalidates block links
 
 	// shared
 	attn     atomic.Uint32
@@ -330,10 +330,10 @@ func (c *cpu) Run() (*engine.Exit, error) {
 	defer c.running.Store(false)
 	c.exit = engine.Exit{}
 	c.exitReady = false
+	c.apic.pollTimer() // VMMs with frequent exits would otherwise starve it
 	ex := c.run()
 	c.nExits.Add(1)
 	c.nInstr.Store(c.icount)
-	c.flushed = c.icount
 	return ex, nil
 }
 
@@ -348,6 +348,18 @@ func (c *cpu) run() *engine.Exit {
 	}
 	c.complete()
 	for {
+		// Order matters. A pending exception belongs to the instruction
+		// that raised it and is delivered before anything else; a ready
+		// exit (I/O, MMIO) must reach the VMM before a kick or interrupt
+		// is considered, or an IN would be completed inside an interrupt
+		// handler. Kicks and interrupts are then taken at this boundary.
+		if c.excPending {
+			c.excPending = false
+			c.raise(c.exc)
+		}
+		if c.exitReady {
+			return &c.exit
+		}
 		if a := c.attn.Load(); a != 0 {
 			if a&attnKick != 0 {
 				c.attn.And(^attnKick)
@@ -357,14 +369,10 @@ func (c *cpu) run() *engine.Exit {
 			if a&attnIRQ != 0 {
 				c.attn.And(^attnIRQ)
 				c.tryInterrupt()
+				if c.exitReady { // delivery ended in a triple fault or internal error
+					return &c.exit
+				}
 			}
-		}
-		if c.excPending {
-			c.excPending = false
-			c.raise(c.exc)
-		}
-		if c.exitReady {
-			return &c.exit
 		}
 		if c.halted {
 			if c.rf&FlagIF == 0 {
@@ -438,11 +446,11 @@ func (c *cpu) exec() {
 			}
 		}
 		c.icount += uint64(n)
-		if c.icount-c.flushed >= 1<<12 {
+		if c.icount >= c.nextPoll {
 			// Every few thousand instructions: publish the counter and
 			// fire an overdue LAPIC timer ourselves.
+			c.nextPoll = c.icount + 1<<12
 			c.nInstr.Store(c.icount)
-			c.flushed = c.icount
 			c.apic.pollTimer()
 		}
 		if c.shadow {

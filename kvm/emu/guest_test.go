@@ -1081,3 +1081,100 @@ vec_14:
 		t.Errorf("CR2 %#x", got)
 	}
 }
+
+// TestInterruptsDoNotSplitIOExits: with a fast periodic timer, interrupts
+// keep arriving while IN exits are out with the VMM. The IN must complete
+// into the interrupted code, never into an interrupt handler.
+func TestInterruptsDoNotSplitIOExits(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	`+apicSetup+`
+	mov $0x832, %ecx
+	mov $0x20040, %eax           # periodic, vector 64, the minimum period
+	xor %edx, %edx
+	wrmsr
+	mov $0x838, %ecx
+	mov $1, %eax
+	wrmsr
+	sti
+	mov %rsp, %r12
+	mov $1, %r8d                 # the value the next IN must return
+	mov $20000, %r9d
+1:	.rept 50                     # a long block ending in the IN: timer
+	inc %r10                     # interrupts often arrive while it runs
+	.endr
+	in $0x70, %eax
+	cmp %r8d, %eax
+	jne bad
+	cmp %rsp, %r12               # no interrupt frame left behind
+	jne bad
+	inc %r8d
+	dec %r9d
+	jnz 1b
+	cli
+	mov ticks, %eax
+	`+done+`
+bad:
+	cli
+	mov $0xbad, %eax
+	`+done+timerHandler, 1)
+	var n uint32
+	m.inVal = func(uint16) uint32 {
+		n++
+		return n
+	}
+	got := m.run(0)
+	if got == 0xbad {
+		t.Fatalf("an IN returned the wrong value or left the stack changed (after %d INs)", n)
+	}
+	if got == 0 {
+		t.Fatal("no timer interrupt arrived: the test did not overlap anything")
+	}
+	t.Logf("%d INs, %d timer interrupts", n, got)
+}
+
+// TestInterruptsAndINT3: a fast periodic timer while the guest executes
+// INT3 in a loop; the timer often fires while the INT3 block runs, so the
+// trap and an interrupt are pending together. The trap must be delivered
+// first, with the right return address, or the stack comes apart.
+func TestInterruptsAndINT3(t *testing.T) {
+	m := newMachine(t, `
+_start:
+	`+apicSetup+`
+	mov $0x832, %ecx
+	mov $0x20040, %eax
+	xor %edx, %edx
+	wrmsr
+	mov $0x838, %ecx
+	mov $1, %eax
+	wrmsr
+	sti
+	mov %rsp, %r12
+	mov $20000, %ecx
+1:	int3
+	dec %ecx
+	jnz 1b
+	cli
+	cmp %rsp, %r12
+	jne bad
+	mov bps, %eax
+	`+done+`
+bad:
+	mov $0xbad, %eax
+	`+done+`
+vec_3:
+	incl bps
+	iretq
+.align 4
+bps: .long 0
+	`+timerHandler, 1)
+	got := m.run(0)
+	if got != 20000 {
+		t.Fatalf("breakpoints counted %d (0xbad: stack pointer changed), want 20000", got)
+	}
+	if ticks := m.u64(m.sym("ticks")) & 0xffffffff; ticks == 0 {
+		t.Fatal("no timer interrupts: the test did not overlap anything")
+	} else {
+		t.Logf("%d timer interrupts", ticks)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -335,9 +336,35 @@ func TestSysfsSeqlock(t *testing.T) {
 	}
 	a, lsA := mk("a", 300)
 	b, lsB := mk("b", 250)
+	// pace the writer by how long one rendering takes here (the race
+	// detector slows the guest tenfold): a seqlock reader needs a quiet
+	// window as long as its read, and overlaps are still frequent
+	if err := w.Write(a); err != nil {
+		t.Fatal(err)
+	}
+	quiet := time.Hour
+	for i := 0; i < 4; i++ { // the fastest of a few: the first ones translate code
+		start := time.Now()
+		if out := g.exec("ls /sys/kernel/livepatch/p_1/vmlinux").Output; out != lsA {
+			t.Fatalf("quiet rendering: %q", tail(out, 200))
+		}
+		quiet = min(quiet, time.Since(start))
+	}
+	pace := max(300*time.Microsecond, quiet)
 	stop := make(chan struct{})
 	writes := 0
 	done := make(chan error, 1)
+	var stopOnce sync.Once
+	stopWriter := func() error {
+		var err error
+		stopOnce.Do(func() {
+			close(stop)
+			err = <-done
+		})
+		return err
+	}
+	// the writer must be gone before the machine (and its RAM) is
+	defer stopWriter()
 	go func() {
 		for {
 			select {
@@ -355,6 +382,10 @@ func TestSysfsSeqlock(t *testing.T) {
 				return
 			}
 			writes++
+			// a short pause: back-to-back writes would starve the guest's
+			// readers (a seqlock favours the writer), pauses much longer
+			// than a rendering would rarely overlap one
+			time.Sleep(pace)
 		}
 	}()
 	mixed := 0
@@ -371,11 +402,10 @@ func TestSysfsSeqlock(t *testing.T) {
 			t.Errorf("torn rendering: %q", tail(out, 200))
 		}
 	}
-	close(stop)
-	if err := <-done; err != nil {
+	if err := stopWriter(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d host writes; guest saw A %d times, B %d times, torn %d", writes, seen["A"], seen["B"], mixed)
+	t.Logf("%d host writes (every %v); guest saw A %d times, B %d times, torn %d", writes, pace, seen["A"], seen["B"], mixed)
 	if writes < 10 {
 		t.Fatalf("only %d host writes: the test did not overlap anything", writes)
 	}
