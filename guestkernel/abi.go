@@ -274,6 +274,7 @@ const (
 	maxTaskCapacity = 1 << 16
 	maxNameLen      = 256
 	maxABICPUs      = 1024
+	maxTaskTable    = 16 << 20 // bytes the host reads for one task enumeration
 )
 
 // DecodeGuestABI parses and validates a klp_guest_abi image read at addr.
@@ -323,6 +324,9 @@ func (a *GuestABI) validate() error {
 	}
 	if a.TaskCapacity == 0 || a.TaskCapacity > maxTaskCapacity {
 		return fmt.Errorf("task capacity %d", a.TaskCapacity)
+	}
+	if uint64(a.TaskStride)*uint64(a.TaskCapacity) > maxTaskTable {
+		return fmt.Errorf("task table of %d x %d bytes exceeds %d", a.TaskCapacity, a.TaskStride, maxTaskTable)
 	}
 	if a.TaskTable+uint64(a.TaskStride)*uint64(a.TaskCapacity) < a.TaskTable {
 		return fmt.Errorf("task table %#x wraps", a.TaskTable)

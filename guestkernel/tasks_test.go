@@ -315,9 +315,13 @@ func TestDecodeGuestABIRejects(t *testing.T) {
 		"version":  func(b []byte) { binary.LittleEndian.PutUint32(b[offABIVersion:], 2) },
 		"stride":   func(b []byte) { binary.LittleEndian.PutUint32(b[offABITaskStride:], 8) },
 		"capacity": func(b []byte) { binary.LittleEndian.PutUint32(b[offABITaskCapacity:], 0) },
-		"wrap":     func(b []byte) { binary.LittleEndian.PutUint64(b[offABITaskTable:], ^uint64(0)-16) },
-		"namelen":  func(b []byte) { binary.LittleEndian.PutUint32(b[offABINameLen:], 100000) },
-		"irqregs":  func(b []byte) { binary.LittleEndian.PutUint32(b[offABIIRQRegsSize:], 8) },
+		"huge table": func(b []byte) {
+			binary.LittleEndian.PutUint32(b[offABITaskCapacity:], 60000)
+			binary.LittleEndian.PutUint32(b[offABITaskStride:], 60000)
+		},
+		"wrap":    func(b []byte) { binary.LittleEndian.PutUint64(b[offABITaskTable:], ^uint64(0)-16) },
+		"namelen": func(b []byte) { binary.LittleEndian.PutUint32(b[offABINameLen:], 100000) },
+		"irqregs": func(b []byte) { binary.LittleEndian.PutUint32(b[offABIIRQRegsSize:], 8) },
 	}
 	for name, m := range mut {
 		b := append([]byte(nil), good...)
