@@ -22,5 +22,6 @@
 // overrides the cache directory; KLP_KVM_NESTED_DIRECT=0 forces the VM even
 // where /dev/kvm exists, =1 runs directly on the host whatever it has;
 // KLP_KVM_NESTED_PKGS="./kvm/hw ..." replaces the package list;
-// KLP_KVM_NESTED_CPU sets QEMU's -cpu (default max).
+// KLP_KVM_NESTED_CPU sets QEMU's -cpu (default max), KLP_KVM_NESTED_ACCEL
+// its -accel (default tcg,thread=single).
 package nested
