@@ -503,11 +503,27 @@ func (m *Manager) check(idx *spanIndex, conservative bool) *blocker {
 		current, _ = m.intro.CPUCurrent()
 	}
 	hit := idx.hit
-	if b := m.checkTasks(tasks, conservative, hit); b != nil {
-		wg.Wait()
+	wg.Wait()
+	// A task is live on a vCPU when that vCPU's RSP lies in its stack; every
+	// other task is walked from its saved state. The guest's own on_cpu
+	// field is not trusted for this: schedule() marks next as on_cpu before
+	// the stack switch, and a vCPU paused in that window runs prev while
+	// next's saved frames (possibly inside a changing function) would be
+	// skipped.
+	live := make(map[uint64]bool)
+	for cpu := 0; cpu < n; cpu++ {
+		if errs[cpu] != nil {
+			continue
+		}
+		for _, t := range tasks {
+			if t.StackSize > 0 && t.StackSize <= 1<<20 && regs[cpu].RSP >= t.StackBase && regs[cpu].RSP < t.StackBase+t.StackSize {
+				live[t.Addr] = true
+			}
+		}
+	}
+	if b := m.checkTasks(tasks, live, conservative, hit); b != nil {
 		return b
 	}
-	wg.Wait()
 	for cpu := 0; cpu < n; cpu++ {
 		r, err := regs[cpu], errs[cpu]
 		who := fmt.Sprintf("CPU %d", cpu)
@@ -552,10 +568,10 @@ func (m *Manager) check(idx *spanIndex, conservative bool) *blocker {
 	return nil
 }
 
-// checkTasks walks the saved stacks of the tasks not running on a vCPU.
-func (m *Manager) checkTasks(tasks []guestkernel.Task, conservative bool, hit func(uint64, bool) *span) *blocker {
+// checkTasks walks the saved stacks of the tasks not live on a vCPU.
+func (m *Manager) checkTasks(tasks []guestkernel.Task, live map[uint64]bool, conservative bool, hit func(uint64, bool) *span) *blocker {
 	for _, t := range tasks {
-		if t.OnCPU != -1 {
+		if live[t.Addr] {
 			continue // its live stack is walked with its vCPU
 		}
 		who := fmt.Sprintf("pid %d (%s)", t.PID, t.Name)
