@@ -25,7 +25,7 @@ import (
 // KLP_KVM_ENGINE=kvm.
 var (
 	basePackages     = []string{"./kvm/hw"}
-	optionalPackages = []string{"./test/e2e"}
+	optionalPackages = []string{"./test/e2e", "./test/guest"}
 )
 
 // extraArgs are flags for one package's binary in the VM: kvm/hw also runs
