@@ -5,107 +5,11 @@ import (
 	"fmt"
 )
 
-// Go mirrors of include/boot_info.h and include/klp_abi.h. The layouts are
+// Go mirrors of include/klp_abi.h (boot_info.h is mirrored, written and
+// layout-checked by package kvm, which is what writes it). The layouts are
 // little-endian byte offsets; TestCLayout compiles the headers with gcc and
 // checks every size and offset below against the C compiler's.
 
-// boot_info.h
-const (
-	BootInfoMagic      = 0x31544f4f42504c4b // "KLPBOOT1"
-	BootInfoVersion    = 1
-	BootInfoCmdlineMax = 1024
-	BootInfoSize       = 80 + BootInfoCmdlineMax
-	BootLowEnd         = 0x100000
-	PortCOM1           = 0x3f8
-	PortCOM2           = 0x2f8
-	PortPowerOff       = 0xf4
-)
-
-// BootInfo is struct boot_info.
-type BootInfo struct {
-	Magic         uint64
-	Version       uint32
-	Size          uint32
-	NrCPUs        uint32
-	Flags         uint32
-	RAMSize       uint64
-	PatchAreaPhys uint64
-	PatchAreaSize uint64
-	PatchAreaVirt uint64
-	APICBusHz     uint64
-	TSCHz         uint64
-	CmdlineLen    uint32
-	Reserved      uint32
-	Cmdline       string // at most BootInfoCmdlineMax-1 bytes
-}
-
-// Offsets of struct boot_info fields.
-const (
-	offBIMagic         = 0
-	offBIVersion       = 8
-	offBISize          = 12
-	offBINrCPUs        = 16
-	offBIFlags         = 20
-	offBIRAMSize       = 24
-	offBIPatchAreaPhys = 32
-	offBIPatchAreaSize = 40
-	offBIPatchAreaVirt = 48
-	offBIAPICBusHz     = 56
-	offBITSCHz         = 64
-	offBICmdlineLen    = 72
-	offBIReserved      = 76
-	offBICmdline       = 80
-)
-
-// Encode returns the C image of b (BootInfoSize bytes); Size and
-// CmdlineLen are filled in. The command line must fit.
-func (b *BootInfo) Encode() ([]byte, error) {
-	if len(b.Cmdline) >= BootInfoCmdlineMax {
-		return nil, errorf("encode boot_info", ErrInvalid, 0, "command line of %d bytes, max %d", len(b.Cmdline), BootInfoCmdlineMax-1)
-	}
-	out := make([]byte, BootInfoSize)
-	le := binary.LittleEndian
-	le.PutUint64(out[offBIMagic:], b.Magic)
-	le.PutUint32(out[offBIVersion:], b.Version)
-	le.PutUint32(out[offBISize:], BootInfoSize)
-	le.PutUint32(out[offBINrCPUs:], b.NrCPUs)
-	le.PutUint32(out[offBIFlags:], b.Flags)
-	le.PutUint64(out[offBIRAMSize:], b.RAMSize)
-	le.PutUint64(out[offBIPatchAreaPhys:], b.PatchAreaPhys)
-	le.PutUint64(out[offBIPatchAreaSize:], b.PatchAreaSize)
-	le.PutUint64(out[offBIPatchAreaVirt:], b.PatchAreaVirt)
-	le.PutUint64(out[offBIAPICBusHz:], b.APICBusHz)
-	le.PutUint64(out[offBITSCHz:], b.TSCHz)
-	le.PutUint32(out[offBICmdlineLen:], uint32(len(b.Cmdline)))
-	le.PutUint32(out[offBIReserved:], b.Reserved)
-	copy(out[offBICmdline:], b.Cmdline)
-	return out, nil
-}
-
-// DecodeBootInfo parses a struct boot_info image, checking magic, version
-// and size; the command line is cut at its NUL (or CmdlineLen).
-func DecodeBootInfo(p []byte) (*BootInfo, error) {
-	const op = "decode boot_info"
-	if len(p) < BootInfoSize {
-		return nil, errorf(op, ErrFormat, 0, "%d bytes, want %d", len(p), BootInfoSize)
-	}
-	le := binary.LittleEndian
-	b := &BootInfo{
-		Magic: le.Uint64(p[offBIMagic:]), Version: le.Uint32(p[offBIVersion:]), Size: le.Uint32(p[offBISize:]),
-		NrCPUs: le.Uint32(p[offBINrCPUs:]), Flags: le.Uint32(p[offBIFlags:]), RAMSize: le.Uint64(p[offBIRAMSize:]),
-		PatchAreaPhys: le.Uint64(p[offBIPatchAreaPhys:]), PatchAreaSize: le.Uint64(p[offBIPatchAreaSize:]),
-		PatchAreaVirt: le.Uint64(p[offBIPatchAreaVirt:]), APICBusHz: le.Uint64(p[offBIAPICBusHz:]),
-		TSCHz: le.Uint64(p[offBITSCHz:]), CmdlineLen: le.Uint32(p[offBICmdlineLen:]), Reserved: le.Uint32(p[offBIReserved:]),
-	}
-	if b.Magic != BootInfoMagic || b.Version != BootInfoVersion || b.Size < BootInfoSize {
-		return nil, errorf(op, ErrFormat, 0, "magic %#x version %d size %d", b.Magic, b.Version, b.Size)
-	}
-	b.Cmdline = cstring(p[offBICmdline : offBICmdline+BootInfoCmdlineMax])
-	if int(b.CmdlineLen) < len(b.Cmdline) {
-		b.Cmdline = b.Cmdline[:b.CmdlineLen]
-	}
-	return b, nil
-}
 
 // cstring returns p up to its first NUL (all of p if there is none).
 func cstring(p []byte) string {

@@ -3,6 +3,7 @@ package guestkernel
 import (
 	"bufio"
 	"bytes"
+	"klp-kvm/kvm"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,15 +19,6 @@ func TestCLayout(t *testing.T) {
 		t.Skip("no gcc: C layout not checked")
 	}
 	want := map[string]int{
-		"sizeof(struct boot_info)": BootInfoSize,
-		"boot_info.magic":          offBIMagic, "boot_info.version": offBIVersion, "boot_info.size": offBISize,
-		"boot_info.nr_cpus": offBINrCPUs, "boot_info.flags": offBIFlags, "boot_info.ram_size": offBIRAMSize,
-		"boot_info.patch_area_phys": offBIPatchAreaPhys, "boot_info.patch_area_size": offBIPatchAreaSize,
-		"boot_info.patch_area_virt": offBIPatchAreaVirt, "boot_info.apic_bus_hz": offBIAPICBusHz,
-		"boot_info.tsc_hz": offBITSCHz, "boot_info.cmdline_len": offBICmdlineLen, "boot_info.reserved": offBIReserved,
-		"boot_info.cmdline": offBICmdline, "BOOT_INFO_CMDLINE_MAX": BootInfoCmdlineMax, "BOOT_LOW_END": BootLowEnd,
-		"PORT_COM1": PortCOM1, "PORT_COM2": PortCOM2, "PORT_POWEROFF": PortPowerOff, "BOOT_INFO_VERSION": BootInfoVersion,
-
 		"sizeof(struct klp_guest_abi)": GuestABISize,
 		"klp_guest_abi.magic":          offABIMagic, "klp_guest_abi.version": offABIVersion, "klp_guest_abi.size": offABISize,
 		"klp_guest_abi.task_table": offABITaskTable, "klp_guest_abi.task_stride": offABITaskStride,
@@ -102,7 +94,7 @@ func TestCLayout(t *testing.T) {
 		f := strings.Split(sc.Text(), "\t")
 		if strings.HasPrefix(f[0], "magic ") {
 			f = strings.Fields(f[0])
-			for i, m := range []uint64{BootInfoMagic, GuestABIMagic, SysfsMagic} {
+			for i, m := range []uint64{kvm.BootInfoMagic, GuestABIMagic, SysfsMagic} {
 				if f[1+i] != strconv.FormatUint(m, 16) {
 					t.Errorf("magic %d: C %s, Go %x", i, f[1+i], m)
 				}
@@ -116,33 +108,5 @@ func TestCLayout(t *testing.T) {
 		if g, ok := got[k]; !ok || g != w {
 			t.Errorf("%s: C says %d, Go says %d", k, g, w)
 		}
-	}
-}
-
-func TestBootInfoRoundTrip(t *testing.T) {
-	b := &BootInfo{Magic: BootInfoMagic, Version: BootInfoVersion, NrCPUs: 4, RAMSize: 128 << 20,
-		PatchAreaPhys: 112 << 20, PatchAreaSize: 16 << 20, PatchAreaVirt: 0xffffffffa0000000,
-		APICBusHz: 1e9, TSCHz: 1e9, Cmdline: "console=ttyS0 klp.selftest"}
-	p, err := b.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := DecodeBootInfo(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Size, b.CmdlineLen = BootInfoSize, uint32(len(b.Cmdline))
-	if *d != *b {
-		t.Fatalf("round trip:\n got %+v\nwant %+v", d, b)
-	}
-	if _, err := (&BootInfo{Cmdline: strings.Repeat("x", BootInfoCmdlineMax)}).Encode(); err == nil {
-		t.Fatal("over-long command line accepted")
-	}
-	p[0] ^= 1
-	if _, err := DecodeBootInfo(p); err == nil {
-		t.Fatal("bad magic accepted")
-	}
-	if _, err := DecodeBootInfo(p[:10]); err == nil {
-		t.Fatal("short buffer accepted")
 	}
 }
