@@ -10,7 +10,6 @@ import (
 // little-endian byte offsets; TestCLayout compiles the headers with gcc and
 // checks every size and offset below against the C compiler's.
 
-
 // cstring returns p up to its first NUL (all of p if there is none).
 func cstring(p []byte) string {
 	for i, c := range p {
