@@ -282,6 +282,10 @@ func (m *Machine) Close() error {
 	return err
 }
 
+// pauseSpin is how long Pause polls for the vCPUs' answers before it
+// blocks on them.
+const pauseSpin = 50 * time.Microsecond
+
 // Pause stops every vCPU at an instruction boundary and returns when all
 // have stopped. Pauses nest: each Pause needs one Resume. If a vCPU does
 // not stop within the deadline, the others are resumed and the error
@@ -305,6 +309,24 @@ func (m *Machine) Pause() error {
 			v.cpu.Kick()
 		case <-v.done:
 			replies[i] <- nil
+		}
+	}
+	// Most vCPUs answer within microseconds: poll briefly before blocking,
+	// which saves the wake-up of this goroutine's thread per reply. Only
+	// with a host core to spare: a poller sharing a core with a vCPU
+	// thread delays the very answer it waits for (measured: 2 vCPUs on 2
+	// cores, 54 -> 110 us).
+	spinFor := time.Duration(0)
+	if len(m.vcpus) < runtime.NumCPU() {
+		spinFor = pauseSpin
+	}
+	for i, spin := 0, time.Now(); i < len(m.vcpus) && time.Since(spin) < spinFor; {
+		select {
+		case err := <-replies[i]:
+			replies[i] <- err // leave it for the loop below
+			i++
+		default:
+			runtime.Gosched()
 		}
 	}
 	deadline := time.NewTimer(m.cfg.PauseDeadline)
