@@ -23,6 +23,7 @@ func commands() []command {
 		{"run", "boot a guest and serve the control API", cmdRun},
 		{"patch", "load, enable, disable, unload and list live patches", cmdPatch},
 		{"demo", "boot the embedded guest and live-patch it, start to finish", cmdDemo},
+		{"bench", "measure patch switch latency (pause window, end to end)", cmdBench},
 		{"exec", "run a guest shell command through the agent", cmdExec},
 		{"sysfs", "ls, cat or write the guest's /sys/kernel/livepatch", cmdSysfs},
 		{"status", "show the running machine", cmdStatus},

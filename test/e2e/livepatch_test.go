@@ -26,11 +26,6 @@ const patched = "this has been live patched"
 
 func boot(t testing.TB, cpus int) *session.Session {
 	t.Helper()
-	if EngineName() == "kvm" {
-		if _, err := os.Stat("/dev/kvm"); err != nil {
-			t.Skipf("KLP_KVM_ENGINE=kvm but no /dev/kvm: %v", err)
-		}
-	}
 	cfg := session.Config{Engine: EngineName(), CPUs: cpus, Cmdline: "console=ttyS0"}
 	if os.Getenv("KLP_E2E_CONSOLE") != "" {
 		cfg.Console = os.Stderr // the guest console, for debugging

@@ -2,11 +2,11 @@ package e2e
 
 import (
 	"fmt"
-	"sort"
 	"testing"
 	"time"
 
 	"klp-kvm/kvm"
+	"klp-kvm/livepatch/latency"
 )
 
 // firstByte signals the first console byte.
@@ -83,17 +83,8 @@ func BenchmarkPauseResume(b *testing.B) {
 				time.Sleep(100 * time.Microsecond) // let the vCPUs run between pauses
 			}
 			b.StopTimer()
-			b.ReportMetric(float64(median(pause).Nanoseconds())/1e3, "us/pause-median")
-			b.ReportMetric(float64(median(round).Nanoseconds())/1e3, "us/roundtrip-median")
+			b.ReportMetric(float64(latency.Median(pause).Nanoseconds())/1e3, "us/pause-median")
+			b.ReportMetric(float64(latency.Median(round).Nanoseconds())/1e3, "us/roundtrip-median")
 		})
 	}
-}
-
-func median(d []time.Duration) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
 }
