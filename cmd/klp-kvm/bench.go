@@ -43,7 +43,9 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	rows, err := latency.Run(latency.Config{Engine: *engineName, CPUs: cpus, Funcs: funcs, Iterations: *iters,
-		Progress: func(c, f int) { fmt.Fprintf(stderr, "klp-kvm bench: %d vCPU(s), %d function(s), %d cycles\n", c, f, *iters) }})
+		Progress: func(c, f int) {
+			fmt.Fprintf(stderr, "klp-kvm bench: %d vCPU(s), %d function(s), %d cycles\n", c, f, *iters)
+		}})
 	if err != nil {
 		fmt.Fprintf(stderr, "klp-kvm bench: %v\n", err)
 		return 1
