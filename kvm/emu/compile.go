@@ -712,17 +712,7 @@ func compileMov(in inst, xi *x.Inst) (inst, bool) {
 			return fail()
 		}
 		in.r2, in.size = src, sz
-		switch {
-		case r >= x.ES && r <= x.GS:
-			in.cc = uint8(r - x.ES)
-			in.fn = hMovToSeg
-		case r >= x.CR0 && r <= x.CR15:
-			in.cc = uint8(r - x.CR0)
-			in.fn = hMovToCR
-		case r >= x.DR0 && r <= x.DR15:
-			in.cc = uint8(r - x.DR0)
-			in.fn = hMovToDR
-		default:
+		if !sysReg(&in, r, hMovToSeg, hMovToCR, hMovToDR) {
 			return fail()
 		}
 		return in, true
@@ -743,17 +733,7 @@ func compileMov(in inst, xi *x.Inst) (inst, bool) {
 		default:
 			return fail()
 		}
-		switch {
-		case r >= x.ES && r <= x.GS:
-			in.cc = uint8(r - x.ES)
-			in.fn = hMovFromSeg
-		case r >= x.CR0 && r <= x.CR15:
-			in.cc = uint8(r - x.CR0)
-			in.fn = hMovFromCR
-		case r >= x.DR0 && r <= x.DR15:
-			in.cc = uint8(r - x.DR0)
-			in.fn = hMovFromDR
-		default:
+		if !sysReg(&in, r, hMovFromSeg, hMovFromCR, hMovFromDR) {
 			return fail()
 		}
 		return in, false
@@ -836,4 +816,20 @@ func pickOp(first bool, a, b handler) handler {
 		return a
 	}
 	return b
+}
+
+// sysReg picks the segment, control or debug register form of a MOV to or
+// from r: in.cc is the register's number within its class.
+func sysReg(in *inst, r x.Reg, seg, cr, dr handler) bool {
+	switch {
+	case r >= x.ES && r <= x.GS:
+		in.cc, in.fn = uint8(r-x.ES), seg
+	case r >= x.CR0 && r <= x.CR15:
+		in.cc, in.fn = uint8(r-x.CR0), cr
+	case r >= x.DR0 && r <= x.DR15:
+		in.cc, in.fn = uint8(r-x.DR0), dr
+	default:
+		return false
+	}
+	return true
 }
