@@ -418,6 +418,9 @@ func TestPauseDeadline(t *testing.T) {
 	}
 	defer m.Close()
 	wait := startMachine(t, m)
+	for m.counter(1) == 0 { // vCPU 1 must be inside Run to be slow to stop
+		time.Sleep(100 * time.Microsecond)
+	}
 	err = m.Pause()
 	if !errors.Is(err, ErrPauseTimout) || !strings.Contains(err.Error(), "vCPU 1") || strings.Contains(err.Error(), "vCPU 0") {
 		t.Fatalf("Pause with a slow vCPU: %v", err)
