@@ -18,6 +18,9 @@ type Guest struct {
 	mem  Memory
 	syms *Symbols
 	abi  *GuestABI
+	// [entryLo, entryHi) is the interrupt entry and exit code (the isr_N
+	// stubs and isr_common); zero if the kernel has no such symbols.
+	entryLo, entryHi uint64
 }
 
 // Task is one guest task as read from the task table.
@@ -65,6 +68,12 @@ func Open(mem Memory, syms *Symbols) (*Guest, error) {
 	g := &Guest{mem: mem, syms: syms}
 	if err := g.readABI(sym.Addr); err != nil {
 		return nil, err
+	}
+	if common, err := syms.Lookup("isr_common"); err == nil && common.Size > 0 {
+		g.entryLo, g.entryHi = common.Addr, common.Addr+common.Size
+		if first, err := syms.Lookup("isr_0"); err == nil && first.Addr < common.Addr {
+			g.entryLo = first.Addr
+		}
 	}
 	return g, nil
 }
@@ -188,6 +197,14 @@ func stackBounds(t Task) (lo, hi uint64, err error) {
 // current task and the tasks' on_cpu fields may be in flux.
 func (g *Guest) InSwitch(pc uint64) bool {
 	return pc >= g.abi.SwitchTo && pc-g.abi.SwitchTo < g.abi.SwitchToSize
+}
+
+// InEntry reports whether pc lies in the interrupt entry or exit code: from
+// the vector stubs to isr_common's iretq. There the interrupted function is
+// in the hardware interrupt frame but not (yet, or any more) in the frame
+// chain, so a stack walked from a CPU stopped there is incomplete.
+func (g *Guest) InEntry(pc uint64) bool {
+	return pc >= g.entryLo && pc < g.entryHi
 }
 
 // WalkTask walks a switched-out task's frame chain from its saved

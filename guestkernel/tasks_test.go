@@ -467,3 +467,30 @@ func FuzzGuestABI(f *testing.F) {
 		g.AllStacks(func(int) (uint64, uint64, uint64, error) { return 0, 0, 0, nil }, 16)
 	})
 }
+
+// InEntry covers the vector stubs and isr_common through its iretq, and
+// nothing around them.
+func TestInEntry(t *testing.T) {
+	g := newFakeGuest(t)
+	gst, err := Open(g.mem, g.syms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err1 := g.syms.Lookup("isr_0")
+	common, err2 := g.syms.Lookup("isr_common")
+	if err1 != nil || err2 != nil || common.Size == 0 {
+		t.Fatalf("kernel lacks isr_0/isr_common: %v %v", err1, err2)
+	}
+	for pc, want := range map[uint64]bool{
+		first.Addr:                       true,
+		common.Addr:                      true,
+		common.Addr + common.Size - 1:    true, // the iretq
+		first.Addr - 1:                   false,
+		common.Addr + common.Size:        false,
+		fnAddr(t, g.syms, "schedule", 1): false,
+	} {
+		if got := gst.InEntry(pc); got != want {
+			t.Errorf("InEntry(%#x) = %v, want %v", pc, got, want)
+		}
+	}
+}

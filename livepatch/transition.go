@@ -543,6 +543,12 @@ func (m *Manager) check(idx *spanIndex, conservative bool) *blocker {
 		if m.intro != nil && m.intro.InSwitch(r.RIP) {
 			return &blocker{who: who, what: "a context switch", pc: r.RIP}
 		}
+		if m.intro != nil && m.intro.InEntry(r.RIP) {
+			// Between the hardware interrupt frame and the frame record
+			// isr_common pushes (or after it is popped), the interrupted
+			// function is missing from the RBP chain: retry shortly.
+			return &blocker{who: who, what: "interrupt entry", pc: r.RIP}
+		}
 		if s := hit(r.RIP, true); s != nil {
 			return &blocker{who: who, what: s.name, pc: r.RIP}
 		}
