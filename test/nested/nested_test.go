@@ -358,6 +358,12 @@ func buildInitramfs(t *testing.T, root, work string, k *kernelCache, bins []test
 		must(a.AddFile("klp-nested/bin/klp-kvm", klp))
 		man.Env = append(man.Env, "KLP_KVM_BIN=/klp-nested/bin/klp-kvm")
 	}
+	// The e2e suites' own knobs (e.g. KLP_E2E_PAIR_CYCLES) reach the VM.
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "KLP_E2E_") {
+			man.Env = append(man.Env, kv)
+		}
+	}
 	for _, b := range bins {
 		must(a.AddFile(path.Join("klp-nested/bin", b.Name), b.Path))
 		dir := path.Join("/src", strings.TrimPrefix(b.Pkg, "./"))
