@@ -21,6 +21,27 @@ type Guest struct {
 	// [entryLo, entryHi) is the interrupt entry and exit code (the isr_N
 	// stubs and isr_common); zero if the kernel has no such symbols.
 	entryLo, entryHi uint64
+	// [extraLo, extraHi) is code outside the kernel image that return
+	// addresses may point into (the patch area's new functions); zero if
+	// none was declared.
+	extraLo, extraHi uint64
+}
+
+// AddText declares [lo, hi) as code outside the kernel's symbols (the
+// patch area): a word at an interrupted RSP pointing there is a caller's
+// return address like one into the kernel. Without it a task preempted at
+// the first instruction of a function called from a patch's new function
+// loses that caller from its walk (the cause of the consistency
+// violations seen on kvm_pvm; see docs/design-notes.md).
+func (g *Guest) AddText(lo, hi uint64) { g.extraLo, g.extraHi = lo, hi }
+
+// isText reports whether pc lies in a kernel function or declared text.
+func (g *Guest) isText(pc uint64) bool {
+	if pc >= g.extraLo && pc < g.extraHi {
+		return true
+	}
+	_, _, ok := g.syms.Addr2Func(pc)
+	return ok
 }
 
 // Task is one guest task as read from the task table.
@@ -297,7 +318,7 @@ func (g *Guest) irqFrame(rec, lo, hi uint64) (Frame, []Frame, error) {
 		if err := g.mem.ReadVirt(r.RSP, w[:]); err == nil {
 			for i := 0; i < 2; i++ {
 				v := binary.LittleEndian.Uint64(w[i*8:])
-				if _, _, ok := g.syms.Addr2Func(v); ok {
+				if g.isText(v) {
 					extra = append(extra, Frame{PC: v, FP: r.RSP + uint64(i*8), Conservative: true})
 				}
 			}

@@ -34,6 +34,10 @@ func handleExit(b *bus, ex *engine.Exit, sym func(uint64) string) (act exitActio
 	switch ex.Reason {
 	case engine.ExitIntr:
 		return actPause, 0, nil
+	case engine.ExitDebug:
+		// Breakpoints are armed only by RunUntil, which handles their
+		// exits itself: one seen here is stale and harmless.
+		return actContinue, 0, nil
 	case engine.ExitIO:
 		b.ioExits.Add(1)
 		return b.portIO(&ex.IO)

@@ -30,12 +30,14 @@ const (
 	evResume
 	evFinish
 	evDo
+	evRun // paused vCPUs only: run until a stop address (RunUntil)
 )
 
 // event is a typed request to a vCPU thread; the thread answers on reply.
 type event struct {
 	kind  eventKind
 	fn    func(engine.VCPU) error // evDo: runs on the vCPU's own thread
+	run   *runReq                 // evRun
 	reply chan<- error
 }
 
@@ -125,7 +127,7 @@ func (v *vcpu) eventWhileRunning(ev event) (next stateFn, leave bool) {
 	case evFinish:
 		ev.reply <- nil
 		return nil, true
-	case evDo:
+	case evDo, evRun:
 		ev.reply <- errorf("vcpu", ErrNotPaused, "vCPU %d is running", v.id)
 	default: // evResume while running: nothing to do
 		ev.reply <- nil
@@ -147,6 +149,12 @@ func (v *vcpu) parked(self VCPUState, resume stateFn) stateFn {
 			return nil
 		case evDo:
 			ev.reply <- ev.fn(v.cpu)
+		case evRun:
+			if self != StatePaused {
+				ev.reply <- errorf("vcpu", ErrStopped, "vCPU %d is %s", v.id, self)
+				continue
+			}
+			ev.reply <- v.runUntil(ev.run)
 		default: // evPause: already parked
 			v.capture()
 			ev.reply <- nil

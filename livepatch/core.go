@@ -45,6 +45,15 @@ type PausedRegser interface {
 	PausedRegs() ([]engine.Regs, error)
 }
 
+// Stepper is optionally implemented by a Guest that can let some vCPUs
+// run while the others stay paused (kvm.Machine.RunUntil): each listed
+// vCPU runs until it reaches one of its addresses or the budget is spent.
+// It is what makes the progress guarantee possible: a vCPU running inside
+// a changing function is let out of it inside the same pause.
+type Stepper interface {
+	RunUntil(stops map[int][]uint64, budget time.Duration) (reached int, err error)
+}
+
 // CallbackRunner calls a function in the guest with one argument (the
 // pre/post (un)patch callbacks, which take the struct klp_object) and
 // returns its return value; the guest agent's guest-call.
@@ -66,6 +75,11 @@ type Options struct {
 	Force        bool          // skip the consistency check (Linux's force)
 	Deadline     time.Duration // how long to retry a blocked transition; default 5 s
 	Conservative bool          // scan every stack word (Ksplice) instead of the frame-pointer chain
+	// NoProgress turns off the progress guarantee (blocking vCPUs let run
+	// out of the changing code inside the pause): every blocked attempt
+	// then resumes the guest and retries, as Linux and kpatch do. For
+	// comparisons and benchmarks.
+	NoProgress bool
 }
 
 // DefaultDeadline is how long a blocked transition is retried.
@@ -125,10 +139,13 @@ type Result struct {
 	Attempts    int           `json:"attempts"`
 	Forced      bool          `json:"forced"`
 	Funcs       int           `json:"funcs"`
-	PauseWindow time.Duration `json:"pause_window_ns"` // Pause..Resume of the switching attempt
-	Stop        time.Duration `json:"stop_ns"`         // in the window: stopping every vCPU (Pause)
-	Check       time.Duration `json:"check_ns"`        // in the window: the stack checks
-	Poke        time.Duration `json:"poke_ns"`         // in the window: the verified text pokes
+	PauseWindow time.Duration `json:"pause_window_ns"`        // Pause..Resume of the switching attempt
+	Stop        time.Duration `json:"stop_ns"`                // in the window: stopping every vCPU (Pause)
+	Check       time.Duration `json:"check_ns"`               // in the window: the stack checks
+	Poke        time.Duration `json:"poke_ns"`                // in the window: the verified text pokes
+	Steps       int           `json:"steps,omitempty"`        // progress rounds: blocking vCPUs let run out of the changing code
+	StepTime    time.Duration `json:"step_ns,omitempty"`      // time spent in them (inside pause windows)
+	ResumeErr   string        `json:"resume_error,omitempty"` // the guest did not restart after the switch (which stands)
 	Total       time.Duration `json:"total_ns"`
 	Replaced    []string      `json:"replaced,omitempty"` // patches an atomic replace removed
 }
@@ -183,6 +200,7 @@ func New(cfg Config) (*Manager, error) {
 		m.cbTO = 10 * time.Second
 	}
 	if g, err := guestkernel.Open(cfg.Guest, syms); err == nil {
+		g.AddText(cfg.PatchArea, cfg.PatchArea+cfg.PatchAreaSize)
 		m.intro = g
 	}
 	if err := m.writeSysfs(); err != nil {

@@ -3,6 +3,7 @@ package livepatch
 import (
 	"encoding/binary"
 	"errors"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -714,5 +715,145 @@ func TestImageWriteFailure(t *testing.T) {
 	refused(t, g, m, syscall.EIO, func() error { _, err := m.Enable(sample, Options{}); return err })
 	if m.Tracer().Alloc().InUse() != 0 {
 		t.Fatal("leak")
+	}
+}
+
+// TestConsistencyPreemptedAtCalleeEntry is the state behind the consistency
+// violations first seen on kvm_pvm: a task preempted by the timer at the
+// first instruction of klp_pair_b, called from the patch's new klp_pair_a.
+// The caller (the new klp_pair_a, in the patch area) is only in the word at
+// the interrupted RSP; the frame chain skips it. Disabling the patch then
+// would return the task into the new A with the old B: a torn pair. The
+// check must see it and refuse (EBUSY naming the new function).
+func TestConsistencyPreemptedAtCalleeEntry(t *testing.T) {
+	g, m := newManager(t, 1, nil)
+	if _, _, err := m.Load(patchObj(t, "livepatch-pair"), "", Options{}); err != nil {
+		t.Fatal(err)
+	}
+	var newA uint64
+	for _, f := range m.Status().Patches[0].Objects[0].Funcs {
+		if f.OldName == "klp_pair_a" {
+			newA = f.NewAddr
+		}
+	}
+	b := g.sym(t, "klp_pair_b")
+	worker := g.sym(t, "worker")
+	if newA == 0 || b == 0 || worker == 0 {
+		t.Fatal("symbols missing")
+	}
+	if err := g.SetPreemptedTask(0, 1, "worker/0", b, []uint64{newA + 0xe, 0}, worker+0x55); err != nil {
+		t.Fatal(err)
+	}
+	before := g.hash()
+	_, err := m.Disable("livepatch_pair", Options{Deadline: 20 * time.Millisecond})
+	if !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "pid 1 (worker/0)") || !strings.Contains(err.Error(), "klp_pair_a") {
+		t.Fatalf("want EBUSY naming pid 1 in the new klp_pair_a, got %v", err)
+	}
+	if g.hash() != before {
+		t.Fatal("refused disable changed guest memory")
+	}
+	// The same task returning into the old klp_pair_a blocks the enable
+	// direction too (kernel text: the walker always knew it).
+	if _, err := m.Disable("livepatch_pair", Options{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	a := g.sym(t, "klp_pair_a")
+	if err := g.SetPreemptedTask(0, 1, "worker/0", b, []uint64{a + 0x36, 0}, worker+0x55); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Enable("livepatch_pair", Options{Deadline: 20 * time.Millisecond}); !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "klp_pair_a") {
+		t.Fatalf("want EBUSY naming klp_pair_a, got %v", err)
+	}
+	// Once the task is elsewhere, the switch goes through.
+	if err := g.SetPreemptedTask(0, 1, "worker/0", worker+0x55, []uint64{0, 0}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Enable("livepatch_pair", Options{Deadline: 20 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestProgressGuarantee: a vCPU running inside a changing function is let
+// run on alone, inside the same pause, to the return address of its
+// outermost changing frame; the switch then completes in that one
+// attempt. Without it (NoProgress) the same guest never lets the switch
+// through, and the deadline error names what blocked every attempt.
+func TestProgressGuarantee(t *testing.T) {
+	g, m := newManager(t, 2, nil)
+	if _, err := m.Register(patchObj(t, "livepatch-pair"), ""); err != nil {
+		t.Fatal(err)
+	}
+	a := g.sym(t, "klp_pair_a")
+	ret := g.sym(t, "worker") + 0x55
+	// vCPU 1 in klp_pair_a's loop, its frame returning into worker
+	rbp := g.regs(1).RSP - 0x100
+	var w [16]byte
+	binary.LittleEndian.PutUint64(w[8:], ret)
+	if err := g.WriteVirt(rbp, w[:]); err != nil {
+		t.Fatal(err)
+	}
+	inA := engine.Regs{RIP: a + 0x20, RSP: rbp - 0x10, RBP: rbp}
+	g.setRegs(1, inA)
+	var stopsSeen [][]uint64
+	g.Step = func(stops map[int][]uint64) int {
+		stopsSeen = append(stopsSeen, stops[1])
+		if len(stops) != 1 || len(stops[1]) != 1 {
+			return 0
+		}
+		// it runs until it returns into worker
+		g.setRegs(1, engine.Regs{RIP: stops[1][0], RSP: rbp + 16})
+		return 1
+	}
+	res, err := m.Enable("livepatch_pair", Options{Deadline: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Attempts != 1 || res.Steps != 1 || len(stopsSeen) != 1 || stopsSeen[0][0] != ret {
+		t.Fatalf("attempts %d steps %d stops %x: want one attempt, one step to %#x", res.Attempts, res.Steps, stopsSeen, ret)
+	}
+	// Back inside (now the new klp_pair_a blocks the disable), progress off.
+	if _, err := m.Disable("livepatch_pair", Options{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	g.setRegs(1, inA)
+	g.Steps = 0
+	_, err = m.Enable("livepatch_pair", Options{Deadline: 30 * time.Millisecond, NoProgress: true})
+	if !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "CPU 1 is in klp_pair_a") || !regexp.MustCompile(`blocked (\d+) of (\d+) attempts`).MatchString(err.Error()) {
+		t.Fatalf("want EBUSY naming CPU 1 in klp_pair_a with its count, got %v", err)
+	}
+	if g.Steps != 0 {
+		t.Fatalf("NoProgress still stepped %d times", g.Steps)
+	}
+	// A sleeping task inside a changing function is not stepped over: it
+	// blocks as in Linux, and the vCPUs are not run for it.
+	g.setRegs(1, engine.Regs{RIP: ret, RSP: rbp + 16})
+	g.fakeTask(t, m, 0, 9, "sleeper", a+0x36)
+	_, err = m.Enable("livepatch_pair", Options{Deadline: 30 * time.Millisecond})
+	if !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "pid 9 (sleeper)") {
+		t.Fatalf("want EBUSY naming the sleeping task, got %v", err)
+	}
+	if g.Steps != 0 {
+		t.Fatalf("stepped %d times for a sleeping task", g.Steps)
+	}
+}
+
+// TestProgressBudget: a vCPU that never leaves (the hook does not move it)
+// costs at most the step budget per attempt, and the transition still
+// times out cleanly.
+func TestProgressBudget(t *testing.T) {
+	g, m := newManager(t, 1, nil)
+	if _, err := m.Register(patchObj(t, "livepatch-pair"), ""); err != nil {
+		t.Fatal(err)
+	}
+	a := g.sym(t, "klp_pair_a")
+	g.setRegs(0, engine.Regs{RIP: a + 0x20, RSP: g.regs(0).RSP})
+	g.Step = func(map[int][]uint64) int { time.Sleep(100 * time.Microsecond); return 0 }
+	before := g.hash()
+	_, err := m.Enable("livepatch_pair", Options{Deadline: 40 * time.Millisecond})
+	if !errors.Is(err, syscall.EBUSY) {
+		t.Fatalf("want EBUSY, got %v", err)
+	}
+	if g.hash() != before || g.Paused() || g.Steps == 0 {
+		t.Fatalf("after a timed-out progress: changed %v, paused %v, steps %d", g.hash() != before, g.Paused(), g.Steps)
 	}
 }

@@ -2,18 +2,13 @@ package livepatch
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"sort"
-	"sync"
 	"syscall"
 	"time"
 
 	"klp-kvm/elfpatch"
 	"klp-kvm/ftrace"
-	"klp-kvm/guestkernel"
-	"klp-kvm/kvm/engine"
 )
 
 // Callback indices (elfpatch.CallbackNames order).
@@ -32,9 +27,15 @@ const (
 	backoffMax = 20 * time.Millisecond
 )
 
-// maxVCPUStack is how far above RSP a vCPU's stack is assumed to reach
-// when the running task's stack bounds are unknown.
-const maxVCPUStack = guestkernel.StackSize
+// The progress guarantee: when only running vCPUs block a switch, they
+// alone run on, inside the same pause, until they return out of the
+// changing code (a breakpoint on the return address) or until stepBudget
+// is spent; a vCPU whose way out is not known (mid context switch, in the
+// interrupt entry) runs in slices of stepSlice.
+const (
+	stepBudget = 2 * time.Millisecond
+	stepSlice  = 100 * time.Microsecond
+)
 
 func (m *Manager) enable(name string, o Options) (*Result, error) {
 	const op = "enable"
@@ -333,26 +334,16 @@ func (m *Manager) dropImage(p *Patch) {
 	}
 }
 
-// blocker is what stopped a transition attempt.
-type blocker struct {
-	who  string // "pid 7 (parker)" or "CPU 1 (pid 3 worker0)"
-	what string // the function, or why the stack could not be trusted
-	pc   uint64
-}
-
-func (b *blocker) String() string {
-	if b.pc != 0 {
-		return fmt.Sprintf("%s is in %s (pc %#x)", b.who, b.what, b.pc)
-	}
-	return fmt.Sprintf("%s: %s", b.who, b.what)
-}
-
 // transition switches the sites of pl in one pause, after checking that no
-// vCPU and no task is inside a function whose meaning changes. While
-// blocked it resumes the guest, mirrors transition=1 into sysfs, backs off
-// and retries; at the deadline everything is rolled back and the error is
-// EBUSY naming the blocker. The returned transaction is committed; the
-// caller Finishes it (or rolls it back).
+// vCPU and no task is inside a function whose meaning changes (Linux's
+// klp_try_complete_transition). When only running vCPUs block, they alone
+// run on out of the changing code inside the same pause and the check is
+// repeated (progress). When a sleeping task blocks, or progress ran out
+// of budget, the guest resumes, transition=1 is mirrored into sysfs, and
+// the attempt is retried with backoff; at the deadline everything is
+// rolled back and the error is EBUSY naming what blocked the most
+// attempts. The returned transaction is committed; the caller Finishes it
+// (or rolls it back).
 func (m *Manager) transition(op string, p *Patch, pl *stackPlan, o Options) (*Result, *ftrace.Txn, error) {
 	x, err := m.tracer.Prepare(pl.updates)
 	if err != nil {
@@ -386,7 +377,7 @@ func (m *Manager) transition(op string, p *Patch, pl *stackPlan, o Options) (*Re
 			_ = m.writeSysfs()
 		}
 	}
-	var last *blocker
+	tally := newBlockerTally()
 	for {
 		res.Attempts++
 		force := o.Force || m.forceReq.Load()
@@ -402,7 +393,11 @@ func (m *Manager) transition(op string, p *Patch, pl *stackPlan, o Options) (*Re
 			paused = false
 			blk = &blocker{who: "the guest", what: "could not be stopped: " + err.Error()}
 		} else if !force {
-			blk = m.check(idx, o.Conservative)
+			v := m.check(idx, o.Conservative)
+			if v.first != nil && !v.sleeping && !o.NoProgress {
+				v = m.progress(idx, o.Conservative, v, res)
+			}
+			blk = v.first
 		}
 		if blk == nil {
 			t1 := time.Now()
@@ -411,11 +406,6 @@ func (m *Manager) transition(op string, p *Patch, pl *stackPlan, o Options) (*Re
 			rerr := m.g.Resume()
 			res.PauseWindow = time.Since(t0)
 			res.Stop, res.Check, res.Poke = tp.Sub(t0), t1.Sub(tp), t2.Sub(t1)
-			if err == nil && rerr != nil {
-				// The text is switched but the guest did not restart:
-				// report it; the state is consistent (the switch happened).
-				err = nil
-			}
 			if err != nil {
 				x.Abort()
 				finish()
@@ -425,13 +415,16 @@ func (m *Manager) transition(op string, p *Patch, pl *stackPlan, o Options) (*Re
 				}
 				return nil, nil, &Error{Op: op, Patch: p.Name, Errno: errno, Detail: "text poke", Err: err}
 			}
+			// The text is switched; a guest that did not restart is
+			// reported, but the switch stands (the state is consistent).
+			res.ResumeErr = errString(rerr)
 			res.Forced = force
 			if inTransition {
 				p.Transition = false // the caller's sysfs write shows it
 			}
 			return res, x, nil
 		}
-		last = blk
+		tally.add(blk)
 		if paused {
 			if err := m.g.Resume(); err != nil {
 				x.Abort()
@@ -448,237 +441,79 @@ func (m *Manager) transition(op string, p *Patch, pl *stackPlan, o Options) (*Re
 			x.Abort()
 			finish()
 			return nil, nil, errorf(op, p.Name, syscall.EBUSY, "transition not complete after %v (%d attempts), rolled back: %s",
-				deadline, res.Attempts, last)
+				deadline, res.Attempts, tally.summary(res.Attempts))
 		}
 		time.Sleep(backoff)
 		backoff = min(backoff*2, backoffMax)
 	}
 }
 
-// check walks every vCPU's live stack and every sleeping task's saved
-// stack (the guest is paused) and returns the first frame inside a span,
-// or an unreliable stack, or nil when the switch is safe.
-func (m *Manager) check(idx *spanIndex, conservative bool) *blocker {
-	if len(idx.spans) == 0 {
-		return nil
+// progress lets the vCPUs that block v run on alone, the rest of the guest
+// still paused, until they leave the changing code, checking again after
+// each stop; it ends when the switch is safe, a sleeping task blocks,
+// the guest cannot do it (no Stepper) or the budget is spent.
+func (m *Manager) progress(idx *spanIndex, conservative bool, v *verdict, res *Result) *verdict {
+	st, ok := m.g.(Stepper)
+	if !ok {
+		return v
 	}
-	// Fetch every vCPU's registers concurrently (each is a round trip to
-	// that vCPU's thread) while the task table is read and the sleeping
-	// tasks' stacks are walked.
-	n := m.g.NumCPUs()
-	regs := make([]engine.Regs, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	if snap, ok := m.g.(PausedRegser); ok {
-		// The machine kept the registers each vCPU had when it stopped:
-		// no round trips at all.
-		all, err := snap.PausedRegs()
-		for cpu := 0; cpu < n; cpu++ {
-			switch {
-			case err != nil:
-				errs[cpu] = err
-			case cpu < len(all):
-				regs[cpu] = all[cpu]
-			default:
-				errs[cpu] = fmt.Errorf("no registers of vCPU %d in the pause snapshot", cpu)
+	t0 := time.Now()
+	end := t0.Add(stepBudget)
+	for v.first != nil && !v.sleeping && len(v.running) > 0 {
+		budget := time.Until(end)
+		if budget <= 0 {
+			break
+		}
+		for _, stop := range v.running {
+			if len(stop) == 0 {
+				budget = min(budget, stepSlice)
 			}
 		}
-	} else {
-		for cpu := 0; cpu < n; cpu++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				regs[cpu], errs[cpu] = m.g.Regs(cpu)
-			}()
+		res.Steps++
+		if _, err := st.RunUntil(v.running, budget); err != nil {
+			break
 		}
+		v = m.check(idx, conservative)
 	}
-	var tasks []guestkernel.Task
-	var current []uint64
-	if m.intro != nil {
-		var err error
-		if tasks, err = m.intro.Tasks(); err != nil {
-			wg.Wait()
-			return &blocker{who: "guest task table", what: "unreadable: " + err.Error()}
-		}
-		current, _ = m.intro.CPUCurrent()
-	}
-	hit := idx.hit
-	wg.Wait()
-	// A task is live on a vCPU when that vCPU's RSP lies in its stack; every
-	// other task is walked from its saved state. The guest's own on_cpu
-	// field is not trusted for this: schedule() marks next as on_cpu before
-	// the stack switch, and a vCPU paused in that window runs prev while
-	// next's saved frames (possibly inside a changing function) would be
-	// skipped.
-	live := make(map[uint64]bool)
-	for cpu := 0; cpu < n; cpu++ {
-		if errs[cpu] != nil {
-			continue
-		}
-		for _, t := range tasks {
-			if t.StackSize > 0 && t.StackSize <= 1<<20 && regs[cpu].RSP >= t.StackBase && regs[cpu].RSP < t.StackBase+t.StackSize {
-				live[t.Addr] = true
-			}
-		}
-	}
-	if b := m.checkTasks(tasks, live, conservative, hit); b != nil {
-		return b
-	}
-	for cpu := 0; cpu < n; cpu++ {
-		r, err := regs[cpu], errs[cpu]
-		who := fmt.Sprintf("CPU %d", cpu)
-		if err != nil {
-			return &blocker{who: who, what: "registers unreadable: " + err.Error()}
-		}
-		lo, hi := r.RSP&^7, (r.RSP&^7)+maxVCPUStack
-		known := false
-		for _, t := range tasks {
-			if cpu < len(current) && t.Addr == current[cpu] {
-				who = fmt.Sprintf("CPU %d (pid %d %s)", cpu, t.PID, t.Name)
-			}
-			if t.StackSize > 0 && t.StackSize <= 1<<20 && r.RSP >= t.StackBase && r.RSP < t.StackBase+t.StackSize {
-				lo, hi, known = t.StackBase, t.StackBase+t.StackSize, true
-			}
-		}
-		if m.intro != nil && m.intro.InSwitch(r.RIP) {
-			return &blocker{who: who, what: "a context switch", pc: r.RIP}
-		}
-		if m.intro != nil && m.intro.InEntry(r.RIP) {
-			// Between the hardware interrupt frame and the frame record
-			// isr_common pushes (or after it is popped), the interrupted
-			// function is missing from the RBP chain: retry shortly.
-			return &blocker{who: who, what: "interrupt entry", pc: r.RIP}
-		}
-		if s := hit(r.RIP, true); s != nil {
-			return &blocker{who: who, what: s.name, pc: r.RIP}
-		}
-		// The callee's frame may not be pushed yet (at entry or right after
-		// push %rbp): the words at RSP name its caller.
-		if b := m.scanWords(r.RSP&^7, min(hi, (r.RSP&^7)+16), who, hit); b != nil {
-			return b
-		}
-		if conservative || m.intro == nil {
-			if b := m.scanWords(r.RSP&^7, hi, who, hit); b != nil {
-				return b
-			}
-			continue
-		}
-		frames, err := m.intro.WalkFrom(r.RIP, r.RBP, lo, hi, 0)
-		if b := checkFrames(frames, who, hit); b != nil {
-			return b
-		}
-		if err != nil && known {
-			return &blocker{who: who, what: "unreliable stack: " + err.Error()}
-		}
-	}
-	return nil
+	res.StepTime += time.Since(t0)
+	return v
 }
 
-// checkTasks walks the saved stacks of the tasks not live on a vCPU.
-func (m *Manager) checkTasks(tasks []guestkernel.Task, live map[uint64]bool, conservative bool, hit func(uint64, bool) *span) *blocker {
-	for _, t := range tasks {
-		if live[t.Addr] {
-			continue // its live stack is walked with its vCPU
-		}
-		who := fmt.Sprintf("pid %d (%s)", t.PID, t.Name)
-		if conservative {
-			if hit(t.SavedRIP, true) != nil {
-				return &blocker{who: who, what: hit(t.SavedRIP, true).name, pc: t.SavedRIP}
-			}
-			if t.StackSize == 0 || t.StackSize > 1<<20 || t.SavedRSP < t.StackBase || t.SavedRSP >= t.StackBase+t.StackSize {
-				return &blocker{who: who, what: "unreliable stack: saved RSP outside its stack"}
-			}
-			if b := m.scanWords(t.SavedRSP&^7, t.StackBase+t.StackSize, who, hit); b != nil {
-				return b
-			}
-			continue
-		}
-		frames, err := m.intro.WalkTask(t, 0)
-		if b := checkFrames(frames, who, hit); b != nil {
-			return b
-		}
-		if err != nil {
-			return &blocker{who: who, what: "unreliable stack: " + err.Error()}
-		}
-	}
-	return nil
+// blockerTally counts what blocked each attempt, so that a transition that
+// times out names what held it up most, not whatever the last attempt
+// happened to see.
+type blockerTally struct {
+	n    map[string]int
+	last *blocker
 }
 
-func checkFrames(frames []guestkernel.Frame, who string, hit func(uint64, bool) *span) *blocker {
-	for i, f := range frames {
-		exact := i == 0 || f.Interrupted
-		if s := hit(f.PC, exact); s != nil {
-			return &blocker{who: who, what: s.name, pc: f.PC}
-		}
-	}
-	return nil
+func newBlockerTally() *blockerTally { return &blockerTally{n: map[string]int{}} }
+
+func (t *blockerTally) add(b *blocker) {
+	t.n[b.key()]++
+	t.last = b
 }
 
-// scanWords checks every 8-byte word of [lo, hi) as a return address (the
-// conservative, Ksplice-style check: any word that looks like a pointer
-// into a changing function blocks).
-func (m *Manager) scanWords(lo, hi uint64, who string, hit func(uint64, bool) *span) *blocker {
-	if hi <= lo || hi-lo > 1<<20 {
-		return nil
-	}
-	buf := make([]byte, hi-lo)
-	if err := m.g.ReadVirt(lo, buf); err != nil {
-		// Part of the assumed range may be unmapped: scan what reads.
-		for n := uint64(len(buf)) / 2; n >= 8; n /= 2 {
-			if m.g.ReadVirt(lo, buf[:n&^7]) == nil {
-				buf = buf[:n&^7]
-				err = nil
-				break
-			}
-		}
-		if err != nil {
-			return nil
+func (t *blockerTally) summary(attempts int) string {
+	best, bestN := "", 0
+	for k, n := range t.n {
+		if n > bestN || (n == bestN && k < best) {
+			best, bestN = k, n
 		}
 	}
-	for off := 0; off+8 <= len(buf); off += 8 {
-		v := binary.LittleEndian.Uint64(buf[off:])
-		if s := hit(v, false); s != nil {
-			return &blocker{who: who, what: s.name + " (stack word)", pc: v}
-		}
+	if t.last != nil && t.last.key() == best {
+		return fmt.Sprintf("%s (blocked %d of %d attempts)", t.last, bestN, attempts)
 	}
-	return nil
+	s := fmt.Sprintf("%s blocked %d of %d attempts", best, bestN, attempts)
+	if t.last != nil {
+		s += "; the last one: " + t.last.String()
+	}
+	return s
 }
 
-// spanIndex holds spans sorted by start with a running maximum of their
-// ends: a lookup is a binary search plus a short walk back (a
-// 1024-function patch checks every frame of every stack against 2048
-// spans). Built once per transition, outside the pause.
-type spanIndex struct {
-	spans []span
-	maxHi []uint64
-}
-
-func newSpanIndex(spans []span) *spanIndex {
-	x := &spanIndex{spans: append([]span(nil), spans...)}
-	sort.Slice(x.spans, func(i, j int) bool { return x.spans[i].lo < x.spans[j].lo })
-	x.maxHi = make([]uint64, len(x.spans))
-	for i, s := range x.spans {
-		x.maxHi[i] = s.hi
-		if i > 0 {
-			x.maxHi[i] = max(x.maxHi[i-1], s.hi)
-		}
+func errString(err error) string {
+	if err == nil {
+		return ""
 	}
-	return x
-}
-
-// hit returns the span holding pc: an exact PC (a vCPU's RIP, an
-// interrupted frame), or a return address, which belongs to the call
-// before it.
-func (x *spanIndex) hit(pc uint64, exact bool) *span {
-	if !exact {
-		pc--
-	}
-	i := sort.Search(len(x.spans), func(i int) bool { return x.spans[i].lo > pc })
-	for j := i - 1; j >= 0 && x.maxHi[j] > pc; j-- {
-		s := &x.spans[j]
-		if pc >= s.lo && pc < s.hi && !(exact && s.entryOK && pc == s.lo) {
-			return s
-		}
-	}
-	return nil
+	return err.Error()
 }

@@ -75,6 +75,9 @@ type cpu struct {
 	vm     *vm
 	id     int
 	trace  bool
+	// bps are the armed breakpoints (engine.Breakpointer), checked at
+	// every block entry; set only between Runs, by the Run goroutine.
+	bps []uint64
 
 	exit      engine.Exit
 	exitReady bool
@@ -425,6 +428,11 @@ func (c *cpu) exec() {
 	var b *block
 	for c.attn.Load() == 0 {
 		c.curRIP = c.regs[rIP]
+		if len(c.bps) != 0 && c.atBreakpoint(c.curRIP) {
+			c.exit = engine.Exit{Reason: engine.ExitDebug, RIP: c.curRIP}
+			c.exitReady = true
+			return
+		}
 		b = c.nextBlock(b)
 		c.cur = b
 		insts := b.insts
@@ -468,6 +476,32 @@ func (c *cpu) exec() {
 			}
 		}
 	}
+}
+
+// SetBreakpoints arms execution breakpoints (engine.Breakpointer). They
+// are checked where a block starts, which is every place a breakpoint can
+// be reached by a jump, call, return or interrupt (a return address always
+// starts a block: RET ends the one before it); an address reached only by
+// falling through the middle of a cached block is not seen. The livepatch
+// transition arms return addresses only.
+func (c *cpu) SetBreakpoints(addrs []uint64) error {
+	if len(addrs) > engine.MaxBreakpoints {
+		return errorf("SetBreakpoints", KindInvalid, "%d breakpoints, at most %d", len(addrs), engine.MaxBreakpoints)
+	}
+	if c.running.Load() {
+		return errorf("SetBreakpoints", KindBusy, "vCPU %d is running", c.id)
+	}
+	c.bps = append(c.bps[:0], addrs...)
+	return nil
+}
+
+func (c *cpu) atBreakpoint(rip uint64) bool {
+	for _, a := range c.bps {
+		if a == rip {
+			return true
+		}
+	}
+	return false
 }
 
 // Panic values used to unwind out of an instruction.

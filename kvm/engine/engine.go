@@ -78,6 +78,9 @@ const (
 	// ExitIntr: Run was interrupted by Kick (KVM's immediate_exit/EINTR).
 	// The vCPU stopped at an instruction boundary.
 	ExitIntr
+	// ExitDebug: the vCPU reached an armed breakpoint (Breakpointer);
+	// Exit.RIP is its address, not yet executed.
+	ExitDebug
 )
 
 func (r ExitReason) String() string {
@@ -94,6 +97,8 @@ func (r ExitReason) String() string {
 		return "internal-error"
 	case ExitIntr:
 		return "intr"
+	case ExitDebug:
+		return "debug"
 	}
 	return "unknown"
 }
@@ -175,6 +180,24 @@ type VCPU interface {
 	// Stats returns the vCPU's counters. Safe from any goroutine.
 	Stats() Stats
 	Close() error
+}
+
+// MaxBreakpoints is how many breakpoints a Breakpointer arms at once: the
+// four address registers DR0-DR3 of x86 debug hardware.
+const MaxBreakpoints = 4
+
+// Breakpointer is implemented by VCPUs that can stop at instruction
+// addresses: hardware breakpoints through KVM_SET_GUEST_DEBUG on KVM, a
+// check at every basic-block entry on emu. The livepatch transition uses
+// it to let a vCPU that blocks a switch run just until it returns out of
+// the changing function, while the other vCPUs stay paused.
+//
+// Like the register accessors it may only be called while Run is not
+// executing. Run returns ExitDebug at an armed address before executing
+// the instruction there; the caller disarms (SetBreakpoints(nil)) before
+// running on, or the vCPU stops there again.
+type Breakpointer interface {
+	SetBreakpoints(addrs []uint64) error
 }
 
 // Well-known MSR indices used by the boot protocol and the engines.

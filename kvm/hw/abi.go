@@ -169,6 +169,15 @@ func decodeExit(run []byte, syncRegs bool, ex *engine.Exit) error {
 		ex.Message = "KVM_EXIT_SHUTDOWN: triple fault or shutdown condition"
 	case kvmExitIntr:
 		ex.Reason = engine.ExitIntr
+	case kvmExitDebug:
+		// A breakpoint armed by SetBreakpoints (#DB, vector 1): the
+		// instruction at pc has not run.
+		ex.Reason = engine.ExitDebug
+		ex.RIP = le.Uint64(run[runDebugPC:])
+		if exc := le.Uint32(run[runDebugException:]); exc != 1 {
+			ex.Reason = engine.ExitInternalError
+			ex.Message = fmt.Sprintf("KVM_EXIT_DEBUG: exception %d at %#x (dr6 %#x)", exc, ex.RIP, le.Uint64(run[runDebugDR6:]))
+		}
 	case kvmExitFailEntry:
 		ex.Reason = engine.ExitInternalError
 		ex.Message = fmt.Sprintf("KVM_EXIT_FAIL_ENTRY: hardware entry failure reason %#x on host cpu %d (invalid guest state: check CR0/CR4/EFER and the segments)",

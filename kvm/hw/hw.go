@@ -47,6 +47,7 @@ type kvmEngine struct {
 	cpuid     []kvm.CPUIDEntry2 // KVM_GET_SUPPORTED_CPUID
 	syncRegs  bool              // KVM_CAP_SYNC_REGS has KVM_SYNC_X86_REGS
 	clockCtrl bool              // KVM_CAP_KVMCLOCK_CTRL
+	debug     bool              // KVM_CAP_SET_GUEST_DEBUG
 }
 
 // shared is the engine New returns once /dev/kvm has been opened: the
@@ -107,6 +108,9 @@ func (e *kvmEngine) probe() error {
 	}
 	if r, err := kvm.CheckExtension(uintptr(e.fd), capKVMClockCtrl); err == nil && r != 0 {
 		e.clockCtrl = true
+	}
+	if r, err := kvm.CheckExtension(uintptr(e.fd), capSetGuestDebug); err == nil && r != 0 {
+		e.debug = true
 	}
 	sz, err := kvm.GetVCPUMMmapSize(uintptr(e.fd))
 	if err != nil {
@@ -212,7 +216,7 @@ func (v *vm) NewVCPU(id int) (engine.VCPU, error) {
 	if err != nil {
 		return nil, ioctlErr("KVM_CREATE_VCPU", err)
 	}
-	c := &vcpu{id: id, fd: int(fd), syncRegs: v.e.syncRegs, clockCtrl: v.e.clockCtrl}
+	c := &vcpu{id: id, fd: int(fd), syncRegs: v.e.syncRegs, clockCtrl: v.e.clockCtrl, guestDebug: v.e.debug}
 	if err := c.setup(v.e, id); err != nil {
 		c.Close()
 		return nil, err
@@ -245,10 +249,11 @@ func (v *vm) Close() error {
 }
 
 type vcpu struct {
-	id        int
-	fd        int
-	syncRegs  bool
-	clockCtrl bool
+	id         int
+	fd         int
+	syncRegs   bool
+	clockCtrl  bool
+	guestDebug bool // KVM_CAP_SET_GUEST_DEBUG: SetBreakpoints works
 
 	// run is the mmap'd struct kvm_run; word points at its first word
 	// (immediate_exit). mu guards them against Close while Kick runs from

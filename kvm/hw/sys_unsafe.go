@@ -74,3 +74,11 @@ func msrIoctl(fd int, req uintptr, msrs []engine.MSR) (int, unix.Errno) {
 	}
 	return n, 0
 }
+
+// setGuestDebug issues KVM_SET_GUEST_DEBUG.
+func setGuestDebug(fd int, d *kvmGuestDebug) error {
+	if _, errno := ioctl(fd, ioctlSetGuestDebug, uintptr(unsafe.Pointer(d))); errno != 0 {
+		return errno
+	}
+	return nil
+}

@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"time"
 
 	"klp-kvm/elfpatch"
 	"klp-kvm/guestkernel"
@@ -45,7 +46,13 @@ type Guest struct {
 	// WriteErr, if set, may make a WriteVirt fail (before anything is
 	// written). Called without the lock.
 	WriteErr func(va uint64, n int) error
-	syms     *guestkernel.Symbols
+	// Step, if set, plays the vCPUs that RunUntil lets run (the test
+	// moves their registers); without it RunUntil fails, like a machine
+	// that cannot run some vCPUs alone.
+	Step func(stops map[int][]uint64) (reached int)
+	// Steps counts RunUntil calls.
+	Steps int
+	syms  *guestkernel.Symbols
 }
 
 // New loads the embedded guest kernel into a fake with cpus vCPUs, all
@@ -153,6 +160,22 @@ func (g *Guest) Resume() error {
 	}
 	g.depth--
 	return nil
+}
+
+// RunUntil "runs" the listed vCPUs while the others stay paused
+// (livepatch.Stepper) through the Step hook.
+func (g *Guest) RunUntil(stops map[int][]uint64, budget time.Duration) (int, error) {
+	g.mu.Lock()
+	step, paused := g.Step, g.depth > 0
+	g.Steps++
+	g.mu.Unlock()
+	if !paused {
+		return 0, fmt.Errorf("fakeguest: RunUntil while running")
+	}
+	if step == nil {
+		return 0, fmt.Errorf("fakeguest: no Step hook")
+	}
+	return step(stops), nil
 }
 
 // Paused reports whether the fake is paused.
@@ -277,4 +300,56 @@ func (g *Guest) setNrTasks(abi uint64, n uint32) error {
 	var b [4]byte
 	binary.LittleEndian.PutUint32(b[:], n)
 	return g.WriteVirt(abi+32, b[:]) // klp_guest_abi.nr_tasks
+}
+
+// SetPreemptedTask writes a task into the task table (as SetTask) that a
+// timer interrupt switched out at rip, before the interrupted function
+// pushed its frame: its saved chain goes klp_switch_to -> the interrupt
+// frame record -> {interrupted rbp, interrupted rip}, and the interrupted
+// RSP holds the words atRSP (a caller's return address first). The
+// interrupted RBP's frame returns into callerRet.
+func (g *Guest) SetPreemptedTask(slot int, pid uint32, name string, rip uint64, atRSP []uint64, callerRet uint64) error {
+	if err := g.SetTask(slot, pid, name, 0); err != nil {
+		return err
+	}
+	gg, err := guestkernel.Open(g, g.syms)
+	if err != nil {
+		return err
+	}
+	a := gg.ABI()
+	le := binary.LittleEndian
+	stackBase := TaskStacks + uint64(slot)*0x10000
+	top := stackBase + 0x4000
+	put := func(va, v uint64) error {
+		var w [8]byte
+		le.PutUint64(w[:], v)
+		return g.WriteVirt(va, w[:])
+	}
+	// from the top down: the caller's frame, the interrupted RSP's words,
+	// the interrupt frame, the record, the switch frame
+	callerFP := top - 0x20
+	irqRSP := callerFP - 0x40
+	regsAt := irqRSP - 0x100
+	rec := regsAt - uint64(a.IRQRegsOff)
+	switchFP := rec - 0x80
+	steps := []struct{ va, v uint64 }{
+		{callerFP, 0}, {callerFP + 8, callerRet},
+		{switchFP, rec}, {switchFP + 8, a.IRQFrameRet},
+		{rec, callerFP}, {rec + 8, rip},
+		{regsAt + 8*8, callerFP}, {regsAt + 17*8, rip}, {regsAt + 18*8, 0x8},
+		{regsAt + 19*8, 0x202}, {regsAt + 20*8, irqRSP}, {regsAt + 21*8, 0x10},
+	}
+	for i, w := range atRSP {
+		steps = append(steps, struct{ va, v uint64 }{irqRSP + uint64(i)*8, w})
+	}
+	for _, s := range steps {
+		if err := put(s.va, s.v); err != nil {
+			return err
+		}
+	}
+	ta := a.TaskTable + uint64(slot)*uint64(a.TaskStride)
+	if err := put(ta+uint64(a.OffSavedRBP), switchFP); err != nil {
+		return err
+	}
+	return put(ta+uint64(a.OffSavedRSP), switchFP-0x30)
 }

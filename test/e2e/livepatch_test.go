@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -178,6 +179,33 @@ func TestLivepatchErrorsAndStacking(t *testing.T) {
 	}
 }
 
+// switchStats summarises the results of many switches.
+type switchStats struct {
+	attempts, steps []int
+	windows         []time.Duration
+}
+
+func (s *switchStats) add(r *livepatch.Result) {
+	s.attempts = append(s.attempts, r.Attempts)
+	s.steps = append(s.steps, r.Steps)
+	s.windows = append(s.windows, r.PauseWindow)
+}
+
+func (s *switchStats) String() string {
+	n := len(s.attempts)
+	if n == 0 {
+		return "no switches"
+	}
+	a := append([]int(nil), s.attempts...)
+	st := append([]int(nil), s.steps...)
+	w := append([]time.Duration(nil), s.windows...)
+	sort.Ints(a)
+	sort.Ints(st)
+	sort.Slice(w, func(i, j int) bool { return w[i] < w[j] })
+	return fmt.Sprintf("%d switches; attempts per switch median %d p99 %d max %d; progress rounds median %d max %d; pause window median %v p99 %v max %v",
+		n, a[n/2], a[n*99/100], a[n-1], st[n/2], st[n-1], w[n/2], w[n*99/100], w[n-1])
+}
+
 var violationsRE = regexp.MustCompile(`pair_violations: (\d+)`)
 
 func violations(t testing.TB, s *session.Session) int {
@@ -198,9 +226,12 @@ func envInt(name string, def int) int {
 }
 
 // TestLivepatchConsistency cycles the pair patch while workers on every
-// vCPU call klp_pair_a (which calls klp_pair_b): the consistency model
-// must never let a call see A and B of different versions. The same
-// cycles forced show that the checker catches violations.
+// vCPU call klp_pair_a (which calls klp_pair_b) and a hog shares vCPU 1
+// with its worker (so that workers are often preempted inside the pair):
+// the consistency model must never let a call see A and B of different
+// versions. The same cycles forced show that the checker catches
+// violations. KLP_E2E_PAIR_CYCLES sets the count; KLP_E2E_NOPROGRESS=1
+// turns the progress guarantee off (for the before/after figures).
 func TestLivepatchConsistency(t *testing.T) {
 	cycles := envInt("KLP_E2E_PAIR_CYCLES", 1000)
 	s := boot(t, 2)
@@ -209,23 +240,28 @@ func TestLivepatchConsistency(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if out := sh(t, s, "hog 1"); !strings.Contains(out, "hog started") {
+		t.Fatalf("hog: %q", out)
+	}
+	defer sh(t, s, "hog stop")
+	opts := livepatch.Options{Deadline: 20 * time.Second, NoProgress: os.Getenv("KLP_E2E_NOPROGRESS") == "1"}
 	v0 := violations(t, s)
 	start := time.Now()
-	retries := 0
+	var st switchStats
 	for i := 0; i < cycles; i++ {
 		for _, op := range []func(string, livepatch.Options) (*livepatch.Result, error){lm.Enable, lm.Disable} {
-			res, err := op(p.Name, livepatch.Options{})
+			res, err := op(p.Name, opts)
 			if err != nil {
 				t.Fatalf("cycle %d: %v", i, err)
 			}
-			retries += res.Attempts - 1
+			st.add(res)
 		}
 	}
-	t.Logf("%d checked cycles in %v; %d attempts found a task inside klp_pair_a/b and retried", cycles, time.Since(start), retries)
+	t.Logf("%d checked cycles in %v under hog load (progress %v): %s", cycles, time.Since(start), !opts.NoProgress, st.String())
 	// The conservative (whole-stack scan) check keeps consistency too.
 	for i := 0; i < cycles/10; i++ {
 		for _, op := range []func(string, livepatch.Options) (*livepatch.Result, error){lm.Enable, lm.Disable} {
-			if _, err := op(p.Name, livepatch.Options{Conservative: true}); err != nil {
+			if _, err := op(p.Name, livepatch.Options{Conservative: true, Deadline: 20 * time.Second}); err != nil {
 				t.Fatalf("conservative cycle %d: %v", i, err)
 			}
 		}

@@ -1,0 +1,363 @@
+package livepatch
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sort"
+	"sync"
+
+	"klp-kvm/guestkernel"
+	"klp-kvm/kvm/engine"
+)
+
+// The consistency check (Linux's klp_check_stack and friends in
+// transition.c): with every vCPU paused, no task and no vCPU may be inside
+// a function whose meaning the switch changes.
+
+// maxVCPUStack is how far above RSP a vCPU's stack is assumed to reach
+// when the running task's stack bounds are unknown.
+const maxVCPUStack = guestkernel.StackSize
+
+// maxTaskStack bounds a task's stack size as read from the guest: a larger
+// one is not believed (the guest is untrusted).
+const maxTaskStack = 1 << 20
+
+// blocker is what stopped a transition attempt.
+type blocker struct {
+	who  string // "pid 7 (parker)" or "CPU 1 (pid 3 worker0)"
+	what string // the function, or why the stack could not be trusted
+	pc   uint64
+}
+
+func (b *blocker) String() string {
+	if b.pc != 0 {
+		return fmt.Sprintf("%s is in %s (pc %#x)", b.who, b.what, b.pc)
+	}
+	return fmt.Sprintf("%s: %s", b.who, b.what)
+}
+
+// key identifies a blocker across attempts (the pc moves).
+func (b *blocker) key() string { return b.who + ": " + b.what }
+
+// verdict is the outcome of one check of a paused guest.
+type verdict struct {
+	// first is the first thing found inside a changing function; nil
+	// when the switch is safe.
+	first *blocker
+	// sleeping: a task that is not running on a vCPU blocks. Only time
+	// can move it (Linux's rule for a sleeping task): resume and retry.
+	sleeping bool
+	// running holds the vCPUs that block while running, each with the
+	// address where it leaves the changing code (the return address of
+	// its outermost frame inside it), or none where that is not known
+	// (a context switch, the interrupt entry, an unreliable stack).
+	running map[int][]uint64
+}
+
+// check walks every vCPU's live stack and every sleeping task's saved
+// stack (the guest is paused). Sleeping tasks are checked first: when one
+// blocks, the running vCPUs do not matter for this attempt.
+func (m *Manager) check(idx *spanIndex, conservative bool) *verdict {
+	v := &verdict{}
+	if len(idx.spans) == 0 {
+		return v
+	}
+	regs, errs := m.vcpuRegs()
+	var tasks []guestkernel.Task
+	var current []uint64
+	if m.intro != nil {
+		var err error
+		if tasks, err = m.intro.Tasks(); err != nil {
+			v.first, v.sleeping = &blocker{who: "guest task table", what: "unreadable: " + err.Error()}, true
+			return v
+		}
+		current, _ = m.intro.CPUCurrent()
+	}
+	// A task is live on a vCPU when that vCPU's RSP lies in its stack; every
+	// other task is walked from its saved state. The guest's own on_cpu
+	// field is not trusted for this: schedule() marks next as on_cpu before
+	// the stack switch, and a vCPU paused in that window runs prev while
+	// next's saved frames (possibly inside a changing function) would be
+	// skipped.
+	live := make(map[uint64]bool)
+	for cpu := range regs {
+		if errs[cpu] != nil {
+			continue
+		}
+		for _, t := range tasks {
+			if lo, hi, ok := taskStack(t); ok && regs[cpu].RSP >= lo && regs[cpu].RSP < hi {
+				live[t.Addr] = true
+			}
+		}
+	}
+	if b := m.checkTasks(tasks, live, conservative, idx.hit); b != nil {
+		v.first, v.sleeping = b, true
+		return v
+	}
+	for cpu := range regs {
+		b, stop := m.checkVCPU(cpu, regs[cpu], errs[cpu], tasks, current, idx, conservative)
+		if b == nil {
+			continue
+		}
+		if v.first == nil {
+			v.first = b
+		}
+		if v.running == nil {
+			v.running = map[int][]uint64{}
+		}
+		v.running[cpu] = stop
+	}
+	return v
+}
+
+// vcpuRegs returns every vCPU's registers: from the pause snapshot where
+// the machine keeps one (no round trip to the vCPU threads), else read
+// concurrently.
+func (m *Manager) vcpuRegs() ([]engine.Regs, []error) {
+	n := m.g.NumCPUs()
+	regs := make([]engine.Regs, n)
+	errs := make([]error, n)
+	if snap, ok := m.g.(PausedRegser); ok {
+		all, err := snap.PausedRegs()
+		for cpu := 0; cpu < n; cpu++ {
+			switch {
+			case err != nil:
+				errs[cpu] = err
+			case cpu < len(all):
+				regs[cpu] = all[cpu]
+			default:
+				errs[cpu] = fmt.Errorf("no registers of vCPU %d in the pause snapshot", cpu)
+			}
+		}
+		return regs, errs
+	}
+	var wg sync.WaitGroup
+	for cpu := 0; cpu < n; cpu++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			regs[cpu], errs[cpu] = m.g.Regs(cpu)
+		}()
+	}
+	wg.Wait()
+	return regs, errs
+}
+
+// taskStack returns a task's stack bounds if they are believable.
+func taskStack(t guestkernel.Task) (lo, hi uint64, ok bool) {
+	if t.StackSize == 0 || t.StackSize > maxTaskStack || t.StackBase+t.StackSize < t.StackBase {
+		return 0, 0, false
+	}
+	return t.StackBase, t.StackBase + t.StackSize, true
+}
+
+// checkVCPU checks the live stack of one vCPU. It returns the innermost
+// blocker and the address where the vCPU leaves the changing code: the
+// return address of the outermost frame inside a changing function (nil
+// when not known).
+func (m *Manager) checkVCPU(cpu int, r engine.Regs, rerr error, tasks []guestkernel.Task, current []uint64,
+	idx *spanIndex, conservative bool) (*blocker, []uint64) {
+	who := fmt.Sprintf("CPU %d", cpu)
+	if rerr != nil {
+		return &blocker{who: who, what: "registers unreadable: " + rerr.Error()}, nil
+	}
+	lo, hi, known := r.RSP&^7, (r.RSP&^7)+maxVCPUStack, false
+	for _, t := range tasks {
+		if cpu < len(current) && t.Addr == current[cpu] {
+			who = fmt.Sprintf("CPU %d (pid %d %s)", cpu, t.PID, t.Name)
+		}
+		if tlo, thi, ok := taskStack(t); ok && r.RSP >= tlo && r.RSP < thi {
+			lo, hi, known = tlo, thi, true
+		}
+	}
+	if m.intro != nil && m.intro.InSwitch(r.RIP) {
+		return &blocker{who: who, what: "a context switch", pc: r.RIP}, nil
+	}
+	if m.intro != nil && m.intro.InEntry(r.RIP) {
+		// Between the hardware interrupt frame and the frame record
+		// isr_common pushes (or after it is popped), the interrupted
+		// function is missing from the RBP chain.
+		return &blocker{who: who, what: "interrupt entry", pc: r.RIP}, nil
+	}
+	if conservative || m.intro == nil {
+		if s := idx.hit(r.RIP, true); s != nil {
+			return &blocker{who: who, what: s.name, pc: r.RIP}, nil
+		}
+		return m.scanWords(r.RSP&^7, hi, who, idx.hit), nil
+	}
+	frames, err := m.intro.WalkFrom(r.RIP, r.RBP, lo, hi, 0)
+	if len(frames) == 0 {
+		frames = []guestkernel.Frame{{PC: r.RIP}}
+	}
+	// The top function's frame may not be pushed yet (at its entry, right
+	// after push %rbp, or at its ret): the words at RSP name its caller,
+	// which the chain skips. They go in right after the top frame.
+	chain := append([]guestkernel.Frame{frames[0]}, m.rawWords(r.RSP)...)
+	chain = append(chain, frames[1:]...)
+	first, outer := m.scanChain(chain, idx.hit)
+	if first == nil {
+		if err != nil && known {
+			return &blocker{who: who, what: "unreliable stack: " + err.Error()}, nil
+		}
+		return nil, nil
+	}
+	first.who = who
+	// The vCPU leaves the changing code when it returns to the caller of
+	// the outermost changing frame: the next chain frame's return address
+	// (a conservative word is only a guess, so it is skipped).
+	for _, f := range chain[outer+1:] {
+		if !f.Conservative && f.PC != 0 {
+			return first, []uint64{f.PC}
+		}
+	}
+	return first, nil
+}
+
+// rawWords returns the two words at sp as conservative frames, whatever
+// they point to: the check compares them with the changing spans itself
+// and does not depend on them being known kernel text (a return address
+// into a patch's new function is not).
+func (m *Manager) rawWords(sp uint64) []guestkernel.Frame {
+	var w [16]byte
+	sp &^= 7
+	if sp == 0 || m.g.ReadVirt(sp, w[:]) != nil {
+		return nil
+	}
+	return []guestkernel.Frame{
+		{PC: binary.LittleEndian.Uint64(w[0:]), FP: sp, Conservative: true},
+		{PC: binary.LittleEndian.Uint64(w[8:]), FP: sp + 8, Conservative: true},
+	}
+}
+
+// scanChain checks a walked chain (innermost first). An interrupted frame
+// gets the words at its interrupted RSP checked too, for the same reason
+// as a vCPU's top frame. It returns the innermost blocker and the index in
+// chain of the outermost frame inside a changing function.
+func (m *Manager) scanChain(chain []guestkernel.Frame, hit func(uint64, bool) *span) (*blocker, int) {
+	var first *blocker
+	outer := -1
+	for i, f := range chain {
+		exact := (i == 0 || f.Interrupted) && !f.Conservative
+		s := hit(f.PC, exact)
+		if s == nil && f.Interrupted && f.Regs != nil {
+			for _, w := range m.rawWords(f.Regs.RSP) {
+				if s = hit(w.PC, false); s != nil {
+					break
+				}
+			}
+		}
+		if s == nil {
+			continue
+		}
+		if first == nil {
+			what := s.name
+			if f.Conservative {
+				what += " (stack word)"
+			}
+			first = &blocker{what: what, pc: f.PC}
+		}
+		outer = i
+	}
+	return first, outer
+}
+
+// checkTasks walks the saved stacks of the tasks not live on a vCPU.
+func (m *Manager) checkTasks(tasks []guestkernel.Task, live map[uint64]bool, conservative bool, hit func(uint64, bool) *span) *blocker {
+	for _, t := range tasks {
+		if live[t.Addr] {
+			continue // its live stack is walked with its vCPU
+		}
+		who := fmt.Sprintf("pid %d (%s)", t.PID, t.Name)
+		if conservative {
+			if s := hit(t.SavedRIP, true); s != nil {
+				return &blocker{who: who, what: s.name, pc: t.SavedRIP}
+			}
+			lo, hi, ok := taskStack(t)
+			if !ok || t.SavedRSP < lo || t.SavedRSP >= hi {
+				return &blocker{who: who, what: "unreliable stack: saved RSP outside its stack"}
+			}
+			if b := m.scanWords(t.SavedRSP&^7, hi, who, hit); b != nil {
+				return b
+			}
+			continue
+		}
+		frames, err := m.intro.WalkTask(t, 0)
+		if b, _ := m.scanChain(frames, hit); b != nil {
+			b.who = who
+			return b
+		}
+		if err != nil {
+			return &blocker{who: who, what: "unreliable stack: " + err.Error()}
+		}
+	}
+	return nil
+}
+
+// scanWords checks every 8-byte word of [lo, hi) as a return address (the
+// conservative, Ksplice-style check: any word that looks like a pointer
+// into a changing function blocks).
+func (m *Manager) scanWords(lo, hi uint64, who string, hit func(uint64, bool) *span) *blocker {
+	if hi <= lo || hi-lo > maxTaskStack {
+		return nil
+	}
+	buf := make([]byte, hi-lo)
+	if err := m.g.ReadVirt(lo, buf); err != nil {
+		// Part of the assumed range may be unmapped: scan what reads.
+		for n := uint64(len(buf)) / 2; n >= 8; n /= 2 {
+			if m.g.ReadVirt(lo, buf[:n&^7]) == nil {
+				buf = buf[:n&^7]
+				err = nil
+				break
+			}
+		}
+		if err != nil {
+			return nil
+		}
+	}
+	for off := 0; off+8 <= len(buf); off += 8 {
+		v := binary.LittleEndian.Uint64(buf[off:])
+		if s := hit(v, false); s != nil {
+			return &blocker{who: who, what: s.name + " (stack word)", pc: v}
+		}
+	}
+	return nil
+}
+
+// spanIndex holds spans sorted by start with a running maximum of their
+// ends: a lookup is a binary search plus a short walk back (a
+// 1024-function patch checks every frame of every stack against 2048
+// spans). Built once per transition, outside the pause.
+type spanIndex struct {
+	spans []span
+	maxHi []uint64
+}
+
+func newSpanIndex(spans []span) *spanIndex {
+	x := &spanIndex{spans: append([]span(nil), spans...)}
+	sort.Slice(x.spans, func(i, j int) bool { return x.spans[i].lo < x.spans[j].lo })
+	x.maxHi = make([]uint64, len(x.spans))
+	for i, s := range x.spans {
+		x.maxHi[i] = s.hi
+		if i > 0 {
+			x.maxHi[i] = max(x.maxHi[i-1], s.hi)
+		}
+	}
+	return x
+}
+
+// hit returns the span holding pc: an exact PC (a vCPU's RIP, an
+// interrupted frame), or a return address, which belongs to the call
+// before it.
+func (x *spanIndex) hit(pc uint64, exact bool) *span {
+	if !exact {
+		pc--
+	}
+	i := sort.Search(len(x.spans), func(i int) bool { return x.spans[i].lo > pc })
+	for j := i - 1; j >= 0 && x.maxHi[j] > pc; j-- {
+		s := &x.spans[j]
+		if pc >= s.lo && pc < s.hi && !(exact && s.entryOK && pc == s.lo) {
+			return s
+		}
+	}
+	return nil
+}
