@@ -248,15 +248,60 @@ func (g *Guest) WalkTask(t Task, maxDepth int) ([]Frame, error) {
 // increasing, or misaligned, or after maxDepth frames (DefaultMaxDepth if
 // maxDepth <= 0): a chain that does not end cleanly is not trusted.
 func (g *Guest) WalkFrom(rip, rbp, lo, hi uint64, maxDepth int) ([]Frame, error) {
+	if hi <= lo || hi-lo > maxStackSize {
+		return nil, errorf("walk stack", ErrBounds, lo, "stack [%#x, %#x)", lo, hi)
+	}
+	return g.walkChain([]Frame{{PC: rip}}, rbp, lo, hi, maxDepth)
+}
+
+// WalkLive walks a running vCPU's stack from its registers. It is WalkFrom
+// plus the one place where the chain alone is wrong: the interrupt
+// handler's first and last instructions. isr_common calls the handler
+// with RBP at the frame record {interrupted rbp, interrupted rip}; until
+// the handler pushes its own frame (and again at its ret) the marker
+// return address irq_frame_ret is at RSP (or at RSP+8 right after push
+// %rbp), not on the chain, and a plain walk would read the record as an
+// ordinary frame: the interrupted function's registers, and the caller
+// whose return address is at the interrupted RSP, would be lost.
+func (g *Guest) WalkLive(rip, rsp, rbp, lo, hi uint64, maxDepth int) ([]Frame, error) {
+	const op = "walk stack"
+	if hi <= lo || hi-lo > maxStackSize {
+		return nil, errorf(op, ErrBounds, lo, "stack [%#x, %#x)", lo, hi)
+	}
+	marker := g.abi.IRQFrameRet
+	if marker != 0 && rsp >= lo && rsp <= hi-16 && rsp&7 == 0 && rbp != 0 {
+		var w [16]byte
+		if err := g.mem.ReadVirt(rsp, w[:]); err == nil {
+			w0, w1 := binary.LittleEndian.Uint64(w[0:]), binary.LittleEndian.Uint64(w[8:])
+			at := rsp
+			if w0 != marker && w1 == marker && w0 == rbp {
+				at = rsp + 8
+			}
+			if w0 == marker || at != rsp {
+				frames := []Frame{{PC: rip}, {PC: marker, FP: at}}
+				f, extra, err := g.irqFrame(rbp, lo, hi)
+				if err != nil {
+					return frames, err
+				}
+				frames = append(frames, f)
+				frames = append(frames, extra...)
+				fp := f.Regs.RBP
+				if fp != 0 && fp <= rbp {
+					return frames, errorf(op, ErrBounds, fp, "interrupted frame pointer below the interrupt frame")
+				}
+				return g.walkChain(frames, fp, lo, hi, maxDepth)
+			}
+		}
+	}
+	return g.walkChain([]Frame{{PC: rip}}, rbp, lo, hi, maxDepth)
+}
+
+// walkChain follows the frame pointers from fp, appending to frames.
+func (g *Guest) walkChain(frames []Frame, fp, lo, hi uint64, maxDepth int) ([]Frame, error) {
 	const op = "walk stack"
 	if maxDepth <= 0 {
 		maxDepth = DefaultMaxDepth
 	}
-	if hi <= lo || hi-lo > maxStackSize {
-		return nil, errorf(op, ErrBounds, lo, "stack [%#x, %#x)", lo, hi)
-	}
-	frames := []Frame{{PC: rip}}
-	fp := rbp
 	var w [16]byte
 	for fp != 0 {
 		if len(frames) >= maxDepth {

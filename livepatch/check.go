@@ -90,6 +90,17 @@ func (m *Manager) check(idx *spanIndex, conservative bool) *verdict {
 			}
 		}
 	}
+	// A task the guest marks running on a vCPU whose stack that vCPU is
+	// not on is being switched in or out there right now: a transient
+	// state of that running vCPU, not a sleeping task.
+	switching := map[int]*blocker{}
+	for _, t := range tasks {
+		cpu := int(t.OnCPU)
+		if !live[t.Addr] && t.OnCPU >= 0 && cpu < len(regs) && switching[cpu] == nil {
+			live[t.Addr] = true // not walked as sleeping
+			switching[cpu] = &blocker{who: fmt.Sprintf("CPU %d (pid %d %s)", cpu, t.PID, t.Name), what: "a context switch"}
+		}
+	}
 	if b := m.checkTasks(tasks, live, conservative, idx.hit); b != nil {
 		v.first, v.sleeping = b, true
 		return v
@@ -185,7 +196,7 @@ func (m *Manager) checkVCPU(cpu int, r engine.Regs, rerr error, tasks []guestker
 		}
 		return m.scanWords(r.RSP&^7, hi, who, idx.hit), nil
 	}
-	frames, err := m.intro.WalkFrom(r.RIP, r.RBP, lo, hi, 0)
+	frames, err := m.intro.WalkLive(r.RIP, r.RSP, r.RBP, lo, hi, 0)
 	if len(frames) == 0 {
 		frames = []guestkernel.Frame{{PC: r.RIP}}
 	}

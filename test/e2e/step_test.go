@@ -1,10 +1,16 @@
 package e2e
 
 import (
+	"encoding/binary"
+	"errors"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"klp-kvm/guestkernel"
+	"klp-kvm/kvm/engine"
+	"klp-kvm/livepatch"
 )
 
 // TestRunUntil checks the primitive behind the livepatch progress
@@ -65,5 +71,150 @@ func TestRunUntil(t *testing.T) {
 	}
 	if _, err := m.RunUntil(map[int][]uint64{0: nil}, time.Millisecond); err == nil {
 		t.Fatal("RunUntil on a running machine must fail")
+	}
+}
+
+// TestLivepatchVCPUAtCalleeEntry provokes, deterministically and on any
+// engine, the state behind the kvm_pvm consistency violations: a vCPU
+// stopped at the first instruction of klp_pair_b, called from the patch's
+// new klp_pair_a (so the caller is only in the word at RSP, and that word
+// points into the patch area, not the kernel). A disable then must not
+// switch (B would go back to the old version under a call of the new A);
+// with the progress guarantee the vCPU runs alone out of the new A and
+// the disable completes in its first attempt.
+func TestLivepatchVCPUAtCalleeEntry(t *testing.T) {
+	s := boot(t, 2)
+	m, lm := s.Machine, s.Manager
+	syms, err := guestkernel.LoadSymbols(guestkernel.Vmlinux())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := syms.Lookup("klp_pair_b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _, err := lm.Load(obj(t, "livepatch-pair"), "livepatch-pair.o", livepatch.Options{Deadline: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := lm.Status().Patches[0]
+	v0 := violations(t, s)
+	for round := 0; round < 3; round++ {
+		if err := m.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		// Only a call from the new klp_pair_a reaches klp_pair_b's entry now.
+		if n, err := m.RunUntil(map[int][]uint64{0: {b.Addr}}, 5*time.Second); err != nil || n != 1 {
+			m.Resume()
+			t.Fatalf("vCPU 0 did not reach klp_pair_b: %d %v", n, err)
+		}
+		regs, err := m.PausedRegs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var w [8]byte
+		if err := m.ReadVirt(regs[0].RSP, w[:]); err != nil {
+			t.Fatal(err)
+		}
+		ret := binary.LittleEndian.Uint64(w[:])
+		if ret < st.ImageAddr || ret >= st.ImageAddr+st.ImageSize {
+			m.Resume()
+			t.Fatalf("word at RSP %#x is not a return address into the patch image at %#x", ret, st.ImageAddr)
+		}
+		// The guest stays paused (our pause) for the whole transition:
+		// without progress nothing can move the vCPU, so it must refuse.
+		_, err = lm.Disable(p.Name, livepatch.Options{Deadline: 30 * time.Millisecond, NoProgress: true})
+		if !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "CPU 0") || !strings.Contains(err.Error(), "klp_pair_a") {
+			m.Resume()
+			t.Fatalf("round %d: disable with vCPU 0 at klp_pair_b's entry under the new klp_pair_a: want EBUSY naming CPU 0 in klp_pair_a, got %v", round, err)
+		}
+		res, err := lm.Disable(p.Name, livepatch.Options{Deadline: 5 * time.Second})
+		if err != nil {
+			m.Resume()
+			t.Fatalf("round %d: disable with progress: %v", round, err)
+		}
+		if res.Attempts != 1 || res.Steps < 1 {
+			t.Errorf("round %d: disable took %d attempts and %d progress rounds; want 1 attempt with progress", round, res.Attempts, res.Steps)
+		}
+		if err := m.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := lm.Enable(p.Name, livepatch.Options{Deadline: 20 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	if v := violations(t, s) - v0; v != 0 {
+		t.Fatalf("%d pair violations", v)
+	}
+}
+
+// TestLivepatchInterruptedAtCalleeEntry is the exact kvm_pvm violation,
+// provoked deterministically: vCPU 0 is stopped at klp_pair_b's entry
+// under the new klp_pair_a, an interrupt is made pending right there (a
+// self-IPI written into its x2APIC by the host), and it runs on into the
+// interrupt handler. Now the caller (the new A, in the patch area) is only
+// in the word at the *interrupted* RSP, inside the interrupt frame: the
+// walker used to drop that word because it is no kernel symbol, and the
+// disable went through (a torn pair). It must be refused. Two stops in
+// the handler: inside it (apic_eoi, called from irq_dispatch: the kvm_pvm
+// case) and at its first instruction (irq_dispatch, before its frame is
+// pushed, when the interrupt frame is not even on the chain yet).
+func TestLivepatchInterruptedAtCalleeEntry(t *testing.T) {
+	for _, stop := range []string{"apic_eoi", "irq_dispatch"} {
+		t.Run(stop, func(t *testing.T) { interruptedAtCalleeEntry(t, stop) })
+	}
+}
+
+func interruptedAtCalleeEntry(t *testing.T, stop string) {
+	s := boot(t, 2)
+	m, lm := s.Machine, s.Manager
+	syms, err := guestkernel.LoadSymbols(guestkernel.Vmlinux())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := syms.Lookup("klp_pair_b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	handler, err := syms.Lookup(stop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _, err := lm.Load(obj(t, "livepatch-pair"), "livepatch-pair.o", livepatch.Options{Deadline: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Resume()
+	if n, err := m.RunUntil(map[int][]uint64{0: {b.Addr}}, 5*time.Second); err != nil || n != 1 {
+		t.Fatalf("vCPU 0 did not reach klp_pair_b: %d %v", n, err)
+	}
+	const vecResched = 0xf0 // the guest's reschedule IPI: harmless at any time
+	if err := m.OnVCPU(0, func(c engine.VCPU) error {
+		return c.SetMSRs([]engine.MSR{{Index: engine.MSRX2APICSelfIPI, Data: vecResched}})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := m.RunUntil(map[int][]uint64{0: {handler.Addr}}, 5*time.Second); err != nil || n != 1 {
+		t.Fatalf("vCPU 0 did not take the interrupt: %d %v", n, err)
+	}
+	regs, err := m.PausedRegs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the interrupt frame: isr_common keeps its klp_irq_regs in RBX
+	var f [22 * 8]byte
+	if err := m.ReadVirt(regs[0].RBX, f[:]); err != nil {
+		t.Fatal(err)
+	}
+	if rip := binary.LittleEndian.Uint64(f[17*8:]); rip != b.Addr {
+		t.Fatalf("interrupted at %#x, want klp_pair_b's entry %#x", rip, b.Addr)
+	}
+	_, err = lm.Disable(p.Name, livepatch.Options{Deadline: 30 * time.Millisecond, NoProgress: true})
+	if !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "CPU 0") || !strings.Contains(err.Error(), "klp_pair_a") {
+		t.Fatalf("disable with vCPU 0 interrupted at klp_pair_b's entry under the new klp_pair_a: want EBUSY naming CPU 0 in klp_pair_a, got %v", err)
 	}
 }
