@@ -118,6 +118,23 @@ func (m *Manager) check(idx *spanIndex, conservative bool) *verdict {
 		}
 		v.running[cpu] = stop
 	}
+	// A switch in flight blocks too (next's saved frames may be inside a
+	// changing function): that vCPU runs a slice and the check repeats.
+	for cpu := range regs {
+		b := switching[cpu]
+		if b == nil {
+			continue
+		}
+		if v.first == nil {
+			v.first = b
+		}
+		if v.running == nil {
+			v.running = map[int][]uint64{}
+		}
+		if _, ok := v.running[cpu]; !ok {
+			v.running[cpu] = nil // its way out is not known: a slice
+		}
+	}
 	return v
 }
 
@@ -213,15 +230,29 @@ func (m *Manager) checkVCPU(cpu int, r engine.Regs, rerr error, tasks []guestker
 		return nil, nil
 	}
 	first.who = who
-	// The vCPU leaves the changing code when it returns to the caller of
-	// the outermost changing frame: the next chain frame's return address
-	// (a conservative word is only a guess, so it is skipped).
+	return first, exitAddrs(chain, outer)
+}
+
+// exitAddrs returns where a vCPU leaves the changing code whose outermost
+// frame is chain[outer]: the return address of the next frame on the
+// chain, and before it any word that may be the changing function's own
+// return address (the words at RSP when it has not pushed its frame yet:
+// they are only guesses, but arming a breakpoint on a word that is no
+// return address costs nothing). At most engine.MaxBreakpoints.
+func exitAddrs(chain []guestkernel.Frame, outer int) []uint64 {
+	var stops []uint64
 	for _, f := range chain[outer+1:] {
-		if !f.Conservative && f.PC != 0 {
-			return first, []uint64{f.PC}
+		if f.PC != 0 && len(stops) < engine.MaxBreakpoints {
+			stops = append(stops, f.PC)
+		}
+		if !f.Conservative {
+			return stops
 		}
 	}
-	return first, nil
+	if len(stops) == 0 {
+		return nil
+	}
+	return stops
 }
 
 // rawWords returns the two words at sp as conservative frames, whatever

@@ -857,3 +857,35 @@ func TestProgressBudget(t *testing.T) {
 		t.Fatalf("after a timed-out progress: changed %v, paused %v, steps %d", g.hash() != before, g.Paused(), g.Steps)
 	}
 }
+
+// TestConsistencySwitchInFlight: a task the guest already marks running on
+// vCPU 1 (schedule() sets next's on_cpu before the stack switch) whose
+// saved frames are inside a changing function, while vCPU 1 still runs the
+// previous task. It is neither live (vCPU 1 is not on its stack) nor
+// switched out: it must block, as a context switch in flight on vCPU 1.
+func TestConsistencySwitchInFlight(t *testing.T) {
+	g, m := newManager(t, 2, nil)
+	if _, err := m.Register(patchObj(t, "livepatch-pair"), ""); err != nil {
+		t.Fatal(err)
+	}
+	g.fakeTask(t, m, 0, 2, "worker/1", g.sym(t, "klp_pair_a")+0x36)
+	if err := g.SetTaskCPU(0, 1); err != nil {
+		t.Fatal(err)
+	}
+	before := g.hash()
+	_, err := m.Enable("livepatch_pair", Options{Deadline: 20 * time.Millisecond})
+	if !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "CPU 1 (pid 2 worker/1): a context switch") {
+		t.Fatalf("want EBUSY naming the switch in flight on CPU 1, got %v", err)
+	}
+	if g.hash() != before {
+		t.Fatal("refused enable changed guest memory")
+	}
+	// The switch completes (the task is switched out again): its frames
+	// are walked and still block, now as a sleeping task.
+	if err := g.SetTaskCPU(0, -1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Enable("livepatch_pair", Options{Deadline: 20 * time.Millisecond}); !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "pid 2 (worker/1) is in klp_pair_a") {
+		t.Fatalf("want EBUSY naming pid 2 in klp_pair_a, got %v", err)
+	}
+}

@@ -353,3 +353,16 @@ func (g *Guest) SetPreemptedTask(slot int, pid uint32, name string, rip uint64, 
 	}
 	return put(ta+uint64(a.OffSavedRSP), switchFP-0x30)
 }
+
+// SetTaskCPU sets a task's on_cpu field (-1: switched out), as the guest's
+// schedule() does for next before the stack switch.
+func (g *Guest) SetTaskCPU(slot int, cpu int32) error {
+	gg, err := guestkernel.Open(g, g.syms)
+	if err != nil {
+		return err
+	}
+	a := gg.ABI()
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], uint32(cpu))
+	return g.WriteVirt(a.TaskTable+uint64(slot)*uint64(a.TaskStride)+uint64(a.OffOnCPU), b[:])
+}
