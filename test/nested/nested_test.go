@@ -306,6 +306,15 @@ func runNested(t *testing.T, root, work string, k *kernelCache, bins []testBinar
 		}
 		timeout = d
 	}
+	// Within go test's own -timeout (10m by default, and the direct tier
+	// may have used part of it): a hang is then reported here, with the
+	// console, rather than by go test's panic.
+	if dl, ok := t.Deadline(); ok {
+		if left := time.Until(dl) - 20*time.Second; left < timeout {
+			timeout = max(left, time.Minute)
+			t.Logf("VM run bounded by go test's -timeout: %v (use -timeout 30m for both tiers)", timeout.Round(time.Second))
+		}
+	}
 	// A VM that freezes (no heartbeat: the L1 kernel or QEMU's TCG stuck,
 	// seen about once in ten runs on a loaded machine) is booted once more;
 	// a second freeze fails. A hang of the tests themselves is not a
