@@ -269,7 +269,13 @@ func runDirect(t *testing.T, root string, bins []testBinary, klp string) {
 
 func runDirectBins(t *testing.T, root string, bins []testBinary, klp string) {
 	for _, b := range bins {
-		args := append([]string{"-test.v=test2json", "-test.count=1", "-test.timeout=" + defaultTimeout.String()}, runArgs(b.Pkg)...)
+		// Inside go test's own deadline, so that a hang is reported per
+		// binary, with its stacks, not by go test's panic.
+		timeout := defaultTimeout
+		if dl, ok := t.Deadline(); ok {
+			timeout = min(timeout, max(time.Until(dl)-20*time.Second, time.Minute))
+		}
+		args := append([]string{"-test.v=test2json", "-test.count=1", "-test.timeout=" + timeout.Round(time.Second).String()}, runArgs(b.Pkg)...)
 		cmd := exec.Command(b.Path, args...)
 		cmd.Dir = filepath.Join(root, b.Pkg)
 		cmd.Env = append(os.Environ(), "KLP_KVM_ENGINE=kvm")
