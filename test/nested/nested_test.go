@@ -244,6 +244,9 @@ func runArgs(p string) []string {
 			args = filterBench(args)
 		}
 	}
+	if s := os.Getenv("KLP_KVM_NESTED_SKIP"); s != "" {
+		args = append(args, "-test.skip="+s)
+	}
 	return args
 }
 

@@ -155,3 +155,22 @@ func TestPlanSummary(t *testing.T) {
 		t.Error("direct runs, yet none")
 	}
 }
+
+func TestRunArgs(t *testing.T) {
+	for _, c := range []struct {
+		run, skip, pkg, want string
+	}{
+		{"", "", "./kvm/hw", "-test.bench=KVM -test.benchtime=200x"},
+		{"", "", "./test/e2e", ""},
+		{"TestKVMKick", "", "./kvm/hw", "-test.run=TestKVMKick"},
+		{"BenchmarkKVMKick", "", "./kvm/hw", "-test.bench=KVM -test.benchtime=200x -test.run=BenchmarkKVMKick"},
+		{"", "TestSysfsSeqlock", "./test/guest", "-test.skip=TestSysfsSeqlock"},
+		{"Livepatch", "Consistency", "./test/e2e", "-test.run=Livepatch -test.skip=Consistency"},
+	} {
+		t.Setenv("KLP_KVM_NESTED_RUN", c.run)
+		t.Setenv("KLP_KVM_NESTED_SKIP", c.skip)
+		if got := strings.Join(runArgs(c.pkg), " "); got != c.want {
+			t.Errorf("run %q skip %q %s: %q, want %q", c.run, c.skip, c.pkg, got, c.want)
+		}
+	}
+}
