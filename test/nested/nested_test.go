@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"klp-kvm/test/nested/initramfs"
 	"klp-kvm/test/nested/manifest"
 )
@@ -38,41 +40,63 @@ var extraArgs = map[string][]string{
 // that a hang is reported by this test, with the console, not by a panic.
 const defaultTimeout = 8 * time.Minute
 
+// TestNestedKVM runs the KVM-engine test binaries on every KVM tier this
+// machine has (see tiers_test.go): "direct" on the host's own /dev/kvm,
+// "nested" on the kvm_amd of a QEMU-TCG VM. Each tier's subtests carry the
+// KVM flavour they ran on: TestNestedKVM/direct/kvm_pvm/kvm-hw/TestKVMKick,
+// TestNestedKVM/nested/kvm_amd/test-e2e/TestBoot, ...
 func TestNestedKVM(t *testing.T) {
 	// CI sets KLP_KVM_NESTED_REQUIRE=1 after prepare.sh: there a missing
 	// prerequisite is a failure, not a skip that would hide a broken kvm/hw.
 	require := os.Getenv("KLP_KVM_NESTED_REQUIRE") == "1"
 	if os.Getenv("KLP_KVM_NESTED") == "0" && !require {
-		t.Skip("nested KVM tier: disabled by KLP_KVM_NESTED=0")
+		t.Skip("KVM tiers: disabled by KLP_KVM_NESTED=0")
 	}
 	if testing.Short() && !require {
-		t.Skip("nested KVM tier: skipped in -short mode")
+		t.Skip("KVM tiers: skipped in -short mode")
 	}
-	root := moduleRoot(t)
-	direct := (kvmUsable() && os.Getenv("KLP_KVM_NESTED_DIRECT") != "0") || os.Getenv("KLP_KVM_NESTED_DIRECT") == "1"
-	var kernel *kernelCache
-	if !direct {
-		var why string
-		kernel, why = findPrerequisites()
-		if kernel == nil && require {
-			t.Fatalf("nested KVM tier required (KLP_KVM_NESTED_REQUIRE=1) but no /dev/kvm and %s; run test/nested/prepare.sh", why)
+	facts := hostFacts{Only: os.Getenv("KLP_KVM_NESTED_DIRECT"), Require: require}
+	facts.DevKVM, facts.KVMErr = probeKVM()
+	kernel, why := findPrerequisites()
+	facts.NestedWhy = why
+	plan := planTiers(facts)
+	if msg, fail, none := plan.summary(); none {
+		if fail {
+			t.Fatal(msg)
 		}
-		if kernel == nil {
-			t.Skipf("nested KVM tier: no /dev/kvm and %s; run test/nested/prepare.sh", why)
-		}
+		t.Skip(msg)
 	}
 
+	root := moduleRoot(t)
 	work := t.TempDir()
 	t0 := time.Now()
 	bins := buildTestBinaries(t, root, work)
 	klp := buildKlpKvm(t, root, work)
 	t.Logf("built %d test binaries%s in %v", len(bins), map[bool]string{true: " and klp-kvm", false: ""}[klp != ""], time.Since(t0).Round(time.Millisecond))
 
-	if direct {
-		runDirect(t, root, bins, klp)
-		return
+	parallel := tiersParallel()
+	for _, tp := range plan {
+		tp := tp
+		t.Run(tp.Name, func(t *testing.T) {
+			switch {
+			case tp.Fail:
+				t.Fatal(tp.Why)
+			case !tp.Run:
+				t.Skip(tp.Why)
+			}
+			if parallel {
+				t.Parallel()
+			}
+			start := time.Now()
+			defer func() { t.Logf("%s tier took %v", tp.Name, time.Since(start).Round(time.Millisecond)) }()
+			switch tp.Name {
+			case tierDirect:
+				runDirect(t, root, bins, klp)
+			case tierNested:
+				runNested(t, root, work, kernel, bins, klp)
+			}
+		})
 	}
-	runNested(t, root, work, kernel, bins, klp)
 }
 
 // testBinary is one `go test -c` output.
@@ -95,13 +119,15 @@ func moduleRoot(t *testing.T) string {
 	return filepath.Dir(gomod)
 }
 
-func kvmUsable() bool {
+// probeKVM says whether /dev/kvm exists and, if it does, why it cannot be
+// opened (nil: usable).
+func probeKVM() (exists bool, err error) {
 	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
 	if err != nil {
-		return false
+		return !errors.Is(err, os.ErrNotExist), err
 	}
 	f.Close()
-	return true
+	return true, nil
 }
 
 // kernelCache is what prepare.sh leaves in the cache.
@@ -218,6 +244,9 @@ func runArgs(p string) []string {
 			args = filterBench(args)
 		}
 	}
+	if s := os.Getenv("KLP_KVM_NESTED_SKIP"); s != "" {
+		args = append(args, "-test.skip="+s)
+	}
 	return args
 }
 
@@ -232,11 +261,24 @@ func filterBench(args []string) []string {
 }
 
 // runDirect runs the binaries on this host's /dev/kvm, reporting exactly
-// as for the VM.
+// as for the VM, under a subtest named after the host's KVM flavour.
 func runDirect(t *testing.T, root string, bins []testBinary, klp string) {
-	t.Log("/dev/kvm is usable: running the KVM-engine tests directly, not nested")
+	flavour := manifest.HostFlavour()
+	var uts unix.Utsname
+	unix.Uname(&uts)
+	t.Logf("direct tier: the KVM-engine tests on this host's /dev/kvm, KVM flavour %s (kernel %s)", flavour, unix.ByteSliceToString(uts.Release[:]))
+	t.Run(flavour, func(t *testing.T) { runDirectBins(t, root, bins, klp) })
+}
+
+func runDirectBins(t *testing.T, root string, bins []testBinary, klp string) {
 	for _, b := range bins {
-		args := append([]string{"-test.v=test2json", "-test.count=1", "-test.timeout=" + defaultTimeout.String()}, runArgs(b.Pkg)...)
+		// Inside go test's own deadline, so that a hang is reported per
+		// binary, with its stacks, not by go test's panic.
+		timeout := defaultTimeout
+		if dl, ok := t.Deadline(); ok {
+			timeout = min(timeout, max(time.Until(dl)-20*time.Second, time.Minute))
+		}
+		args := append([]string{"-test.v=test2json", "-test.count=1", "-test.timeout=" + timeout.Round(time.Second).String()}, runArgs(b.Pkg)...)
 		cmd := exec.Command(b.Path, args...)
 		cmd.Dir = filepath.Join(root, b.Pkg)
 		cmd.Env = append(os.Environ(), "KLP_KVM_ENGINE=kvm")
@@ -252,7 +294,10 @@ func runDirect(t *testing.T, root string, bins []testBinary, klp string) {
 		} else if err != nil {
 			r.Exit, r.Error = -1, err.Error()
 		}
-		t.Run(strings.TrimSuffix(b.Name, ".test"), func(t *testing.T) { report(t, r, "", "on this host") })
+		t.Run(strings.TrimSuffix(b.Name, ".test"), func(t *testing.T) {
+			t.Logf("%s ran for %v on this host", b.Name, r.Elapsed.Round(time.Millisecond))
+			report(t, r, "", "on this host")
+		})
 	}
 }
 
@@ -269,6 +314,15 @@ func runNested(t *testing.T, root, work string, k *kernelCache, bins []testBinar
 			t.Fatalf("KLP_KVM_NESTED_TIMEOUT=%q: %v", s, err)
 		}
 		timeout = d
+	}
+	// Within go test's own -timeout (10m by default, and the direct tier
+	// may have used part of it): a hang is then reported here, with the
+	// console, rather than by go test's panic.
+	if dl, ok := t.Deadline(); ok {
+		if left := time.Until(dl) - 20*time.Second; left < timeout {
+			timeout = max(left, time.Minute)
+			t.Logf("VM run bounded by go test's -timeout: %v (use -timeout 30m for both tiers)", timeout.Round(time.Second))
+		}
 	}
 	// A VM that freezes (no heartbeat: the L1 kernel or QEMU's TCG stuck,
 	// seen about once in ten runs on a loaded machine) is booted once more;
@@ -314,6 +368,16 @@ func runNested(t *testing.T, root, work string, k *kernelCache, bins []testBinar
 		}
 		t.Fatalf("no working /dev/kvm in the VM: %s", msg)
 	}
+	flavour := res.KVM.Flavour
+	if flavour == "" {
+		flavour = manifest.UnknownFlavour
+	}
+	t.Logf("nested tier: the KVM-engine tests in the VM, KVM flavour %s", flavour)
+	t.Run(flavour, func(t *testing.T) { reportNested(t, res, bins, hung) })
+}
+
+// reportNested turns the VM's results into one subtest per binary.
+func reportNested(t *testing.T, res *vmResults, bins []testBinary, hung string) {
 	ran := map[string]bool{}
 	for _, b := range res.Bins {
 		b := b

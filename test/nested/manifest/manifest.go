@@ -12,6 +12,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"sort"
 	"strings"
 	"time"
 )
@@ -66,6 +68,7 @@ type Event struct {
 	OK        bool   `json:"ok,omitempty"`
 	Error     string `json:"error,omitempty"`
 	Info      string `json:"info,omitempty"`
+	Flavour   string `json:"flavour,omitempty"` // EventKVM: which KVM (see Flavour)
 }
 
 // Line renders e as one control line (without the newline).
@@ -95,4 +98,57 @@ func ParseLine(line string) (Event, error) {
 		return Event{}, fmt.Errorf("control line %q: no event", line)
 	}
 	return e, nil
+}
+
+// The KVM flavours: the vendor module behind /dev/kvm, as it is named
+// under /sys/module. kvm_intel (VT-x) and kvm_amd (SVM) are the hardware
+// ones, what users have; kvm_pvm is PVM, KVM on a paravirtual "CPU" with
+// no VT-x or SVM at all (the nested tier's VM always has kvm_amd: QEMU's
+// TCG emulates SVM).
+var flavours = []string{"kvm_intel", "kvm_amd", "kvm_pvm"}
+
+// UnknownFlavour is the flavour of a /dev/kvm with no known vendor module
+// loaded (e.g. one built into the kernel without parameters).
+const UnknownFlavour = "kvm_unknown"
+
+// Flavour names the KVM flavour from the module names under /sys/module:
+// the known vendor modules present, in a fixed order and joined with "+"
+// should there be more than one (a PVM host may have kvm_intel too), else
+// UnknownFlavour. Names use "_" as /sys/module does; "-" is accepted.
+func Flavour(modules []string) string {
+	have := map[string]bool{}
+	for _, m := range modules {
+		have[strings.ReplaceAll(m, "-", "_")] = true
+	}
+	var got []string
+	for _, f := range flavours {
+		if have[f] {
+			got = append(got, f)
+		}
+	}
+	if len(got) == 0 {
+		return UnknownFlavour
+	}
+	return strings.Join(got, "+")
+}
+
+// LoadedModules lists the module names under dir (normally /sys/module),
+// sorted.
+func LoadedModules(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(ents))
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// HostFlavour is Flavour of this machine's /sys/module.
+func HostFlavour() string {
+	mods, _ := LoadedModules("/sys/module")
+	return Flavour(mods)
 }

@@ -2,8 +2,9 @@
 
 // Command vminit is /init of the nested tier's initramfs. Inside a Linux
 // guest booted under QEMU TCG (which emulates AMD SVM) it loads the kvm
-// modules, checks /dev/kvm, runs each test binary of the manifest with
-// KLP_KVM_ENGINE=kvm and -test.v=test2json, and powers the VM off.
+// modules, checks /dev/kvm and reports its KVM flavour (kvm_amd), runs each
+// test binary of the manifest with KLP_KVM_ENGINE=kvm and
+// -test.v=test2json, and powers the VM off.
 //
 // Output goes two ways: everything, readable, to the console (ttyS0, which
 // the host streams into its test log), and the raw test output framed by
@@ -154,7 +155,11 @@ func run(res *os.File) bool {
 		logf("klp-nested: %v", err)
 		return false
 	}
-	emit(res, manifest.Event{Event: manifest.EventKVM, OK: true})
+	// The KVM flavour: which vendor module /dev/kvm is (kvm_amd under
+	// QEMU's emulated SVM), so the host names the tier after it.
+	flavour := manifest.HostFlavour()
+	emit(res, manifest.Event{Event: manifest.EventKVM, OK: true, Flavour: flavour})
+	logf("klp-nested: /dev/kvm ok, KVM flavour %s", flavour)
 	ok := true
 	for _, b := range m.Tests {
 		if !runBinary(res, &m, b) {
