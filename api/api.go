@@ -18,6 +18,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"sync"
 	"time"
 )
 
@@ -71,20 +73,57 @@ func (e *Error) Refused() bool { return e.Status >= 400 && e.Status < 500 }
 // Listen creates the unix socket with mode 0600. A stale socket file (no
 // server behind it) is replaced; a live one is an error.
 func Listen(path string) (net.Listener, error) {
-	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("api: %s: another klp-kvm is serving this socket", path)
+	// Only a socket is ever replaced: --api pointing at a regular file (or
+	// anything else) must not delete it.
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("api: %s exists and is not a socket; refusing to replace it", path)
+		}
+		if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("api: %s: another klp-kvm is serving this socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("api: remove stale socket: %w", err)
+		}
 	}
-	_ = os.Remove(path)
-	l, err := net.Listen("unix", path)
+	// The socket is born inside a fresh 0700 directory, made 0600 there,
+	// and only then renamed into place: it is never reachable with the
+	// umask's looser mode (net.Listen creates it 0777 &^ umask).
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".klp-kvm-sock-")
 	if err != nil {
 		return nil, fmt.Errorf("api: listen: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	l, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, fmt.Errorf("api: listen: %w", err)
+	}
+	ul := l.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("api: chmod socket: %w", err)
 	}
-	return l, nil
+	if err := os.Rename(tmp, path); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("api: listen: %w", err)
+	}
+	return &socketListener{UnixListener: ul, path: path}, nil
+}
+
+// socketListener removes its socket file when closed.
+type socketListener struct {
+	*net.UnixListener
+	path string
+	once sync.Once
+}
+
+func (l *socketListener) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() { _ = os.Remove(l.path) })
+	return err
 }
 
 // WriteJSON writes v with status.
