@@ -47,6 +47,9 @@ type kvmEngine struct {
 	cpuid     []kvm.CPUIDEntry2 // KVM_GET_SUPPORTED_CPUID
 	syncRegs  bool              // KVM_CAP_SYNC_REGS has KVM_SYNC_X86_REGS
 	clockCtrl bool              // KVM_CAP_KVMCLOCK_CTRL
+	// softExcSkips: the vendor code computes the return RIP of an injected
+	// soft exception itself (VT-x/SVM); false on kvm_pvm (see bpEntryRIP).
+	softExcSkips bool
 }
 
 // shared is the engine New returns once /dev/kvm has been opened: the
@@ -107,6 +110,9 @@ func (e *kvmEngine) probe() error {
 	}
 	if r, err := kvm.CheckExtension(uintptr(e.fd), capKVMClockCtrl); err == nil && r != 0 {
 		e.clockCtrl = true
+	}
+	if _, err := os.Stat(pvmModule); err != nil {
+		e.softExcSkips = true
 	}
 	sz, err := kvm.GetVCPUMMmapSize(uintptr(e.fd))
 	if err != nil {
@@ -212,7 +218,7 @@ func (v *vm) NewVCPU(id int) (engine.VCPU, error) {
 	if err != nil {
 		return nil, ioctlErr("KVM_CREATE_VCPU", err)
 	}
-	c := &vcpu{id: id, fd: int(fd), syncRegs: v.e.syncRegs, clockCtrl: v.e.clockCtrl}
+	c := &vcpu{id: id, fd: int(fd), mem: v.mem, syncRegs: v.e.syncRegs, clockCtrl: v.e.clockCtrl, softExcSkips: v.e.softExcSkips}
 	if err := c.setup(v.e, id); err != nil {
 		c.Close()
 		return nil, err
@@ -245,10 +251,13 @@ func (v *vm) Close() error {
 }
 
 type vcpu struct {
-	id        int
-	fd        int
-	syncRegs  bool
-	clockCtrl bool
+	id  int
+	fd  int
+	mem []byte // guest RAM from physical 0 (the VM's slot 0)
+	// softExcSkips: see kvmEngine.softExcSkips and bpEntryRIP.
+	softExcSkips bool
+	syncRegs     bool
+	clockCtrl    bool
 
 	// run is the mmap'd struct kvm_run; word points at its first word
 	// (immediate_exit). mu guards them against Close while Kick runs from
@@ -262,6 +271,8 @@ type vcpu struct {
 	locked bool         // Run has locked its goroutine to its thread
 	exits  atomic.Uint64
 	exit   engine.Exit
+
+	bpInjected atomic.Uint64 // int3s whose #BP the VMM delivered (emulationFailure)
 }
 
 func (c *vcpu) setup(e *kvmEngine, id int) error {
@@ -392,6 +403,16 @@ func (c *vcpu) Run() (*engine.Exit, error) {
 		if err := decodeExit(c.run, c.syncRegs, &c.exit); err != nil {
 			return nil, err
 		}
+		if isEmulationFailure(c.run) {
+			injected, err := c.emulationFailure()
+			if err != nil {
+				return nil, err
+			}
+			if injected {
+				c.exits.Add(1)
+				continue
+			}
+		}
 		if c.exit.Reason == engine.ExitShutdown && !c.syncRegs {
 			if r, err := c.Regs(); err == nil {
 				c.exit.RIP = r.RIP
@@ -400,6 +421,81 @@ func (c *vcpu) Run() (*engine.Exit, error) {
 		c.exits.Add(1)
 		return &c.exit, nil
 	}
+}
+
+// emulationFailure handles KVM_INTERNAL_ERROR_EMULATION: an int3 at RIP
+// gets its #BP delivered (injected true: re-enter the guest); anything
+// else is left in c.exit as an internal error naming RIP and the
+// instruction bytes. The decision is decideEmulationFailure's.
+func (c *vcpu) emulationFailure() (injected bool, err error) {
+	r, err := c.Regs()
+	if err != nil {
+		return false, err
+	}
+	insn := emulationInsn(c.run)
+	var fetchErr error
+	if insn == nil {
+		insn, fetchErr = c.fetch(r.RIP, maxInsnLen)
+	}
+	if decideEmulationFailure(insn) == emulInjectBP {
+		if err := c.injectBP(r); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+	c.exit.RIP = r.RIP
+	c.exit.Message = emulationFailureMessage(r.RIP, insn, fetchErr, c.exit.Message)
+	return false, nil
+}
+
+// injectBP delivers #BP for the int3 at r.RIP. KVM_SET_REGS comes first:
+// it drops any pending exception, so the other order would lose the #BP.
+func (c *vcpu) injectBP(r engine.Regs) error {
+	var ev vcpuEvents
+	if errno := vcpuEventsIoctl(c.fd, ioctlGetVCPUEvts, &ev); errno != 0 {
+		return &Error{Op: "KVM_GET_VCPU_EVENTS", Errno: errno}
+	}
+	if ev.Exception.Injected != 0 || ev.Exception.Pending != 0 {
+		return &Error{Op: "inject #BP", Kind: ErrInvalid,
+			Detail: fmt.Sprintf("int3 at RIP %#x while exception %d is already pending", r.RIP, ev.Exception.Nr)}
+	}
+	r.RIP = bpEntryRIP(r.RIP, c.softExcSkips)
+	if err := c.SetRegs(r); err != nil {
+		return err
+	}
+	ev.Exception.Injected, ev.Exception.Nr = 1, vectorBP
+	ev.Exception.HasErrorCode, ev.Exception.ErrorCode = 0, 0
+	ev.Flags = 0 // leave NMI pending, SIPI, shadow, SMM and payload state as they are
+	if errno := vcpuEventsIoctl(c.fd, ioctlSetVCPUEvts, &ev); errno != 0 {
+		return &Error{Op: "KVM_SET_VCPU_EVENTS", Errno: errno, Detail: "inject #BP"}
+	}
+	c.bpInjected.Add(1)
+	return nil
+}
+
+// fetch reads up to n bytes of guest code at linear address gva through the
+// vCPU's current translation (KVM_TRANSLATE, page by page), stopping at
+// the first page that is not mapped or not RAM. In 64-bit mode CS.base is
+// 0, so RIP is the linear address.
+func (c *vcpu) fetch(gva uint64, n int) ([]byte, error) {
+	var out []byte
+	for len(out) < n {
+		t := translation{LinearAddress: gva}
+		if errno := translateIoctl(c.fd, &t); errno != 0 {
+			return out, &Error{Op: "KVM_TRANSLATE", Errno: errno, Detail: fmt.Sprintf("%#x", gva)}
+		}
+		if t.Valid == 0 {
+			return out, &Error{Op: "KVM_TRANSLATE", Kind: ErrInvalid, Detail: fmt.Sprintf("%#x not mapped", gva)}
+		}
+		gpa := t.PhysicalAddress
+		if gpa >= uint64(len(c.mem)) {
+			return out, &Error{Op: "fetch", Kind: ErrInvalid, Detail: fmt.Sprintf("%#x maps to %#x, outside RAM", gva, gpa)}
+		}
+		k := min(uint64(n-len(out)), 4096-gva%4096, uint64(len(c.mem))-gpa)
+		out = append(out, c.mem[gpa:gpa+k]...)
+		gva += k
+	}
+	return out, nil
 }
 
 // paused runs at the pause point: KVM_KVMCLOCK_CTRL tells a guest using

@@ -74,3 +74,15 @@ func msrIoctl(fd int, req uintptr, msrs []engine.MSR) (int, unix.Errno) {
 	}
 	return n, 0
 }
+
+// vcpuEventsIoctl issues KVM_GET_VCPU_EVENTS or KVM_SET_VCPU_EVENTS.
+func vcpuEventsIoctl(fd int, req uintptr, ev *vcpuEvents) unix.Errno {
+	_, errno := ioctl(fd, req, uintptr(unsafe.Pointer(ev)))
+	return errno
+}
+
+// translateIoctl issues KVM_TRANSLATE for t.LinearAddress.
+func translateIoctl(fd int, t *translation) unix.Errno {
+	_, errno := ioctl(fd, ioctlTranslate, uintptr(unsafe.Pointer(t)))
+	return errno
+}
