@@ -100,9 +100,6 @@ func New(cfg Config) (*Machine, error) {
 	if err := k.load(cfg.Kernel, ram, l); err != nil {
 		return fail(err)
 	}
-	if err := setupBoot(ram, l, cfg.CPUs, cfg.Cmdline, APICBusHz); err != nil {
-		return fail(err)
-	}
 	console := cfg.Console
 	if console == nil {
 		console = io.Discard
@@ -134,6 +131,14 @@ func New(cfg Config) (*Machine, error) {
 		if err := initVCPU(c, k.Entry, i); err != nil {
 			return fail(&Error{Op: op, Kind: ErrConfig, Detail: "set up vCPU " + itoa(i), Err: err})
 		}
+	}
+	// After the vCPUs: the guest's TSC rate is the engine's, known per vCPU.
+	tscHz, err := guestTSCHz(m.vcpus[0].cpu)
+	if err != nil {
+		return fail(&Error{Op: op, Kind: ErrConfig, Detail: "guest TSC rate", Err: err})
+	}
+	if err := setupBoot(ram, l, cfg.CPUs, cfg.Cmdline, tscHz); err != nil {
+		return fail(err)
 	}
 	return m, nil
 }

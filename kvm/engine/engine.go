@@ -177,6 +177,16 @@ type VCPU interface {
 	Close() error
 }
 
+// TSCClock is implemented by a VCPU that knows the rate at which the TSC
+// its guest reads (RDTSC, MSR 0x10) advances against host time. The VMM
+// tells the guest this rate at boot (boot_info.tsc_hz); a VCPU without it
+// leaves the guest to find its own.
+type TSCClock interface {
+	// TSCHz is the guest TSC rate in Hz, 0 if the engine cannot tell.
+	// Every vCPU of a VM has the same.
+	TSCHz() (uint64, error)
+}
+
 // Well-known MSR indices used by the boot protocol and the engines.
 const (
 	MSRApicBase      = 0x1b

@@ -35,6 +35,8 @@ var (
 	ioctlGetMSRs      = kvm.IIOWR(0x88, sizeofKvmMsrs)     // KVM_GET_MSRS
 	ioctlSetMSRs      = kvm.IIOW(0x89, sizeofKvmMsrs)      // KVM_SET_MSRS
 	ioctlKVMClockCtrl = kvm.IIO(0xad)                      // KVM_KVMCLOCK_CTRL
+	ioctlSetTSCKHz    = kvm.IIO(0xa2)                      // KVM_SET_TSC_KHZ (vCPU)
+	ioctlGetTSCKHz    = kvm.IIO(0xa3)                      // KVM_GET_TSC_KHZ (vCPU)
 	ioctlTranslate    = kvm.IIOWR(0x85, sizeofTranslation) // KVM_TRANSLATE
 	ioctlGetVCPUEvts  = kvm.IIOR(0x9f, sizeofVCPUEvents)   // KVM_GET_VCPU_EVENTS
 	ioctlSetVCPUEvts  = kvm.IIOW(0xa0, sizeofVCPUEvents)   // KVM_SET_VCPU_EVENTS
@@ -101,6 +103,8 @@ const (
 	capUserMemory    = 3   // KVM_CAP_USER_MEMORY
 	capSetTSSAddr    = 4   // KVM_CAP_SET_TSS_ADDR
 	capExtCPUID      = 7   // KVM_CAP_EXT_CPUID
+	capTSCControl    = 60  // KVM_CAP_TSC_CONTROL: KVM_SET_TSC_KHZ works (TSC scaling)
+	capGetTSCKHz     = 61  // KVM_CAP_GET_TSC_KHZ
 	capSyncRegs      = 74  // KVM_CAP_SYNC_REGS (returns the KVM_SYNC_X86_* mask)
 	capKVMClockCtrl  = 76  // KVM_CAP_KVMCLOCK_CTRL
 	capImmediateExit = 136 // KVM_CAP_IMMEDIATE_EXIT

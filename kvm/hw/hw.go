@@ -50,6 +50,8 @@ type kvmEngine struct {
 	// softExcSkips: the vendor code computes the return RIP of an injected
 	// soft exception itself (VT-x/SVM); false on kvm_pvm (see bpEntryRIP).
 	softExcSkips bool
+	getTSCKHz    bool // KVM_CAP_GET_TSC_KHZ
+	tscControl   bool // KVM_CAP_TSC_CONTROL
 }
 
 // shared is the engine New returns once /dev/kvm has been opened: the
@@ -110,6 +112,12 @@ func (e *kvmEngine) probe() error {
 	}
 	if r, err := kvm.CheckExtension(uintptr(e.fd), capKVMClockCtrl); err == nil && r != 0 {
 		e.clockCtrl = true
+	}
+	if r, err := kvm.CheckExtension(uintptr(e.fd), capGetTSCKHz); err == nil && r != 0 {
+		e.getTSCKHz = true
+	}
+	if r, err := kvm.CheckExtension(uintptr(e.fd), capTSCControl); err == nil && r != 0 {
+		e.tscControl = true
 	}
 	if _, err := os.Stat(pvmModule); err != nil {
 		e.softExcSkips = true
@@ -172,6 +180,7 @@ type vm struct {
 	mu     sync.Mutex
 	vcpus  map[int]*vcpu
 	closed bool
+	tscKHz uint64 // the guest TSC rate every vCPU gets; 0 until the first vCPU
 }
 
 func (v *vm) setup() error {
@@ -223,8 +232,45 @@ func (v *vm) NewVCPU(id int) (engine.VCPU, error) {
 		c.Close()
 		return nil, err
 	}
+	if err := v.setupTSC(c); err != nil {
+		c.Close()
+		return nil, err
+	}
 	v.vcpus[id] = c
 	return c, nil
+}
+
+// setupTSC gives vCPU c the VM's guest TSC rate and records it for TSCHz.
+// The rate is what KVM gives the first vCPU (KVM_GET_TSC_KHZ: the host's
+// TSC rate unless the VM was told otherwise). Where KVM can scale the TSC
+// (KVM_CAP_TSC_CONTROL), every vCPU is set to that rate explicitly with
+// KVM_SET_TSC_KHZ, so they all tick alike whatever KVM's default; where it
+// cannot (kvm_pvm), the vCPUs run at the host's rate and KVM_GET_TSC_KHZ
+// says which. Either way the guest is told the rate read back from KVM.
+func (v *vm) setupTSC(c *vcpu) error {
+	if !v.e.getTSCKHz {
+		return nil // TSCHz says unknown; the guest falls back to its tick
+	}
+	if v.tscKHz != 0 && v.e.tscControl {
+		if _, errno := ioctl(c.fd, ioctlSetTSCKHz, uintptr(v.tscKHz)); errno != 0 {
+			return &Error{Op: "KVM_SET_TSC_KHZ", Errno: errno, Detail: fmt.Sprintf("%d kHz on vCPU %d", v.tscKHz, c.id)}
+		}
+	}
+	khz, errno := ioctl(c.fd, ioctlGetTSCKHz, 0)
+	if errno != 0 {
+		return &Error{Op: "KVM_GET_TSC_KHZ", Errno: errno, Detail: fmt.Sprintf("vCPU %d", c.id)}
+	}
+	if khz == 0 {
+		return &Error{Op: "KVM_GET_TSC_KHZ", Kind: ErrUnsupported, Detail: fmt.Sprintf("vCPU %d: TSC rate 0", c.id)}
+	}
+	if v.tscKHz == 0 {
+		v.tscKHz = uint64(khz)
+	} else if uint64(khz) != v.tscKHz {
+		return &Error{Op: "KVM_GET_TSC_KHZ", Kind: ErrUnsupported,
+			Detail: fmt.Sprintf("vCPU %d runs its TSC at %d kHz, vCPU 0 at %d kHz", c.id, khz, v.tscKHz)}
+	}
+	c.tscKHz = uint64(khz)
+	return nil
 }
 
 // CodeChanged needs nothing on hardware: the CPU keeps instruction fetch
@@ -256,6 +302,7 @@ type vcpu struct {
 	mem []byte // guest RAM from physical 0 (the VM's slot 0)
 	// softExcSkips: see kvmEngine.softExcSkips and bpEntryRIP.
 	softExcSkips bool
+	tscKHz       uint64 // guest TSC rate (setupTSC), 0 if KVM cannot say
 	syncRegs     bool
 	clockCtrl    bool
 
@@ -307,6 +354,11 @@ func (c *vcpu) setup(e *kvmEngine, id int) error {
 }
 
 func (c *vcpu) ID() int { return c.id }
+
+// TSCHz implements engine.TSCClock: the rate KVM_GET_TSC_KHZ reported when
+// the vCPU was created (kHz precision: a few ppm at most), or 0 where KVM
+// has no KVM_CAP_GET_TSC_KHZ.
+func (c *vcpu) TSCHz() (uint64, error) { return c.tscKHz * 1000, nil }
 
 func (c *vcpu) Regs() (engine.Regs, error) {
 	r, err := kvm.GetRegs(uintptr(c.fd))
