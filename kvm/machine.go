@@ -468,6 +468,11 @@ type VCPUInfo struct {
 	State        string `json:"state"`
 	Instructions uint64 `json:"instructions"`
 	Exits        uint64 `json:"exits"`
+	// The engine's counters in detail (engine.Stats): exits by reason,
+	// exits handled inside the engine, the hypervisor's own counters.
+	ExitsByReason map[string]uint64 `json:"exits_by_reason,omitempty"`
+	Handled       map[string]uint64 `json:"handled,omitempty"`
+	Kernel        map[string]uint64 `json:"kernel,omitempty"`
 }
 
 // Info is a snapshot of the machine for `GET /machine`.
@@ -497,7 +502,8 @@ func (m *Machine) Info() Info {
 	m.mu.Unlock()
 	for _, v := range m.vcpus {
 		s := v.cpu.Stats()
-		in.VCPUs = append(in.VCPUs, VCPUInfo{ID: v.id, State: v.State().String(), Instructions: s.Instructions, Exits: s.Exits})
+		in.VCPUs = append(in.VCPUs, VCPUInfo{ID: v.id, State: v.State().String(), Instructions: s.Instructions, Exits: s.Exits,
+			ExitsByReason: s.ByReason, Handled: s.Handled, Kernel: s.Kernel})
 	}
 	in.IOExits = m.bus.ioExits.Load()
 	in.UnknownPorts = m.bus.unknownPorts.Load()

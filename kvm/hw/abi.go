@@ -37,6 +37,7 @@ var (
 	ioctlKVMClockCtrl = kvm.IIO(0xad)                      // KVM_KVMCLOCK_CTRL
 	ioctlSetTSCKHz    = kvm.IIO(0xa2)                      // KVM_SET_TSC_KHZ (vCPU)
 	ioctlGetTSCKHz    = kvm.IIO(0xa3)                      // KVM_GET_TSC_KHZ (vCPU)
+	ioctlGetStatsFD   = kvm.IIO(0xce)                      // KVM_GET_STATS_FD (vCPU)
 	ioctlTranslate    = kvm.IIOWR(0x85, sizeofTranslation) // KVM_TRANSLATE
 	ioctlGetVCPUEvts  = kvm.IIOR(0x9f, sizeofVCPUEvents)   // KVM_GET_VCPU_EVENTS
 	ioctlSetVCPUEvts  = kvm.IIOW(0xa0, sizeofVCPUEvents)   // KVM_SET_VCPU_EVENTS

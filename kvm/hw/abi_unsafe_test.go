@@ -132,6 +132,7 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_KVMCLOCK_CTRL", ioctlKVMClockCtrl, 0xaead},
 		{"KVM_TRANSLATE", ioctlTranslate, 0xc018ae85},
 		{"KVM_SET_TSC_KHZ", ioctlSetTSCKHz, 0xaea2},
+		{"KVM_GET_STATS_FD", ioctlGetStatsFD, 0xaece},
 		{"KVM_GET_TSC_KHZ", ioctlGetTSCKHz, 0xaea3},
 		{"KVM_GET_VCPU_EVENTS", ioctlGetVCPUEvts, 0x8040ae9f},
 		{"KVM_SET_VCPU_EVENTS", ioctlSetVCPUEvts, 0x4040aea0},

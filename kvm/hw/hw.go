@@ -320,6 +320,8 @@ type vcpu struct {
 	exit   engine.Exit
 
 	bpInjected atomic.Uint64 // int3s whose #BP the VMM delivered (emulationFailure)
+	byReason   engine.ExitCounters
+	kstats     *vcpuStats // KVM's binary stats for this vCPU, nil if none
 }
 
 func (c *vcpu) setup(e *kvmEngine, id int) error {
@@ -329,6 +331,7 @@ func (c *vcpu) setup(e *kvmEngine, id int) error {
 	}
 	c.run = run
 	c.word = runWord(run)
+	c.kstats = openStats(c.fd)
 	if c.syncRegs {
 		// Ask KVM to store the registers into kvm_run at every exit, so
 		// Exit.RIP costs nothing. kvm_dirty_regs stays 0: we never load
@@ -440,6 +443,7 @@ func (c *vcpu) Run() (*engine.Exit, error) {
 			}
 			c.paused()
 			c.exits.Add(1)
+			c.byReason.Count(engine.ExitIntr)
 			c.exit = engine.Exit{Reason: engine.ExitIntr}
 			if c.syncRegs {
 				c.exit.RIP = binary.LittleEndian.Uint64(c.run[runSyncRIP:])
@@ -461,8 +465,7 @@ func (c *vcpu) Run() (*engine.Exit, error) {
 				return nil, err
 			}
 			if injected {
-				c.exits.Add(1)
-				continue
+				continue // counted in Stats.Handled, not an exit of Run
 			}
 		}
 		if c.exit.Reason == engine.ExitShutdown && !c.syncRegs {
@@ -471,6 +474,7 @@ func (c *vcpu) Run() (*engine.Exit, error) {
 			}
 		}
 		c.exits.Add(1)
+		c.byReason.Count(c.exit.Reason)
 		return &c.exit, nil
 	}
 }
@@ -575,7 +579,18 @@ func (c *vcpu) Kick() {
 	}
 }
 
-func (c *vcpu) Stats() engine.Stats { return engine.Stats{Exits: c.exits.Load()} }
+func (c *vcpu) Stats() engine.Stats {
+	s := engine.Stats{Exits: c.exits.Load(), ByReason: c.byReason.Snapshot()}
+	if n := c.bpInjected.Load(); n != 0 {
+		s.Handled = map[string]uint64{"int3_bp_injected": n}
+	}
+	c.mu.RLock()
+	if !c.closed {
+		s.Kernel = c.kstats.read()
+	}
+	c.mu.RUnlock()
+	return s
+}
 
 // Close ends the vCPU. A Run in progress is kicked out first (it holds the
 // read lock for the length of KVM_RUN).
@@ -588,6 +603,7 @@ func (c *vcpu) Close() error {
 	}
 	c.closed = true
 	var first error
+	c.kstats.close()
 	if c.run != nil {
 		if err := unix.Munmap(c.run); err != nil {
 			first = ioctlErr("munmap kvm_run", err)
