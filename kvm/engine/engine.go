@@ -133,15 +133,15 @@ type Stats struct {
 	Exits        uint64 // exits returned from Run
 	// ByReason splits Exits by ExitReason.String() ("io", "mmio", "hlt",
 	// "intr", ...); reasons never seen are absent.
-	ByReason map[string]uint64 `json:"by_reason,omitempty"`
+	ByReason map[string]uint64
 	// Handled counts exits the engine dealt with itself without returning
 	// from Run (kvm/hw: int3 emulation failures turned into #BP), by what
 	// it did.
-	Handled map[string]uint64 `json:"handled,omitempty"`
+	Handled map[string]uint64
 	// Kernel holds the hypervisor's own per-vCPU counters where it has
 	// them (KVM's binary statistics: exits handled in the kernel, halts,
 	// interrupt injections...), nil elsewhere.
-	Kernel map[string]uint64 `json:"kernel,omitempty"`
+	Kernel map[string]uint64
 }
 
 // ExitCounters counts exits by reason for Stats.ByReason. Safe for one
