@@ -100,6 +100,18 @@ func (b *BootInfo) encode(dst []byte) {
 	copy(dst[80:80+BootInfoCmdlineMax], b.Cmdline[:])
 }
 
+// guestTSCHz is the TSC rate the guest is told (boot_info.tsc_hz): the
+// engine's, or 0 ("unknown": the guest keeps time by its timer tick) for
+// an engine that cannot say. Telling a guest a wrong rate makes every
+// TSC-based clock in it run fast or slow by the ratio.
+func guestTSCHz(c engine.VCPU) (uint64, error) {
+	tc, ok := c.(engine.TSCClock)
+	if !ok {
+		return 0, nil
+	}
+	return tc.TSCHz()
+}
+
 // setupBoot writes the boot structures into low RAM: page tables, GDT, TSS
 // and boot_info. ram must be zeroed below BootLowEnd.
 func setupBoot(ram []byte, l Layout, nrCPUs int, cmdline string, tscHz uint64) error {

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"klp-kvm/kvm/engine"
 )
 
 // TestBootInfoMatchesC compiles a program against guestkernel's
@@ -67,5 +69,24 @@ int main(void) {
 		if buf[off] != v {
 			t.Errorf("encode: byte at %d = %d, want %d", off, buf[off], v)
 		}
+	}
+}
+
+type tscVCPU struct {
+	engine.VCPU
+	hz uint64
+}
+
+func (c tscVCPU) TSCHz() (uint64, error) { return c.hz, nil }
+
+// The guest is told the engine's TSC rate, or 0 (unknown) for an engine
+// that cannot say: never a guess.
+func TestGuestTSCHz(t *testing.T) {
+	if hz, err := guestTSCHz(tscVCPU{hz: 2596148000}); err != nil || hz != 2596148000 {
+		t.Errorf("engine rate: %d, %v", hz, err)
+	}
+	var plain struct{ engine.VCPU }
+	if hz, err := guestTSCHz(plain); err != nil || hz != 0 {
+		t.Errorf("no TSCClock: %d, %v", hz, err)
 	}
 }

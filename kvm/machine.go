@@ -100,9 +100,6 @@ func New(cfg Config) (*Machine, error) {
 	if err := k.load(cfg.Kernel, ram, l); err != nil {
 		return fail(err)
 	}
-	if err := setupBoot(ram, l, cfg.CPUs, cfg.Cmdline, APICBusHz); err != nil {
-		return fail(err)
-	}
 	console := cfg.Console
 	if console == nil {
 		console = io.Discard
@@ -134,6 +131,14 @@ func New(cfg Config) (*Machine, error) {
 		if err := initVCPU(c, k.Entry, i); err != nil {
 			return fail(&Error{Op: op, Kind: ErrConfig, Detail: "set up vCPU " + itoa(i), Err: err})
 		}
+	}
+	// After the vCPUs: the guest's TSC rate is the engine's, known per vCPU.
+	tscHz, err := guestTSCHz(m.vcpus[0].cpu)
+	if err != nil {
+		return fail(&Error{Op: op, Kind: ErrConfig, Detail: "guest TSC rate", Err: err})
+	}
+	if err := setupBoot(ram, l, cfg.CPUs, cfg.Cmdline, tscHz); err != nil {
+		return fail(err)
 	}
 	return m, nil
 }
@@ -463,6 +468,11 @@ type VCPUInfo struct {
 	State        string `json:"state"`
 	Instructions uint64 `json:"instructions"`
 	Exits        uint64 `json:"exits"`
+	// The engine's counters in detail (engine.Stats): exits by reason,
+	// exits handled inside the engine, the hypervisor's own counters.
+	ExitsByReason map[string]uint64 `json:"exits_by_reason,omitempty"`
+	Handled       map[string]uint64 `json:"handled,omitempty"`
+	Kernel        map[string]uint64 `json:"kernel,omitempty"`
 }
 
 // Info is a snapshot of the machine for `GET /machine`.
@@ -492,7 +502,8 @@ func (m *Machine) Info() Info {
 	m.mu.Unlock()
 	for _, v := range m.vcpus {
 		s := v.cpu.Stats()
-		in.VCPUs = append(in.VCPUs, VCPUInfo{ID: v.id, State: v.State().String(), Instructions: s.Instructions, Exits: s.Exits})
+		in.VCPUs = append(in.VCPUs, VCPUInfo{ID: v.id, State: v.State().String(), Instructions: s.Instructions, Exits: s.Exits,
+			ExitsByReason: s.ByReason, Handled: s.Handled, Kernel: s.Kernel})
 	}
 	in.IOExits = m.bus.ioExits.Load()
 	in.UnknownPorts = m.bus.unknownPorts.Load()

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sort"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -273,8 +275,15 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "engine %s, %d MiB, up %.1fs, %s\n", info.Engine, info.MemMiB, float64(info.UptimeNS)/1e9, pausedWord(info.Paused))
 	for _, v := range info.VCPUs {
 		fmt.Fprintf(stdout, "  vCPU %d: %-8s exits %d", v.ID, v.State, v.Exits)
+		if len(v.ExitsByReason) != 0 {
+			fmt.Fprintf(stdout, " (%s)", countsText(v.ExitsByReason))
+		}
 		if v.Instructions != 0 {
 			fmt.Fprintf(stdout, " instructions %d", v.Instructions)
+		}
+		if k := v.Kernel; k != nil {
+			fmt.Fprintf(stdout, "; in KVM: exits %d, emulated instructions %d, halts %d, interrupts injected %d",
+				k["exits"], k["insn_emulation"], k["halt_exits"], k["irq_injections"])
 		}
 		fmt.Fprintln(stdout)
 	}
@@ -298,4 +307,21 @@ func cmdStop(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	return call(stderr, *sock, "POST", "/machine/stop", nil, nil)
+}
+
+// countsText prints counters as "a 1, b 2" in name order.
+func countsText(m map[string]uint64) string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for i, n := range names {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %d", n, m[n])
+	}
+	return b.String()
 }

@@ -27,10 +27,20 @@ _start:
 	testq %rsi, %rsi
 	jnz .Lap_wait
 
+	/*
+	 * Clear .bss 8 bytes per iteration: where string instructions are
+	 * emulated one iteration at a time (kvm_pvm), rep stosb over the
+	 * ~1.1 MiB of .bss took ~4 s of every boot. Then the tail, if any.
+	 */
 	leaq __bss_start(%rip), %rdi
 	leaq __bss_end(%rip), %rcx
 	subq %rdi, %rcx
+	movq %rcx, %rdx
+	shrq $3, %rcx
 	xorl %eax, %eax
+	rep stosq
+	movq %rdx, %rcx
+	andq $7, %rcx
 	rep stosb
 
 	leaq boot_stacks+BOOT_STACK_SIZE(%rip), %rsp

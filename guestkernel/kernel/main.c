@@ -122,8 +122,9 @@ notrace __noreturn void kernel_main_bsp(const struct boot_info *bi, uint64_t cpu
 	       boot_info_copy.ram_size >> 20, (heap_end - heap_start) >> 10, boot_tsc_hz);
 
 	__atomic_store_n(&ap_release, 1, __ATOMIC_SEQ_CST);
-	uint64_t deadline = rdtsc() + 2000000000ULL;
-	while (READ_ONCE(nr_cpus_online) < nr_cpus_boot && rdtsc() < deadline)
+	/* 2 s of ktime, whatever the TSC rate (it was 2e9 TSC cycles: 0.77 s at 2.6 GHz) */
+	uint64_t deadline = ktime_get_ns() + 2 * NSEC_PER_SEC;
+	while (READ_ONCE(nr_cpus_online) < nr_cpus_boot && ktime_get_ns() < deadline)
 		cpu_relax();
 	if (nr_cpus_online < nr_cpus_boot)
 		printk("smp: only %u of %u CPUs came up\n", nr_cpus_online, nr_cpus_boot);

@@ -120,6 +120,7 @@ type cpu struct {
 	closed   atomic.Bool
 	nInstr   atomic.Uint64
 	nExits   atomic.Uint64
+	byReason engine.ExitCounters
 	apic     lapic
 	traceBuf []byte
 }
@@ -263,7 +264,7 @@ func (c *cpu) wakeUp() {
 }
 
 func (c *cpu) Stats() engine.Stats {
-	return engine.Stats{Instructions: c.nInstr.Load(), Exits: c.nExits.Load()}
+	return engine.Stats{Instructions: c.nInstr.Load(), Exits: c.nExits.Load(), ByReason: c.byReason.Snapshot()}
 }
 
 func (c *cpu) Close() error {
@@ -336,6 +337,7 @@ func (c *cpu) Run() (*engine.Exit, error) {
 	c.apic.pollTimer() // VMMs with frequent exits would otherwise starve it
 	ex := c.run()
 	c.nExits.Add(1)
+	c.byReason.Count(ex.Reason)
 	c.nInstr.Store(c.icount)
 	return ex, nil
 }

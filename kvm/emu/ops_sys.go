@@ -234,8 +234,15 @@ func hSwapgs(c *cpu, in *inst) {
 	c.sr.GS.Base, c.kernelGSBase = c.kernelGSBase, c.sr.GS.Base
 }
 
-// tsc is the guest TSC: nanoseconds since VM creation (1 GHz), plus the
-// offset a TSC MSR write sets.
+// TSCHz is the rate of emu's guest TSC: it counts nanoseconds of host
+// monotonic time, so 1 GHz exactly, whatever the host CPU's own TSC does.
+const TSCHz = 1_000_000_000
+
+// TSCHz implements engine.TSCClock.
+func (c *cpu) TSCHz() (uint64, error) { return TSCHz, nil }
+
+// tsc is the guest TSC: nanoseconds since VM creation (TSCHz, from the
+// host's monotonic clock), plus the offset a TSC MSR write sets.
 func (c *cpu) tsc() uint64 { return uint64(int64(time.Since(c.vm.epoch)) + c.tscOffset) }
 
 func hRdtsc(c *cpu, in *inst) {

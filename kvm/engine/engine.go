@@ -7,6 +7,8 @@
 // that kvm can import both engines while they import only this.
 package engine
 
+import "sync/atomic"
+
 // Regs mirrors struct kvm_regs field for field (144 bytes), so the hw engine
 // can pass it straight to KVM_GET_REGS/KVM_SET_REGS.
 type Regs struct {
@@ -134,6 +136,45 @@ type Exit struct {
 type Stats struct {
 	Instructions uint64 // emulated instructions (0 on hardware)
 	Exits        uint64 // exits returned from Run
+	// ByReason splits Exits by ExitReason.String() ("io", "mmio", "hlt",
+	// "intr", ...); reasons never seen are absent.
+	ByReason map[string]uint64
+	// Handled counts exits the engine dealt with itself without returning
+	// from Run (kvm/hw: int3 emulation failures turned into #BP), by what
+	// it did.
+	Handled map[string]uint64
+	// Kernel holds the hypervisor's own per-vCPU counters where it has
+	// them (KVM's binary statistics: exits handled in the kernel, halts,
+	// interrupt injections...), nil elsewhere.
+	Kernel map[string]uint64
+}
+
+// ExitCounters counts exits by reason for Stats.ByReason. Safe for one
+// writer (the vCPU thread) and any number of readers.
+type ExitCounters struct {
+	n [ExitIntr + 1]atomic.Uint64
+}
+
+// Count records one exit of reason r.
+func (c *ExitCounters) Count(r ExitReason) {
+	if r < 0 || int(r) >= len(c.n) {
+		r = 0 // "unknown"
+	}
+	c.n[r].Add(1)
+}
+
+// Snapshot returns the counts by reason name, nil when there are none.
+func (c *ExitCounters) Snapshot() map[string]uint64 {
+	var m map[string]uint64
+	for r := range c.n {
+		if v := c.n[r].Load(); v != 0 {
+			if m == nil {
+				m = map[string]uint64{}
+			}
+			m[ExitReason(r).String()] += v
+		}
+	}
+	return m
 }
 
 // Engine creates VMs. An engine is stateless apart from its device handle.
@@ -198,6 +239,16 @@ const MaxBreakpoints = 4
 // running on, or the vCPU stops there again.
 type Breakpointer interface {
 	SetBreakpoints(addrs []uint64) error
+}
+
+// TSCClock is implemented by a VCPU that knows the rate at which the TSC
+// its guest reads (RDTSC, MSR 0x10) advances against host time. The VMM
+// tells the guest this rate at boot (boot_info.tsc_hz); a VCPU without it
+// leaves the guest to find its own.
+type TSCClock interface {
+	// TSCHz is the guest TSC rate in Hz, 0 if the engine cannot tell.
+	// Every vCPU of a VM has the same.
+	TSCHz() (uint64, error)
 }
 
 // Well-known MSR indices used by the boot protocol and the engines.

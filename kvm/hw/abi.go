@@ -23,17 +23,77 @@ const (
 	sizeofKvmSregs    = 312 // struct kvm_sregs
 	sizeofKvmMsrs     = 8   // struct kvm_msrs header (nmsrs, pad); entries follow
 	sizeofKvmMsrEntry = 16  // struct kvm_msr_entry
+	sizeofVCPUEvents  = 64  // struct kvm_vcpu_events (x86)
+	sizeofTranslation = 24  // struct kvm_translation
 )
 
 // The ioctls we issue ourselves, built with gokvm's _IO/_IOWR helpers from
 // the request number and argument size of the kernel header. The others go
 // through gokvm's wrappers.
 var (
-	ioctlRun          = kvm.IIO(0x80)                  // KVM_RUN
-	ioctlGetMSRs      = kvm.IIOWR(0x88, sizeofKvmMsrs) // KVM_GET_MSRS
-	ioctlSetMSRs      = kvm.IIOW(0x89, sizeofKvmMsrs)  // KVM_SET_MSRS
-	ioctlKVMClockCtrl = kvm.IIO(0xad)                  // KVM_KVMCLOCK_CTRL
+	ioctlRun          = kvm.IIO(0x80)                      // KVM_RUN
+	ioctlGetMSRs      = kvm.IIOWR(0x88, sizeofKvmMsrs)     // KVM_GET_MSRS
+	ioctlSetMSRs      = kvm.IIOW(0x89, sizeofKvmMsrs)      // KVM_SET_MSRS
+	ioctlKVMClockCtrl = kvm.IIO(0xad)                      // KVM_KVMCLOCK_CTRL
+	ioctlSetTSCKHz    = kvm.IIO(0xa2)                      // KVM_SET_TSC_KHZ (vCPU)
+	ioctlGetTSCKHz    = kvm.IIO(0xa3)                      // KVM_GET_TSC_KHZ (vCPU)
+	ioctlGetStatsFD   = kvm.IIO(0xce)                      // KVM_GET_STATS_FD (vCPU)
+	ioctlTranslate    = kvm.IIOWR(0x85, sizeofTranslation) // KVM_TRANSLATE
+	ioctlGetVCPUEvts  = kvm.IIOR(0x9f, sizeofVCPUEvents)   // KVM_GET_VCPU_EVENTS
+	ioctlSetVCPUEvts  = kvm.IIOW(0xa0, sizeofVCPUEvents)   // KVM_SET_VCPU_EVENTS
 )
+
+// vcpuEvents mirrors struct kvm_vcpu_events (arch/x86/include/uapi/asm/
+// kvm.h) field for field, 64 bytes; abi_unsafe_test.go checks the size and
+// offsets. Only the exception is ever changed: the rest is read with
+// KVM_GET_VCPU_EVENTS and written back as read, and flags stays 0 so that
+// KVM leaves the NMI-pending, SIPI, shadow, SMM and payload state alone.
+type vcpuEvents struct {
+	Exception struct {
+		Injected     uint8
+		Nr           uint8
+		HasErrorCode uint8
+		Pending      uint8
+		ErrorCode    uint32
+	}
+	Interrupt struct {
+		Injected uint8
+		Nr       uint8
+		Soft     uint8
+		Shadow   uint8
+	}
+	NMI struct {
+		Injected uint8
+		Pending  uint8
+		Masked   uint8
+		Pad      uint8
+	}
+	SIPIVector uint32
+	Flags      uint32
+	SMI        struct {
+		SMM          uint8
+		Pending      uint8
+		SMMInsideNMI uint8
+		LatchedInit  uint8
+	}
+	TripleFault struct {
+		Pending uint8
+	}
+	Reserved            [26]uint8
+	ExceptionHasPayload uint8
+	ExceptionPayload    uint64
+}
+
+// translation mirrors struct kvm_translation (24 bytes): KVM_TRANSLATE
+// walks the vCPU's current page tables for a linear address.
+type translation struct {
+	LinearAddress   uint64
+	PhysicalAddress uint64
+	Valid           uint8
+	Writeable       uint8
+	Usermode        uint8
+	Pad             [5]uint8
+}
 
 // KVM_API_VERSION: the only version the kernel has returned since 2.6.22.
 const kvmAPIVersion = 12
@@ -44,6 +104,8 @@ const (
 	capUserMemory    = 3   // KVM_CAP_USER_MEMORY
 	capSetTSSAddr    = 4   // KVM_CAP_SET_TSS_ADDR
 	capExtCPUID      = 7   // KVM_CAP_EXT_CPUID
+	capTSCControl    = 60  // KVM_CAP_TSC_CONTROL: KVM_SET_TSC_KHZ works (TSC scaling)
+	capGetTSCKHz     = 61  // KVM_CAP_GET_TSC_KHZ
 	capSyncRegs      = 74  // KVM_CAP_SYNC_REGS (returns the KVM_SYNC_X86_* mask)
 	capKVMClockCtrl  = 76  // KVM_CAP_KVMCLOCK_CTRL
 	capImmediateExit = 136 // KVM_CAP_IMMEDIATE_EXIT
@@ -106,6 +168,19 @@ const (
 	runSyncRegs      = 0x130 // s.regs: struct kvm_regs, when kvm_valid_regs has KVM_SYNC_X86_REGS
 	runSyncRIP       = runSyncRegs + 16*8
 	runMinSize       = runSyncRegs + sizeofKvmRegs // a smaller mapping cannot be a kvm_run
+)
+
+// KVM_INTERNAL_ERROR_EMULATION and its kvm_run layout (the emulation_failure
+// member of the exit union): data[0] is flags; with
+// KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, data[1..2] hold
+// insn_size (one byte) and insn_bytes[15].
+const (
+	kvmInternalErrorEmulation = 1
+	kvmEmulFlagInsnBytes      = 1
+	runEmulFlags              = runIntData     // emulation_failure.flags (__u64)
+	runEmulInsnSize           = runIntData + 8 // emulation_failure.insn_size (__u8)
+	runEmulInsnBytes          = runIntData + 9 // emulation_failure.insn_bytes[15]
+	maxInsnLen                = 15
 )
 
 // KVM_INTERNAL_ERROR_* suberrors, named in messages.

@@ -25,6 +25,10 @@ func TestStructSizes(t *testing.T) {
 		{"engine.MSR (struct kvm_msr_entry)", unsafe.Sizeof(engine.MSR{}), sizeofKvmMsrEntry},
 		{"gokvm kvm.UserspaceMemoryRegion", unsafe.Sizeof(kvm.UserspaceMemoryRegion{}), 32},
 		{"gokvm kvm.CPUIDEntry2 (struct kvm_cpuid_entry2)", unsafe.Sizeof(kvm.CPUIDEntry2{}), 40},
+		{"vcpuEvents (struct kvm_vcpu_events)", unsafe.Sizeof(vcpuEvents{}), 64},
+		{"sizeofVCPUEvents", sizeofVCPUEvents, 64},
+		{"translation (struct kvm_translation)", unsafe.Sizeof(translation{}), 24},
+		{"sizeofTranslation", sizeofTranslation, 24},
 	} {
 		if c.got != c.want {
 			t.Errorf("sizeof %s = %d, kernel has %d", c.name, c.got, c.want)
@@ -37,6 +41,8 @@ func TestStructOffsets(t *testing.T) {
 	var s engine.Sregs
 	var seg engine.Segment
 	var m engine.MSR
+	var ev vcpuEvents
+	var tr translation
 	for _, c := range []struct {
 		name      string
 		got, want uintptr
@@ -53,6 +59,21 @@ func TestStructOffsets(t *testing.T) {
 		{"kvm_segment.type", unsafe.Offsetof(seg.Type), 14},
 		{"kvm_segment.unusable", unsafe.Offsetof(seg.Unusable), 22},
 		{"kvm_msr_entry.data", unsafe.Offsetof(m.Data), 8},
+		{"kvm_vcpu_events.exception.nr", unsafe.Offsetof(ev.Exception) + unsafe.Offsetof(ev.Exception.Nr), 1},
+		{"kvm_vcpu_events.exception.pending", unsafe.Offsetof(ev.Exception) + unsafe.Offsetof(ev.Exception.Pending), 3},
+		{"kvm_vcpu_events.exception.error_code", unsafe.Offsetof(ev.Exception) + unsafe.Offsetof(ev.Exception.ErrorCode), 4},
+		{"kvm_vcpu_events.interrupt", unsafe.Offsetof(ev.Interrupt), 8},
+		{"kvm_vcpu_events.nmi", unsafe.Offsetof(ev.NMI), 12},
+		{"kvm_vcpu_events.sipi_vector", unsafe.Offsetof(ev.SIPIVector), 16},
+		{"kvm_vcpu_events.flags", unsafe.Offsetof(ev.Flags), 20},
+		{"kvm_vcpu_events.smi", unsafe.Offsetof(ev.SMI), 24},
+		{"kvm_vcpu_events.triple_fault", unsafe.Offsetof(ev.TripleFault), 28},
+		{"kvm_vcpu_events.reserved", unsafe.Offsetof(ev.Reserved), 29},
+		{"kvm_vcpu_events.exception_has_payload", unsafe.Offsetof(ev.ExceptionHasPayload), 55},
+		{"kvm_vcpu_events.exception_payload", unsafe.Offsetof(ev.ExceptionPayload), 56},
+		{"kvm_translation.physical_address", unsafe.Offsetof(tr.PhysicalAddress), 8},
+		{"kvm_translation.valid", unsafe.Offsetof(tr.Valid), 16},
+		{"kvm_translation.usermode", unsafe.Offsetof(tr.Usermode), 18},
 	} {
 		if c.got != c.want {
 			t.Errorf("offsetof %s = %d, kernel has %d", c.name, c.got, c.want)
@@ -87,6 +108,9 @@ func TestKvmRunOffsets(t *testing.T) {
 		{"kvm_valid_regs", runValidRegs, 0x120},
 		{"kvm_dirty_regs", runDirtyRegs, 0x128},
 		{"s.regs", runSyncRegs, 0x130},
+		{"emulation_failure.flags", runEmulFlags, 0x28},
+		{"emulation_failure.insn_size", runEmulInsnSize, 0x30},
+		{"emulation_failure.insn_bytes", runEmulInsnBytes, 0x31},
 		{"s.regs.rip", runSyncRIP, 0x130 + int(unsafe.Offsetof(engine.Regs{}.RIP))},
 	} {
 		if c.got != c.want {
@@ -106,6 +130,12 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_GET_MSRS", ioctlGetMSRs, 0xc008ae88},
 		{"KVM_SET_MSRS", ioctlSetMSRs, 0x4008ae89},
 		{"KVM_KVMCLOCK_CTRL", ioctlKVMClockCtrl, 0xaead},
+		{"KVM_TRANSLATE", ioctlTranslate, 0xc018ae85},
+		{"KVM_SET_TSC_KHZ", ioctlSetTSCKHz, 0xaea2},
+		{"KVM_GET_STATS_FD", ioctlGetStatsFD, 0xaece},
+		{"KVM_GET_TSC_KHZ", ioctlGetTSCKHz, 0xaea3},
+		{"KVM_GET_VCPU_EVENTS", ioctlGetVCPUEvts, 0x8040ae9f},
+		{"KVM_SET_VCPU_EVENTS", ioctlSetVCPUEvts, 0x4040aea0},
 		// gokvm builds these as _IOx(nr, unsafe.Sizeof(its struct)).
 		{"KVM_GET_REGS", kvm.IIOR(0x81, unsafe.Sizeof(kvm.Regs{})), 0x8090ae81},
 		{"KVM_SET_REGS", kvm.IIOW(0x82, unsafe.Sizeof(kvm.Regs{})), 0x4090ae82},

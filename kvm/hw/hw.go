@@ -47,7 +47,12 @@ type kvmEngine struct {
 	cpuid     []kvm.CPUIDEntry2 // KVM_GET_SUPPORTED_CPUID
 	syncRegs  bool              // KVM_CAP_SYNC_REGS has KVM_SYNC_X86_REGS
 	clockCtrl bool              // KVM_CAP_KVMCLOCK_CTRL
-	debug     bool              // KVM_CAP_SET_GUEST_DEBUG
+	// softExcSkips: the vendor code computes the return RIP of an injected
+	// soft exception itself (VT-x/SVM); false on kvm_pvm (see bpEntryRIP).
+	softExcSkips bool
+	getTSCKHz    bool // KVM_CAP_GET_TSC_KHZ
+	tscControl   bool // KVM_CAP_TSC_CONTROL
+	debug        bool // KVM_CAP_SET_GUEST_DEBUG
 }
 
 // shared is the engine New returns once /dev/kvm has been opened: the
@@ -112,6 +117,15 @@ func (e *kvmEngine) probe() error {
 	if r, err := kvm.CheckExtension(uintptr(e.fd), capSetGuestDebug); err == nil && r != 0 {
 		e.debug = true
 	}
+	if r, err := kvm.CheckExtension(uintptr(e.fd), capGetTSCKHz); err == nil && r != 0 {
+		e.getTSCKHz = true
+	}
+	if r, err := kvm.CheckExtension(uintptr(e.fd), capTSCControl); err == nil && r != 0 {
+		e.tscControl = true
+	}
+	if _, err := os.Stat(pvmModule); err != nil {
+		e.softExcSkips = true
+	}
 	sz, err := kvm.GetVCPUMMmapSize(uintptr(e.fd))
 	if err != nil {
 		return ioctlErr("KVM_GET_VCPU_MMAP_SIZE", err)
@@ -170,6 +184,7 @@ type vm struct {
 	mu     sync.Mutex
 	vcpus  map[int]*vcpu
 	closed bool
+	tscKHz uint64 // the guest TSC rate every vCPU gets; 0 until the first vCPU
 }
 
 func (v *vm) setup() error {
@@ -216,13 +231,50 @@ func (v *vm) NewVCPU(id int) (engine.VCPU, error) {
 	if err != nil {
 		return nil, ioctlErr("KVM_CREATE_VCPU", err)
 	}
-	c := &vcpu{id: id, fd: int(fd), syncRegs: v.e.syncRegs, clockCtrl: v.e.clockCtrl, guestDebug: v.e.debug}
+	c := &vcpu{id: id, fd: int(fd), mem: v.mem, syncRegs: v.e.syncRegs, clockCtrl: v.e.clockCtrl, softExcSkips: v.e.softExcSkips, guestDebug: v.e.debug}
 	if err := c.setup(v.e, id); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if err := v.setupTSC(c); err != nil {
 		c.Close()
 		return nil, err
 	}
 	v.vcpus[id] = c
 	return c, nil
+}
+
+// setupTSC gives vCPU c the VM's guest TSC rate and records it for TSCHz.
+// The rate is what KVM gives the first vCPU (KVM_GET_TSC_KHZ: the host's
+// TSC rate unless the VM was told otherwise). Where KVM can scale the TSC
+// (KVM_CAP_TSC_CONTROL), every vCPU is set to that rate explicitly with
+// KVM_SET_TSC_KHZ, so they all tick alike whatever KVM's default; where it
+// cannot (kvm_pvm), the vCPUs run at the host's rate and KVM_GET_TSC_KHZ
+// says which. Either way the guest is told the rate read back from KVM.
+func (v *vm) setupTSC(c *vcpu) error {
+	if !v.e.getTSCKHz {
+		return nil // TSCHz says unknown; the guest falls back to its tick
+	}
+	if v.tscKHz != 0 && v.e.tscControl {
+		if _, errno := ioctl(c.fd, ioctlSetTSCKHz, uintptr(v.tscKHz)); errno != 0 {
+			return &Error{Op: "KVM_SET_TSC_KHZ", Errno: errno, Detail: fmt.Sprintf("%d kHz on vCPU %d", v.tscKHz, c.id)}
+		}
+	}
+	khz, errno := ioctl(c.fd, ioctlGetTSCKHz, 0)
+	if errno != 0 {
+		return &Error{Op: "KVM_GET_TSC_KHZ", Errno: errno, Detail: fmt.Sprintf("vCPU %d", c.id)}
+	}
+	if khz == 0 {
+		return &Error{Op: "KVM_GET_TSC_KHZ", Kind: ErrUnsupported, Detail: fmt.Sprintf("vCPU %d: TSC rate 0", c.id)}
+	}
+	if v.tscKHz == 0 {
+		v.tscKHz = uint64(khz)
+	} else if uint64(khz) != v.tscKHz {
+		return &Error{Op: "KVM_GET_TSC_KHZ", Kind: ErrUnsupported,
+			Detail: fmt.Sprintf("vCPU %d runs its TSC at %d kHz, vCPU 0 at %d kHz", c.id, khz, v.tscKHz)}
+	}
+	c.tscKHz = uint64(khz)
+	return nil
 }
 
 // CodeChanged needs nothing on hardware: the CPU keeps instruction fetch
@@ -249,11 +301,15 @@ func (v *vm) Close() error {
 }
 
 type vcpu struct {
-	id         int
-	fd         int
-	syncRegs   bool
-	clockCtrl  bool
-	guestDebug bool // KVM_CAP_SET_GUEST_DEBUG: SetBreakpoints works
+	id  int
+	fd  int
+	mem []byte // guest RAM from physical 0 (the VM's slot 0)
+	// softExcSkips: see kvmEngine.softExcSkips and bpEntryRIP.
+	softExcSkips bool
+	tscKHz       uint64 // guest TSC rate (setupTSC), 0 if KVM cannot say
+	syncRegs     bool
+	clockCtrl    bool
+	guestDebug   bool // KVM_CAP_SET_GUEST_DEBUG: SetBreakpoints works
 
 	// run is the mmap'd struct kvm_run; word points at its first word
 	// (immediate_exit). mu guards them against Close while Kick runs from
@@ -267,6 +323,10 @@ type vcpu struct {
 	locked bool         // Run has locked its goroutine to its thread
 	exits  atomic.Uint64
 	exit   engine.Exit
+
+	bpInjected atomic.Uint64 // int3s whose #BP the VMM delivered (emulationFailure)
+	byReason   engine.ExitCounters
+	kstats     *vcpuStats // KVM's binary stats for this vCPU, nil if none
 }
 
 func (c *vcpu) setup(e *kvmEngine, id int) error {
@@ -276,6 +336,7 @@ func (c *vcpu) setup(e *kvmEngine, id int) error {
 	}
 	c.run = run
 	c.word = runWord(run)
+	c.kstats = openStats(c.fd)
 	if c.syncRegs {
 		// Ask KVM to store the registers into kvm_run at every exit, so
 		// Exit.RIP costs nothing. kvm_dirty_regs stays 0: we never load
@@ -301,6 +362,11 @@ func (c *vcpu) setup(e *kvmEngine, id int) error {
 }
 
 func (c *vcpu) ID() int { return c.id }
+
+// TSCHz implements engine.TSCClock: the rate KVM_GET_TSC_KHZ reported when
+// the vCPU was created (kHz precision: a few ppm at most), or 0 where KVM
+// has no KVM_CAP_GET_TSC_KHZ.
+func (c *vcpu) TSCHz() (uint64, error) { return c.tscKHz * 1000, nil }
 
 func (c *vcpu) Regs() (engine.Regs, error) {
 	r, err := kvm.GetRegs(uintptr(c.fd))
@@ -382,6 +448,7 @@ func (c *vcpu) Run() (*engine.Exit, error) {
 			}
 			c.paused()
 			c.exits.Add(1)
+			c.byReason.Count(engine.ExitIntr)
 			c.exit = engine.Exit{Reason: engine.ExitIntr}
 			if c.syncRegs {
 				c.exit.RIP = binary.LittleEndian.Uint64(c.run[runSyncRIP:])
@@ -397,14 +464,99 @@ func (c *vcpu) Run() (*engine.Exit, error) {
 		if err := decodeExit(c.run, c.syncRegs, &c.exit); err != nil {
 			return nil, err
 		}
+		if isEmulationFailure(c.run) {
+			injected, err := c.emulationFailure()
+			if err != nil {
+				return nil, err
+			}
+			if injected {
+				continue // counted in Stats.Handled, not an exit of Run
+			}
+		}
 		if c.exit.Reason == engine.ExitShutdown && !c.syncRegs {
 			if r, err := c.Regs(); err == nil {
 				c.exit.RIP = r.RIP
 			}
 		}
 		c.exits.Add(1)
+		c.byReason.Count(c.exit.Reason)
 		return &c.exit, nil
 	}
+}
+
+// emulationFailure handles KVM_INTERNAL_ERROR_EMULATION: an int3 at RIP
+// gets its #BP delivered (injected true: re-enter the guest); anything
+// else is left in c.exit as an internal error naming RIP and the
+// instruction bytes. The decision is decideEmulationFailure's.
+func (c *vcpu) emulationFailure() (injected bool, err error) {
+	r, err := c.Regs()
+	if err != nil {
+		return false, err
+	}
+	insn := emulationInsn(c.run)
+	var fetchErr error
+	if insn == nil {
+		insn, fetchErr = c.fetch(r.RIP, maxInsnLen)
+	}
+	if decideEmulationFailure(insn) == emulInjectBP {
+		if err := c.injectBP(r); err != nil {
+			return false, err
+		}
+		return true, nil
+	}
+	c.exit.RIP = r.RIP
+	c.exit.Message = emulationFailureMessage(r.RIP, insn, fetchErr, c.exit.Message)
+	return false, nil
+}
+
+// injectBP delivers #BP for the int3 at r.RIP. KVM_SET_REGS comes first:
+// it drops any pending exception, so the other order would lose the #BP.
+func (c *vcpu) injectBP(r engine.Regs) error {
+	var ev vcpuEvents
+	if errno := vcpuEventsIoctl(c.fd, ioctlGetVCPUEvts, &ev); errno != 0 {
+		return &Error{Op: "KVM_GET_VCPU_EVENTS", Errno: errno}
+	}
+	if ev.Exception.Injected != 0 || ev.Exception.Pending != 0 {
+		return &Error{Op: "inject #BP", Kind: ErrInvalid,
+			Detail: fmt.Sprintf("int3 at RIP %#x while exception %d is already pending", r.RIP, ev.Exception.Nr)}
+	}
+	r.RIP = bpEntryRIP(r.RIP, c.softExcSkips)
+	if err := c.SetRegs(r); err != nil {
+		return err
+	}
+	ev.Exception.Injected, ev.Exception.Nr = 1, vectorBP
+	ev.Exception.HasErrorCode, ev.Exception.ErrorCode = 0, 0
+	ev.Flags = 0 // leave NMI pending, SIPI, shadow, SMM and payload state as they are
+	if errno := vcpuEventsIoctl(c.fd, ioctlSetVCPUEvts, &ev); errno != 0 {
+		return &Error{Op: "KVM_SET_VCPU_EVENTS", Errno: errno, Detail: "inject #BP"}
+	}
+	c.bpInjected.Add(1)
+	return nil
+}
+
+// fetch reads up to n bytes of guest code at linear address gva through the
+// vCPU's current translation (KVM_TRANSLATE, page by page), stopping at
+// the first page that is not mapped or not RAM. In 64-bit mode CS.base is
+// 0, so RIP is the linear address.
+func (c *vcpu) fetch(gva uint64, n int) ([]byte, error) {
+	var out []byte
+	for len(out) < n {
+		t := translation{LinearAddress: gva}
+		if errno := translateIoctl(c.fd, &t); errno != 0 {
+			return out, &Error{Op: "KVM_TRANSLATE", Errno: errno, Detail: fmt.Sprintf("%#x", gva)}
+		}
+		if t.Valid == 0 {
+			return out, &Error{Op: "KVM_TRANSLATE", Kind: ErrInvalid, Detail: fmt.Sprintf("%#x not mapped", gva)}
+		}
+		gpa := t.PhysicalAddress
+		if gpa >= uint64(len(c.mem)) {
+			return out, &Error{Op: "fetch", Kind: ErrInvalid, Detail: fmt.Sprintf("%#x maps to %#x, outside RAM", gva, gpa)}
+		}
+		k := min(uint64(n-len(out)), 4096-gva%4096, uint64(len(c.mem))-gpa)
+		out = append(out, c.mem[gpa:gpa+k]...)
+		gva += k
+	}
+	return out, nil
 }
 
 // paused runs at the pause point: KVM_KVMCLOCK_CTRL tells a guest using
@@ -432,7 +584,18 @@ func (c *vcpu) Kick() {
 	}
 }
 
-func (c *vcpu) Stats() engine.Stats { return engine.Stats{Exits: c.exits.Load()} }
+func (c *vcpu) Stats() engine.Stats {
+	s := engine.Stats{Exits: c.exits.Load(), ByReason: c.byReason.Snapshot()}
+	if n := c.bpInjected.Load(); n != 0 {
+		s.Handled = map[string]uint64{"int3_bp_injected": n}
+	}
+	c.mu.RLock()
+	if !c.closed {
+		s.Kernel = c.kstats.read()
+	}
+	c.mu.RUnlock()
+	return s
+}
 
 // Close ends the vCPU. A Run in progress is kicked out first (it holds the
 // read lock for the length of KVM_RUN).
@@ -445,6 +608,7 @@ func (c *vcpu) Close() error {
 	}
 	c.closed = true
 	var first error
+	c.kstats.close()
 	if c.run != nil {
 		if err := unix.Munmap(c.run); err != nil {
 			first = ioctlErr("munmap kvm_run", err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -439,4 +440,48 @@ func BenchmarkKVMKick(b *testing.B) {
 			b.Fatalf("%v", ex.Reason)
 		}
 	}
+}
+
+// fetch reads guest code through the vCPU's page tables (KVM_TRANSLATE),
+// across a page boundary, and says why when an address is not mapped: the
+// path emulationFailure takes when KVM reports no instruction bytes.
+func TestKVMFetch(t *testing.T) {
+	g := newTestGuest(t, 1, entryIO)
+	c := g.vcpus[0].(*vcpu)
+	got, err := c.fetch(entryIO, maxInsnLen)
+	if err != nil || string(got) != string(guestCode[:maxInsnLen]) {
+		t.Fatalf("fetch at %#x: % x, %v; want % x", entryIO, got, err, guestCode[:maxInsnLen])
+	}
+	copy(g.mem[0x1fff9:], "0123456789abcdef") // straddles 0x20000
+	if got, err := c.fetch(0x1fff9, maxInsnLen); err != nil || string(got) != "0123456789abcde" {
+		t.Fatalf("fetch across a page: %q, %v", got, err)
+	}
+	// Only the first GiB is mapped.
+	if got, err := c.fetch(1<<40, 4); err == nil || len(got) != 0 || !strings.Contains(err.Error(), "not mapped") {
+		t.Fatalf("fetch of an unmapped address: % x, %v", got, err)
+	}
+}
+
+// Every vCPU reports the same guest TSC rate, the one KVM gives it.
+func TestKVMTSCRate(t *testing.T) {
+	g := newTestGuest(t, 2, entryLoop)
+	var rates []uint64
+	for _, v := range g.vcpus {
+		hz, err := v.(engine.TSCClock).TSCHz()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rates = append(rates, hz)
+	}
+	e := openKVM(t).(*kvmEngine)
+	if !e.getTSCKHz {
+		if rates[0] != 0 {
+			t.Errorf("no KVM_CAP_GET_TSC_KHZ, yet a rate of %d Hz", rates[0])
+		}
+		t.Skip("KVM has no KVM_CAP_GET_TSC_KHZ: the guest is told 0 (unknown)")
+	}
+	if rates[0] == 0 || rates[0] != rates[1] {
+		t.Fatalf("TSC rates %v Hz: want one nonzero rate", rates)
+	}
+	t.Logf("guest TSC %d Hz (KVM_CAP_TSC_CONTROL %v)", rates[0], e.tscControl)
 }

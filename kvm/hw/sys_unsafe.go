@@ -82,3 +82,15 @@ func setGuestDebug(fd int, d *kvmGuestDebug) error {
 	}
 	return nil
 }
+
+// vcpuEventsIoctl issues KVM_GET_VCPU_EVENTS or KVM_SET_VCPU_EVENTS.
+func vcpuEventsIoctl(fd int, req uintptr, ev *vcpuEvents) unix.Errno {
+	_, errno := ioctl(fd, req, uintptr(unsafe.Pointer(ev)))
+	return errno
+}
+
+// translateIoctl issues KVM_TRANSLATE for t.LinearAddress.
+func translateIoctl(fd int, t *translation) unix.Errno {
+	_, errno := ioctl(fd, ioctlTranslate, uintptr(unsafe.Pointer(t)))
+	return errno
+}
