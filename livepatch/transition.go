@@ -32,8 +32,12 @@ const (
 // changing code (a breakpoint on the return address) or until stepBudget
 // is spent; a vCPU whose way out is not known (mid context switch, in the
 // interrupt entry) runs in slices of stepSlice.
+// A round with breakpoints armed is capped at stepRound too: where they do
+// not fire (QEMU TCG's nested SVM), progress degrades to short bounded
+// resumes with a check after each, instead of one long run.
 const (
 	stepBudget = 2 * time.Millisecond
+	stepRound  = 500 * time.Microsecond
 	stepSlice  = 100 * time.Microsecond
 )
 
@@ -460,10 +464,11 @@ func (m *Manager) progress(idx *spanIndex, conservative bool, v *verdict, res *R
 	t0 := time.Now()
 	end := t0.Add(stepBudget)
 	for v.first != nil && !v.sleeping && len(v.running) > 0 {
-		budget := time.Until(end)
-		if budget <= 0 {
+		left := time.Until(end)
+		if left <= 0 {
 			break
 		}
+		budget := min(left, stepRound)
 		for _, stop := range v.running {
 			if len(stop) == 0 {
 				budget = min(budget, stepSlice)
