@@ -106,36 +106,33 @@ func (m *Manager) check(idx *spanIndex, conservative bool) *verdict {
 		return v
 	}
 	for cpu := range regs {
-		b, stop := m.checkVCPU(cpu, regs[cpu], errs[cpu], tasks, current, idx, conservative)
-		if b == nil {
-			continue
+		if b, stop := m.checkVCPU(cpu, regs[cpu], errs[cpu], tasks, current, idx, conservative); b != nil {
+			v.blockRunning(cpu, b, stop)
 		}
-		if v.first == nil {
-			v.first = b
-		}
-		if v.running == nil {
-			v.running = map[int][]uint64{}
-		}
-		v.running[cpu] = stop
 	}
 	// A switch in flight blocks too (next's saved frames may be inside a
-	// changing function): that vCPU runs a slice and the check repeats.
+	// changing function): that vCPU runs a slice (its way out is not
+	// known) and the check repeats.
 	for cpu := range regs {
-		b := switching[cpu]
-		if b == nil {
-			continue
-		}
-		if v.first == nil {
-			v.first = b
-		}
-		if v.running == nil {
-			v.running = map[int][]uint64{}
-		}
-		if _, ok := v.running[cpu]; !ok {
-			v.running[cpu] = nil // its way out is not known: a slice
+		if b := switching[cpu]; b != nil {
+			if _, seen := v.running[cpu]; !seen {
+				v.blockRunning(cpu, b, nil)
+			}
 		}
 	}
 	return v
+}
+
+// blockRunning records a running vCPU that blocks, and where it leaves
+// the changing code (nil: unknown).
+func (v *verdict) blockRunning(cpu int, b *blocker, stop []uint64) {
+	if v.first == nil {
+		v.first = b
+	}
+	if v.running == nil {
+		v.running = map[int][]uint64{}
+	}
+	v.running[cpu] = stop
 }
 
 // vcpuRegs returns every vCPU's registers: from the pause snapshot where

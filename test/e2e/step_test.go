@@ -23,14 +23,7 @@ import (
 // millisecond, so a vCPU let run for a second must reach it.
 func requireBreakpoints(t *testing.T, s *session.Session) {
 	t.Helper()
-	syms, err := guestkernel.LoadSymbols(guestkernel.Vmlinux())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tick, err := syms.Lookup("sched_tick")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tick := kernelSym(t, "sched_tick")
 	m := s.Machine
 	if err := m.Pause(); err != nil {
 		t.Fatal(err)
@@ -45,6 +38,33 @@ func requireBreakpoints(t *testing.T, s *session.Session) {
 	if n == 0 {
 		t.Skipf("execution breakpoints do not fire on this %s platform (a vCPU run for 1 s never stopped at sched_tick): nested QEMU TCG does not load the guest's DR7", m.EngineName())
 	}
+}
+
+// kernelSym is a guest kernel symbol.
+func kernelSym(t *testing.T, name string) guestkernel.Symbol {
+	t.Helper()
+	syms, err := guestkernel.LoadSymbols(guestkernel.Vmlinux())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := syms.Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// pairPatched boots a 2-vCPU guest where breakpoints work, with the pair
+// patch loaded and enabled.
+func pairPatched(t *testing.T) (*session.Session, *livepatch.Patch) {
+	t.Helper()
+	s := boot(t, 2)
+	requireBreakpoints(t, s)
+	p, _, err := s.Manager.Load(obj(t, "livepatch-pair"), "livepatch-pair.o", livepatch.Options{Deadline: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, p
 }
 
 // TestRunUntil checks the primitive behind the livepatch progress
@@ -72,15 +92,8 @@ func TestRunUntil(t *testing.T) {
 		t.Fatal(err)
 	}
 	requireBreakpoints(t, s)
-	syms, err := guestkernel.LoadSymbols(guestkernel.Vmlinux())
-	if err != nil {
-		t.Fatal(err)
-	}
 	// the timer tick: every vCPU enters it every millisecond
-	tick, err := syms.Lookup("sched_tick")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tick := kernelSym(t, "sched_tick")
 	for round := 0; round < 20; round++ {
 		if err := m.Pause(); err != nil {
 			t.Fatal(err)
@@ -134,21 +147,9 @@ func TestRunUntil(t *testing.T) {
 // with the progress guarantee the vCPU runs alone out of the new A and
 // the disable completes in its first attempt.
 func TestLivepatchVCPUAtCalleeEntry(t *testing.T) {
-	s := boot(t, 2)
-	requireBreakpoints(t, s)
+	s, p := pairPatched(t)
 	m, lm := s.Machine, s.Manager
-	syms, err := guestkernel.LoadSymbols(guestkernel.Vmlinux())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := syms.Lookup("klp_pair_b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, _, err := lm.Load(obj(t, "livepatch-pair"), "livepatch-pair.o", livepatch.Options{Deadline: 20 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := kernelSym(t, "klp_pair_b")
 	st := lm.Status().Patches[0]
 	v0 := violations(t, s)
 	for round := 0; round < 3; round++ {
@@ -219,25 +220,10 @@ func TestLivepatchInterruptedAtCalleeEntry(t *testing.T) {
 }
 
 func interruptedAtCalleeEntry(t *testing.T, stop string) {
-	s := boot(t, 2)
-	requireBreakpoints(t, s)
+	s, p := pairPatched(t)
 	m, lm := s.Machine, s.Manager
-	syms, err := guestkernel.LoadSymbols(guestkernel.Vmlinux())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := syms.Lookup("klp_pair_b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	handler, err := syms.Lookup(stop)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, _, err := lm.Load(obj(t, "livepatch-pair"), "livepatch-pair.o", livepatch.Options{Deadline: 20 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := kernelSym(t, "klp_pair_b")
+	handler := kernelSym(t, stop)
 	if err := m.Pause(); err != nil {
 		t.Fatal(err)
 	}
