@@ -119,8 +119,14 @@ func printOp(w io.Writer, rep api.OpReply, asJSON bool) int {
 	if r := rep.Result; r != nil {
 		fmt.Fprintf(w, " (%d functions switched in a %v pause, %d attempt(s), %v in all", r.Funcs,
 			r.PauseWindow.Round(time.Microsecond), r.Attempts, r.Total.Round(time.Microsecond))
+		if r.Steps > 0 {
+			fmt.Fprintf(w, ", %d progress round(s) letting blocking vCPUs out (%v)", r.Steps, r.StepTime.Round(time.Microsecond))
+		}
 		if r.Forced {
 			fmt.Fprint(w, ", forced")
+		}
+		if r.ResumeErr != "" {
+			fmt.Fprintf(w, ", but the guest did not resume: %s", r.ResumeErr)
 		}
 		if len(r.Replaced) > 0 {
 			fmt.Fprintf(w, ", replaced %s", strings.Join(r.Replaced, ", "))
