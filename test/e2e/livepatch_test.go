@@ -27,7 +27,10 @@ const patched = "this has been live patched"
 
 func boot(t testing.TB, cpus int) *session.Session {
 	t.Helper()
-	cfg := session.Config{Engine: EngineName(), CPUs: cpus, Cmdline: "console=ttyS0"}
+	// KLP_E2E_CMDLINE adds to the guest's command line, e.g.
+	// klp.worker_sleep_ms=0 for workers that never sleep (the heaviest
+	// load for the consistency tests).
+	cfg := session.Config{Engine: EngineName(), CPUs: cpus, Cmdline: strings.TrimSpace("console=ttyS0 " + os.Getenv("KLP_E2E_CMDLINE"))}
 	if os.Getenv("KLP_E2E_CONSOLE") != "" {
 		cfg.Console = os.Stderr // the guest console, for debugging
 	}
