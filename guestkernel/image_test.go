@@ -208,7 +208,7 @@ func (im *image) read(t testing.TB, name string, n int) []byte {
 }
 
 // TestImageDecodes decodes every function of the image with x86asm and
-// refuses anything outside the integer ring-0 set DESIGN.md allows.
+// refuses anything outside the integer ring-0 set docs/architecture.md allows.
 func TestImageDecodes(t *testing.T) {
 	im := openImage(t, Vmlinux())
 	banned := map[string]bool{"SYSCALL": true, "SYSRET": true, "SYSENTER": true, "CPUID": false}

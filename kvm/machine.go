@@ -356,7 +356,7 @@ func (m *Machine) Pause() error {
 			case <-v.done:
 			}
 		}
-		return errorf("pause", ErrPauseTimout, "%s did not stop within %v", strings.Join(late, ", "), m.cfg.PauseDeadline)
+		return errorf("pause", ErrPauseTimeout, "%s did not stop within %v", strings.Join(late, ", "), m.cfg.PauseDeadline)
 	}
 	m.depth = 1
 	m.pauseStart = start

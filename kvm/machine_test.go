@@ -422,7 +422,7 @@ func TestPauseDeadline(t *testing.T) {
 		time.Sleep(100 * time.Microsecond)
 	}
 	err = m.Pause()
-	if !errors.Is(err, ErrPauseTimout) || !strings.Contains(err.Error(), "vCPU 1") || strings.Contains(err.Error(), "vCPU 0") {
+	if !errors.Is(err, ErrPauseTimeout) || !strings.Contains(err.Error(), "vCPU 1") || strings.Contains(err.Error(), "vCPU 0") {
 		t.Fatalf("Pause with a slow vCPU: %v", err)
 	}
 	if m.Paused() {
