@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"klp-kvm/guestkernel"
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/livepatch"
 	"klp-kvm/livepatch/fakeguest"
 )
@@ -18,7 +19,7 @@ func newLivepatchServer(t *testing.T) (*httptest.Server, *fakeguest.Guest) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: fakeguest.PatchVirt,
+	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: fakeguest.PatchSize})
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm/engine"
 )
 
@@ -135,7 +136,7 @@ func (m *Machine) counter(id int) uint64 {
 func TestBootState(t *testing.T) {
 	m := newFakeMachine(t, 2, nil, nil)
 	// boot_info is where RDI points, with the command line and layout.
-	bi := m.ram[bootInfoAddr:]
+	bi := m.ram[layout.BootInfoPhys:]
 	if got := binary.LittleEndian.Uint64(bi); got != BootInfoMagic {
 		t.Fatalf("boot_info magic %#x", got)
 	}
@@ -147,7 +148,7 @@ func TestBootState(t *testing.T) {
 	}
 	for id, v := range m.vcpus {
 		r, _ := v.cpu.Regs()
-		if r.RIP != 0xffffffff81000000 || r.RDI != bootInfoAddr || r.RSI != uint64(id) || r.RFLAGS != 2 {
+		if r.RIP != layout.KernelLinkVirt || r.RDI != layout.BootInfoPhys || r.RSI != uint64(id) || r.RFLAGS != 2 {
 			t.Errorf("vCPU %d entry regs %+v", id, r)
 		}
 		s, _ := v.cpu.Sregs()
@@ -161,7 +162,7 @@ func TestBootState(t *testing.T) {
 	if err := m.ReadVirt(0xffffffff81000000, code[:]); err != nil || code != [3]byte{0xf4, 0xeb, 0xfd} {
 		t.Fatalf("kernel via high map: %x %v", code, err)
 	}
-	tr, err := m.Translate(PatchAreaVirt + 0x1234)
+	tr, err := m.Translate(layout.PatchAreaVirt + 0x1234)
 	if err != nil || tr.Phys != m.layout.PatchAreaPhys+0x1234 {
 		t.Fatalf("patch area translation %+v %v", tr, err)
 	}
@@ -389,7 +390,7 @@ func TestWriteVirtAllOrNothing(t *testing.T) {
 	m := newFakeMachine(t, 1, nil, nil)
 	// A write whose tail runs off the end of the patch area mapping must
 	// write nothing at all.
-	end := PatchAreaVirt + m.layout.PatchAreaSize
+	end := layout.PatchAreaVirt + m.layout.PatchAreaSize
 	buf := bytes.Repeat([]byte{0xcc}, 16)
 	if err := m.WriteVirt(end-8, buf); !errors.Is(err, ErrFault) {
 		t.Fatalf("write across the end: %v", err)

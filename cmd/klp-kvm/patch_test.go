@@ -10,6 +10,7 @@ import (
 
 	"klp-kvm/api"
 	"klp-kvm/guestkernel"
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/livepatch"
 	"klp-kvm/livepatch/fakeguest"
 )
@@ -21,7 +22,7 @@ func patchServer(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: fakeguest.PatchVirt,
+	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: fakeguest.PatchSize})
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 
 	"klp-kvm/api"
 	"klp-kvm/guestkernel"
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm"
 	"klp-kvm/kvm/agent"
 	"klp-kvm/livepatch"
@@ -150,7 +151,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	mux := http.NewServeMux()
 	api.MachineRoutes(mux, m)
 	api.GuestRoutes(mux, ag)
-	lm, err := livepatch.New(livepatch.Config{Guest: m, Vmlinux: image, PatchArea: kvm.PatchAreaVirt,
+	lm, err := livepatch.New(livepatch.Config{Guest: m, Vmlinux: image, PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: m.Layout().PatchAreaSize, Callbacks: session.Callbacks(ag)})
 	if err != nil {
 		// A kernel without klp_guest_abi / klp_sysfs_state (e.g. a test

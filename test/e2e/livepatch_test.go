@@ -15,7 +15,7 @@ import (
 
 	"klp-kvm/elfpatch"
 	"klp-kvm/guestkernel"
-	"klp-kvm/kvm"
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/livepatch"
 	"klp-kvm/livepatch/session"
 )
@@ -82,7 +82,7 @@ func textHash(t testing.TB, s *session.Session) [32]byte {
 		h.Write(b)
 	}
 	b := make([]byte, m.Layout().PatchAreaSize)
-	if err := m.ReadVirt(kvm.PatchAreaVirt, b); err != nil {
+	if err := m.ReadVirt(layout.PatchAreaVirt, b); err != nil {
 		t.Fatal(err)
 	}
 	h.Write(b)
