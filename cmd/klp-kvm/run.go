@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -267,7 +268,10 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var info kvm.Info
-	if code := call(stderr, *sock, "GET", "/machine", nil, &info); code != 0 {
+	if code := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
+		info, err = c.Machine(ctx)
+		return err
+	}); code != 0 {
 		return code
 	}
 	if *asJSON {
@@ -307,7 +311,7 @@ func cmdStop(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	return call(stderr, *sock, "POST", "/machine/stop", nil, nil)
+	return call(stderr, *sock, func(ctx context.Context, c *api.Client) error { return c.Stop(ctx) })
 }
 
 // countsText prints counters as "a 1, b 2" in name order.
