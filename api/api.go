@@ -9,10 +9,7 @@
 package api
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -150,68 +147,6 @@ func DecodeBody(r *http.Request, v any) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("bad request body: %w", err)
-	}
-	return nil
-}
-
-// Client talks to a server over its unix socket.
-type Client struct {
-	Socket string
-	hc     *http.Client
-}
-
-// NewClient returns a client for the socket at path.
-func NewClient(path string) *Client {
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", path)
-	}}
-	return &Client{Socket: path, hc: &http.Client{Transport: tr}}
-}
-
-// Do sends a request with an optional JSON body and decodes the JSON reply
-// into out (if non-nil).
-func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
-	op := method + " " + path
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return &Error{Op: op, Err: err}
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://klp-kvm"+path, body)
-	if err != nil {
-		return &Error{Op: op, Err: err}
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		var ne *net.OpError
-		if errors.As(err, &ne) {
-			err = fmt.Errorf("cannot reach klp-kvm at %s (is `klp-kvm run` running? set --api or $KLP_KVM_API): %w", c.Socket, ne.Err)
-		}
-		return &Error{Op: op, Err: err}
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return &Error{Op: op, Err: err}
-	}
-	if resp.StatusCode >= 300 {
-		var er ErrorReply
-		if json.Unmarshal(data, &er) != nil || er.Error == "" {
-			er.Error = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(data))
-		}
-		return &Error{Op: op, Status: resp.StatusCode, Errno: er.Errno, Msg: er.Error}
-	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			return &Error{Op: op, Err: fmt.Errorf("bad reply: %w", err)}
-		}
 	}
 	return nil
 }

@@ -48,7 +48,7 @@ func SysfsPath(p string) string {
 //	POST /guest/file/read    {"path"} -> {"path","content","truncated"}
 //	POST /guest/file/write   {"path","data"} -> {} or an error with the guest's errno
 func GuestRoutes(mux *http.ServeMux, c *agent.Client) {
-	mux.HandleFunc("GET /guest/info", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(RouteGuestInfo.String(), func(w http.ResponseWriter, r *http.Request) {
 		info, err := c.Info(r.Context())
 		if err != nil {
 			writeAgentError(w, err)
@@ -56,7 +56,7 @@ func GuestRoutes(mux *http.ServeMux, c *agent.Client) {
 		}
 		WriteJSON(w, http.StatusOK, info)
 	})
-	mux.HandleFunc("POST /guest/exec", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(RouteGuestExec.String(), func(w http.ResponseWriter, r *http.Request) {
 		var req ExecRequest
 		if err := DecodeBody(r, &req); err != nil {
 			WriteError(w, http.StatusBadRequest, "EINVAL", err)
@@ -69,7 +69,7 @@ func GuestRoutes(mux *http.ServeMux, c *agent.Client) {
 		}
 		WriteJSON(w, http.StatusOK, res)
 	})
-	mux.HandleFunc("POST /guest/file/read", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(RouteGuestFileRead.String(), func(w http.ResponseWriter, r *http.Request) {
 		var req FileRequest
 		if err := DecodeBody(r, &req); err != nil {
 			WriteError(w, http.StatusBadRequest, "EINVAL", err)
@@ -82,7 +82,7 @@ func GuestRoutes(mux *http.ServeMux, c *agent.Client) {
 		}
 		WriteJSON(w, http.StatusOK, FileReply{Path: req.Path, Content: content, Truncated: trunc})
 	})
-	mux.HandleFunc("POST /guest/file/write", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(RouteGuestFileWrite.String(), func(w http.ResponseWriter, r *http.Request) {
 		var req FileRequest
 		if err := DecodeBody(r, &req); err != nil {
 			WriteError(w, http.StatusBadRequest, "EINVAL", err)

@@ -68,17 +68,17 @@ const maxObject = 64 << 20
 // A refused operation answers with the Linux errno name: 409 for EBUSY,
 // EEXIST, ENOMEM, ENODEV; 400 for EINVAL; 404 for ENOENT.
 func LivepatchRoutes(mux *http.ServeMux, lm *livepatch.Manager, m *kvm.Machine) {
-	mux.HandleFunc("GET /patches", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(RoutePatches.String(), func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, lm.Status())
 	})
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(RouteStatus.String(), func(w http.ResponseWriter, r *http.Request) {
 		st := StatusReply{Livepatch: lm.Status()}
 		if m != nil {
 			st.Machine = m.Info()
 		}
 		WriteJSON(w, http.StatusOK, st)
 	})
-	mux.HandleFunc("POST /patches", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(RoutePatchAdd.String(), func(w http.ResponseWriter, r *http.Request) {
 		var req PatchRequest
 		if err := DecodeBody(r, &req); err != nil {
 			WriteError(w, http.StatusBadRequest, "EINVAL", err)
@@ -123,35 +123,34 @@ func LivepatchRoutes(mux *http.ServeMux, lm *livepatch.Manager, m *kvm.Machine) 
 			WriteError(w, http.StatusBadRequest, "EINVAL", fmt.Errorf("op %q: want load or register", req.Op))
 		}
 	})
-	mux.HandleFunc("POST /patches/{name}/{op}", func(w http.ResponseWriter, r *http.Request) {
-		name, op := r.PathValue("name"), r.PathValue("op")
-		var req OpRequest
-		if r.ContentLength != 0 {
-			if err := DecodeBody(r, &req); err != nil {
-				WriteError(w, http.StatusBadRequest, "EINVAL", err)
+	patchOp := func(op string, do func(name string, o livepatch.Options) (*livepatch.Result, error)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			name := r.PathValue("name")
+			var req OpRequest
+			if r.ContentLength != 0 {
+				if err := DecodeBody(r, &req); err != nil {
+					WriteError(w, http.StatusBadRequest, "EINVAL", err)
+					return
+				}
+			}
+			res, err := do(name, req.options())
+			if err != nil {
+				WriteLivepatchError(w, err)
 				return
 			}
+			WriteJSON(w, http.StatusOK, OpReply{Op: op, Patch: name, Result: res})
 		}
-		var res *livepatch.Result
-		var err error
-		switch op {
-		case "enable":
-			res, err = lm.Enable(name, req.options())
-		case "disable":
-			res, err = lm.Disable(name, req.options())
-		case "unload":
-			res, err = lm.Unload(name, req.options())
-		case "unregister":
-			err = lm.Unregister(name)
-		default:
-			WriteError(w, http.StatusNotFound, "ENOENT", fmt.Errorf("no operation %q: want enable, disable, unregister or unload", op))
-			return
-		}
-		if err != nil {
-			WriteLivepatchError(w, err)
-			return
-		}
-		WriteJSON(w, http.StatusOK, OpReply{Op: op, Patch: name, Result: res})
+	}
+	mux.HandleFunc(RoutePatchEnable.String(), patchOp("enable", lm.Enable))
+	mux.HandleFunc(RoutePatchDisable.String(), patchOp("disable", lm.Disable))
+	mux.HandleFunc(RoutePatchUnload.String(), patchOp("unload", lm.Unload))
+	mux.HandleFunc(RoutePatchUnreg.String(), patchOp("unregister", func(name string, _ livepatch.Options) (*livepatch.Result, error) {
+		return nil, lm.Unregister(name)
+	}))
+	// Any other operation: a JSON ENOENT naming it (the four routes above
+	// are more specific, so the ServeMux prefers them).
+	mux.HandleFunc(routePatchUnknownOp.String(), func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusNotFound, "ENOENT", fmt.Errorf("no operation %q: want enable, disable, unregister or unload", r.PathValue("op")))
 	})
 }
 

@@ -8,21 +8,34 @@ import (
 	"testing"
 
 	"klp-kvm/guestkernel"
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/livepatch"
 	"klp-kvm/livepatch/fakeguest"
 )
 
-func newLivepatchServer(t *testing.T) (*httptest.Server, *fakeguest.Guest) {
+// newLivepatchManager is a livepatch.Manager over a one-vCPU fake guest.
+func newLivepatchManager(t *testing.T) *livepatch.Manager {
+	lm, _ := newFakeManager(t)
+	return lm
+}
+
+func newFakeManager(t *testing.T) (*livepatch.Manager, *fakeguest.Guest) {
 	t.Helper()
 	g, err := fakeguest.New(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: fakeguest.PatchVirt,
+	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: fakeguest.PatchSize})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return lm, g
+}
+
+func newLivepatchServer(t *testing.T) (*httptest.Server, *fakeguest.Guest) {
+	t.Helper()
+	lm, g := newFakeManager(t)
 	mux := http.NewServeMux()
 	LivepatchRoutes(mux, lm, nil)
 	srv := httptest.NewServer(mux)

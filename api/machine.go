@@ -13,24 +13,24 @@ import (
 //	POST /machine/resume   undo one pause
 //	POST /machine/stop     stop the machine; `klp-kvm run` then exits
 func MachineRoutes(mux *http.ServeMux, m *kvm.Machine) {
-	mux.HandleFunc("GET /machine", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(RouteMachine.String(), func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, m.Info())
 	})
-	mux.HandleFunc("POST /machine/pause", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(RouteMachinePause.String(), func(w http.ResponseWriter, r *http.Request) {
 		if err := m.Pause(); err != nil {
 			WriteError(w, http.StatusConflict, "EBUSY", err)
 			return
 		}
 		WriteJSON(w, http.StatusOK, m.Info())
 	})
-	mux.HandleFunc("POST /machine/resume", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(RouteMachineResume.String(), func(w http.ResponseWriter, r *http.Request) {
 		if err := m.Resume(); err != nil {
 			WriteError(w, http.StatusConflict, "EINVAL", err)
 			return
 		}
 		WriteJSON(w, http.StatusOK, m.Info())
 	})
-	mux.HandleFunc("POST /machine/stop", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(RouteMachineStop.String(), func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, struct{}{})
 		m.Stop()
 	})

@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"klp-kvm/elfpatch"
+	"klp-kvm/guestkernel/layout"
 )
 
 // The host side of klp_enable_patch: read the guest kernel, read the patch,
@@ -26,7 +27,7 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	im, err := p.Layout(elfpatch.DefaultPatchBase, k)
+	im, err := p.Layout(layout.PatchAreaVirt, k)
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -6,13 +6,15 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"klp-kvm/guestkernel/layout"
 )
 
 const (
 	fixtureKernelPath = "testdata/kernel/vmlinux"
 	samplesDir        = "../guestkernel/prebuilt/patches"
 	testPatchesDir    = "testdata/patches"
-	patchBase         = DefaultPatchBase
+	patchBase         = layout.PatchAreaVirt
 )
 
 func readFile(t testing.TB, path string) []byte {

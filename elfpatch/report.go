@@ -8,10 +8,6 @@ import (
 	"strings"
 )
 
-// DefaultPatchBase is where reports lay patches out when not told otherwise:
-// the start of the guest's patch area (boot_info.h: patch_area_virt).
-const DefaultPatchBase = 0xffffffffa0000000
-
 // Hex is an address in a report: JSON carries it as a "0x..." string,
 // because kernel addresses do not survive a float64 (jq, JavaScript).
 type Hex uint64

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"klp-kvm/elfpatch"
+	"klp-kvm/guestkernel/layout"
 )
 
 // fakeMem is guest memory over two regions: kernel text and patch area.
@@ -68,9 +69,10 @@ func (m *fakeMem) hash() [32]byte {
 	return out
 }
 
+// The guest's layout: kernel text at its link address, the patch area.
 const (
-	textBase  = 0xffffffff81000000
-	patchBase = 0xffffffffa0000000
+	textBase  = layout.KernelLinkVirt
+	patchBase = layout.PatchAreaVirt
 )
 
 func setup(t *testing.T, nsites int) (*fakeMem, *Tracer) {

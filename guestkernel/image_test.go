@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"golang.org/x/arch/x86/x86asm"
+
+	"klp-kvm/guestkernel/layout"
 )
 
 var fentryNop = []byte{0x0f, 0x1f, 0x44, 0x00, 0x00}
@@ -98,8 +100,8 @@ func TestImageStaticChecks(t *testing.T) {
 		t.Errorf(".text at %#x, want 0xffffffff81000000", im.text.Addr)
 	}
 	for _, p := range im.f.Progs {
-		if p.Type == elf.PT_LOAD && p.Vaddr-p.Paddr != 0xffffffff80000000 {
-			t.Errorf("segment at %#x loads at %#x: want virt - 0xffffffff80000000", p.Vaddr, p.Paddr)
+		if p.Type == elf.PT_LOAD && p.Vaddr-p.Paddr != layout.KernelMapVirt {
+			t.Errorf("segment at %#x loads at %#x: want virt - %#x (layout.KernelMapVirt)", p.Vaddr, p.Paddr, uint64(layout.KernelMapVirt))
 		}
 	}
 	if im.f.Progs[0].Paddr != 16<<20 {
@@ -208,7 +210,7 @@ func (im *image) read(t testing.TB, name string, n int) []byte {
 }
 
 // TestImageDecodes decodes every function of the image with x86asm and
-// refuses anything outside the integer ring-0 set DESIGN.md allows.
+// refuses anything outside the integer ring-0 set docs/architecture.md allows.
 func TestImageDecodes(t *testing.T) {
 	im := openImage(t, Vmlinux())
 	banned := map[string]bool{"SYSCALL": true, "SYSRET": true, "SYSENTER": true, "CPUID": false}

@@ -3,28 +3,22 @@ package kvm
 import (
 	"encoding/binary"
 
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm/engine"
 )
 
 // Boot protocol constants; guestkernel/include/boot_info.h is the other half
-// of this contract (bootinfo_test.go checks the two agree).
+// of this contract (bootinfo_test.go checks the two agree). The address
+// layout (kernel map, patch area, boot_info's place, BOOT_LOW_END) is
+// package guestkernel/layout's.
 const (
 	BootInfoMagic      = 0x31544f4f42504c4b // "KLPBOOT1"
 	BootInfoVersion    = 1
 	BootInfoCmdlineMax = 1024
-	BootLowEnd         = 0x100000 // RAM below 1 MiB holds the host's boot structures
 
 	PortCOM1     = 0x3f8
 	PortCOM2     = 0x2f8
 	PortPowerOff = 0xf4
-
-	// PatchAreaVirt is where the patch area is mapped: Linux's module space,
-	// within ±2 GiB of kernel text so PC32/PLT32/32S relocations reach.
-	PatchAreaVirt = 0xffffffffa0000000
-	// KernelMapVirt maps physical 0 for the kernel image (like Linux's
-	// __START_KERNEL_map); it covers 512 MiB, up to PatchAreaVirt.
-	KernelMapVirt = 0xffffffff80000000
-	kernelMapSize = PatchAreaVirt - KernelMapVirt
 
 	// APICBusHz is the x2APIC timer's input clock on both engines (KVM's
 	// emulated APIC bus runs at 1 GHz, and emu matches it).
@@ -33,7 +27,6 @@ const (
 
 // Low-memory layout of the host's boot structures.
 const (
-	bootInfoAddr = 0x1000
 	gdtAddr      = 0x3000
 	tssAddr      = 0x4000
 	pml4Addr     = 0x10000
@@ -113,7 +106,7 @@ func guestTSCHz(c engine.VCPU) (uint64, error) {
 }
 
 // setupBoot writes the boot structures into low RAM: page tables, GDT, TSS
-// and boot_info. ram must be zeroed below BootLowEnd.
+// and boot_info. ram must be zeroed below layout.BootLowEnd.
 func setupBoot(ram []byte, l Layout, nrCPUs int, cmdline string, tscHz uint64) error {
 	size := uint64(len(ram))
 	if size > maxRAM {
@@ -131,7 +124,7 @@ func setupBoot(ram []byte, l Layout, nrCPUs int, cmdline string, tscHz uint64) e
 	pte(pml4Addr+0*8, pdptLowAddr|rw)
 	for g := uint64(0); g < gib; g++ {
 		pd := pdLowAddr + g*0x1000
-		if pd+0x1000 > BootLowEnd {
+		if pd+0x1000 > layout.BootLowEnd {
 			return errorf("set up boot", ErrConfig, "too much RAM for the boot page tables")
 		}
 		pte(pdptLowAddr+g*8, pd|rw)
@@ -143,15 +136,16 @@ func setupBoot(ram []byte, l Layout, nrCPUs int, cmdline string, tscHz uint64) e
 			pte(pd+i*8, pa|rw|pteHuge)
 		}
 	}
-	// High half: PML4[511] -> PDPT; PDPT[510] covers 0xffffffff80000000.. (1 GiB):
-	// entries 0..255 map physical 0..512 MiB for the kernel, 256.. the patch area.
+	// High half: PML4[511] -> PDPT; PDPT[510] covers layout.KernelMapVirt..
+	// (1 GiB): entries 0..255 map physical 0..512 MiB for the kernel
+	// (layout.KernelMapSize), 256.. the patch area.
 	pte(pml4Addr+511*8, pdptHighAddr|rw)
 	pte(pdptHighAddr+510*8, pdHighAddr|rw)
-	for i := uint64(0); i < kernelMapSize>>21 && i<<21 < size; i++ {
+	for i := uint64(0); i < layout.KernelMapSize>>21 && i<<21 < size; i++ {
 		pte(pdHighAddr+i*8, i<<21|rw|pteHuge)
 	}
 	for off := uint64(0); off < l.PatchAreaSize; off += 1 << 21 {
-		i := (PatchAreaVirt - KernelMapVirt + off) >> 21
+		i := (layout.PatchAreaVirt - layout.KernelMapVirt + off) >> 21
 		pte(pdHighAddr+i*8, (l.PatchAreaPhys+off)|rw|pteHuge)
 	}
 
@@ -165,11 +159,11 @@ func setupBoot(ram []byte, l Layout, nrCPUs int, cmdline string, tscHz uint64) e
 	bi := BootInfo{
 		Magic: BootInfoMagic, Version: BootInfoVersion, Size: bootInfoSize,
 		NrCPUs: uint32(nrCPUs), RAMSize: size,
-		PatchAreaPhys: l.PatchAreaPhys, PatchAreaSize: l.PatchAreaSize, PatchAreaVirt: PatchAreaVirt,
+		PatchAreaPhys: l.PatchAreaPhys, PatchAreaSize: l.PatchAreaSize, PatchAreaVirt: layout.PatchAreaVirt,
 		APICBusHz: APICBusHz, TSCHz: tscHz, CmdlineLen: uint32(len(cmdline)),
 	}
 	copy(bi.Cmdline[:], cmdline)
-	bi.encode(ram[bootInfoAddr:])
+	bi.encode(ram[layout.BootInfoPhys:])
 	return nil
 }
 
@@ -201,7 +195,7 @@ func bootSregs(s *engine.Sregs) {
 
 // bootRegs is the register state of vCPU id at entry.
 func bootRegs(entry uint64, id int) engine.Regs {
-	return engine.Regs{RIP: entry, RDI: bootInfoAddr, RSI: uint64(id), RFLAGS: 0x2}
+	return engine.Regs{RIP: entry, RDI: layout.BootInfoPhys, RSI: uint64(id), RFLAGS: 0x2}
 }
 
 // apicBaseMSR enables the LAPIC in x2APIC mode (EN | EXTD, BSP on cpu 0).

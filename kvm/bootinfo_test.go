@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm/engine"
 )
 
@@ -55,7 +56,7 @@ int main(void) {
 		t.Fatalf("C layout:\n%s\nwant:\n%s", out, want)
 	}
 	if bootInfoSize != 1104 || BootInfoMagic != 0x31544f4f42504c4b || BootInfoCmdlineMax != 1024 ||
-		BootLowEnd != 1048576 || PortCOM1 != 1016 || PortCOM2 != 760 || PortPowerOff != 244 {
+		layout.BootLowEnd != 1048576 || PortCOM1 != 1016 || PortCOM2 != 760 || PortPowerOff != 244 {
 		t.Fatal("Go constants disagree with the C header")
 	}
 	var b BootInfo

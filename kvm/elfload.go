@@ -5,6 +5,8 @@ import (
 	"debug/elf"
 	"fmt"
 	"sort"
+
+	"klp-kvm/guestkernel/layout"
 )
 
 // Kernel is a loaded guest kernel image: its entry and the function
@@ -92,8 +94,8 @@ func (k *Kernel) load(image, ram []byte, l Layout) error {
 	for _, s := range k.Segments {
 		end := s.Paddr + s.Memsz
 		switch {
-		case s.Paddr < BootLowEnd:
-			return errorf(op, ErrBadKernel, "segment at paddr %#x overlaps the boot area below %#x", s.Paddr, BootLowEnd)
+		case s.Paddr < layout.BootLowEnd:
+			return errorf(op, ErrBadKernel, "segment at paddr %#x overlaps the boot area below %#x", s.Paddr, layout.BootLowEnd)
 		case end > uint64(len(ram)):
 			return errorf(op, ErrBadKernel, "segment %#x-%#x outside the %d MiB of RAM", s.Paddr, end, len(ram)>>20)
 		case s.Paddr < l.PatchAreaPhys+l.PatchAreaSize && end > l.PatchAreaPhys:

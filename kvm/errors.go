@@ -7,13 +7,13 @@ import (
 
 // Error kinds, checked with errors.Is.
 var (
-	ErrBadKernel   = errors.New("bad kernel image")
-	ErrConfig      = errors.New("bad machine configuration")
-	ErrNotPaused   = errors.New("machine is not paused")
-	ErrPauseTimout = errors.New("vCPU did not stop in time")
-	ErrFault       = errors.New("guest memory access fault")
-	ErrGuest       = errors.New("guest stopped abnormally")
-	ErrStopped     = errors.New("machine is not running")
+	ErrBadKernel    = errors.New("bad kernel image")
+	ErrConfig       = errors.New("bad machine configuration")
+	ErrNotPaused    = errors.New("machine is not paused")
+	ErrPauseTimeout = errors.New("vCPU did not stop in time")
+	ErrFault        = errors.New("guest memory access fault")
+	ErrGuest        = errors.New("guest stopped abnormally")
+	ErrStopped      = errors.New("machine is not running")
 )
 
 // Error is the error type of package kvm: the operation that failed, a

@@ -46,7 +46,7 @@ type fakeVCPU struct {
 	sregs    engine.Sregs
 	msrs     map[uint32]uint64
 	step     int
-	slowDone bool
+	slowDone atomic.Bool // the slow first kick has been honoured
 	exit     engine.Exit
 	runs     atomic.Uint64
 	mu       sync.Mutex // guards regs/sregs/msrs against misuse detection
@@ -100,7 +100,7 @@ func (c *fakeVCPU) Run() (*engine.Exit, error) {
 	word := c.vm.mem[counterBase+8*c.id:]
 	var kickedAt time.Time
 	for i := 0; ; i++ {
-		if d := c.vm.e.slowKick[c.id]; d > 0 && c.kick.Load() && !c.slowDone {
+		if d := c.vm.e.slowKick[c.id]; d > 0 && c.kick.Load() && !c.slowDone.Load() {
 			if kickedAt.IsZero() {
 				kickedAt = time.Now()
 			}
@@ -108,7 +108,7 @@ func (c *fakeVCPU) Run() (*engine.Exit, error) {
 				time.Sleep(time.Microsecond)
 				continue
 			}
-			c.slowDone = true
+			c.slowDone.Store(true)
 		}
 		if c.kick.Swap(false) {
 			c.exit = engine.Exit{Reason: engine.ExitIntr}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm/engine"
 )
 
@@ -16,7 +17,7 @@ type Config struct {
 	Engine        engine.Engine
 	CPUs          int           // default 1
 	MemMiB        int           // default 128
-	PatchAreaMiB  int           // default 16; reserved at the top of RAM
+	PatchAreaMiB  int           // default layout.DefaultPatchAreaSize; reserved at the top of RAM
 	Kernel        []byte        // ELF64 x86-64 image
 	Cmdline       string        // copied into boot_info
 	Console       io.Writer     // COM1 output; nil discards
@@ -68,7 +69,7 @@ func New(cfg Config) (*Machine, error) {
 		cfg.MemMiB = 128
 	}
 	if cfg.PatchAreaMiB == 0 {
-		cfg.PatchAreaMiB = 16
+		cfg.PatchAreaMiB = layout.DefaultPatchAreaSize >> 20
 	}
 	if cfg.PauseDeadline == 0 {
 		cfg.PauseDeadline = time.Second
@@ -87,7 +88,7 @@ func New(cfg Config) (*Machine, error) {
 	}
 	size := uint64(cfg.MemMiB) << 20
 	pa := uint64(cfg.PatchAreaMiB) << 20
-	l := Layout{RAMSize: size, PatchAreaPhys: (size - pa) &^ (1<<21 - 1), PatchAreaSize: pa, CR3: pml4Addr}
+	l := Layout{RAMSize: size, PatchAreaPhys: layout.PatchAreaPhys(size, pa), PatchAreaSize: pa, CR3: pml4Addr}
 	ram, err := allocRAM(size)
 	if err != nil {
 		return nil, err
@@ -356,7 +357,7 @@ func (m *Machine) Pause() error {
 			case <-v.done:
 			}
 		}
-		return errorf("pause", ErrPauseTimout, "%s did not stop within %v", strings.Join(late, ", "), m.cfg.PauseDeadline)
+		return errorf("pause", ErrPauseTimeout, "%s did not stop within %v", strings.Join(late, ", "), m.cfg.PauseDeadline)
 	}
 	m.depth = 1
 	m.pauseStart = start

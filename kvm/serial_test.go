@@ -66,7 +66,13 @@ func TestUARTBackpressure(t *testing.T) {
 		t.Fatalf("got %q n=%d", got, n)
 	}
 	go func() { done <- u.Push([]byte("xyz")) }()
-	time.Sleep(5 * time.Millisecond)
+	// Close only once Push has filled the buffer and blocks on the rest:
+	// closing earlier would make it queue less than the 2 bytes checked.
+	waitFor(t, "Push to fill the buffer", func() bool {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		return len(u.rx) == 2
+	})
 	u.Close()
 	if n := <-done; n != 2 {
 		t.Fatalf("Push after close queued %d", n)

@@ -7,12 +7,13 @@ import (
 	"testing"
 
 	"klp-kvm/guestkernel"
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm/engine"
 	"klp-kvm/livepatch/fakeguest"
 )
 
 const (
-	patchVirt = fakeguest.PatchVirt
+	patchVirt = layout.PatchAreaVirt
 	fakePatch = fakeguest.PatchSize
 )
 

@@ -10,12 +10,14 @@ import (
 	"klp-kvm/api"
 )
 
-// call does one API request and maps the outcome to an exit status: 0 ok,
-// 1 refused or unreachable (message on stderr names the errno).
-func call(stderr io.Writer, sock, method, path string, in, out any) int {
+// call runs one API client method against the socket named by --api (sock)
+// and maps the outcome to an exit status: 0 ok, 1 refused or unreachable
+// (the message on stderr names the errno). The commands call typed client
+// methods (api.Client) and never build a path themselves.
+func call(stderr io.Writer, sock string, f func(ctx context.Context, c *api.Client) error) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	err := api.NewClient(api.SocketPath(sock)).Do(ctx, method, path, in, out)
+	err := f(ctx, api.NewClient(api.SocketPath(sock)))
 	if err == nil {
 		return 0
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -25,7 +26,10 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var res agent.ExecResult
-	if code := call(stderr, *sock, "POST", "/guest/exec", api.ExecRequest{Cmd: strings.Join(fs.Args(), " ")}, &res); code != 0 {
+	if code := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
+		res, err = c.Exec(ctx, strings.Join(fs.Args(), " "))
+		return err
+	}); code != 0 {
 		return code
 	}
 	if *asJSON {
@@ -67,7 +71,10 @@ func cmdSysfs(args []string, stdout, stderr io.Writer) int {
 			p = api.SysfsPath(a[1])
 		}
 		var res agent.ExecResult
-		if code := call(stderr, *sock, "POST", "/guest/exec", api.ExecRequest{Cmd: "ls " + p}, &res); code != 0 {
+		if code := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
+			res, err = c.Exec(ctx, "ls "+p)
+			return err
+		}); code != 0 {
 			return code
 		}
 		io.WriteString(stdout, res.Output)
@@ -77,13 +84,18 @@ func cmdSysfs(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case a[0] == "cat" && len(a) == 2:
 		var res api.FileReply
-		if code := call(stderr, *sock, "POST", "/guest/file/read", api.FileRequest{Path: api.SysfsPath(a[1])}, &res); code != 0 {
+		if code := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
+			res, err = c.FileRead(ctx, api.SysfsPath(a[1]))
+			return err
+		}); code != 0 {
 			return code
 		}
 		io.WriteString(stdout, res.Content)
 		return 0
 	case a[0] == "write" && len(a) == 3:
-		return call(stderr, *sock, "POST", "/guest/file/write", api.FileRequest{Path: api.SysfsPath(a[1]), Data: a[2]}, nil)
+		return call(stderr, *sock, func(ctx context.Context, c *api.Client) error {
+			return c.FileWrite(ctx, api.SysfsPath(a[1]), a[2])
+		})
 	}
 	return usage()
 }

@@ -11,6 +11,7 @@ import (
 
 	"klp-kvm/elfpatch"
 	"klp-kvm/guestkernel"
+	"klp-kvm/guestkernel/layout"
 )
 
 // inspectDefaultKernel returns the kernel `inspect PATCH.o` resolves against
@@ -72,7 +73,7 @@ func cmdInspect(args []string, stdout, stderr io.Writer) int {
 	symbol := fs.String("symbol", "", "show this kernel symbol's details")
 	kernel := fs.String("kernel", "", "kernel to resolve a patch against")
 	asJSON := fs.Bool("json", false, "JSON output")
-	base := fs.Uint64("base", elfpatch.DefaultPatchBase, "virtual base to lay a patch out at")
+	base := fs.Uint64("base", layout.PatchAreaVirt, "virtual base to lay a patch out at")
 	var pos []string
 	// Flags may come before or after the file (flag stops at the first
 	// positional argument, so parse the rest again).

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -54,7 +55,10 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		var st livepatch.Status
-		if rc := call(stderr, *sock, "GET", "/patches", nil, &st); rc != 0 {
+		if rc := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
+			st, err = c.Patches(ctx)
+			return err
+		}); rc != 0 {
 			return rc
 		}
 		if *asJSON {
@@ -75,7 +79,10 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 		req := api.PatchRequest{Op: op, Object: data, Name: hint, Force: opts.Force, DeadlineMS: opts.DeadlineMS,
 			Conservative: opts.Conservative}
 		var rep api.OpReply
-		if rc := call(stderr, *sock, "POST", "/patches", req, &rep); rc != 0 {
+		if rc := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
+			rep, err = c.AddPatch(ctx, req)
+			return err
+		}); rc != 0 {
 			return rc
 		}
 		return printOp(stdout, rep, *asJSON)
@@ -84,8 +91,21 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, patchUsage)
 			return 2
 		}
+		name := rest[1]
 		var rep api.OpReply
-		if rc := call(stderr, *sock, "POST", "/patches/"+rest[1]+"/"+op, opts, &rep); rc != 0 {
+		if rc := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
+			switch op {
+			case "enable":
+				rep, err = c.Enable(ctx, name, opts)
+			case "disable":
+				rep, err = c.Disable(ctx, name, opts)
+			case "unload":
+				rep, err = c.Unload(ctx, name, opts)
+			default: // unregister
+				rep, err = c.Unregister(ctx, name)
+			}
+			return err
+		}); rc != 0 {
 			return rc
 		}
 		return printOp(stdout, rep, *asJSON)

@@ -10,6 +10,7 @@ import (
 
 	"klp-kvm/api"
 	"klp-kvm/guestkernel"
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/livepatch"
 	"klp-kvm/livepatch/fakeguest"
 )
@@ -21,7 +22,7 @@ func patchServer(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: fakeguest.PatchVirt,
+	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: fakeguest.PatchSize})
 	if err != nil {
 		t.Fatal(err)
@@ -74,6 +75,17 @@ func TestPatchCommand(t *testing.T) {
 	}
 	if rc, _, errs = runPatch(sock, "register", "no-such-sample"); rc != 2 || !strings.Contains(errs, "livepatch-sample.o") {
 		t.Fatalf("unknown object: %d %q", rc, errs)
+	}
+	// Names travel path-escaped: one with '/' or '%' reaches the livepatch
+	// core unchanged and is refused there by name; one that cannot be a
+	// path segment is refused by the client.
+	for _, name := range []string{"a/b", "50%", "../livepatch_sample"} {
+		if rc, _, errs = runPatch(sock, "disable", name); rc != 1 || !strings.Contains(errs, "ENOENT") || !strings.Contains(errs, "disable "+name+":") {
+			t.Errorf("disable %q: %d %q", name, rc, errs)
+		}
+	}
+	if rc, _, errs = runPatch(sock, "enable", ".."); rc != 1 || !strings.Contains(errs, "EINVAL") {
+		t.Errorf("enable ..: %d %q", rc, errs)
 	}
 	if rc, _, _ = runPatch(sock, "frobnicate", "x"); rc != 2 {
 		t.Fatalf("unknown op: %d", rc)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,6 +19,7 @@ import (
 
 	"klp-kvm/api"
 	"klp-kvm/guestkernel"
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm"
 	"klp-kvm/kvm/agent"
 	"klp-kvm/livepatch"
@@ -150,7 +152,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	mux := http.NewServeMux()
 	api.MachineRoutes(mux, m)
 	api.GuestRoutes(mux, ag)
-	lm, err := livepatch.New(livepatch.Config{Guest: m, Vmlinux: image, PatchArea: kvm.PatchAreaVirt,
+	lm, err := livepatch.New(livepatch.Config{Guest: m, Vmlinux: image, PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: m.Layout().PatchAreaSize, Callbacks: session.Callbacks(ag)})
 	if err != nil {
 		// A kernel without klp_guest_abi / klp_sysfs_state (e.g. a test
@@ -266,7 +268,10 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var info kvm.Info
-	if code := call(stderr, *sock, "GET", "/machine", nil, &info); code != 0 {
+	if code := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
+		info, err = c.Machine(ctx)
+		return err
+	}); code != 0 {
 		return code
 	}
 	if *asJSON {
@@ -306,7 +311,7 @@ func cmdStop(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	return call(stderr, *sock, "POST", "/machine/stop", nil, nil)
+	return call(stderr, *sock, func(ctx context.Context, c *api.Client) error { return c.Stop(ctx) })
 }
 
 // countsText prints counters as "a 1, b 2" in name order.

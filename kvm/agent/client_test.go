@@ -274,11 +274,23 @@ func TestSilentGuestTimesOut(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("timeout took %v", d)
 	}
+	// The late reply must have arrived before the next request, or the
+	// check below would pass without testing anything.
+	before := c.Stats()
 	once.Do(func() { close(release) })
-	time.Sleep(50 * time.Millisecond) // let the late reply arrive
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().Replies == before.Replies {
+		if time.Now().After(deadline) {
+			t.Fatal("the late reply never arrived")
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
 	r, err := c.Exec(context.Background(), "ps")
 	if err != nil || r.Output != "ran ps\n" {
 		t.Fatalf("after timeout: %+v %v (the late reply must not be taken for this one)", r, err)
+	}
+	if st := c.Stats(); st.Unmatched != before.Unmatched+1 || st.Replies != before.Replies+2 {
+		t.Fatalf("stats %+v after a late reply and one more call (before: %+v): want it counted as unmatched", st, before)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

@@ -1,8 +1,8 @@
 // Package fakeguest is a stand-in for a running klp-kvm guest in unit
 // tests of the livepatch core, its API and its CLI: guest memory over a
-// byte slice with the kvm boot mappings (the kernel map at
-// 0xffffffff80000000 -> 0 and the patch area at 0xffffffffa0000000)
-// holding the real guest kernel's loaded image, and vCPUs whose registers
+// byte slice with the kvm boot mappings (guestkernel/layout: the kernel
+// map at layout.KernelMapVirt -> 0 and the patch area at
+// layout.PatchAreaVirt -> the top of its RAM) holding the real guest kernel's loaded image, and vCPUs whose registers
 // the test sets. Nothing executes; tests place vCPUs and tasks where they
 // want them. It is locked: tests read it while an operation runs.
 package fakeguest
@@ -16,21 +16,23 @@ import (
 
 	"klp-kvm/elfpatch"
 	"klp-kvm/guestkernel"
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm/engine"
 )
 
-// Layout of the fake.
+// Sizes of the fake; its addresses are the machine's (guestkernel/layout).
 const (
-	KernelMap = 0xffffffff80000000
-	PatchVirt = 0xffffffffa0000000
 	RAMSize   = 24 << 20
-	PatchSize = 4 << 20
-	PatchPhys = RAMSize - PatchSize
+	PatchSize = 4 << 20 // the patch area at layout.PatchAreaVirt
 	// TaskStacks is where FakeTask puts task stacks (64 KiB apart).
-	TaskStacks = KernelMap + 0x1200000
+	TaskStacks = layout.KernelMapVirt + 0x1200000
 	// VCPUStacks is the top of vCPU 0's stack (vCPU i: 64 KiB lower each).
-	VCPUStacks = KernelMap + 0x1300000
+	VCPUStacks = layout.KernelMapVirt + 0x1300000
 )
+
+// patchPhys is where the patch area lies in the fake's RAM, as on a
+// machine of RAMSize bytes.
+var patchPhys = layout.PatchAreaPhys(RAMSize, PatchSize)
 
 // Guest is the fake.
 type Guest struct {
@@ -69,7 +71,7 @@ func New(cpus int) (*Guest, error) {
 	}
 	g := &Guest{ram: make([]byte, RAMSize), regs: make([]engine.Regs, cpus), syms: syms}
 	for _, s := range k.Segments {
-		if s.Paddr+s.Memsz > PatchPhys || s.Offset+s.Filesz > uint64(len(img)) {
+		if s.Paddr+s.Memsz > patchPhys || s.Offset+s.Filesz > uint64(len(img)) {
 			return nil, fmt.Errorf("fakeguest: segment %#x+%#x does not fit", s.Paddr, s.Memsz)
 		}
 		copy(g.ram[s.Paddr:s.Paddr+s.Filesz], img[s.Offset:s.Offset+s.Filesz])
@@ -97,10 +99,10 @@ func (g *Guest) phys(va uint64, n int) (uint64, error) {
 	end := va + uint64(n)
 	switch {
 	case end < va:
-	case va >= PatchVirt && end <= PatchVirt+PatchSize:
-		return PatchPhys + va - PatchVirt, nil
-	case va >= KernelMap && end <= KernelMap+PatchPhys:
-		return va - KernelMap, nil
+	case va >= layout.PatchAreaVirt && end <= layout.PatchAreaVirt+PatchSize:
+		return patchPhys + va - layout.PatchAreaVirt, nil
+	case va >= layout.KernelMapVirt && end <= layout.KernelMapVirt+patchPhys:
+		return va - layout.KernelMapVirt, nil
 	}
 	return 0, fmt.Errorf("fakeguest: %#x+%d not mapped", va, n)
 }
@@ -227,7 +229,7 @@ func (g *Guest) RegsOf(id int) engine.Regs {
 // transition showed transition=1 and must move them so that guest readers
 // notice.
 func (g *Guest) Hash() [32]byte {
-	st := g.Sym("klp_sysfs_state") - KernelMap
+	st := g.Sym("klp_sysfs_state") - layout.KernelMapVirt
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	h := sha256.New()

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"klp-kvm/guestkernel"
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm"
 	"klp-kvm/kvm/agent"
 	"klp-kvm/livepatch"
@@ -90,7 +91,7 @@ func Start(cfg Config) (*Session, error) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	s.Boot = time.Since(t0)
-	lm, err := livepatch.New(livepatch.Config{Guest: m, Vmlinux: guestkernel.Vmlinux(), PatchArea: kvm.PatchAreaVirt,
+	lm, err := livepatch.New(livepatch.Config{Guest: m, Vmlinux: guestkernel.Vmlinux(), PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: m.Layout().PatchAreaSize, Callbacks: Callbacks(s.Agent)})
 	if err != nil {
 		s.Close()

@@ -94,7 +94,8 @@ func TestRunCLI(t *testing.T) {
 		}
 		c := api.NewClient(sock)
 		ctx := context.Background()
-		if err := c.Do(ctx, "POST", "/machine/pause", nil, &info); err != nil || !info.Paused {
+		info, err = c.Pause(ctx)
+		if err != nil || !info.Paused {
 			t.Fatalf("pause: %v %+v", err, info)
 		}
 		for _, v := range info.VCPUs {
@@ -102,10 +103,11 @@ func TestRunCLI(t *testing.T) {
 				t.Errorf("vCPU %d state %q while paused", v.ID, v.State)
 			}
 		}
-		if err := c.Do(ctx, "POST", "/machine/resume", nil, &info); err != nil || info.Paused {
+		info, err = c.Resume(ctx)
+		if err != nil || info.Paused {
 			t.Fatalf("resume: %v %+v", err, info)
 		}
-		err = c.Do(ctx, "POST", "/machine/resume", nil, nil)
+		_, err = c.Resume(ctx)
 		if ae, ok := err.(*api.Error); !ok || !ae.Refused() || ae.Errno != "EINVAL" {
 			t.Fatalf("resume while running: %v", err)
 		}

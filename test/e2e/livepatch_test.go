@@ -15,7 +15,7 @@ import (
 
 	"klp-kvm/elfpatch"
 	"klp-kvm/guestkernel"
-	"klp-kvm/kvm"
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/livepatch"
 	"klp-kvm/livepatch/session"
 )
@@ -85,7 +85,7 @@ func textHash(t testing.TB, s *session.Session) [32]byte {
 		h.Write(b)
 	}
 	b := make([]byte, m.Layout().PatchAreaSize)
-	if err := m.ReadVirt(kvm.PatchAreaVirt, b); err != nil {
+	if err := m.ReadVirt(layout.PatchAreaVirt, b); err != nil {
 		t.Fatal(err)
 	}
 	h.Write(b)
@@ -299,7 +299,9 @@ func TestLivepatchParked(t *testing.T) {
 		t.Fatal(err)
 	}
 	sh(t, s, "park on")
-	time.Sleep(300 * time.Millisecond)
+	pollUntil(t, "the parker to park", func() bool {
+		return strings.Contains(sh(t, s, "cat /proc/klp_selftest"), "parked: 1\n")
+	})
 	before := textHash(t, s)
 	_, err = lm.Enable(p.Name, livepatch.Options{Deadline: 300 * time.Millisecond})
 	if !errors.Is(err, syscall.EBUSY) || !strings.Contains(err.Error(), "klp_park_fn") {
@@ -310,20 +312,29 @@ func TestLivepatchParked(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { _, err := lm.Enable(p.Name, livepatch.Options{Deadline: 20 * time.Second}); done <- err }()
-	var tr string
-	for i := 0; i < 50 && tr != "1"; i++ {
-		time.Sleep(20 * time.Millisecond)
-		tr = strings.TrimSpace(sh(t, s, "cat /sys/kernel/livepatch/"+p.Name+"/transition"))
-	}
-	if tr != "1" {
-		t.Errorf("transition reads %q while blocked", tr)
-	}
+	pollUntil(t, "transition to read 1 while blocked", func() bool {
+		return strings.TrimSpace(sh(t, s, "cat /sys/kernel/livepatch/"+p.Name+"/transition")) == "1"
+	})
 	sh(t, s, "park off")
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	if tr := strings.TrimSpace(sh(t, s, "cat /sys/kernel/livepatch/"+p.Name+"/transition")); tr != "0" {
 		t.Fatalf("transition %q after completion", tr)
+	}
+}
+
+// pollUntil checks cond every 20 ms until it holds, and fails the test
+// naming what it waited for after 20 s: a condition, not a fixed sleep that
+// a loaded host (or a slow engine) may not honour.
+func pollUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -349,15 +360,13 @@ func TestLivepatch1024(t *testing.T) {
 	if res.Funcs != 1024 {
 		t.Fatalf("%d functions switched", res.Funcs)
 	}
-	time.Sleep(200 * time.Millisecond)
-	c1 := benchCalls(t, s)
+	// The workers keep calling the (patched, then unpatched) functions.
+	var c1 int
+	pollUntil(t, "the workers to run on, patched", func() bool { c1 = benchCalls(t, s); return c1 > c0 })
 	if _, err := lm.Unload(p.Name, livepatch.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	if c2 := benchCalls(t, s); c1 <= c0 || c2 <= c1 {
-		t.Fatalf("workers stalled: bench_calls %d -> %d -> %d", c0, c1, c2)
-	}
+	pollUntil(t, "the workers to run on, unpatched", func() bool { return benchCalls(t, s) > c1 })
 	if v := violations(t, s); v != 0 {
 		t.Fatalf("%d violations", v)
 	}

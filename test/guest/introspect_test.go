@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"klp-kvm/guestkernel"
-	"klp-kvm/kvm"
+	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm/agent"
 )
 
@@ -277,7 +277,7 @@ func TestGuestCall(t *testing.T) {
 	g := boot(t, 1, "", true)
 	// lea 0x2a(%rdi),%rax; ret: returns arg + 42
 	code := []byte{0x48, 0x8d, 0x47, 0x2a, 0xc3}
-	fn := uint64(kvm.PatchAreaVirt + 0x1000)
+	fn := uint64(layout.PatchAreaVirt + 0x1000)
 	if err := g.m.Pause(); err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +292,7 @@ func TestGuestCall(t *testing.T) {
 		t.Fatalf("guest-call: %d %v", v, err)
 	}
 	var ae *agent.Error
-	for _, bad := range []uint64{0, 0xffffffff81000000, kvm.PatchAreaVirt - 1, kvm.PatchAreaVirt + g.m.Layout().PatchAreaSize} {
+	for _, bad := range []uint64{0, 0xffffffff81000000, layout.PatchAreaVirt - 1, layout.PatchAreaVirt + g.m.Layout().PatchAreaSize} {
 		if _, err := g.agent.GuestCall(ctx, bad, 1); !errors.As(err, &ae) || ae.Errno != 14 {
 			t.Fatalf("guest-call %#x: %v", bad, err)
 		}

@@ -1,0 +1,178 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+
+	"klp-kvm/kvm"
+	"klp-kvm/kvm/agent"
+	"klp-kvm/livepatch"
+)
+
+// Client talks to a server over its unix socket: one method per route
+// (Routes), each building its request from the route table, so a caller
+// never writes a path. Errors are *Error.
+type Client struct {
+	Socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for the socket at path.
+func NewClient(path string) *Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}
+	return &Client{Socket: path, hc: &http.Client{Transport: tr}}
+}
+
+// Machine is GET /machine.
+func (c *Client) Machine(ctx context.Context) (kvm.Info, error) {
+	var info kvm.Info
+	return info, c.do(ctx, RouteMachine, nil, nil, &info)
+}
+
+// Pause is POST /machine/pause: every vCPU stops (pauses nest).
+func (c *Client) Pause(ctx context.Context) (kvm.Info, error) {
+	var info kvm.Info
+	return info, c.do(ctx, RouteMachinePause, nil, nil, &info)
+}
+
+// Resume is POST /machine/resume: undo one Pause.
+func (c *Client) Resume(ctx context.Context) (kvm.Info, error) {
+	var info kvm.Info
+	return info, c.do(ctx, RouteMachineResume, nil, nil, &info)
+}
+
+// Stop is POST /machine/stop: the machine stops and `klp-kvm run` exits.
+func (c *Client) Stop(ctx context.Context) error {
+	return c.do(ctx, RouteMachineStop, nil, nil, nil)
+}
+
+// GuestInfo is GET /guest/info (the agent's guest-info).
+func (c *Client) GuestInfo(ctx context.Context) (agent.Info, error) {
+	var info agent.Info
+	return info, c.do(ctx, RouteGuestInfo, nil, nil, &info)
+}
+
+// Exec is POST /guest/exec: a guest shell command line through the agent.
+func (c *Client) Exec(ctx context.Context, cmd string) (agent.ExecResult, error) {
+	var res agent.ExecResult
+	return res, c.do(ctx, RouteGuestExec, nil, ExecRequest{Cmd: cmd}, &res)
+}
+
+// FileRead is POST /guest/file/read.
+func (c *Client) FileRead(ctx context.Context, path string) (FileReply, error) {
+	var res FileReply
+	return res, c.do(ctx, RouteGuestFileRead, nil, FileRequest{Path: path}, &res)
+}
+
+// FileWrite is POST /guest/file/write; a refusal carries the guest's errno.
+func (c *Client) FileWrite(ctx context.Context, path, data string) error {
+	return c.do(ctx, RouteGuestFileWrite, nil, FileRequest{Path: path, Data: data}, nil)
+}
+
+// Patches is GET /patches: the livepatch state.
+func (c *Client) Patches(ctx context.Context) (livepatch.Status, error) {
+	var st livepatch.Status
+	return st, c.do(ctx, RoutePatches, nil, nil, &st)
+}
+
+// AddPatch is POST /patches: load (register and enable) or register a patch
+// object, as req.Op says.
+func (c *Client) AddPatch(ctx context.Context, req PatchRequest) (OpReply, error) {
+	var rep OpReply
+	return rep, c.do(ctx, RoutePatchAdd, nil, req, &rep)
+}
+
+// Enable is POST /patches/{name}/enable.
+func (c *Client) Enable(ctx context.Context, name string, o OpRequest) (OpReply, error) {
+	return c.patchOp(ctx, RoutePatchEnable, name, o)
+}
+
+// Disable is POST /patches/{name}/disable.
+func (c *Client) Disable(ctx context.Context, name string, o OpRequest) (OpReply, error) {
+	return c.patchOp(ctx, RoutePatchDisable, name, o)
+}
+
+// Unload is POST /patches/{name}/unload: disable if enabled, then
+// unregister.
+func (c *Client) Unload(ctx context.Context, name string, o OpRequest) (OpReply, error) {
+	return c.patchOp(ctx, RoutePatchUnload, name, o)
+}
+
+// Unregister is POST /patches/{name}/unregister.
+func (c *Client) Unregister(ctx context.Context, name string) (OpReply, error) {
+	var rep OpReply
+	return rep, c.do(ctx, RoutePatchUnreg, []string{name}, nil, &rep)
+}
+
+func (c *Client) patchOp(ctx context.Context, r Route, name string, o OpRequest) (OpReply, error) {
+	var rep OpReply
+	return rep, c.do(ctx, r, []string{name}, o, &rep)
+}
+
+// Status is GET /status: the machine and the livepatch state.
+func (c *Client) Status(ctx context.Context) (StatusReply, error) {
+	var st StatusReply
+	return st, c.do(ctx, RouteStatus, nil, nil, &st)
+}
+
+// do sends a request for route r (its wildcards filled from args) with an
+// optional JSON body and decodes the JSON reply into out (if non-nil).
+func (c *Client) do(ctx context.Context, r Route, args []string, in, out any) error {
+	path, err := r.Path(args...)
+	if err != nil {
+		// Refused before anything was sent: the argument cannot name
+		// anything on the server, as EINVAL.
+		return &Error{Op: r.String(), Status: http.StatusBadRequest, Errno: "EINVAL", Msg: err.Error()}
+	}
+	op := r.Method + " " + path
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return &Error{Op: op, Err: err}
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, "http://klp-kvm"+path, body)
+	if err != nil {
+		return &Error{Op: op, Err: err}
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var ne *net.OpError
+		if errors.As(err, &ne) {
+			err = fmt.Errorf("cannot reach klp-kvm at %s (is `klp-kvm run` running? set --api or $KLP_KVM_API): %w", c.Socket, ne.Err)
+		}
+		return &Error{Op: op, Err: err}
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return &Error{Op: op, Err: err}
+	}
+	if resp.StatusCode >= 300 {
+		var er ErrorReply
+		if json.Unmarshal(data, &er) != nil || er.Error == "" {
+			er.Error = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(data))
+		}
+		return &Error{Op: op, Status: resp.StatusCode, Errno: er.Errno, Msg: er.Error}
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return &Error{Op: op, Err: fmt.Errorf("bad reply: %w", err)}
+		}
+	}
+	return nil
+}
