@@ -11,7 +11,7 @@ import (
 	"golang.org/x/arch/x86/x86asm"
 )
 
-// gccFlags are DESIGN.md's guest-kernel flags.
+// gccFlags are the guest kernel's flags (docs/architecture.md).
 var gccFlags = strings.Fields(`-O2 -ffreestanding -fno-pic -fno-pie -mno-red-zone -mcmodel=kernel
 -mgeneral-regs-only -mno-sse -mno-mmx -mno-80387 -fno-stack-protector -fno-omit-frame-pointer
 -pg -mfentry -mrecord-mcount -mnop-mcount -fcf-protection=none -ffunction-sections -fdata-sections

@@ -410,7 +410,7 @@ func TestKVMKick(t *testing.T) {
 }
 
 // BenchmarkKVMExitIO measures one OUT exit round trip (guest -> Run
-// returns -> Run re-enters). Under nested KVM this is the figure DESIGN.md
+// returns -> Run re-enters). Under nested KVM this is the figure docs/testing.md
 // quotes (~0.3 ms); on hardware a few µs.
 func BenchmarkKVMExitIO(b *testing.B) {
 	g := newTestGuest(b, 1, entryOutLoop)

@@ -490,7 +490,7 @@ func qemuAccel() string {
 }
 
 // qemuCPU is the emulated CPU: "max" has SVM under TCG; EPYC,+svm is the
-// alternative DESIGN.md measured too.
+// alternative measured too (docs/testing.md).
 func qemuCPU() string {
 	if c := os.Getenv("KLP_KVM_NESTED_CPU"); c != "" {
 		return c

@@ -1,5 +1,5 @@
 /* Freestanding code in the style of the guest kernel, compiled by
- * TestGCCOutputImplemented with DESIGN.md's flags to check that the
+ * TestGCCOutputImplemented with the guest kernel's flags (docs/architecture.md) to check that the
  * interpreter implements every instruction gcc emits for it. */
 #include <stdint.h>
 #include <stddef.h>
