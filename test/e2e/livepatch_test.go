@@ -261,6 +261,9 @@ func TestLivepatchConsistency(t *testing.T) {
 		}
 	}
 	t.Logf("%d checked cycles in %v under hog load (progress %v): %s", cycles, time.Since(start), !opts.NoProgress, st.String())
+	if v := violations(t, s) - v0; v != 0 {
+		t.Fatalf("%d consistency violations with the check on (frame-pointer mode)", v)
+	}
 	// The conservative (whole-stack scan) check keeps consistency too.
 	for i := 0; i < cycles/10; i++ {
 		for _, op := range []func(string, livepatch.Options) (*livepatch.Result, error){lm.Enable, lm.Disable} {
@@ -270,7 +273,7 @@ func TestLivepatchConsistency(t *testing.T) {
 		}
 	}
 	if v := violations(t, s) - v0; v != 0 {
-		t.Fatalf("%d consistency violations with the check on", v)
+		t.Fatalf("%d consistency violations with the check on (conservative mode)", v)
 	}
 	// Forced, the same switches let calls see mixed versions: the checker
 	// must catch some, or this test could never fail. Bounded in time.
