@@ -355,7 +355,16 @@ func (m *Manager) scanWords(lo, hi uint64, who string, hit func(uint64, bool) *s
 	}
 	for off := 0; off+8 <= len(buf); off += 8 {
 		v := binary.LittleEndian.Uint64(buf[off:])
-		if s := hit(v, false); s != nil {
+		// A word is a return address (its call is at v-1) or an
+		// interrupted RIP in an interrupt frame (exactly v): the scan
+		// cannot tell which, so it takes both. Matched only at v-1, a
+		// task preempted on a trampoline's single instruction, or at a
+		// function's first byte, slipped through.
+		s := hit(v, false)
+		if s == nil {
+			s = hit(v, true)
+		}
+		if s != nil {
 			return &blocker{who: who, what: s.name + " (stack word)", pc: v}
 		}
 	}
