@@ -80,13 +80,17 @@ func (m *Manager) check(idx *spanIndex, conservative bool) *verdict {
 	// next's saved frames (possibly inside a changing function) would be
 	// skipped.
 	live := make(map[uint64]bool)
+	stacks := make([]liveStack, len(regs))
 	for cpu := range regs {
+		rsp := regs[cpu].RSP
+		stacks[cpu] = liveStack{lo: rsp &^ 7, hi: (rsp &^ 7) + maxVCPUStack}
 		if errs[cpu] != nil {
 			continue
 		}
 		for _, t := range tasks {
-			if lo, hi, ok := taskStack(t); ok && regs[cpu].RSP >= lo && regs[cpu].RSP < hi {
+			if lo, hi, ok := taskStack(t); ok && rsp >= lo && rsp < hi {
 				live[t.Addr] = true
+				stacks[cpu] = liveStack{lo: lo, hi: hi, known: true}
 			}
 		}
 	}
@@ -106,7 +110,7 @@ func (m *Manager) check(idx *spanIndex, conservative bool) *verdict {
 		return v
 	}
 	for cpu := range regs {
-		if b, stop := m.checkVCPU(cpu, regs[cpu], errs[cpu], tasks, current, idx, conservative); b != nil {
+		if b, stop := m.checkVCPU(cpu, regs[cpu], errs[cpu], stacks[cpu], vcpuName(cpu, tasks, current), idx, conservative); b != nil {
 			v.blockRunning(cpu, b, stop)
 		}
 	}
@@ -176,25 +180,33 @@ func taskStack(t guestkernel.Task) (lo, hi uint64, ok bool) {
 	return t.StackBase, t.StackBase + t.StackSize, true
 }
 
+// liveStack is the stack a vCPU runs on: its task's, when RSP lies in
+// one (known), else an assumed maxVCPUStack above RSP.
+type liveStack struct {
+	lo, hi uint64
+	known  bool
+}
+
+// vcpuName names a vCPU by the task the guest says it runs.
+func vcpuName(cpu int, tasks []guestkernel.Task, current []uint64) string {
+	for _, t := range tasks {
+		if cpu < len(current) && t.Addr == current[cpu] {
+			return fmt.Sprintf("CPU %d (pid %d %s)", cpu, t.PID, t.Name)
+		}
+	}
+	return fmt.Sprintf("CPU %d", cpu)
+}
+
 // checkVCPU checks the live stack of one vCPU. It returns the innermost
 // blocker and the address where the vCPU leaves the changing code: the
 // return address of the outermost frame inside a changing function (nil
 // when not known).
-func (m *Manager) checkVCPU(cpu int, r engine.Regs, rerr error, tasks []guestkernel.Task, current []uint64,
+func (m *Manager) checkVCPU(cpu int, r engine.Regs, rerr error, st liveStack, who string,
 	idx *spanIndex, conservative bool) (*blocker, []uint64) {
-	who := fmt.Sprintf("CPU %d", cpu)
 	if rerr != nil {
 		return &blocker{who: who, what: "registers unreadable: " + rerr.Error()}, nil
 	}
-	lo, hi, known := r.RSP&^7, (r.RSP&^7)+maxVCPUStack, false
-	for _, t := range tasks {
-		if cpu < len(current) && t.Addr == current[cpu] {
-			who = fmt.Sprintf("CPU %d (pid %d %s)", cpu, t.PID, t.Name)
-		}
-		if tlo, thi, ok := taskStack(t); ok && r.RSP >= tlo && r.RSP < thi {
-			lo, hi, known = tlo, thi, true
-		}
-	}
+	lo, hi := st.lo, st.hi
 	if m.intro != nil && m.intro.InSwitch(r.RIP) {
 		return &blocker{who: who, what: "a context switch", pc: r.RIP}, nil
 	}
@@ -219,9 +231,9 @@ func (m *Manager) checkVCPU(cpu int, r engine.Regs, rerr error, tasks []guestker
 	// which the chain skips. They go in right after the top frame.
 	chain := append([]guestkernel.Frame{frames[0]}, m.rawWords(r.RSP)...)
 	chain = append(chain, frames[1:]...)
-	first, outer := m.scanChain(chain, idx.hit)
+	first, outer := scanChain(chain, idx.hit)
 	if first == nil {
-		if err != nil && known {
+		if err != nil && st.known {
 			return &blocker{who: who, what: "unreliable stack: " + err.Error()}, nil
 		}
 		return nil, nil
@@ -246,9 +258,6 @@ func exitAddrs(chain []guestkernel.Frame, outer int) []uint64 {
 			return stops
 		}
 	}
-	if len(stops) == 0 {
-		return nil
-	}
 	return stops
 }
 
@@ -268,23 +277,19 @@ func (m *Manager) rawWords(sp uint64) []guestkernel.Frame {
 	}
 }
 
-// scanChain checks a walked chain (innermost first). An interrupted frame
-// gets the words at its interrupted RSP checked too, for the same reason
-// as a vCPU's top frame. It returns the innermost blocker and the index in
-// chain of the outermost frame inside a changing function.
-func (m *Manager) scanChain(chain []guestkernel.Frame, hit func(uint64, bool) *span) (*blocker, int) {
+// scanChain checks a walked chain (innermost first): the top frame and
+// interrupted frames exactly, return addresses at PC-1. The words at an
+// interrupted RSP (the caller of a function interrupted before it pushed
+// its frame) are already in the chain: the walker adds them as
+// conservative frames, patch-area addresses included (Guest.AddText). It
+// returns the innermost blocker and the index in chain of the outermost
+// frame inside a changing function.
+func scanChain(chain []guestkernel.Frame, hit func(uint64, bool) *span) (*blocker, int) {
 	var first *blocker
 	outer := -1
 	for i, f := range chain {
 		exact := (i == 0 || f.Interrupted) && !f.Conservative
 		s := hit(f.PC, exact)
-		if s == nil && f.Interrupted && f.Regs != nil {
-			for _, w := range m.rawWords(f.Regs.RSP) {
-				if s = hit(w.PC, false); s != nil {
-					break
-				}
-			}
-		}
 		if s == nil {
 			continue
 		}
@@ -321,7 +326,7 @@ func (m *Manager) checkTasks(tasks []guestkernel.Task, live map[uint64]bool, con
 			continue
 		}
 		frames, err := m.intro.WalkTask(t, 0)
-		if b, _ := m.scanChain(frames, hit); b != nil {
+		if b, _ := scanChain(frames, hit); b != nil {
 			b.who = who
 			return b
 		}
