@@ -138,7 +138,7 @@ func (e *kvmEngine) probe() error {
 	// until nent is large enough.
 	for n := 64; ; n *= 2 {
 		c := &kvm.CPUID{Nent: uint32(n), Entries: make([]kvm.CPUIDEntry2, n)}
-		err := kvm.GetSupportedCPUID(uintptr(e.fd), c)
+		err := retryIntr0(func() error { return kvm.GetSupportedCPUID(uintptr(e.fd), c) })
 		if errors.Is(err, unix.E2BIG) && n < 4096 {
 			continue
 		}
@@ -164,7 +164,7 @@ func (e *kvmEngine) NewVM(mem []byte) (engine.VM, error) {
 	if uint64(len(mem)) > identityMapAddr {
 		return nil, &Error{Op: "NewVM", Kind: ErrInvalid, Detail: fmt.Sprintf("RAM of %d bytes overlaps KVM's pages at %#x", len(mem), identityMapAddr)}
 	}
-	fd, err := kvm.CreateVM(uintptr(e.fd))
+	fd, err := retryIntr(func() (uintptr, error) { return kvm.CreateVM(uintptr(e.fd)) })
 	if err != nil {
 		return nil, ioctlErr("KVM_CREATE_VM", err)
 	}
@@ -189,15 +189,15 @@ type vm struct {
 
 func (v *vm) setup() error {
 	// Before any vCPU exists (KVM requires this order).
-	if err := kvm.SetIdentityMapAddr(uintptr(v.fd), identityMapAddr); err != nil {
+	if err := retryIntr0(func() error { return kvm.SetIdentityMapAddr(uintptr(v.fd), identityMapAddr) }); err != nil {
 		return ioctlErr("KVM_SET_IDENTITY_MAP_ADDR", err)
 	}
-	if err := kvm.SetTSSAddr(uintptr(v.fd), tssAddr); err != nil {
+	if err := retryIntr0(func() error { return kvm.SetTSSAddr(uintptr(v.fd), tssAddr) }); err != nil {
 		return ioctlErr("KVM_SET_TSS_ADDR", err)
 	}
 	// No PIT: the guest's clock is the x2APIC timer, and an unused PIT would
 	// only add a device (and a kernel thread) to every VM.
-	if err := kvm.CreateIRQChip(uintptr(v.fd)); err != nil {
+	if err := retryIntr0(func() error { return kvm.CreateIRQChip(uintptr(v.fd)) }); err != nil {
 		return ioctlErr("KVM_CREATE_IRQCHIP", err)
 	}
 	region := kvm.UserspaceMemoryRegion{
@@ -206,7 +206,7 @@ func (v *vm) setup() error {
 		MemorySize:    uint64(len(v.mem)),
 		UserspaceAddr: uint64(sliceAddr(v.mem)),
 	}
-	if err := kvm.SetUserMemoryRegion(uintptr(v.fd), &region); err != nil {
+	if err := retryIntr0(func() error { return kvm.SetUserMemoryRegion(uintptr(v.fd), &region) }); err != nil {
 		return ioctlErr("KVM_SET_USER_MEMORY_REGION", err)
 	}
 	return nil
@@ -227,7 +227,7 @@ func (v *vm) NewVCPU(id int) (engine.VCPU, error) {
 	if _, dup := v.vcpus[id]; dup {
 		return nil, &Error{Op: "NewVCPU", Kind: ErrInvalid, Detail: fmt.Sprintf("vCPU %d exists", id)}
 	}
-	fd, err := kvm.CreateVCPU(uintptr(v.fd), id)
+	fd, err := retryIntr(func() (uintptr, error) { return kvm.CreateVCPU(uintptr(v.fd), id) })
 	if err != nil {
 		return nil, ioctlErr("KVM_CREATE_VCPU", err)
 	}
@@ -346,11 +346,13 @@ func (c *vcpu) setup(e *kvmEngine, id int) error {
 	// With the in-kernel LAPIC, KVM starts every vCPU but 0 in
 	// wait-for-SIPI, where KVM_RUN blocks. klp-kvm's boot protocol starts
 	// every vCPU at the kernel entry, so all are made runnable.
-	if err := kvm.SetMPState(uintptr(c.fd), &kvm.MPState{State: kvm.MPStateRunnable}); err != nil {
+	if err := retryIntr0(func() error { return kvm.SetMPState(uintptr(c.fd), &kvm.MPState{State: kvm.MPStateRunnable}) }); err != nil {
 		return ioctlErr("KVM_SET_MP_STATE", err)
 	}
 	cpuid := vcpuCPUID(e.cpuid, id)
-	if err := kvm.SetCPUID2(uintptr(c.fd), &kvm.CPUID{Nent: uint32(len(cpuid)), Entries: cpuid}); err != nil {
+	if err := retryIntr0(func() error {
+		return kvm.SetCPUID2(uintptr(c.fd), &kvm.CPUID{Nent: uint32(len(cpuid)), Entries: cpuid})
+	}); err != nil {
 		return ioctlErr("KVM_SET_CPUID2", err)
 	}
 	// After SET_CPUID2: KVM accepts EXTD only once the guest's CPUID has

@@ -12,16 +12,21 @@ import (
 // This file holds every use of unsafe in package hw: pointers handed to the
 // kernel, and the atomic view of kvm_run.immediate_exit.
 
-// ioctl issues one ioctl and returns the kernel's result and errno.
+// ioctl issues one ioctl and returns the kernel's result and errno,
+// reissuing it after EINTR (see maxIntrRetries). Not for KVM_RUN.
 func ioctl(fd int, req, arg uintptr) (uintptr, unix.Errno) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
-	return r, errno
+	for i := 0; ; i++ {
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+		if errno != unix.EINTR || i == maxIntrRetries {
+			return r, errno
+		}
+	}
 }
 
 // runIoctl is KVM_RUN. unix.Syscall (not RawSyscall) tells the Go scheduler
 // that the thread blocks, so a long guest run does not hold a P.
 func runIoctl(fd int) unix.Errno {
-	_, errno := ioctl(fd, ioctlRun, 0)
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), ioctlRun, 0)
 	return errno
 }
 
