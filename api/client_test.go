@@ -20,7 +20,7 @@ func serveUnix(t *testing.T, h http.Handler) *Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: h}
+	srv := NewServer(h)
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	return NewClient(sock)

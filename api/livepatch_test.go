@@ -14,12 +14,12 @@ import (
 )
 
 // newLivepatchManager is a livepatch.Manager over a one-vCPU fake guest.
-func newLivepatchManager(t *testing.T) *livepatch.Manager {
+func newLivepatchManager(t testing.TB) *livepatch.Manager {
 	lm, _ := newFakeManager(t)
 	return lm
 }
 
-func newFakeManager(t *testing.T) (*livepatch.Manager, *fakeguest.Guest) {
+func newFakeManager(t testing.TB) (*livepatch.Manager, *fakeguest.Guest) {
 	t.Helper()
 	g, err := fakeguest.New(1)
 	if err != nil {
