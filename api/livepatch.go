@@ -117,7 +117,7 @@ func LivepatchRoutes(mux *http.ServeMux, lm *livepatch.Manager, m Machine) {
 				writeLivepatchError(w, "load", err)
 				return
 			}
-			WriteJSON(w, http.StatusOK, OpReply{Op: "load", Patch: p.Name, Result: resultJSON(res)})
+			WriteJSON(w, http.StatusOK, OpReply{Op: "load", Patch: p.Name, Result: res})
 		case "register":
 			p, err := lm.Register(req.Object, req.Name)
 			if err != nil {
@@ -152,7 +152,7 @@ func LivepatchRoutes(mux *http.ServeMux, lm *livepatch.Manager, m Machine) {
 				writeLivepatchError(w, op, err)
 				return
 			}
-			WriteJSON(w, http.StatusOK, OpReply{Op: op, Patch: name, Result: resultJSON(res)})
+			WriteJSON(w, http.StatusOK, OpReply{Op: op, Patch: name, Result: res})
 		}
 	}
 	handle(mux, RoutePatchEnable, nil, patchOp("enable", lm.Enable))
@@ -188,7 +188,6 @@ func checkPatchRequest(req PatchRequest, o OpRequest) error {
 func StatusJSON(st livepatch.Status) livepatch.Status {
 	st.Patches = emptyList(st.Patches)
 	st.Redirected = emptyList(st.Redirected)
-	st.Last = resultJSON(st.Last)
 	return st
 }
 
@@ -198,15 +197,6 @@ func emptyList[T any](s []T) []T {
 		return []T{}
 	}
 	return s
-}
-
-func resultJSON(r *livepatch.Result) *livepatch.Result {
-	if r == nil || r.Replaced != nil {
-		return r
-	}
-	c := *r
-	c.Replaced = []string{}
-	return &c
 }
 
 // WriteLivepatchError maps a livepatch error to its HTTP status and errno.
