@@ -3,13 +3,19 @@
 // and the logic lives in the packages they call.
 //
 // Exit status: 0 ok, 1 operation refused or failed (the message names the
-// errno), 2 usage.
+// errno; a missing or unreadable file is a failure too), 2 usage.
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 type command struct {
@@ -63,4 +69,41 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "klp-kvm: unknown command %q\n", args[0])
 	usage(stderr)
 	return 2
+}
+
+// parseInterleaved parses fs's flags wherever they stand among args:
+// before, between or after the positional arguments, which it returns in
+// order (`patch disable NAME --deadline 3s` is `patch --deadline 3s
+// disable NAME`). "--" ends the flags: everything after it is positional.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// fileError is a local file's error for a message: the file, the errno
+// name and its text ("x.o: ENOENT: no such file or directory"), without
+// the syscall Go adds ("open x.o: ...").
+func fileError(name string, err error) error {
+	var en syscall.Errno
+	if errors.As(err, &en) {
+		return fmt.Errorf("%s: %s: %v", name, unix.ErrnoName(en), en)
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s: %v", name, pe.Err)
+	}
+	return fmt.Errorf("%s: %v", name, err)
 }

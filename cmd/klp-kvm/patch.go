@@ -17,9 +17,14 @@ import (
 	"klp-kvm/livepatch"
 )
 
-const patchUsage = `usage: klp-kvm patch [--api SOCK] [--force] [--deadline D] [--conservative]
-         load OBJ | register OBJ | enable NAME | disable NAME | unregister NAME | unload NAME | list [--json]
-OBJ is a patch object file, or the name of an embedded sample (e.g. livepatch-sample).`
+const patchUsage = `usage: klp-kvm patch load|register OBJ [--force] [--deadline D] [--conservative] [--json]
+       klp-kvm patch enable|disable|unload NAME [--force] [--deadline D] [--conservative] [--json]
+       klp-kvm patch unregister NAME [--json]
+       klp-kvm patch list [--json]
+Flags may stand before or after the operation and its argument; --api SOCK
+(default $KLP_KVM_API, else ./klp-kvm.sock) names the control API socket.
+OBJ is a patch object file, or the name of an embedded sample (e.g.
+livepatch-sample). Exit status: 0 ok, 1 refused or failed, 2 usage.`
 
 // cmdPatch is `klp-kvm patch`: livepatch operations through the API.
 func cmdPatch(args []string, stdout, stderr io.Writer) int {
@@ -31,28 +36,32 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 	deadline := fs.Duration("deadline", 0, "how long to retry a blocked transition (default 5s)")
 	conservative := fs.Bool("conservative", false, "scan every stack word instead of the frame-pointer chain")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
+	rest, err := parseInterleaved(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
 		return 2
 	}
-	rest := fs.Args()
-	// Flags may also follow the operation (`patch list --json`).
-	if len(rest) > 1 {
-		if err := fs.Parse(rest[1:]); err != nil {
-			return 2
-		}
-		rest = append(rest[:1], fs.Args()...)
+	usage := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "klp-kvm patch: "+format+"\n%s\n", append(a, patchUsage)...)
+		return 2
 	}
 	if len(rest) == 0 {
-		fmt.Fprintln(stderr, patchUsage)
-		return 2
+		return usage("which operation?")
+	}
+	if *deadline < 0 {
+		return usage("--deadline %v: not a duration to wait", *deadline)
 	}
 	op := rest[0]
 	opts := api.OpRequest{Force: *force, DeadlineMS: int64(*deadline / time.Millisecond), Conservative: *conservative}
+	if *deadline > 0 && opts.DeadlineMS == 0 {
+		opts.DeadlineMS = 1 // under a millisecond: the shortest wait, not the default
+	}
 	switch op {
 	case "list":
 		if len(rest) != 1 {
-			fmt.Fprintln(stderr, patchUsage)
-			return 2
+			return usage("list takes no argument, got %q", rest[1])
 		}
 		var st livepatch.Status
 		if rc := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
@@ -68,13 +77,12 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "load", "register":
 		if len(rest) != 2 {
-			fmt.Fprintln(stderr, patchUsage)
-			return 2
+			return usage("%s takes one patch object (a file or an embedded sample)", op)
 		}
 		data, hint, err := readPatchObject(rest[1])
 		if err != nil {
-			fmt.Fprintf(stderr, "klp-kvm patch: %v\n", err)
-			return 2
+			fmt.Fprintf(stderr, "klp-kvm patch %s: %v\n", op, err)
+			return 1
 		}
 		req := api.PatchRequest{Op: op, Object: data, Name: hint, Force: opts.Force, DeadlineMS: opts.DeadlineMS,
 			Conservative: opts.Conservative}
@@ -88,8 +96,7 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 		return printOp(stdout, rep, *asJSON)
 	case "enable", "disable", "unregister", "unload":
 		if len(rest) != 2 {
-			fmt.Fprintln(stderr, patchUsage)
-			return 2
+			return usage("%s takes one patch name", op)
 		}
 		name := rest[1]
 		var rep api.OpReply
@@ -110,25 +117,43 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 		}
 		return printOp(stdout, rep, *asJSON)
 	}
-	fmt.Fprintf(stderr, "klp-kvm patch: unknown operation %q\n%s\n", op, patchUsage)
-	return 2
+	return usage("unknown operation %q", op)
 }
 
-// readPatchObject reads OBJ: a file, else an embedded sample by name.
+// readPatchObject reads OBJ: a file, else an embedded sample by name. It
+// returns the bytes and the file name the server may name the patch by.
 func readPatchObject(obj string) ([]byte, string, error) {
-	b, err := os.ReadFile(obj)
-	if err == nil {
-		return b, filepath.Base(obj), nil
+	f, err := os.Open(obj)
+	if errors.Is(err, fs.ErrNotExist) && !strings.Contains(obj, "/") {
+		b, gerr := guestkernel.Patch(obj)
+		if gerr != nil {
+			return nil, "", fmt.Errorf("%s: ENOENT: no such file, and no embedded sample of that name (have: %s)", obj,
+				strings.Join(guestkernel.PatchNames(), ", "))
+		}
+		return b, strings.TrimSuffix(obj, ".o") + ".o", nil
 	}
-	if !errors.Is(err, fs.ErrNotExist) || strings.Contains(obj, "/") {
-		return nil, "", err
+	if err != nil {
+		return nil, "", fileError(obj, err)
 	}
-	b, gerr := guestkernel.Patch(obj)
-	if gerr != nil {
-		return nil, "", fmt.Errorf("%s: no such file, and no embedded sample of that name (have: %s)", obj,
-			strings.Join(guestkernel.PatchNames(), ", "))
+	defer f.Close()
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, "", fileError(obj, err)
+	case fi.IsDir():
+		return nil, "", fmt.Errorf("%s: EISDIR: a directory, not a patch object", obj)
+	case !fi.Mode().IsRegular():
+		return nil, "", fmt.Errorf("%s: EINVAL: not a regular file", obj)
+	case fi.Size() == 0:
+		return nil, "", fmt.Errorf("%s: EINVAL: empty file, not a patch object", obj)
+	case fi.Size() > api.MaxPatchObject:
+		return nil, "", fmt.Errorf("%s: EFBIG: %d bytes, more than the %d MiB a patch object may have", obj, fi.Size(), api.MaxPatchObject>>20)
 	}
-	return b, strings.TrimSuffix(obj, ".o") + ".o", nil
+	b, err := io.ReadAll(io.LimitReader(f, api.MaxPatchObject+1))
+	if err != nil {
+		return nil, "", fileError(obj, err)
+	}
+	return b, filepath.Base(obj), nil
 }
 
 func printOp(w io.Writer, rep api.OpReply, asJSON bool) int {

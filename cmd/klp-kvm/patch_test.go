@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -34,7 +35,7 @@ func patchServer(t *testing.T) string {
 	}
 	mux := http.NewServeMux()
 	api.LivepatchRoutes(mux, lm, nil)
-	srv := &http.Server{Handler: mux}
+	srv := api.NewServer(mux)
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	return sock
@@ -69,11 +70,19 @@ func TestPatchCommand(t *testing.T) {
 	if rc != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Patches) != 1 {
 		t.Fatalf("list --json: %d %q", rc, out)
 	}
+	for _, key := range []string{`"redirected_sites": [`, `"addr":`, `"func": "cmdline_proc_show"`, `"func_off":`} {
+		if !strings.Contains(out, key) {
+			t.Errorf("list --json lacks %s:\n%s", key, out)
+		}
+	}
 	rc, _, errs = runPatch(sock, "--force", "unload", "livepatch_sample")
 	if rc != 0 {
 		t.Fatalf("unload: %d %q", rc, errs)
 	}
-	if rc, _, errs = runPatch(sock, "register", "no-such-sample"); rc != 2 || !strings.Contains(errs, "livepatch-sample.o") {
+	if rc, out, _ = runPatch(sock, "list", "--json"); rc != 0 || !strings.Contains(out, `"patches": []`) || !strings.Contains(out, `"redirected_sites": []`) {
+		t.Errorf("empty list --json: %d %s", rc, out)
+	}
+	if rc, _, errs = runPatch(sock, "register", "no-such-sample"); rc != 1 || !strings.Contains(errs, "livepatch-sample") {
 		t.Fatalf("unknown object: %d %q", rc, errs)
 	}
 	// Names travel path-escaped: one with '/' or '%' reaches the livepatch
@@ -93,7 +102,94 @@ func TestPatchCommand(t *testing.T) {
 	if rc, _, _ = runPatch(sock); rc != 2 {
 		t.Fatalf("no op: %d", rc)
 	}
-	if rc, _, errs = runPatch(filepath.Join(t.TempDir(), "none.sock"), "list"); rc != 1 {
+	if rc, _, errs = runPatch(filepath.Join(t.TempDir(), "none.sock"), "list"); rc != 1 || !strings.Contains(errs, "cannot reach klp-kvm") || !strings.Contains(errs, "ENOENT") {
 		t.Fatalf("unreachable API: %d %q", rc, errs)
+	}
+}
+
+// Flags may follow the operation and its argument, as README shows.
+func TestPatchFlagsAnywhere(t *testing.T) {
+	sock := patchServer(t)
+	steps := [][]string{
+		{"register", "livepatch-sample", "--json"},
+		{"enable", "livepatch_sample", "--force", "--deadline", "3s"},
+		{"disable", "livepatch_sample", "--deadline", "3s", "--conservative"},
+		{"--deadline=1s", "enable", "--force", "livepatch_sample"},
+		{"unload", "livepatch_sample", "--deadline", "3s", "--json"},
+	}
+	for _, args := range steps {
+		if rc, out, errs := runPatch(sock, args...); rc != 0 {
+			t.Fatalf("%q: %d %q %q", args, rc, out, errs)
+		}
+	}
+	if rc, out, _ := runPatch(sock, "list", "--json"); rc != 0 || !strings.Contains(out, `"patches": []`) {
+		t.Fatalf("after: %d %s", rc, out)
+	}
+	// "--" ends the flags: a name that looks like one is a name.
+	if rc, _, errs := runPatch(sock, "enable", "--", "--force"); rc != 1 || !strings.Contains(errs, "enable --force: ENOENT") {
+		t.Errorf("enable -- --force: %d %q", rc, errs)
+	}
+}
+
+// What the user reads when something is refused or fails: the errno named
+// once, no API route, the operation asked for, and exit statuses as README
+// says (1 refused or failed, 2 usage).
+func TestPatchMessages(t *testing.T) {
+	sock := patchServer(t)
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty.o")
+	os.WriteFile(empty, nil, 0o644)
+	junk := filepath.Join(dir, "junk.o")
+	os.WriteFile(junk, []byte("not an ELF file"), 0o644)
+	unreadable := filepath.Join(dir, "secret.o")
+	os.WriteFile(unreadable, []byte("x"), 0o644)
+	if rc, _, _ := runPatch(sock, "load", "livepatch-sample"); rc != 0 {
+		t.Fatal("load failed")
+	}
+	cases := []struct {
+		args  []string
+		rc    int
+		errno string // named exactly once
+		want  string
+	}{
+		{[]string{"load", "livepatch-sample"}, 1, "EEXIST", "register livepatch_sample: EEXIST"},
+		{[]string{"enable", "livepatch_sample"}, 1, "EINVAL", "enable livepatch_sample: EINVAL: the patch is already enabled"},
+		{[]string{"unload", "nosuch"}, 1, "ENOENT", "unload nosuch: ENOENT: no such patch"},
+		{[]string{"disable", "nosuch", "--deadline", "3s"}, 1, "ENOENT", "disable nosuch: ENOENT"},
+		{[]string{"unregister", "nosuch"}, 1, "ENOENT", "unregister nosuch: ENOENT"},
+		{[]string{"enable", strings.Repeat("x", 300)}, 1, "ENOENT", "enable " + strings.Repeat("x", api.MaxEcho) + "...: ENOENT"},
+		{[]string{"load", filepath.Join(dir, "missing.o")}, 1, "ENOENT", "missing.o: ENOENT: no such file or directory"},
+		{[]string{"load", "missing.o"}, 1, "ENOENT", "no embedded sample of that name"},
+		{[]string{"load", empty}, 1, "EINVAL", "empty.o: EINVAL: empty file, not a patch object"},
+		{[]string{"load", dir}, 1, "EISDIR", "a directory, not a patch object"},
+		{[]string{"register", junk}, 1, "EINVAL", "register junk.o: EINVAL"},
+		{[]string{"load"}, 2, "", "load takes one patch object"},
+		{[]string{"enable"}, 2, "", "enable takes one patch name"},
+		{[]string{"list", "extra"}, 2, "", "list takes no argument"},
+		{[]string{"enable", "x", "--deadline", "-1s"}, 2, "", "--deadline -1s"},
+		{[]string{"enable", "x", "--bogus"}, 2, "", "flag provided but not defined: -bogus"},
+	}
+	for _, c := range cases {
+		rc, out, errs := runPatch(sock, c.args...)
+		if c.rc == 1 {
+			t.Logf("patch %s -> %d: %s", strings.Join(c.args, " "), rc, strings.TrimSpace(errs))
+		}
+		if rc != c.rc || !strings.Contains(errs, c.want) || out != "" {
+			t.Errorf("patch %q: %d %q %q, want %d and %q", c.args, rc, out, errs, c.rc, c.want)
+		}
+		if c.errno != "" && strings.Count(errs, c.errno) != 1 {
+			t.Errorf("patch %q: %q names %s %d times", c.args, errs, c.errno, strings.Count(errs, c.errno))
+		}
+		for _, bad := range []string{"/patches", "POST", "api:", "http://"} {
+			if strings.Contains(errs, bad) {
+				t.Errorf("patch %q: message shows %q: %q", c.args, bad, errs)
+			}
+		}
+		if c.rc == 1 && len(errs) > 600 {
+			t.Errorf("patch %q: %d-byte message", c.args, len(errs))
+		}
+	}
+	if rc, out, _ := runPatch(sock, "-h"); rc != 0 || out != "" {
+		t.Errorf("-h: %d", rc)
 	}
 }
