@@ -91,7 +91,7 @@ func Listen(path string) (*Listener, error) {
 		ul.Close()
 		return nil, fmt.Errorf("api: chmod socket: %w", err)
 	}
-	if err := os.Link(tmp, path); err != nil {
+	if err := placeNoReplace(tmp, path); err != nil {
 		ul.Close()
 		if errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("api: %s: created by someone else while this server started; refusing to replace it", path)
@@ -106,6 +106,23 @@ func Listen(path string) (*Listener, error) {
 	l := &Listener{UnixListener: ul, path: path, uid: os.Geteuid(), fi: fi, conns: make(chan struct{}, MaxConns)}
 	l.allow = func(uid uint32) bool { return uid == 0 || int(uid) == l.uid }
 	return l, nil
+}
+
+// placeNoReplace gives the socket at tmp the name path, failing with
+// EEXIST rather than replacing a file there: a hard link, or where the
+// file system has none, a rename with RENAME_NOREPLACE.
+func placeNoReplace(tmp, path string) error {
+	err := os.Link(tmp, path)
+	if err == nil || errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	if rerr := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); rerr != nil {
+		if errors.Is(rerr, unix.EEXIST) {
+			return fs.ErrExist
+		}
+		return err
+	}
+	return nil
 }
 
 // probeStale returns nil if the socket at path is stale (nobody listens),

@@ -42,7 +42,7 @@ const (
 	// wait for its next request. There is no write timeout: a transition
 	// may retry up to its deadline, and the client bounds its own wait.
 	ReadHeaderTimeout = 5 * time.Second
-	ReadTimeout       = 30 * time.Second
+	ReadTimeout       = 10 * time.Second
 	IdleTimeout       = 60 * time.Second
 	// MaxHeaderBytes caps the request line and headers.
 	MaxHeaderBytes = 8 << 10
