@@ -161,7 +161,9 @@ func printOp(w io.Writer, rep api.OpReply, asJSON bool) int {
 		return printJSON(w, rep)
 	}
 	fmt.Fprintf(w, "%s %s: ok", rep.Op, rep.Patch)
-	if r := rep.Result; r != nil {
+	// An unload of a disabled patch only unregisters: nothing switched,
+	// nothing to tell.
+	if r := rep.Result; r != nil && (r.Attempts > 0 || r.Funcs > 0) {
 		fmt.Fprintf(w, " (%d functions switched in a %v pause, %d attempt(s), %v in all", r.Funcs,
 			r.PauseWindow.Round(time.Microsecond), r.Attempts, r.Total.Round(time.Microsecond))
 		if r.Steps > 0 {
