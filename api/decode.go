@@ -47,7 +47,10 @@ func decodeStrict(body []byte, v any) error {
 		if err != nil {
 			return syntaxError(err)
 		}
-		key := tok.(string) // inside an object the decoder gives keys as strings
+		key, ok := tok.(string) // the decoder gives keys as strings, or an error
+		if !ok {
+			return fmt.Errorf("malformed JSON: %s where a field name belongs", tokenKind(tok))
+		}
 		f, ok := fields[key]
 		switch {
 		case !ok:
