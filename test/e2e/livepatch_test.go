@@ -17,7 +17,7 @@ import (
 	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
 	"klp-kvm/livepatch"
-	"klp-kvm/livepatch/session"
+	"klp-kvm/vmm"
 )
 
 // Live patching end to end: the embedded guest kernel booted on the engine
@@ -25,16 +25,16 @@ import (
 
 const patched = "this has been live patched"
 
-func boot(t testing.TB, cpus int) *session.Session {
+func boot(t testing.TB, cpus int) *vmm.VMM {
 	t.Helper()
 	// KLP_E2E_CMDLINE adds to the guest's command line, e.g.
 	// klp.worker_sleep_ms=0 for workers that never sleep (the heaviest
 	// load for the consistency tests).
-	cfg := session.Config{Engine: EngineName(), CPUs: cpus, Cmdline: strings.TrimSpace("console=ttyS0 " + os.Getenv("KLP_E2E_CMDLINE"))}
+	cfg := vmm.Config{Engine: EngineName(), CPUs: cpus, Cmdline: strings.TrimSpace("console=ttyS0 " + os.Getenv("KLP_E2E_CMDLINE"))}
 	if os.Getenv("KLP_E2E_CONSOLE") != "" {
 		cfg.Console = os.Stderr // the guest console, for debugging
 	}
-	s, err := session.Start(cfg)
+	s, err := vmm.Boot(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func boot(t testing.TB, cpus int) *session.Session {
 	return s
 }
 
-func sh(t testing.TB, s *session.Session, cmd string) string {
+func sh(t testing.TB, s *vmm.VMM, cmd string) string {
 	t.Helper()
 	out, err := s.Exec(cmd)
 	if err != nil {
@@ -62,7 +62,7 @@ func obj(t testing.TB, name string) []byte {
 
 // textHash hashes the kernel's executable segments and the whole patch
 // area, read while the guest is paused.
-func textHash(t testing.TB, s *session.Session) [32]byte {
+func textHash(t testing.TB, s *vmm.VMM) [32]byte {
 	t.Helper()
 	k, err := elfpatch.ParseKernel(guestkernel.Vmlinux())
 	if err != nil {
@@ -94,7 +94,7 @@ func textHash(t testing.TB, s *session.Session) [32]byte {
 	return out
 }
 
-func refuse(t *testing.T, s *session.Session, want syscall.Errno, op func() error) {
+func refuse(t *testing.T, s *vmm.VMM, want syscall.Errno, op func() error) {
 	t.Helper()
 	before := textHash(t, s)
 	names := fmt.Sprint(s.Manager.Patches())
@@ -211,7 +211,7 @@ func (s *switchStats) String() string {
 
 var violationsRE = regexp.MustCompile(`pair_violations: (\d+)`)
 
-func violations(t testing.TB, s *session.Session) int {
+func violations(t testing.TB, s *vmm.VMM) int {
 	m := violationsRE.FindStringSubmatch(sh(t, s, "cat /proc/klp_selftest"))
 	if m == nil {
 		t.Fatal("no pair_violations in /proc/klp_selftest")
@@ -343,7 +343,7 @@ func pollUntil(t testing.TB, what string, cond func() bool) {
 
 var benchCallsRE = regexp.MustCompile(`bench_calls: (\d+)`)
 
-func benchCalls(t testing.TB, s *session.Session) int {
+func benchCalls(t testing.TB, s *vmm.VMM) int {
 	m := benchCallsRE.FindStringSubmatch(sh(t, s, "cat /proc/klp_selftest"))
 	if m == nil {
 		t.Fatal("no bench_calls")

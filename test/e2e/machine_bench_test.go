@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"klp-kvm/kvm"
-	"klp-kvm/livepatch/latency"
+	"klp-kvm/latency"
 )
 
 // firstByte signals the first console byte.

@@ -11,7 +11,7 @@ import (
 	"klp-kvm/guestkernel"
 	"klp-kvm/kvm/engine"
 	"klp-kvm/livepatch"
-	"klp-kvm/livepatch/session"
+	"klp-kvm/vmm"
 )
 
 // requireBreakpoints skips the caller where execution breakpoints do not
@@ -21,7 +21,7 @@ import (
 // budget, which the progress guarantee tolerates). Hardware KVM, kvm_pvm
 // and emu all stop. The probe: sched_tick runs on every vCPU every
 // millisecond, so a vCPU let run for a second must reach it.
-func requireBreakpoints(t *testing.T, s *session.Session) {
+func requireBreakpoints(t *testing.T, s *vmm.VMM) {
 	t.Helper()
 	tick := kernelSym(t, "sched_tick")
 	m := s.Machine
@@ -56,7 +56,7 @@ func kernelSym(t *testing.T, name string) guestkernel.Symbol {
 
 // pairPatched boots a 2-vCPU guest where breakpoints work, with the pair
 // patch loaded and enabled.
-func pairPatched(t *testing.T) (*session.Session, *livepatch.Patch) {
+func pairPatched(t *testing.T) (*vmm.VMM, *livepatch.Patch) {
 	t.Helper()
 	s := boot(t, 2)
 	requireBreakpoints(t, s)

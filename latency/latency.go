@@ -15,7 +15,7 @@ import (
 
 	"klp-kvm/guestkernel"
 	"klp-kvm/livepatch"
-	"klp-kvm/livepatch/session"
+	"klp-kvm/vmm"
 )
 
 // Config is one measurement campaign.
@@ -50,7 +50,7 @@ func Run(cfg Config) ([]Row, error) {
 	}
 	var rows []Row
 	for _, cpus := range cfg.CPUs {
-		s, err := session.Start(session.Config{Engine: cfg.Engine, CPUs: cpus})
+		s, err := vmm.Boot(vmm.Config{Engine: cfg.Engine, CPUs: cpus})
 		if err != nil {
 			return rows, fmt.Errorf("boot %d vCPUs: %w", cpus, err)
 		}
@@ -73,7 +73,7 @@ func Run(cfg Config) ([]Row, error) {
 // Measure enables and disables livepatch-bench cut down to n functions
 // iters times on a booted guest, with a bare Pause+Resume before each
 // enable, and returns the medians.
-func Measure(s *session.Session, n, iters int) (Row, error) {
+func Measure(s *vmm.VMM, n, iters int) (Row, error) {
 	full, err := guestkernel.Patch("livepatch-bench")
 	if err != nil {
 		return Row{}, err
