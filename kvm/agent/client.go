@@ -74,15 +74,23 @@ type reply struct {
 	err   *Error
 }
 
-// Client talks to one guest agent. Requests are serialised: one in flight.
+// Client talks to one guest agent. Many requests may be in flight at once:
+// each carries its own id and waits for the reply with that id. The guest
+// runs guest-call on a worker of its own, so a callback the host runs while
+// handling a guest event (a sysfs write of a patch with callbacks, made by
+// a guest-file-write or guest-exec still in flight) is not queued behind
+// the very request that waits for it.
 type Client struct {
 	rw   io.ReadWriter
 	opts Options
 
-	callMu  sync.Mutex // one request at a time
-	writeMu sync.Mutex
+	writeMu sync.Mutex // one line at a time on the wire
 	nextID  atomic.Uint64
-	replies chan reply
+	// waitMu guards waiting: the reply channel of every request in
+	// flight, by id. The reader delivers a reply to its waiter and counts
+	// any other as unmatched.
+	waitMu  sync.Mutex
+	waiting map[uint64]chan reply
 	events  chan Event
 	done    chan struct{} // closed when the reader stops
 	stopped atomic.Bool
@@ -102,7 +110,7 @@ func New(rw io.ReadWriter, opts Options) *Client {
 	if opts.MaxRequest <= 0 {
 		opts.MaxRequest = DefaultMaxRequest
 	}
-	c := &Client{rw: rw, opts: opts, replies: make(chan reply, 16), events: make(chan Event, eventQueue),
+	c := &Client{rw: rw, opts: opts, waiting: map[uint64]chan reply{}, events: make(chan Event, eventQueue),
 		done: make(chan struct{})}
 	go c.readLoop()
 	go c.eventLoop()
@@ -232,11 +240,15 @@ func (c *Client) handleLine(line []byte) {
 		c.unmatched.Add(1)
 		return
 	}
-	select {
-	case c.replies <- rp:
-	default:
-		c.unmatched.Add(1) // nobody is waiting and the buffer is full
+	c.waitMu.Lock()
+	ch, ok := c.waiting[rp.id]
+	delete(c.waiting, rp.id)
+	c.waitMu.Unlock()
+	if !ok {
+		c.unmatched.Add(1) // a late reply to an abandoned request
+		return
 	}
+	ch <- rp // buffered: never blocks the reader
 }
 
 func (c *Client) eventLoop() {
@@ -296,47 +308,39 @@ func (c *Client) Call(ctx context.Context, cmd string, args any, result any) err
 		ctx, cancel = context.WithTimeout(ctx, c.opts.Timeout)
 		defer cancel()
 	}
-	c.callMu.Lock()
-	defer c.callMu.Unlock()
 	if err := ctx.Err(); err != nil { // do not send what nobody will wait for
 		return &Error{Op: cmd, Kind: ErrTimeout, Err: err}
 	}
-	// drop replies that arrived for earlier, abandoned requests
-	for drained := false; !drained; {
-		select {
-		case <-c.replies:
-			c.unmatched.Add(1)
-		default:
-			drained = true
-		}
-	}
 	id := c.nextID.Add(1)
+	ch := make(chan reply, 1)
+	c.waitMu.Lock()
+	c.waiting[id] = ch
+	c.waitMu.Unlock()
+	defer func() { // abandoned: a late reply is then counted as unmatched
+		c.waitMu.Lock()
+		delete(c.waiting, id)
+		c.waitMu.Unlock()
+	}()
 	c.requests.Add(1)
 	if err := c.send(cmd, request{Execute: cmd, Arguments: args, ID: id}); err != nil {
 		return err
 	}
-	for {
-		select {
-		case rp := <-c.replies:
-			if rp.id != id {
-				c.unmatched.Add(1)
-				continue
-			}
-			if rp.err != nil {
-				rp.err.Op = cmd
-				return rp.err
-			}
-			if result != nil {
-				if err := json.Unmarshal(rp.ret, result); err != nil {
-					return &Error{Op: cmd, Kind: ErrProtocol, Desc: "unexpected return value " + truncate(rp.ret), Err: err}
-				}
-			}
-			return nil
-		case <-c.done:
-			return c.closedErr(cmd)
-		case <-ctx.Done():
-			return &Error{Op: cmd, Kind: ErrTimeout, Err: ctx.Err()}
+	select {
+	case rp := <-ch:
+		if rp.err != nil {
+			rp.err.Op = cmd
+			return rp.err
 		}
+		if result != nil {
+			if err := json.Unmarshal(rp.ret, result); err != nil {
+				return &Error{Op: cmd, Kind: ErrProtocol, Desc: "unexpected return value " + truncate(rp.ret), Err: err}
+			}
+		}
+		return nil
+	case <-c.done:
+		return c.closedErr(cmd)
+	case <-ctx.Done():
+		return &Error{Op: cmd, Kind: ErrTimeout, Err: ctx.Err()}
 	}
 }
 
