@@ -256,6 +256,23 @@ func (m *Machine) Stop() { m.finish(0, nil) }
 // Done is closed when the machine has stopped for any reason.
 func (m *Machine) Done() <-chan struct{} { return m.doneCh }
 
+// StopReason says how the machine stopped: nil while it runs, else its
+// error (a guest fault, every vCPU halted) or its power-off code. Stop and
+// a guest power-off with code 0 read alike.
+func (m *Machine) StopReason() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case !m.finished:
+		return nil
+	case m.exitErr != nil:
+		return m.exitErr
+	case m.exitCode != 0:
+		return errorf("run", ErrGuest, "guest powered off with code %d", m.exitCode)
+	}
+	return errorf("run", ErrStopped, "guest powered off or stopped by the host")
+}
+
 // Close releases the VM and guest RAM. Call it after Run has returned (or
 // instead of Run).
 func (m *Machine) Close() error {

@@ -70,6 +70,7 @@ type VMM struct {
 
 	cfg     Config
 	events  io.Writer
+	console *consoleTail
 	started atomic.Bool
 	t0      time.Time // Start; written before the handshake goroutine starts
 
@@ -80,6 +81,11 @@ type VMM struct {
 	runErr    error         // written before stopped is closed
 	closeOnce sync.Once
 	closeErr  error
+
+	// draining refuses new guest sysfs writes (ESHUTDOWN); inEvents
+	// counts the ones being carried out (Drain waits for them).
+	draining atomic.Bool
+	inEvents sync.WaitGroup
 }
 
 // New builds the machine, the agent client and the livepatch manager. The
@@ -98,12 +104,13 @@ func New(cfg Config) (*VMM, error) {
 	if err != nil {
 		return nil, err
 	}
+	console := &consoleTail{w: cfg.Console}
 	m, err := kvm.New(kvm.Config{Engine: eng, CPUs: cfg.CPUs, MemMiB: cfg.MemMiB, Kernel: cfg.Kernel,
-		Cmdline: cfg.Cmdline, Console: cfg.Console, ConsoleIn: cfg.ConsoleIn})
+		Cmdline: cfg.Cmdline, Console: console, ConsoleIn: cfg.ConsoleIn})
 	if err != nil {
 		return nil, err
 	}
-	v := &VMM{Machine: m, EngineWhy: why, cfg: cfg, events: cfg.Events,
+	v := &VMM{Machine: m, EngineWhy: why, cfg: cfg, events: cfg.Events, console: console,
 		ready: make(chan struct{}), stopped: make(chan struct{})}
 	if v.events == nil {
 		v.events = io.Discard
@@ -112,7 +119,7 @@ func New(cfg Config) (*VMM, error) {
 	// needs it, and the agent before the manager's callbacks can run: the
 	// event handler reads v.Manager, which is set before Start lets the
 	// guest run and so before any event can arrive.
-	v.Agent = agent.New(m.AgentPort(), agent.Options{OnEvent: v.event})
+	v.Agent = agent.New(m.AgentPort(), agent.Options{OnEvent: v.event, Cause: v.GuestStopped})
 	lm, err := livepatch.New(livepatch.Config{Guest: m, Vmlinux: cfg.Kernel, PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: m.Layout().PatchAreaSize, Callbacks: Callbacks(v.Agent)})
 	if err != nil {
@@ -210,6 +217,21 @@ func (v *VMM) WaitReady(ctx context.Context) error {
 	}
 }
 
+// GuestStopped is nil while the guest runs; once it has stopped, an error
+// saying how (its power-off code or the machine's
+// error) with the last lines of its console. The agent gives it to every
+// request in flight when the channel ends, so each caller learns why.
+func (v *VMM) GuestStopped() error {
+	why := v.Machine.StopReason()
+	if why == nil {
+		return nil
+	}
+	if tail := v.console.Lines(); tail != "" {
+		return fmt.Errorf("the guest stopped: %w; last console lines:\n%s", why, tail)
+	}
+	return fmt.Errorf("the guest stopped: %w", why)
+}
+
 // stopError describes how the guest stopped; v.stopped must be closed.
 func (v *VMM) stopError() error {
 	switch {
@@ -250,12 +272,35 @@ func (v *VMM) event(ev agent.Event) {
 		fmt.Fprintf(v.events, "klp-kvm: %v\n", err)
 		return
 	}
+	v.inEvents.Add(1)
+	defer v.inEvents.Done()
 	errno := syscall.ENODEV
-	if v.Manager != nil {
+	switch {
+	case v.draining.Load():
+		errno = syscall.ESHUTDOWN
+	case v.Manager != nil:
 		errno = Errno(v.Manager.SysfsWrite(w.Path, w.Value))
 	}
 	if err := v.Agent.SysfsReply(w.ID, int(errno)); err != nil {
 		fmt.Fprintf(v.events, "klp-kvm: sysfs-reply: %v\n", err)
+	}
+}
+
+// Drain prepares a clean stop: guest sysfs writes from now on are refused
+// with ESHUTDOWN, and those being carried out (a transition started from
+// inside the guest) are waited for, until ctx ends. A transition finishes
+// or rolls back within its own deadline, so Drain with a context longer
+// than that leaves no operation half done. The API's own requests are
+// drained by the HTTP server's Shutdown, before this.
+func (v *VMM) Drain(ctx context.Context) error {
+	v.draining.Store(true)
+	done := make(chan struct{})
+	go func() { v.inEvents.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("guest sysfs writes still in progress: %w", ctx.Err())
 	}
 }
 

@@ -158,3 +158,27 @@ func BenchmarkBootToReady(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/ready")
 }
+
+// TestGuestStopReachesCallers: a request in flight when the guest stops
+// fails at once, saying how the guest stopped and what it printed last,
+// instead of a bare EOF or a timeout.
+func TestGuestStopReachesCallers(t *testing.T) {
+	v, err := Boot(Config{Engine: engine, CPUs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	rec := do(t, v.Handler(), api.RouteGuestExec, api.ExecRequest{Cmd: "poweroff 7"})
+	body := rec.Body.String()
+	t.Logf("caller sees: %d %s", rec.Code, body)
+	if rec.Code != http.StatusBadGateway || !strings.Contains(body, "code 7") || !strings.Contains(body, "last console lines") {
+		t.Fatalf("exec poweroff: %d %s", rec.Code, body)
+	}
+	if code, _ := v.Wait(); code != 7 {
+		t.Fatalf("power-off code %d", code)
+	}
+	// A request after the stop gets the same explanation.
+	if _, err := v.Agent.Info(t.Context()); err == nil || !errors.Is(err, agent.ErrClosed) || !strings.Contains(err.Error(), "code 7") {
+		t.Fatalf("request after the stop: %v", err)
+	}
+}

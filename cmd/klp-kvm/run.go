@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/term"
 
@@ -92,18 +93,32 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	defer os.Remove(path)
 	srv := &http.Server{Handler: v.Handler()}
 	go srv.Serve(l)
-	defer srv.Close()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	stopped := make(chan struct{}) // the API is drained and the guest told to stop
 	go func() {
+		defer close(stopped)
+		// On a signal or Ctrl-A x, operations in flight finish or roll back
+		// (each within its own deadline) before the guest stops; when the
+		// guest stopped by itself, they fail at once saying so.
+		grace := shutdownGrace
 		select {
 		case s := <-sigs:
-			fmt.Fprintf(stderr, "\r\nklp-kvm: %v: stopping the guest\r\n", s)
+			fmt.Fprintf(stderr, "\r\nklp-kvm: %v: finishing operations in progress, then stopping the guest\r\n", s)
 		case <-quit:
-			fmt.Fprint(stderr, "\r\nklp-kvm: Ctrl-A x: stopping the guest\r\n")
+			fmt.Fprint(stderr, "\r\nklp-kvm: Ctrl-A x: finishing operations in progress, then stopping the guest\r\n")
 		case <-v.Stopped():
+			grace = stoppedGrace
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			fmt.Fprintf(stderr, "klp-kvm: API requests still running after %v: %v\r\n", grace, err)
+		}
+		if err := v.Drain(ctx); err != nil {
+			fmt.Fprintf(stderr, "klp-kvm: %v\r\n", err)
 		}
 		v.Machine.Stop()
 	}()
@@ -111,6 +126,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
 		return 1
 	}
+	defer func() { <-stopped }()
 	code, err := v.Wait()
 	switch {
 	case err != nil:
@@ -122,6 +138,16 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	return 0
 }
+
+// shutdownGrace bounds how long run waits, on a signal, for API requests
+// and guest-initiated transitions in flight: longer than a transition's
+// default deadline (5 s) plus its callbacks, so a normal one completes or
+// rolls back. stoppedGrace is the same once the guest stopped by itself:
+// the requests then fail at once, and only need to be answered.
+const (
+	shutdownGrace = 30 * time.Second
+	stoppedGrace  = 2 * time.Second
+)
 
 func loadKernel(path string) ([]byte, error) {
 	if path != "" {

@@ -52,6 +52,11 @@ type Options struct {
 	OnEvent func(Event)
 	// OnGarbage is told about every line that was skipped and why.
 	OnGarbage  func(line []byte, err error)
+	// Cause, if set, explains why the channel ended (the VMM: how the
+	// guest stopped, with its last console lines). It is called once the
+	// byte stream has ended, and its error is the cause of every ErrClosed
+	// error from then on, so each caller in flight learns why.
+	Cause      func() error
 	Timeout    time.Duration // per request, when the context has no deadline
 	MaxLine    int
 	MaxRequest int
@@ -184,9 +189,16 @@ func (c *Client) readLoop() {
 			line, tooLong = line[:0], false
 		}
 		if err != nil {
-			if errors.Is(err, io.EOF) || c.stopped.Load() {
+			var cause error
+			if c.opts.Cause != nil {
+				cause = c.opts.Cause()
+			}
+			switch {
+			case cause != nil:
+				c.readErr = cause
+			case errors.Is(err, io.EOF) || c.stopped.Load():
 				c.readErr = errorf("read", ErrClosed, "agent channel ended")
-			} else {
+			default:
 				c.readErr = &Error{Op: "read", Kind: ErrClosed, Err: err}
 			}
 			return
