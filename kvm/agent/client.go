@@ -51,7 +51,7 @@ type Options struct {
 	// dropped and counted.
 	OnEvent func(Event)
 	// OnGarbage is told about every line that was skipped and why.
-	OnGarbage  func(line []byte, err error)
+	OnGarbage func(line []byte, err error)
 	// Cause, if set, explains why the channel ended (the VMM: how the
 	// guest stopped, with its last console lines). It is called once the
 	// byte stream has ended, and its error is the cause of every ErrClosed
