@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"iter"
 	"slices"
 	"sort"
 	"strings"
@@ -91,11 +92,14 @@ type FuncInfo struct {
 // Patchable reports whether the function can be patched.
 func (fi *FuncInfo) Patchable() bool { return fi.ReasonKind == "" }
 
-// Kernel is a parsed guest kernel image.
+// Kernel is a parsed guest kernel image. It is the host's only reader of
+// the guest kernel's ELF: the VMM loads it from Entry and Segments, the
+// introspection and livepatch code use its symbols and fentry sites, so one
+// parse can serve a whole machine.
 type Kernel struct {
 	f        *elfFile
-	Entry    uint64
-	Segments []Segment
+	Entry    uint64    // e_entry
+	Segments []Segment // the PT_LOAD program headers, in file order (file ranges checked)
 
 	byName []int32 // lookup-able symbols sorted by (name, addr, index)
 	byAddr []int32 // symbols with an address in an allocated section, sorted by addr
@@ -189,8 +193,12 @@ func (k *Kernel) parseSegments() error {
 		if p.Type != ptLoad {
 			continue
 		}
-		if _, ok := k.f.span(p.Offset, p.Filesz); !ok || p.Filesz > p.Memsz {
-			return k.f.errf(ErrFormat, "PT_LOAD %d: file range %#x+%#x (memsz %#x) invalid", i, p.Offset, p.Filesz, p.Memsz)
+		if p.Filesz > p.Memsz {
+			return k.f.errf(ErrFormat, "PT_LOAD %d: filesz %#x > memsz %#x", i, p.Filesz, p.Memsz)
+		}
+		if _, ok := k.f.span(p.Offset, p.Filesz); !ok {
+			return k.f.errf(ErrFormat, "PT_LOAD %d: file range %#x+%#x runs beyond the end of the %d-byte file (truncated?)",
+				i, p.Offset, p.Filesz, len(k.f.data))
 		}
 		k.Segments = append(k.Segments, Segment{Vaddr: p.Vaddr, Paddr: p.Paddr, Offset: p.Offset,
 			Filesz: p.Filesz, Memsz: p.Memsz, Flags: p.Flags})
@@ -244,6 +252,16 @@ func (k *Kernel) index() {
 	}
 	slices.SortFunc(k.text, func(a, b int32) int { return cmp.Compare(secs[a].Addr, secs[b].Addr) })
 }
+
+// Type is the image's ELF type: ET_EXEC (linked at a fixed address, as a
+// vmlinux is) or ET_DYN (ParseKernel accepts nothing else).
+func (k *Kernel) Type() FileType { return FileType(k.f.hdr.Type) }
+
+// SegmentBytes returns the file bytes of a segment: its first Filesz bytes
+// in memory (the rest, up to Memsz, is zero). It is false if s does not lie
+// inside the image (every segment of k.Segments does). The slice is
+// shared: do not modify it.
+func (k *Kernel) SegmentBytes(s Segment) ([]byte, bool) { return k.f.span(s.Offset, s.Filesz) }
 
 // Sections returns the section headers.
 func (k *Kernel) Sections() []Section { return k.f.sections }
@@ -357,6 +375,24 @@ func (k *Kernel) Sympos(index int) (pos, count int) {
 // symbol covers up to the next symbol. ok is false outside every symbol.
 func (k *Kernel) Addr2Sym(addr uint64) (sym Symbol, off uint64, ok bool) {
 	return k.addr2sym(addr, false)
+}
+
+// Addr2Func is Addr2Sym among function symbols only (STT_FUNC): the
+// function a code address belongs to, for naming guest addresses.
+func (k *Kernel) Addr2Func(addr uint64) (sym Symbol, off uint64, ok bool) {
+	return k.addr2sym(addr, true)
+}
+
+// FuncSymbols yields the function symbols (STT_FUNC) defined in allocated
+// sections, in ascending address order (aliases in symbol table order).
+func (k *Kernel) FuncSymbols() iter.Seq[Symbol] {
+	return func(yield func(Symbol) bool) {
+		for _, idx := range k.byAddr {
+			if s := k.f.symbols[idx]; s.Type == TypeFunc && !yield(s) {
+				return
+			}
+		}
+	}
 }
 
 func (k *Kernel) addr2sym(addr uint64, funcsOnly bool) (Symbol, uint64, bool) {
