@@ -253,6 +253,10 @@ func (k *Kernel) index() {
 	slices.SortFunc(k.text, func(a, b int32) int { return cmp.Compare(secs[a].Addr, secs[b].Addr) })
 }
 
+// Data returns the image bytes the kernel was parsed from (ParseKernel's
+// data). The slice is shared: do not modify it.
+func (k *Kernel) Data() []byte { return k.f.data }
+
 // Type is the image's ELF type: ET_EXEC (linked at a fixed address, as a
 // vmlinux is) or ET_DYN (ParseKernel accepts nothing else).
 func (k *Kernel) Type() FileType { return FileType(k.f.hdr.Type) }

@@ -20,6 +20,9 @@ func TestKernelLoadView(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !bytes.Equal(k.Data(), data) {
+		t.Error("Data differs from the parsed bytes")
+	}
 	if k.Entry != f.Entry {
 		t.Errorf("entry %#x, debug/elf %#x", k.Entry, f.Entry)
 	}
