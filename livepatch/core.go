@@ -9,6 +9,7 @@
 package livepatch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"path"
@@ -62,12 +63,18 @@ type CallbackRunner func(ctx context.Context, addr, arg uint64) (int64, error)
 // Config sets up a Manager.
 type Config struct {
 	Guest         Guest
-	Vmlinux       []byte // the guest kernel's ELF image
+	Vmlinux       []byte // the guest kernel's ELF image (not needed when Kernel is set)
 	PatchArea     uint64 // virtual base of the patch area
 	PatchAreaSize uint64
 	Callbacks     CallbackRunner // nil: patches with callbacks are refused (ENODEV)
 	// CallbackTimeout bounds each callback; default 10 s.
 	CallbackTimeout time.Duration
+	// Kernel is the guest kernel already parsed, typically the machine's
+	// (kvm.Machine.Kernel), so that one parse serves the machine and the
+	// Manager. When it is set New does not parse Vmlinux, which may then be
+	// nil (if not, it must hold the same image, or New fails with EINVAL).
+	// Nil: New parses Vmlinux.
+	Kernel *elfpatch.Kernel
 }
 
 // Options tune one enable or disable.
@@ -178,14 +185,16 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Guest == nil {
 		return nil, errorf(op, "", syscall.EINVAL, "no guest")
 	}
-	k, err := elfpatch.ParseKernel(cfg.Vmlinux)
-	if err != nil {
-		return nil, &Error{Op: op, Errno: syscall.EINVAL, Detail: "guest kernel", Err: err}
+	k := cfg.Kernel
+	if k == nil {
+		var err error
+		if k, err = elfpatch.ParseKernel(cfg.Vmlinux); err != nil {
+			return nil, &Error{Op: op, Errno: syscall.EINVAL, Detail: "guest kernel", Err: err}
+		}
+	} else if v, d := cfg.Vmlinux, k.Data(); len(v) > 0 && (len(v) != len(d) || (&v[0] != &d[0] && !bytes.Equal(v, d))) {
+		return nil, errorf(op, "", syscall.EINVAL, "Vmlinux and Kernel are different images")
 	}
-	syms, err := guestkernel.LoadSymbols(cfg.Vmlinux)
-	if err != nil {
-		return nil, &Error{Op: op, Errno: syscall.EINVAL, Detail: "guest kernel symbols", Err: err}
-	}
+	syms := guestkernel.NewSymbols(k)
 	al, err := ftrace.NewAllocator(cfg.PatchArea, cfg.PatchAreaSize)
 	if err != nil {
 		return nil, &Error{Op: op, Errno: syscall.EINVAL, Detail: "patch area", Err: err}
