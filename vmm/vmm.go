@@ -120,7 +120,7 @@ func New(cfg Config) (*VMM, error) {
 	// event handler reads v.Manager, which is set before Start lets the
 	// guest run and so before any event can arrive.
 	v.Agent = agent.New(m.AgentPort(), agent.Options{OnEvent: v.event, Cause: v.GuestStopped})
-	lm, err := livepatch.New(livepatch.Config{Guest: m, Vmlinux: cfg.Kernel, PatchArea: layout.PatchAreaVirt,
+	lm, err := livepatch.New(livepatch.Config{Guest: m, Kernel: m.Kernel(), PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: m.Layout().PatchAreaSize, Callbacks: Callbacks(v.Agent)})
 	if err != nil {
 		v.NoLivepatch = err
