@@ -220,15 +220,15 @@ func contains(ps []*Patch, p *Patch) bool {
 	return false
 }
 
-// undo reverts a committed switch in one pause.
+// undo reverts a committed switch in one pause. A Resume that fails is
+// reported, joined to a failed Rollback's error or alone: either way the
+// undo did not leave the guest as it found it.
 func (m *Manager) undo(x *ftrace.Txn) error {
 	if err := m.g.Pause(); err != nil {
 		return err
 	}
 	err := x.Rollback()
-	if rerr := m.g.Resume(); err == nil {
-		err = rerr
-	}
+	err = alsoFailed(err, "resuming the guest", m.g.Resume())
 	x.Finish()
 	return err
 }
@@ -417,7 +417,10 @@ func (m *Manager) transition(op string, p *Patch, pl *stackPlan, o Options) (*Re
 				if errors.Is(err, ftrace.ErrMismatch) {
 					errno = syscall.EINVAL
 				}
-				return nil, nil, &Error{Op: op, Patch: p.Name, Errno: errno, Detail: "text poke", Err: err}
+				// The poke's error decides; a guest that did not
+				// restart after it is reported with it.
+				return nil, nil, &Error{Op: op, Patch: p.Name, Errno: errno, Detail: "text poke",
+					Err: alsoFailed(err, "resuming the guest", rerr)}
 			}
 			// The text is switched; a guest that did not restart is
 			// reported, but the switch stands (the state is consistent).
