@@ -503,11 +503,7 @@ func (m *Manager) SysfsWrite(p, value string) error {
 			return errorf(op, name, syscall.EINVAL, "write 1 to force a transition")
 		}
 		// No lock: the transition in progress holds it and polls this flag.
-		if !m.inTrans.Load() {
-			return errorf(op, name, syscall.EINVAL, "no transition in progress")
-		}
-		m.forceReq.Store(true)
-		return nil
+		return m.forceTransition(op, name)
 	case "transition", "replace", "stack_order":
 		return errorf(op, name, syscall.EPERM, "%s is read-only", attr)
 	}
