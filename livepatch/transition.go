@@ -684,52 +684,74 @@ func (m *Manager) runCallbacks(p *Patch, which int) {
 // there (relocations against the kernel) and writes it. The guest runs
 // meanwhile: nothing executes the patch area until a site jumps there.
 // Reports whether it loaded (false: already there from an earlier enable).
+// m.mu must be held.
 func (m *Manager) loadImage(op string, p *Patch) (bool, error) {
 	if p.ImageAddr != 0 {
 		return false, nil
 	}
-	align, err := p.parsed.Align()
+	addr, im, err := m.layoutImage(op, p)
 	if err != nil {
-		return false, &Error{Op: op, Patch: p.Name, Errno: syscall.EINVAL, Err: err}
-	}
-	size := max(p.ImageSize, 1)
-	al := m.tracer.Alloc()
-	addr, err := al.Alloc(size, align)
-	if err != nil {
-		return false, &Error{Op: op, Patch: p.Name, Errno: syscall.ENOMEM, Err: err}
-	}
-	im, err := p.parsed.Layout(addr, m.kernel)
-	if err != nil {
-		_ = al.Free(addr)
-		return false, &Error{Op: op, Patch: p.Name, Errno: syscall.EINVAL, Err: err}
+		return false, err
 	}
 	saved := make([]byte, len(im.Bytes))
 	if err := m.g.ReadVirt(addr, saved); err != nil {
-		_ = al.Free(addr)
-		return false, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "read the patch area", Err: err}
+		return false, m.freeSpace(addr, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "read the patch area", Err: err})
 	}
 	if err := m.g.WriteVirt(addr, im.Bytes); err != nil {
-		_ = al.Free(addr)
-		return false, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "write the patch image", Err: err}
+		return false, m.freeSpace(addr, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "write the patch image", Err: err})
 	}
 	p.image, p.ImageAddr, p.saved = im, addr, saved
-	for i, io := range im.Objects {
+	if err := bindImage(op, p); err != nil {
+		m.dropImage(p)
+		return false, err
+	}
+	return true, nil
+}
+
+// layoutImage allocates the patch's place in the patch area and lays the
+// patch out there. m.mu must be held.
+func (m *Manager) layoutImage(op string, p *Patch) (uint64, *elfpatch.Image, error) {
+	align, err := p.parsed.Align()
+	if err != nil {
+		return 0, nil, &Error{Op: op, Patch: p.Name, Errno: syscall.EINVAL, Err: err}
+	}
+	addr, err := m.tracer.Alloc().Alloc(max(p.ImageSize, 1), align)
+	if err != nil {
+		return 0, nil, &Error{Op: op, Patch: p.Name, Errno: syscall.ENOMEM, Err: err}
+	}
+	im, err := p.parsed.Layout(addr, m.kernel)
+	if err != nil {
+		return 0, nil, m.freeSpace(addr, &Error{Op: op, Patch: p.Name, Errno: syscall.EINVAL, Err: err})
+	}
+	return addr, im, nil
+}
+
+// freeSpace gives back the patch-area space at addr after err, which it
+// returns (with the Free's error, should there be one). m.mu must be
+// held.
+func (m *Manager) freeSpace(addr uint64, err *Error) error {
+	return alsoFailed(err, "freeing its patch-area space", m.tracer.Alloc().Free(addr))
+}
+
+// bindImage gives p's objects and functions their addresses in p's
+// image (callbacks, struct klp_object, new functions).
+func bindImage(op string, p *Patch) error {
+	for i, io := range p.image.Objects {
 		if i >= len(p.Objects) {
 			break
 		}
 		ob := p.Objects[i]
 		ob.Addr, ob.Callbacks = io.Addr, io.Callbacks
 		for j, f := range ob.Funcs {
-			f.NewAddr = addr + f.newOff
+			f.NewAddr = p.ImageAddr + f.newOff
 			if j < len(io.Funcs) && io.Funcs[j].NewAddr != f.NewAddr {
 				// Layout is deterministic in the base; anything else is a
 				// bug worth refusing over.
-				m.dropImage(p)
-				return false, errorf(op, p.Name, syscall.EINVAL, "%s: new function moved between layouts", f.OldName)
+				return errorf(op, p.Name, syscall.EINVAL, "%s: new function moved between layouts", f.OldName)
 			}
 		}
 	}
-	return true, nil
+	return nil
 }
 
 // dropImage takes the patch's image out of the patch area: its bytes get
@@ -738,6 +760,12 @@ func (m *Manager) loadImage(op string, p *Patch) (bool, error) {
 // went through a forced transition stays where it is, allocated, for
 // good: a task may still be running its code (Linux likewise never lets
 // the module of a forced patch be removed).
+// Best effort, and the one place whose errors are not reported: it runs
+// after the operation's outcome is decided (an unregister that is done,
+// a failure being cleaned up). A restore that fails leaves the image's
+// bytes in patch area that nothing jumps to; a Free that fails would be
+// an allocator bug, seen by the leak checks (Status.PatchAreaInUse).
+// m.mu must be held.
 func (m *Manager) dropImage(p *Patch) {
 	if p.ImageAddr == 0 {
 		return
