@@ -77,6 +77,7 @@ type verdict struct {
 // blocks, the running vCPUs do not matter for this attempt. It runs
 // inside a transition: m.mu must be held.
 func (m *Manager) check(idx *spanIndex, conservative bool) *verdict {
+	m.mustHold()
 	v := &verdict{}
 	if len(idx.spans) == 0 {
 		return v
@@ -185,7 +186,7 @@ func (v *verdict) blockRunning(cpu int, b *blocker, stop []uint64) {
 
 // vcpuRegs returns every vCPU's registers: from the pause snapshot where
 // the machine keeps one (no round trip to the vCPU threads), else read
-// concurrently.
+// concurrently. m.mu must be held.
 func (m *Manager) vcpuRegs() ([]engine.Regs, []error) {
 	n := m.g.NumCPUs()
 	regs := make([]engine.Regs, n)
@@ -254,7 +255,7 @@ func vcpuName(cpu int, tasks []guestkernel.Task, current []uint64) string {
 // checkVCPU checks the live stack of one vCPU. It returns the innermost
 // blocker and the address where the vCPU leaves the changing code: the
 // return address of the outermost frame inside a changing function (nil
-// when not known).
+// when not known). m.mu must be held.
 func (m *Manager) checkVCPU(cpu int, r engine.Regs, rerr error, st liveStack, who string,
 	idx *spanIndex, conservative bool) (*blocker, []uint64) {
 	if rerr != nil {
@@ -318,7 +319,7 @@ func exitAddrs(chain []guestkernel.Frame, outer int) []uint64 {
 // rawWords returns the two words at sp as conservative frames, whatever
 // they point to: the check compares them with the changing spans itself
 // and does not depend on them being known kernel text (a return address
-// into a patch's new function is not).
+// into a patch's new function is not). m.mu must be held.
 func (m *Manager) rawWords(sp uint64) []guestkernel.Frame {
 	var w [16]byte
 	sp &^= 7
@@ -425,7 +426,7 @@ func (m *Manager) scanWords(lo, hi uint64, who string, hit func(uint64, bool) *s
 // readStack reads [lo, hi) for scanWords, at most maxScanBytes (nil for
 // a larger or empty range). Part of an assumed range may be unmapped:
 // when the whole does not read, the longest readable prefix of halving
-// length is returned (nil if not even 8 bytes read).
+// length is returned (nil if not even 8 bytes read). m.mu must be held.
 func (m *Manager) readStack(lo, hi uint64) []byte {
 	if hi <= lo || hi-lo > maxScanBytes {
 		return nil

@@ -150,24 +150,50 @@ type Result struct {
 	Replaced    []string      `json:"replaced,omitempty"` // patches an atomic replace removed
 }
 
-// Manager holds the livepatch state of one guest. Every operation takes
-// its mutex: operations are serialised, as under Linux's klp_mutex.
+// Manager holds the livepatch state of one guest; the package has no
+// other state. Every operation takes its mutex: operations are
+// serialised, as under Linux's klp_mutex. Every unexported method that
+// needs m.mu held says so ("m.mu must be held") and the main ones check
+// it (mustHold).
 type Manager struct {
-	mu       sync.Mutex
-	g        Guest
-	kernel   *elfpatch.Kernel
-	syms     *guestkernel.Symbols
-	tracer   *ftrace.Tracer
-	sysfs    *guestkernel.SysfsWriter
-	intro    *guestkernel.Guest // nil if the guest has no klp_guest_abi
-	cb       CallbackRunner
-	cbTO     time.Duration
-	patches  []*Patch        // registration order: the stack
-	ops      map[uint64]*Ops // by old_addr
-	forceReq atomic.Bool     // a guest write to .../force during a transition
-	inTrans  atomic.Bool
-	last     *Result
-	retired  uint64 // patch-area bytes of forced patches' images, never freed
+	mu sync.Mutex
+
+	// Set by New, then only read.
+	g      Guest
+	kernel *elfpatch.Kernel
+	syms   *guestkernel.Symbols
+	intro  *guestkernel.Guest // nil if the guest has no klp_guest_abi
+	cb     CallbackRunner
+	cbTO   time.Duration
+
+	// Guarded by mu (and the tracer's sites, the guest's sysfs mirror and
+	// the patches' fields with them).
+	tracer  *ftrace.Tracer
+	sysfs   *guestkernel.SysfsWriter
+	patches []*Patch        // registration order: the stack
+	ops     map[uint64]*Ops // by old_addr
+	last    *Result
+	retired uint64 // patch-area bytes of forced patches' images, never freed
+
+	// Atomics, used without mu: a guest's write to <patch>/force arrives
+	// while the transition in progress holds mu (forceTransition).
+	forceReq atomic.Bool // a guest write to .../force during a transition
+	inTrans  atomic.Bool // a transition is in progress
+
+	// lockChecks turns mustHold's check on; the package's tests set it
+	// on every Manager they build.
+	lockChecks bool
+}
+
+// mustHold is a debug assertion: with lockChecks on it panics when m.mu
+// is not held. TryLock cannot tell who holds the mutex, only that someone
+// does, so it catches the bug that matters (a method that needs the lock
+// reached without it), not a lock held by another goroutine.
+func (m *Manager) mustHold() {
+	if m.lockChecks && m.mu.TryLock() {
+		m.mu.Unlock()
+		panic("livepatch: m.mu must be held")
+	}
 }
 
 // New builds a manager for a guest whose kernel is vmlinux. The guest must
@@ -213,7 +239,10 @@ func New(cfg Config) (*Manager, error) {
 // status and leak checks).
 func (m *Manager) Tracer() *ftrace.Tracer { return m.tracer }
 
+// find returns a patch and its place in the stack (-1, nil: none of that
+// name). m.mu must be held.
 func (m *Manager) find(name string) (int, *Patch) {
+	m.mustHold()
 	for i, p := range m.patches {
 		if p.Name == name {
 			return i, p
@@ -234,8 +263,10 @@ func (m *Manager) Register(data []byte, nameHint string) (*Patch, error) {
 	return m.register(data, nameHint)
 }
 
+// register is Register's work. m.mu must be held.
 func (m *Manager) register(data []byte, nameHint string) (*Patch, error) {
 	const op = "register"
+	m.mustHold()
 	ep, err := elfpatch.ParsePatch(data)
 	if err != nil {
 		return nil, &Error{Op: op, Patch: nameHint, Errno: syscall.EINVAL, Err: err}
@@ -310,8 +341,10 @@ func (m *Manager) Unregister(name string) error {
 	return m.unregister(name)
 }
 
+// unregister is Unregister's work. m.mu must be held.
 func (m *Manager) unregister(name string) error {
 	const op = "unregister"
+	m.mustHold()
 	i, p := m.find(name)
 	if p == nil {
 		return errorf(op, name, syscall.ENOENT, "no such patch")
@@ -437,6 +470,7 @@ func (m *Manager) Patches() []string {
 }
 
 // sysfsState renders the state as the guest's /sys/kernel/livepatch.
+// m.mu must be held.
 func (m *Manager) sysfsState() []guestkernel.SysfsPatch {
 	var out []guestkernel.SysfsPatch
 	for i, p := range m.patches {
@@ -458,7 +492,12 @@ func (m *Manager) sysfsState() []guestkernel.SysfsPatch {
 	return out
 }
 
-func (m *Manager) writeSysfs() error { return m.sysfs.Write(m.sysfsState()) }
+// writeSysfs mirrors the state into the guest's klp_sysfs_state. m.mu
+// must be held (New's own call comes before the Manager is shared).
+func (m *Manager) writeSysfs() error {
+	m.mustHold()
+	return m.sysfs.Write(m.sysfsState())
+}
 
 // SysfsWrite carries out a guest process's write to a
 // /sys/kernel/livepatch file (forwarded by the agent) with the same code

@@ -3,6 +3,7 @@ package livepatch
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"syscall"
@@ -507,7 +508,7 @@ func TestTextMismatchRefused(t *testing.T) {
 
 func TestPatchAreaFull(t *testing.T) {
 	g := newFakeGuest(t, 1)
-	m, err := New(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: 64})
+	m, err := newChecked(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: 64})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,7 +625,7 @@ func (s *snapGuest) Regs(int) (engine.Regs, error) {
 func TestPausedRegsSnapshot(t *testing.T) {
 	fg := newFakeGuest(t, 2)
 	g := &snapGuest{fakeGuest: fg}
-	m, err := New(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch})
+	m, err := newChecked(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -955,7 +956,7 @@ func (g *resumeFailGuest) Resume() error {
 func TestResumeErrorsReported(t *testing.T) {
 	fg := newFakeGuest(t, 1)
 	g := &resumeFailGuest{fakeGuest: fg}
-	m, err := New(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch})
+	m, err := newChecked(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1009,4 +1010,21 @@ func TestResumeErrorsReported(t *testing.T) {
 		!strings.Contains(err.Error(), "resuming the guest also failed: "+errResume.Error()) {
 		t.Fatalf("want the rollback's error with the resume error, got %v", err)
 	}
+}
+
+// TestLockChecks: mustHold catches an unexported method reached without
+// m.mu, and lets it through with the lock held.
+func TestLockChecks(t *testing.T) {
+	_, m := newManager(t, 1, nil)
+	func() {
+		defer func() {
+			if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "m.mu must be held") {
+				t.Fatalf("no lock, no panic: %v", r)
+			}
+		}()
+		m.find(sample)
+	}()
+	m.mu.Lock()
+	m.find(sample)
+	m.mu.Unlock()
 }

@@ -103,6 +103,7 @@ type transition struct {
 // back (cancelTransition). m.mu must be held.
 func (m *Manager) enable(name string, o Options) (*Result, error) {
 	const op = "enable"
+	m.mustHold()
 	start := time.Now()
 	p, err := m.enableTarget(op, name)
 	if err != nil {
@@ -135,6 +136,7 @@ func (m *Manager) enable(name string, o Options) (*Result, error) {
 // callbacks, then the transition and its completion. m.mu must be held.
 func (m *Manager) disable(name string, o Options) (*Result, error) {
 	const op = "disable"
+	m.mustHold()
 	start := time.Now()
 	p, err := m.disableTarget(op, name)
 	if err != nil {
@@ -238,6 +240,7 @@ func (m *Manager) prePatch(op string, p *Patch) ([]*Object, error) {
 // committed; the caller completes it (completeTransition). m.mu must be
 // held.
 func (m *Manager) runTransition(op string, target bool, p *Patch, pl *stackPlan, o Options) (*transition, error) {
+	m.mustHold()
 	t, err := m.initTransition(op, target, p, pl, o)
 	if err != nil {
 		return nil, err
@@ -465,6 +468,7 @@ func (m *Manager) completeTransition(t *transition, start time.Time) (undone boo
 // whether the undo succeeded (false: the guest's sites may still point
 // at the new code, which must then not be freed). m.mu must be held.
 func (m *Manager) commitOrUndo(t *transition) (undone bool, err error) {
+	m.mustHold()
 	saved := m.saveSwitch(t)
 	m.commitSwitch(t)
 	werr := m.writeSysfs()
@@ -573,7 +577,10 @@ func (m *Manager) undo(x *ftrace.Txn) error {
 // progress lets the vCPUs that block v run on alone, the rest of the guest
 // still paused, until they leave the changing code, checking again after
 // each stop; it ends when the switch is safe, a sleeping task blocks,
-// the guest cannot do it (no Stepper) or the budget is spent.
+// the guest cannot do it (no Stepper) or the budget is spent. A RunUntil
+// that fails ends it too, with the verdict of the last check: the
+// attempt then resumes the guest and retries, as without a Stepper, and
+// what blocked is what the attempt reports. m.mu must be held.
 func (m *Manager) progress(idx *spanIndex, conservative bool, v *verdict, res *Result) *verdict {
 	st, ok := m.g.(Stepper)
 	if !ok {
@@ -642,6 +649,7 @@ func errString(err error) string {
 }
 
 // checkCallbacks refuses a patch with callbacks when nothing can run them.
+// It reads only what New and register set for good: it needs no lock.
 func (m *Manager) checkCallbacks(op string, p *Patch) error {
 	if m.cb != nil {
 		return nil
@@ -659,6 +667,7 @@ func (m *Manager) checkCallbacks(op string, p *Patch) error {
 
 // runCallback calls one callback of ob in the guest (0, nil if it has
 // none). Only pre_patch's result matters; the others are void in Linux.
+// m.mu must be held (loadImage and dropImage set the addresses).
 func (m *Manager) runCallback(ob *Object, which int) (int64, error) {
 	addr := ob.Callbacks[which]
 	if addr == 0 || m.cb == nil {
@@ -686,6 +695,7 @@ func (m *Manager) runCallbacks(p *Patch, which int) {
 // Reports whether it loaded (false: already there from an earlier enable).
 // m.mu must be held.
 func (m *Manager) loadImage(op string, p *Patch) (bool, error) {
+	m.mustHold()
 	if p.ImageAddr != 0 {
 		return false, nil
 	}
@@ -767,6 +777,7 @@ func bindImage(op string, p *Patch) error {
 // an allocator bug, seen by the leak checks (Status.PatchAreaInUse).
 // m.mu must be held.
 func (m *Manager) dropImage(p *Patch) {
+	m.mustHold()
 	if p.ImageAddr == 0 {
 		return
 	}
