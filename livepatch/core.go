@@ -271,16 +271,48 @@ func (m *Manager) register(data []byte, nameHint string) (*Patch, error) {
 	if err != nil {
 		return nil, &Error{Op: op, Patch: nameHint, Errno: syscall.EINVAL, Err: err}
 	}
+	name, err := m.patchName(op, ep, nameHint)
+	if err != nil {
+		return nil, err
+	}
+	im, err := m.dryLayout(op, name, ep)
+	if err != nil {
+		return nil, err
+	}
+	p := newPatch(name, ep, im)
+	if err := m.checkFuncs(op, p); err != nil {
+		return nil, err
+	}
+	m.patches = append(m.patches, p)
+	if err := m.writeSysfs(); err != nil {
+		m.patches = m.patches[:len(m.patches)-1]
+		return nil, alsoFailed(&Error{Op: op, Patch: name, Errno: syscall.ENOMEM, Detail: "guest sysfs", Err: err},
+			"restoring the guest sysfs", m.writeSysfs())
+	}
+	return p, nil
+}
+
+// patchName is the name a patch registers under: its KLP_MODULE_NAME, else
+// the module name nameHint gives. It must be usable as a sysfs directory
+// and not registered yet. m.mu must be held.
+func (m *Manager) patchName(op string, ep *elfpatch.Patch, nameHint string) (string, error) {
 	name := ep.Name
 	if name == "" {
 		name = elfpatch.ModuleNameFromFile(nameHint)
 	}
 	if name == "" || len(name) >= guestkernel.SysfsNameLen || strings.ContainsAny(name, "/\x00\n") || name == "." || name == ".." {
-		return nil, errorf(op, name, syscall.EINVAL, "bad patch name %q", name)
+		return "", errorf(op, name, syscall.EINVAL, "bad patch name %q", name)
 	}
 	if _, dup := m.find(name); dup != nil {
-		return nil, errorf(op, name, syscall.EEXIST, "a patch of this name is registered")
+		return "", errorf(op, name, syscall.EEXIST, "a patch of this name is registered")
 	}
+	return name, nil
+}
+
+// dryLayout lays the patch out at the start of the patch area without
+// writing it anywhere: the relocation and symbol checks of
+// klp_enable_patch, done at register time. m.mu must be held.
+func (m *Manager) dryLayout(op, name string, ep *elfpatch.Patch) (*elfpatch.Image, error) {
 	align, err := ep.Align()
 	if err != nil {
 		return nil, &Error{Op: op, Patch: name, Errno: syscall.EINVAL, Err: err}
@@ -290,6 +322,12 @@ func (m *Manager) register(data []byte, nameHint string) (*Patch, error) {
 	if err != nil {
 		return nil, &Error{Op: op, Patch: name, Errno: syscall.EINVAL, Err: err}
 	}
+	return im, nil
+}
+
+// newPatch builds the struct klp_patch of a parsed patch from its dry-run
+// layout im (the funcs' offsets in the image hold for any base).
+func newPatch(name string, ep *elfpatch.Patch, im *elfpatch.Image) *Patch {
 	p := &Patch{Name: name, Replace: ep.Replace, parsed: ep, ImageSize: im.Size()}
 	sizes := funcSizes(ep)
 	for _, io := range im.Objects {
@@ -304,21 +342,21 @@ func (m *Manager) register(data []byte, nameHint string) (*Patch, error) {
 		}
 		p.Objects = append(p.Objects, o)
 	}
+	return p
+}
+
+// checkFuncs refuses a patch that patches nothing, or a function whose
+// site is not one of the kernel's fentry sites. m.mu must be held.
+func (m *Manager) checkFuncs(op string, p *Patch) error {
 	if len(p.funcs()) == 0 {
-		return nil, errorf(op, name, syscall.EINVAL, "the patch patches no function")
+		return errorf(op, p.Name, syscall.EINVAL, "the patch patches no function")
 	}
 	for _, f := range p.funcs() {
 		if _, ok := m.tracer.Site(f.Site); !ok {
-			return nil, errorf(op, name, syscall.EINVAL, "%s: %#x is not an fentry site of the kernel", f.OldName, f.Site)
+			return errorf(op, p.Name, syscall.EINVAL, "%s: %#x is not an fentry site of the kernel", f.OldName, f.Site)
 		}
 	}
-	m.patches = append(m.patches, p)
-	if err := m.writeSysfs(); err != nil {
-		m.patches = m.patches[:len(m.patches)-1]
-		_ = m.writeSysfs()
-		return nil, &Error{Op: op, Patch: name, Errno: syscall.ENOMEM, Detail: "guest sysfs", Err: err}
-	}
-	return p, nil
+	return nil
 }
 
 // funcSizes maps the patch's function symbols to their sizes (for the
@@ -355,8 +393,8 @@ func (m *Manager) unregister(name string) error {
 	m.patches = append(m.patches[:i:i], m.patches[i+1:]...)
 	if err := m.writeSysfs(); err != nil {
 		m.patches = append(m.patches[:i:i], append([]*Patch{p}, m.patches[i:]...)...)
-		_ = m.writeSysfs()
-		return &Error{Op: op, Patch: name, Errno: syscall.EIO, Detail: "guest sysfs", Err: err}
+		return alsoFailed(&Error{Op: op, Patch: name, Errno: syscall.EIO, Detail: "guest sysfs", Err: err},
+			"restoring the guest sysfs", m.writeSysfs())
 	}
 	m.dropImage(p)
 	return nil
@@ -521,22 +559,7 @@ func (m *Manager) SysfsWrite(p, value string) error {
 		if err != nil {
 			return errorf(op, name, syscall.EINVAL, "%q is not a boolean", strings.TrimSpace(value))
 		}
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		_, pt := m.find(name)
-		if pt == nil {
-			return errorf(op, name, syscall.ENOENT, "no such patch")
-		}
-		if pt.Enabled == on {
-			// Linux's enabled_store: writing the current state is EINVAL.
-			return errorf(op, name, syscall.EINVAL, "the patch is already %s", map[bool]string{true: "enabled", false: "disabled"}[on])
-		}
-		if on {
-			_, err = m.enable(name, Options{})
-		} else {
-			_, err = m.disable(name, Options{})
-		}
-		return err
+		return m.setEnabled(op, name, on)
 	case "force":
 		if err != nil || !on {
 			return errorf(op, name, syscall.EINVAL, "write 1 to force a transition")
@@ -547,6 +570,28 @@ func (m *Manager) SysfsWrite(p, value string) error {
 		return errorf(op, name, syscall.EPERM, "%s is read-only", attr)
 	}
 	return errorf(op, name, syscall.ENOENT, "%s", p)
+}
+
+// setEnabled is a guest's write to <patch>/enabled (Linux's
+// enabled_store). It takes m.mu.
+func (m *Manager) setEnabled(op, name string, on bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, pt := m.find(name)
+	if pt == nil {
+		return errorf(op, name, syscall.ENOENT, "no such patch")
+	}
+	if pt.Enabled == on {
+		// Linux's enabled_store: writing the current state is EINVAL.
+		return errorf(op, name, syscall.EINVAL, "the patch is already %s", map[bool]string{true: "enabled", false: "disabled"}[on])
+	}
+	var err error
+	if on {
+		_, err = m.enable(name, Options{})
+	} else {
+		_, err = m.disable(name, Options{})
+	}
+	return err
 }
 
 // parseBool is the kernel's kstrtobool for the common spellings.
