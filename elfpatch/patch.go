@@ -181,6 +181,14 @@ func ParsePatch(data []byte) (*Patch, error) {
 			return nil, &Error{Op: f.op, Section: s.Name, Err: kindf(ErrFormat, "section groups (COMDAT) are not supported in a patch")}
 		case s.Type == SHT_REL:
 			return nil, &Error{Op: f.op, Section: s.Name, Err: kindf(ErrFormat, "SHT_REL relocations (no addend) are not used on x86-64")}
+		case s.Type != SHT_RELA && (strings.HasPrefix(s.Name, ".rela") || strings.HasPrefix(s.Name, ".klp.rela")):
+			// Named as relocations but typed otherwise: skipping it would
+			// load code whose relocations were never applied.
+			return nil, &Error{Op: f.op, Section: s.Name, Err: kindf(ErrFormat, "relocation section of type %#x, want SHT_RELA (%d)", s.Type, SHT_RELA)}
+		case s.Alloc() && !loadableType(s.Type):
+			// The loader places PROGBITS and NOBITS; anything else the
+			// patch expects in memory would be silently missing.
+			return nil, &Error{Op: f.op, Section: s.Name, Err: kindf(ErrFormat, "allocated section of type %#x: only SHT_PROGBITS and SHT_NOBITS can be loaded", s.Type)}
 		}
 	}
 	if err := f.parseSymbols(); err != nil {
@@ -196,6 +204,18 @@ func ParsePatch(data []byte) (*Patch, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// loadableType reports whether an allocated section of type t can be
+// placed in the patch area: code and data (PROGBITS), zeroed data (NOBITS),
+// and the init/fini arrays and notes gcc may mark allocated, which are
+// PROGBITS-like bytes.
+func loadableType(t uint32) bool {
+	switch t {
+	case SHT_PROGBITS, SHT_NOBITS, shtNote, shtInitArray, shtFiniArray, shtX8664Unwind:
+		return true
+	}
+	return false
 }
 
 func (p *Patch) parseRelas() error {
