@@ -28,6 +28,7 @@ import (
 	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm"
+	"klp-kvm/klperr"
 	"klp-kvm/kvm/agent"
 	"klp-kvm/livepatch"
 )
@@ -279,7 +280,7 @@ func (v *VMM) event(ev agent.Event) {
 	case v.draining.Load():
 		errno = syscall.ESHUTDOWN
 	case v.Manager != nil:
-		errno = Errno(v.Manager.SysfsWrite(w.Path, w.Value))
+		errno = klperr.Errno(v.Manager.SysfsWrite(w.Path, w.Value))
 	}
 	if err := v.Agent.SysfsReply(w.ID, int(errno)); err != nil {
 		fmt.Fprintf(v.events, "klp-kvm: sysfs-reply: %v\n", err)
@@ -302,19 +303,6 @@ func (v *VMM) Drain(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("guest sysfs writes still in progress: %w", ctx.Err())
 	}
-}
-
-// Errno is the Linux errno an error carries: 0 for nil, EIO if it carries
-// none.
-func Errno(err error) syscall.Errno {
-	if err == nil {
-		return 0
-	}
-	var en syscall.Errno
-	if errors.As(err, &en) {
-		return en
-	}
-	return syscall.EIO
 }
 
 // Exec runs a guest shell command and returns its output; a non-zero exit

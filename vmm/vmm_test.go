@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -122,27 +121,6 @@ func TestGuestStoppedBeforeReady(t *testing.T) {
 		t.Fatal("a second Start succeeded")
 	}
 }
-
-func TestErrno(t *testing.T) {
-	for _, c := range []struct {
-		err  error
-		want syscall.Errno
-	}{
-		{nil, 0},
-		{errors.New("plain"), syscall.EIO},
-		{syscall.EBUSY, syscall.EBUSY},
-		{&wrapped{syscall.ENOENT}, syscall.ENOENT},
-	} {
-		if got := Errno(c.err); got != c.want {
-			t.Errorf("Errno(%v) = %v, want %v", c.err, got, c.want)
-		}
-	}
-}
-
-type wrapped struct{ err error }
-
-func (w *wrapped) Error() string { return "wrapped: " + w.err.Error() }
-func (w *wrapped) Unwrap() error { return w.err }
 
 // BenchmarkBootToReady measures a guest's start to its agent's first
 // answer: what `klp-kvm run` makes a first request wait.

@@ -138,7 +138,7 @@ func TestCommands(t *testing.T) {
 	}
 	_, _, err = c.FileRead(ctx, "/nope")
 	var ae *Error
-	if !errors.Is(err, ErrGuest) || !errors.As(err, &ae) || ae.Errno != 2 || ae.ErrnoName != "ENOENT" || !strings.Contains(ae.Desc, "No such file") ||
+	if !errors.Is(err, ErrGuest) || !errors.As(err, &ae) || ae.Errno != 2 || ae.ErrnoName != "ENOENT" || !strings.Contains(ae.Detail, "No such file") ||
 		ae.Op != "guest-file-read" {
 		t.Fatalf("file-read /nope: %v", err)
 	}
