@@ -27,8 +27,8 @@ import (
 
 	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
-	"klp-kvm/kvm"
 	"klp-kvm/klperr"
+	"klp-kvm/kvm"
 	"klp-kvm/kvm/agent"
 	"klp-kvm/livepatch"
 )
