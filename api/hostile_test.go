@@ -1,6 +1,9 @@
-package api
+package api_test
 
 import (
+	"klp-kvm/api"
+	"klp-kvm/api/apitest"
+
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
@@ -14,7 +17,7 @@ import (
 
 // serveFake sends one request through the whole fake API and returns the
 // status, the decoded error reply and the raw body.
-func serveFake(t testing.TB, h http.Handler, method, path string, body []byte) (int, ErrorReply, []byte) {
+func serveFake(t testing.TB, h http.Handler, method, path string, body []byte) (int, api.ErrorReply, []byte) {
 	t.Helper()
 	var rd *bytes.Reader
 	if body != nil {
@@ -28,7 +31,7 @@ func serveFake(t testing.TB, h http.Handler, method, path string, body []byte) (
 	}
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
-	var er ErrorReply
+	var er api.ErrorReply
 	_ = json.Unmarshal(rec.Body.Bytes(), &er)
 	return rec.Code, er, rec.Body.Bytes()
 }
@@ -86,9 +89,9 @@ func hostileRequests(t testing.TB) []hostileCase {
 		{"body on pause", "POST", "/machine/pause", `{"force":true}`, 400, "EINVAL", "this route takes none"},
 		{"data on read", "POST", "/guest/file/read", `{"path":"/x","data":"y"}`, 400, "EINVAL", `field "data"`},
 		// Size caps, before the body is read.
-		{"exec too large", "POST", "/guest/exec", `{"cmd":"` + strings.Repeat("x", MaxGuestBody) + `"}`, 413, "EMSGSIZE", "larger than 16384 bytes"},
-		{"control too large", "POST", "/patches/p/enable", `{"force":true}` + strings.Repeat(" ", MaxControlBody), 413, "EMSGSIZE", "larger than 1024 bytes"},
-		{"GET too large", "GET", "/patches", strings.Repeat(" ", MaxControlBody+1), 413, "EMSGSIZE", ""},
+		{"exec too large", "POST", "/guest/exec", `{"cmd":"` + strings.Repeat("x", api.MaxGuestBody) + `"}`, 413, "EMSGSIZE", "larger than 16384 bytes"},
+		{"control too large", "POST", "/patches/p/enable", `{"force":true}` + strings.Repeat(" ", api.MaxControlBody), 413, "EMSGSIZE", "larger than 1024 bytes"},
+		{"GET too large", "GET", "/patches", strings.Repeat(" ", api.MaxControlBody+1), 413, "EMSGSIZE", ""},
 		// Patches arrive as bytes; the server opens no file for a client.
 		{"path field", "POST", "/patches", `{"path":"/etc/shadow"}`, 400, "EINVAL", `unknown field "path"`},
 		{"path field, missing file", "POST", "/patches", `{"path":"/nonexistent"}`, 400, "EINVAL", `unknown field "path"`},
@@ -99,11 +102,11 @@ func hostileRequests(t testing.TB) []hostileCase {
 		{"name is a path", "POST", "/patches", `{"object":"anVuaw==","name":"../../x.o"}`, 400, "EINVAL", "a file name, not a path"},
 		{"name too long", "POST", "/patches", `{"object":"anVuaw==","name":"` + long + `"}`, 400, "EINVAL", `field "name": 5000 bytes`},
 		// Names and operations that are no patch's.
-		{"long name", "POST", "/patches/" + long + "/enable", ``, 404, "ENOENT", "enable " + long[:MaxEcho] + "...: ENOENT: no such patch"},
-		{"long op", "POST", "/patches/p/" + long, ``, 404, "ENOENT", `no operation "` + long[:MaxEcho] + `..."`},
+		{"long name", "POST", "/patches/" + long + "/enable", ``, 404, "ENOENT", "enable " + long[:api.MaxEcho] + "...: ENOENT: no such patch"},
+		{"long op", "POST", "/patches/p/" + long, ``, 404, "ENOENT", `no operation "` + long[:api.MaxEcho] + `..."`},
 		{"unload unknown", "POST", "/patches/nosuch/unload", ``, 404, "ENOENT", "unload nosuch: ENOENT"},
 		{"escaped name", "POST", "/patches/a%2Fb/disable", ``, 404, "ENOENT", "disable a/b: ENOENT"},
-		// Routes and methods.
+		// api.Routes and methods.
 		{"no route", "GET", "/etc/passwd", ``, 404, "ENOENT", "no such route: GET /etc/passwd"},
 		{"long route", "GET", "/" + long, ``, 404, "ENOENT", "..."},
 		{"wrong method", "GET", "/patches/p/enable", ``, 405, "EINVAL", "use POST"},
@@ -115,28 +118,28 @@ func hostileRequests(t testing.TB) []hostileCase {
 // what was wrong (the field, when there is one) and the right status.
 func TestHostileRequests(t *testing.T) {
 	cases := hostileRequests(t)
-	f := newFakeAPI(t)
+	f := apitest.NewAPI(t)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			status, er, raw := serveFake(t, f.h, c.method, c.path, []byte(c.body))
+			status, er, raw := serveFake(t, f.Handler, c.method, c.path, []byte(c.body))
 			if status != c.status || er.Errno != c.errno || !strings.Contains(er.Error, c.msg) {
-				t.Errorf("%s %s: %d %s %q, want %d %s containing %q", c.method, clip(c.path), status, er.Errno, er.Error, c.status, c.errno, c.msg)
+				t.Errorf("%s %s: %d %s %q, want %d %s containing %q", c.method, api.Clip(c.path), status, er.Errno, er.Error, c.status, c.errno, c.msg)
 			}
 			if len(er.Error) > 300 {
-				t.Errorf("message of %d bytes echoes too much: %q", len(er.Error), clip(er.Error))
+				t.Errorf("message of %d bytes echoes too much: %q", len(er.Error), api.Clip(er.Error))
 			}
 			if !json.Valid(raw) {
 				t.Errorf("reply is not JSON: %q", raw)
 			}
 		})
 	}
-	if len(f.agent.cmds) != 0 {
-		t.Errorf("refused requests reached the agent: %q", f.agent.cmds)
+	if len(f.Agent.Cmds()) != 0 {
+		t.Errorf("refused requests reached the agent: %q", f.Agent.Cmds())
 	}
 	// No existence oracle: a path that exists and one that does not get
 	// the same answer, byte for byte.
-	_, _, a := serveFake(t, f.h, "POST", "/patches", []byte(`{"path":"/etc/passwd"}`))
-	_, _, b := serveFake(t, f.h, "POST", "/patches", []byte(`{"path":"/nonexistent/x"}`))
+	_, _, a := serveFake(t, f.Handler, "POST", "/patches", []byte(`{"path":"/etc/passwd"}`))
+	_, _, b := serveFake(t, f.Handler, "POST", "/patches", []byte(`{"path":"/nonexistent/x"}`))
 	if !bytes.Equal(bytes.ReplaceAll(a, []byte("/etc/passwd"), nil), bytes.ReplaceAll(b, []byte("/nonexistent/x"), nil)) {
 		t.Errorf("replies differ:\n%s\n%s", a, b)
 	}
@@ -146,12 +149,12 @@ func TestHostileRequests(t *testing.T) {
 // The requests the hostile ones are variations of are served: the table
 // above refuses what it should, not everything.
 func TestWellFormedRequests(t *testing.T) {
-	f := newFakeAPI(t)
+	f := apitest.NewAPI(t)
 	obj, err := guestkernel.Patch("livepatch-sample")
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := json.Marshal(PatchRequest{Op: "register", Object: obj, Name: "livepatch-sample.o"})
+	body, _ := json.Marshal(api.PatchRequest{Op: "register", Object: obj, Name: "livepatch-sample.o"})
 	for _, c := range []struct{ method, path, body string }{
 		{"GET", "/machine", ""},
 		{"POST", "/machine/pause", ""},
@@ -166,7 +169,7 @@ func TestWellFormedRequests(t *testing.T) {
 		{"GET", "/status", ""},
 		{"POST", "/patches/livepatch_sample/unload", ""},
 	} {
-		status, er, raw := serveFake(t, f.h, c.method, c.path, []byte(c.body))
+		status, er, raw := serveFake(t, f.Handler, c.method, c.path, []byte(c.body))
 		if status != 200 {
 			t.Errorf("%s %s %s: %d %+v", c.method, c.path, c.body, status, er)
 		}
@@ -174,15 +177,15 @@ func TestWellFormedRequests(t *testing.T) {
 			t.Errorf("%s %s: reply is not JSON: %q", c.method, c.path, raw)
 		}
 	}
-	if len(f.agent.cmds) != 1 || f.agent.cmds[0] != "cat /proc/cmdline" {
-		t.Errorf("agent saw %q", f.agent.cmds)
+	if len(f.Agent.Cmds()) != 1 || f.Agent.Cmds()[0] != "cat /proc/cmdline" {
+		t.Errorf("agent saw %q", f.Agent.Cmds())
 	}
 }
 
 // Lists are [] in JSON, never null, and every key is snake_case.
 func TestJSONShapes(t *testing.T) {
-	f := newFakeAPI(t)
-	_, _, raw := serveFake(t, f.h, "GET", "/patches", nil)
+	f := apitest.NewAPI(t)
+	_, _, raw := serveFake(t, f.Handler, "GET", "/patches", nil)
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil {
 		t.Fatal(err)
@@ -193,12 +196,12 @@ func TestJSONShapes(t *testing.T) {
 		}
 	}
 	obj, _ := guestkernel.Patch("livepatch-sample")
-	body, _ := json.Marshal(PatchRequest{Object: obj})
-	if status, er, _ := serveFake(t, f.h, "POST", "/patches", body); status != 200 {
+	body, _ := json.Marshal(api.PatchRequest{Object: obj})
+	if status, er, _ := serveFake(t, f.Handler, "POST", "/patches", body); status != 200 {
 		t.Fatalf("load: %d %+v", status, er)
 	}
 	for _, path := range []string{"/patches", "/status", "/machine"} {
-		_, _, raw = serveFake(t, f.h, "GET", path, nil)
+		_, _, raw = serveFake(t, f.Handler, "GET", path, nil)
 		var v any
 		if err := json.Unmarshal(raw, &v); err != nil {
 			t.Fatal(err)

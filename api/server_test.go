@@ -1,6 +1,9 @@
-package api
+package api_test
 
 import (
+	"klp-kvm/api"
+	"klp-kvm/api/apitest"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -22,26 +25,26 @@ import (
 	"time"
 )
 
-// serveFakeUnix serves the fake API with NewServer on a fresh socket;
+// serveFakeUnix serves the fake API with api.NewServer on a fresh socket;
 // tune may shorten the server's timeouts before it starts.
-func serveFakeUnix(t *testing.T, tune func(*http.Server)) (*fakeAPI, *Listener, *Client) {
+func serveFakeUnix(t *testing.T, tune func(*http.Server)) (*apitest.API, *api.Listener, *api.Client) {
 	t.Helper()
-	f := newFakeAPI(t)
-	l, err := Listen(filepath.Join(t.TempDir(), "api.sock"))
+	f := apitest.NewAPI(t)
+	l, err := api.Listen(filepath.Join(t.TempDir(), "api.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.Logf = t.Logf
-	srv := NewServer(f.mux)
+	srv := api.NewServer(f.Mux)
 	if tune != nil {
 		tune(srv)
 	}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
-	return f, l, NewClient(l.Path())
+	return f, l, api.NewClient(l.Path())
 }
 
-func dialRaw(t *testing.T, l *Listener) net.Conn {
+func dialRaw(t *testing.T, l *api.Listener) net.Conn {
 	t.Helper()
 	c, err := net.Dial("unix", l.Path())
 	if err != nil {
@@ -101,32 +104,32 @@ func TestServerTimeouts(t *testing.T) {
 	if d := time.Duration(latest.Load()); d < hdrTimeout || d > 10*time.Second {
 		t.Errorf("last one closed after %v, want about %v..%v", d, hdrTimeout, readTimeout)
 	}
-	waitFor(t, func() bool { return len(l.conns) == 0 })
+	waitFor(t, func() bool { return api.OpenConns(l) == 0 })
 	t.Logf("%d half-sent requests closed within %v (%d answered 408 first); connection slots all free", closed.Load(),
 		time.Duration(latest.Load()).Round(time.Millisecond), timedOut408.Load())
 
 	// A long operation: the read deadline is lifted once its body is in.
-	f.agent.block, f.agent.started = make(chan struct{}), make(chan string, 1)
-	go func() { <-f.agent.started; time.Sleep(3 * readTimeout); close(f.agent.block) }()
-	if res, err := c.Exec(context.Background(), "sleep"); err != nil || res.Output != "sleep\n" {
+	f.Agent.Block, f.Agent.Started = make(chan struct{}), make(chan string, 1)
+	go func() { <-f.Agent.Started; time.Sleep(3 * readTimeout); close(f.Agent.Block) }()
+	if res, err := c.Exec(context.Background(), "sleep"); err != nil || res.Output != "ran sleep\n" {
 		t.Errorf("exec outlasting ReadTimeout: %+v %v", res, err)
 	}
 }
 
-// Connections beyond MaxConns are closed as soon as they are accepted,
+// Connections beyond api.MaxConns are closed as soon as they are accepted,
 // and counted; once the others go, the server serves again.
 func TestServerMaxConns(t *testing.T) {
 	_, l, c := serveFakeUnix(t, nil)
 	var held []net.Conn
-	for i := 0; i < MaxConns; i++ {
+	for i := 0; i < api.MaxConns; i++ {
 		held = append(held, dialRaw(t, l))
 	}
 	// The listener accepts in order: wait until every slot is taken.
-	waitFor(t, func() bool { return len(l.conns) == MaxConns })
+	waitFor(t, func() bool { return api.OpenConns(l) == api.MaxConns })
 	extra := dialRaw(t, l)
 	fmt.Fprint(extra, "GET /machine HTTP/1.1\r\nHost: klp\r\n\r\n")
 	if b, err := readAllUntil(extra, 10*time.Second); (err != nil && !errors.Is(err, syscall.ECONNRESET)) || len(b) != 0 {
-		t.Errorf("connection %d: %q %v, want closed unanswered", MaxConns+1, b, err)
+		t.Errorf("connection %d: %q %v, want closed unanswered", api.MaxConns+1, b, err)
 	}
 	if l.Refused() != 1 {
 		t.Errorf("refused %d", l.Refused())
@@ -134,20 +137,20 @@ func TestServerMaxConns(t *testing.T) {
 	for _, h := range held {
 		h.Close()
 	}
-	waitFor(t, func() bool { return len(l.conns) == 0 })
+	waitFor(t, func() bool { return api.OpenConns(l) == 0 })
 	if _, err := c.Machine(context.Background()); err != nil {
 		t.Errorf("after the flood: %v", err)
 	}
 }
 
-// At most MaxConcurrent requests are served at once: one more is answered
+// At most api.MaxConcurrent requests are served at once: one more is answered
 // 503 EAGAIN at once.
 func TestServerConcurrencyLimit(t *testing.T) {
 	f, _, c := serveFakeUnix(t, nil)
-	f.agent.block, f.agent.started = make(chan struct{}), make(chan string, MaxConcurrent)
+	f.Agent.Block, f.Agent.Started = make(chan struct{}), make(chan string, api.MaxConcurrent)
 	var wg sync.WaitGroup
-	errs := make(chan error, MaxConcurrent)
-	for i := 0; i < MaxConcurrent; i++ {
+	errs := make(chan error, api.MaxConcurrent)
+	for i := 0; i < api.MaxConcurrent; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -155,15 +158,15 @@ func TestServerConcurrencyLimit(t *testing.T) {
 			errs <- err
 		}()
 	}
-	for i := 0; i < MaxConcurrent; i++ {
-		<-f.agent.started
+	for i := 0; i < api.MaxConcurrent; i++ {
+		<-f.Agent.Started
 	}
 	_, err := c.Machine(context.Background())
-	ae, ok := err.(*Error)
+	ae, ok := err.(*api.Error)
 	if !ok || ae.Status != http.StatusServiceUnavailable || ae.Errno != "EAGAIN" {
-		t.Errorf("request %d: %v, want 503 EAGAIN", MaxConcurrent+1, err)
+		t.Errorf("request %d: %v, want 503 EAGAIN", api.MaxConcurrent+1, err)
 	}
-	close(f.agent.block)
+	close(f.Agent.Block)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -176,7 +179,7 @@ func TestServerConcurrencyLimit(t *testing.T) {
 	}
 }
 
-// Parallel patch uploads: MaxConcurrentUploads are read, the others are
+// Parallel patch uploads: api.MaxConcurrentUploads are read, the others are
 // refused (503) before their bodies are, and a declared length over the
 // cap is refused (413) unread.
 func TestServerUploadLimit(t *testing.T) {
@@ -191,7 +194,7 @@ func TestServerUploadLimit(t *testing.T) {
 	for i := 0; i < n; i++ {
 		hc := dialRaw(t, l)
 		conns = append(conns, hc)
-		fmt.Fprintf(hc, "POST /patches HTTP/1.1\r\nHost: klp\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{\"object\":\"", MaxPatchBody)
+		fmt.Fprintf(hc, "POST /patches HTTP/1.1\r\nHost: klp\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{\"object\":\"", api.MaxPatchBody)
 		go func(i int) {
 			line, _ := bufio.NewReader(hc).ReadString('\n')
 			replies <- reply{i, line}
@@ -199,7 +202,7 @@ func TestServerUploadLimit(t *testing.T) {
 	}
 	refused := 0
 	timeout := time.After(5 * time.Second)
-	for refused < n-MaxConcurrentUploads {
+	for refused < n-api.MaxConcurrentUploads {
 		select {
 		case r := <-replies:
 			if !strings.Contains(r.line, " 503 ") {
@@ -207,7 +210,7 @@ func TestServerUploadLimit(t *testing.T) {
 			}
 			refused++
 		case <-timeout:
-			t.Fatalf("%d of %d uploads refused in 5s, want %d", refused, n, n-MaxConcurrentUploads)
+			t.Fatalf("%d of %d uploads refused in 5s, want %d", refused, n, n-api.MaxConcurrentUploads)
 		}
 	}
 	select {
@@ -220,7 +223,7 @@ func TestServerUploadLimit(t *testing.T) {
 		c.Close()
 	}
 	big := dialRaw(t, l)
-	fmt.Fprintf(big, "POST /patches HTTP/1.1\r\nHost: klp\r\nContent-Length: %d\r\n\r\n", MaxPatchBody+1)
+	fmt.Fprintf(big, "POST /patches HTTP/1.1\r\nHost: klp\r\nContent-Length: %d\r\n\r\n", api.MaxPatchBody+1)
 	if line, _ := bufio.NewReader(big).ReadString('\n'); !strings.Contains(line, " 413 ") {
 		t.Errorf("oversized upload: %q", line)
 	}
@@ -238,7 +241,7 @@ func TestServerUploadMemory(t *testing.T) {
 		return d.DialContext(ctx, "unix", l.Path())
 	}}}
 	// One body, shared by every client: the heap's growth is the server's.
-	body, err := json.Marshal(PatchRequest{Op: "register", Object: bytes.Repeat([]byte{0x7f}, MaxPatchObject), Name: "junk.o"})
+	body, err := json.Marshal(api.PatchRequest{Op: "register", Object: bytes.Repeat([]byte{0x7f}, api.MaxPatchObject), Name: "junk.o"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +280,7 @@ func TestServerUploadMemory(t *testing.T) {
 				return
 			}
 			defer resp.Body.Close()
-			var er ErrorReply
+			var er api.ErrorReply
 			json.NewDecoder(resp.Body).Decode(&er)
 			switch {
 			case resp.StatusCode == 400 && er.Errno == "EINVAL":
@@ -297,9 +300,9 @@ func TestServerUploadMemory(t *testing.T) {
 	// it and the decoded object: under 4 bodies; allow for one more
 	// upload's garbage not yet collected. Unbounded, n uploads would take
 	// n times that.
-	bound := int64(MaxConcurrentUploads+2) * 4 * MaxPatchBody
+	bound := int64(api.MaxConcurrentUploads+2) * 4 * api.MaxPatchBody
 	t.Logf("%d parallel uploads of %d MiB: %d decoded and refused as not ELF, %d refused busy; server heap peak +%d MiB (bound %d MiB)",
-		n, MaxPatchObject>>20, served.Load(), busy.Load(), grew>>20, bound>>20)
+		n, api.MaxPatchObject>>20, served.Load(), busy.Load(), grew>>20, bound>>20)
 	if served.Load() == 0 || grew > bound {
 		t.Errorf("served %d, heap grew %d MiB, bound %d MiB", served.Load(), grew>>20, bound>>20)
 	}

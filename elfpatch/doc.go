@@ -6,6 +6,10 @@
 // with all of its relocations applied: the host-side half of
 // klp_enable_patch's "symbol lookups and code relocations".
 //
+// It is the one ELF reader of the project: package kvm loads the guest
+// kernel from a Kernel's entry point and PT_LOAD segments, and package
+// guestkernel's symbol table is a view of one.
+//
 // The package is pure and deterministic: no guest, no engine, no I/O beyond
 // reading the input. Its output (an Image) is what the livepatch package
 // writes into the guest's patch area. A Kernel or Patch is not modified

@@ -2,6 +2,8 @@ package elfpatch
 
 import (
 	"bytes"
+	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -25,6 +27,28 @@ func (s *Section) Alloc() bool { return s.Flags&SHF_ALLOC != 0 }
 
 // Exec reports whether the section holds code.
 func (s *Section) Exec() bool { return s.Flags&SHF_EXECINSTR != 0 }
+
+// FileType is an ELF file's type (e_type).
+type FileType uint16
+
+// ELF file types.
+const (
+	ET_REL  FileType = etRel  // relocatable object: a patch
+	ET_EXEC FileType = etExec // executable: a kernel linked at a fixed address
+	ET_DYN  FileType = etDyn  // shared object (position-independent)
+)
+
+func (t FileType) String() string {
+	switch t {
+	case ET_REL:
+		return "ET_REL"
+	case ET_EXEC:
+		return "ET_EXEC"
+	case ET_DYN:
+		return "ET_DYN"
+	}
+	return "ET(" + itoa(uint64(t)) + ")"
+}
 
 // SymBind is a symbol's binding (STB_*).
 type SymBind uint8
@@ -114,7 +138,7 @@ func (f *elfFile) errf(kind error, format string, args ...any) *Error {
 func parseELF(op string, data []byte, wantTypes ...uint16) (*elfFile, error) {
 	f := &elfFile{op: op, data: data, symtab: -1}
 	if len(data) < headerSize {
-		return nil, f.errf(ErrFormat, "%d bytes: shorter than an ELF header", len(data))
+		return nil, f.errf(ErrFormat, "not an ELF file: %d bytes, shorter than an ELF header", len(data))
 	}
 	h := decodeHeader(data[:headerSize])
 	f.hdr = h
@@ -125,14 +149,14 @@ func parseELF(op string, data []byte, wantTypes ...uint16) (*elfFile, error) {
 		return nil, f.errf(ErrFormat, "not ELF64 little-endian (class %d, data %d)", h.Ident[4], h.Ident[5])
 	}
 	if h.Machine != emX86_64 {
-		return nil, f.errf(ErrFormat, "machine %d, want x86-64 (62)", h.Machine)
+		return nil, f.errf(ErrFormat, "machine %d, want EM_X86_64 (62)", h.Machine)
 	}
-	ok := false
-	for _, t := range wantTypes {
-		ok = ok || h.Type == t
-	}
-	if !ok {
-		return nil, f.errf(ErrFormat, "ELF type %d not accepted here (want %v)", h.Type, wantTypes)
+	if !slices.Contains(wantTypes, h.Type) {
+		want := make([]string, len(wantTypes))
+		for i, t := range wantTypes {
+			want[i] = FileType(t).String()
+		}
+		return nil, f.errf(ErrFormat, "ELF type %d (%s) not accepted here (want %s)", h.Type, FileType(h.Type), strings.Join(want, " or "))
 	}
 	if err := f.parseSections(); err != nil {
 		return nil, err
@@ -289,7 +313,7 @@ func (f *elfFile) parseSymbols() error {
 		r := decodeSym(data[i*symSize : (i+1)*symSize])
 		name, err := tableString(strs, r.Name)
 		if err != nil {
-			return &Error{Op: f.op, Section: st.Name, Offset: uint64(i) * symSize, Err: kindf(ErrFormat, "symbol %d name: %v", i, err)}
+			return &Error{Op: f.op, Section: st.Name, Offset: uint64(i) * symSize, Kind: ErrFormat, Detail: fmt.Sprintf("symbol %d name: %v", i, err)}
 		}
 		shndx := int(r.Shndx)
 		if r.Shndx == shnXindex {

@@ -46,6 +46,26 @@ func FuzzParseKernel(f *testing.F) {
 				t.Fatalf("site %#x outside every symbol", s.Addr)
 			}
 		}
+		// What a loader reads: the type, and every segment's bytes.
+		if typ := k.Type(); typ != ET_EXEC && typ != ET_DYN {
+			t.Fatalf("accepted type %v", typ)
+		}
+		for i, s := range k.Segments {
+			if b, ok := k.SegmentBytes(s); !ok || uint64(len(b)) != s.Filesz || s.Filesz > s.Memsz {
+				t.Fatalf("segment %d %+v: %d bytes %v", i, s, len(b), ok)
+			}
+		}
+		prev := uint64(0)
+		for s := range k.FuncSymbols() {
+			if s.Type != TypeFunc || s.Value < prev {
+				t.Fatalf("function symbol %+v out of order", s)
+			}
+			prev = s.Value
+			// (not necessarily ok: the backward walk is bounded)
+			if f, _, ok := k.Addr2Func(s.Value); ok && f.Type != TypeFunc {
+				t.Fatalf("Addr2Func(%#x) = %+v %v", s.Value, f, ok)
+			}
+		}
 		k.Functions()
 		NewKernelReport(k, "klp_dup_fn")
 		k.Patchable("cmdline_proc_show", 0)

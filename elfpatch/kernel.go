@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"iter"
 	"slices"
 	"sort"
 	"strings"
@@ -91,11 +92,14 @@ type FuncInfo struct {
 // Patchable reports whether the function can be patched.
 func (fi *FuncInfo) Patchable() bool { return fi.ReasonKind == "" }
 
-// Kernel is a parsed guest kernel image.
+// Kernel is a parsed guest kernel image. It is the host's only reader of
+// the guest kernel's ELF: the VMM loads it from Entry and Segments, the
+// introspection and livepatch code use its symbols and fentry sites, so one
+// parse can serve a whole machine.
 type Kernel struct {
 	f        *elfFile
-	Entry    uint64
-	Segments []Segment
+	Entry    uint64    // e_entry
+	Segments []Segment // the PT_LOAD program headers, in file order (file ranges checked)
 
 	byName []int32 // lookup-able symbols sorted by (name, addr, index)
 	byAddr []int32 // symbols with an address in an allocated section, sorted by addr
@@ -189,8 +193,12 @@ func (k *Kernel) parseSegments() error {
 		if p.Type != ptLoad {
 			continue
 		}
-		if _, ok := k.f.span(p.Offset, p.Filesz); !ok || p.Filesz > p.Memsz {
-			return k.f.errf(ErrFormat, "PT_LOAD %d: file range %#x+%#x (memsz %#x) invalid", i, p.Offset, p.Filesz, p.Memsz)
+		if p.Filesz > p.Memsz {
+			return k.f.errf(ErrFormat, "PT_LOAD %d: filesz %#x > memsz %#x", i, p.Filesz, p.Memsz)
+		}
+		if _, ok := k.f.span(p.Offset, p.Filesz); !ok {
+			return k.f.errf(ErrFormat, "PT_LOAD %d: file range %#x+%#x runs beyond the end of the %d-byte file (truncated?)",
+				i, p.Offset, p.Filesz, len(k.f.data))
 		}
 		k.Segments = append(k.Segments, Segment{Vaddr: p.Vaddr, Paddr: p.Paddr, Offset: p.Offset,
 			Filesz: p.Filesz, Memsz: p.Memsz, Flags: p.Flags})
@@ -245,6 +253,20 @@ func (k *Kernel) index() {
 	slices.SortFunc(k.text, func(a, b int32) int { return cmp.Compare(secs[a].Addr, secs[b].Addr) })
 }
 
+// Data returns the image bytes the kernel was parsed from (ParseKernel's
+// data). The slice is shared: do not modify it.
+func (k *Kernel) Data() []byte { return k.f.data }
+
+// Type is the image's ELF type: ET_EXEC (linked at a fixed address, as a
+// vmlinux is) or ET_DYN (ParseKernel accepts nothing else).
+func (k *Kernel) Type() FileType { return FileType(k.f.hdr.Type) }
+
+// SegmentBytes returns the file bytes of a segment: its first Filesz bytes
+// in memory (the rest, up to Memsz, is zero). It is false if s does not lie
+// inside the image (every segment of k.Segments does). The slice is
+// shared: do not modify it.
+func (k *Kernel) SegmentBytes(s Segment) ([]byte, bool) { return k.f.span(s.Offset, s.Filesz) }
+
 // Sections returns the section headers.
 func (k *Kernel) Sections() []Section { return k.f.sections }
 
@@ -285,15 +307,15 @@ func (k *Kernel) Lookup(name string, sympos int) (Symbol, error) {
 	r := k.nameRange(name)
 	switch {
 	case len(r) == 0:
-		return Symbol{}, &Error{Op: "lookup", Symbol: name, Err: kindf(ErrUnresolved, "no symbol %q in the kernel", name)}
+		return Symbol{}, &Error{Op: "lookup", Symbol: name, Kind: ErrUnresolved, Detail: fmt.Sprintf("no symbol %q in the kernel", name)}
 	case sympos < 0:
-		return Symbol{}, &Error{Op: "lookup", Symbol: name, Err: kindf(ErrRange, "negative sympos %d", sympos)}
+		return Symbol{}, &Error{Op: "lookup", Symbol: name, Kind: ErrRange, Detail: fmt.Sprintf("negative sympos %d", sympos)}
 	case sympos == 0 && len(r) > 1:
 		return Symbol{}, &Error{Op: "lookup", Symbol: name,
-			Err: kindf(ErrAmbiguous, "%d symbols named %q: give sympos 1..%d", len(r), name, len(r))}
+			Kind: ErrAmbiguous, Detail: fmt.Sprintf("%d symbols named %q: give sympos 1..%d", len(r), name, len(r))}
 	case sympos > len(r):
 		return Symbol{}, &Error{Op: "lookup", Symbol: name,
-			Err: kindf(ErrUnresolved, "sympos %d of %q, but only %d exist", sympos, name, len(r))}
+			Kind: ErrUnresolved, Detail: fmt.Sprintf("sympos %d of %q, but only %d exist", sympos, name, len(r))}
 	}
 	if sympos == 0 {
 		sympos = 1
@@ -319,12 +341,12 @@ func (k *Kernel) LookupGlobal(name string) (Symbol, error) {
 	case len(found) == 1:
 		return k.f.symbols[found[0]], nil
 	case len(found) > 1:
-		return Symbol{}, &Error{Op: "lookup", Symbol: name, Err: kindf(ErrAmbiguous, "%d global symbols named %q", len(found), name)}
+		return Symbol{}, &Error{Op: "lookup", Symbol: name, Kind: ErrAmbiguous, Detail: fmt.Sprintf("%d global symbols named %q", len(found), name)}
 	case locals > 0:
 		return Symbol{}, &Error{Op: "lookup", Symbol: name,
-			Err: kindf(ErrUnresolved, "%q is local to the kernel (%d symbols): reference it as .klp.sym.vmlinux.%s,<sympos>", name, locals, name)}
+			Kind: ErrUnresolved, Detail: fmt.Sprintf("%q is local to the kernel (%d symbols): reference it as .klp.sym.vmlinux.%s,<sympos>", name, locals, name)}
 	}
-	return Symbol{}, &Error{Op: "lookup", Symbol: name, Err: kindf(ErrUnresolved, "no symbol %q in the kernel", name)}
+	return Symbol{}, &Error{Op: "lookup", Symbol: name, Kind: ErrUnresolved, Detail: fmt.Sprintf("no symbol %q in the kernel", name)}
 }
 
 // Sympos returns the sympos (1-based) of symbol table entry index among
@@ -357,6 +379,24 @@ func (k *Kernel) Sympos(index int) (pos, count int) {
 // symbol covers up to the next symbol. ok is false outside every symbol.
 func (k *Kernel) Addr2Sym(addr uint64) (sym Symbol, off uint64, ok bool) {
 	return k.addr2sym(addr, false)
+}
+
+// Addr2Func is Addr2Sym among function symbols only (STT_FUNC): the
+// function a code address belongs to, for naming guest addresses.
+func (k *Kernel) Addr2Func(addr uint64) (sym Symbol, off uint64, ok bool) {
+	return k.addr2sym(addr, true)
+}
+
+// FuncSymbols yields the function symbols (STT_FUNC) defined in allocated
+// sections, in ascending address order (aliases in symbol table order).
+func (k *Kernel) FuncSymbols() iter.Seq[Symbol] {
+	return func(yield func(Symbol) bool) {
+		for _, idx := range k.byAddr {
+			if s := k.f.symbols[idx]; s.Type == TypeFunc && !yield(s) {
+				return
+			}
+		}
+	}
 }
 
 func (k *Kernel) addr2sym(addr uint64, funcsOnly bool) (Symbol, uint64, bool) {
@@ -621,7 +661,7 @@ func (k *Kernel) Patchable(name string, sympos int) (Site, error) {
 	}
 	fi := k.checkFunc(sym)
 	if !fi.Patchable() {
-		return Site{}, &Error{Op: "patchable", Symbol: name, Err: kindf(ErrNotPatchable, "%s", fi.Reason)}
+		return Site{}, &Error{Op: "patchable", Symbol: name, Kind: ErrNotPatchable, Detail: fmt.Sprintf("%s", fi.Reason)}
 	}
 	return *fi.Site, nil
 }

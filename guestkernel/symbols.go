@@ -1,10 +1,13 @@
 package guestkernel
 
 import (
-	"bytes"
-	"debug/elf"
+	"cmp"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
+
+	"klp-kvm/elfpatch"
 )
 
 // Symbol is a function symbol of the guest kernel.
@@ -17,68 +20,63 @@ type Symbol struct {
 
 // Symbols is a minimal symbol table of the guest kernel: every symbol by
 // name (for data such as klp_guest_abi) and the function symbols sorted by
-// address (for stack traces). Package elfpatch has the complete view
-// (sympos, fentry sites); this one only serves introspection.
+// address (for stack traces). It is a view of an *elfpatch.Kernel, the
+// project's one ELF reader, which has the complete picture (sympos, fentry
+// sites); this one only serves introspection.
 type Symbols struct {
-	funcs  []Symbol            // STT_FUNC, sorted by Addr then Name
-	byName map[string][]Symbol // all defined symbols, in symbol table order
+	k     *elfpatch.Kernel
+	funcs []Symbol // STT_FUNC, sorted by Addr then Name
 }
 
-// maxSymbols bounds what a (possibly hostile) ELF can make us allocate.
-const maxSymbols = 1 << 20
+// LoadSymbols parses an ELF image (elfpatch.ParseKernel) and returns its
+// symbol table. Given the kernel already parsed, use NewSymbols instead.
+func LoadSymbols(image []byte) (*Symbols, error) {
+	k, err := elfpatch.ParseKernel(image)
+	if err != nil {
+		return nil, &Error{Op: "load symbols", Kind: ErrFormat, Detail: "guest kernel ELF", Err: err}
+	}
+	return NewSymbols(k), nil
+}
 
-// LoadSymbols reads the symbol table of an ELF image.
-func LoadSymbols(image []byte) (s *Symbols, err error) {
-	const op = "load symbols"
-	defer func() {
-		// debug/elf is not hardened against every malformed input
-		if r := recover(); r != nil {
-			s, err = nil, errorf(op, ErrFormat, 0, "malformed ELF: %v", r)
-		}
-	}()
-	f, err := elf.NewFile(bytes.NewReader(image))
-	if err != nil {
-		return nil, &Error{Op: op, Kind: ErrFormat, Detail: "not an ELF file", Err: err}
+// NewSymbols is the symbol table of an already parsed kernel; it shares k
+// (which is never modified) and copies only the function symbols' index.
+func NewSymbols(k *elfpatch.Kernel) *Symbols {
+	s := &Symbols{k: k}
+	for e := range k.FuncSymbols() {
+		s.funcs = append(s.funcs, symbolOf(e))
 	}
-	defer f.Close()
-	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
-		return nil, errorf(op, ErrFormat, 0, "%v %v, want ELFCLASS64 EM_X86_64", f.Class, f.Machine)
-	}
-	syms, err := f.Symbols()
-	if err != nil {
-		return nil, &Error{Op: op, Kind: ErrFormat, Detail: "no symbol table", Err: err}
-	}
-	if len(syms) > maxSymbols {
-		return nil, errorf(op, ErrFormat, 0, "%d symbols, max %d", len(syms), maxSymbols)
-	}
-	s = &Symbols{byName: make(map[string][]Symbol)}
-	for _, e := range syms {
-		if e.Section == elf.SHN_UNDEF || e.Name == "" {
-			continue
+	slices.SortStableFunc(s.funcs, func(a, b Symbol) int {
+		if c := cmp.Compare(a.Addr, b.Addr); c != 0 {
+			return c
 		}
-		typ := elf.ST_TYPE(e.Info)
-		sym := Symbol{Name: e.Name, Addr: e.Value, Size: e.Size, Global: elf.ST_BIND(e.Info) != elf.STB_LOCAL}
-		if typ == elf.STT_FILE || typ == elf.STT_SECTION {
-			continue
-		}
-		s.byName[e.Name] = append(s.byName[e.Name], sym)
-		if typ == elf.STT_FUNC {
-			s.funcs = append(s.funcs, sym)
-		}
-	}
-	sort.Slice(s.funcs, func(i, j int) bool {
-		if s.funcs[i].Addr != s.funcs[j].Addr {
-			return s.funcs[i].Addr < s.funcs[j].Addr
-		}
-		return s.funcs[i].Name < s.funcs[j].Name
+		return strings.Compare(a.Name, b.Name)
 	})
-	return s, nil
+	return s
+}
+
+// Kernel is the parsed kernel the table is a view of.
+func (s *Symbols) Kernel() *elfpatch.Kernel { return s.k }
+
+func symbolOf(e elfpatch.Symbol) Symbol {
+	return Symbol{Name: e.Name, Addr: e.Value, Size: e.Size, Global: e.Bind != elfpatch.BindLocal}
+}
+
+// named returns every defined symbol called name (not sections or files),
+// in symbol table order.
+func (s *Symbols) named(name string) []Symbol {
+	all := s.k.LookupAll(name) // in address order
+	slices.SortFunc(all, func(a, b elfpatch.Symbol) int { return cmp.Compare(a.Index, b.Index) })
+	out := make([]Symbol, len(all))
+	for i, e := range all {
+		out[i] = symbolOf(e)
+	}
+	return out
 }
 
 // Lookup returns the symbol called name: the global one if there is one,
 // else the only local one. Several locals of that name are ambiguous.
 func (s *Symbols) Lookup(name string) (Symbol, error) {
-	c := s.byName[name]
+	c := s.named(name)
 	for _, x := range c {
 		if x.Global {
 			return x, nil
@@ -94,7 +92,7 @@ func (s *Symbols) Lookup(name string) (Symbol, error) {
 }
 
 // All returns every defined symbol called name, in symbol table order.
-func (s *Symbols) All(name string) []Symbol { return append([]Symbol(nil), s.byName[name]...) }
+func (s *Symbols) All(name string) []Symbol { return s.named(name) }
 
 // Addr2Func returns the function containing addr and the offset into it.
 func (s *Symbols) Addr2Func(addr uint64) (Symbol, uint64, bool) {

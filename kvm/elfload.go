@@ -2,96 +2,98 @@ package kvm
 
 import (
 	"bytes"
-	"debug/elf"
+	"cmp"
 	"fmt"
-	"sort"
+	"slices"
 
+	"klp-kvm/elfpatch"
 	"klp-kvm/guestkernel/layout"
 )
 
-// Kernel is a loaded guest kernel image: its entry and the function
-// symbols used to name guest addresses in errors ("RIP, symbol if known").
-type Kernel struct {
-	Entry    uint64
-	Segments []Segment
-	syms     []symbol // sorted by addr
+// bootImage is the guest kernel as the VMM loads it: the image parsed by
+// elfpatch (the project's one ELF reader, hardened and fuzzed) and its
+// loadable segments, checked.
+type bootImage struct {
+	elf  *elfpatch.Kernel
+	segs []elfpatch.Segment // PT_LOAD with memsz > 0, sorted by paddr, disjoint
 }
 
-// Segment is one PT_LOAD segment as placed in guest RAM.
-type Segment struct {
-	Vaddr, Paddr, Filesz, Memsz uint64
-}
-
-type symbol struct {
-	name       string
-	addr, size uint64
-}
-
-// ParseKernel validates an ELF64 x86-64 executable. The image is untrusted
-// input: every header field is range-checked before use.
-func ParseKernel(image []byte) (k *Kernel, err error) {
-	const op = "load kernel"
-	defer func() {
-		// debug/elf is robust, but a malformed file must never crash the VMM.
-		if r := recover(); r != nil {
-			k, err = nil, errorf(op, ErrBadKernel, "malformed ELF: %v", r)
-		}
-	}()
-	f, err := elf.NewFile(bytes.NewReader(image))
+// ParseKernel parses a guest kernel image (elfpatch.ParseKernel) and checks
+// that the VMM can load it: an ELF64 x86-64 ET_EXEC whose PT_LOAD segments
+// lie inside the file and do not overlap. The image is untrusted input:
+// every failure is an error of kind ErrBadKernel wrapping the reason (an
+// *elfpatch.Error for a malformed file), never a panic. Where the segments
+// land in RAM is checked when a Machine loads them. The result can be given
+// to New as Config.ParsedKernel.
+func ParseKernel(image []byte) (*elfpatch.Kernel, error) {
+	b, err := openKernel(image, nil)
 	if err != nil {
-		return nil, &Error{Op: op, Kind: ErrBadKernel, Detail: "not an ELF file", Err: err}
+		return nil, err
 	}
-	if f.Class != elf.ELFCLASS64 {
-		return nil, errorf(op, ErrBadKernel, "ELF class %v, want ELFCLASS64", f.Class)
+	return b.elf, nil
+}
+
+// openKernel returns the kernel of a Config: parsed, parsed from image if
+// nil, and checked for loading.
+func openKernel(image []byte, parsed *elfpatch.Kernel) (*bootImage, error) {
+	const op = "load kernel"
+	if parsed == nil {
+		k, err := elfpatch.ParseKernel(image)
+		if err != nil {
+			return nil, &Error{Op: op, Kind: ErrBadKernel, Err: err}
+		}
+		parsed = k
+	} else if len(image) > 0 && !sameBytes(image, parsed.Data()) {
+		return nil, errorf(op, ErrConfig, "Kernel and ParsedKernel are different images")
 	}
-	if f.Machine != elf.EM_X86_64 {
-		return nil, errorf(op, ErrBadKernel, "machine %v, want EM_X86_64", f.Machine)
+	return checkKernel(parsed)
+}
+
+func sameBytes(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0] || bytes.Equal(a, b))
+}
+
+// checkKernel applies the loader's checks to a parsed image (elfpatch has
+// checked the ELF header and every segment's file range).
+func checkKernel(k *elfpatch.Kernel) (*bootImage, error) {
+	const op = "load kernel"
+	if t := k.Type(); t != elfpatch.ET_EXEC {
+		return nil, errorf(op, ErrBadKernel, "type %v, want ET_EXEC", t)
 	}
-	if f.Type != elf.ET_EXEC {
-		return nil, errorf(op, ErrBadKernel, "type %v, want ET_EXEC", f.Type)
-	}
-	k = &Kernel{Entry: f.Entry}
-	for i, p := range f.Progs {
-		if p.Type != elf.PT_LOAD || p.Memsz == 0 {
+	b := &bootImage{elf: k}
+	for i, s := range k.Segments {
+		if s.Memsz == 0 {
 			continue
 		}
-		if p.Filesz > p.Memsz {
-			return nil, errorf(op, ErrBadKernel, "segment %d: filesz %#x > memsz %#x", i, p.Filesz, p.Memsz)
+		if s.Filesz > s.Memsz {
+			return nil, errorf(op, ErrBadKernel, "segment %d: filesz %#x > memsz %#x", i, s.Filesz, s.Memsz)
 		}
-		if p.Off+p.Filesz < p.Off || p.Off+p.Filesz > uint64(len(image)) {
-			return nil, errorf(op, ErrBadKernel, "segment %d: file range %#x+%#x beyond the %d-byte file (truncated?)", i, p.Off, p.Filesz, len(image))
+		if _, ok := k.SegmentBytes(s); !ok {
+			return nil, errorf(op, ErrBadKernel, "segment %d: file range %#x+%#x beyond the file", i, s.Offset, s.Filesz)
 		}
-		if p.Paddr+p.Memsz < p.Paddr {
-			return nil, errorf(op, ErrBadKernel, "segment %d: paddr %#x+%#x wraps", i, p.Paddr, p.Memsz)
+		if s.Paddr+s.Memsz < s.Paddr {
+			return nil, errorf(op, ErrBadKernel, "segment %d: paddr %#x+%#x wraps", i, s.Paddr, s.Memsz)
 		}
-		k.Segments = append(k.Segments, Segment{Vaddr: p.Vaddr, Paddr: p.Paddr, Filesz: p.Filesz, Memsz: p.Memsz})
+		b.segs = append(b.segs, s)
 	}
-	if len(k.Segments) == 0 {
+	if len(b.segs) == 0 {
 		return nil, errorf(op, ErrBadKernel, "no PT_LOAD segments")
 	}
-	sort.Slice(k.Segments, func(i, j int) bool { return k.Segments[i].Paddr < k.Segments[j].Paddr })
-	for i := 1; i < len(k.Segments); i++ {
-		a, b := k.Segments[i-1], k.Segments[i]
-		if a.Paddr+a.Memsz > b.Paddr {
-			return nil, errorf(op, ErrBadKernel, "segments at paddr %#x and %#x overlap", a.Paddr, b.Paddr)
+	slices.SortStableFunc(b.segs, func(x, y elfpatch.Segment) int { return cmp.Compare(x.Paddr, y.Paddr) })
+	for i := 1; i < len(b.segs); i++ {
+		x, y := b.segs[i-1], b.segs[i]
+		if x.Paddr+x.Memsz > y.Paddr {
+			return nil, errorf(op, ErrBadKernel, "segments at paddr %#x and %#x overlap", x.Paddr, y.Paddr)
 		}
 	}
-	if syms, err := f.Symbols(); err == nil {
-		for _, s := range syms {
-			if elf.ST_TYPE(s.Info) == elf.STT_FUNC && s.Value != 0 {
-				k.syms = append(k.syms, symbol{s.Name, s.Value, s.Size})
-			}
-		}
-		sort.Slice(k.syms, func(i, j int) bool { return k.syms[i].addr < k.syms[j].addr })
-	}
-	return k, nil
+	return b, nil
 }
 
 // load copies the segments into RAM, checking each fits and stays out of
 // the host's boot area and patch area.
-func (k *Kernel) load(image, ram []byte, l Layout) error {
+func (b *bootImage) load(ram []byte, l Layout) error {
 	const op = "load kernel"
-	for _, s := range k.Segments {
+	for _, s := range b.segs {
 		end := s.Paddr + s.Memsz
 		switch {
 		case s.Paddr < layout.BootLowEnd:
@@ -102,33 +104,22 @@ func (k *Kernel) load(image, ram []byte, l Layout) error {
 			return errorf(op, ErrBadKernel, "segment %#x-%#x overlaps the patch area at %#x", s.Paddr, end, l.PatchAreaPhys)
 		}
 	}
-	f, err := elf.NewFile(bytes.NewReader(image))
-	if err != nil {
-		return &Error{Op: op, Kind: ErrBadKernel, Err: err}
-	}
-	for _, p := range f.Progs {
-		if p.Type != elf.PT_LOAD || p.Memsz == 0 {
-			continue
-		}
-		dst := ram[p.Paddr : p.Paddr+p.Memsz]
-		n := copy(dst, image[p.Off:p.Off+p.Filesz])
+	for _, s := range b.segs {
+		src, _ := b.elf.SegmentBytes(s) // checked by checkKernel
+		dst := ram[s.Paddr : s.Paddr+s.Memsz]
+		n := copy(dst, src)
 		clear(dst[n:])
 	}
 	return nil
 }
 
-// Symbolize names a guest address as "sym+0xoff", or "" if unknown.
-func (k *Kernel) Symbolize(addr uint64) string {
-	if k == nil {
+// Symbolize names a guest address as "func+0xoff", or "" if unknown.
+func (b *bootImage) Symbolize(addr uint64) string {
+	if b == nil {
 		return ""
 	}
-	i := sort.Search(len(k.syms), func(i int) bool { return k.syms[i].addr > addr }) - 1
-	if i < 0 {
-		return ""
+	if s, off, ok := b.elf.Addr2Func(addr); ok {
+		return fmt.Sprintf("%s+%#x", s.Name, off)
 	}
-	s := k.syms[i]
-	if s.size != 0 && addr >= s.addr+s.size {
-		return ""
-	}
-	return fmt.Sprintf("%s+%#x", s.name, addr-s.addr)
+	return ""
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"klp-kvm/elfpatch"
 	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm/engine"
 )
@@ -23,6 +24,13 @@ type Config struct {
 	Console       io.Writer     // COM1 output; nil discards
 	ConsoleIn     io.Reader     // COM1 input; nil for none
 	PauseDeadline time.Duration // default 1 s
+
+	// ParsedKernel is the kernel already parsed (by elfpatch.ParseKernel,
+	// ParseKernel or another Machine's Kernel), so that one parse serves the
+	// machine and the livepatch Manager. When it is set New does not parse
+	// Kernel, which may then be nil (if not, it must hold the same image, or
+	// New fails with ErrConfig). Nil: New parses Kernel.
+	ParsedKernel *elfpatch.Kernel
 }
 
 // Machine is guest RAM, vCPUs, devices, and the whole-machine Pause/Resume.
@@ -30,7 +38,7 @@ type Machine struct {
 	cfg    Config
 	ram    []byte
 	layout Layout
-	kernel *Kernel
+	kernel *bootImage
 	vm     engine.VM
 	vcpus  []*vcpu
 	bus    bus
@@ -82,7 +90,7 @@ func New(cfg Config) (*Machine, error) {
 	case cfg.PatchAreaMiB%2 != 0 || cfg.PatchAreaMiB < 2 || cfg.PatchAreaMiB > 256 || cfg.PatchAreaMiB > cfg.MemMiB/4:
 		return nil, errorf(op, ErrConfig, "patch area %d MiB: want an even size from 2 to min(256, RAM/4)", cfg.PatchAreaMiB)
 	}
-	k, err := ParseKernel(cfg.Kernel)
+	k, err := openKernel(cfg.Kernel, cfg.ParsedKernel)
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +106,7 @@ func New(cfg Config) (*Machine, error) {
 		m.Close()
 		return nil, err
 	}
-	if err := k.load(cfg.Kernel, ram, l); err != nil {
+	if err := k.load(ram, l); err != nil {
 		return fail(err)
 	}
 	console := cfg.Console
@@ -129,7 +137,7 @@ func New(cfg Config) (*Machine, error) {
 		}
 		v := &vcpu{id: i, cpu: c, m: m, events: make(chan event, 8), done: make(chan struct{})}
 		m.vcpus = append(m.vcpus, v)
-		if err := initVCPU(c, k.Entry, i); err != nil {
+		if err := initVCPU(c, k.elf.Entry, i); err != nil {
 			return fail(&Error{Op: op, Kind: ErrConfig, Detail: "set up vCPU " + itoa(i), Err: err})
 		}
 	}
@@ -255,6 +263,23 @@ func (m *Machine) Stop() { m.finish(0, nil) }
 
 // Done is closed when the machine has stopped for any reason.
 func (m *Machine) Done() <-chan struct{} { return m.doneCh }
+
+// StopReason says how the machine stopped: nil while it runs, else its
+// error (a guest fault, every vCPU halted) or its power-off code. Stop and
+// a guest power-off with code 0 read alike.
+func (m *Machine) StopReason() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case !m.finished:
+		return nil
+	case m.exitErr != nil:
+		return m.exitErr
+	case m.exitCode != 0:
+		return errorf("run", ErrGuest, "guest powered off with code %d", m.exitCode)
+	}
+	return errorf("run", ErrStopped, "guest powered off or stopped by the host")
+}
 
 // Close releases the VM and guest RAM. Call it after Run has returned (or
 // instead of Run).
@@ -451,8 +476,10 @@ func (m *Machine) NumCPUs() int { return m.cfg.CPUs }
 // Layout returns the guest-physical layout (RAM, patch area, boot CR3).
 func (m *Machine) Layout() Layout { return m.layout }
 
-// Kernel returns the loaded kernel image description.
-func (m *Machine) Kernel() *Kernel { return m.kernel }
+// Kernel returns the guest kernel the machine booted, as parsed by elfpatch:
+// hand it to livepatch.Config.Kernel (or another machine's
+// Config.ParsedKernel) instead of parsing the image again.
+func (m *Machine) Kernel() *elfpatch.Kernel { return m.kernel.elf }
 
 // EngineName is the engine's name ("kvm" or "emu").
 func (m *Machine) EngineName() string { return m.cfg.Engine.Name() }

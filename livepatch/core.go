@@ -9,6 +9,7 @@
 package livepatch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"path"
@@ -62,12 +63,18 @@ type CallbackRunner func(ctx context.Context, addr, arg uint64) (int64, error)
 // Config sets up a Manager.
 type Config struct {
 	Guest         Guest
-	Vmlinux       []byte // the guest kernel's ELF image
+	Vmlinux       []byte // the guest kernel's ELF image (not needed when Kernel is set)
 	PatchArea     uint64 // virtual base of the patch area
 	PatchAreaSize uint64
 	Callbacks     CallbackRunner // nil: patches with callbacks are refused (ENODEV)
 	// CallbackTimeout bounds each callback; default 10 s.
 	CallbackTimeout time.Duration
+	// Kernel is the guest kernel already parsed, typically the machine's
+	// (kvm.Machine.Kernel), so that one parse serves the machine and the
+	// Manager. When it is set New does not parse Vmlinux, which may then be
+	// nil (if not, it must hold the same image, or New fails with EINVAL).
+	// Nil: New parses Vmlinux.
+	Kernel *elfpatch.Kernel
 }
 
 // Options tune one enable or disable.
@@ -150,24 +157,50 @@ type Result struct {
 	Replaced    []string      `json:"replaced,omitempty"` // patches an atomic replace removed
 }
 
-// Manager holds the livepatch state of one guest. Every operation takes
-// its mutex: operations are serialised, as under Linux's klp_mutex.
+// Manager holds the livepatch state of one guest; the package has no
+// other state. Every operation takes its mutex: operations are
+// serialised, as under Linux's klp_mutex. Every unexported method that
+// needs m.mu held says so ("m.mu must be held") and the main ones check
+// it (mustHold).
 type Manager struct {
-	mu       sync.Mutex
-	g        Guest
-	kernel   *elfpatch.Kernel
-	syms     *guestkernel.Symbols
-	tracer   *ftrace.Tracer
-	sysfs    *guestkernel.SysfsWriter
-	intro    *guestkernel.Guest // nil if the guest has no klp_guest_abi
-	cb       CallbackRunner
-	cbTO     time.Duration
-	patches  []*Patch        // registration order: the stack
-	ops      map[uint64]*Ops // by old_addr
-	forceReq atomic.Bool     // a guest write to .../force during a transition
-	inTrans  atomic.Bool
-	last     *Result
-	retired  uint64 // patch-area bytes of forced patches' images, never freed
+	mu sync.Mutex
+
+	// Set by New, then only read.
+	g      Guest
+	kernel *elfpatch.Kernel
+	syms   *guestkernel.Symbols
+	intro  *guestkernel.Guest // nil if the guest has no klp_guest_abi
+	cb     CallbackRunner
+	cbTO   time.Duration
+
+	// Guarded by mu (and the tracer's sites, the guest's sysfs mirror and
+	// the patches' fields with them).
+	tracer  *ftrace.Tracer
+	sysfs   *guestkernel.SysfsWriter
+	patches []*Patch        // registration order: the stack
+	ops     map[uint64]*Ops // by old_addr
+	last    *Result
+	retired uint64 // patch-area bytes of forced patches' images, never freed
+
+	// Atomics, used without mu: a guest's write to <patch>/force arrives
+	// while the transition in progress holds mu (forceTransition).
+	forceReq atomic.Bool // a guest write to .../force during a transition
+	inTrans  atomic.Bool // a transition is in progress
+
+	// lockChecks turns mustHold's check on; the package's tests set it
+	// on every Manager they build.
+	lockChecks bool
+}
+
+// mustHold is a debug assertion: with lockChecks on it panics when m.mu
+// is not held. TryLock cannot tell who holds the mutex, only that someone
+// does, so it catches the bug that matters (a method that needs the lock
+// reached without it), not a lock held by another goroutine.
+func (m *Manager) mustHold() {
+	if m.lockChecks && m.mu.TryLock() {
+		m.mu.Unlock()
+		panic("livepatch: m.mu must be held")
+	}
 }
 
 // New builds a manager for a guest whose kernel is vmlinux. The guest must
@@ -178,14 +211,16 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Guest == nil {
 		return nil, errorf(op, "", syscall.EINVAL, "no guest")
 	}
-	k, err := elfpatch.ParseKernel(cfg.Vmlinux)
-	if err != nil {
-		return nil, &Error{Op: op, Errno: syscall.EINVAL, Detail: "guest kernel", Err: err}
+	k := cfg.Kernel
+	if k == nil {
+		var err error
+		if k, err = elfpatch.ParseKernel(cfg.Vmlinux); err != nil {
+			return nil, &Error{Op: op, Errno: syscall.EINVAL, Detail: "guest kernel", Err: err}
+		}
+	} else if v, d := cfg.Vmlinux, k.Data(); len(v) > 0 && (len(v) != len(d) || (&v[0] != &d[0] && !bytes.Equal(v, d))) {
+		return nil, errorf(op, "", syscall.EINVAL, "Vmlinux and Kernel are different images")
 	}
-	syms, err := guestkernel.LoadSymbols(cfg.Vmlinux)
-	if err != nil {
-		return nil, &Error{Op: op, Errno: syscall.EINVAL, Detail: "guest kernel symbols", Err: err}
-	}
+	syms := guestkernel.NewSymbols(k)
 	al, err := ftrace.NewAllocator(cfg.PatchArea, cfg.PatchAreaSize)
 	if err != nil {
 		return nil, &Error{Op: op, Errno: syscall.EINVAL, Detail: "patch area", Err: err}
@@ -213,7 +248,10 @@ func New(cfg Config) (*Manager, error) {
 // status and leak checks).
 func (m *Manager) Tracer() *ftrace.Tracer { return m.tracer }
 
+// find returns a patch and its place in the stack (-1, nil: none of that
+// name). m.mu must be held.
 func (m *Manager) find(name string) (int, *Patch) {
+	m.mustHold()
 	for i, p := range m.patches {
 		if p.Name == name {
 			return i, p
@@ -234,22 +272,56 @@ func (m *Manager) Register(data []byte, nameHint string) (*Patch, error) {
 	return m.register(data, nameHint)
 }
 
+// register is Register's work. m.mu must be held.
 func (m *Manager) register(data []byte, nameHint string) (*Patch, error) {
 	const op = "register"
+	m.mustHold()
 	ep, err := elfpatch.ParsePatch(data)
 	if err != nil {
 		return nil, &Error{Op: op, Patch: nameHint, Errno: syscall.EINVAL, Err: err}
 	}
+	name, err := m.patchName(op, ep, nameHint)
+	if err != nil {
+		return nil, err
+	}
+	im, err := m.dryLayout(op, name, ep)
+	if err != nil {
+		return nil, err
+	}
+	p := newPatch(name, ep, im)
+	if err := m.checkFuncs(op, p); err != nil {
+		return nil, err
+	}
+	m.patches = append(m.patches, p)
+	if err := m.writeSysfs(); err != nil {
+		m.patches = m.patches[:len(m.patches)-1]
+		return nil, alsoFailed(&Error{Op: op, Patch: name, Errno: syscall.ENOMEM, Detail: "guest sysfs", Err: err},
+			"restoring the guest sysfs", m.writeSysfs())
+	}
+	return p, nil
+}
+
+// patchName is the name a patch registers under: its KLP_MODULE_NAME, else
+// the module name nameHint gives. It must be usable as a sysfs directory
+// and not registered yet. m.mu must be held.
+func (m *Manager) patchName(op string, ep *elfpatch.Patch, nameHint string) (string, error) {
 	name := ep.Name
 	if name == "" {
 		name = elfpatch.ModuleNameFromFile(nameHint)
 	}
 	if name == "" || len(name) >= guestkernel.SysfsNameLen || strings.ContainsAny(name, "/\x00\n") || name == "." || name == ".." {
-		return nil, errorf(op, name, syscall.EINVAL, "bad patch name %q", name)
+		return "", errorf(op, name, syscall.EINVAL, "bad patch name %q", name)
 	}
 	if _, dup := m.find(name); dup != nil {
-		return nil, errorf(op, name, syscall.EEXIST, "a patch of this name is registered")
+		return "", errorf(op, name, syscall.EEXIST, "a patch of this name is registered")
 	}
+	return name, nil
+}
+
+// dryLayout lays the patch out at the start of the patch area without
+// writing it anywhere: the relocation and symbol checks of
+// klp_enable_patch, done at register time. m.mu must be held.
+func (m *Manager) dryLayout(op, name string, ep *elfpatch.Patch) (*elfpatch.Image, error) {
 	align, err := ep.Align()
 	if err != nil {
 		return nil, &Error{Op: op, Patch: name, Errno: syscall.EINVAL, Err: err}
@@ -259,6 +331,12 @@ func (m *Manager) register(data []byte, nameHint string) (*Patch, error) {
 	if err != nil {
 		return nil, &Error{Op: op, Patch: name, Errno: syscall.EINVAL, Err: err}
 	}
+	return im, nil
+}
+
+// newPatch builds the struct klp_patch of a parsed patch from its dry-run
+// layout im (the funcs' offsets in the image hold for any base).
+func newPatch(name string, ep *elfpatch.Patch, im *elfpatch.Image) *Patch {
 	p := &Patch{Name: name, Replace: ep.Replace, parsed: ep, ImageSize: im.Size()}
 	sizes := funcSizes(ep)
 	for _, io := range im.Objects {
@@ -273,21 +351,21 @@ func (m *Manager) register(data []byte, nameHint string) (*Patch, error) {
 		}
 		p.Objects = append(p.Objects, o)
 	}
+	return p
+}
+
+// checkFuncs refuses a patch that patches nothing, or a function whose
+// site is not one of the kernel's fentry sites. m.mu must be held.
+func (m *Manager) checkFuncs(op string, p *Patch) error {
 	if len(p.funcs()) == 0 {
-		return nil, errorf(op, name, syscall.EINVAL, "the patch patches no function")
+		return errorf(op, p.Name, syscall.EINVAL, "the patch patches no function")
 	}
 	for _, f := range p.funcs() {
 		if _, ok := m.tracer.Site(f.Site); !ok {
-			return nil, errorf(op, name, syscall.EINVAL, "%s: %#x is not an fentry site of the kernel", f.OldName, f.Site)
+			return errorf(op, p.Name, syscall.EINVAL, "%s: %#x is not an fentry site of the kernel", f.OldName, f.Site)
 		}
 	}
-	m.patches = append(m.patches, p)
-	if err := m.writeSysfs(); err != nil {
-		m.patches = m.patches[:len(m.patches)-1]
-		_ = m.writeSysfs()
-		return nil, &Error{Op: op, Patch: name, Errno: syscall.ENOMEM, Detail: "guest sysfs", Err: err}
-	}
-	return p, nil
+	return nil
 }
 
 // funcSizes maps the patch's function symbols to their sizes (for the
@@ -310,8 +388,10 @@ func (m *Manager) Unregister(name string) error {
 	return m.unregister(name)
 }
 
+// unregister is Unregister's work. m.mu must be held.
 func (m *Manager) unregister(name string) error {
 	const op = "unregister"
+	m.mustHold()
 	i, p := m.find(name)
 	if p == nil {
 		return errorf(op, name, syscall.ENOENT, "no such patch")
@@ -322,8 +402,8 @@ func (m *Manager) unregister(name string) error {
 	m.patches = append(m.patches[:i:i], m.patches[i+1:]...)
 	if err := m.writeSysfs(); err != nil {
 		m.patches = append(m.patches[:i:i], append([]*Patch{p}, m.patches[i:]...)...)
-		_ = m.writeSysfs()
-		return &Error{Op: op, Patch: name, Errno: syscall.EIO, Detail: "guest sysfs", Err: err}
+		return alsoFailed(&Error{Op: op, Patch: name, Errno: syscall.EIO, Detail: "guest sysfs", Err: err},
+			"restoring the guest sysfs", m.writeSysfs())
 	}
 	m.dropImage(p)
 	return nil
@@ -437,6 +517,7 @@ func (m *Manager) Patches() []string {
 }
 
 // sysfsState renders the state as the guest's /sys/kernel/livepatch.
+// m.mu must be held.
 func (m *Manager) sysfsState() []guestkernel.SysfsPatch {
 	var out []guestkernel.SysfsPatch
 	for i, p := range m.patches {
@@ -458,7 +539,12 @@ func (m *Manager) sysfsState() []guestkernel.SysfsPatch {
 	return out
 }
 
-func (m *Manager) writeSysfs() error { return m.sysfs.Write(m.sysfsState()) }
+// writeSysfs mirrors the state into the guest's klp_sysfs_state. m.mu
+// must be held (New's own call comes before the Manager is shared).
+func (m *Manager) writeSysfs() error {
+	m.mustHold()
+	return m.sysfs.Write(m.sysfsState())
+}
 
 // SysfsWrite carries out a guest process's write to a
 // /sys/kernel/livepatch file (forwarded by the agent) with the same code
@@ -482,36 +568,39 @@ func (m *Manager) SysfsWrite(p, value string) error {
 		if err != nil {
 			return errorf(op, name, syscall.EINVAL, "%q is not a boolean", strings.TrimSpace(value))
 		}
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		_, pt := m.find(name)
-		if pt == nil {
-			return errorf(op, name, syscall.ENOENT, "no such patch")
-		}
-		if pt.Enabled == on {
-			// Linux's enabled_store: writing the current state is EINVAL.
-			return errorf(op, name, syscall.EINVAL, "the patch is already %s", map[bool]string{true: "enabled", false: "disabled"}[on])
-		}
-		if on {
-			_, err = m.enable(name, Options{})
-		} else {
-			_, err = m.disable(name, Options{})
-		}
-		return err
+		return m.setEnabled(op, name, on)
 	case "force":
 		if err != nil || !on {
 			return errorf(op, name, syscall.EINVAL, "write 1 to force a transition")
 		}
 		// No lock: the transition in progress holds it and polls this flag.
-		if !m.inTrans.Load() {
-			return errorf(op, name, syscall.EINVAL, "no transition in progress")
-		}
-		m.forceReq.Store(true)
-		return nil
+		return m.forceTransition(op, name)
 	case "transition", "replace", "stack_order":
 		return errorf(op, name, syscall.EPERM, "%s is read-only", attr)
 	}
 	return errorf(op, name, syscall.ENOENT, "%s", p)
+}
+
+// setEnabled is a guest's write to <patch>/enabled (Linux's
+// enabled_store). It takes m.mu.
+func (m *Manager) setEnabled(op, name string, on bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, pt := m.find(name)
+	if pt == nil {
+		return errorf(op, name, syscall.ENOENT, "no such patch")
+	}
+	if pt.Enabled == on {
+		// Linux's enabled_store: writing the current state is EINVAL.
+		return errorf(op, name, syscall.EINVAL, "the patch is already %s", map[bool]string{true: "enabled", false: "disabled"}[on])
+	}
+	var err error
+	if on {
+		_, err = m.enable(name, Options{})
+	} else {
+		_, err = m.disable(name, Options{})
+	}
+	return err
 }
 
 // parseBool is the kernel's kstrtobool for the common spellings.

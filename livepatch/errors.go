@@ -58,3 +58,28 @@ func (e *Error) As(target any) bool {
 	}
 	return false
 }
+
+// alsoFailed reports cerr, an error met while cleaning up after err (a
+// Resume of the guest, putting the sysfs mirror back), together with err:
+// nothing is dropped. err stays first and keeps deciding the errno and
+// the error's type: a *Error gets cerr appended to its cause (Err), any
+// other error is wrapped. errors.Is and errors.As see both. what names
+// the cleanup step ("resuming the guest"). A nil cerr returns err as it
+// is; a nil err returns cerr alone, wrapped.
+func alsoFailed(err error, what string, cerr error) error {
+	switch {
+	case cerr == nil:
+		return err
+	case err == nil:
+		return fmt.Errorf("%s failed: %w", what, cerr)
+	}
+	if e, ok := err.(*Error); ok {
+		if e.Err == nil {
+			e.Err = fmt.Errorf("%s also failed: %w", what, cerr)
+		} else {
+			e.Err = fmt.Errorf("%w; %s also failed: %w", e.Err, what, cerr)
+		}
+		return e
+	}
+	return fmt.Errorf("%w; %s also failed: %w", err, what, cerr)
+}

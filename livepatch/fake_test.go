@@ -90,10 +90,20 @@ func (c *cbRecorder) run(ctx context.Context, addr, arg uint64) (int64, error) {
 	return c.ret[addr], nil
 }
 
+// newChecked is New with the lock assertions on (mustHold): every test's
+// Manager checks that the methods needing m.mu are reached with it held.
+func newChecked(cfg Config) (*Manager, error) {
+	m, err := New(cfg)
+	if err == nil {
+		m.lockChecks = true
+	}
+	return m, err
+}
+
 func newManager(t testing.TB, cpus int, cb CallbackRunner) (*fakeGuest, *Manager) {
 	t.Helper()
 	g := newFakeGuest(t, cpus)
-	m, err := New(Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: patchVirt, PatchAreaSize: fakePatch, Callbacks: cb})
+	m, err := newChecked(Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: patchVirt, PatchAreaSize: fakePatch, Callbacks: cb})
 	if err != nil {
 		t.Fatal(err)
 	}

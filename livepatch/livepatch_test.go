@@ -3,6 +3,7 @@ package livepatch
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"syscall"
@@ -507,7 +508,7 @@ func TestTextMismatchRefused(t *testing.T) {
 
 func TestPatchAreaFull(t *testing.T) {
 	g := newFakeGuest(t, 1)
-	m, err := New(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: 64})
+	m, err := newChecked(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: 64})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,7 +625,7 @@ func (s *snapGuest) Regs(int) (engine.Regs, error) {
 func TestPausedRegsSnapshot(t *testing.T) {
 	fg := newFakeGuest(t, 2)
 	g := &snapGuest{fakeGuest: fg}
-	m, err := New(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch})
+	m, err := newChecked(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -927,4 +928,103 @@ func TestConservativeInterruptedInTrampoline(t *testing.T) {
 			t.Fatal("refused disable changed guest memory")
 		}
 	}
+}
+
+// resumeFailGuest resumes (the vCPUs do run again) but reports that
+// Resume failed while fail is set.
+type resumeFailGuest struct {
+	*fakeGuest
+	fail bool
+}
+
+var errResume = errors.New("injected resume fault")
+
+func (g *resumeFailGuest) Resume() error {
+	if err := g.fakeGuest.Resume(); err != nil {
+		return err
+	}
+	if g.fail {
+		return errResume
+	}
+	return nil
+}
+
+// TestResumeErrorsReported: a Resume that fails is never dropped. After a
+// switch that stands it is in Result.ResumeErr (the operation
+// succeeded); after a failed poke or a failed rollback it is joined to
+// that error, whose errno still decides.
+func TestResumeErrorsReported(t *testing.T) {
+	fg := newFakeGuest(t, 1)
+	g := &resumeFailGuest{fakeGuest: fg}
+	m, err := newChecked(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Register(patchObj(t, "livepatch-sample"), "livepatch-sample.o"); err != nil {
+		t.Fatal(err)
+	}
+	site := fg.sym(t, "cmdline_proc_show")
+	onSite := func(va uint64, n int) bool { return va <= site && site < va+uint64(n) }
+	g.fail = true
+
+	// The switch stands: success, with the Resume error in the result.
+	res, err := m.Enable(sample, Options{})
+	if err != nil || !strings.Contains(res.ResumeErr, errResume.Error()) {
+		t.Fatalf("enable with a failed resume: %+v %v", res, err)
+	}
+	g.fail = false
+	if _, err := m.Disable(sample, Options{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The poke fails, and so does the Resume after it.
+	g.fail = true
+	fg.WriteErr = func(va uint64, n int) error {
+		if onSite(va, n) {
+			return errors.New("injected poke fault")
+		}
+		return nil
+	}
+	_, err = m.Enable(sample, Options{})
+	if !errors.Is(err, syscall.EIO) || !errors.Is(err, errResume) || !strings.Contains(err.Error(), "text poke") ||
+		!strings.Contains(err.Error(), "resuming the guest also failed") {
+		t.Fatalf("want the poke's EIO with the resume error, got %v", err)
+	}
+
+	// The sysfs update fails after the switch, the rollback's poke fails,
+	// and so does the Resume after it.
+	st := fg.sym(t, "klp_sysfs_state")
+	sysfsFailed := false
+	fg.WriteErr = func(va uint64, n int) error {
+		if va >= st && va < st+guestkernel.SysfsStateSize {
+			sysfsFailed = true
+			return errors.New("injected sysfs write fault")
+		}
+		if sysfsFailed && onSite(va, n) {
+			return errors.New("injected rollback fault")
+		}
+		return nil
+	}
+	_, err = m.Enable(sample, Options{})
+	if !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "injected rollback fault") ||
+		!strings.Contains(err.Error(), "resuming the guest also failed: "+errResume.Error()) {
+		t.Fatalf("want the rollback's error with the resume error, got %v", err)
+	}
+}
+
+// TestLockChecks: mustHold catches an unexported method reached without
+// m.mu, and lets it through with the lock held.
+func TestLockChecks(t *testing.T) {
+	_, m := newManager(t, 1, nil)
+	func() {
+		defer func() {
+			if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "m.mu must be held") {
+				t.Fatalf("no lock, no panic: %v", r)
+			}
+		}()
+		m.find(sample)
+	}()
+	m.mu.Lock()
+	m.find(sample)
+	m.mu.Unlock()
 }

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"klp-kvm/livepatch/latency"
+	"klp-kvm/latency"
 )
 
 // cmdBench measures patch switch latency on the embedded guest:

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"klp-kvm/livepatch/latency"
+	"klp-kvm/latency"
 )
 
 func TestBenchCommand(t *testing.T) {

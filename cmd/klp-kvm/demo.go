@@ -9,7 +9,7 @@ import (
 
 	"klp-kvm/guestkernel"
 	"klp-kvm/livepatch"
-	"klp-kvm/livepatch/session"
+	"klp-kvm/vmm"
 )
 
 // cmdDemo is `klp-kvm demo`: the whole story on the embedded guest in one
@@ -37,12 +37,12 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 func runDemo(w, stderr io.Writer, engineName string, cpus int) error {
 	step := func(format string, args ...any) { fmt.Fprintf(w, "\n==> "+format+"\n", args...) }
 	step("booting the embedded guest kernel (%d vCPUs)", cpus)
-	s, err := session.Start(session.Config{Engine: engineName, CPUs: cpus, Cmdline: "console=ttyS0 klp.demo=1"})
+	s, err := vmm.Boot(vmm.Config{Engine: engineName, CPUs: cpus, Cmdline: "console=ttyS0 klp.demo=1"})
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	fmt.Fprintf(w, "%s; guest agent up after %v\n", s.EngineWhy, s.Boot.Round(time.Millisecond))
+	fmt.Fprintf(w, "%s; guest agent up after %v\n", s.EngineWhy, s.BootTime().Round(time.Millisecond))
 	show := func(cmd string) error {
 		out, err := s.Exec(cmd)
 		fmt.Fprintf(w, "guest$ %s\n%s", cmd, indentOut(out))

@@ -2,67 +2,20 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"net/http"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"klp-kvm/api"
-	"klp-kvm/kvm/agent"
+	"klp-kvm/api/apitest"
 )
 
-// fakeAgent is an api.Agent without a guest: exec echoes, files live in a
-// map, and a missing file is the guest's ENOENT.
-type fakeAgent struct {
-	mu    sync.Mutex
-	files map[string]string
-}
-
-func (a *fakeAgent) Info(context.Context) (agent.Info, error) {
-	return agent.Info{Version: "fake"}, nil
-}
-
-func (a *fakeAgent) Exec(_ context.Context, cmd string) (agent.ExecResult, error) {
-	if cmd == "false" {
-		return agent.ExecResult{Status: 1}, nil
-	}
-	return agent.ExecResult{Output: "ran " + cmd + "\n"}, nil
-}
-
-func (a *fakeAgent) FileRead(_ context.Context, path string) (string, bool, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	v, ok := a.files[path]
-	if !ok {
-		return "", false, &agent.Error{Op: "guest-file-read", Kind: agent.ErrGuest, Class: "GenericError",
-			Desc: "open " + path + ": ENOENT", Errno: 2, ErrnoName: "ENOENT"}
-	}
-	return v, false, nil
-}
-
-func (a *fakeAgent) FileWrite(_ context.Context, path, data string) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.files[path] = data
-	return nil
-}
-
-func guestServer(t *testing.T) (string, *fakeAgent) {
+func guestServer(t *testing.T) (string, *apitest.Agent) {
 	t.Helper()
-	ag := &fakeAgent{files: map[string]string{}}
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	l, err := api.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ag := &apitest.Agent{}
 	mux := http.NewServeMux()
 	api.GuestRoutes(mux, ag)
-	srv := api.NewServer(mux)
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	return sock, ag
+	return apitest.ServeUnix(t, mux), ag
 }
 
 func TestGuestCommands(t *testing.T) {
@@ -84,8 +37,8 @@ func TestGuestCommands(t *testing.T) {
 	if rc, _, errs := run(sysfs, "write", "p/enabled", "0", "--api", sock); rc != 0 {
 		t.Errorf("sysfs write: %d %q", rc, errs)
 	}
-	if rc, _, errs := run(sysfs, "--api", sock, "write", "p/force", "--", "-1"); rc != 0 || ag.files["/sys/kernel/livepatch/p/force"] != "-1" {
-		t.Errorf("sysfs write -- -1: %d %q %q", rc, errs, ag.files)
+	if rc, _, errs := run(sysfs, "--api", sock, "write", "p/force", "--", "-1"); rc != 0 || !hasFile(ag, "/sys/kernel/livepatch/p/force", "-1") {
+		t.Errorf("sysfs write -- -1: %d %q", rc, errs)
 	}
 	if rc, out, errs := run(sysfs, "cat", "p/enabled", "--api", sock); rc != 0 || out != "0" {
 		t.Errorf("sysfs cat: %d %q %q", rc, out, errs)
@@ -101,4 +54,9 @@ func TestGuestCommands(t *testing.T) {
 	if rc, _, _ := run(exec, "-h"); rc != 0 {
 		t.Errorf("exec -h: %d", rc)
 	}
+}
+
+func hasFile(a *apitest.Agent, path, want string) bool {
+	v, ok := a.File(path)
+	return ok && v == want
 }

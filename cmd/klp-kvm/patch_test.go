@@ -3,41 +3,20 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"klp-kvm/api"
-	"klp-kvm/guestkernel"
-	"klp-kvm/guestkernel/layout"
+	"klp-kvm/api/apitest"
 	"klp-kvm/livepatch"
-	"klp-kvm/livepatch/fakeguest"
 )
 
 // patchServer serves the livepatch API on a unix socket over a fake guest.
 func patchServer(t *testing.T) string {
 	t.Helper()
-	g, err := fakeguest.New(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: layout.PatchAreaVirt,
-		PatchAreaSize: fakeguest.PatchSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	l, err := api.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	api.LivepatchRoutes(mux, lm, nil)
-	srv := api.NewServer(mux)
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
+	sock, _ := apitest.ServeLivepatch(t)
 	return sock
 }
 

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,63 +11,15 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
-	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"klp-kvm/api"
 	"klp-kvm/guestkernel"
-	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm"
-	"klp-kvm/kvm/agent"
-	"klp-kvm/livepatch"
-	"klp-kvm/livepatch/session"
+	"klp-kvm/vmm"
 )
-
-// sysfsWriteEvent is the data of the agent's "sysfs-write" event: a guest
-// process wrote value to a /sys/kernel/livepatch file and waits for the
-// host's answer.
-type sysfsWriteEvent struct {
-	ID    uint64 `json:"id"`
-	Path  string `json:"path"`
-	Value string `json:"value"`
-}
-
-// sysfsWrite carries out a guest-side sysfs write; nil until a livepatch
-// manager serves them, and then writes are refused with ENODEV.
-var sysfsWrite func(path, value string) error
-
-// guestEvent handles one event line from the guest agent.
-func guestEvent(ag *agent.Client, ev agent.Event, stderr io.Writer) {
-	if ev.Name != "sysfs-write" {
-		fmt.Fprintf(stderr, "klp-kvm: guest event %s: %s\r\n", ev.Name, ev.Data)
-		return
-	}
-	var w sysfsWriteEvent
-	if err := json.Unmarshal(ev.Data, &w); err != nil {
-		fmt.Fprintf(stderr, "klp-kvm: malformed sysfs-write event: %v\r\n", err)
-		return
-	}
-	errno := int(unix.ENODEV)
-	if sysfsWrite != nil {
-		errno = errnoOf(sysfsWrite(w.Path, w.Value))
-	}
-	if err := ag.SysfsReply(w.ID, errno); err != nil {
-		fmt.Fprintf(stderr, "klp-kvm: sysfs-reply: %v\r\n", err)
-	}
-}
-
-// errnoOf is the Linux errno an error carries (EIO if none), 0 for nil.
-func errnoOf(err error) int {
-	if err == nil {
-		return 0
-	}
-	var en syscall.Errno
-	if errors.As(err, &en) {
-		return int(en)
-	}
-	return int(unix.EIO)
-}
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
@@ -93,15 +43,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
 		return 2
 	}
-	eng, why, err := kvm.SelectEngine(*engineName)
-	if err != nil {
-		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
-		return 1
-	}
-	fmt.Fprintf(stderr, "klp-kvm: %s\n", why)
-
-	cfg := kvm.Config{Engine: eng, CPUs: *cpus, MemMiB: *mem, Kernel: image, Cmdline: *cmdline}
-	var restore func()
+	cfg := vmm.Config{Engine: *engineName, CPUs: *cpus, MemMiB: *mem, Kernel: image, Cmdline: *cmdline, Events: stderr}
 	var quit chan struct{}
 	switch *console {
 	case "stdio":
@@ -109,10 +51,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		if term.IsTerminal(int(os.Stdin.Fd())) {
 			old, err := term.MakeRaw(int(os.Stdin.Fd()))
 			if err == nil {
-				restore = func() { term.Restore(int(os.Stdin.Fd()), old) }
-				defer restore()
+				defer term.Restore(int(os.Stdin.Fd()), old)
 				// In raw mode the terminal no longer maps \n to \r\n.
-				cfg.Console = crlfWriter{stdout}
+				cfg.Console, cfg.Events = crlfWriter{stdout}, crlfWriter{stderr}
 				fmt.Fprint(stderr, "klp-kvm: console attached; Ctrl-A x quits\r\n")
 			}
 			quit = make(chan struct{})
@@ -130,12 +71,18 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		defer f.Close()
 		cfg.Console = f
 	}
-	m, err := kvm.New(cfg)
+	v, err := vmm.New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
 		return 1
 	}
-	defer m.Close()
+	defer v.Close()
+	fmt.Fprintf(cfg.Events, "klp-kvm: %s\n", v.EngineWhy)
+	if v.NoLivepatch != nil {
+		// A kernel without klp_guest_abi / klp_sysfs_state (e.g. a test
+		// guest) still runs; it just cannot be live patched.
+		fmt.Fprintf(cfg.Events, "klp-kvm: live patching unavailable for this kernel: %v\n", v.NoLivepatch)
+	}
 
 	path := api.SocketPath(*sock)
 	l, err := api.Listen(path)
@@ -144,43 +91,43 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer os.Remove(path)
-	var ag *agent.Client
-	agReady := make(chan struct{}) // events may arrive before New returns
-	ag = agent.New(m.AgentPort(), agent.Options{OnEvent: func(ev agent.Event) { <-agReady; guestEvent(ag, ev, stderr) }})
-	close(agReady)
-	defer ag.Close()
-	mux := http.NewServeMux()
-	api.MachineRoutes(mux, m)
-	api.GuestRoutes(mux, ag)
-	lm, err := livepatch.New(livepatch.Config{Guest: m, Vmlinux: image, PatchArea: layout.PatchAreaVirt,
-		PatchAreaSize: m.Layout().PatchAreaSize, Callbacks: session.Callbacks(ag)})
-	if err != nil {
-		// A kernel without klp_guest_abi / klp_sysfs_state (e.g. a test
-		// guest) still runs; it just cannot be live patched.
-		fmt.Fprintf(stderr, "klp-kvm: live patching unavailable for this kernel: %v\n", err)
-	} else {
-		sysfsWrite = lm.SysfsWrite
-		api.LivepatchRoutes(mux, lm, m)
-	}
-	srv := &http.Server{Handler: mux}
+	srv := &http.Server{Handler: v.Handler()}
 	go srv.Serve(l)
-	defer srv.Close()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	stopped := make(chan struct{}) // the API is drained and the guest told to stop
 	go func() {
+		defer close(stopped)
+		// On a signal or Ctrl-A x, operations in flight finish or roll back
+		// (each within its own deadline) before the guest stops; when the
+		// guest stopped by itself, they fail at once saying so.
+		grace := shutdownGrace
 		select {
 		case s := <-sigs:
-			fmt.Fprintf(stderr, "\r\nklp-kvm: %v: stopping the guest\r\n", s)
+			fmt.Fprintf(stderr, "\r\nklp-kvm: %v: finishing operations in progress, then stopping the guest\r\n", s)
 		case <-quit:
-			fmt.Fprint(stderr, "\r\nklp-kvm: Ctrl-A x: stopping the guest\r\n")
-		case <-m.Done():
+			fmt.Fprint(stderr, "\r\nklp-kvm: Ctrl-A x: finishing operations in progress, then stopping the guest\r\n")
+		case <-v.Stopped():
+			grace = stoppedGrace
 		}
-		m.Stop()
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			fmt.Fprintf(stderr, "klp-kvm: API requests still running after %v: %v\r\n", grace, err)
+		}
+		if err := v.Drain(ctx); err != nil {
+			fmt.Fprintf(stderr, "klp-kvm: %v\r\n", err)
+		}
+		v.Machine.Stop()
 	}()
-
-	code, err := m.Run()
+	if err := v.Start(); err != nil {
+		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
+		return 1
+	}
+	defer func() { <-stopped }()
+	code, err := v.Wait()
 	switch {
 	case err != nil:
 		fmt.Fprintf(stderr, "\r\nklp-kvm run: %v\r\n", err)
@@ -191,6 +138,16 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	return 0
 }
+
+// shutdownGrace bounds how long run waits, on a signal, for API requests
+// and guest-initiated transitions in flight: longer than a transition's
+// default deadline (5 s) plus its callbacks, so a normal one completes or
+// rolls back. stoppedGrace is the same once the guest stopped by itself:
+// the requests then fail at once, and only need to be answered.
+const (
+	shutdownGrace = 30 * time.Second
+	stoppedGrace  = 2 * time.Second
+)
 
 func loadKernel(path string) ([]byte, error) {
 	if path != "" {

@@ -3,16 +3,23 @@
  * agent.c: the guest agent on COM2, JSON lines in the QEMU Guest Agent
  * style. One reader thread owns the receive side: it answers the host's
  * replies to guest events (sysfs-reply) at once and queues every other
- * line for the worker thread, which executes commands in order and writes
- * the responses. Two threads, so that a command blocked on the host (a
- * sysfs write from guest-exec) cannot stop the reply it waits for from
- * being read. A request may carry "id" (any number or string): it is
- * echoed in the response so the host can match them.
+ * line for a worker thread, which executes commands in order and writes
+ * the responses. The reader never blocks on a command, so a command blocked
+ * on the host (a sysfs write from guest-exec) cannot stop the reply it
+ * waits for from being read. guest-call requests go to a worker of their
+ * own (agent_caller): the host runs a patch's callbacks with guest-call
+ * while it handles a sysfs write that a guest-file-write or guest-exec on
+ * the main worker is still waiting for, and a single worker would queue
+ * the callback behind the very command that waits for it. A request may
+ * carry "id" (any number or string): it is echoed in the response so the
+ * host can match them, in whatever order they complete.
  */
 #include "json.h"
 
 #define AGENT_LINE_MAX 8192
 #define AGENT_QUEUE 32
+#define AGENT_CALL_QUEUE 4 /* guest-call requests waiting for agent_caller */
+#define AGENT_CALL_LINE 512 /* a guest-call request is one short object */
 #define AGENT_MAX_TOKENS 256
 #define AGENT_PENDING 8
 #define AGENT_ID_MAX 64
@@ -51,6 +58,15 @@ static struct agent_job jobs[AGENT_QUEUE];
 static volatile uint32_t q_head, q_tail; /* head: next to run, tail: next free */
 static spinlock_t q_lock = SPINLOCK_INIT;
 static struct task *worker_task;
+
+/* ---- guest-call queue (reader -> caller); also under q_lock ---- */
+struct call_job {
+	size_t len;
+	char line[AGENT_CALL_LINE];
+};
+static struct call_job calls[AGENT_CALL_QUEUE];
+static volatile uint32_t c_head, c_tail;
+static struct task *caller_task;
 
 /* ---- pending guest events waiting for the host ---- */
 struct pending {
@@ -132,6 +148,38 @@ static int guest_call(uint64_t addr, uint64_t arg, uint64_t *ret)
 	return 0;
 }
 
+/*
+ * do_guest_call answers one guest-call request. It runs on agent_caller,
+ * concurrently with cmd_dispatch on agent_worker, so it uses no static
+ * buffer: its reply is built on its own stack.
+ */
+static void do_guest_call(const char *line, const char *idraw, const struct jtok *t, int nt, int args)
+{
+	char buf[160];
+	struct seq_file m;
+	uint64_t addr, a = 0, ret;
+	int at = json_get(line, t, nt, args, "arg");
+	if (json_u64(line, t, json_get(line, t, nt, args, "addr"), &addr) || (at >= 0 && json_u64(line, t, at, &a))) {
+		send_error(idraw, "GenericError", "guest-call: \"addr\" (unsigned integer) required, \"arg\" optional",
+			   EINVAL);
+		return;
+	}
+	int err = guest_call(addr, a, &ret);
+	if (err) {
+		char desc[160];
+		snprintf(desc, sizeof(desc), "guest-call: 0x%lx is outside the patch area [0x%lx, +0x%lx)", addr,
+			 boot_info_copy.patch_area_virt, boot_info_copy.patch_area_size);
+		send_error(idraw, "GenericError", desc, -err);
+		return;
+	}
+	seq_init(&m, buf, sizeof(buf));
+	seq_printf(&m, "{\"return\":{\"value\":%lu}", ret);
+	if (idraw && *idraw)
+		seq_printf(&m, ",\"id\":%s", idraw);
+	seq_puts(&m, "}");
+	agent_send(m.buf, m.count);
+}
+
 /* noipa: keep one copy under its own name (no .constprop clone) */
 static __attribute__((__noipa__)) void cmd_dispatch(const char *line, const char *idraw, const struct jtok *t, int nt)
 {
@@ -147,7 +195,10 @@ static __attribute__((__noipa__)) void cmd_dispatch(const char *line, const char
 		return;
 	}
 	struct seq_file m;
-	if (!strcmp(name, "guest-ping")) {
+	if (!strcmp(name, "guest-call")) {
+		/* normally routed to agent_caller by the reader; same answer here */
+		do_guest_call(line, idraw, t, nt, args);
+	} else if (!strcmp(name, "guest-ping")) {
 		reply_begin(&m);
 		seq_puts(&m, "{\"return\":{}");
 		reply_end(&m, idraw);
@@ -223,25 +274,6 @@ static __attribute__((__noipa__)) void cmd_dispatch(const char *line, const char
 		json_escape(&m, eo.m.buf, eo.m.count);
 		seq_printf(&m, "\",\"status\":%d,\"truncated\":%s}", status, eo.m.overflow ? "true" : "false");
 		reply_end(&m, idraw);
-	} else if (!strcmp(name, "guest-call")) {
-		uint64_t addr, a = 0, ret;
-		int at = json_get(line, t, nt, args, "arg");
-		if (json_u64(line, t, json_get(line, t, nt, args, "addr"), &addr) || (at >= 0 && json_u64(line, t, at, &a))) {
-			send_error(idraw, "GenericError", "guest-call: \"addr\" (unsigned integer) required, \"arg\" optional",
-				   EINVAL);
-			return;
-		}
-		int err = guest_call(addr, a, &ret);
-		if (err) {
-			char desc[160];
-			snprintf(desc, sizeof(desc), "guest-call: 0x%lx is outside the patch area [0x%lx, +0x%lx)", addr,
-				 boot_info_copy.patch_area_virt, boot_info_copy.patch_area_size);
-			send_error(idraw, "GenericError", desc, -err);
-			return;
-		}
-		reply_begin(&m);
-		seq_printf(&m, "{\"return\":{\"value\":%lu}", ret);
-		reply_end(&m, idraw);
 	} else {
 		char desc[128];
 		snprintf(desc, sizeof(desc), "The command %s has not been found", name);
@@ -308,6 +340,40 @@ static void agent_worker(void *arg)
 	}
 }
 
+/* agent_caller runs queued guest-call requests, one at a time */
+static struct jtok caller_toks[32];
+
+static void run_call(struct call_job *j)
+{
+	char idraw[AGENT_ID_MAX];
+	__atomic_fetch_add(&agent_requests, 1, __ATOMIC_RELAXED);
+	int nt = json_parse(j->line, j->len, caller_toks, ARRAY_SIZE(caller_toks));
+	if (nt <= 0 || caller_toks[0].type != J_OBJ) {
+		send_error(NULL, "GenericError", "guest-call: malformed request", EINVAL);
+		return;
+	}
+	get_idraw(j->line, caller_toks, nt, idraw);
+	int args = json_get(j->line, caller_toks, nt, 0, "arguments");
+	if (args >= 0 && caller_toks[args].type != J_OBJ) {
+		send_error(idraw, "GenericError", "\"arguments\" must be an object", EINVAL);
+		return;
+	}
+	do_guest_call(j->line, idraw, caller_toks, nt, args);
+}
+
+static void agent_caller(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		while (READ_ONCE(c_head) == READ_ONCE(c_tail))
+			sleep_until(ktime_get_ns() + 100 * NSEC_PER_MSEC, "agent_wait");
+		run_call(&calls[c_head % AGENT_CALL_QUEUE]);
+		uint64_t f = spin_lock_irqsave(&q_lock);
+		c_head++;
+		spin_unlock_irqrestore(&q_lock, f);
+	}
+}
+
 /* ---- guest events ---- */
 int agent_sysfs_write_event(const char *path, const char *value, uint64_t timeout_ns)
 {
@@ -346,17 +412,52 @@ int agent_sysfs_write_event(const char *path, const char *value, uint64_t timeou
 /* host's answer to an event: {"execute":"sysfs-reply","arguments":{"id":N,"errno":E}} */
 static struct jtok reader_toks[32];
 
-static int try_sysfs_reply(const char *line, size_t len)
+/*
+ * try_queue_call hands a guest-call request to agent_caller. 1: queued (or
+ * refused with EBUSY when its queue is full); 0: not a guest-call.
+ */
+static int try_queue_call(const char *line, size_t len)
 {
-	/* cheap filter before parsing: only short lines naming sysfs-reply */
-	if (len > 512)
+	uint64_t f = spin_lock_irqsave(&q_lock);
+	int full = c_tail - c_head >= AGENT_CALL_QUEUE;
+	if (!full) {
+		struct call_job *j = &calls[c_tail % AGENT_CALL_QUEUE];
+		j->len = len;
+		memcpy(j->line, line, len + 1);
+		c_tail++;
+	}
+	spin_unlock_irqrestore(&q_lock, f);
+	if (full) {
+		char idraw[AGENT_ID_MAX];
+		int nt = json_parse(line, len, reader_toks, ARRAY_SIZE(reader_toks));
+		get_idraw(line, reader_toks, nt, idraw);
+		send_error(idraw, "GenericError", "agent busy: guest-call queue full", EBUSY);
+	} else {
+		wake_up_process(caller_task);
+	}
+	return 1;
+}
+
+/*
+ * try_reader_line handles the lines the reader answers itself: a
+ * sysfs-reply (completes the waiting event) and a guest-call (queued for
+ * agent_caller). 1: handled; 0: a command for agent_worker.
+ */
+static int try_reader_line(const char *line, size_t len)
+{
+	/* cheap filter before parsing: both are short lines */
+	if (len >= AGENT_CALL_LINE)
 		return 0;
 	int nt = json_parse(line, len, reader_toks, ARRAY_SIZE(reader_toks));
 	if (nt <= 0 || reader_toks[0].type != J_OBJ)
 		return 0;
 	char name[32];
 	int ex = json_get(line, reader_toks, nt, 0, "execute");
-	if (ex < 0 || json_str(line, reader_toks, ex, name, sizeof(name)) < 0 || strcmp(name, "sysfs-reply"))
+	if (ex < 0 || json_str(line, reader_toks, ex, name, sizeof(name)) < 0)
+		return 0;
+	if (!strcmp(name, "guest-call"))
+		return try_queue_call(line, len);
+	if (strcmp(name, "sysfs-reply"))
 		return 0;
 	int args = json_get(line, reader_toks, nt, 0, "arguments");
 	int64_t id, err;
@@ -392,7 +493,7 @@ static void line_done(void)
 		n--;
 	rx.len = n;
 	rx.line[n] = 0;
-	if (!rx.too_large && (n == 0 || try_sysfs_reply(rx.line, n))) {
+	if (!rx.too_large && (n == 0 || try_reader_line(rx.line, n))) {
 		rx.len = 0;
 		return;
 	}
@@ -466,5 +567,6 @@ static void agent_reader(void *arg)
 void agent_start(void)
 {
 	worker_task = kthread_create_on(0, agent_worker, NULL, "agent_worker");
+	caller_task = kthread_create_on(0, agent_caller, NULL, "agent_caller");
 	kthread_create_on(0, agent_reader, NULL, "agent_reader");
 }

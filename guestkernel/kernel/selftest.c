@@ -21,7 +21,7 @@ static void check(int ok, const char *name, const char *fmt, ...)
 		failures++;
 }
 
-/* bench_expect: what bench_fn_i must return (see scripts/gen_bench.go) */
+/* bench_expect: what bench_fn_i must return (see scripts/genbench) */
 static unsigned long bench_expect(unsigned int i, unsigned long x)
 {
 	const struct bench_const *k = &bench_consts[i];

@@ -19,6 +19,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -51,7 +52,12 @@ type Options struct {
 	// dropped and counted.
 	OnEvent func(Event)
 	// OnGarbage is told about every line that was skipped and why.
-	OnGarbage  func(line []byte, err error)
+	OnGarbage func(line []byte, err error)
+	// Cause, if set, explains why the channel ended (the VMM: how the
+	// guest stopped, with its last console lines). It is called once the
+	// byte stream has ended, and its error is the cause of every ErrClosed
+	// error from then on, so each caller in flight learns why.
+	Cause      func() error
 	Timeout    time.Duration // per request, when the context has no deadline
 	MaxLine    int
 	MaxRequest int
@@ -74,15 +80,23 @@ type reply struct {
 	err   *Error
 }
 
-// Client talks to one guest agent. Requests are serialised: one in flight.
+// Client talks to one guest agent. Many requests may be in flight at once:
+// each carries its own id and waits for the reply with that id. The guest
+// runs guest-call on a worker of its own, so a callback the host runs while
+// handling a guest event (a sysfs write of a patch with callbacks, made by
+// a guest-file-write or guest-exec still in flight) is not queued behind
+// the very request that waits for it.
 type Client struct {
 	rw   io.ReadWriter
 	opts Options
 
-	callMu  sync.Mutex // one request at a time
-	writeMu sync.Mutex
+	writeMu sync.Mutex // one line at a time on the wire
 	nextID  atomic.Uint64
-	replies chan reply
+	// waitMu guards waiting: the reply channel of every request in
+	// flight, by id. The reader delivers a reply to its waiter and counts
+	// any other as unmatched.
+	waitMu  sync.Mutex
+	waiting map[uint64]chan reply
 	events  chan Event
 	done    chan struct{} // closed when the reader stops
 	stopped atomic.Bool
@@ -102,7 +116,7 @@ func New(rw io.ReadWriter, opts Options) *Client {
 	if opts.MaxRequest <= 0 {
 		opts.MaxRequest = DefaultMaxRequest
 	}
-	c := &Client{rw: rw, opts: opts, replies: make(chan reply, 16), events: make(chan Event, eventQueue),
+	c := &Client{rw: rw, opts: opts, waiting: map[uint64]chan reply{}, events: make(chan Event, eventQueue),
 		done: make(chan struct{})}
 	go c.readLoop()
 	go c.eventLoop()
@@ -176,9 +190,16 @@ func (c *Client) readLoop() {
 			line, tooLong = line[:0], false
 		}
 		if err != nil {
-			if errors.Is(err, io.EOF) || c.stopped.Load() {
+			var cause error
+			if c.opts.Cause != nil {
+				cause = c.opts.Cause()
+			}
+			switch {
+			case cause != nil:
+				c.readErr = cause
+			case errors.Is(err, io.EOF) || c.stopped.Load():
 				c.readErr = errorf("read", ErrClosed, "agent channel ended")
-			} else {
+			default:
 				c.readErr = &Error{Op: "read", Kind: ErrClosed, Err: err}
 			}
 			return
@@ -192,7 +213,7 @@ func (c *Client) handleLine(line []byte) {
 	}
 	var w wire
 	if err := json.Unmarshal(line, &w); err != nil {
-		c.skip(line, &Error{Op: "read", Kind: ErrProtocol, Desc: "not JSON", Err: err})
+		c.skip(line, &Error{Op: "read", Kind: ErrProtocol, Detail: "not JSON", Err: err})
 		return
 	}
 	switch {
@@ -218,10 +239,14 @@ func (c *Client) handleLine(line []byte) {
 	if w.Error != nil {
 		var we wireError
 		if err := json.Unmarshal(*w.Error, &we); err != nil {
-			c.skip(line, &Error{Op: "read", Kind: ErrProtocol, Desc: "malformed error object", Err: err})
+			c.skip(line, &Error{Op: "read", Kind: ErrProtocol, Detail: "malformed error object", Err: err})
 			return
 		}
-		rp.err = &Error{Kind: ErrGuest, Class: we.Class, Desc: we.Desc, Errno: we.Errno, ErrnoName: we.ErrnoName}
+		errno := syscall.Errno(0)
+		if we.Errno > 0 && we.Errno < 4096 { // the guest's word, bounded
+			errno = syscall.Errno(we.Errno)
+		}
+		rp.err = &Error{Kind: ErrGuest, Class: we.Class, Detail: we.Desc, Errno: errno, ErrnoName: we.ErrnoName}
 	} else {
 		rp.ret = append(json.RawMessage(nil), w.Return...)
 	}
@@ -232,11 +257,15 @@ func (c *Client) handleLine(line []byte) {
 		c.unmatched.Add(1)
 		return
 	}
-	select {
-	case c.replies <- rp:
-	default:
-		c.unmatched.Add(1) // nobody is waiting and the buffer is full
+	c.waitMu.Lock()
+	ch, ok := c.waiting[rp.id]
+	delete(c.waiting, rp.id)
+	c.waitMu.Unlock()
+	if !ok {
+		c.unmatched.Add(1) // a late reply to an abandoned request
+		return
 	}
+	ch <- rp // buffered: never blocks the reader
 }
 
 func (c *Client) eventLoop() {
@@ -256,7 +285,7 @@ type request struct {
 func (c *Client) send(op string, req request) error {
 	b, err := json.Marshal(req)
 	if err != nil {
-		return &Error{Op: op, Kind: ErrInvalid, Desc: "arguments do not marshal", Err: err}
+		return &Error{Op: op, Kind: ErrInvalid, Detail: "arguments do not marshal", Err: err}
 	}
 	if len(b) > c.opts.MaxRequest {
 		return errorf(op, ErrTooLarge, "%d bytes, the guest takes %d", len(b), c.opts.MaxRequest)
@@ -270,7 +299,7 @@ func (c *Client) send(op string, req request) error {
 	default:
 	}
 	if _, err := c.rw.Write(b); err != nil {
-		return &Error{Op: op, Kind: ErrClosed, Desc: "write", Err: err}
+		return &Error{Op: op, Kind: ErrClosed, Detail: "write", Err: err}
 	}
 	return nil
 }
@@ -296,47 +325,39 @@ func (c *Client) Call(ctx context.Context, cmd string, args any, result any) err
 		ctx, cancel = context.WithTimeout(ctx, c.opts.Timeout)
 		defer cancel()
 	}
-	c.callMu.Lock()
-	defer c.callMu.Unlock()
 	if err := ctx.Err(); err != nil { // do not send what nobody will wait for
 		return &Error{Op: cmd, Kind: ErrTimeout, Err: err}
 	}
-	// drop replies that arrived for earlier, abandoned requests
-	for drained := false; !drained; {
-		select {
-		case <-c.replies:
-			c.unmatched.Add(1)
-		default:
-			drained = true
-		}
-	}
 	id := c.nextID.Add(1)
+	ch := make(chan reply, 1)
+	c.waitMu.Lock()
+	c.waiting[id] = ch
+	c.waitMu.Unlock()
+	defer func() { // abandoned: a late reply is then counted as unmatched
+		c.waitMu.Lock()
+		delete(c.waiting, id)
+		c.waitMu.Unlock()
+	}()
 	c.requests.Add(1)
 	if err := c.send(cmd, request{Execute: cmd, Arguments: args, ID: id}); err != nil {
 		return err
 	}
-	for {
-		select {
-		case rp := <-c.replies:
-			if rp.id != id {
-				c.unmatched.Add(1)
-				continue
-			}
-			if rp.err != nil {
-				rp.err.Op = cmd
-				return rp.err
-			}
-			if result != nil {
-				if err := json.Unmarshal(rp.ret, result); err != nil {
-					return &Error{Op: cmd, Kind: ErrProtocol, Desc: "unexpected return value " + truncate(rp.ret), Err: err}
-				}
-			}
-			return nil
-		case <-c.done:
-			return c.closedErr(cmd)
-		case <-ctx.Done():
-			return &Error{Op: cmd, Kind: ErrTimeout, Err: ctx.Err()}
+	select {
+	case rp := <-ch:
+		if rp.err != nil {
+			rp.err.Op = cmd
+			return rp.err
 		}
+		if result != nil {
+			if err := json.Unmarshal(rp.ret, result); err != nil {
+				return &Error{Op: cmd, Kind: ErrProtocol, Detail: "unexpected return value " + truncate(rp.ret), Err: err}
+			}
+		}
+		return nil
+	case <-c.done:
+		return c.closedErr(cmd)
+	case <-ctx.Done():
+		return &Error{Op: cmd, Kind: ErrTimeout, Err: ctx.Err()}
 	}
 }
 
@@ -453,7 +474,7 @@ func ParseSysfsWrite(ev Event) (SysfsWrite, error) {
 		return w, errorf("event", ErrInvalid, "event %q is not sysfs-write", ev.Name)
 	}
 	if err := json.Unmarshal(ev.Data, &w); err != nil {
-		return w, &Error{Op: "event", Kind: ErrProtocol, Desc: "sysfs-write data", Err: err}
+		return w, &Error{Op: "event", Kind: ErrProtocol, Detail: "sysfs-write data", Err: err}
 	}
 	if w.Path == "" || w.ID == 0 {
 		return w, errorf("event", ErrProtocol, "sysfs-write without path or id")

@@ -65,10 +65,7 @@ func New(cpus int) (*Guest, error) {
 	if err != nil {
 		return nil, err
 	}
-	syms, err := guestkernel.LoadSymbols(img)
-	if err != nil {
-		return nil, err
-	}
+	syms := guestkernel.NewSymbols(k) // the same parse: no second reader
 	g := &Guest{ram: make([]byte, RAMSize), regs: make([]engine.Regs, cpus), syms: syms}
 	for _, s := range k.Segments {
 		if s.Paddr+s.Memsz > patchPhys || s.Offset+s.Filesz > uint64(len(img)) {

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"testing"
 
-	"klp-kvm/livepatch/latency"
+	"klp-kvm/latency"
 )
 
 // BenchmarkLivepatch measures, on the engine of $KLP_KVM_ENGINE, the pause

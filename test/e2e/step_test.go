@@ -9,9 +9,10 @@ import (
 	"time"
 
 	"klp-kvm/guestkernel"
+	"klp-kvm/internal/poll"
 	"klp-kvm/kvm/engine"
 	"klp-kvm/livepatch"
-	"klp-kvm/livepatch/session"
+	"klp-kvm/vmm"
 )
 
 // requireBreakpoints skips the caller where execution breakpoints do not
@@ -21,7 +22,7 @@ import (
 // budget, which the progress guarantee tolerates). Hardware KVM, kvm_pvm
 // and emu all stop. The probe: sched_tick runs on every vCPU every
 // millisecond, so a vCPU let run for a second must reach it.
-func requireBreakpoints(t *testing.T, s *session.Session) {
+func requireBreakpoints(t *testing.T, s *vmm.VMM) {
 	t.Helper()
 	tick := kernelSym(t, "sched_tick")
 	m := s.Machine
@@ -56,7 +57,7 @@ func kernelSym(t *testing.T, name string) guestkernel.Symbol {
 
 // pairPatched boots a 2-vCPU guest where breakpoints work, with the pair
 // patch loaded and enabled.
-func pairPatched(t *testing.T) (*session.Session, *livepatch.Patch) {
+func pairPatched(t *testing.T) (*vmm.VMM, *livepatch.Patch) {
 	t.Helper()
 	s := boot(t, 2)
 	requireBreakpoints(t, s)
@@ -196,7 +197,11 @@ func TestLivepatchVCPUAtCalleeEntry(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(50 * time.Millisecond)
+	// A worker checks each pair after the call returns: let the workers
+	// run on past the last switch (vCPU 0's was stopped inside one) before
+	// counting, or a torn pair there would go unseen.
+	c0 := selftestStat(t, s, "pair_calls")
+	poll.Until(t, "the workers' next 1000 pair calls", func() bool { return selftestStat(t, s, "pair_calls") >= c0+1000 })
 	if v := violations(t, s) - v0; v != 0 {
 		t.Fatalf("%d pair violations", v)
 	}

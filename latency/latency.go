@@ -6,16 +6,15 @@
 package latency
 
 import (
-	"bytes"
-	"debug/elf"
 	"encoding/binary"
 	"fmt"
 	"sort"
 	"time"
 
+	"klp-kvm/elfpatch"
 	"klp-kvm/guestkernel"
 	"klp-kvm/livepatch"
-	"klp-kvm/livepatch/session"
+	"klp-kvm/vmm"
 )
 
 // Config is one measurement campaign.
@@ -50,7 +49,7 @@ func Run(cfg Config) ([]Row, error) {
 	}
 	var rows []Row
 	for _, cpus := range cfg.CPUs {
-		s, err := session.Start(session.Config{Engine: cfg.Engine, CPUs: cpus})
+		s, err := vmm.Boot(vmm.Config{Engine: cfg.Engine, CPUs: cpus})
 		if err != nil {
 			return rows, fmt.Errorf("boot %d vCPUs: %w", cpus, err)
 		}
@@ -73,7 +72,7 @@ func Run(cfg Config) ([]Row, error) {
 // Measure enables and disables livepatch-bench cut down to n functions
 // iters times on a booted guest, with a bare Pause+Resume before each
 // enable, and returns the medians.
-func Measure(s *session.Session, n, iters int) (Row, error) {
+func Measure(s *vmm.VMM, n, iters int) (Row, error) {
 	full, err := guestkernel.Patch("livepatch-bench")
 	if err != nil {
 		return Row{}, err
@@ -138,19 +137,16 @@ func Median(d []time.Duration) time.Duration {
 // (laid out, never reached). This gives the benchmark any function count
 // from the one prebuilt 1024-function patch.
 func TruncatePatch(obj []byte, n int) ([]byte, error) {
-	const klpFuncSize = 24 // struct klp_func: old_name, new_func, old_sympos
-	f, err := elf.NewFile(bytes.NewReader(obj))
+	const klpFuncSize = 24             // struct klp_func: old_name, new_func, old_sympos
+	const relaSize = 24                // Elf64_Rela
+	p, err := elfpatch.ParsePatch(obj) // validated: every offset below is in bounds
 	if err != nil {
 		return nil, err
 	}
-	syms, err := f.Symbols()
-	if err != nil {
-		return nil, err
-	}
-	var arr *elf.Symbol
-	for i := range syms {
-		if syms[i].Name == "funcs" && elf.ST_TYPE(syms[i].Info) == elf.STT_OBJECT {
-			arr = &syms[i]
+	var arr *elfpatch.Symbol
+	for _, s := range p.Symbols() {
+		if s.Name == "funcs" && s.Type == elfpatch.TypeObject {
+			arr = &s
 		}
 	}
 	if arr == nil || arr.Size < uint64(n+1)*klpFuncSize {
@@ -159,22 +155,21 @@ func TruncatePatch(obj []byte, n int) ([]byte, error) {
 	cut := arr.Value + uint64(n)*klpFuncSize
 	le := binary.LittleEndian
 	shoff, shentsize := le.Uint64(obj[0x28:]), uint64(le.Uint16(obj[0x3a:]))
-	for i, sec := range f.Sections {
-		if sec.Type != elf.SHT_RELA || int(sec.Info) != int(arr.Section) || sec.Entsize != 24 {
+	for _, sec := range p.Sections() {
+		if sec.Type != elfpatch.SHT_RELA || int(sec.Info) != arr.Section || sec.EntSize != relaSize {
 			continue
 		}
 		keep := uint64(0)
-		for off := sec.Offset; off+24 <= sec.Offset+sec.Size; off += 24 {
-			at := le.Uint64(obj[off:])
-			if at < cut {
+		for off := sec.Offset; off+relaSize <= sec.Offset+sec.Size; off += relaSize {
+			if le.Uint64(obj[off:]) < cut { // r_offset
 				if keep != off-sec.Offset {
 					return nil, fmt.Errorf("%s: relocations out of order", sec.Name)
 				}
-				keep += 24
+				keep += relaSize
 			}
 		}
 		out := append([]byte(nil), obj...)
-		le.PutUint64(out[shoff+uint64(i)*shentsize+32:], keep) // sh_size
+		le.PutUint64(out[shoff+uint64(sec.Index)*shentsize+32:], keep) // sh_size
 		return out, nil
 	}
 	return nil, fmt.Errorf("no relocation section for funcs[]")

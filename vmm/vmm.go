@@ -1,0 +1,340 @@
+// Package vmm is klp-kvm's composition root: the one place where a running
+// guest is put together from its parts — a kvm.Machine booted with a guest
+// kernel, the guest agent client on its COM2 port, a livepatch.Manager
+// whose guest-side sysfs writes the agent forwards, and the control API's
+// routes over all three. `klp-kvm run`, `demo` and `bench` and the
+// end-to-end tests all build their guest here, so they all run the same
+// wiring; the commands themselves only parse flags and print.
+//
+// Import rule: vmm sits above kvm, kvm/agent, livepatch and api and below
+// cmd/klp-kvm and the tests; nothing under it imports it.
+//
+// Lifecycle: New builds everything without running the guest; Start runs
+// it in the background and begins the agent handshake; Ready is closed when
+// the agent first answers; Wait returns when the guest stops; Close stops
+// and releases everything. Boot is New + Start + WaitReady.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"klp-kvm/guestkernel"
+	"klp-kvm/guestkernel/layout"
+	"klp-kvm/klperr"
+	"klp-kvm/kvm"
+	"klp-kvm/kvm/agent"
+	"klp-kvm/livepatch"
+)
+
+// DefaultBootTimeout bounds WaitReady when Config.BootTimeout is 0: the
+// slowest platform we run on (nested QEMU TCG) boots the guest in seconds;
+// two minutes means the guest is not coming up.
+const DefaultBootTimeout = 120 * time.Second
+
+// stopTimeout bounds how long Close waits for a stopped guest's vCPUs.
+const stopTimeout = 10 * time.Second
+
+// Config describes the guest to build.
+type Config struct {
+	Engine    string    // auto, kvm or emu ("" is auto)
+	CPUs      int       // vCPUs; 0 is kvm's default
+	MemMiB    int       // guest RAM; 0 is kvm's default
+	Kernel    []byte    // guest kernel ELF; nil is the embedded guest kernel
+	Cmdline   string    // guest kernel command line
+	Console   io.Writer // COM1 output; nil discards
+	ConsoleIn io.Reader // COM1 input; nil for none
+	// Events receives one line per guest event the VMM does not handle
+	// itself (everything but sysfs-write); nil discards them.
+	Events io.Writer
+	// BootTimeout bounds WaitReady; 0 is DefaultBootTimeout.
+	BootTimeout time.Duration
+}
+
+// VMM is one guest with its agent, its livepatch manager and its API.
+type VMM struct {
+	Machine *kvm.Machine
+	Agent   *agent.Client
+	// Manager live-patches the guest; nil when its kernel cannot be live
+	// patched (a test guest without klp_guest_abi), and NoLivepatch says
+	// why.
+	Manager     *livepatch.Manager
+	NoLivepatch error
+	// EngineWhy says which engine runs the guest and why it was chosen.
+	EngineWhy string
+
+	cfg     Config
+	events  io.Writer
+	console *consoleTail
+	started atomic.Bool
+	t0      time.Time // Start; written before the handshake goroutine starts
+
+	ready     chan struct{} // closed when the agent first answered
+	bootTime  atomic.Int64  // ns from Start to ready
+	stopped   chan struct{} // closed when the guest has stopped (run returned)
+	runCode   int           // written before stopped is closed
+	runErr    error         // written before stopped is closed
+	closeOnce sync.Once
+	closeErr  error
+
+	// draining refuses new guest sysfs writes (ESHUTDOWN); inEvents
+	// counts the ones being carried out (Drain waits for them).
+	draining atomic.Bool
+	inEvents sync.WaitGroup
+}
+
+// New builds the machine, the agent client and the livepatch manager. The
+// guest does not run until Start.
+func New(cfg Config) (*VMM, error) {
+	if cfg.Engine == "" {
+		cfg.Engine = "auto"
+	}
+	if cfg.BootTimeout <= 0 {
+		cfg.BootTimeout = DefaultBootTimeout
+	}
+	if cfg.Kernel == nil {
+		cfg.Kernel = guestkernel.Vmlinux()
+	}
+	eng, why, err := kvm.SelectEngine(cfg.Engine)
+	if err != nil {
+		return nil, err
+	}
+	console := &consoleTail{w: cfg.Console}
+	m, err := kvm.New(kvm.Config{Engine: eng, CPUs: cfg.CPUs, MemMiB: cfg.MemMiB, Kernel: cfg.Kernel,
+		Cmdline: cfg.Cmdline, Console: console, ConsoleIn: cfg.ConsoleIn})
+	if err != nil {
+		return nil, err
+	}
+	v := &VMM{Machine: m, EngineWhy: why, cfg: cfg, events: cfg.Events, console: console,
+		ready: make(chan struct{}), stopped: make(chan struct{})}
+	if v.events == nil {
+		v.events = io.Discard
+	}
+	// The manager must exist before the agent can deliver an event that
+	// needs it, and the agent before the manager's callbacks can run: the
+	// event handler reads v.Manager, which is set before Start lets the
+	// guest run and so before any event can arrive.
+	v.Agent = agent.New(m.AgentPort(), agent.Options{OnEvent: v.event, Cause: v.GuestStopped})
+	lm, err := livepatch.New(livepatch.Config{Guest: m, Kernel: m.Kernel(), PatchArea: layout.PatchAreaVirt,
+		PatchAreaSize: m.Layout().PatchAreaSize, Callbacks: Callbacks(v.Agent)})
+	if err != nil {
+		v.NoLivepatch = err
+	} else {
+		v.Manager = lm
+	}
+	return v, nil
+}
+
+// Boot builds the guest, runs it and waits for its agent: what demo,
+// bench and the tests need before their first request.
+func Boot(cfg Config) (*VMM, error) {
+	v, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.Start(); err != nil {
+		v.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.BootTimeout)
+	defer cancel()
+	if err := v.WaitReady(ctx); err != nil {
+		v.Close()
+		return nil, err
+	}
+	return v, nil
+}
+
+// Start runs the guest in the background and starts the agent handshake.
+func (v *VMM) Start() error {
+	if !v.started.CompareAndSwap(false, true) {
+		return errors.New("vmm: guest already started")
+	}
+	v.t0 = time.Now()
+	go func() {
+		code, err := v.Machine.Run()
+		v.runCode, v.runErr = code, err
+		close(v.stopped)
+	}()
+	go v.handshake()
+	return nil
+}
+
+// handshake pings the agent until it answers. The guest agent starts
+// listening some time after boot, and a request sent before that is lost,
+// so the pings start with a short timeout (a lost one costs little) that
+// doubles up to a second (a slow guest — kvm_pvm, nested TCG — still gets
+// time to answer).
+func (v *VMM) handshake() {
+	const first, most = 10 * time.Millisecond, time.Second
+	for wait := first; ; wait = min(2*wait, most) {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		err := v.Agent.Ping(ctx)
+		cancel()
+		if err == nil {
+			v.bootTime.Store(int64(time.Since(v.t0)))
+			close(v.ready)
+			return
+		}
+		if errors.Is(err, agent.ErrClosed) {
+			return
+		}
+		select {
+		case <-v.stopped:
+			return
+		default:
+		}
+	}
+}
+
+// Ready is closed when the guest agent has first answered.
+func (v *VMM) Ready() <-chan struct{} { return v.ready }
+
+// BootTime is the time from Start to the agent's first answer (0 before).
+func (v *VMM) BootTime() time.Duration { return time.Duration(v.bootTime.Load()) }
+
+// Stopped is closed when the guest has stopped for any reason.
+func (v *VMM) Stopped() <-chan struct{} { return v.stopped }
+
+// WaitReady waits until the agent answers, the guest stops (an error
+// saying how) or ctx ends.
+func (v *VMM) WaitReady(ctx context.Context) error {
+	if !v.started.Load() {
+		return errors.New("vmm: guest not started")
+	}
+	select {
+	case <-v.ready:
+		return nil
+	case <-v.stopped:
+		return fmt.Errorf("guest stopped while booting: %w", v.stopError())
+	case <-ctx.Done():
+		return fmt.Errorf("guest agent did not answer within %v: %w", time.Since(v.t0).Round(time.Millisecond), ctx.Err())
+	}
+}
+
+// GuestStopped is nil while the guest runs; once it has stopped, an error
+// saying how (its power-off code or the machine's
+// error) with the last lines of its console. The agent gives it to every
+// request in flight when the channel ends, so each caller learns why.
+func (v *VMM) GuestStopped() error {
+	why := v.Machine.StopReason()
+	if why == nil {
+		return nil
+	}
+	if tail := v.console.Lines(); tail != "" {
+		return fmt.Errorf("the guest stopped: %w; last console lines:\n%s", why, tail)
+	}
+	return fmt.Errorf("the guest stopped: %w", why)
+}
+
+// stopError describes how the guest stopped; v.stopped must be closed.
+func (v *VMM) stopError() error {
+	switch {
+	case v.runErr != nil:
+		return v.runErr
+	case v.runCode != 0:
+		return fmt.Errorf("guest powered off with code %d", v.runCode)
+	}
+	return errors.New("guest powered off")
+}
+
+// Wait waits for the guest to stop and returns its power-off code and the
+// machine's error, as kvm.Machine.Run does.
+func (v *VMM) Wait() (int, error) {
+	<-v.stopped
+	return v.runCode, v.runErr
+}
+
+// Callbacks runs livepatch callbacks through the agent's guest-call.
+// Callbacks return int: the low 32 bits of RAX, sign-extended.
+func Callbacks(c *agent.Client) livepatch.CallbackRunner {
+	return func(ctx context.Context, addr, arg uint64) (int64, error) {
+		v, err := c.GuestCall(ctx, addr, arg)
+		return int64(int32(uint32(v))), err
+	}
+}
+
+// event handles one guest event: a sysfs write is carried out by the
+// manager and answered with its errno (ENODEV when the kernel cannot be
+// live patched); anything else is logged.
+func (v *VMM) event(ev agent.Event) {
+	if ev.Name != "sysfs-write" {
+		fmt.Fprintf(v.events, "klp-kvm: guest event %s: %s\n", ev.Name, ev.Data)
+		return
+	}
+	w, err := agent.ParseSysfsWrite(ev)
+	if err != nil {
+		fmt.Fprintf(v.events, "klp-kvm: %v\n", err)
+		return
+	}
+	v.inEvents.Add(1)
+	defer v.inEvents.Done()
+	errno := syscall.ENODEV
+	switch {
+	case v.draining.Load():
+		errno = syscall.ESHUTDOWN
+	case v.Manager != nil:
+		errno = klperr.Errno(v.Manager.SysfsWrite(w.Path, w.Value))
+	}
+	if err := v.Agent.SysfsReply(w.ID, int(errno)); err != nil {
+		fmt.Fprintf(v.events, "klp-kvm: sysfs-reply: %v\n", err)
+	}
+}
+
+// Drain prepares a clean stop: guest sysfs writes from now on are refused
+// with ESHUTDOWN, and those being carried out (a transition started from
+// inside the guest) are waited for, until ctx ends. A transition finishes
+// or rolls back within its own deadline, so Drain with a context longer
+// than that leaves no operation half done. The API's own requests are
+// drained by the HTTP server's Shutdown, before this.
+func (v *VMM) Drain(ctx context.Context) error {
+	v.draining.Store(true)
+	done := make(chan struct{})
+	go func() { v.inEvents.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("guest sysfs writes still in progress: %w", ctx.Err())
+	}
+}
+
+// Exec runs a guest shell command and returns its output; a non-zero exit
+// status is an error carrying the output.
+func (v *VMM) Exec(cmd string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := v.Agent.Exec(ctx, cmd)
+	if err != nil {
+		return "", err
+	}
+	if r.Status != 0 {
+		return r.Output, fmt.Errorf("guest command %q exited with %d: %s", cmd, r.Status, r.Output)
+	}
+	return r.Output, nil
+}
+
+// Close stops the guest and releases everything; it may be called more
+// than once and returns the guest's stop error, if any.
+func (v *VMM) Close() error {
+	v.closeOnce.Do(func() {
+		v.Machine.Stop()
+		if v.started.Load() {
+			select {
+			case <-v.stopped:
+				v.closeErr = v.runErr
+			case <-time.After(stopTimeout):
+				v.closeErr = fmt.Errorf("guest did not stop within %v", stopTimeout)
+			}
+		}
+		v.Agent.Close()
+		v.Machine.Close()
+	})
+	return v.closeErr
+}
