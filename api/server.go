@@ -37,9 +37,10 @@ const (
 
 	// ReadHeaderTimeout is how long a client has to send its request
 	// line and headers; ReadTimeout the whole request with its body
-	// (once the body is read, handle lifts it, so a long operation is
-	// not cut short); IdleTimeout how long a kept-alive connection may
-	// wait for its next request. There is no write timeout: a transition
+	// (counted afresh when a route starts reading its body; lifted by
+	// net/http once the body is read, so a long operation is not cut
+	// short); IdleTimeout how long a kept-alive connection may wait for
+	// its next request. There is no write timeout: a transition
 	// may retry up to its deadline, and the client bounds its own wait.
 	ReadHeaderTimeout = 5 * time.Second
 	ReadTimeout       = 10 * time.Second
@@ -68,17 +69,25 @@ func NewServer(h http.Handler) *http.Server {
 	}
 }
 
-// Harden wraps the API's handler: at most MaxConcurrent requests are
-// served at once (one more is answered 503, EAGAIN, before its body is
-// read), and when h is a *http.ServeMux a request no route matches is
-// answered with a JSON error (404 ENOENT, or 405 naming the allowed
-// methods) instead of the mux's plain text, and a path that is not clean
-// ("//machine", "/a/../machine") with 404 instead of a redirect.
+// Harden wraps the API's handler (the ServeMux the *Routes functions
+// registered on, or any handler that passes requests on to it):
+//
+//   - at most MaxConcurrent requests are served at once; one more is
+//     answered 503 (EAGAIN) before its body is read;
+//   - a path that is not clean ("//machine", "/a/../machine") is a 404,
+//     not a redirect;
+//   - the plain-text 404 and 405 of a ServeMux, however deep, become JSON
+//     errors (ENOENT; EINVAL naming the allowed methods).
+//
+// h may hold a request before its route reads the body (the composition
+// root holds the guest routes until the agent answers): the route then
+// gets a fresh ReadTimeout for its body (handle), and once a body is read
+// (or when there is none) net/http lifts the read deadline, so a long wait
+// or operation does not cancel the request.
 func Harden(h http.Handler) http.Handler { return harden(h, MaxConcurrent) }
 
 func harden(h http.Handler, n int) http.Handler {
 	sem := make(chan struct{}, n)
-	mux, _ := h.(*http.ServeMux)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case sem <- struct{}{}:
@@ -88,51 +97,60 @@ func harden(h http.Handler, n int) http.Handler {
 			return
 		}
 		if p := r.URL.EscapedPath(); p == "" || path.Clean(p) != p && path.Clean(p)+"/" != p {
-			// The mux would redirect to the cleaned path: the API
+			// A ServeMux would redirect to the cleaned path: the API
 			// answers in JSON, and takes no detours.
 			WriteError(w, http.StatusNotFound, "ENOENT", fmt.Errorf("no such route: %s %s (not a canonical path)", clip(r.Method), clip(r.URL.EscapedPath())))
 			return
 		}
-		if mux != nil {
-			if _, pattern := mux.Handler(r); pattern == "" {
-				noRoute(w, r, mux)
-				return
-			}
+		jw := &jsonErrors{ResponseWriter: w}
+		h.ServeHTTP(jw, r)
+		switch jw.held {
+		case http.StatusNotFound:
+			WriteError(w, http.StatusNotFound, "ENOENT", fmt.Errorf("no such route: %s %s", clip(r.Method), clip(r.URL.EscapedPath())))
+		case http.StatusMethodNotAllowed:
+			allow := w.Header().Get("Allow")
+			WriteError(w, http.StatusMethodNotAllowed, "EINVAL", fmt.Errorf("%s %s: method not allowed (use %s)", clip(r.Method), clip(r.URL.EscapedPath()), allow))
 		}
-		h.ServeHTTP(w, r)
 	})
 }
 
-// noRoute answers a request no pattern of mux matches: 405 if the path is
-// served with another method, else 404.
-func noRoute(w http.ResponseWriter, r *http.Request, mux *http.ServeMux) {
-	var allow []string
-	for _, m := range []string{"GET", "POST", "PUT", "DELETE", "PATCH"} {
-		if m == r.Method {
-			continue
-		}
-		r2 := r.Clone(r.Context())
-		r2.Method = m
-		if _, p := mux.Handler(r2); p != "" {
-			allow = append(allow, m)
-		}
-	}
-	path := clip(r.URL.EscapedPath())
-	if len(allow) > 0 {
-		w.Header().Set("Allow", strings.Join(allow, ", "))
-		WriteError(w, http.StatusMethodNotAllowed, "EINVAL", fmt.Errorf("%s %s: method not allowed (use %s)", clip(r.Method), path, strings.Join(allow, " or ")))
+// jsonErrors holds back a plain-text 404 or 405 (a ServeMux's) so that
+// Harden answers it in JSON instead; everything else passes.
+type jsonErrors struct {
+	http.ResponseWriter
+	held    int // the status held back, 0 if none
+	started bool
+}
+
+func (j *jsonErrors) WriteHeader(code int) {
+	if !j.started && (code == http.StatusNotFound || code == http.StatusMethodNotAllowed) &&
+		!strings.HasPrefix(j.Header().Get("Content-Type"), "application/json") {
+		j.started, j.held = true, code
 		return
 	}
-	WriteError(w, http.StatusNotFound, "ENOENT", fmt.Errorf("no such route: %s %s", clip(r.Method), path))
+	j.started = true
+	j.ResponseWriter.WriteHeader(code)
 }
+
+func (j *jsonErrors) Write(b []byte) (int, error) {
+	if j.held != 0 {
+		return len(b), nil
+	}
+	j.started = true
+	return j.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (j *jsonErrors) Unwrap() http.ResponseWriter { return j.ResponseWriter }
 
 // handle registers h for route rt on mux behind the route's body cap. The
 // body is read whole before h runs: a declared length over rt.MaxBody is
 // answered 413 (EMSGSIZE) unread, and so is a body that grows past it.
 // With sem, the request also needs one of its tokens (else 503, EAGAIN)
-// while it is read and handled. Once the body is in, the connection's read
-// deadline (NewServer's ReadTimeout) is lifted, so an operation may
-// outlast it without its context being cancelled.
+// while it is read and handled. The body gets a fresh ReadTimeout from
+// here (the request may have waited on its way); once it is read, net/http
+// lifts the read deadline, so an operation may outlast it without its
+// context being cancelled.
 func handle(mux *http.ServeMux, rt Route, sem chan struct{}, h func(w http.ResponseWriter, r *http.Request, body []byte)) {
 	mux.HandleFunc(rt.String(), func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > rt.MaxBody {
@@ -148,6 +166,12 @@ func handle(mux *http.ServeMux, rt Route, sem chan struct{}, h func(w http.Respo
 				return
 			}
 		}
+		rc := http.NewResponseController(w)
+		if srv, ok := r.Context().Value(http.ServerContextKey).(*http.Server); ok && srv.ReadTimeout > 0 {
+			// A fresh window for the body: the request may have waited
+			// before reaching its route (Harden's callers may hold it).
+			_ = rc.SetReadDeadline(time.Now().Add(srv.ReadTimeout))
+		}
 		body, err := readBody(w, r, rt.MaxBody)
 		var tooLarge *http.MaxBytesError
 		switch {
@@ -161,7 +185,6 @@ func handle(mux *http.ServeMux, rt Route, sem chan struct{}, h func(w http.Respo
 			WriteError(w, http.StatusBadRequest, "EINVAL", fmt.Errorf("reading the request body: %v", err))
 			return
 		}
-		_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 		h(w, r, body)
 	})
 }

@@ -307,3 +307,59 @@ func TestServerUploadMemory(t *testing.T) {
 		t.Errorf("served %d, heap grew %d MiB, bound %d MiB", served.Load(), grew>>20, bound>>20)
 	}
 }
+
+// The API behind another mux that holds requests (as the composition root
+// holds the guest routes until the agent answers): a wait longer than
+// ReadTimeout cancels nothing, with or without a body, and the inner
+// mux's 404 and 405 still come out as JSON.
+func TestHardenNestedAndWaiting(t *testing.T) {
+	const readTimeout = 300 * time.Millisecond
+	f := apitest.NewAPI(t)
+	hold := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(3 * readTimeout)
+			if err := r.Context().Err(); err != nil {
+				api.WriteError(w, http.StatusServiceUnavailable, "EAGAIN", err)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	outer := http.NewServeMux()
+	outer.Handle(api.RouteGuestInfo.String(), hold(f.Mux))
+	outer.Handle(api.RouteGuestExec.String(), hold(f.Mux))
+	outer.Handle("/", f.Mux)
+	l, err := api.Listen(filepath.Join(t.TempDir(), "api.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := api.NewServer(outer)
+	srv.ReadTimeout = readTimeout
+	go srv.Serve(l)
+	defer srv.Close()
+	c := api.NewClient(l.Path())
+	ctx := context.Background()
+	if _, err := c.GuestInfo(ctx); err != nil {
+		t.Errorf("held GET: %v", err)
+	}
+	// A body larger than the server's read buffer: it is read from the
+	// connection after the wait.
+	long := strings.Repeat("x", 12<<10)
+	if res, err := c.Exec(ctx, long); err != nil || res.Output != "ran "+long+"\n" {
+		t.Errorf("held POST with a body: %v", err)
+	}
+	for _, c := range []struct {
+		method, path string
+		status       int
+		errno        string
+	}{
+		{"GET", "/nosuch", 404, "ENOENT"},
+		{"GET", "/guest/exec", 405, "EINVAL"},
+		{"PUT", "/patches", 405, "EINVAL"},
+	} {
+		status, er, raw := serveFake(t, api.Harden(outer), c.method, c.path, nil)
+		if status != c.status || er.Errno != c.errno || !json.Valid(raw) {
+			t.Errorf("%s %s: %d %q", c.method, c.path, status, raw)
+		}
+	}
+}
