@@ -108,6 +108,8 @@ func hostileRequests(t testing.TB) []hostileCase {
 		{"escaped name", "POST", "/patches/a%2Fb/disable", ``, 404, "ENOENT", "disable a/b: ENOENT"},
 		// api.Routes and methods.
 		{"no route", "GET", "/etc/passwd", ``, 404, "ENOENT", "no such route: GET /etc/passwd"},
+		{"unclean path", "GET", "/patches/../machine", ``, 404, "ENOENT", "not a canonical path"},
+		{"double slash", "POST", "//", ``, 404, "ENOENT", "not a canonical path"},
 		{"long route", "GET", "/" + long, ``, 404, "ENOENT", "..."},
 		{"wrong method", "GET", "/patches/p/enable", ``, 405, "EINVAL", "use POST"},
 		{"DELETE", "DELETE", "/machine", ``, 405, "EINVAL", "use GET"},

@@ -96,7 +96,7 @@ func harden(h http.Handler, n int) http.Handler {
 			WriteError(w, http.StatusServiceUnavailable, "EAGAIN", fmt.Errorf("server busy: %d requests in progress; retry", n))
 			return
 		}
-		if p := r.URL.EscapedPath(); p == "" || path.Clean(p) != p && path.Clean(p)+"/" != p {
+		if !cleanPath(r.URL.EscapedPath()) {
 			// A ServeMux would redirect to the cleaned path: the API
 			// answers in JSON, and takes no detours.
 			WriteError(w, http.StatusNotFound, "ENOENT", fmt.Errorf("no such route: %s %s (not a canonical path)", clip(r.Method), clip(r.URL.EscapedPath())))
@@ -112,6 +112,13 @@ func harden(h http.Handler, n int) http.Handler {
 			WriteError(w, http.StatusMethodNotAllowed, "EINVAL", fmt.Errorf("%s %s: method not allowed (use %s)", clip(r.Method), clip(r.URL.EscapedPath()), allow))
 		}
 	})
+}
+
+// cleanPath reports whether p is a path a ServeMux serves as it is: clean,
+// but for one trailing slash ("/machine/"); "//" is not.
+func cleanPath(p string) bool {
+	c := path.Clean(p)
+	return p != "" && (p == c || c != "/" && p == c+"/")
 }
 
 // jsonErrors holds back a plain-text 404 or 405 (a ServeMux's) so that
