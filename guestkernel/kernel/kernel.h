@@ -231,6 +231,30 @@ extern struct boot_info boot_info_copy;
 extern uint64_t heap_start, heap_end, heap_next;
 void *kmalloc_pages(size_t bytes); /* never freed; NULL when out of memory */
 
+/* ---- kmalloc (slab.c; kmalloc/kzalloc/kfree are in kernel_api.h) ---- */
+struct kmalloc_stats {
+	uint64_t objects;  /* live objects */
+	uint64_t bytes;    /* bytes asked for by the live objects */
+	uint64_t allocs;   /* successful kmallocs */
+	uint64_t frees;    /* kfrees of live objects */
+	uint64_t failures; /* kmallocs that returned NULL */
+	uint64_t bad_frees; /* kfrees refused: not a live kmalloc object */
+	uint64_t pages;    /* pages taken from kmalloc_pages */
+};
+void kmalloc_stats(struct kmalloc_stats *st);
+
+/* ---- WARN (trap.c) ---- */
+void __warn(const char *func, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+extern volatile uint64_t nr_warnings;
+/* WARN(cond, fmt, ...): report (message and call trace) when cond holds; the value is cond */
+#define WARN(cond, ...)                                                                                               \
+	({                                                                                                            \
+		int __ret_warn = !!(cond);                                                                            \
+		if (unlikely(__ret_warn))                                                                             \
+			__warn(__func__, __VA_ARGS__);                                                                \
+		__ret_warn;                                                                                           \
+	})
+
 /* ---- console, printk ---- */
 void uart_init(uint16_t port);
 void uart_putc(uint16_t port, char c);
