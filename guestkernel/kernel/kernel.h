@@ -272,6 +272,10 @@ uint64_t klp_shadow_count(unsigned long id); /* variables of that id */
 /* called, when set, between a new variable's allocation and the search under the lock (self-test) */
 extern void (*volatile klp_shadow_race_hook)(void *obj, unsigned long id);
 int shadow_selftest(void); /* shadow_selftest.c: failures */
+/* the shadow-variable demo (shadow_mod.c, include/shadow_mod.h): /proc/klp_shadow */
+void shadow_mod_init(void);
+int shadow_mod_show(struct seq_file *m, void *v);
+int shadow_mod_write(const char *data, size_t n);
 
 /* ---- WARN (trap.c) ---- */
 void __warn(const char *func, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
