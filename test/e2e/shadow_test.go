@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"io"
+	"klp-kvm/internal/poll"
 	"os"
 	"regexp"
 	"strconv"
@@ -119,7 +120,7 @@ func TestShadowSelftest(t *testing.T) {
 	before := readShadow(t, s)
 	sh(t, s, "echo selftest > /proc/klp_shadow") // starts it in a guest thread
 	var proc string
-	pollUntil(t, "the shadow self-test to finish", func() bool {
+	poll.Until(t, "the shadow self-test to finish", func() bool {
 		proc = sh(t, s, "cat /proc/klp_shadow")
 		return !strings.Contains(proc, "selftest: running")
 	})
@@ -169,7 +170,7 @@ func TestShadowFixes(t *testing.T) {
 
 	// The buggy demo: every dummy leaks a buffer.
 	sh(t, s, "echo 1 > /proc/klp_shadow")
-	pollUntil(t, "the demo to leak", func() bool { st = readShadow(t, s); return st["leaked"] >= 5 })
+	poll.Until(t, "the demo to leak", func() bool { st = readShadow(t, s); return st["leaked"] >= 5 })
 	if st["leaked"] != st["allocated"] || st["shadow_vars"] != 0 {
 		t.Fatalf("before fix1: %v", st)
 	}
@@ -184,11 +185,11 @@ func TestShadowFixes(t *testing.T) {
 	t.Logf("fix1 enabled: %d functions, %d attempts", res.Funcs, res.Attempts)
 	st1 := readShadow(t, s)
 	leaked := st1["leaked"] // the original dummy_alloc runs no more
-	pollUntil(t, "fix1 to free a dummy from before it (leaked!) and one of its own (prevented leak)", func() bool {
+	poll.Until(t, "fix1 to free a dummy from before it (leaked!) and one of its own (prevented leak)", func() bool {
 		out := con.String()
 		return fix1LeakedRE.MatchString(out) && fix1PreventedRE.MatchString(out)
 	})
-	pollUntil(t, "fix1 to allocate more dummies", func() bool { st = readShadow(t, s); return st["allocated"] >= st1["allocated"]+5 })
+	poll.Until(t, "fix1 to allocate more dummies", func() bool { st = readShadow(t, s); return st["allocated"] >= st1["allocated"]+5 })
 	if st["leaked"] != leaked {
 		t.Fatalf("fix1 did not stop the leak: leaked %d -> %d (%v)", leaked, st["leaked"], st)
 	}
@@ -207,7 +208,7 @@ func TestShadowFixes(t *testing.T) {
 	// A dummy checked more than once under fix2 shows that its counter
 	// persisted from call to call in the shadow variable.
 	var counter string
-	pollUntil(t, "fix2 to report a check counter above 1 and free an SV_LEAK variable fix1 made", func() bool {
+	poll.Until(t, "fix2 to report a check counter above 1 and free an SV_LEAK variable fix1 made", func() bool {
 		out := con.String()
 		for _, m := range fix2CounterRE.FindAllStringSubmatch(out, -1) {
 			if n, _ := strconv.Atoi(m[1]); n > 1 {
@@ -249,7 +250,7 @@ func TestShadowFixes(t *testing.T) {
 
 	// The bug is back: the original functions run again.
 	n := len(origFreeRE.FindAllString(con.String(), -1))
-	pollUntil(t, "the original dummy_alloc and dummy_free to run again", func() bool {
+	poll.Until(t, "the original dummy_alloc and dummy_free to run again", func() bool {
 		st = readShadow(t, s)
 		return st["leaked"] > leaked && len(origFreeRE.FindAllString(con.String(), -1)) > n
 	})
