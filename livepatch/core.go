@@ -184,8 +184,7 @@ type Manager struct {
 
 	// Atomics, used without mu: a guest's write to <patch>/force arrives
 	// while the transition in progress holds mu (forceTransition).
-	forceReq atomic.Bool // a guest write to .../force during a transition
-	inTrans  atomic.Bool // a transition is in progress
+	cur atomic.Pointer[transition] // the transition in progress (Linux's klp_transition_patch), nil if none
 
 	// lockChecks turns mustHold's check on; the package's tests set it
 	// on every Manager they build.

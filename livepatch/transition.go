@@ -35,6 +35,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -95,6 +96,10 @@ type transition struct {
 	backoff  time.Duration // the wait before the next attempt
 	tally    *blockerTally // what blocked the attempts so far
 	started  bool          // startTransition ran: transition=1 in sysfs
+
+	// Set without m.mu: a guest's write to <patch>/force
+	// (forceTransition) while this transition holds the lock.
+	forceReq atomic.Bool
 }
 
 // enable is core.c's __klp_enable_patch: the checks, the image into the
@@ -245,9 +250,8 @@ func (m *Manager) runTransition(op string, target bool, p *Patch, pl *stackPlan,
 	if err != nil {
 		return nil, err
 	}
-	m.forceReq.Store(false)
-	m.inTrans.Store(true)
-	defer m.inTrans.Store(false)
+	m.cur.Store(t)
+	defer m.cur.Store(nil)
 	for {
 		blk, err := m.tryCompleteTransition(t)
 		if err == nil && blk != nil {
@@ -315,7 +319,7 @@ func (m *Manager) startTransition(t *transition) {
 // m.mu must be held.
 func (m *Manager) tryCompleteTransition(t *transition) (*blocker, error) {
 	t.res.Attempts++
-	force := t.o.Force || m.forceReq.Load()
+	force := t.o.Force || t.forceReq.Load()
 	t0 := time.Now()
 	if err := m.g.Pause(); err != nil {
 		return &blocker{who: "the guest", what: "could not be stopped: " + err.Error()}, nil
@@ -425,14 +429,19 @@ func (m *Manager) cancelTransition(p *Patch, pre []*Object, drop bool) {
 
 // forceTransition is klp_force_transition, asked for by a guest's write
 // of 1 to <patch>/force: the next attempt of the transition in progress
-// skips the consistency check. It runs without m.mu (the transition in
-// progress holds it, and polls forceReq at each attempt), so it touches
-// only the atomics.
+// skips the consistency check. As in Linux's force_store, only the force
+// file of the patch in transition may be written: any other patch's is
+// EINVAL. It runs without m.mu (the transition in progress holds it, and
+// polls its forceReq at each attempt), so it touches only the atomics.
 func (m *Manager) forceTransition(op, name string) error {
-	if !m.inTrans.Load() {
+	t := m.cur.Load()
+	if t == nil {
 		return errorf(op, name, syscall.EINVAL, "no transition in progress")
 	}
-	m.forceReq.Store(true)
+	if t.p.Name != name {
+		return errorf(op, name, syscall.EINVAL, "the patch in transition is %s, not this one", t.p.Name)
+	}
+	t.forceReq.Store(true)
 	return nil
 }
 
