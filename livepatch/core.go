@@ -129,6 +129,18 @@ type Patch struct {
 	parsed *elfpatch.Patch
 	image  *elfpatch.Image
 	saved  []byte // patch-area bytes the image overwrote (restored on failure)
+	target bool   // while Transition: the state the transition goes to (klp_target_state)
+}
+
+// shownEnabled is the patch's enabled attribute as Linux shows it: the
+// target state while the patch is in transition (__klp_enable_patch sets
+// patch->enabled before the transition completes, __klp_disable_patch
+// clears it), else its state.
+func (p *Patch) shownEnabled() bool {
+	if p.Transition {
+		return p.target
+	}
+	return p.Enabled
 }
 
 func (p *Patch) funcs() []*Func {
@@ -161,7 +173,9 @@ type Result struct {
 // other state. Every operation takes its mutex: operations are
 // serialised, as under Linux's klp_mutex. Every unexported method that
 // needs m.mu held says so ("m.mu must be held") and the main ones check
-// it (mustHold).
+// it (mustHold). Readers of the state (Status, Patches) do not take it:
+// they read the snapshot published at each change (publish), so they
+// answer while an operation, and its transition, is in progress.
 type Manager struct {
 	mu sync.Mutex
 
@@ -185,6 +199,11 @@ type Manager struct {
 	// Atomics, used without mu: a guest's write to <patch>/force arrives
 	// while the transition in progress holds mu (forceTransition).
 	cur atomic.Pointer[transition] // the transition in progress (Linux's klp_transition_patch), nil if none
+	// What Status reads without mu: the state as of its last change
+	// (written under mu by publish, immutable once stored) and the
+	// operation holding mu (lock, setBusy, unlock).
+	snap atomic.Pointer[Status]
+	busy atomic.Pointer[Progress]
 
 	// lockChecks turns mustHold's check on; the package's tests set it
 	// on every Manager they build.
@@ -200,6 +219,37 @@ func (m *Manager) mustHold() {
 		m.mu.Unlock()
 		panic("livepatch: m.mu must be held")
 	}
+}
+
+// lock takes m.mu for the public operation op on patch name (a file name
+// until a register knows the patch's), which Status shows as in
+// progress until unlock.
+func (m *Manager) lock(op, name string) {
+	m.mu.Lock()
+	m.busy.Store(&Progress{Op: op, Patch: name, Phase: op, Since: time.Now()})
+}
+
+// unlock publishes the state the operation leaves and releases m.mu.
+func (m *Manager) unlock() {
+	m.publish()
+	m.busy.Store(nil)
+	m.mu.Unlock()
+}
+
+// setBusy shows the operation in progress entering phase (and, when
+// patch is not "", acting on patch). m.mu must be held.
+func (m *Manager) setBusy(patch, phase string) {
+	m.mustHold()
+	b := m.busy.Load()
+	if b == nil {
+		return
+	}
+	c := *b
+	if patch != "" {
+		c.Patch = patch
+	}
+	c.Phase = phase
+	m.busy.Store(&c)
 }
 
 // New builds a manager for a guest whose kernel is vmlinux. The guest must
@@ -266,8 +316,8 @@ func (m *Manager) find(name string) (int, *Patch) {
 // nameHint names the patch when the object has no KLP_MODULE_NAME (a file
 // name, as insmod would).
 func (m *Manager) Register(data []byte, nameHint string) (*Patch, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.lock("register", nameHint)
+	defer m.unlock()
 	return m.register(data, nameHint)
 }
 
@@ -382,8 +432,8 @@ func funcSizes(ep *elfpatch.Patch) map[string]uint64 {
 // Unregister removes a disabled patch: its image leaves the patch area and
 // its sysfs entries go (klp_unregister_patch). EBUSY while enabled.
 func (m *Manager) Unregister(name string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.lock("unregister", name)
+	defer m.unlock()
 	return m.unregister(name)
 }
 
@@ -410,8 +460,8 @@ func (m *Manager) unregister(name string) error {
 
 // Load is Register then Enable; a failed enable unregisters again.
 func (m *Manager) Load(data []byte, nameHint string, o Options) (*Patch, *Result, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.lock("load", nameHint)
+	defer m.unlock()
 	p, err := m.register(data, nameHint)
 	if err != nil {
 		return nil, nil, err
@@ -431,8 +481,8 @@ func (m *Manager) Load(data []byte, nameHint string, o Options) (*Patch, *Result
 
 // Unload is Disable then Unregister.
 func (m *Manager) Unload(name string, o Options) (*Result, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.lock("unload", name)
+	defer m.unlock()
 	// Unload means "make it gone": a patch already disabled (say by a
 	// guest-side write to its enabled file) is just unregistered.
 	if _, p := m.find(name); p != nil && !p.Enabled {
@@ -447,15 +497,15 @@ func (m *Manager) Unload(name string, o Options) (*Result, error) {
 
 // Enable enables a registered patch (klp_enable_patch).
 func (m *Manager) Enable(name string, o Options) (*Result, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.lock("enable", name)
+	defer m.unlock()
 	return m.enable(name, o)
 }
 
 // Disable disables an enabled patch (klp_disable_patch).
 func (m *Manager) Disable(name string, o Options) (*Result, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.lock("disable", name)
+	defer m.unlock()
 	return m.disable(name, o)
 }
 
@@ -465,35 +515,74 @@ type PatchInfo struct {
 	StackOrder int `json:"stack_order"`
 }
 
-// Status is a snapshot of the livepatch state.
+// Status is a snapshot of the livepatch state. A patch in transition
+// shows, as in Linux's sysfs, transition=true and, as enabled, the state
+// the transition goes to (true during an enable, false during a
+// disable); InTransition names it.
 type Status struct {
 	Patches        []PatchInfo   `json:"patches"`
 	Redirected     []ftrace.Site `json:"redirected_sites"`
 	PatchAreaBase  uint64        `json:"patch_area_base"`
 	PatchAreaSize  uint64        `json:"patch_area_size"`
 	PatchAreaInUse uint64        `json:"patch_area_in_use"`
-	Retired        uint64        `json:"patch_area_retired"` // images of forced patches, kept for good
+	Retired        uint64        `json:"patch_area_retired"`      // images of forced patches, kept for good
+	InTransition   string        `json:"in_transition,omitempty"` // the patch in transition (klp_transition_patch), once visible
+	InProgress     *Progress     `json:"in_progress,omitempty"`   // the operation being carried out, if any
 	Last           *Result       `json:"last_op,omitempty"`
 }
 
-// Status returns a deep-enough copy of the state (callers may marshal it
-// while operations go on).
+// Progress is the operation being carried out (the one holding the
+// Manager's lock), as Status shows it.
+type Progress struct {
+	Op       string    `json:"op"`    // enable, disable, load, unload, register, unregister
+	Patch    string    `json:"patch"` // the patch (the file name, until a register knows the patch's)
+	Phase    string    `json:"phase"` // what it is doing: its op, pre_patch, transition, post_patch, ...
+	Since    time.Time `json:"since"`
+	Attempts int       `json:"attempts,omitempty"` // attempts of its transition so far
+}
+
+// Status returns the state as of its last change, without waiting for
+// the operation in progress: during a transition it shows the patch in
+// transition and the operation's phase and attempts so far. The copy is
+// the caller's (it may be changed or marshalled while operations go on).
 func (m *Manager) Status() Status {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	st := Status{Redirected: m.tracer.Redirected(), PatchAreaBase: m.tracer.Alloc().Base(),
-		PatchAreaSize: m.tracer.Alloc().Size(), PatchAreaInUse: m.tracer.Alloc().InUse(), Retired: m.retired}
+	st := m.snap.Load().clone()
+	if b := m.busy.Load(); b != nil {
+		c := *b
+		if t := m.cur.Load(); t != nil && t.p.Name == c.Patch {
+			c.Attempts = int(t.attempts.Load())
+		}
+		st.InProgress = &c
+	}
+	return st
+}
+
+// Patches returns the names in stack order, as of the last change.
+func (m *Manager) Patches() []string {
+	var out []string
+	for _, p := range m.snap.Load().Patches {
+		out = append(out, p.Name)
+	}
+	return out
+}
+
+// publish stores the current state as the snapshot that Status reads.
+// Every change is published: by the mirror's write (writeSysfs), which
+// follows each change of the patches' state, and at the end of each
+// operation (unlock), for the rest (images, the patch area, the last
+// result). m.mu must be held (New's own call comes before the Manager is
+// shared).
+func (m *Manager) publish() {
+	m.mustHold()
+	al := m.tracer.Alloc()
+	st := &Status{Redirected: m.tracer.Redirected(), PatchAreaBase: al.Base(), PatchAreaSize: al.Size(),
+		PatchAreaInUse: al.InUse(), Retired: m.retired}
 	for i, p := range m.patches {
 		c := *p
-		c.Objects = nil
-		for _, o := range p.Objects {
-			oc := *o
-			oc.Funcs = nil
-			for _, f := range o.Funcs {
-				fc := *f
-				oc.Funcs = append(oc.Funcs, &fc)
-			}
-			c.Objects = append(c.Objects, &oc)
+		c.parsed, c.image, c.saved = nil, nil, nil
+		c.Enabled = p.shownEnabled()
+		if p.Transition {
+			st.InTransition = p.Name
 		}
 		st.Patches = append(st.Patches, PatchInfo{Patch: c, StackOrder: i + 1})
 	}
@@ -501,18 +590,45 @@ func (m *Manager) Status() Status {
 		l := *m.last
 		st.Last = &l
 	}
-	return st
+	m.snap.Store(st.clone0())
 }
 
-// Patches returns the names in stack order.
-func (m *Manager) Patches() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []string
-	for _, p := range m.patches {
-		out = append(out, p.Name)
+// clone0 is clone's pointer form.
+func (st *Status) clone0() *Status {
+	c := st.clone()
+	return &c
+}
+
+// clone copies st deeply enough that nothing of the copy is shared with
+// st: a published snapshot stays as it was stored.
+func (st *Status) clone() Status {
+	c := *st
+	c.Redirected = append([]ftrace.Site(nil), st.Redirected...)
+	c.Patches = nil
+	for _, pi := range st.Patches {
+		pc := pi
+		pc.Objects = nil
+		for _, o := range pi.Objects {
+			oc := *o
+			oc.Funcs = nil
+			for _, f := range o.Funcs {
+				fc := *f
+				oc.Funcs = append(oc.Funcs, &fc)
+			}
+			pc.Objects = append(pc.Objects, &oc)
+		}
+		c.Patches = append(c.Patches, pc)
 	}
-	return out
+	if st.Last != nil {
+		l := *st.Last
+		l.Replaced = append([]string(nil), st.Last.Replaced...)
+		c.Last = &l
+	}
+	if st.InProgress != nil {
+		b := *st.InProgress
+		c.InProgress = &b
+	}
+	return c
 }
 
 // sysfsState renders the state as the guest's /sys/kernel/livepatch.
@@ -520,10 +636,14 @@ func (m *Manager) Patches() []string {
 func (m *Manager) sysfsState() []guestkernel.SysfsPatch {
 	var out []guestkernel.SysfsPatch
 	for i, p := range m.patches {
-		sp := guestkernel.SysfsPatch{Name: p.Name, Enabled: p.Enabled, Transition: p.Transition, Force: p.Forced,
+		// enabled shows the target state during a transition; an object
+		// is patched from the start of an enable's transition to the
+		// end of a disable's (Linux's klp_patch_object and
+		// klp_unpatch_objects, at klp_init and klp_complete_transition).
+		sp := guestkernel.SysfsPatch{Name: p.Name, Enabled: p.shownEnabled(), Transition: p.Transition, Force: p.Forced,
 			Replace: p.Replace, StackOrder: uint32(i + 1)}
 		for _, o := range p.Objects {
-			so := guestkernel.SysfsObject{Name: o.Name, Patched: p.Enabled}
+			so := guestkernel.SysfsObject{Name: o.Name, Patched: p.Enabled || p.Transition}
 			for _, f := range o.Funcs {
 				pos := f.OldSympos
 				if pos == 0 {
@@ -538,11 +658,15 @@ func (m *Manager) sysfsState() []guestkernel.SysfsPatch {
 	return out
 }
 
-// writeSysfs mirrors the state into the guest's klp_sysfs_state. m.mu
-// must be held (New's own call comes before the Manager is shared).
+// writeSysfs mirrors the state into the guest's klp_sysfs_state and
+// publishes it for Status: the guest and the host show each change at
+// the same time. m.mu must be held (New's own call comes before the
+// Manager is shared).
 func (m *Manager) writeSysfs() error {
 	m.mustHold()
-	return m.sysfs.Write(m.sysfsState())
+	err := m.sysfs.Write(m.sysfsState())
+	m.publish()
+	return err
 }
 
 // SysfsWrite carries out a guest process's write to a
@@ -583,8 +707,8 @@ func (m *Manager) SysfsWrite(p, value string) error {
 // setEnabled is a guest's write to <patch>/enabled (Linux's
 // enabled_store). It takes m.mu.
 func (m *Manager) setEnabled(op, name string, on bool) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.lock(map[bool]string{true: "enable", false: "disable"}[on], name)
+	defer m.unlock()
 	_, pt := m.find(name)
 	if pt == nil {
 		return errorf(op, name, syscall.ENOENT, "no such patch")

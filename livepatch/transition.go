@@ -97,9 +97,11 @@ type transition struct {
 	tally    *blockerTally // what blocked the attempts so far
 	started  bool          // startTransition ran: transition=1 in sysfs
 
-	// Set without m.mu: a guest's write to <patch>/force
-	// (forceTransition) while this transition holds the lock.
+	// Used without m.mu: a guest's write to <patch>/force
+	// (forceTransition) arrives while this transition holds the lock,
+	// and Status reads the attempts so far.
 	forceReq atomic.Bool
+	attempts atomic.Int32
 }
 
 // enable is core.c's __klp_enable_patch: the checks, the image into the
@@ -252,6 +254,7 @@ func (m *Manager) runTransition(op string, target bool, p *Patch, pl *stackPlan,
 	}
 	m.cur.Store(t)
 	defer m.cur.Store(nil)
+	m.setBusy(p.Name, "transition")
 	for {
 		blk, err := m.tryCompleteTransition(t)
 		if err == nil && blk != nil {
@@ -306,7 +309,7 @@ func (m *Manager) initTransition(op string, target bool, p *Patch, pl *stackPlan
 // still fails. m.mu must be held.
 func (m *Manager) startTransition(t *transition) {
 	t.started = true
-	t.p.Transition = true
+	t.p.Transition, t.p.target = true, t.target
 	_ = m.writeSysfs()
 }
 
@@ -319,6 +322,7 @@ func (m *Manager) startTransition(t *transition) {
 // m.mu must be held.
 func (m *Manager) tryCompleteTransition(t *transition) (*blocker, error) {
 	t.res.Attempts++
+	t.attempts.Store(int32(t.res.Attempts))
 	force := t.o.Force || t.forceReq.Load()
 	t0 := time.Now()
 	if err := m.g.Pause(); err != nil {
