@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log"
 	"path"
 	"strconv"
 	"strings"
@@ -69,6 +70,10 @@ type Config struct {
 	Callbacks     CallbackRunner // nil: patches with callbacks are refused (ENODEV)
 	// CallbackTimeout bounds each callback; default 10 s.
 	CallbackTimeout time.Duration
+	// Logf reports what no caller receives: a guest's sysfs write that
+	// succeeded although a callback did not run (the write returns 0:
+	// the switch was made). Nil: the standard logger (log.Printf).
+	Logf func(format string, args ...any)
 	// Kernel is the guest kernel already parsed, typically the machine's
 	// (kvm.Machine.Kernel), so that one parse serves the machine and the
 	// Manager. When it is set New does not parse Vmlinux, which may then be
@@ -130,6 +135,9 @@ type Patch struct {
 	image  *elfpatch.Image
 	saved  []byte // patch-area bytes the image overwrote (restored on failure)
 	target bool   // while Transition: the state the transition goes to (klp_target_state)
+	// cbPending: a callback call into this image failed (it timed out,
+	// the agent went away): the guest may still run it.
+	cbPending bool
 }
 
 // shownEnabled is the patch's enabled attribute as Linux shows it: the
@@ -158,13 +166,14 @@ type Result struct {
 	Attempts    int           `json:"attempts"`
 	Forced      bool          `json:"forced"`
 	Funcs       int           `json:"funcs"`
-	PauseWindow time.Duration `json:"pause_window_ns"`        // Pause..Resume of the switching attempt
-	Stop        time.Duration `json:"stop_ns"`                // in the window: stopping every vCPU (Pause)
-	Check       time.Duration `json:"check_ns"`               // in the window: the stack checks
-	Poke        time.Duration `json:"poke_ns"`                // in the window: the verified text pokes
-	Steps       int           `json:"steps,omitempty"`        // progress rounds: blocking vCPUs let run out of the changing code
-	StepTime    time.Duration `json:"step_ns,omitempty"`      // time spent in them (inside pause windows)
-	ResumeErr   string        `json:"resume_error,omitempty"` // the guest did not restart after the switch (which stands)
+	PauseWindow time.Duration `json:"pause_window_ns"`          // Pause..Resume of the switching attempt
+	Stop        time.Duration `json:"stop_ns"`                  // in the window: stopping every vCPU (Pause)
+	Check       time.Duration `json:"check_ns"`                 // in the window: the stack checks
+	Poke        time.Duration `json:"poke_ns"`                  // in the window: the verified text pokes
+	Steps       int           `json:"steps,omitempty"`          // progress rounds: blocking vCPUs let run out of the changing code
+	StepTime    time.Duration `json:"step_ns,omitempty"`        // time spent in them (inside pause windows)
+	ResumeErr   string        `json:"resume_error,omitempty"`   // the guest did not restart after the switch (which stands)
+	CallbackErr string        `json:"callback_error,omitempty"` // a callback that did not run to completion (the switch stands; the operation returned ErrSwitched)
 	Total       time.Duration `json:"total_ns"`
 	Replaced    []string      `json:"replaced,omitempty"` // patches an atomic replace removed
 }
@@ -186,6 +195,7 @@ type Manager struct {
 	intro  *guestkernel.Guest // nil if the guest has no klp_guest_abi
 	cb     CallbackRunner
 	cbTO   time.Duration
+	logf   func(format string, args ...any)
 
 	// Guarded by mu (and the tracer's sites, the guest's sysfs mirror and
 	// the patches' fields with them).
@@ -279,7 +289,10 @@ func New(cfg Config) (*Manager, error) {
 		return nil, &Error{Op: op, Errno: syscall.ENODEV, Detail: "klp_sysfs_state", Err: err}
 	}
 	m := &Manager{g: cfg.Guest, kernel: k, syms: syms, tracer: ftrace.New(cfg.Guest, al, k.FentrySites()),
-		sysfs: sw, cb: cfg.Callbacks, cbTO: cfg.CallbackTimeout, ops: map[uint64]*Ops{}}
+		sysfs: sw, cb: cfg.Callbacks, cbTO: cfg.CallbackTimeout, logf: cfg.Logf, ops: map[uint64]*Ops{}}
+	if m.logf == nil {
+		m.logf = log.Printf
+	}
 	if m.cbTO <= 0 {
 		m.cbTO = 10 * time.Second
 	}
@@ -466,7 +479,10 @@ func (m *Manager) Load(data []byte, nameHint string, o Options) (*Patch, *Result
 	if err != nil {
 		return nil, nil, err
 	}
-	res, err := m.enable(p.Name, o)
+	res, err := m.enable(context.Background(), p.Name, o)
+	if errors.Is(err, ErrSwitched) {
+		return p, res, err // loaded and enabled; a callback did not run
+	}
 	if err != nil {
 		if uerr := m.unregister(p.Name); uerr != nil {
 			errno := syscall.EIO
@@ -488,25 +504,37 @@ func (m *Manager) Unload(name string, o Options) (*Result, error) {
 	if _, p := m.find(name); p != nil && !p.Enabled {
 		return &Result{Op: "unload", Patch: name}, m.unregister(name)
 	}
-	res, err := m.disable(name, o)
-	if err != nil {
+	res, err := m.disable(context.Background(), name, o)
+	if err != nil && !errors.Is(err, ErrSwitched) {
 		return nil, err
 	}
-	return res, m.unregister(name)
+	// Disabled: unregistered, even when a callback did not run (err is
+	// then ErrSwitched and says which).
+	if uerr := m.unregister(name); uerr != nil {
+		if err == nil {
+			return res, uerr
+		}
+		return res, alsoFailed(err, "unregistering it", uerr)
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		e.Op, e.Detail = "unload", "switched, the patch is disabled and unregistered; but a callback did not run to completion"
+	}
+	return res, err
 }
 
 // Enable enables a registered patch (klp_enable_patch).
 func (m *Manager) Enable(name string, o Options) (*Result, error) {
 	m.lock("enable", name)
 	defer m.unlock()
-	return m.enable(name, o)
+	return m.enable(context.Background(), name, o)
 }
 
 // Disable disables an enabled patch (klp_disable_patch).
 func (m *Manager) Disable(name string, o Options) (*Result, error) {
 	m.lock("disable", name)
 	defer m.unlock()
-	return m.disable(name, o)
+	return m.disable(context.Background(), name, o)
 }
 
 // PatchInfo is a snapshot of one patch for the API.
@@ -719,9 +747,17 @@ func (m *Manager) setEnabled(op, name string, on bool) error {
 	}
 	var err error
 	if on {
-		_, err = m.enable(name, Options{})
+		_, err = m.enable(context.Background(), name, Options{})
 	} else {
-		_, err = m.disable(name, Options{})
+		_, err = m.disable(context.Background(), name, Options{})
+	}
+	if errors.Is(err, ErrSwitched) {
+		// The write's errno is the state it leaves: the switch was
+		// made, so the write succeeded (Linux's callbacks are void). The
+		// callback that did not run is in the host's log and in
+		// Status's last_op.callback_error.
+		m.logf("livepatch: guest write of %s/enabled: %v", name, err)
+		return nil
 	}
 	return err
 }

@@ -45,6 +45,15 @@ func (e *Error) Unwrap() error { return e.Err }
 // ErrnoName is the errno's Linux name ("EBUSY").
 func (e *Error) ErrnoName() string { return unix.ErrnoName(e.Errno) }
 
+// ErrSwitched is the errno (EREMOTEIO) of an operation whose switch
+// happened — the patch is enabled or disabled as asked, and the Result
+// returned with the error says so — but one of its void callbacks
+// (post_patch, pre_unpatch, post_unpatch) did not run to completion: the
+// call into the guest failed or timed out. errors.Is(err, ErrSwitched)
+// tells it from a failed operation, which left the state as it was. A
+// pre_patch that fails is not this: it aborts the enable.
+const ErrSwitched = syscall.EREMOTEIO
+
 func errorf(op, patch string, errno syscall.Errno, format string, args ...any) *Error {
 	return &Error{Op: op, Patch: patch, Errno: errno, Detail: fmt.Sprintf(format, args...)}
 }

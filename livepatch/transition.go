@@ -11,7 +11,8 @@ package livepatch
 //	klp_start_transition         (*Manager).startTransition: transition=1 in sysfs, once an attempt was blocked
 //	klp_try_complete_transition  (*Manager).tryCompleteTransition: one attempt: stop the guest, check, switch
 //	klp_transition_work_fn       (*Manager).runTransition and waitTransition: retry with backoff until the deadline
-//	klp_complete_transition      (*Manager).completeTransition: commitOrUndo, then replaced images out, post callbacks
+//	klp_complete_transition      (*Manager).commitOrUndo, then completeTransition: replaced images out, post callbacks
+//	                             (one that cannot run is reported: ErrSwitched)
 //	klp_reverse_transition       (*Manager).reverseTransition: back to where the transition started (as kpatch does on a timeout)
 //	klp_cancel_transition        (*Manager).cancelTransition: an enable that did not complete: post_unpatch, image out
 //	klp_force_transition         (*Manager).forceTransition: a guest's write to <patch>/force
@@ -106,9 +107,12 @@ type transition struct {
 
 // enable is core.c's __klp_enable_patch: the checks, the image into the
 // patch area, the pre_patch callbacks, then the transition and its
-// completion. Whatever fails before the switch is completed is taken
-// back (cancelTransition). m.mu must be held.
-func (m *Manager) enable(name string, o Options) (*Result, error) {
+// completion. Whatever fails before the switch is committed is taken
+// back (cancelTransition), and the error says what failed. Once the
+// switch is committed the patch is enabled: a post_patch callback that
+// could not run then gives the Result with an ErrSwitched error. ctx
+// bounds the callbacks. m.mu must be held.
+func (m *Manager) enable(ctx context.Context, name string, o Options) (*Result, error) {
 	const op = "enable"
 	m.mustHold()
 	start := time.Now()
@@ -120,28 +124,33 @@ func (m *Manager) enable(name string, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	pre, err := m.prePatch(op, p)
+	pre, err := m.prePatch(ctx, op, p)
 	if err != nil {
-		m.cancelTransition(p, pre, loaded)
-		return nil, err
+		return nil, alsoFailed(err, "cancelling the enable", m.cancelTransition(ctx, p, pre, loaded))
 	}
 	t, err := m.runTransition(op, true, p, m.planEnable(p), o)
 	if err != nil {
-		m.cancelTransition(p, pre, loaded)
-		return nil, err
+		return nil, alsoFailed(err, "cancelling the enable", m.cancelTransition(ctx, p, pre, loaded))
 	}
-	if undone, err := m.completeTransition(t, start); err != nil {
+	if undone, err := m.commitOrUndo(t); err != nil {
 		// An undo that failed may leave sites jumping into the image:
 		// it stays.
-		m.cancelTransition(p, pre, loaded && undone)
-		return nil, err
+		return nil, alsoFailed(err, "cancelling the enable", m.cancelTransition(ctx, p, pre, loaded && undone))
 	}
-	return t.res, nil
+	return t.res, m.completeTransition(ctx, t, start, nil)
 }
 
 // disable is core.c's __klp_disable_patch: the checks, the pre_unpatch
-// callbacks, then the transition and its completion. m.mu must be held.
-func (m *Manager) disable(name string, o Options) (*Result, error) {
+// callbacks, then the transition and its completion. When the switch is
+// not committed (the transition timed out, or it was undone because the
+// guest's sysfs could not show it) the patch stays enabled and, as when
+// Linux reverses an unpatch transition (klp_reverse_transition, then
+// klp_complete_transition towards KLP_PATCHED), post_patch runs again:
+// every pre_unpatch is followed by a post_patch or a post_unpatch. The
+// callbacks are void, as in Linux: one that could not run does not stop
+// the disable; once the switch is committed it gives the Result with an
+// ErrSwitched error. ctx bounds the callbacks. m.mu must be held.
+func (m *Manager) disable(ctx context.Context, name string, o Options) (*Result, error) {
 	const op = "disable"
 	m.mustHold()
 	start := time.Now()
@@ -149,18 +158,16 @@ func (m *Manager) disable(name string, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.runCallbacks(p, cbPreUnpatch)
+	preErr := m.runCallbacks(ctx, p, cbPreUnpatch)
 	t, err := m.runTransition(op, false, p, m.planDisable(p), o)
+	if err == nil {
+		_, err = m.commitOrUndo(t)
+	}
 	if err != nil {
-		// The patch stays enabled; Linux reruns post_patch when an unpatch
-		// transition is reversed, which keeps callback pairs balanced.
-		m.runCallbacks(p, cbPostPatch)
-		return nil, err
+		err = alsoFailed(err, "the pre_unpatch callback", preErr)
+		return nil, alsoFailed(err, "post_patch after the reversed disable", m.runCallbacks(ctx, p, cbPostPatch))
 	}
-	if _, err := m.completeTransition(t, start); err != nil {
-		return nil, err
-	}
-	return t.res, nil
+	return t.res, m.completeTransition(ctx, t, start, preErr)
 }
 
 // enableTarget finds the patch an enable acts on and checks that it may
@@ -212,16 +219,16 @@ func (m *Manager) disableTarget(op, name string) (*Patch, error) {
 // (or a call that fails) aborts the enable. It returns the objects whose
 // pre_patch succeeded or that have none: if the enable does not complete,
 // they get their post_unpatch (cancelTransition). m.mu must be held.
-func (m *Manager) prePatch(op string, p *Patch) ([]*Object, error) {
+func (m *Manager) prePatch(ctx context.Context, op string, p *Patch) ([]*Object, error) {
 	var done []*Object
 	for _, ob := range p.Objects {
 		if ob.Callbacks[cbPrePatch] == 0 {
 			done = append(done, ob)
 			continue
 		}
-		ret, err := m.runCallback(ob, cbPrePatch)
+		ret, err := m.runCallback(ctx, p, ob, cbPrePatch)
 		if err != nil {
-			return done, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "pre_patch callback of object " + ob.Name, Err: err}
+			return done, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Err: err}
 		}
 		if ret != 0 {
 			errno := syscall.EINVAL
@@ -406,7 +413,8 @@ func (m *Manager) waitTransition(t *transition, blk *blocker) error {
 // cause, the reason for reversing, with a failed sysfs write added
 // (alsoFailed). The callbacks that balance the ones already run are the
 // caller's (cancelTransition for an enable, post_patch again for a
-// disable). m.mu must be held.
+// disable), as after a switch that commitOrUndo undid. m.mu must be
+// held.
 func (m *Manager) reverseTransition(t *transition, cause error) error {
 	t.x.Abort()
 	if !t.started {
@@ -420,15 +428,20 @@ func (m *Manager) reverseTransition(t *transition, cause error) error {
 // complete is taken back. The objects whose pre_patch succeeded (pre) get
 // their post_unpatch, as Linux keeps callback pairs balanced, then, with
 // drop, the image leaves the patch area: drop is false when this enable
-// did not load it, or when sites may still jump into it. m.mu must be
-// held.
-func (m *Manager) cancelTransition(p *Patch, pre []*Object, drop bool) {
+// did not load it, or when sites may still jump into it. It returns the
+// errors of the post_unpatch calls (the caller adds them to the
+// enable's). m.mu must be held.
+func (m *Manager) cancelTransition(ctx context.Context, p *Patch, pre []*Object, drop bool) error {
+	var errs []error
 	for _, ob := range pre {
-		m.runCallback(ob, cbPostUnpatch)
+		if _, err := m.runCallback(ctx, p, ob, cbPostUnpatch); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if drop {
 		m.dropImage(p)
 	}
+	return errors.Join(errs...)
 }
 
 // forceTransition is klp_force_transition, asked for by a guest's write
@@ -449,27 +462,34 @@ func (m *Manager) forceTransition(op, name string) error {
 	return nil
 }
 
-// completeTransition is klp_complete_transition after a switch: the
-// bookkeeping is committed, or the switch undone when the guest's sysfs
-// cannot show it (commitOrUndo, whose undone it returns with its error);
-// then the images of patches an atomic replace removed leave the patch
-// area, the post_patch (enable) or post_unpatch (disable) callbacks run,
-// and the result is recorded. m.mu must be held.
-func (m *Manager) completeTransition(t *transition, start time.Time) (undone bool, err error) {
-	if undone, err := m.commitOrUndo(t); err != nil {
-		return undone, err
-	}
+// completeTransition is klp_complete_transition after a switch that
+// commitOrUndo committed: the images of patches an atomic replace
+// removed leave the patch area, the post_patch (enable) or post_unpatch
+// (disable) callbacks run, and the result is recorded. The switch
+// stands whatever happens here: a callback that could not run (or
+// earlier, cbErr: a disable's pre_unpatch) is recorded in the result
+// and returned as an ErrSwitched error, never dropped. m.mu must be held.
+func (m *Manager) completeTransition(ctx context.Context, t *transition, start time.Time, cbErr error) error {
 	for _, q := range t.pl.replaced {
 		m.dropImage(q)
 	}
+	which := cbPostUnpatch
 	if t.target {
-		m.runCallbacks(t.p, cbPostPatch)
-	} else {
-		m.runCallbacks(t.p, cbPostUnpatch)
+		which = cbPostPatch
 	}
+	cbErr = errors.Join(cbErr, m.runCallbacks(ctx, t.p, which))
 	t.res.Total = time.Since(start)
+	t.res.CallbackErr = errString(cbErr)
 	m.last = t.res
-	return false, nil
+	if cbErr == nil {
+		return nil
+	}
+	state := "disabled"
+	if t.target {
+		state = "enabled"
+	}
+	return &Error{Op: t.op, Patch: t.p.Name, Errno: ErrSwitched, Err: cbErr,
+		Detail: "switched, the patch is " + state + "; but a callback did not run to completion"}
 }
 
 // commitOrUndo is the one step that makes a switch final, for enable and
@@ -678,28 +698,44 @@ func (m *Manager) checkCallbacks(op string, p *Patch) error {
 	return nil
 }
 
-// runCallback calls one callback of ob in the guest (0, nil if it has
-// none). Only pre_patch's result matters; the others are void in Linux.
-// m.mu must be held (loadImage and dropImage set the addresses).
-func (m *Manager) runCallback(ob *Object, which int) (int64, error) {
+// runCallback calls one callback of p's object ob in the guest (0, nil
+// if it has none), bounded by CallbackTimeout and ctx. The error names
+// the callback and the object. A call that fails may have reached the
+// guest and may run there still (a guest-call that timed out is queued
+// in the guest): the patch is marked, and its image, which holds the
+// callback, is never freed (dropImage). m.mu must be held (loadImage and
+// dropImage set the addresses).
+func (m *Manager) runCallback(ctx context.Context, p *Patch, ob *Object, which int) (int64, error) {
 	addr := ob.Callbacks[which]
 	if addr == 0 || m.cb == nil {
 		return 0, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), m.cbTO)
+	name := elfpatch.CallbackNames[which]
+	m.setBusy("", name)
+	cctx, cancel := context.WithTimeout(ctx, m.cbTO)
 	defer cancel()
-	return m.cb(ctx, addr, ob.Addr)
+	ret, err := m.cb(cctx, addr, ob.Addr)
+	if err != nil {
+		p.cbPending = true
+		return 0, fmt.Errorf("%s callback of object %s (%#x): %w", name, ob.Name, addr, err)
+	}
+	return ret, nil
 }
 
 // runCallbacks runs one of the void callbacks (all but pre_patch) of
-// every object of p. Their results are not looked at, as in Linux; a call
-// that fails (the agent did not answer in time) does not stop the
-// operation either: the callbacks are the patch author's, the switch is
-// the operation. m.mu must be held.
-func (m *Manager) runCallbacks(p *Patch, which int) {
+// every object of p. Their return values are not looked at, as in
+// Linux. A call that fails does not stop the others, nor the operation
+// (the callbacks are the patch author's, the switch is the operation):
+// the errors are returned, joined, for the operation to report. m.mu
+// must be held.
+func (m *Manager) runCallbacks(ctx context.Context, p *Patch, which int) error {
+	var errs []error
 	for _, ob := range p.Objects {
-		m.runCallback(ob, which)
+		if _, err := m.runCallback(ctx, p, ob, which); err != nil {
+			errs = append(errs, err)
+		}
 	}
+	return errors.Join(errs...)
 }
 
 // loadImage allocates the patch's place in the patch area, lays it out
