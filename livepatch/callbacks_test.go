@@ -209,3 +209,88 @@ func TestCallbacksBalanced(t *testing.T) {
 		t.Fatalf("disable called %v", got)
 	}
 }
+
+// TestCallbackTimeoutQuarantines: a callback call that times out may
+// still run in the guest (the guest-call is queued there), so the image
+// that holds the callback is never freed, restored or reused: it stays
+// reserved, counted as patch_area_quarantined, and the error says so.
+func TestCallbackTimeoutQuarantines(t *testing.T) {
+	rec := &cbRecorder{hang: map[string]bool{"pre_patch": true}}
+	g, m, p, _ := newCallbacksManager(t, rec)
+	size := p.ImageSize
+
+	// pre_patch times out: the enable fails (EIO) and its image, which
+	// pre_patch runs from, is quarantined.
+	t0 := time.Now()
+	_, err := m.Enable(p.Name, Options{})
+	if !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "pre_patch callback") ||
+		!strings.Contains(err.Error(), "context deadline exceeded") || !strings.Contains(err.Error(), "quarantined") {
+		t.Fatalf("want EIO naming the timed-out pre_patch and the quarantine, got %v", err)
+	}
+	t.Logf("pre_patch timed out after %v: %v", time.Since(t0).Round(time.Millisecond), err)
+	old := rec.imgs[0]
+	code := make([]byte, size)
+	if err := g.ReadVirt(old, code); err != nil {
+		t.Fatal(err)
+	}
+	st := m.Status()
+	if st.Quarantined != size || st.PatchAreaInUse != size || st.Patches[0].Enabled || st.Patches[0].ImageAddr != 0 {
+		t.Fatalf("after the timeout: quarantined %d (image %d), in use %d, patch %+v", st.Quarantined, size, st.PatchAreaInUse, st.Patches[0].Patch)
+	}
+	if got := rec.called(); !slices.Equal(got, []string{"pre_patch"}) {
+		t.Fatalf("called %v: the timed-out pre_patch must get no post_unpatch", got)
+	}
+
+	// The next enable gets another place; the quarantined image is not
+	// touched.
+	rec.hang = map[string]bool{"post_unpatch": true}
+	if _, err := m.Enable(p.Name, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	img := m.Status().Patches[0].ImageAddr
+	if img < old+size && old < img+size {
+		t.Fatalf("the new image at %#x overlaps the quarantined one at %#x (%d bytes)", img, old, size)
+	}
+	// post_unpatch times out in an unload: disabled and unregistered
+	// (ErrSwitched), and this image is quarantined too.
+	res, err := m.Unload(p.Name, Options{})
+	switched(t, m, res, err, false, "post_unpatch")
+	if !strings.Contains(err.Error(), "quarantined") {
+		t.Fatalf("the unload's error does not say the image is quarantined: %v", err)
+	}
+	st = m.Status()
+	if st.Quarantined != 2*size || st.PatchAreaInUse != 2*size || len(st.Patches) != 0 || len(st.Redirected) != 0 {
+		t.Fatalf("after the unload: quarantined %d, in use %d, want %d; patches %d, redirected %d", st.Quarantined, st.PatchAreaInUse,
+			2*size, len(st.Patches), len(st.Redirected))
+	}
+	for _, a := range []uint64{old, img} {
+		b := make([]byte, size)
+		if err := g.ReadVirt(a, b); err != nil {
+			t.Fatal(err)
+		}
+		if a == old && !slices.Equal(b, code) {
+			t.Fatalf("the quarantined image at %#x changed", a)
+		}
+		if slices.Equal(b, make([]byte, size)) {
+			t.Fatalf("the quarantined image at %#x was zeroed", a)
+		}
+	}
+	// And a patch loaded now gets neither place.
+	rec.hang = nil
+	lp, _, err := m.Load(patchObj(t, "livepatch-callbacks"), "", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []uint64{old, img} {
+		if lp.ImageAddr < a+size && a < lp.ImageAddr+lp.ImageSize {
+			t.Fatalf("a new image at %#x reuses the quarantined area at %#x", lp.ImageAddr, a)
+		}
+	}
+	// Callbacks that returned leave nothing behind.
+	if _, err := m.Unload(lp.Name, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if st := m.Status(); st.Quarantined != 2*size || st.PatchAreaInUse != 2*size {
+		t.Fatalf("a clean unload changed the quarantine: quarantined %d, in use %d", st.Quarantined, st.PatchAreaInUse)
+	}
+}

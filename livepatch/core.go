@@ -205,6 +205,9 @@ type Manager struct {
 	ops     map[uint64]*Ops // by old_addr
 	last    *Result
 	retired uint64 // patch-area bytes of forced patches' images, never freed
+	// patch-area bytes of images a callback call into failed (the guest
+	// may still run it), never freed
+	quarantined uint64
 
 	// Atomics, used without mu: a guest's write to <patch>/force arrives
 	// while the transition in progress holds mu (forceTransition).
@@ -508,6 +511,8 @@ func (m *Manager) Unload(name string, o Options) (*Result, error) {
 	if err != nil && !errors.Is(err, ErrSwitched) {
 		return nil, err
 	}
+	_, p := m.find(name)
+	quarantine := p.cbPending && !p.Forced
 	// Disabled: unregistered, even when a callback did not run (err is
 	// then ErrSwitched and says which).
 	if uerr := m.unregister(name); uerr != nil {
@@ -519,6 +524,9 @@ func (m *Manager) Unload(name string, o Options) (*Result, error) {
 	var e *Error
 	if errors.As(err, &e) {
 		e.Op, e.Detail = "unload", "switched, the patch is disabled and unregistered; but a callback did not run to completion"
+		if quarantine {
+			e.Detail += ", and its image is quarantined, not freed: the guest may still run it (patch_area_quarantined)"
+		}
 	}
 	return res, err
 }
@@ -554,6 +562,7 @@ type Status struct {
 	PatchAreaSize  uint64        `json:"patch_area_size"`
 	PatchAreaInUse uint64        `json:"patch_area_in_use"`
 	Retired        uint64        `json:"patch_area_retired"`      // images of forced patches, kept for good
+	Quarantined    uint64        `json:"patch_area_quarantined"`  // images a callback did not return from (the guest may still run it), kept for good
 	InTransition   string        `json:"in_transition,omitempty"` // the patch in transition (klp_transition_patch), once visible
 	InProgress     *Progress     `json:"in_progress,omitempty"`   // the operation being carried out, if any
 	Last           *Result       `json:"last_op,omitempty"`
@@ -604,7 +613,7 @@ func (m *Manager) publish() {
 	m.mustHold()
 	al := m.tracer.Alloc()
 	st := &Status{Redirected: m.tracer.Redirected(), PatchAreaBase: al.Base(), PatchAreaSize: al.Size(),
-		PatchAreaInUse: al.InUse(), Retired: m.retired}
+		PatchAreaInUse: al.InUse(), Retired: m.retired, Quarantined: m.quarantined}
 	for i, p := range m.patches {
 		c := *p
 		c.parsed, c.image, c.saved = nil, nil, nil

@@ -2,6 +2,7 @@ package livepatch
 
 import (
 	"fmt"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -92,3 +93,51 @@ func alsoFailed(err error, what string, cerr error) error {
 	}
 	return fmt.Errorf("%w; %s also failed: %w", err, what, cerr)
 }
+
+// withNote adds note (if not "") to err's detail: something the caller
+// must know about the outcome that is not a failure of its own (an image
+// kept in the patch area). A nil err stays nil.
+func withNote(err error, note string) error {
+	if err == nil || note == "" {
+		return err
+	}
+	if e, ok := err.(*Error); ok {
+		if e.Detail != "" {
+			e.Detail += "; "
+		}
+		e.Detail += note
+		return e
+	}
+	return fmt.Errorf("%w; %s", err, note)
+}
+
+// joinErrors is errors.Join on one line: the errors that are not nil,
+// separated by "; " (nil if there are none). errors.Is and errors.As see
+// each of them.
+func joinErrors(errs ...error) error {
+	var l errorList
+	for _, err := range errs {
+		if err != nil {
+			l = append(l, err)
+		}
+	}
+	if len(l) == 0 {
+		return nil
+	}
+	if len(l) == 1 {
+		return l[0]
+	}
+	return l
+}
+
+type errorList []error
+
+func (l errorList) Error() string {
+	s := make([]string, len(l))
+	for i, err := range l {
+		s[i] = err.Error()
+	}
+	return strings.Join(s, "; ")
+}
+
+func (l errorList) Unwrap() []error { return l }

@@ -86,6 +86,7 @@ type cbRecorder struct {
 	mu    sync.Mutex
 	calls []uint64
 	names []string
+	imgs  []uint64 // with m set: the image address of each call's patch
 	ret   map[uint64]int64
 	m     *Manager
 	fail  map[string]error
@@ -95,7 +96,7 @@ type cbRecorder struct {
 func (c *cbRecorder) run(ctx context.Context, addr, arg uint64) (int64, error) {
 	c.mu.Lock()
 	c.calls = append(c.calls, addr)
-	name := fmt.Sprintf("%#x", addr)
+	name, img := fmt.Sprintf("%#x", addr), uint64(0)
 	if c.m != nil {
 		// The call comes from the operation, which holds the
 		// Manager's lock: its patches may be read.
@@ -103,13 +104,14 @@ func (c *cbRecorder) run(ctx context.Context, addr, arg uint64) (int64, error) {
 			for _, ob := range p.Objects {
 				for i, cb := range ob.Callbacks {
 					if cb == addr {
-						name = elfpatch.CallbackNames[i]
+						name, img = elfpatch.CallbackNames[i], p.ImageAddr
 					}
 				}
 			}
 		}
 	}
 	c.names = append(c.names, name)
+	c.imgs = append(c.imgs, img)
 	ret, err, hang := c.ret[addr], c.fail[name], c.hang[name]
 	c.mu.Unlock()
 	if hang {

@@ -126,16 +126,16 @@ func (m *Manager) enable(ctx context.Context, name string, o Options) (*Result, 
 	}
 	pre, err := m.prePatch(ctx, op, p)
 	if err != nil {
-		return nil, alsoFailed(err, "cancelling the enable", m.cancelTransition(ctx, p, pre, loaded))
+		return nil, m.cancelTransition(ctx, err, p, pre, loaded)
 	}
 	t, err := m.runTransition(op, true, p, m.planEnable(p), o)
 	if err != nil {
-		return nil, alsoFailed(err, "cancelling the enable", m.cancelTransition(ctx, p, pre, loaded))
+		return nil, m.cancelTransition(ctx, err, p, pre, loaded)
 	}
 	if undone, err := m.commitOrUndo(t); err != nil {
 		// An undo that failed may leave sites jumping into the image:
 		// it stays.
-		return nil, alsoFailed(err, "cancelling the enable", m.cancelTransition(ctx, p, pre, loaded && undone))
+		return nil, m.cancelTransition(ctx, err, p, pre, loaded && undone)
 	}
 	return t.res, m.completeTransition(ctx, t, start, nil)
 }
@@ -228,7 +228,7 @@ func (m *Manager) prePatch(ctx context.Context, op string, p *Patch) ([]*Object,
 		}
 		ret, err := m.runCallback(ctx, p, ob, cbPrePatch)
 		if err != nil {
-			return done, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Err: err}
+			return done, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "a pre_patch callback did not run to completion", Err: err}
 		}
 		if ret != 0 {
 			errno := syscall.EINVAL
@@ -425,23 +425,25 @@ func (m *Manager) reverseTransition(t *transition, cause error) error {
 }
 
 // cancelTransition is klp_cancel_transition: an enable that did not
-// complete is taken back. The objects whose pre_patch succeeded (pre) get
-// their post_unpatch, as Linux keeps callback pairs balanced, then, with
-// drop, the image leaves the patch area: drop is false when this enable
-// did not load it, or when sites may still jump into it. It returns the
-// errors of the post_unpatch calls (the caller adds them to the
-// enable's). m.mu must be held.
-func (m *Manager) cancelTransition(ctx context.Context, p *Patch, pre []*Object, drop bool) error {
+// complete, because of err, is taken back. The objects whose pre_patch
+// succeeded (pre) get their post_unpatch, as Linux keeps callback pairs
+// balanced, then, with drop, the image leaves the patch area: drop is
+// false when this enable did not load it, or when sites may still jump
+// into it. It returns err with what else happened added: the
+// post_unpatch calls that failed, and the image's quarantine. m.mu must
+// be held.
+func (m *Manager) cancelTransition(ctx context.Context, err error, p *Patch, pre []*Object, drop bool) error {
 	var errs []error
 	for _, ob := range pre {
-		if _, err := m.runCallback(ctx, p, ob, cbPostUnpatch); err != nil {
-			errs = append(errs, err)
+		if _, cerr := m.runCallback(ctx, p, ob, cbPostUnpatch); cerr != nil {
+			errs = append(errs, cerr)
 		}
 	}
+	err = alsoFailed(err, "post_unpatch of the cancelled enable", joinErrors(errs...))
 	if drop {
-		m.dropImage(p)
+		err = withNote(err, m.dropImage(p))
 	}
-	return errors.Join(errs...)
+	return err
 }
 
 // forceTransition is klp_force_transition, asked for by a guest's write
@@ -477,7 +479,7 @@ func (m *Manager) completeTransition(ctx context.Context, t *transition, start t
 	if t.target {
 		which = cbPostPatch
 	}
-	cbErr = errors.Join(cbErr, m.runCallbacks(ctx, t.p, which))
+	cbErr = joinErrors(cbErr, m.runCallbacks(ctx, t.p, which))
 	t.res.Total = time.Since(start)
 	t.res.CallbackErr = errString(cbErr)
 	m.last = t.res
@@ -735,7 +737,7 @@ func (m *Manager) runCallbacks(ctx context.Context, p *Patch, which int) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return joinErrors(errs...)
 }
 
 // loadImage allocates the patch's place in the patch area, lays it out
@@ -815,32 +817,43 @@ func bindImage(op string, p *Patch) error {
 
 // dropImage takes the patch's image out of the patch area: its bytes get
 // what was there before (so a failed or undone operation leaves the patch
-// area as it found it) and its space is freed. The image of a patch that
-// went through a forced transition stays where it is, allocated, for
-// good: a task may still be running its code (Linux likewise never lets
-// the module of a forced patch be removed).
-// Best effort, and the one place whose errors are not reported: it runs
-// after the operation's outcome is decided (an unregister that is done,
-// a failure being cleaned up). A restore that fails leaves the image's
-// bytes in patch area that nothing jumps to; a Free that fails would be
-// an allocator bug, seen by the leak checks (Status.PatchAreaInUse).
+// area as it found it) and its space is freed. Two kinds of image stay
+// where they are, allocated, for good, because the guest may still run
+// their code: a patch that went through a forced transition (a task
+// may still be in its functions; Linux likewise never lets the module
+// of a forced patch be removed): retired; and one into which a callback
+// call failed (cbPending: a guest-call that timed out is queued in the
+// guest and may run later): quarantined. It returns the quarantined
+// image's description ("" if none) for the operation's error.
+// Best effort otherwise, and the one place whose errors are not
+// reported: it runs after the operation's outcome is decided (an
+// unregister that is done, a failure being cleaned up). A restore that
+// fails leaves the image's bytes in patch area that nothing jumps to; a
+// Free that fails would be an allocator bug, seen by the leak checks
+// (Status.PatchAreaInUse).
 // m.mu must be held.
-func (m *Manager) dropImage(p *Patch) {
+func (m *Manager) dropImage(p *Patch) (quarantined string) {
 	m.mustHold()
 	if p.ImageAddr == 0 {
-		return
+		return ""
 	}
-	if p.Forced {
+	switch {
+	case p.Forced:
 		m.retired += p.ImageSize
-	} else {
+	case p.cbPending:
+		m.quarantined += p.ImageSize
+		quarantined = fmt.Sprintf("its image (%d bytes at %#x) is quarantined, not freed: the guest may still run the callback "+
+			"that did not return (patch_area_quarantined)", p.ImageSize, p.ImageAddr)
+	default:
 		_ = m.g.WriteVirt(p.ImageAddr, p.saved)
 		_ = m.tracer.Alloc().Free(p.ImageAddr)
 	}
-	p.image, p.ImageAddr, p.saved = nil, 0, nil
+	p.image, p.ImageAddr, p.saved, p.cbPending = nil, 0, nil, false
 	for _, ob := range p.Objects {
 		ob.Addr, ob.Callbacks = 0, [4]uint64{}
 		for _, f := range ob.Funcs {
 			f.NewAddr = 0
 		}
 	}
+	return quarantined
 }
