@@ -16,19 +16,37 @@ import (
 
 const cbPatch = "livepatch_callbacks"
 
-// newCallbacksManager is a Manager whose callbacks run on rec, with the
-// callbacks patch registered, and a log that the test reads.
-func newCallbacksManager(t *testing.T, rec *cbRecorder) (*fakeGuest, *Manager, *Patch, *strings.Builder) {
+// syncLog is a log for Config.Logf that the test reads.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) logf(f string, a ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fmt.Fprintf(&l.b, f+"\n", a...)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// newCallbacksManager is a Manager whose callbacks run on rec (each
+// bounded by 50 ms, unless tune changes the Config), with the callbacks
+// patch registered, and a log that the test reads.
+func newCallbacksManager(t *testing.T, rec *cbRecorder, tune ...func(*Config)) (*fakeGuest, *Manager, *Patch, *syncLog) {
 	t.Helper()
 	g := newFakeGuest(t, 2)
-	var mu sync.Mutex
-	var log strings.Builder
-	m, err := newChecked(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch,
-		Callbacks: rec.run, CallbackTimeout: 50 * time.Millisecond, Logf: func(f string, a ...any) {
-			mu.Lock()
-			defer mu.Unlock()
-			fmt.Fprintf(&log, f+"\n", a...)
-		}})
+	log := &syncLog{}
+	cfg := Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch,
+		Callbacks: rec.run, CallbackTimeout: 50 * time.Millisecond, Logf: log.logf}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	m, err := newChecked(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +55,7 @@ func newCallbacksManager(t *testing.T, rec *cbRecorder) (*fakeGuest, *Manager, *
 		t.Fatal(err)
 	}
 	rec.m = m
-	return g, m, p, &log
+	return g, m, p, log
 }
 
 // switched checks an ErrSwitched error: the switch happened (the Result

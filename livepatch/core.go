@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log"
 	"path"
 	"strconv"
@@ -70,6 +71,9 @@ type Config struct {
 	Callbacks     CallbackRunner // nil: patches with callbacks are refused (ENODEV)
 	// CallbackTimeout bounds each callback; default 10 s.
 	CallbackTimeout time.Duration
+	// SysfsBudget bounds each guest sysfs write (SysfsWrite); default
+	// SysfsBudget. It must stay below the guest's klp.sysfs_timeout_ms.
+	SysfsBudget time.Duration
 	// Logf reports what no caller receives: a guest's sysfs write that
 	// succeeded although a callback did not run (the write returns 0:
 	// the switch was made). Nil: the standard logger (log.Printf).
@@ -96,6 +100,17 @@ type Options struct {
 
 // DefaultDeadline is how long a blocked transition is retried.
 const DefaultDeadline = 5 * time.Second
+
+// SysfsBudget is how long a guest's write to a livepatch sysfs file
+// (SysfsWrite) may take in all, by default: waiting for the operation in
+// progress, the callbacks (each also bounded by CallbackTimeout) and the
+// transition (DefaultDeadline, cut short so that the callbacks after it
+// keep time: transitionDeadline). The guest's writer waits
+// klp.sysfs_timeout_ms for the answer (20 s by default,
+// guestkernel/kernel/sysfs.c) and then fails with ETIMEDOUT whatever the
+// host did; the host answers first, with the errno of the state it
+// reached, and 5 s to spare for the reply's way to the guest.
+const SysfsBudget = 15 * time.Second
 
 // Func is a struct klp_func: the old function and its replacement.
 type Func struct {
@@ -151,6 +166,18 @@ func (p *Patch) shownEnabled() bool {
 	return p.Enabled
 }
 
+// hasPostCallbacks reports whether an object of p has a post_patch or
+// post_unpatch callback (what runs after a transition, or after a
+// cancelled one).
+func (p *Patch) hasPostCallbacks() bool {
+	for _, o := range p.Objects {
+		if o.hasCB[cbPostPatch] || o.hasCB[cbPostUnpatch] {
+			return true
+		}
+	}
+	return false
+}
+
 func (p *Patch) funcs() []*Func {
 	var out []*Func
 	for _, o := range p.Objects {
@@ -196,6 +223,7 @@ type Manager struct {
 	cb     CallbackRunner
 	cbTO   time.Duration
 	logf   func(format string, args ...any)
+	budget time.Duration // SysfsWrite's
 
 	// Guarded by mu (and the tracer's sites, the guest's sysfs mirror and
 	// the patches' fields with them).
@@ -240,6 +268,33 @@ func (m *Manager) mustHold() {
 func (m *Manager) lock(op, name string) {
 	m.mu.Lock()
 	m.busy.Store(&Progress{Op: op, Patch: name, Phase: op, Since: time.Now()})
+}
+
+// lockCtx is lock, giving up when ctx ends first: an error then names
+// the operation that holds m.mu.
+func (m *Manager) lockCtx(ctx context.Context, op, name string) error {
+	if !m.mu.TryLock() {
+		got := make(chan struct{})
+		go func() {
+			m.mu.Lock()
+			close(got)
+		}()
+		select {
+		case <-got:
+		case <-ctx.Done():
+			go func() { // the lock is taken some day: give it back
+				<-got
+				m.mu.Unlock()
+			}()
+			held := "another operation"
+			if b := m.busy.Load(); b != nil {
+				held = fmt.Sprintf("%s %s (%s, for %v)", b.Op, b.Patch, b.Phase, time.Since(b.Since).Round(time.Millisecond))
+			}
+			return fmt.Errorf("%s is in progress and did not end in time", held)
+		}
+	}
+	m.busy.Store(&Progress{Op: op, Patch: name, Phase: op, Since: time.Now()})
+	return nil
 }
 
 // unlock publishes the state the operation leaves and releases m.mu.
@@ -292,7 +347,10 @@ func New(cfg Config) (*Manager, error) {
 		return nil, &Error{Op: op, Errno: syscall.ENODEV, Detail: "klp_sysfs_state", Err: err}
 	}
 	m := &Manager{g: cfg.Guest, kernel: k, syms: syms, tracer: ftrace.New(cfg.Guest, al, k.FentrySites()),
-		sysfs: sw, cb: cfg.Callbacks, cbTO: cfg.CallbackTimeout, logf: cfg.Logf, ops: map[uint64]*Ops{}}
+		sysfs: sw, cb: cfg.Callbacks, cbTO: cfg.CallbackTimeout, logf: cfg.Logf, budget: cfg.SysfsBudget, ops: map[uint64]*Ops{}}
+	if m.budget <= 0 {
+		m.budget = SysfsBudget
+	}
 	if m.logf == nil {
 		m.logf = log.Printf
 	}
@@ -711,8 +769,18 @@ func (m *Manager) writeSysfs() error {
 // path as the API; the returned error carries the errno the guest's
 // write() returns. Writable, as in Linux: <patch>/enabled (0/1) and
 // <patch>/force (1, only during a transition).
+//
+// The answer comes within the SysfsBudget (Config.SysfsBudget), before
+// the guest's writer gives up, and its errno is always the state
+// reached: 0 when the patch is enabled or disabled as asked, even if a
+// callback did not run (the host log and Status's last_op say which);
+// an errno when it is not (the operation failed or was never started:
+// EBUSY while another patch is in transition, as in Linux, or when the
+// operation in progress does not end within the budget).
 func (m *Manager) SysfsWrite(p, value string) error {
 	const op = "sysfs write"
+	ctx, cancel := context.WithTimeout(context.Background(), m.budget)
+	defer cancel()
 	rel := strings.TrimPrefix(path.Clean("/"+strings.TrimPrefix(p, "/sys/kernel/livepatch")), "/")
 	parts := strings.Split(rel, "/")
 	if len(parts) != 2 || parts[0] == "" {
@@ -728,7 +796,7 @@ func (m *Manager) SysfsWrite(p, value string) error {
 		if err != nil {
 			return errorf(op, name, syscall.EINVAL, "%q is not a boolean", strings.TrimSpace(value))
 		}
-		return m.setEnabled(op, name, on)
+		return m.setEnabled(ctx, op, name, on)
 	case "force":
 		if err != nil || !on {
 			return errorf(op, name, syscall.EINVAL, "write 1 to force a transition")
@@ -742,9 +810,25 @@ func (m *Manager) SysfsWrite(p, value string) error {
 }
 
 // setEnabled is a guest's write to <patch>/enabled (Linux's
-// enabled_store). It takes m.mu.
-func (m *Manager) setEnabled(op, name string, on bool) error {
-	m.lock(map[bool]string{true: "enable", false: "disable"}[on], name)
+// enabled_store), within ctx. A write during a transition is answered at
+// once: EINVAL for the patch in transition when it asks for the state
+// the transition goes to (enabled already shows it), else EBUSY (Linux's
+// __klp_enable_patch and __klp_disable_patch refuse while
+// klp_transition_patch is set; Linux would reverse the transition for
+// the opposite write to its own patch, which this host does not do).
+// Otherwise it waits for m.mu as long as ctx lets it (EBUSY after). It
+// takes m.mu.
+func (m *Manager) setEnabled(ctx context.Context, op, name string, on bool) error {
+	if t := m.cur.Load(); t != nil {
+		if t.p.Name == name && t.target == on {
+			return errorf(op, name, syscall.EINVAL, "the patch is already being %s", map[bool]string{true: "enabled", false: "disabled"}[on])
+		}
+		return errorf(op, name, syscall.EBUSY, "patch %s is in transition", t.p.Name)
+	}
+	what := map[bool]string{true: "enable", false: "disable"}[on]
+	if err := m.lockCtx(ctx, what, name); err != nil {
+		return errorf(op, name, syscall.EBUSY, "%v", err)
+	}
 	defer m.unlock()
 	_, pt := m.find(name)
 	if pt == nil {
@@ -756,9 +840,9 @@ func (m *Manager) setEnabled(op, name string, on bool) error {
 	}
 	var err error
 	if on {
-		_, err = m.enable(context.Background(), name, Options{})
+		_, err = m.enable(ctx, name, Options{})
 	} else {
-		_, err = m.disable(context.Background(), name, Options{})
+		_, err = m.disable(ctx, name, Options{})
 	}
 	if errors.Is(err, ErrSwitched) {
 		// The write's errno is the state it leaves: the switch was

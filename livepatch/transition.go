@@ -30,7 +30,15 @@ package livepatch
 //
 // Locking: every unexported method of Manager here runs with m.mu held
 // (Linux's klp_mutex) and says so, except forceTransition, which a guest's
-// sysfs write calls while a transition holds m.mu.
+// sysfs write calls while a transition holds m.mu. The transition in
+// progress is also published in m.cur (klp_transition_patch) for what
+// runs without m.mu: forceTransition, a guest's enabled write (EBUSY at
+// once during a transition) and Status (its attempts).
+//
+// Time: an operation started by a guest's sysfs write runs within
+// SysfsBudget (a context): its wait for m.mu, its callbacks and its
+// transition's deadline are cut to fit, so that the guest gets the
+// answer, with the errno of the state reached, before it gives up.
 
 import (
 	"context"
@@ -128,7 +136,7 @@ func (m *Manager) enable(ctx context.Context, name string, o Options) (*Result, 
 	if err != nil {
 		return nil, m.cancelTransition(ctx, err, p, pre, loaded)
 	}
-	t, err := m.runTransition(op, true, p, m.planEnable(p), o)
+	t, err := m.runTransition(ctx, op, true, p, m.planEnable(p), o)
 	if err != nil {
 		return nil, m.cancelTransition(ctx, err, p, pre, loaded)
 	}
@@ -159,7 +167,7 @@ func (m *Manager) disable(ctx context.Context, name string, o Options) (*Result,
 		return nil, err
 	}
 	preErr := m.runCallbacks(ctx, p, cbPreUnpatch)
-	t, err := m.runTransition(op, false, p, m.planDisable(p), o)
+	t, err := m.runTransition(ctx, op, false, p, m.planDisable(p), o)
 	if err == nil {
 		_, err = m.commitOrUndo(t)
 	}
@@ -250,12 +258,13 @@ func (m *Manager) prePatch(ctx context.Context, op string, p *Patch) ([]*Object,
 // blocks, or progress ran out of budget, the guest resumes, transition=1
 // is mirrored into sysfs, and the attempt is retried with backoff; at
 // the deadline everything is rolled back and the error is EBUSY naming
-// what blocked the most attempts. The returned transition's switch is
-// committed; the caller completes it (completeTransition). m.mu must be
-// held.
-func (m *Manager) runTransition(op string, target bool, p *Patch, pl *stackPlan, o Options) (*transition, error) {
+// what blocked the most attempts. The deadline is Options.Deadline, cut
+// short by ctx's (transitionDeadline). The returned transition's switch
+// is committed; the caller completes it (commitOrUndo,
+// completeTransition). m.mu must be held.
+func (m *Manager) runTransition(ctx context.Context, op string, target bool, p *Patch, pl *stackPlan, o Options) (*transition, error) {
 	m.mustHold()
-	t, err := m.initTransition(op, target, p, pl, o)
+	t, err := m.initTransition(ctx, op, target, p, pl, o)
 	if err != nil {
 		return nil, err
 	}
@@ -284,7 +293,7 @@ func (m *Manager) runTransition(op string, target bool, p *Patch, pl *stackPlan,
 // are written while the guest runs (nothing reaches them before the sites
 // are poked: a shorter pause), and the changing spans are indexed for the
 // check. m.mu must be held.
-func (m *Manager) initTransition(op string, target bool, p *Patch, pl *stackPlan, o Options) (*transition, error) {
+func (m *Manager) initTransition(ctx context.Context, op string, target bool, p *Patch, pl *stackPlan, o Options) (*transition, error) {
 	x, err := m.tracer.Prepare(pl.updates)
 	if err != nil {
 		errno := syscall.EINVAL
@@ -298,13 +307,33 @@ func (m *Manager) initTransition(op string, target bool, p *Patch, pl *stackPlan
 		return nil, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "write trampolines", Err: err}
 	}
 	t := &transition{op: op, target: target, p: p, pl: pl, o: o, x: x, idx: newSpanIndex(pl.spans),
-		res: &Result{Op: op, Patch: p.Name, Funcs: len(pl.updates)}, deadline: o.Deadline,
+		res: &Result{Op: op, Patch: p.Name, Funcs: len(pl.updates)}, deadline: m.transitionDeadline(ctx, p, o),
 		backoff: backoffMin, tally: newBlockerTally()}
-	if t.deadline <= 0 {
-		t.deadline = DefaultDeadline
-	}
 	t.end = time.Now().Add(t.deadline)
 	return t, nil
+}
+
+// transitionDeadline is how long a transition of p may retry: the
+// Options' deadline (default DefaultDeadline), but, when ctx has a
+// deadline (a guest's sysfs write: SysfsBudget), no later than that less
+// what the callbacks that follow the transition need: the post_patch or
+// post_unpatch calls get the larger part of what is left, up to
+// CallbackTimeout, and keep half of it at least. Never negative: with
+// nothing left, one attempt is made.
+func (m *Manager) transitionDeadline(ctx context.Context, p *Patch, o Options) time.Duration {
+	d := o.Deadline
+	if d <= 0 {
+		d = DefaultDeadline
+	}
+	end, ok := ctx.Deadline()
+	if !ok {
+		return d
+	}
+	left := time.Until(end)
+	if m.cb != nil && p.hasPostCallbacks() {
+		left -= min(m.cbTO, left/2)
+	}
+	return max(min(d, left), 0)
 }
 
 // startTransition is klp_start_transition: the transition becomes visible
@@ -701,8 +730,10 @@ func (m *Manager) checkCallbacks(op string, p *Patch) error {
 }
 
 // runCallback calls one callback of p's object ob in the guest (0, nil
-// if it has none), bounded by CallbackTimeout and ctx. The error names
-// the callback and the object. A call that fails may have reached the
+// if it has none), bounded by CallbackTimeout and ctx (a guest's sysfs
+// write: what is left of SysfsBudget; once ctx has ended the callback is
+// not called, and the error says so). The error names the callback and
+// the object. A call that fails may have reached the
 // guest and may run there still (a guest-call that timed out is queued
 // in the guest): the patch is marked, and its image, which holds the
 // callback, is never freed (dropImage). m.mu must be held (loadImage and
@@ -713,6 +744,10 @@ func (m *Manager) runCallback(ctx context.Context, p *Patch, ob *Object, which i
 		return 0, nil
 	}
 	name := elfpatch.CallbackNames[which]
+	if err := ctx.Err(); err != nil {
+		// Not sent: the guest will not run it.
+		return 0, fmt.Errorf("%s callback of object %s (%#x) not called: no time left (%w)", name, ob.Name, addr, err)
+	}
 	m.setBusy("", name)
 	cctx, cancel := context.WithTimeout(ctx, m.cbTO)
 	defer cancel()
