@@ -236,6 +236,11 @@ type Manager struct {
 	// patch-area bytes of images a callback call into failed (the guest
 	// may still run it), never freed
 	quarantined uint64
+	// The redirected sites as last published, recomputed only after a
+	// commit or rollback of site changes (sitesChanged): a sorted walk of
+	// every fentry site is most of publish's cost.
+	redirected   []ftrace.Site
+	sitesChanged bool
 
 	// Atomics, used without mu: a guest's write to <patch>/force arrives
 	// while the transition in progress holds mu (forceTransition).
@@ -347,7 +352,8 @@ func New(cfg Config) (*Manager, error) {
 		return nil, &Error{Op: op, Errno: syscall.ENODEV, Detail: "klp_sysfs_state", Err: err}
 	}
 	m := &Manager{g: cfg.Guest, kernel: k, syms: syms, tracer: ftrace.New(cfg.Guest, al, k.FentrySites()),
-		sysfs: sw, cb: cfg.Callbacks, cbTO: cfg.CallbackTimeout, logf: cfg.Logf, budget: cfg.SysfsBudget, ops: map[uint64]*Ops{}}
+		sysfs: sw, cb: cfg.Callbacks, cbTO: cfg.CallbackTimeout, logf: cfg.Logf, budget: cfg.SysfsBudget, ops: map[uint64]*Ops{},
+		sitesChanged: true}
 	if m.budget <= 0 {
 		m.budget = SysfsBudget
 	}
@@ -670,12 +676,16 @@ func (m *Manager) Patches() []string {
 func (m *Manager) publish() {
 	m.mustHold()
 	al := m.tracer.Alloc()
-	st := &Status{Redirected: m.tracer.Redirected(), PatchAreaBase: al.Base(), PatchAreaSize: al.Size(),
+	if m.sitesChanged {
+		m.redirected, m.sitesChanged = m.tracer.Redirected(), false
+	}
+	st := &Status{Redirected: m.redirected, PatchAreaBase: al.Base(), PatchAreaSize: al.Size(),
 		PatchAreaInUse: al.InUse(), Retired: m.retired, Quarantined: m.quarantined}
 	for i, p := range m.patches {
 		c := *p
 		c.parsed, c.image, c.saved = nil, nil, nil
 		c.Enabled = p.shownEnabled()
+		c.Objects = copyObjects(p.Objects)
 		if p.Transition {
 			st.InTransition = p.Name
 		}
@@ -683,15 +693,26 @@ func (m *Manager) publish() {
 	}
 	if m.last != nil {
 		l := *m.last
+		l.Replaced = append([]string(nil), m.last.Replaced...)
 		st.Last = &l
 	}
-	m.snap.Store(st.clone0())
+	m.snap.Store(st)
 }
 
-// clone0 is clone's pointer form.
-func (st *Status) clone0() *Status {
-	c := st.clone()
-	return &c
+// copyObjects copies a patch's objects and their functions.
+func copyObjects(objs []*Object) []*Object {
+	out := make([]*Object, 0, len(objs))
+	for _, o := range objs {
+		oc := *o
+		fs := make([]Func, len(o.Funcs))
+		oc.Funcs = make([]*Func, len(o.Funcs))
+		for i, f := range o.Funcs {
+			fs[i] = *f
+			oc.Funcs[i] = &fs[i]
+		}
+		out = append(out, &oc)
+	}
+	return out
 }
 
 // clone copies st deeply enough that nothing of the copy is shared with
@@ -699,20 +720,10 @@ func (st *Status) clone0() *Status {
 func (st *Status) clone() Status {
 	c := *st
 	c.Redirected = append([]ftrace.Site(nil), st.Redirected...)
-	c.Patches = nil
-	for _, pi := range st.Patches {
-		pc := pi
-		pc.Objects = nil
-		for _, o := range pi.Objects {
-			oc := *o
-			oc.Funcs = nil
-			for _, f := range o.Funcs {
-				fc := *f
-				oc.Funcs = append(oc.Funcs, &fc)
-			}
-			pc.Objects = append(pc.Objects, &oc)
-		}
-		c.Patches = append(c.Patches, pc)
+	c.Patches = make([]PatchInfo, len(st.Patches))
+	for i, pi := range st.Patches {
+		c.Patches[i] = pi
+		c.Patches[i].Objects = copyObjects(pi.Objects)
 	}
 	if st.Last != nil {
 		l := *st.Last

@@ -2,6 +2,7 @@ package livepatch
 
 import (
 	"errors"
+	"fmt"
 	"syscall"
 	"testing"
 	"time"
@@ -107,18 +108,51 @@ func TestStatusDuringTransition(t *testing.T) {
 }
 
 // TestStatusIsACopy: what Status returns is the caller's; changing it
-// changes neither the Manager's state nor the next Status.
+// changes neither the Manager's state nor the next Status. Its
+// redirected sites (cached between switches) are the tracer's.
 func TestStatusIsACopy(t *testing.T) {
-	_, m := newManager(t, 1, nil)
+	g, m := newManager(t, 1, nil)
+	sites := func(when string) {
+		t.Helper()
+		m.mu.Lock()
+		want := fmt.Sprint(m.Tracer().Redirected())
+		m.mu.Unlock()
+		if got := fmt.Sprint(m.Status().Redirected); got != want {
+			t.Fatalf("%s: Status shows redirected %s, the tracer %s", when, got, want)
+		}
+	}
+	sites("new")
 	if _, _, err := m.Load(patchObj(t, "livepatch-sample"), "livepatch-sample.o", Options{}); err != nil {
 		t.Fatal(err)
 	}
-	st := m.Status()
-	st.Patches[0].Name = "x"
-	st.Patches[0].Objects[0].Funcs[0].NewAddr = 1
-	st.Last.Op = "x"
+	sites("enabled")
+	if _, err := m.Disable(sample, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	sites("disabled")
+	st := g.sym(t, "klp_sysfs_state")
+	g.WriteErr = func(va uint64, n int) error {
+		if va >= st && va < st+guestkernel.SysfsStateSize {
+			return errors.New("injected sysfs write fault")
+		}
+		return nil
+	}
+	if _, err := m.Enable(sample, Options{}); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("want EIO, got %v", err)
+	}
+	g.WriteErr = nil
+	sites("enable undone")
+	if _, err := m.Enable(sample, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	sites("enabled again")
+	s := m.Status()
+	s.Patches[0].Name = "x"
+	s.Patches[0].Objects[0].Funcs[0].NewAddr = 1
+	s.Redirected[0].Target = 1
+	s.Last.Op = "x"
 	st2 := m.Status()
-	if st2.Patches[0].Name != sample || st2.Patches[0].Objects[0].Funcs[0].NewAddr == 1 || st2.Last.Op != "enable" {
+	if st2.Patches[0].Name != sample || st2.Patches[0].Objects[0].Funcs[0].NewAddr == 1 || st2.Redirected[0].Target == 1 || st2.Last.Op != "enable" {
 		t.Fatalf("a caller's change reached the snapshot: %+v", st2)
 	}
 }

@@ -399,6 +399,7 @@ func (m *Manager) checkPaused(t *transition) *blocker {
 func (m *Manager) switchPaused(t *transition, force bool, t0, tp time.Time) error {
 	t1 := time.Now()
 	err := t.x.Commit()
+	m.sitesChanged = true
 	t2 := time.Now()
 	rerr := m.g.Resume()
 	t.res.PauseWindow = time.Since(t0)
@@ -633,6 +634,7 @@ func (m *Manager) undo(x *ftrace.Txn) error {
 		return err
 	}
 	err := x.Rollback()
+	m.sitesChanged = true
 	err = alsoFailed(err, "resuming the guest", m.g.Resume())
 	x.Finish()
 	return err
