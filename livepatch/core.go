@@ -546,6 +546,7 @@ func (m *Manager) Load(data []byte, nameHint string, o Options) (*Patch, *Result
 	if err != nil {
 		return nil, nil, err
 	}
+	m.setBusy(p.Name, "enable")
 	res, err := m.enable(context.Background(), p.Name, o)
 	if errors.Is(err, ErrSwitched) {
 		return p, res, err // loaded and enabled; a callback did not run

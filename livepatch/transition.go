@@ -316,10 +316,10 @@ func (m *Manager) initTransition(ctx context.Context, op string, target bool, p 
 // transitionDeadline is how long a transition of p may retry: the
 // Options' deadline (default DefaultDeadline), but, when ctx has a
 // deadline (a guest's sysfs write: SysfsBudget), no later than that less
-// what the callbacks that follow the transition need: the post_patch or
-// post_unpatch calls get the larger part of what is left, up to
-// CallbackTimeout, and keep half of it at least. Never negative: with
-// nothing left, one attempt is made.
+// a reserve for the callbacks that follow the transition (post_patch or
+// post_unpatch, when p has them): CallbackTimeout, or half of what is
+// left if that is less. Never negative: with nothing left, one attempt
+// is made.
 func (m *Manager) transitionDeadline(ctx context.Context, p *Patch, o Options) time.Duration {
 	d := o.Deadline
 	if d <= 0 {
@@ -735,11 +735,11 @@ func (m *Manager) checkCallbacks(op string, p *Patch) error {
 // if it has none), bounded by CallbackTimeout and ctx (a guest's sysfs
 // write: what is left of SysfsBudget; once ctx has ended the callback is
 // not called, and the error says so). The error names the callback and
-// the object. A call that fails may have reached the
-// guest and may run there still (a guest-call that timed out is queued
-// in the guest): the patch is marked, and its image, which holds the
-// callback, is never freed (dropImage). m.mu must be held (loadImage and
-// dropImage set the addresses).
+// the object. A call that fails may have reached the guest and may run
+// there still (a guest-call that timed out is queued in the guest): the
+// patch is marked, and its image, which holds the callback, is never
+// freed (dropImage). m.mu must be held (loadImage and dropImage set the
+// addresses).
 func (m *Manager) runCallback(ctx context.Context, p *Patch, ob *Object, which int) (int64, error) {
 	addr := ob.Callbacks[which]
 	if addr == 0 || m.cb == nil {
