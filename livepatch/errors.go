@@ -2,6 +2,7 @@ package livepatch
 
 import (
 	"fmt"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -45,6 +46,15 @@ func (e *Error) Unwrap() error { return e.Err }
 // ErrnoName is the errno's Linux name ("EBUSY").
 func (e *Error) ErrnoName() string { return unix.ErrnoName(e.Errno) }
 
+// ErrSwitched is the errno (EREMOTEIO) of an operation whose switch
+// happened — the patch is enabled or disabled as asked, and the Result
+// returned with the error says so — but one of its void callbacks
+// (post_patch, pre_unpatch, post_unpatch) did not run to completion: the
+// call into the guest failed or timed out. errors.Is(err, ErrSwitched)
+// tells it from a failed operation, which left the state as it was. A
+// pre_patch that fails is not this: it aborts the enable.
+const ErrSwitched = syscall.EREMOTEIO
+
 func errorf(op, patch string, errno syscall.Errno, format string, args ...any) *Error {
 	return &Error{Op: op, Patch: patch, Errno: errno, Detail: fmt.Sprintf(format, args...)}
 }
@@ -83,3 +93,51 @@ func alsoFailed(err error, what string, cerr error) error {
 	}
 	return fmt.Errorf("%w; %s also failed: %w", err, what, cerr)
 }
+
+// withNote adds note (if not "") to err's detail: something the caller
+// must know about the outcome that is not a failure of its own (an image
+// kept in the patch area). A nil err stays nil.
+func withNote(err error, note string) error {
+	if err == nil || note == "" {
+		return err
+	}
+	if e, ok := err.(*Error); ok {
+		if e.Detail != "" {
+			e.Detail += "; "
+		}
+		e.Detail += note
+		return e
+	}
+	return fmt.Errorf("%w; %s", err, note)
+}
+
+// joinErrors is errors.Join on one line: the errors that are not nil,
+// separated by "; " (nil if there are none). errors.Is and errors.As see
+// each of them.
+func joinErrors(errs ...error) error {
+	var l errorList
+	for _, err := range errs {
+		if err != nil {
+			l = append(l, err)
+		}
+	}
+	if len(l) == 0 {
+		return nil
+	}
+	if len(l) == 1 {
+		return l[0]
+	}
+	return l
+}
+
+type errorList []error
+
+func (l errorList) Error() string {
+	s := make([]string, len(l))
+	for i, err := range l {
+		s[i] = err.Error()
+	}
+	return strings.Join(s, "; ")
+}
+
+func (l errorList) Unwrap() []error { return l }
