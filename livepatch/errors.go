@@ -6,40 +6,34 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"klp-kvm/klperr"
 )
 
-// Error is the error type of package livepatch: the operation, the patch
-// and the Linux errno the kernel's livepatch core would return, so callers
-// test it with errors.Is(err, syscall.EBUSY) and the guest's sysfs write
-// returns the same errno as the API.
+// Error is the error type of package livepatch, by the convention of
+// package klperr: the operation, the patch and the Linux errno the kernel's
+// livepatch core would return, so callers test it with
+// errors.Is(err, syscall.EBUSY) and the guest's sysfs write returns the
+// same errno as the API. The errno is the kind: Kind stays nil.
 type Error struct {
 	Op     string // "register", "enable", "disable", "unregister", "sysfs write", ...
-	Patch  string
+	Kind   error  // nil: the errno says what went wrong
 	Errno  syscall.Errno
 	Detail string
-	Err    error // underlying cause (elfpatch, ftrace, guestkernel errors)
+	Err    error  // underlying cause (elfpatch, ftrace, guestkernel errors)
+	Patch  string // the patch operated on, if any
 }
 
 func (e *Error) Error() string {
-	s := "livepatch: " + e.Op
-	if e.Patch != "" {
-		s += " " + e.Patch
-	}
-	s += ": " + unix.ErrnoName(e.Errno)
-	if e.Detail != "" {
-		s += ": " + e.Detail
-	}
-	if e.Err != nil {
-		s += ": " + e.Err.Error()
-	}
-	return s
+	return klperr.Format("livepatch", e.Op, e.Patch, e.Kind, e.Errno, e.Detail, e.Err)
 }
 
-// Is matches the errno: errors.Is(err, syscall.EBUSY).
-func (e *Error) Is(target error) bool {
-	en, ok := target.(syscall.Errno)
-	return ok && en == e.Errno
-}
+// Is matches the errno (errors.Is(err, syscall.EBUSY)) or the kind.
+func (e *Error) Is(target error) bool { return klperr.Match(target, e.Kind, e.Errno) }
+
+// As lets errors.As(err, &errno) find the errno (what a guest's sysfs
+// write is answered with).
+func (e *Error) As(target any) bool { return klperr.AsErrno(target, e.Errno) }
 
 func (e *Error) Unwrap() error { return e.Err }
 
@@ -57,16 +51,6 @@ const ErrSwitched = syscall.EREMOTEIO
 
 func errorf(op, patch string, errno syscall.Errno, format string, args ...any) *Error {
 	return &Error{Op: op, Patch: patch, Errno: errno, Detail: fmt.Sprintf(format, args...)}
-}
-
-// As lets errors.As(err, &errno) find the errno (what `klp-kvm run`
-// answers a guest's sysfs write with).
-func (e *Error) As(target any) bool {
-	if p, ok := target.(*syscall.Errno); ok {
-		*p = e.Errno
-		return true
-	}
-	return false
 }
 
 // alsoFailed reports cerr, an error met while cleaning up after err (a
