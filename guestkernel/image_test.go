@@ -158,7 +158,8 @@ func TestImageStaticChecks(t *testing.T) {
 	// names other packages depend on
 	for _, n := range []string{"cmdline_proc_show", "seq_printf", "printk", "msleep", "klp_pair_a", "klp_pair_b",
 		"klp_park_fn", "klp_guest_abi", "klp_sysfs_state", "saved_command_line", "bench_fn_0000", "bench_fn_1023",
-		"klp_callback_counter"} {
+		"klp_callback_counter", "klp_shadow_get", "klp_shadow_alloc", "klp_shadow_get_or_alloc", "klp_shadow_free",
+		"klp_shadow_free_all", "kmalloc", "kzalloc", "kfree", "jiffies", "dummy_alloc", "dummy_free", "dummy_check"} {
 		if s, ok := im.named[n]; !ok || elf.ST_BIND(s.Info) != elf.STB_GLOBAL {
 			t.Errorf("%s: missing or not global", n)
 		}

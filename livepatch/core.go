@@ -12,6 +12,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"log"
 	"path"
 	"strconv"
 	"strings"
@@ -69,6 +71,13 @@ type Config struct {
 	Callbacks     CallbackRunner // nil: patches with callbacks are refused (ENODEV)
 	// CallbackTimeout bounds each callback; default 10 s.
 	CallbackTimeout time.Duration
+	// SysfsBudget bounds each guest sysfs write (SysfsWrite); default
+	// SysfsBudget. It must stay below the guest's klp.sysfs_timeout_ms.
+	SysfsBudget time.Duration
+	// Logf reports what no caller receives: a guest's sysfs write that
+	// succeeded although a callback did not run (the write returns 0:
+	// the switch was made). Nil: the standard logger (log.Printf).
+	Logf func(format string, args ...any)
 	// Kernel is the guest kernel already parsed, typically the machine's
 	// (kvm.Machine.Kernel), so that one parse serves the machine and the
 	// Manager. When it is set New does not parse Vmlinux, which may then be
@@ -91,6 +100,17 @@ type Options struct {
 
 // DefaultDeadline is how long a blocked transition is retried.
 const DefaultDeadline = 5 * time.Second
+
+// SysfsBudget is how long a guest's write to a livepatch sysfs file
+// (SysfsWrite) may take in all, by default: waiting for the operation in
+// progress, the callbacks (each also bounded by CallbackTimeout) and the
+// transition (DefaultDeadline, cut short so that the callbacks after it
+// keep time: transitionDeadline). The guest's writer waits
+// klp.sysfs_timeout_ms for the answer (20 s by default,
+// guestkernel/kernel/sysfs.c) and then fails with ETIMEDOUT whatever the
+// host did; the host answers first, with the errno of the state it
+// reached, and 5 s to spare for the reply's way to the guest.
+const SysfsBudget = 15 * time.Second
 
 // Func is a struct klp_func: the old function and its replacement.
 type Func struct {
@@ -129,6 +149,33 @@ type Patch struct {
 	parsed *elfpatch.Patch
 	image  *elfpatch.Image
 	saved  []byte // patch-area bytes the image overwrote (restored on failure)
+	target bool   // while Transition: the state the transition goes to (klp_target_state)
+	// cbPending: a callback call into this image failed (it timed out,
+	// the agent went away): the guest may still run it.
+	cbPending bool
+}
+
+// shownEnabled is the patch's enabled attribute as Linux shows it: the
+// target state while the patch is in transition (__klp_enable_patch sets
+// patch->enabled before the transition completes, __klp_disable_patch
+// clears it), else its state.
+func (p *Patch) shownEnabled() bool {
+	if p.Transition {
+		return p.target
+	}
+	return p.Enabled
+}
+
+// hasPostCallbacks reports whether an object of p has a post_patch or
+// post_unpatch callback (what runs after a transition, or after a
+// cancelled one).
+func (p *Patch) hasPostCallbacks() bool {
+	for _, o := range p.Objects {
+		if o.hasCB[cbPostPatch] || o.hasCB[cbPostUnpatch] {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *Patch) funcs() []*Func {
@@ -146,13 +193,14 @@ type Result struct {
 	Attempts    int           `json:"attempts"`
 	Forced      bool          `json:"forced"`
 	Funcs       int           `json:"funcs"`
-	PauseWindow time.Duration `json:"pause_window_ns"`        // Pause..Resume of the switching attempt
-	Stop        time.Duration `json:"stop_ns"`                // in the window: stopping every vCPU (Pause)
-	Check       time.Duration `json:"check_ns"`               // in the window: the stack checks
-	Poke        time.Duration `json:"poke_ns"`                // in the window: the verified text pokes
-	Steps       int           `json:"steps,omitempty"`        // progress rounds: blocking vCPUs let run out of the changing code
-	StepTime    time.Duration `json:"step_ns,omitempty"`      // time spent in them (inside pause windows)
-	ResumeErr   string        `json:"resume_error,omitempty"` // the guest did not restart after the switch (which stands)
+	PauseWindow time.Duration `json:"pause_window_ns"`          // Pause..Resume of the switching attempt
+	Stop        time.Duration `json:"stop_ns"`                  // in the window: stopping every vCPU (Pause)
+	Check       time.Duration `json:"check_ns"`                 // in the window: the stack checks
+	Poke        time.Duration `json:"poke_ns"`                  // in the window: the verified text pokes
+	Steps       int           `json:"steps,omitempty"`          // progress rounds: blocking vCPUs let run out of the changing code
+	StepTime    time.Duration `json:"step_ns,omitempty"`        // time spent in them (inside pause windows)
+	ResumeErr   string        `json:"resume_error,omitempty"`   // the guest did not restart after the switch (which stands)
+	CallbackErr string        `json:"callback_error,omitempty"` // a callback that did not run to completion (the switch stands; the operation returned ErrSwitched)
 	Total       time.Duration `json:"total_ns"`
 	Replaced    []string      `json:"replaced,omitempty"` // patches an atomic replace removed
 }
@@ -161,7 +209,9 @@ type Result struct {
 // other state. Every operation takes its mutex: operations are
 // serialised, as under Linux's klp_mutex. Every unexported method that
 // needs m.mu held says so ("m.mu must be held") and the main ones check
-// it (mustHold).
+// it (mustHold). Readers of the state (Status, Patches) do not take it:
+// they read the snapshot published at each change (publish), so they
+// answer while an operation, and its transition, is in progress.
 type Manager struct {
 	mu sync.Mutex
 
@@ -172,6 +222,8 @@ type Manager struct {
 	intro  *guestkernel.Guest // nil if the guest has no klp_guest_abi
 	cb     CallbackRunner
 	cbTO   time.Duration
+	logf   func(format string, args ...any)
+	budget time.Duration // SysfsWrite's
 
 	// Guarded by mu (and the tracer's sites, the guest's sysfs mirror and
 	// the patches' fields with them).
@@ -181,11 +233,23 @@ type Manager struct {
 	ops     map[uint64]*Ops // by old_addr
 	last    *Result
 	retired uint64 // patch-area bytes of forced patches' images, never freed
+	// patch-area bytes of images a callback call into failed (the guest
+	// may still run it), never freed
+	quarantined uint64
+	// The redirected sites as last published, recomputed only after a
+	// commit or rollback of site changes (sitesChanged): a sorted walk of
+	// every fentry site is most of publish's cost.
+	redirected   []ftrace.Site
+	sitesChanged bool
 
 	// Atomics, used without mu: a guest's write to <patch>/force arrives
 	// while the transition in progress holds mu (forceTransition).
-	forceReq atomic.Bool // a guest write to .../force during a transition
-	inTrans  atomic.Bool // a transition is in progress
+	cur atomic.Pointer[transition] // the transition in progress (Linux's klp_transition_patch), nil if none
+	// What Status reads without mu: the state as of its last change
+	// (written under mu by publish, immutable once stored) and the
+	// operation holding mu (lock, setBusy, unlock).
+	snap atomic.Pointer[Status]
+	busy atomic.Pointer[Progress]
 
 	// lockChecks turns mustHold's check on; the package's tests set it
 	// on every Manager they build.
@@ -201,6 +265,64 @@ func (m *Manager) mustHold() {
 		m.mu.Unlock()
 		panic("livepatch: m.mu must be held")
 	}
+}
+
+// lock takes m.mu for the public operation op on patch name (a file name
+// until a register knows the patch's), which Status shows as in
+// progress until unlock.
+func (m *Manager) lock(op, name string) {
+	m.mu.Lock()
+	m.busy.Store(&Progress{Op: op, Patch: name, Phase: op, Since: time.Now()})
+}
+
+// lockCtx is lock, giving up when ctx ends first: an error then names
+// the operation that holds m.mu.
+func (m *Manager) lockCtx(ctx context.Context, op, name string) error {
+	if !m.mu.TryLock() {
+		got := make(chan struct{})
+		go func() {
+			m.mu.Lock()
+			close(got)
+		}()
+		select {
+		case <-got:
+		case <-ctx.Done():
+			go func() { // the lock is taken some day: give it back
+				<-got
+				m.mu.Unlock()
+			}()
+			held := "another operation"
+			if b := m.busy.Load(); b != nil {
+				held = fmt.Sprintf("%s %s (%s, for %v)", b.Op, b.Patch, b.Phase, time.Since(b.Since).Round(time.Millisecond))
+			}
+			return fmt.Errorf("%s is in progress and did not end in time", held)
+		}
+	}
+	m.busy.Store(&Progress{Op: op, Patch: name, Phase: op, Since: time.Now()})
+	return nil
+}
+
+// unlock publishes the state the operation leaves and releases m.mu.
+func (m *Manager) unlock() {
+	m.publish()
+	m.busy.Store(nil)
+	m.mu.Unlock()
+}
+
+// setBusy shows the operation in progress entering phase (and, when
+// patch is not "", acting on patch). m.mu must be held.
+func (m *Manager) setBusy(patch, phase string) {
+	m.mustHold()
+	b := m.busy.Load()
+	if b == nil {
+		return
+	}
+	c := *b
+	if patch != "" {
+		c.Patch = patch
+	}
+	c.Phase = phase
+	m.busy.Store(&c)
 }
 
 // New builds a manager for a guest whose kernel is vmlinux. The guest must
@@ -230,7 +352,14 @@ func New(cfg Config) (*Manager, error) {
 		return nil, &Error{Op: op, Errno: syscall.ENODEV, Detail: "klp_sysfs_state", Err: err}
 	}
 	m := &Manager{g: cfg.Guest, kernel: k, syms: syms, tracer: ftrace.New(cfg.Guest, al, k.FentrySites()),
-		sysfs: sw, cb: cfg.Callbacks, cbTO: cfg.CallbackTimeout, ops: map[uint64]*Ops{}}
+		sysfs: sw, cb: cfg.Callbacks, cbTO: cfg.CallbackTimeout, logf: cfg.Logf, budget: cfg.SysfsBudget, ops: map[uint64]*Ops{},
+		sitesChanged: true}
+	if m.budget <= 0 {
+		m.budget = SysfsBudget
+	}
+	if m.logf == nil {
+		m.logf = log.Printf
+	}
 	if m.cbTO <= 0 {
 		m.cbTO = 10 * time.Second
 	}
@@ -267,8 +396,8 @@ func (m *Manager) find(name string) (int, *Patch) {
 // nameHint names the patch when the object has no KLP_MODULE_NAME (a file
 // name, as insmod would).
 func (m *Manager) Register(data []byte, nameHint string) (*Patch, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.lock("register", nameHint)
+	defer m.unlock()
 	return m.register(data, nameHint)
 }
 
@@ -383,8 +512,8 @@ func funcSizes(ep *elfpatch.Patch) map[string]uint64 {
 // Unregister removes a disabled patch: its image leaves the patch area and
 // its sysfs entries go (klp_unregister_patch). EBUSY while enabled.
 func (m *Manager) Unregister(name string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.lock("unregister", name)
+	defer m.unlock()
 	return m.unregister(name)
 }
 
@@ -411,13 +540,17 @@ func (m *Manager) unregister(name string) error {
 
 // Load is Register then Enable; a failed enable unregisters again.
 func (m *Manager) Load(data []byte, nameHint string, o Options) (*Patch, *Result, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.lock("load", nameHint)
+	defer m.unlock()
 	p, err := m.register(data, nameHint)
 	if err != nil {
 		return nil, nil, err
 	}
-	res, err := m.enable(p.Name, o)
+	m.setBusy(p.Name, "enable")
+	res, err := m.enable(context.Background(), p.Name, o)
+	if errors.Is(err, ErrSwitched) {
+		return p, res, err // loaded and enabled; a callback did not run
+	}
 	if err != nil {
 		if uerr := m.unregister(p.Name); uerr != nil {
 			errno := syscall.EIO
@@ -432,32 +565,49 @@ func (m *Manager) Load(data []byte, nameHint string, o Options) (*Patch, *Result
 
 // Unload is Disable then Unregister.
 func (m *Manager) Unload(name string, o Options) (*Result, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.lock("unload", name)
+	defer m.unlock()
 	// Unload means "make it gone": a patch already disabled (say by a
 	// guest-side write to its enabled file) is just unregistered.
 	if _, p := m.find(name); p != nil && !p.Enabled {
 		return &Result{Op: "unload", Patch: name}, m.unregister(name)
 	}
-	res, err := m.disable(name, o)
-	if err != nil {
+	res, err := m.disable(context.Background(), name, o)
+	if err != nil && !errors.Is(err, ErrSwitched) {
 		return nil, err
 	}
-	return res, m.unregister(name)
+	_, p := m.find(name)
+	quarantine := p.cbPending && !p.Forced
+	// Disabled: unregistered, even when a callback did not run (err is
+	// then ErrSwitched and says which).
+	if uerr := m.unregister(name); uerr != nil {
+		if err == nil {
+			return res, uerr
+		}
+		return res, alsoFailed(err, "unregistering it", uerr)
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		e.Op, e.Detail = "unload", "switched, the patch is disabled and unregistered; but a callback did not run to completion"
+		if quarantine {
+			e.Detail += ", and its image is quarantined, not freed: the guest may still run it (patch_area_quarantined)"
+		}
+	}
+	return res, err
 }
 
 // Enable enables a registered patch (klp_enable_patch).
 func (m *Manager) Enable(name string, o Options) (*Result, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.enable(name, o)
+	m.lock("enable", name)
+	defer m.unlock()
+	return m.enable(context.Background(), name, o)
 }
 
 // Disable disables an enabled patch (klp_disable_patch).
 func (m *Manager) Disable(name string, o Options) (*Result, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.disable(name, o)
+	m.lock("disable", name)
+	defer m.unlock()
+	return m.disable(context.Background(), name, o)
 }
 
 // PatchInfo is a snapshot of one patch for the API.
@@ -466,54 +616,126 @@ type PatchInfo struct {
 	StackOrder int `json:"stack_order"`
 }
 
-// Status is a snapshot of the livepatch state.
+// Status is a snapshot of the livepatch state. A patch in transition
+// shows, as in Linux's sysfs, transition=true and, as enabled, the state
+// the transition goes to (true during an enable, false during a
+// disable); InTransition names it.
 type Status struct {
 	Patches        []PatchInfo   `json:"patches"`
 	Redirected     []ftrace.Site `json:"redirected_sites"`
 	PatchAreaBase  uint64        `json:"patch_area_base"`
 	PatchAreaSize  uint64        `json:"patch_area_size"`
 	PatchAreaInUse uint64        `json:"patch_area_in_use"`
-	Retired        uint64        `json:"patch_area_retired"` // images of forced patches, kept for good
+	Retired        uint64        `json:"patch_area_retired"`      // images of forced patches, kept for good
+	Quarantined    uint64        `json:"patch_area_quarantined"`  // images a callback did not return from (the guest may still run it), kept for good
+	InTransition   string        `json:"in_transition,omitempty"` // the patch in transition (klp_transition_patch), once visible
+	InProgress     *Progress     `json:"in_progress,omitempty"`   // the operation being carried out, if any
 	Last           *Result       `json:"last_op,omitempty"`
 }
 
-// Status returns a deep-enough copy of the state (callers may marshal it
-// while operations go on).
+// Progress is the operation being carried out (the one holding the
+// Manager's lock), as Status shows it.
+type Progress struct {
+	Op       string    `json:"op"`    // enable, disable, load, unload, register, unregister
+	Patch    string    `json:"patch"` // the patch (the file name, until a register knows the patch's)
+	Phase    string    `json:"phase"` // what it is doing: its op, pre_patch, transition, post_patch, ...
+	Since    time.Time `json:"since"`
+	Attempts int       `json:"attempts,omitempty"` // attempts of its transition so far
+}
+
+// Status returns the state as of its last change, without waiting for
+// the operation in progress: during a transition it shows the patch in
+// transition and the operation's phase and attempts so far. The copy is
+// the caller's (it may be changed or marshalled while operations go on).
 func (m *Manager) Status() Status {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	st := Status{Redirected: m.tracer.Redirected(), PatchAreaBase: m.tracer.Alloc().Base(),
-		PatchAreaSize: m.tracer.Alloc().Size(), PatchAreaInUse: m.tracer.Alloc().InUse(), Retired: m.retired}
+	st := m.snap.Load().clone()
+	if b := m.busy.Load(); b != nil {
+		c := *b
+		if t := m.cur.Load(); t != nil && t.p.Name == c.Patch {
+			c.Attempts = int(t.attempts.Load())
+		}
+		st.InProgress = &c
+	}
+	return st
+}
+
+// Patches returns the names in stack order, as of the last change.
+func (m *Manager) Patches() []string {
+	var out []string
+	for _, p := range m.snap.Load().Patches {
+		out = append(out, p.Name)
+	}
+	return out
+}
+
+// publish stores the current state as the snapshot that Status reads.
+// Every change is published: by the mirror's write (writeSysfs), which
+// follows each change of the patches' state, and at the end of each
+// operation (unlock), for the rest (images, the patch area, the last
+// result). m.mu must be held (New's own call comes before the Manager is
+// shared).
+func (m *Manager) publish() {
+	m.mustHold()
+	al := m.tracer.Alloc()
+	if m.sitesChanged {
+		m.redirected, m.sitesChanged = m.tracer.Redirected(), false
+	}
+	st := &Status{Redirected: m.redirected, PatchAreaBase: al.Base(), PatchAreaSize: al.Size(),
+		PatchAreaInUse: al.InUse(), Retired: m.retired, Quarantined: m.quarantined}
 	for i, p := range m.patches {
 		c := *p
-		c.Objects = nil
-		for _, o := range p.Objects {
-			oc := *o
-			oc.Funcs = nil
-			for _, f := range o.Funcs {
-				fc := *f
-				oc.Funcs = append(oc.Funcs, &fc)
-			}
-			c.Objects = append(c.Objects, &oc)
+		c.parsed, c.image, c.saved = nil, nil, nil
+		c.Enabled = p.shownEnabled()
+		c.Objects = copyObjects(p.Objects)
+		if p.Transition {
+			st.InTransition = p.Name
 		}
 		st.Patches = append(st.Patches, PatchInfo{Patch: c, StackOrder: i + 1})
 	}
 	if m.last != nil {
 		l := *m.last
+		l.Replaced = append([]string(nil), m.last.Replaced...)
 		st.Last = &l
 	}
-	return st
+	m.snap.Store(st)
 }
 
-// Patches returns the names in stack order.
-func (m *Manager) Patches() []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []string
-	for _, p := range m.patches {
-		out = append(out, p.Name)
+// copyObjects copies a patch's objects and their functions.
+func copyObjects(objs []*Object) []*Object {
+	out := make([]*Object, 0, len(objs))
+	for _, o := range objs {
+		oc := *o
+		fs := make([]Func, len(o.Funcs))
+		oc.Funcs = make([]*Func, len(o.Funcs))
+		for i, f := range o.Funcs {
+			fs[i] = *f
+			oc.Funcs[i] = &fs[i]
+		}
+		out = append(out, &oc)
 	}
 	return out
+}
+
+// clone copies st deeply enough that nothing of the copy is shared with
+// st: a published snapshot stays as it was stored.
+func (st *Status) clone() Status {
+	c := *st
+	c.Redirected = append([]ftrace.Site(nil), st.Redirected...)
+	c.Patches = make([]PatchInfo, len(st.Patches))
+	for i, pi := range st.Patches {
+		c.Patches[i] = pi
+		c.Patches[i].Objects = copyObjects(pi.Objects)
+	}
+	if st.Last != nil {
+		l := *st.Last
+		l.Replaced = append([]string(nil), st.Last.Replaced...)
+		c.Last = &l
+	}
+	if st.InProgress != nil {
+		b := *st.InProgress
+		c.InProgress = &b
+	}
+	return c
 }
 
 // sysfsState renders the state as the guest's /sys/kernel/livepatch.
@@ -521,10 +743,14 @@ func (m *Manager) Patches() []string {
 func (m *Manager) sysfsState() []guestkernel.SysfsPatch {
 	var out []guestkernel.SysfsPatch
 	for i, p := range m.patches {
-		sp := guestkernel.SysfsPatch{Name: p.Name, Enabled: p.Enabled, Transition: p.Transition, Force: p.Forced,
+		// enabled shows the target state during a transition; an object
+		// is patched from the start of an enable's transition to the
+		// end of a disable's (Linux's klp_patch_object and
+		// klp_unpatch_objects, at klp_init and klp_complete_transition).
+		sp := guestkernel.SysfsPatch{Name: p.Name, Enabled: p.shownEnabled(), Transition: p.Transition, Force: p.Forced,
 			Replace: p.Replace, StackOrder: uint32(i + 1)}
 		for _, o := range p.Objects {
-			so := guestkernel.SysfsObject{Name: o.Name, Patched: p.Enabled}
+			so := guestkernel.SysfsObject{Name: o.Name, Patched: p.Enabled || p.Transition}
 			for _, f := range o.Funcs {
 				pos := f.OldSympos
 				if pos == 0 {
@@ -539,11 +765,15 @@ func (m *Manager) sysfsState() []guestkernel.SysfsPatch {
 	return out
 }
 
-// writeSysfs mirrors the state into the guest's klp_sysfs_state. m.mu
-// must be held (New's own call comes before the Manager is shared).
+// writeSysfs mirrors the state into the guest's klp_sysfs_state and
+// publishes it for Status: the guest and the host show each change at
+// the same time. m.mu must be held (New's own call comes before the
+// Manager is shared).
 func (m *Manager) writeSysfs() error {
 	m.mustHold()
-	return m.sysfs.Write(m.sysfsState())
+	err := m.sysfs.Write(m.sysfsState())
+	m.publish()
+	return err
 }
 
 // SysfsWrite carries out a guest process's write to a
@@ -551,8 +781,18 @@ func (m *Manager) writeSysfs() error {
 // path as the API; the returned error carries the errno the guest's
 // write() returns. Writable, as in Linux: <patch>/enabled (0/1) and
 // <patch>/force (1, only during a transition).
+//
+// The answer comes within the SysfsBudget (Config.SysfsBudget), before
+// the guest's writer gives up, and its errno is always the state
+// reached: 0 when the patch is enabled or disabled as asked, even if a
+// callback did not run (the host log and Status's last_op say which);
+// an errno when it is not (the operation failed or was never started:
+// EBUSY while another patch is in transition, as in Linux, or when the
+// operation in progress does not end within the budget).
 func (m *Manager) SysfsWrite(p, value string) error {
 	const op = "sysfs write"
+	ctx, cancel := context.WithTimeout(context.Background(), m.budget)
+	defer cancel()
 	rel := strings.TrimPrefix(path.Clean("/"+strings.TrimPrefix(p, "/sys/kernel/livepatch")), "/")
 	parts := strings.Split(rel, "/")
 	if len(parts) != 2 || parts[0] == "" {
@@ -568,7 +808,7 @@ func (m *Manager) SysfsWrite(p, value string) error {
 		if err != nil {
 			return errorf(op, name, syscall.EINVAL, "%q is not a boolean", strings.TrimSpace(value))
 		}
-		return m.setEnabled(op, name, on)
+		return m.setEnabled(ctx, op, name, on)
 	case "force":
 		if err != nil || !on {
 			return errorf(op, name, syscall.EINVAL, "write 1 to force a transition")
@@ -582,10 +822,26 @@ func (m *Manager) SysfsWrite(p, value string) error {
 }
 
 // setEnabled is a guest's write to <patch>/enabled (Linux's
-// enabled_store). It takes m.mu.
-func (m *Manager) setEnabled(op, name string, on bool) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+// enabled_store), within ctx. A write during a transition is answered at
+// once: EINVAL for the patch in transition when it asks for the state
+// the transition goes to (enabled already shows it), else EBUSY (Linux's
+// __klp_enable_patch and __klp_disable_patch refuse while
+// klp_transition_patch is set; Linux would reverse the transition for
+// the opposite write to its own patch, which this host does not do).
+// Otherwise it waits for m.mu as long as ctx lets it (EBUSY after). It
+// takes m.mu.
+func (m *Manager) setEnabled(ctx context.Context, op, name string, on bool) error {
+	if t := m.cur.Load(); t != nil {
+		if t.p.Name == name && t.target == on {
+			return errorf(op, name, syscall.EINVAL, "the patch is already being %s", map[bool]string{true: "enabled", false: "disabled"}[on])
+		}
+		return errorf(op, name, syscall.EBUSY, "patch %s is in transition", t.p.Name)
+	}
+	what := map[bool]string{true: "enable", false: "disable"}[on]
+	if err := m.lockCtx(ctx, what, name); err != nil {
+		return errorf(op, name, syscall.EBUSY, "%v", err)
+	}
+	defer m.unlock()
 	_, pt := m.find(name)
 	if pt == nil {
 		return errorf(op, name, syscall.ENOENT, "no such patch")
@@ -596,9 +852,17 @@ func (m *Manager) setEnabled(op, name string, on bool) error {
 	}
 	var err error
 	if on {
-		_, err = m.enable(name, Options{})
+		_, err = m.enable(ctx, name, Options{})
 	} else {
-		_, err = m.disable(name, Options{})
+		_, err = m.disable(ctx, name, Options{})
+	}
+	if errors.Is(err, ErrSwitched) {
+		// The write's errno is the state it leaves: the switch was
+		// made, so the write succeeded (Linux's callbacks are void). The
+		// callback that did not run is in the host's log and in
+		// Status's last_op.callback_error.
+		m.logf("livepatch: guest write of %s/enabled: %v", name, err)
+		return nil
 	}
 	return err
 }

@@ -361,25 +361,46 @@ func TestSysfsWrite(t *testing.T) {
 	}
 }
 
+// TestGuestForce: a guest's write to <patch>/force forces the transition
+// in progress; as in Linux's force_store, writing the force file of a
+// patch that is not the one in transition is EINVAL and forces nothing.
 func TestGuestForce(t *testing.T) {
 	g, m := newManager(t, 1, nil)
-	if _, err := m.Register(patchObj(t, "livepatch-park"), ""); err != nil {
-		t.Fatal(err)
+	for _, n := range []string{"livepatch-park", "livepatch-sample"} {
+		if _, err := m.Register(patchObj(t, n), n+".o"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	g.fakeTask(t, m, 0, 7, "parker", g.sym(t, "klp_park_fn")+0x30)
 	n := 0
+	var wrong, right error
 	g.PauseHook = func() {
 		n++
-		if n == 2 {
-			if err := m.SysfsWrite("livepatch_park/force", "1"); err != nil {
-				t.Error(err)
-			}
+		switch n {
+		case 2:
+			wrong = m.SysfsWrite(sample+"/force", "1")
+		case 4:
+			right = m.SysfsWrite("livepatch_park/force", "1")
 		}
 	}
 	res, err := m.Enable("livepatch_park", Options{Deadline: 5 * time.Second})
 	g.PauseHook = nil
-	if err != nil || !res.Forced || !m.Status().Patches[0].Forced {
+	if !errors.Is(wrong, syscall.EINVAL) || !strings.Contains(fmt.Sprint(wrong), "the patch in transition is livepatch_park") {
+		t.Fatalf("force written to a patch not in transition: want EINVAL, got %v", wrong)
+	}
+	if right != nil {
+		t.Fatal(right)
+	}
+	// The writes arrive during the pauses of attempts 2 and 4; an attempt
+	// reads the force request before it pauses, so attempts 3 and 4 were
+	// still checked and blocked (the wrong write forced nothing) and the
+	// fifth was forced.
+	if err != nil || !res.Forced || res.Attempts != 5 || !m.Status().Patches[0].Forced || m.Status().Patches[1].Forced {
 		t.Fatalf("forced from the guest: %+v %v", res, err)
+	}
+	// No transition: EINVAL, for any patch.
+	if err := m.SysfsWrite("livepatch_park/force", "1"); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("force without a transition: %v", err)
 	}
 }
 

@@ -11,7 +11,8 @@ package livepatch
 //	klp_start_transition         (*Manager).startTransition: transition=1 in sysfs, once an attempt was blocked
 //	klp_try_complete_transition  (*Manager).tryCompleteTransition: one attempt: stop the guest, check, switch
 //	klp_transition_work_fn       (*Manager).runTransition and waitTransition: retry with backoff until the deadline
-//	klp_complete_transition      (*Manager).completeTransition: commitOrUndo, then replaced images out, post callbacks
+//	klp_complete_transition      (*Manager).commitOrUndo, then completeTransition: replaced images out, post callbacks
+//	                             (one that cannot run is reported: ErrSwitched)
 //	klp_reverse_transition       (*Manager).reverseTransition: back to where the transition started (as kpatch does on a timeout)
 //	klp_cancel_transition        (*Manager).cancelTransition: an enable that did not complete: post_unpatch, image out
 //	klp_force_transition         (*Manager).forceTransition: a guest's write to <patch>/force
@@ -29,12 +30,21 @@ package livepatch
 //
 // Locking: every unexported method of Manager here runs with m.mu held
 // (Linux's klp_mutex) and says so, except forceTransition, which a guest's
-// sysfs write calls while a transition holds m.mu.
+// sysfs write calls while a transition holds m.mu. The transition in
+// progress is also published in m.cur (klp_transition_patch) for what
+// runs without m.mu: forceTransition, a guest's enabled write (EBUSY at
+// once during a transition) and Status (its attempts).
+//
+// Time: an operation started by a guest's sysfs write runs within
+// SysfsBudget (a context): its wait for m.mu, its callbacks and its
+// transition's deadline are cut to fit, so that the guest gets the
+// answer, with the errno of the state reached, before it gives up.
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -95,13 +105,22 @@ type transition struct {
 	backoff  time.Duration // the wait before the next attempt
 	tally    *blockerTally // what blocked the attempts so far
 	started  bool          // startTransition ran: transition=1 in sysfs
+
+	// Used without m.mu: a guest's write to <patch>/force
+	// (forceTransition) arrives while this transition holds the lock,
+	// and Status reads the attempts so far.
+	forceReq atomic.Bool
+	attempts atomic.Int32
 }
 
 // enable is core.c's __klp_enable_patch: the checks, the image into the
 // patch area, the pre_patch callbacks, then the transition and its
-// completion. Whatever fails before the switch is completed is taken
-// back (cancelTransition). m.mu must be held.
-func (m *Manager) enable(name string, o Options) (*Result, error) {
+// completion. Whatever fails before the switch is committed is taken
+// back (cancelTransition), and the error says what failed. Once the
+// switch is committed the patch is enabled: a post_patch callback that
+// could not run then gives the Result with an ErrSwitched error. ctx
+// bounds the callbacks. m.mu must be held.
+func (m *Manager) enable(ctx context.Context, name string, o Options) (*Result, error) {
 	const op = "enable"
 	m.mustHold()
 	start := time.Now()
@@ -113,28 +132,33 @@ func (m *Manager) enable(name string, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	pre, err := m.prePatch(op, p)
+	pre, err := m.prePatch(ctx, op, p)
 	if err != nil {
-		m.cancelTransition(p, pre, loaded)
-		return nil, err
+		return nil, m.cancelTransition(ctx, err, p, pre, loaded)
 	}
-	t, err := m.runTransition(op, true, p, m.planEnable(p), o)
+	t, err := m.runTransition(ctx, op, true, p, m.planEnable(p), o)
 	if err != nil {
-		m.cancelTransition(p, pre, loaded)
-		return nil, err
+		return nil, m.cancelTransition(ctx, err, p, pre, loaded)
 	}
-	if undone, err := m.completeTransition(t, start); err != nil {
+	if undone, err := m.commitOrUndo(t); err != nil {
 		// An undo that failed may leave sites jumping into the image:
 		// it stays.
-		m.cancelTransition(p, pre, loaded && undone)
-		return nil, err
+		return nil, m.cancelTransition(ctx, err, p, pre, loaded && undone)
 	}
-	return t.res, nil
+	return t.res, m.completeTransition(ctx, t, start, nil)
 }
 
 // disable is core.c's __klp_disable_patch: the checks, the pre_unpatch
-// callbacks, then the transition and its completion. m.mu must be held.
-func (m *Manager) disable(name string, o Options) (*Result, error) {
+// callbacks, then the transition and its completion. When the switch is
+// not committed (the transition timed out, or it was undone because the
+// guest's sysfs could not show it) the patch stays enabled and, as when
+// Linux reverses an unpatch transition (klp_reverse_transition, then
+// klp_complete_transition towards KLP_PATCHED), post_patch runs again:
+// every pre_unpatch is followed by a post_patch or a post_unpatch. The
+// callbacks are void, as in Linux: one that could not run does not stop
+// the disable; once the switch is committed it gives the Result with an
+// ErrSwitched error. ctx bounds the callbacks. m.mu must be held.
+func (m *Manager) disable(ctx context.Context, name string, o Options) (*Result, error) {
 	const op = "disable"
 	m.mustHold()
 	start := time.Now()
@@ -142,18 +166,16 @@ func (m *Manager) disable(name string, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.runCallbacks(p, cbPreUnpatch)
-	t, err := m.runTransition(op, false, p, m.planDisable(p), o)
+	preErr := m.runCallbacks(ctx, p, cbPreUnpatch)
+	t, err := m.runTransition(ctx, op, false, p, m.planDisable(p), o)
+	if err == nil {
+		_, err = m.commitOrUndo(t)
+	}
 	if err != nil {
-		// The patch stays enabled; Linux reruns post_patch when an unpatch
-		// transition is reversed, which keeps callback pairs balanced.
-		m.runCallbacks(p, cbPostPatch)
-		return nil, err
+		err = alsoFailed(err, "the pre_unpatch callback", preErr)
+		return nil, alsoFailed(err, "post_patch after the reversed disable", m.runCallbacks(ctx, p, cbPostPatch))
 	}
-	if _, err := m.completeTransition(t, start); err != nil {
-		return nil, err
-	}
-	return t.res, nil
+	return t.res, m.completeTransition(ctx, t, start, preErr)
 }
 
 // enableTarget finds the patch an enable acts on and checks that it may
@@ -205,16 +227,16 @@ func (m *Manager) disableTarget(op, name string) (*Patch, error) {
 // (or a call that fails) aborts the enable. It returns the objects whose
 // pre_patch succeeded or that have none: if the enable does not complete,
 // they get their post_unpatch (cancelTransition). m.mu must be held.
-func (m *Manager) prePatch(op string, p *Patch) ([]*Object, error) {
+func (m *Manager) prePatch(ctx context.Context, op string, p *Patch) ([]*Object, error) {
 	var done []*Object
 	for _, ob := range p.Objects {
 		if ob.Callbacks[cbPrePatch] == 0 {
 			done = append(done, ob)
 			continue
 		}
-		ret, err := m.runCallback(ob, cbPrePatch)
+		ret, err := m.runCallback(ctx, p, ob, cbPrePatch)
 		if err != nil {
-			return done, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "pre_patch callback of object " + ob.Name, Err: err}
+			return done, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "a pre_patch callback did not run to completion", Err: err}
 		}
 		if ret != 0 {
 			errno := syscall.EINVAL
@@ -236,18 +258,19 @@ func (m *Manager) prePatch(op string, p *Patch) ([]*Object, error) {
 // blocks, or progress ran out of budget, the guest resumes, transition=1
 // is mirrored into sysfs, and the attempt is retried with backoff; at
 // the deadline everything is rolled back and the error is EBUSY naming
-// what blocked the most attempts. The returned transition's switch is
-// committed; the caller completes it (completeTransition). m.mu must be
-// held.
-func (m *Manager) runTransition(op string, target bool, p *Patch, pl *stackPlan, o Options) (*transition, error) {
+// what blocked the most attempts. The deadline is Options.Deadline, cut
+// short by ctx's (transitionDeadline). The returned transition's switch
+// is committed; the caller completes it (commitOrUndo,
+// completeTransition). m.mu must be held.
+func (m *Manager) runTransition(ctx context.Context, op string, target bool, p *Patch, pl *stackPlan, o Options) (*transition, error) {
 	m.mustHold()
-	t, err := m.initTransition(op, target, p, pl, o)
+	t, err := m.initTransition(ctx, op, target, p, pl, o)
 	if err != nil {
 		return nil, err
 	}
-	m.forceReq.Store(false)
-	m.inTrans.Store(true)
-	defer m.inTrans.Store(false)
+	m.cur.Store(t)
+	defer m.cur.Store(nil)
+	m.setBusy(p.Name, "transition")
 	for {
 		blk, err := m.tryCompleteTransition(t)
 		if err == nil && blk != nil {
@@ -270,7 +293,7 @@ func (m *Manager) runTransition(op string, target bool, p *Patch, pl *stackPlan,
 // are written while the guest runs (nothing reaches them before the sites
 // are poked: a shorter pause), and the changing spans are indexed for the
 // check. m.mu must be held.
-func (m *Manager) initTransition(op string, target bool, p *Patch, pl *stackPlan, o Options) (*transition, error) {
+func (m *Manager) initTransition(ctx context.Context, op string, target bool, p *Patch, pl *stackPlan, o Options) (*transition, error) {
 	x, err := m.tracer.Prepare(pl.updates)
 	if err != nil {
 		errno := syscall.EINVAL
@@ -284,13 +307,33 @@ func (m *Manager) initTransition(op string, target bool, p *Patch, pl *stackPlan
 		return nil, &Error{Op: op, Patch: p.Name, Errno: syscall.EIO, Detail: "write trampolines", Err: err}
 	}
 	t := &transition{op: op, target: target, p: p, pl: pl, o: o, x: x, idx: newSpanIndex(pl.spans),
-		res: &Result{Op: op, Patch: p.Name, Funcs: len(pl.updates)}, deadline: o.Deadline,
+		res: &Result{Op: op, Patch: p.Name, Funcs: len(pl.updates)}, deadline: m.transitionDeadline(ctx, p, o),
 		backoff: backoffMin, tally: newBlockerTally()}
-	if t.deadline <= 0 {
-		t.deadline = DefaultDeadline
-	}
 	t.end = time.Now().Add(t.deadline)
 	return t, nil
+}
+
+// transitionDeadline is how long a transition of p may retry: the
+// Options' deadline (default DefaultDeadline), but, when ctx has a
+// deadline (a guest's sysfs write: SysfsBudget), no later than that less
+// a reserve for the callbacks that follow the transition (post_patch or
+// post_unpatch, when p has them): CallbackTimeout, or half of what is
+// left if that is less. Never negative: with nothing left, one attempt
+// is made.
+func (m *Manager) transitionDeadline(ctx context.Context, p *Patch, o Options) time.Duration {
+	d := o.Deadline
+	if d <= 0 {
+		d = DefaultDeadline
+	}
+	end, ok := ctx.Deadline()
+	if !ok {
+		return d
+	}
+	left := time.Until(end)
+	if m.cb != nil && p.hasPostCallbacks() {
+		left -= min(m.cbTO, left/2)
+	}
+	return max(min(d, left), 0)
 }
 
 // startTransition is klp_start_transition: the transition becomes visible
@@ -302,7 +345,7 @@ func (m *Manager) initTransition(op string, target bool, p *Patch, pl *stackPlan
 // still fails. m.mu must be held.
 func (m *Manager) startTransition(t *transition) {
 	t.started = true
-	t.p.Transition = true
+	t.p.Transition, t.p.target = true, t.target
 	_ = m.writeSysfs()
 }
 
@@ -315,7 +358,8 @@ func (m *Manager) startTransition(t *transition) {
 // m.mu must be held.
 func (m *Manager) tryCompleteTransition(t *transition) (*blocker, error) {
 	t.res.Attempts++
-	force := t.o.Force || m.forceReq.Load()
+	t.attempts.Store(int32(t.res.Attempts))
+	force := t.o.Force || t.forceReq.Load()
 	t0 := time.Now()
 	if err := m.g.Pause(); err != nil {
 		return &blocker{who: "the guest", what: "could not be stopped: " + err.Error()}, nil
@@ -355,6 +399,7 @@ func (m *Manager) checkPaused(t *transition) *blocker {
 func (m *Manager) switchPaused(t *transition, force bool, t0, tp time.Time) error {
 	t1 := time.Now()
 	err := t.x.Commit()
+	m.sitesChanged = true
 	t2 := time.Now()
 	rerr := m.g.Resume()
 	t.res.PauseWindow = time.Since(t0)
@@ -398,7 +443,8 @@ func (m *Manager) waitTransition(t *transition, blk *blocker) error {
 // cause, the reason for reversing, with a failed sysfs write added
 // (alsoFailed). The callbacks that balance the ones already run are the
 // caller's (cancelTransition for an enable, post_patch again for a
-// disable). m.mu must be held.
+// disable), as after a switch that commitOrUndo undid. m.mu must be
+// held.
 func (m *Manager) reverseTransition(t *transition, cause error) error {
 	t.x.Abort()
 	if !t.started {
@@ -409,54 +455,73 @@ func (m *Manager) reverseTransition(t *transition, cause error) error {
 }
 
 // cancelTransition is klp_cancel_transition: an enable that did not
-// complete is taken back. The objects whose pre_patch succeeded (pre) get
-// their post_unpatch, as Linux keeps callback pairs balanced, then, with
-// drop, the image leaves the patch area: drop is false when this enable
-// did not load it, or when sites may still jump into it. m.mu must be
-// held.
-func (m *Manager) cancelTransition(p *Patch, pre []*Object, drop bool) {
+// complete, because of err, is taken back. The objects whose pre_patch
+// succeeded (pre) get their post_unpatch, as Linux keeps callback pairs
+// balanced, then, with drop, the image leaves the patch area: drop is
+// false when this enable did not load it, or when sites may still jump
+// into it. It returns err with what else happened added: the
+// post_unpatch calls that failed, and the image's quarantine. m.mu must
+// be held.
+func (m *Manager) cancelTransition(ctx context.Context, err error, p *Patch, pre []*Object, drop bool) error {
+	var errs []error
 	for _, ob := range pre {
-		m.runCallback(ob, cbPostUnpatch)
+		if _, cerr := m.runCallback(ctx, p, ob, cbPostUnpatch); cerr != nil {
+			errs = append(errs, cerr)
+		}
 	}
+	err = alsoFailed(err, "post_unpatch of the cancelled enable", joinErrors(errs...))
 	if drop {
-		m.dropImage(p)
+		err = withNote(err, m.dropImage(p))
 	}
+	return err
 }
 
 // forceTransition is klp_force_transition, asked for by a guest's write
 // of 1 to <patch>/force: the next attempt of the transition in progress
-// skips the consistency check. It runs without m.mu (the transition in
-// progress holds it, and polls forceReq at each attempt), so it touches
-// only the atomics.
+// skips the consistency check. As in Linux's force_store, only the force
+// file of the patch in transition may be written: any other patch's is
+// EINVAL. It runs without m.mu (the transition in progress holds it, and
+// polls its forceReq at each attempt), so it touches only the atomics.
 func (m *Manager) forceTransition(op, name string) error {
-	if !m.inTrans.Load() {
+	t := m.cur.Load()
+	if t == nil {
 		return errorf(op, name, syscall.EINVAL, "no transition in progress")
 	}
-	m.forceReq.Store(true)
+	if t.p.Name != name {
+		return errorf(op, name, syscall.EINVAL, "the patch in transition is %s, not this one", t.p.Name)
+	}
+	t.forceReq.Store(true)
 	return nil
 }
 
-// completeTransition is klp_complete_transition after a switch: the
-// bookkeeping is committed, or the switch undone when the guest's sysfs
-// cannot show it (commitOrUndo, whose undone it returns with its error);
-// then the images of patches an atomic replace removed leave the patch
-// area, the post_patch (enable) or post_unpatch (disable) callbacks run,
-// and the result is recorded. m.mu must be held.
-func (m *Manager) completeTransition(t *transition, start time.Time) (undone bool, err error) {
-	if undone, err := m.commitOrUndo(t); err != nil {
-		return undone, err
-	}
+// completeTransition is klp_complete_transition after a switch that
+// commitOrUndo committed: the images of patches an atomic replace
+// removed leave the patch area, the post_patch (enable) or post_unpatch
+// (disable) callbacks run, and the result is recorded. The switch
+// stands whatever happens here: a callback that could not run (or
+// earlier, cbErr: a disable's pre_unpatch) is recorded in the result
+// and returned as an ErrSwitched error, never dropped. m.mu must be held.
+func (m *Manager) completeTransition(ctx context.Context, t *transition, start time.Time, cbErr error) error {
 	for _, q := range t.pl.replaced {
 		m.dropImage(q)
 	}
+	which := cbPostUnpatch
 	if t.target {
-		m.runCallbacks(t.p, cbPostPatch)
-	} else {
-		m.runCallbacks(t.p, cbPostUnpatch)
+		which = cbPostPatch
 	}
+	cbErr = joinErrors(cbErr, m.runCallbacks(ctx, t.p, which))
 	t.res.Total = time.Since(start)
+	t.res.CallbackErr = errString(cbErr)
 	m.last = t.res
-	return false, nil
+	if cbErr == nil {
+		return nil
+	}
+	state := "disabled"
+	if t.target {
+		state = "enabled"
+	}
+	return &Error{Op: t.op, Patch: t.p.Name, Errno: ErrSwitched, Err: cbErr,
+		Detail: "switched, the patch is " + state + "; but a callback did not run to completion"}
 }
 
 // commitOrUndo is the one step that makes a switch final, for enable and
@@ -569,6 +634,7 @@ func (m *Manager) undo(x *ftrace.Txn) error {
 		return err
 	}
 	err := x.Rollback()
+	m.sitesChanged = true
 	err = alsoFailed(err, "resuming the guest", m.g.Resume())
 	x.Finish()
 	return err
@@ -665,28 +731,50 @@ func (m *Manager) checkCallbacks(op string, p *Patch) error {
 	return nil
 }
 
-// runCallback calls one callback of ob in the guest (0, nil if it has
-// none). Only pre_patch's result matters; the others are void in Linux.
-// m.mu must be held (loadImage and dropImage set the addresses).
-func (m *Manager) runCallback(ob *Object, which int) (int64, error) {
+// runCallback calls one callback of p's object ob in the guest (0, nil
+// if it has none), bounded by CallbackTimeout and ctx (a guest's sysfs
+// write: what is left of SysfsBudget; once ctx has ended the callback is
+// not called, and the error says so). The error names the callback and
+// the object. A call that fails may have reached the guest and may run
+// there still (a guest-call that timed out is queued in the guest): the
+// patch is marked, and its image, which holds the callback, is never
+// freed (dropImage). m.mu must be held (loadImage and dropImage set the
+// addresses).
+func (m *Manager) runCallback(ctx context.Context, p *Patch, ob *Object, which int) (int64, error) {
 	addr := ob.Callbacks[which]
 	if addr == 0 || m.cb == nil {
 		return 0, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), m.cbTO)
+	name := elfpatch.CallbackNames[which]
+	if err := ctx.Err(); err != nil {
+		// Not sent: the guest will not run it.
+		return 0, fmt.Errorf("%s callback of object %s (%#x) not called: no time left (%w)", name, ob.Name, addr, err)
+	}
+	m.setBusy("", name)
+	cctx, cancel := context.WithTimeout(ctx, m.cbTO)
 	defer cancel()
-	return m.cb(ctx, addr, ob.Addr)
+	ret, err := m.cb(cctx, addr, ob.Addr)
+	if err != nil {
+		p.cbPending = true
+		return 0, fmt.Errorf("%s callback of object %s (%#x): %w", name, ob.Name, addr, err)
+	}
+	return ret, nil
 }
 
 // runCallbacks runs one of the void callbacks (all but pre_patch) of
-// every object of p. Their results are not looked at, as in Linux; a call
-// that fails (the agent did not answer in time) does not stop the
-// operation either: the callbacks are the patch author's, the switch is
-// the operation. m.mu must be held.
-func (m *Manager) runCallbacks(p *Patch, which int) {
+// every object of p. Their return values are not looked at, as in
+// Linux. A call that fails does not stop the others, nor the operation
+// (the callbacks are the patch author's, the switch is the operation):
+// the errors are returned, joined, for the operation to report. m.mu
+// must be held.
+func (m *Manager) runCallbacks(ctx context.Context, p *Patch, which int) error {
+	var errs []error
 	for _, ob := range p.Objects {
-		m.runCallback(ob, which)
+		if _, err := m.runCallback(ctx, p, ob, which); err != nil {
+			errs = append(errs, err)
+		}
 	}
+	return joinErrors(errs...)
 }
 
 // loadImage allocates the patch's place in the patch area, lays it out
@@ -766,32 +854,43 @@ func bindImage(op string, p *Patch) error {
 
 // dropImage takes the patch's image out of the patch area: its bytes get
 // what was there before (so a failed or undone operation leaves the patch
-// area as it found it) and its space is freed. The image of a patch that
-// went through a forced transition stays where it is, allocated, for
-// good: a task may still be running its code (Linux likewise never lets
-// the module of a forced patch be removed).
-// Best effort, and the one place whose errors are not reported: it runs
-// after the operation's outcome is decided (an unregister that is done,
-// a failure being cleaned up). A restore that fails leaves the image's
-// bytes in patch area that nothing jumps to; a Free that fails would be
-// an allocator bug, seen by the leak checks (Status.PatchAreaInUse).
+// area as it found it) and its space is freed. Two kinds of image stay
+// where they are, allocated, for good, because the guest may still run
+// their code: a patch that went through a forced transition (a task
+// may still be in its functions; Linux likewise never lets the module
+// of a forced patch be removed): retired; and one into which a callback
+// call failed (cbPending: a guest-call that timed out is queued in the
+// guest and may run later): quarantined. It returns the quarantined
+// image's description ("" if none) for the operation's error.
+// Best effort otherwise, and the one place whose errors are not
+// reported: it runs after the operation's outcome is decided (an
+// unregister that is done, a failure being cleaned up). A restore that
+// fails leaves the image's bytes in patch area that nothing jumps to; a
+// Free that fails would be an allocator bug, seen by the leak checks
+// (Status.PatchAreaInUse).
 // m.mu must be held.
-func (m *Manager) dropImage(p *Patch) {
+func (m *Manager) dropImage(p *Patch) (quarantined string) {
 	m.mustHold()
 	if p.ImageAddr == 0 {
-		return
+		return ""
 	}
-	if p.Forced {
+	switch {
+	case p.Forced:
 		m.retired += p.ImageSize
-	} else {
+	case p.cbPending:
+		m.quarantined += p.ImageSize
+		quarantined = fmt.Sprintf("its image (%d bytes at %#x) is quarantined, not freed: the guest may still run the callback "+
+			"that did not return (patch_area_quarantined)", p.ImageSize, p.ImageAddr)
+	default:
 		_ = m.g.WriteVirt(p.ImageAddr, p.saved)
 		_ = m.tracer.Alloc().Free(p.ImageAddr)
 	}
-	p.image, p.ImageAddr, p.saved = nil, 0, nil
+	p.image, p.ImageAddr, p.saved, p.cbPending = nil, 0, nil, false
 	for _, ob := range p.Objects {
 		ob.Addr, ob.Callbacks = 0, [4]uint64{}
 		for _, f := range ob.Funcs {
 			f.NewAddr = 0
 		}
 	}
+	return quarantined
 }

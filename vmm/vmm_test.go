@@ -160,3 +160,21 @@ func TestGuestStopReachesCallers(t *testing.T) {
 		t.Fatalf("request after the stop: %v", err)
 	}
 }
+
+func TestSysfsBudget(t *testing.T) {
+	for _, c := range []struct {
+		cmdline string
+		want    time.Duration
+	}{
+		{"", 15 * time.Second},
+		{"console=ttyS0", 15 * time.Second},
+		{"klp.sysfs_timeout_ms=4000", 3 * time.Second},
+		{"a klp.sysfs_timeout_ms=60000 b", 15 * time.Second}, // never above the default budget
+		{"klp.sysfs_timeout_ms=0", 15 * time.Second},         // the guest ignores it too
+		{"klp.sysfs_timeout_ms=x", 15 * time.Second},
+	} {
+		if got := sysfsBudget(c.cmdline); got != c.want {
+			t.Errorf("%q: budget %v, want %v", c.cmdline, got, c.want)
+		}
+	}
+}

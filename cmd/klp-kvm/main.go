@@ -7,15 +7,10 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 type command struct {
@@ -91,19 +86,4 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, rest[0])
 		args = rest[1:]
 	}
-}
-
-// fileError is a local file's error for a message: the file, the errno
-// name and its text ("x.o: ENOENT: no such file or directory"), without
-// the syscall Go adds ("open x.o: ...").
-func fileError(name string, err error) error {
-	var en syscall.Errno
-	if errors.As(err, &en) {
-		return fmt.Errorf("%s: %s: %v", name, unix.ErrnoName(en), en)
-	}
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return fmt.Errorf("%s: %v", name, pe.Err)
-	}
-	return fmt.Errorf("%s: %v", name, err)
 }

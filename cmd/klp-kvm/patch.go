@@ -10,10 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"klp-kvm/api"
 	"klp-kvm/guestkernel"
+	"klp-kvm/klperr"
 	"klp-kvm/livepatch"
 )
 
@@ -79,9 +81,9 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 		if len(rest) != 2 {
 			return usage("%s takes one patch object (a file or an embedded sample)", op)
 		}
-		data, hint, err := readPatchObject(rest[1])
+		data, hint, err := readPatchObject(op, rest[1])
 		if err != nil {
-			fmt.Fprintf(stderr, "klp-kvm patch %s: %v\n", op, err)
+			fmt.Fprintln(stderr, err)
 			return 1
 		}
 		req := api.PatchRequest{Op: op, Object: data, Name: hint, Force: opts.Force, DeadlineMS: opts.DeadlineMS,
@@ -120,38 +122,44 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 	return usage("unknown operation %q", op)
 }
 
-// readPatchObject reads OBJ: a file, else an embedded sample by name. It
-// returns the bytes and the file name the server may name the patch by.
-func readPatchObject(obj string) ([]byte, string, error) {
+// readPatchObject reads OBJ for op: a file, else an embedded sample by
+// name. It returns the bytes and the file name the server may name the
+// patch by; its errors are whole messages, in klperr's form
+// ("klp-kvm patch: load x.o: empty file, not a patch object: invalid
+// argument (EINVAL)").
+func readPatchObject(op, obj string) ([]byte, string, error) {
+	fail := func(errno syscall.Errno, detail string) ([]byte, string, error) {
+		return nil, "", errors.New(klperr.Format("klp-kvm patch", op, obj, nil, errno, detail, nil))
+	}
 	f, err := os.Open(obj)
 	if errors.Is(err, fs.ErrNotExist) && !strings.Contains(obj, "/") {
 		b, gerr := guestkernel.Patch(obj)
 		if gerr != nil {
-			return nil, "", fmt.Errorf("%s: ENOENT: no such file, and no embedded sample of that name (have: %s)", obj,
-				strings.Join(guestkernel.PatchNames(), ", "))
+			return fail(syscall.ENOENT, "no such file, and no embedded sample of that name (have: "+
+				strings.Join(guestkernel.PatchNames(), ", ")+")")
 		}
 		return b, strings.TrimSuffix(obj, ".o") + ".o", nil
 	}
 	if err != nil {
-		return nil, "", fileError(obj, err)
+		return fail(klperr.Errno(err), "")
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	switch {
 	case err != nil:
-		return nil, "", fileError(obj, err)
+		return fail(klperr.Errno(err), "")
 	case fi.IsDir():
-		return nil, "", fmt.Errorf("%s: EISDIR: a directory, not a patch object", obj)
+		return fail(syscall.EISDIR, "a directory, not a patch object")
 	case !fi.Mode().IsRegular():
-		return nil, "", fmt.Errorf("%s: EINVAL: not a regular file", obj)
+		return fail(syscall.EINVAL, "not a regular file")
 	case fi.Size() == 0:
-		return nil, "", fmt.Errorf("%s: EINVAL: empty file, not a patch object", obj)
+		return fail(syscall.EINVAL, "empty file, not a patch object")
 	case fi.Size() > api.MaxPatchObject:
-		return nil, "", fmt.Errorf("%s: EFBIG: %d bytes, more than the %d MiB a patch object may have", obj, fi.Size(), api.MaxPatchObject>>20)
+		return fail(syscall.EFBIG, fmt.Sprintf("%d bytes, more than the %d MiB a patch object may have", fi.Size(), api.MaxPatchObject>>20))
 	}
 	b, err := io.ReadAll(io.LimitReader(f, api.MaxPatchObject+1))
 	if err != nil {
-		return nil, "", fileError(obj, err)
+		return fail(klperr.Errno(err), "")
 	}
 	return b, filepath.Base(obj), nil
 }

@@ -157,6 +157,10 @@ static void selftest_thread(void *arg)
 	check(p[0] == 0x0f && p[1] == 0x1f && p[2] == 0x44 && p[3] == 0 && p[4] == 0, "fentry", "%02x %02x %02x %02x %02x",
 	      p[0], p[1], p[2], p[3], p[4]);
 
+	/* shadow variables: their own checks (shadow_selftest.c) */
+	int sf = shadow_selftest();
+	check(sf == 0, "shadow", "%d shadow-variable checks failed", sf);
+
 	printk("selftest: %s (%d failures)\n", failures ? "FAIL" : "PASS", failures);
 	power_off(failures ? 1 : 0);
 }
