@@ -51,6 +51,11 @@ type OpReply struct {
 	Op     string            `json:"op"`
 	Patch  string            `json:"patch"`
 	Result *livepatch.Result `json:"result,omitempty"`
+	// CallbackError is set when the switch happened (Result says so) but
+	// a post_patch, pre_unpatch or post_unpatch callback could not run
+	// (livepatch.ErrSwitched, errno EREMOTEIO): the state reached is the
+	// one asked for, and the failure is not hidden. The CLI exits 1.
+	CallbackError string `json:"callback_error,omitempty"`
 }
 
 // StatusReply is GET /status: the machine and the livepatch state.
@@ -113,11 +118,11 @@ func LivepatchRoutes(mux *http.ServeMux, lm *livepatch.Manager, m Machine) {
 		switch req.Op {
 		case "", "load":
 			p, res, err := lm.Load(req.Object, req.Name, o.options())
-			if err != nil {
+			if err != nil && !switched(err, res) {
 				writeLivepatchError(w, "load", err)
 				return
 			}
-			WriteJSON(w, http.StatusOK, OpReply{Op: "load", Patch: p.Name, Result: res})
+			WriteJSON(w, http.StatusOK, OpReply{Op: "load", Patch: p.Name, Result: res, CallbackError: errText(err)})
 		case "register":
 			p, err := lm.Register(req.Object, req.Name)
 			if err != nil {
@@ -148,11 +153,11 @@ func LivepatchRoutes(mux *http.ServeMux, lm *livepatch.Manager, m Machine) {
 				return
 			}
 			res, err := do(name, req.options())
-			if err != nil {
+			if err != nil && !switched(err, res) {
 				writeLivepatchError(w, op, err)
 				return
 			}
-			WriteJSON(w, http.StatusOK, OpReply{Op: op, Patch: name, Result: res})
+			WriteJSON(w, http.StatusOK, OpReply{Op: op, Patch: name, Result: res, CallbackError: errText(err)})
 		}
 	}
 	handle(mux, RoutePatchEnable, nil, patchOp("enable", lm.Enable))
@@ -197,6 +202,20 @@ func emptyList[T any](s []T) []T {
 		return []T{}
 	}
 	return s
+}
+
+// switched reports whether err is a livepatch.ErrSwitched with its
+// Result: the operation reached the state asked for and only a void
+// callback failed, which the reply tells beside the result.
+func switched(err error, res *livepatch.Result) bool {
+	return res != nil && errors.Is(err, livepatch.ErrSwitched)
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 // WriteLivepatchError maps a livepatch error to its HTTP status and errno.

@@ -166,7 +166,10 @@ func readPatchObject(op, obj string) ([]byte, string, error) {
 
 func printOp(w io.Writer, rep api.OpReply, asJSON bool) int {
 	if asJSON {
-		return printJSON(w, rep)
+		if rc := printJSON(w, rep); rc != 0 {
+			return rc
+		}
+		return callbackStatus(rep)
 	}
 	fmt.Fprintf(w, "%s %s: ok", rep.Op, rep.Patch)
 	// An unload of a disabled patch only unregisters: nothing switched,
@@ -189,6 +192,19 @@ func printOp(w io.Writer, rep api.OpReply, asJSON bool) int {
 		fmt.Fprint(w, ")")
 	}
 	fmt.Fprintln(w)
+	if rep.CallbackError != "" {
+		fmt.Fprintf(w, "but a callback failed: %s\n", rep.CallbackError)
+	}
+	return callbackStatus(rep)
+}
+
+// callbackStatus is the exit status of a reply: 1 when the switch happened
+// but a callback failed (the state is the one asked for; the failure is
+// not hidden from scripts), else 0.
+func callbackStatus(rep api.OpReply) int {
+	if rep.CallbackError != "" {
+		return 1
+	}
 	return 0
 }
 
