@@ -20,11 +20,11 @@ type analysis struct {
 	after  map[string]*unit
 	hunks  map[string][]*Hunk // unit path -> the hunks of its file
 
-	changed   map[*fn]string // after functions whose kernel copy (or clone) is replaced
-	klp       []*klpTarget   // the klp_funcs, in order
-	afterGlob map[string]*fn
+	changed    map[*fn]string // after functions whose kernel copy (or clone) is replaced
+	klp        []*klpTarget   // the klp_funcs, in order
+	afterGlob  map[string]*fn
 	afterGData map[string]*dobj
-	k         *keyer
+	k          *keyer
 }
 
 type klpTarget struct {
@@ -330,7 +330,9 @@ func (an *analysis) propagateClones() {
 			work = append(work, f)
 		}
 	}
-	slices.SortFunc(work, func(a, b *fn) int { return cmp.Or(strings.Compare(a.u.path, b.u.path), strings.Compare(a.name, b.name)) })
+	slices.SortFunc(work, func(a, b *fn) int {
+		return cmp.Or(strings.Compare(a.u.path, b.u.path), strings.Compare(a.name, b.name))
+	})
 	for len(work) > 0 {
 		c := work[0]
 		work = work[1:]

@@ -85,13 +85,13 @@ func (w *objWriter) undef(name string) *outSym {
 func (w *objWriter) bytes() []byte {
 	le := binary.LittleEndian
 	type hdr struct {
-		name                 string
-		typ                  uint32
-		flags                uint64
-		off, size            uint64
-		link, info           uint32
-		align, entsize       uint64
-		data                 []byte
+		name           string
+		typ            uint32
+		flags          uint64
+		off, size      uint64
+		link, info     uint32
+		align, entsize uint64
+		data           []byte
 	}
 	var hs []*hdr
 	hs = append(hs, &hdr{}) // SHT_NULL

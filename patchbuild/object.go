@@ -27,9 +27,9 @@ type unit struct {
 	obj   *elfpatch.ObjectFile
 	secs  []elfpatch.Section
 	syms  []elfpatch.Symbol
-	funcs []*fn    // by name
-	data  []*dobj  // by name
-	bySec [][]int  // section -> FUNC/OBJECT symbol indices, by value
+	funcs []*fn   // by name
+	data  []*dobj // by name
+	bySec [][]int // section -> FUNC/OBJECT symbol indices, by value
 	fnAt  map[int]*fn
 	obAt  map[int]*dobj
 	fentr map[[2]uint64]bool // (section, offset) of __mcount_loc entries
