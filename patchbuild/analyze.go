@@ -77,6 +77,7 @@ func (an *analysis) run() {
 	}
 	an.propagateClones()
 	an.pickTargets()
+	an.checkNewData()
 	if len(an.changed) == 0 && len(an.plan.Refused) == 0 {
 		an.plan.refuse(KindNoChange, "", "(diff)", "the diff changes no function's code (comments, unused declarations or code that compiles to the same bytes)")
 	}
@@ -394,7 +395,7 @@ func (an *analysis) pickTargets() {
 				why = ee.Err.Error()
 			}
 			hint := ""
-			if !old.fentry {
+			if !old.fentry && !strings.Contains(why, "notrace") {
 				hint = " (marked notrace, or compiled without -pg -mfentry)"
 			}
 			an.plan.refuse(KindNoFentry, old.u.path, old.name, "changed, but the kernel cannot redirect it: %s%s; change its callers instead, or move the fix into a traced function", why, hint)
@@ -405,5 +406,65 @@ func (an *analysis) pickTargets() {
 		}
 		an.klp = append(an.klp, &klpTarget{f: f, old: ks, sympos: pos})
 		an.plan.Changed = append(an.plan.Changed, PlanFunc{Name: old.name, Unit: old.u.path, Sympos: pos, Size: f.size, Reason: an.changed[f]})
+	}
+}
+
+// checkNewData refuses new variables used by code the patch does not
+// replace (unchanged code, or changed code it cannot redirect): that code
+// would need a variable that only the patch has.
+func (an *analysis) checkNewData() {
+	replaced := map[*fn]bool{}
+	for _, t := range an.klp {
+		replaced[t.f] = true
+	}
+	for f := range an.changed {
+		if f.pair != nil && isClone(f.pair.name) {
+			replaced[f] = true
+		}
+	}
+	for _, p := range an.units {
+		a := an.after[p]
+		if a == nil {
+			continue
+		}
+		for _, ob := range a.data {
+			if ob.pair != nil || !ob.writable {
+				continue
+			}
+			uses := func(rs []*nreloc, from *unit) bool {
+				for _, r := range rs {
+					if (r.kind == tData && r.ob == ob) || (r.kind == tExtern && ob.global && r.name == ob.name && from != ob.u) {
+						return true
+					}
+				}
+				return false
+			}
+			var users []string
+			for _, q := range an.units {
+				u := an.after[q]
+				if u == nil {
+					continue
+				}
+				for _, f := range u.funcs {
+					if uses(f.relocs, u) && f.pair != nil && !replaced[f] {
+						users = append(users, f.name)
+					}
+				}
+				for _, d := range u.data {
+					if uses(d.relocs, u) && d.pair != nil && (d.pair.writable || d.pair.global) {
+						users = append(users, d.name)
+					}
+				}
+			}
+			if len(users) == 0 {
+				continue
+			}
+			what := "new static variable"
+			if ob.global {
+				what = "new global variable"
+			}
+			slices.Sort(users)
+			an.plan.refuse(KindNewGlobalData, ob.u.path, ob.name, "%s used by %s, which the patch does not replace (code of the running kernel cannot reach data that lives in the patch)", what, strings.Join(slices.Compact(users), ", "))
+		}
 	}
 }

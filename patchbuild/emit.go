@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"encoding/binary"
 	"slices"
-	"strings"
 
 	"klp-kvm/elfpatch"
 )
@@ -64,7 +63,6 @@ func (e *emitter) emit(name string) []byte {
 		e.work = e.work[1:]
 		job()
 	}
-	e.checkNewData()
 	e.klpStructs(name)
 	return e.w.bytes()
 }
@@ -257,48 +255,6 @@ func (e *emitter) piece(p *piece) pieceLoc {
 		}
 	})
 	return loc
-}
-
-// checkNewData refuses new variables that code the patch does not replace
-// uses: that code would use a variable that does not exist.
-func (e *emitter) checkNewData() {
-	for _, ob := range e.newData {
-		var users []string
-		for _, p := range e.an.units {
-			u := e.an.after[p]
-			if u == nil {
-				continue
-			}
-			for _, f := range u.funcs {
-				for _, r := range f.relocs {
-					if (r.kind == tData && r.ob == ob) || (r.kind == tExtern && ob.global && r.name == ob.name && u != ob.u) {
-						if e.fnSym[f] == nil {
-							users = append(users, f.name)
-						}
-						break
-					}
-				}
-			}
-			for _, d := range u.data {
-				for _, r := range d.relocs {
-					if (r.kind == tData && r.ob == ob) || (r.kind == tExtern && ob.global && r.name == ob.name && u != ob.u) {
-						if e.obSym[d] == nil {
-							users = append(users, d.name)
-						}
-						break
-					}
-				}
-			}
-		}
-		if len(users) > 0 {
-			what := "new static variable"
-			if ob.global {
-				what = "new global variable"
-			}
-			slices.Sort(users)
-			e.an.plan.refuse(KindNewGlobalData, ob.u.path, ob.name, "%s used by %s, which the patch does not replace (the kernel's code cannot reach data that lives in the patch)", what, strings.Join(slices.Compact(users), ", "))
-		}
-	}
 }
 
 // klpStructs writes klp_func[], klp_object[], klp_patch, the KLP_PATCH
