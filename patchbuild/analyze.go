@@ -251,7 +251,11 @@ func (an *analysis) fnDiff(b, a *fn) string {
 	for i := range b.relocs {
 		rb, ra := b.relocs[i], a.relocs[i]
 		if an.k.relocKey(rb) != an.k.relocKey(ra) {
-			return fmt.Sprintf("reference at +%#x: %s -> %s", ra.off, describe(rb), describe(ra))
+			db, da := describe(rb), describe(ra)
+			if db == da {
+				return fmt.Sprintf("reference at +%#x: %s, whose content changed", ra.off, da)
+			}
+			return fmt.Sprintf("reference at +%#x: %s -> %s", ra.off, db, da)
 		}
 	}
 	return ""

@@ -156,7 +156,7 @@ func ValidName(s string) bool {
 // written: both builds happen in a scratch directory.
 func Build(diff []byte, o Options) (*Plan, []byte, error) {
 	start := time.Now()
-	b := &builder{o: o, plan: &Plan{Refused: []Problem{}, Warnings: []Problem{}, Changed: []PlanFunc{}, New: []PlanFunc{}, Data: []PlanData{}}}
+	b := &builder{o: o, plan: &Plan{Refused: []Problem{}, Warnings: []Problem{}, Changed: []PlanFunc{}, New: []PlanFunc{}, Data: []PlanData{}, Notes: []string{}, Files: []PlanFile{}, Units: []string{}}}
 	obj, err := b.run(diff)
 	b.plan.Timing.TotalMS = time.Since(start).Milliseconds()
 	if b.scratch != "" {
@@ -172,9 +172,9 @@ func Build(diff []byte, o Options) (*Plan, []byte, error) {
 	if !b.plan.OK() {
 		var names []string
 		for _, r := range b.plan.Refused {
-			names = append(names, r.String())
+			names = append(names, r.Symbol)
 		}
-		return b.plan, nil, &Error{Op: "plan", Err: fmt.Errorf("%w: %s", ErrRefused, strings.Join(names, "; "))}
+		return b.plan, nil, &Error{Op: "plan", Err: fmt.Errorf("%w (nothing written): %d problem(s): %s", ErrRefused, len(names), strings.Join(names, ", "))}
 	}
 	sum := sha256.Sum256(obj)
 	b.plan.Output = &PlanOutput{Size: len(obj), SHA256: hex.EncodeToString(sum[:])}
@@ -748,4 +748,26 @@ func (b *builder) compile(dir, rel string, before bool) ([]byte, error) {
 		return nil, &Error{Op: "compile", Path: rel, Err: fmt.Errorf("%w: %s: %s", ErrCompile, what, bytes.TrimSpace(msg))}
 	}
 	return os.ReadFile(out)
+}
+
+// FindSource finds the default kernel source tree for a command run in
+// dir: the guestkernel/ directory of the repository holding dir.
+func FindSource(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	for d := abs; ; {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			src := filepath.Join(d, "guestkernel")
+			if st, err := os.Stat(filepath.Join(src, "Makefile")); err == nil && st.Mode().IsRegular() {
+				return src, nil
+			}
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return "", fmt.Errorf("no kernel source tree: %s is not inside the klp-kvm repository (give --src)", abs)
+		}
+		d = parent
+	}
 }
