@@ -162,4 +162,3 @@ func runChecks(t *testing.T, s *vmm.VMM, spec *patchbuild.FixSpec, patched bool,
 		}
 	}
 }
-
