@@ -2,6 +2,7 @@ package patchbuild
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -77,7 +78,11 @@ func checkSpec(t *testing.T, spec *FixSpec, plan *Plan, obj []byte, err error) {
 		}
 		var changed []string
 		for _, f := range plan.Changed {
-			changed = append(changed, f.Name)
+			name := f.Name
+			if slices.Contains(spec.Changed, fmt.Sprintf("%s,%d", f.Name, f.Sympos)) {
+				name = fmt.Sprintf("%s,%d", f.Name, f.Sympos)
+			}
+			changed = append(changed, name)
 		}
 		want := slices.Clone(spec.Changed)
 		slices.Sort(changed)
