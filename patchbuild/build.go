@@ -255,7 +255,7 @@ func (b *builder) run(diff []byte) ([]byte, error) {
 				return nil, &Error{Op: "apply", Path: c.rel, Err: fmt.Errorf("%w: %v", ErrApply, err)}
 			}
 		}
-		a, err := c.fd.Apply(old)
+		a, err := c.fd.ApplyAs(old, c.rel)
 		if err != nil {
 			return nil, &Error{Op: "apply", Path: c.rel, Err: fmt.Errorf("%w: %v", ErrApply, err)}
 		}

@@ -325,8 +325,10 @@ type Applied struct {
 }
 
 // Apply applies the file's hunks to old (nil for a new file).
-func (f *FileDiff) Apply(old []byte) (*Applied, error) {
-	name := f.displayPath()
+func (f *FileDiff) Apply(old []byte) (*Applied, error) { return f.ApplyAs(old, f.displayPath()) }
+
+// ApplyAs is Apply with the file's name for messages.
+func (f *FileDiff) ApplyAs(old []byte, name string) (*Applied, error) {
 	oldLines := splitLines(old)
 	oldNoEOL := len(old) > 0 && old[len(old)-1] != '\n'
 	out := &Applied{NoEOL: oldNoEOL}
