@@ -23,6 +23,10 @@ import (
 	"klp-kvm/guestkernel/layout"
 )
 
+// lineDirectives keeps unchanged lines' numbers in the "after" build
+// (tests turn it off to see what it prevents).
+var lineDirectives = true
+
 // Options configure a build.
 type Options struct {
 	// Src is the kernel source tree: a directory whose Makefile has the
@@ -265,7 +269,11 @@ func (b *builder) run(diff []byte) ([]byte, error) {
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return nil, &Error{Op: "apply", Err: err}
 		}
-		if err := os.WriteFile(dst, a.TextWithLineDirectives(), 0o644); err != nil {
+		text := a.Text()
+		if lineDirectives {
+			text = a.TextWithLineDirectives()
+		}
+		if err := os.WriteFile(dst, text, 0o644); err != nil {
 			return nil, &Error{Op: "apply", Err: err}
 		}
 		hunks[c.rel] = append(hunks[c.rel], c.fd.Hunks...)

@@ -35,17 +35,28 @@ func buildDiff(t testing.TB, name string, diff []byte) (*Plan, []byte, error) {
 		DiffName: name, Cache: testCache})
 }
 
-func TestBuildOne(t *testing.T) {
-	d, err := os.ReadFile(os.Getenv("KLP_DIFF"))
-	if err != nil {
-		t.Skip(err)
+// TestBuildDiffEnv builds the diff named by $KLP_DIFF and prints its
+// plan (a development aid: KLP_DIFF=x.diff go test -run TestBuildDiffEnv
+// -v ./patchbuild); $KLP_OUT, if set, receives the object.
+func TestBuildDiffEnv(t *testing.T) {
+	path := os.Getenv("KLP_DIFF")
+	if path == "" {
+		t.Skip("$KLP_DIFF not set")
 	}
-	p, obj, err := buildDiff(t, os.Getenv("KLP_DIFF"), d)
+	d, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, obj, err := buildDiff(t, path, d)
 	if p != nil {
 		p.WriteText(os.Stderr)
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile("/tmp/pbt/out.o", obj, 0o644)
+	if out := os.Getenv("KLP_OUT"); out != "" {
+		if err := os.WriteFile(out, obj, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

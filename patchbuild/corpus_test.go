@@ -1,6 +1,7 @@
 package patchbuild
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -8,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"klp-kvm/elfpatch"
 )
 
 const corpusDir = "../guestkernel/fixes"
@@ -108,5 +111,64 @@ func checkSpec(t *testing.T, spec *FixSpec, plan *Plan, obj []byte, err error) {
 		if !slices.ContainsFunc(plan.Warnings, e.Matches) {
 			t.Errorf("no warning %s %s ~ %v in %v", e.Kind, e.Symbol, e.Message, plan.Warnings)
 		}
+	}
+}
+
+// TestStaticLocalIsTheKernels: the patched cmd_dispatch uses the kernel's
+// static local eo (through .klp.sym.vmlinux.eo.N,POS), never a copy.
+func TestStaticLocalIsTheKernels(t *testing.T) {
+	diff, err := os.ReadFile(filepath.Join(corpusDir, "07-exec-output-newline.diff"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, obj, err := buildDiff(t, "07.diff", diff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Data) != 0 {
+		t.Fatalf("the patch carries data: %+v", plan.Data)
+	}
+	p, err := elfpatch.ParsePatch(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := p.Layout(0xffffffffa0000000, guestKernel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eo := guestKernel(t).LookupAll("eo.0")
+	if len(eo) != 1 {
+		t.Fatalf("kernel eo.0: %v", eo)
+	}
+	n := 0
+	for _, r := range im.Relocs {
+		if strings.HasPrefix(r.Symbol, ".klp.sym.vmlinux.eo.") {
+			if r.Target != eo[0].Value {
+				t.Errorf("%+v does not reach the kernel's eo at %#x", r, eo[0].Value)
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		t.Fatal("no reference to the kernel's eo")
+	}
+}
+
+// TestReproducible: one diff built twice gives the same bytes.
+func TestReproducible(t *testing.T) {
+	diff, err := os.ReadFile(filepath.Join(corpusDir, "13-proc-loadavg.diff"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, a, err := buildDiff(t, "13.diff", diff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, b, err := Build(diff, Options{Src: "../guestkernel", Kernel: guestKernel(t), KernelName: "k", DiffName: "13.diff"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Fatal("two builds differ")
 	}
 }
