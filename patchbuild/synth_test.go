@@ -194,3 +194,31 @@ func TestNoCompiler(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestSynthNewFile: a diff that adds a source file; the changed function
+// calls a global function of the new file, which the patch carries.
+func TestSynthNewFile(t *testing.T) {
+	s := newSynthTree(t)
+	diff := "diff --git a/b.c b/b.c\nnew file mode 100644\n--- /dev/null\n+++ b/b.c\n@@ -0,0 +1,4 @@\n+int clamp_nonneg(int x)\n+{\n+\treturn x < 0 ? 0 : x;\n+}\n" +
+		"diff --git a/a.c b/a.c\n--- a/a.c\n+++ b/a.c\n@@ -1,8 +1,9 @@\n #define noinline __attribute__((noinline))\n struct pair { int a; int b; long pad[4]; };\n+int clamp_nonneg(int x);\n \n int changed_first(int x)\n {\n-\treturn x + 1;\n+\treturn clamp_nonneg(x) + 1;\n }\n \n"
+	plan, obj, err := s.build(t, diff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := changedNames(plan); !slices.Equal(got, []string{"changed_first"}) {
+		t.Fatalf("changed %v", got)
+	}
+	if len(plan.New) != 1 || plan.New[0].Name != "clamp_nonneg" || plan.New[0].Unit != "b.c" {
+		t.Fatalf("new %+v", plan.New)
+	}
+	if len(plan.Files) != 2 || plan.Files[0].Kind != "new" {
+		t.Fatalf("files %+v", plan.Files)
+	}
+	p, err := elfpatch.ParsePatch(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Layout(0xffffffffa0000000, s.kernel); err != nil {
+		t.Fatal(err)
+	}
+}
