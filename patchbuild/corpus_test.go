@@ -172,3 +172,42 @@ func TestReproducible(t *testing.T) {
 		t.Fatal("two builds differ")
 	}
 }
+
+// TestJumpTableIntoNewCode: json_str's switch is a jump table in
+// .rodata.json_str; the patch's copy of it must send every case into the
+// new json_str, never into the kernel's.
+func TestJumpTableIntoNewCode(t *testing.T) {
+	diff, err := os.ReadFile(filepath.Join(corpusDir, "15-json-reject-nul.diff"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, obj, err := buildDiff(t, "15.diff", diff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := elfpatch.ParsePatch(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := p.Layout(0xffffffffa0000000, guestKernel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, ok := im.SymbolAddr("json_str")
+	if !ok {
+		t.Fatal("no json_str in the patch")
+	}
+	n := 0
+	for _, r := range im.Relocs {
+		if !strings.HasPrefix(r.Section, ".rodata.json_str") {
+			continue
+		}
+		n++
+		if name, _, ok := im.Addr2Sym(r.Target + uint64(r.Addend)); r.Source != elfpatch.SourcePatch || !ok || name != "json_str" {
+			t.Errorf("jump table entry %+v does not lead into the new json_str (at %#x)", r, start)
+		}
+	}
+	if n == 0 {
+		t.Fatal("no jump table carried")
+	}
+}

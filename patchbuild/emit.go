@@ -117,10 +117,13 @@ func (e *emitter) target(u *unit, r *nreloc, from string) (*outSym, int64, bool)
 	case tFunc:
 		f := r.fn
 		if _, ch := an.changed[f]; ch {
-			if r.branch || isClone(f.pair.name) {
+			// A call, a clone, or a place inside the function (a jump
+			// table's entry, a computed label) is the new code.
+			if r.branch || isClone(f.pair.name) || r.toff != 0 {
 				return e.function(f), r.addend(), true
 			}
-			// its address: the kernel's function, whose entry is redirected
+			// Its address: the kernel's function, whose entry is redirected
+			// (a function pointer compares equal to the kernel's own).
 			return e.kernelRef(f.pair.u.path, f.pair.name, f.pair.global, from), r.addend(), true
 		}
 		if f.pair == nil {

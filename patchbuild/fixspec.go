@@ -3,6 +3,7 @@ package patchbuild
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -22,7 +23,7 @@ import (
 //	Expect-Error: REGEXP             the build fails (the diff does not apply...) with this message
 //	Enable: EBUSY                    enabling must fail with this errno
 //	Write: PATH DATA                 guest-file-write before the checks
-//	Check: CMD                       a guest shell command; the next lines test its output:
+//	Check: CMD                       a guest shell command (or a quoted Go string); the next lines test its output:
 //	Before: REGEXP / Before-Not: REGEXP   unpatched (and again after unloading)
 //	After: REGEXP / After-Not: REGEXP     patched
 type FixSpec struct {
@@ -111,6 +112,13 @@ func ParseFixSpec(diff []byte) (*FixSpec, error) {
 			p, d, _ := strings.Cut(val, " ")
 			s.Writes = append(s.Writes, [2]string{p, d})
 		case "Check":
+			if strings.HasPrefix(val, `"`) { // a Go string: for bytes a trailer cannot hold
+				u, err := strconv.Unquote(val)
+				if err != nil {
+					return nil, bad(err)
+				}
+				val = u
+			}
 			s.Checks = append(s.Checks, Check{Cmd: val})
 		case "Before", "After", "Before-Not", "After-Not":
 			c, err := last()
