@@ -3,6 +3,7 @@ package patchbuild
 import (
 	"cmp"
 	"encoding/binary"
+	"fmt"
 	"slices"
 
 	"klp-kvm/elfpatch"
@@ -230,9 +231,15 @@ func (e *emitter) piece(p *piece) pieceLoc {
 		if e.strSec == nil {
 			e.strSec = e.w.section(".rodata.str.klp", elfpatch.SHT_PROGBITS, elfpatch.SHF_ALLOC, 8)
 		}
-		s := string(p.bytes)
+		// each string at its section's alignment (str1.8: gcc may copy
+		// such strings with aligned 8-byte moves)
+		al := max(min(p.u.secs[p.sec].Align, 8), 1)
+		s := fmt.Sprintf("%d:%s", al, p.bytes)
 		off, ok := e.strOff[s]
 		if !ok {
+			for uint64(len(e.strSec.data))%al != 0 {
+				e.strSec.data = append(e.strSec.data, 0)
+			}
 			off = uint64(len(e.strSec.data))
 			e.strSec.data = append(e.strSec.data, p.bytes...)
 			e.strOff[s] = off
