@@ -2,6 +2,7 @@ package patchbuild
 
 import (
 	"os"
+	"os/exec"
 	"sync"
 	"testing"
 
@@ -31,6 +32,11 @@ func guestKernel(t testing.TB) *elfpatch.Kernel {
 
 func buildDiff(t testing.TB, name string, diff []byte) (*Plan, []byte, error) {
 	t.Helper()
+	for _, tool := range []string{"gcc", "make"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("no %s: klp-kvm build needs the kernel's compiler (CI installs build-essential)", tool)
+		}
+	}
 	return Build(diff, Options{Src: "../guestkernel", Kernel: guestKernel(t), KernelName: "guestkernel/prebuilt/vmlinux",
 		DiffName: name, Cache: testCache})
 }
