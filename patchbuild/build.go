@@ -397,11 +397,22 @@ func (b *builder) resolve(d *Diff, src string) []*fileChange {
 		st, err := os.Stat(filepath.Join(src, filepath.FromSlash(c)))
 		return err == nil && st.Mode().IsRegular()
 	}
+	dirExists := func(rel string) bool {
+		c, ok := cleanRel(rel)
+		if !ok {
+			return false
+		}
+		st, err := os.Stat(filepath.Join(src, filepath.FromSlash(path.Dir(c))))
+		return err == nil && st.IsDir()
+	}
+	// The reading under which most files exist (a new file: its directory).
 	best, bestN := 0, -1
 	for i, s := range strategies {
 		n := 0
 		for _, f := range d.Files {
 			if !f.NewFile && exists(s(f.OldPath)) {
+				n += 2
+			} else if f.NewFile && dirExists(s(f.NewPath)) {
 				n++
 			}
 		}
@@ -411,17 +422,18 @@ func (b *builder) resolve(d *Diff, src string) []*fileChange {
 	}
 	strip := strategies[best]
 	var out []*fileChange
+	seen := map[string]bool{}
 	for _, f := range d.Files {
-		p := f.NewPath
-		if f.NewFile || p == "" || p == "/dev/null" {
+		p := f.OldPath
+		if f.NewFile {
 			p = f.NewPath
-		}
-		if !f.NewFile {
-			p = f.OldPath
 		}
 		rel, ok := cleanRel(strip(p))
 		shown := f.displayPath()
 		switch {
+		case ok && seen[rel]:
+			b.plan.refuse(KindUnsupported, "", rel, "appears twice in the diff (write one section per file)")
+			continue
 		case !ok:
 			b.plan.refuse(KindUnsupported, "", shown, "path is not inside the source tree")
 			continue
@@ -457,6 +469,7 @@ func (b *builder) resolve(d *Diff, src string) []*fileChange {
 			b.plan.refuse(KindUnsupported, "", rel, "not a C source or header: a live patch carries compiled code only (build files, linker scripts and docs cannot change a running kernel)")
 			continue
 		}
+		seen[rel] = true
 		b.plan.Files = append(b.plan.Files, PlanFile{Path: rel, Kind: kind, Hunks: len(f.Hunks)})
 		out = append(out, &fileChange{fd: f, rel: rel})
 	}

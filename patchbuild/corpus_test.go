@@ -211,3 +211,34 @@ func TestJumpTableIntoNewCode(t *testing.T) {
 		t.Fatal("no jump table carried")
 	}
 }
+
+// TestPathForms: one fix written as git diff writes it in the repository
+// (a/guestkernel/kernel/x.c), relative to the tree with a prefix to strip
+// (a/kernel/x.c, patch -p1) or without (kernel/x.c, -p0), builds the same
+// object; a file outside the tree is refused by name.
+func TestPathForms(t *testing.T) {
+	diff, err := os.ReadFile(filepath.Join(corpusDir, "06-ps-header-command.diff"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := string(diff)
+	p1 := strings.NewReplacer("a/guestkernel/", "a/", "b/guestkernel/", "b/").Replace(repo)
+	p0 := strings.NewReplacer("diff --git a/guestkernel/kernel/vfs.c b/guestkernel/kernel/vfs.c\n", "",
+		"a/guestkernel/", "", "b/guestkernel/", "").Replace(repo)
+	var objs [][]byte
+	for _, d := range []string{repo, p1, p0} {
+		_, obj, err := buildDiff(t, "06-ps-header-command.diff", []byte(d))
+		if err != nil {
+			t.Fatalf("%v\n%s", err, d)
+		}
+		objs = append(objs, obj)
+	}
+	if !bytes.Equal(objs[0], objs[1]) || !bytes.Equal(objs[0], objs[2]) {
+		t.Fatal("the path forms build different objects")
+	}
+	outside := repo + "diff --git a/docs/x.md b/docs/x.md\n--- a/docs/x.md\n+++ b/docs/x.md\n@@ -1 +1 @@\n-a\n+b\n"
+	plan, _, err := buildDiff(t, "outside.diff", []byte(outside))
+	if !errors.Is(err, ErrRefused) || len(plan.Refused) != 1 || plan.Refused[0].Kind != KindUnsupported || !strings.Contains(plan.Refused[0].Symbol, "docs/x.md") {
+		t.Fatalf("got %v, %+v", err, plan.Refused)
+	}
+}
