@@ -1,7 +1,6 @@
 package patchbuild
 
 import (
-	"cmp"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -326,20 +325,4 @@ func checkObject(obj []byte, k *elfpatch.Kernel, base uint64) error {
 	}
 	_, err = p.Layout(base, k)
 	return err
-}
-
-// sortedUnits is a deterministic order of unit paths.
-func sortedUnits(m ...map[string]*unit) []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, x := range m {
-		for p := range x {
-			if !seen[p] {
-				seen[p] = true
-				out = append(out, p)
-			}
-		}
-	}
-	slices.SortFunc(out, func(a, b string) int { return cmp.Compare(a, b) })
-	return out
 }

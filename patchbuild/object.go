@@ -39,21 +39,20 @@ type unit struct {
 
 // fn is a function of a unit.
 type fn struct {
-	u            *unit
-	name         string
-	sym          int
-	sec          int
-	value, size  uint64
-	global       bool
-	code         []byte
-	relocs       []*nreloc
-	decoded      bool // every instruction decoded
-	returns      bool // has a ret, or a tail call
-	fentry       bool // starts with a recorded fentry site
-	sharedSec    bool // its section holds other symbols
-	pair         *fn  // the other side's function
-	key          string
-	notraceStyle bool
+	u           *unit
+	name        string
+	sym         int
+	sec         int
+	value, size uint64
+	global      bool
+	code        []byte
+	relocs      []*nreloc
+	decoded     bool // every instruction decoded
+	returns     bool // has a ret, or a tail call
+	fentry      bool // starts with a recorded fentry site
+	sharedSec   bool // its section holds other symbols
+	pair        *fn  // the other side's function
+	key         string
 }
 
 // dobj is a data object (STT_OBJECT) of a unit.
@@ -70,7 +69,6 @@ type dobj struct {
 	relocs      []*nreloc
 	pair        *dobj
 	key         string
-	referrers   []string
 }
 
 // piece is anonymous read-only data: one string of a string section, one
@@ -94,11 +92,10 @@ const (
 	tPiece
 )
 
-// nreloc is a relocation resolved by meaning. The value it asks for is
-// target + toff (- place, for PC-relative types); the ELF addend is
-// toff - delta... precisely: addend = toff - delta, where delta is the
-// distance from the relocated field to the end of its instruction (0 for
-// absolute types and for data).
+// nreloc is a relocation resolved by meaning: it asks for target + toff
+// (minus the place, for PC-relative types). Its ELF addend is toff - delta,
+// delta being the distance from the relocated field to the end of its
+// instruction (0 for absolute types and in data).
 type nreloc struct {
 	off    uint64 // in the function, object or piece
 	typ    uint32

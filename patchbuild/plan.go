@@ -71,15 +71,14 @@ func (p Problem) String() string {
 
 // Problem kinds.
 const (
-	KindDataChanged   = "data-changed"   // a global or static variable's initializer or size changed
-	KindNewGlobalData = "new-data-used"  // new data used by code the patch does not replace
-	KindStructLayout  = "struct-layout"  // a struct or union's layout changed
-	KindNoFentry      = "not-patchable"  // a changed function without an fentry site (notrace, asm, ...)
-	KindNeverReturns  = "never-returns"  // warning: a task in it never leaves, the switch cannot complete
-	KindNotInKernel   = "not-in-kernel"  // a reference the kernel cannot resolve
-	KindUnsupported   = "unsupported"    // a file or construct the builder does not handle
-	KindNoChange      = "no-change"      // the diff changes no code
-	KindAlwaysRunning = "always-running" // warning: ...
+	KindDataChanged   = "data-changed"  // a global or static variable's initializer or size changed
+	KindNewGlobalData = "new-data-used" // new data used by code the patch does not replace
+	KindStructLayout  = "struct-layout" // a struct or union's layout changed
+	KindNoFentry      = "not-patchable" // a changed function without an fentry site (notrace, asm, ...)
+	KindNeverReturns  = "never-returns" // warning: a task in it never leaves, the switch cannot complete
+	KindNotInKernel   = "not-in-kernel" // a reference the kernel cannot resolve
+	KindUnsupported   = "unsupported"   // a file or construct the builder does not handle
+	KindNoChange      = "no-change"     // the diff changes no code
 )
 
 // PlanOutput is the written object.
