@@ -18,7 +18,8 @@ import (
 // kernel's address with ld's default script (its __mcount_loc section is
 // what elfpatch reads).
 
-const synthA = `#define noinline __attribute__((noinline))
+const synthA = `#include "h.h"
+#define noinline __attribute__((noinline))
 struct pair { int a; int b; long pad[4]; };
 
 int changed_first(int x)
@@ -38,6 +39,14 @@ static noinline int scale(struct pair *p, int k)
 
 int use_scale1(struct pair *p) { return scale(p, 3); }
 int use_scale2(struct pair *p) { return scale(p, 3) + 1; }
+
+int uses_header(int x) { return twice(x); }
+`
+
+const synthH = `static inline int twice(int x)
+{
+	return 2 * x;
+}
 `
 
 type synthTree struct {
@@ -72,6 +81,7 @@ func newSynthTree(t *testing.T) *synthTree {
 	}
 	write("Makefile", mk)
 	write("a.c", synthA)
+	write("h.h", synthH)
 	run := func(name string, args ...string) {
 		cmd := exec.Command(name, args...)
 		cmd.Dir = dir
@@ -116,7 +126,7 @@ func TestSynthCloneInKernel(t *testing.T) {
 	if _, err := s.kernel.Lookup("scale.constprop.0.isra.0", 0); err != nil {
 		t.Skipf("gcc made no clone of scale here: %v", err)
 	}
-	diff := "--- a/a.c\n+++ b/a.c\n@@ -16,3 +16,3 @@ static noinline int scale(struct pair *p, int k)\n {\n-\treturn p->a * k + 1;\n+\treturn p->a * k + 2;\n }\n"
+	diff := "--- a/a.c\n+++ b/a.c\n@@ -17,3 +17,3 @@ static noinline int scale(struct pair *p, int k)\n {\n-\treturn p->a * k + 1;\n+\treturn p->a * k + 2;\n }\n"
 	plan, obj, err := s.build(t, diff)
 	if err != nil {
 		t.Fatal(err)
@@ -151,7 +161,7 @@ func TestSynthCloneInKernel(t *testing.T) {
 
 func TestSynthLineNumbers(t *testing.T) {
 	s := newSynthTree(t)
-	diff := "--- a/a.c\n+++ b/a.c\n@@ -4,4 +4,6 @@\n int changed_first(int x)\n {\n-\treturn x + 1;\n+\tif (x < 0)\n+\t\treturn 0;\n+\treturn x + 1;\n }\n"
+	diff := "--- a/a.c\n+++ b/a.c\n@@ -5,4 +5,6 @@\n int changed_first(int x)\n {\n-\treturn x + 1;\n+\tif (x < 0)\n+\t\treturn 0;\n+\treturn x + 1;\n }\n"
 	plan, _, err := s.build(t, diff)
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +183,7 @@ func TestSynthLineNumbers(t *testing.T) {
 
 func TestSynthMismatchAndNoChange(t *testing.T) {
 	s := newSynthTree(t)
-	plan, _, err := s.build(t, "--- a/a.c\n+++ b/a.c\n@@ -1,2 +1,3 @@\n #define noinline __attribute__((noinline))\n+/* a comment */\n struct pair { int a; int b; long pad[4]; };\n")
+	plan, _, err := s.build(t, "--- a/a.c\n+++ b/a.c\n@@ -2,2 +2,3 @@\n #define noinline __attribute__((noinline))\n+/* a comment */\n struct pair { int a; int b; long pad[4]; };\n")
 	if !errors.Is(err, ErrRefused) || len(plan.Refused) != 1 || plan.Refused[0].Kind != KindNoChange {
 		t.Fatalf("comment only: %v %+v", err, plan)
 	}
@@ -182,7 +192,7 @@ func TestSynthMismatchAndNoChange(t *testing.T) {
 	if err := os.WriteFile(src, []byte(strings.Replace(synthA, "return x + 1;", "return x + 3;", 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = s.build(t, "--- a/a.c\n+++ b/a.c\n@@ -10,3 +10,3 @@\n {\n-\treturn __LINE__;\n+\treturn __LINE__ + 1;\n }\n")
+	_, _, err = s.build(t, "--- a/a.c\n+++ b/a.c\n@@ -11,3 +11,3 @@\n {\n-\treturn __LINE__;\n+\treturn __LINE__ + 1;\n }\n")
 	if !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "changed_first (a.c): code differs from the kernel's") {
 		t.Fatalf("got %v", err)
 	}
@@ -200,7 +210,7 @@ func TestNoCompiler(t *testing.T) {
 func TestSynthNewFile(t *testing.T) {
 	s := newSynthTree(t)
 	diff := "diff --git a/b.c b/b.c\nnew file mode 100644\n--- /dev/null\n+++ b/b.c\n@@ -0,0 +1,4 @@\n+int clamp_nonneg(int x)\n+{\n+\treturn x < 0 ? 0 : x;\n+}\n" +
-		"diff --git a/a.c b/a.c\n--- a/a.c\n+++ b/a.c\n@@ -1,8 +1,9 @@\n #define noinline __attribute__((noinline))\n struct pair { int a; int b; long pad[4]; };\n+int clamp_nonneg(int x);\n \n int changed_first(int x)\n {\n-\treturn x + 1;\n+\treturn clamp_nonneg(x) + 1;\n }\n \n"
+		"diff --git a/a.c b/a.c\n--- a/a.c\n+++ b/a.c\n@@ -2,8 +2,9 @@\n #define noinline __attribute__((noinline))\n struct pair { int a; int b; long pad[4]; };\n+int clamp_nonneg(int x);\n \n int changed_first(int x)\n {\n-\treturn x + 1;\n+\treturn clamp_nonneg(x) + 1;\n }\n \n"
 	plan, obj, err := s.build(t, diff)
 	if err != nil {
 		t.Fatal(err)
@@ -220,5 +230,18 @@ func TestSynthNewFile(t *testing.T) {
 	}
 	if _, err := p.Layout(0xffffffffa0000000, s.kernel); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSynthHeader: a changed static inline in a header changes the
+// functions of the units that include it.
+func TestSynthHeader(t *testing.T) {
+	s := newSynthTree(t)
+	plan, _, err := s.build(t, "--- a/h.h\n+++ b/h.h\n@@ -1,4 +1,4 @@\n static inline int twice(int x)\n {\n-\treturn 2 * x;\n+\treturn x + x + 1;\n }\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := changedNames(plan); !slices.Equal(got, []string{"uses_header"}) || !slices.Equal(plan.Units, []string{"a.c"}) {
+		t.Fatalf("changed %v, units %v", got, plan.Units)
 	}
 }
