@@ -56,6 +56,13 @@ type synthTree struct {
 
 func newSynthTree(t *testing.T) *synthTree {
 	t.Helper()
+	return newSynthTreeOf(t, map[string]string{"a.c": synthA, "h.h": synthH})
+}
+
+// newSynthTreeOf builds a synthetic kernel from the given files (a.c is
+// the only unit).
+func newSynthTreeOf(t *testing.T, files map[string]string) *synthTree {
+	t.Helper()
 	for _, tool := range []string{"gcc", "ld", "make"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("no %s", tool)
@@ -80,8 +87,9 @@ func newSynthTree(t *testing.T) *synthTree {
 		}
 	}
 	write("Makefile", mk)
-	write("a.c", synthA)
-	write("h.h", synthH)
+	for name, text := range files {
+		write(name, text)
+	}
 	run := func(name string, args ...string) {
 		cmd := exec.Command(name, args...)
 		cmd.Dir = dir
@@ -243,5 +251,47 @@ func TestSynthHeader(t *testing.T) {
 	}
 	if got := changedNames(plan); !slices.Equal(got, []string{"uses_header"}) || !slices.Equal(plan.Units, []string{"a.c"}) {
 		t.Fatalf("changed %v, units %v", got, plan.Units)
+	}
+}
+
+// TestSynthStaticLocalRenumbered: gcc numbers static locals per unit
+// (count.0, count.1); a new one in an earlier function renumbers the
+// others. They are paired by the functions that use them, so only the
+// function the diff changes is patched, and it uses the kernel's variable.
+func TestSynthStaticLocalRenumbered(t *testing.T) {
+	src := `int first(int x)
+{
+	return x;
+}
+
+int second(void)
+{
+	static int count;
+	return ++count;
+}
+
+int third(void)
+{
+	static int count = 10;
+	return ++count;
+}
+`
+	s := newSynthTreeOf(t, map[string]string{"a.c": src})
+	if len(s.kernel.LookupAll("count.0")) != 1 || len(s.kernel.LookupAll("count.1")) != 1 {
+		t.Skip("gcc numbered the static locals differently")
+	}
+	diff := "--- a/a.c\n+++ b/a.c\n@@ -1,4 +1,5 @@\n int first(int x)\n {\n-\treturn x;\n+\tstatic int count;\n+\treturn x + count++;\n }\n"
+	plan, obj, err := s.build(t, diff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := changedNames(plan); !slices.Equal(got, []string{"first"}) {
+		t.Fatalf("changed %v", got)
+	}
+	if len(plan.Data) != 1 || !strings.HasPrefix(plan.Data[0].Name, "count.") {
+		t.Fatalf("data %+v: want first's new count", plan.Data)
+	}
+	if _, err := elfpatch.ParsePatch(obj); err != nil {
+		t.Fatal(err)
 	}
 }
