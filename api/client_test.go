@@ -1,41 +1,28 @@
-package api
+package api_test
 
 import (
 	"context"
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 
+	"klp-kvm/api"
+	"klp-kvm/api/apitest"
 	"klp-kvm/guestkernel"
 )
-
-// serveUnix serves h on a fresh unix socket and returns a client for it.
-func serveUnix(t *testing.T, h http.Handler) *Client {
-	t.Helper()
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	l, err := Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	return NewClient(sock)
-}
 
 // Every route of the table is served, under exactly that pattern, by the
 // servers' registration functions: the client cannot ask for a route the
 // server does not have.
 func TestRoutesServed(t *testing.T) {
-	lm := newLivepatchManager(t)
+	lm, _ := apitest.NewManager(t, 1)
 	mux := http.NewServeMux()
-	MachineRoutes(mux, nil)
-	GuestRoutes(mux, nil)
-	LivepatchRoutes(mux, lm, nil)
-	for _, r := range Routes {
+	api.MachineRoutes(mux, nil)
+	api.GuestRoutes(mux, nil)
+	api.LivepatchRoutes(mux, lm, nil)
+	for _, r := range api.Routes {
 		var args []string
 		if strings.Contains(r.Pattern, "{name}") {
 			args = []string{"livepatch_sample"}
@@ -56,28 +43,28 @@ func TestRoutesServed(t *testing.T) {
 // PathValue; a name that cannot be a segment is refused before sending.
 func TestClientNameEscaping(t *testing.T) {
 	mux := http.NewServeMux()
-	mux.HandleFunc(RoutePatchEnable.String(), func(w http.ResponseWriter, r *http.Request) {
-		WriteJSON(w, http.StatusOK, OpReply{Op: "enable", Patch: r.PathValue("name")})
+	mux.HandleFunc(api.RoutePatchEnable.String(), func(w http.ResponseWriter, r *http.Request) {
+		api.WriteJSON(w, http.StatusOK, api.OpReply{Op: "enable", Patch: r.PathValue("name")})
 	})
-	c := serveUnix(t, mux)
+	c := api.NewClient(apitest.ServeUnix(t, mux))
 	ctx := context.Background()
 	for _, name := range []string{"livepatch_sample", "a/b", "/lead", "trail/", "50%", "x%2Fy", "%", "a b?c#d", "../x", "a/../b"} {
-		rep, err := c.Enable(ctx, name, OpRequest{})
+		rep, err := c.Enable(ctx, name, api.OpRequest{})
 		if err != nil || rep.Patch != name {
 			t.Errorf("Enable(%q): server saw %q, %v", name, rep.Patch, err)
 		}
 	}
 	for _, name := range []string{"", ".", ".."} {
-		_, err := c.Enable(ctx, name, OpRequest{})
-		var ae *Error
+		_, err := c.Enable(ctx, name, api.OpRequest{})
+		var ae *api.Error
 		if !errors.As(err, &ae) || !ae.Refused() || ae.Errno != "EINVAL" {
 			t.Errorf("Enable(%q): %v, want a refusal with EINVAL", name, err)
 		}
 	}
-	if _, err := RoutePatchEnable.Path(); err == nil {
+	if _, err := api.RoutePatchEnable.Path(); err == nil {
 		t.Error("Path without the name: no error")
 	}
-	if _, err := RouteMachine.Path("x"); err == nil {
+	if _, err := api.RouteMachine.Path("x"); err == nil {
 		t.Error("Path with an extra argument: no error")
 	}
 }
@@ -86,27 +73,27 @@ func TestClientNameEscaping(t *testing.T) {
 // refused by the livepatch core itself (ENOENT naming it), not lost on
 // the way.
 func TestClientLivepatch(t *testing.T) {
-	lm := newLivepatchManager(t)
+	lm, _ := apitest.NewManager(t, 1)
 	mux := http.NewServeMux()
-	LivepatchRoutes(mux, lm, nil)
-	c := serveUnix(t, mux)
+	api.LivepatchRoutes(mux, lm, nil)
+	c := api.NewClient(apitest.ServeUnix(t, mux))
 	ctx := context.Background()
 	obj, err := guestkernel.Patch("livepatch-sample")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep, err := c.AddPatch(ctx, PatchRequest{Op: "register", Object: obj}); err != nil || rep.Patch != "livepatch_sample" {
+	if rep, err := c.AddPatch(ctx, api.PatchRequest{Op: "register", Object: obj}); err != nil || rep.Patch != "livepatch_sample" {
 		t.Fatalf("register: %+v %v", rep, err)
 	}
-	if rep, err := c.Enable(ctx, "livepatch_sample", OpRequest{DeadlineMS: 100}); err != nil || rep.Result == nil || rep.Result.Funcs != 1 {
+	if rep, err := c.Enable(ctx, "livepatch_sample", api.OpRequest{DeadlineMS: 100}); err != nil || rep.Result == nil || rep.Result.Funcs != 1 {
 		t.Fatalf("enable: %+v %v", rep, err)
 	}
 	if st, err := c.Patches(ctx); err != nil || len(st.Patches) != 1 || !st.Patches[0].Enabled {
 		t.Fatalf("patches: %+v %v", st, err)
 	}
 	for _, name := range []string{"a/b", "50%"} {
-		_, err := c.Disable(ctx, name, OpRequest{})
-		var ae *Error
+		_, err := c.Disable(ctx, name, api.OpRequest{})
+		var ae *api.Error
 		if !errors.As(err, &ae) || ae.Errno != "ENOENT" || !strings.Contains(ae.Msg, "disable "+name+":") {
 			t.Errorf("Disable(%q): %v, want ENOENT naming it", name, err)
 		}
@@ -114,7 +101,7 @@ func TestClientLivepatch(t *testing.T) {
 	if _, err := c.Unregister(ctx, "livepatch_sample"); err == nil {
 		t.Fatal("unregister of an enabled patch succeeded")
 	}
-	if _, err := c.Disable(ctx, "livepatch_sample", OpRequest{}); err != nil {
+	if _, err := c.Disable(ctx, "livepatch_sample", api.OpRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	if rep, err := c.Unregister(ctx, "livepatch_sample"); err != nil || rep.Op != "unregister" {

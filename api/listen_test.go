@@ -1,4 +1,4 @@
-package api
+package api_test
 
 import (
 	"net"
@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"klp-kvm/api"
 )
 
 func TestListenSocketSafety(t *testing.T) {
@@ -15,7 +17,7 @@ func TestListenSocketSafety(t *testing.T) {
 	old := syscall.Umask(0)
 	defer syscall.Umask(old)
 	path := filepath.Join(dir, "klp.sock")
-	l, err := Listen(path)
+	l, err := api.Listen(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,7 +26,7 @@ func TestListenSocketSafety(t *testing.T) {
 		t.Fatalf("socket %v mode %v", err, fi.Mode())
 	}
 	// A second server refuses while the first answers.
-	if _, err := Listen(path); err == nil || !strings.Contains(err.Error(), "another klp-kvm") {
+	if _, err := api.Listen(path); err == nil || !strings.Contains(err.Error(), "another klp-kvm") {
 		t.Fatalf("second listener: %v", err)
 	}
 	l.Close()
@@ -38,7 +40,7 @@ func TestListenSocketSafety(t *testing.T) {
 	}
 	stale.(*net.UnixListener).SetUnlinkOnClose(false)
 	stale.Close()
-	l, err = Listen(path)
+	l, err = api.Listen(path)
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
@@ -48,7 +50,7 @@ func TestListenSocketSafety(t *testing.T) {
 	if err := os.WriteFile(file, []byte("keep"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Listen(file); err == nil || !strings.Contains(err.Error(), "not a socket") {
+	if _, err := api.Listen(file); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Fatalf("Listen on a regular file: %v", err)
 	}
 	if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {

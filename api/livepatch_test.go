@@ -1,4 +1,4 @@
-package api
+package api_test
 
 import (
 	"bytes"
@@ -7,43 +7,26 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"klp-kvm/api"
+	"klp-kvm/api/apitest"
 	"klp-kvm/guestkernel"
-	"klp-kvm/guestkernel/layout"
 	"klp-kvm/livepatch"
 	"klp-kvm/livepatch/fakeguest"
 )
 
-// newLivepatchManager is a livepatch.Manager over a one-vCPU fake guest.
-func newLivepatchManager(t *testing.T) *livepatch.Manager {
-	lm, _ := newFakeManager(t)
-	return lm
-}
-
-func newFakeManager(t *testing.T) (*livepatch.Manager, *fakeguest.Guest) {
-	t.Helper()
-	g, err := fakeguest.New(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: layout.PatchAreaVirt,
-		PatchAreaSize: fakeguest.PatchSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return lm, g
-}
-
+// newLivepatchServer serves the livepatch routes over a fake guest, on a
+// TCP httptest server (its URL is plain HTTP, for the raw-request tests).
 func newLivepatchServer(t *testing.T) (*httptest.Server, *fakeguest.Guest) {
 	t.Helper()
-	lm, g := newFakeManager(t)
+	lm, g := apitest.NewManager(t, 1)
 	mux := http.NewServeMux()
-	LivepatchRoutes(mux, lm, nil)
+	api.LivepatchRoutes(mux, lm, nil)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv, g
 }
 
-func post(t *testing.T, url string, body any) (int, ErrorReply, OpReply) {
+func post(t *testing.T, url string, body any) (int, api.ErrorReply, api.OpReply) {
 	t.Helper()
 	var rd *bytes.Reader
 	if body != nil {
@@ -59,8 +42,8 @@ func post(t *testing.T, url string, body any) (int, ErrorReply, OpReply) {
 	defer resp.Body.Close()
 	var raw json.RawMessage
 	json.NewDecoder(resp.Body).Decode(&raw)
-	var er ErrorReply
-	var op OpReply
+	var er api.ErrorReply
+	var op api.OpReply
 	json.Unmarshal(raw, &er)
 	json.Unmarshal(raw, &op)
 	return resp.StatusCode, er, op
@@ -72,19 +55,19 @@ func TestLivepatchRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, er, op := post(t, srv.URL+"/patches", PatchRequest{Op: "register", Object: obj})
+	code, er, op := post(t, srv.URL+"/patches", api.PatchRequest{Op: "register", Object: obj})
 	if code != 200 || op.Patch != "livepatch_sample" {
 		t.Fatalf("register: %d %+v %+v", code, er, op)
 	}
-	code, er, _ = post(t, srv.URL+"/patches", PatchRequest{Op: "register", Object: obj})
+	code, er, _ = post(t, srv.URL+"/patches", api.PatchRequest{Op: "register", Object: obj})
 	if code != http.StatusConflict || er.Errno != "EEXIST" {
 		t.Fatalf("duplicate: %d %+v", code, er)
 	}
-	code, er, _ = post(t, srv.URL+"/patches", PatchRequest{Object: []byte("junk"), Name: "junk.o"})
+	code, er, _ = post(t, srv.URL+"/patches", api.PatchRequest{Object: []byte("junk"), Name: "junk.o"})
 	if code != http.StatusBadRequest || er.Errno != "EINVAL" {
 		t.Fatalf("bad object: %d %+v", code, er)
 	}
-	code, _, op = post(t, srv.URL+"/patches/livepatch_sample/enable", OpRequest{DeadlineMS: 100})
+	code, _, op = post(t, srv.URL+"/patches/livepatch_sample/enable", api.OpRequest{DeadlineMS: 100})
 	if code != 200 || op.Result == nil || op.Result.Funcs != 1 {
 		t.Fatalf("enable: %d %+v", code, op)
 	}

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
+
+	"klp-kvm/klperr"
 )
 
 // Sentinel kinds of Error, checkable with errors.Is.
@@ -25,42 +28,72 @@ var (
 	ErrDuplicate = errors.New("duplicate")
 )
 
-// Error is the one error type of the package. Op names the operation
-// ("parse kernel", "parse patch", "relocate", "resolve", ...); Section,
-// Offset and Symbol locate the problem when they apply; Err wraps one of the
-// sentinel kinds, with detail.
+// Error is the one error type of the package, by the convention of package
+// klperr. Op names the operation ("parse kernel", "parse patch",
+// "relocate", "resolve", ...); Section, Offset and Symbol locate the
+// problem when they apply; Kind is one of the sentinel kinds, Detail says
+// what exactly, Err is an underlying cause (an I/O error).
 type Error struct {
 	Op      string
+	Kind    error
+	Errno   syscall.Errno // 0: input-format errors have no errno of their own
+	Detail  string
+	Err     error
 	Section string
 	Offset  uint64
 	Symbol  string
-	Err     error
 }
 
 func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString("elfpatch: ")
-	b.WriteString(e.Op)
+	var where []string
 	if e.Section != "" {
-		fmt.Fprintf(&b, ": section %s+%#x", e.Section, e.Offset)
+		where = append(where, fmt.Sprintf("section %s+%#x", e.Section, e.Offset))
 	}
 	if e.Symbol != "" {
-		fmt.Fprintf(&b, ": symbol %s", e.Symbol)
+		where = append(where, "symbol "+e.Symbol)
 	}
-	if e.Err != nil {
-		b.WriteString(": ")
-		b.WriteString(e.Err.Error())
+	op := e.Op
+	if len(where) > 0 {
+		op += ": " + strings.Join(where, ": ")
 	}
-	return b.String()
+	return klperr.Format("elfpatch", op, "", e.Kind, e.Errno, e.Detail, e.Err)
 }
+
+// Is matches the kind or the errno.
+func (e *Error) Is(target error) bool { return klperr.Match(target, e.Kind, e.Errno) }
+
+// As gives the errno to errors.As(err, &errno).
+func (e *Error) As(target any) bool { return klperr.AsErrno(target, e.Errno) }
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// kindf wraps a sentinel kind with a formatted detail.
+// set places what err says into e: a kind with its detail (kindf, inner),
+// or else a cause. It returns e.
+func (e *Error) set(err error) *Error {
+	if k, ok := err.(*kindErr); ok {
+		e.Kind, e.Detail = k.kind, k.detail
+	} else {
+		e.Err = err
+	}
+	return e
+}
+
+// kindErr is a kind with its detail, not yet placed: helpers that do not
+// know where they are return one (kindf), and the caller puts it into an
+// Error with set.
+type kindErr struct {
+	kind   error
+	detail string
+}
+
+func (k *kindErr) Error() string { return k.kind.Error() + ": " + k.detail }
+func (k *kindErr) Unwrap() error { return k.kind }
+
+// kindf is a kind with a formatted detail.
 func kindf(kind error, format string, args ...any) error {
-	return fmt.Errorf("%w: %s", kind, fmt.Sprintf(format, args...))
+	return &kindErr{kind: kind, detail: fmt.Sprintf(format, args...)}
 }
 
 func errorf(op string, kind error, format string, args ...any) *Error {
-	return &Error{Op: op, Err: kindf(kind, format, args...)}
+	return &Error{Op: op, Kind: kind, Detail: fmt.Sprintf(format, args...)}
 }

@@ -2,6 +2,7 @@ package elfpatch
 
 import (
 	"bytes"
+	"fmt"
 	"slices"
 	"strings"
 )
@@ -312,7 +313,7 @@ func (f *elfFile) parseSymbols() error {
 		r := decodeSym(data[i*symSize : (i+1)*symSize])
 		name, err := tableString(strs, r.Name)
 		if err != nil {
-			return &Error{Op: f.op, Section: st.Name, Offset: uint64(i) * symSize, Err: kindf(ErrFormat, "symbol %d name: %v", i, err)}
+			return &Error{Op: f.op, Section: st.Name, Offset: uint64(i) * symSize, Kind: ErrFormat, Detail: fmt.Sprintf("symbol %d name: %v", i, err)}
 		}
 		shndx := int(r.Shndx)
 		if r.Shndx == shnXindex {

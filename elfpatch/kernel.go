@@ -307,15 +307,15 @@ func (k *Kernel) Lookup(name string, sympos int) (Symbol, error) {
 	r := k.nameRange(name)
 	switch {
 	case len(r) == 0:
-		return Symbol{}, &Error{Op: "lookup", Symbol: name, Err: kindf(ErrUnresolved, "no symbol %q in the kernel", name)}
+		return Symbol{}, &Error{Op: "lookup", Symbol: name, Kind: ErrUnresolved, Detail: fmt.Sprintf("no symbol %q in the kernel", name)}
 	case sympos < 0:
-		return Symbol{}, &Error{Op: "lookup", Symbol: name, Err: kindf(ErrRange, "negative sympos %d", sympos)}
+		return Symbol{}, &Error{Op: "lookup", Symbol: name, Kind: ErrRange, Detail: fmt.Sprintf("negative sympos %d", sympos)}
 	case sympos == 0 && len(r) > 1:
 		return Symbol{}, &Error{Op: "lookup", Symbol: name,
-			Err: kindf(ErrAmbiguous, "%d symbols named %q: give sympos 1..%d", len(r), name, len(r))}
+			Kind: ErrAmbiguous, Detail: fmt.Sprintf("%d symbols named %q: give sympos 1..%d", len(r), name, len(r))}
 	case sympos > len(r):
 		return Symbol{}, &Error{Op: "lookup", Symbol: name,
-			Err: kindf(ErrUnresolved, "sympos %d of %q, but only %d exist", sympos, name, len(r))}
+			Kind: ErrUnresolved, Detail: fmt.Sprintf("sympos %d of %q, but only %d exist", sympos, name, len(r))}
 	}
 	if sympos == 0 {
 		sympos = 1
@@ -341,12 +341,12 @@ func (k *Kernel) LookupGlobal(name string) (Symbol, error) {
 	case len(found) == 1:
 		return k.f.symbols[found[0]], nil
 	case len(found) > 1:
-		return Symbol{}, &Error{Op: "lookup", Symbol: name, Err: kindf(ErrAmbiguous, "%d global symbols named %q", len(found), name)}
+		return Symbol{}, &Error{Op: "lookup", Symbol: name, Kind: ErrAmbiguous, Detail: fmt.Sprintf("%d global symbols named %q", len(found), name)}
 	case locals > 0:
 		return Symbol{}, &Error{Op: "lookup", Symbol: name,
-			Err: kindf(ErrUnresolved, "%q is local to the kernel (%d symbols): reference it as .klp.sym.vmlinux.%s,<sympos>", name, locals, name)}
+			Kind: ErrUnresolved, Detail: fmt.Sprintf("%q is local to the kernel (%d symbols): reference it as .klp.sym.vmlinux.%s,<sympos>", name, locals, name)}
 	}
-	return Symbol{}, &Error{Op: "lookup", Symbol: name, Err: kindf(ErrUnresolved, "no symbol %q in the kernel", name)}
+	return Symbol{}, &Error{Op: "lookup", Symbol: name, Kind: ErrUnresolved, Detail: fmt.Sprintf("no symbol %q in the kernel", name)}
 }
 
 // Sympos returns the sympos (1-based) of symbol table entry index among
@@ -661,7 +661,7 @@ func (k *Kernel) Patchable(name string, sympos int) (Site, error) {
 	}
 	fi := k.checkFunc(sym)
 	if !fi.Patchable() {
-		return Site{}, &Error{Op: "patchable", Symbol: name, Err: kindf(ErrNotPatchable, "%s", fi.Reason)}
+		return Site{}, &Error{Op: "patchable", Symbol: name, Kind: ErrNotPatchable, Detail: fmt.Sprintf("%s", fi.Reason)}
 	}
 	return *fi.Site, nil
 }

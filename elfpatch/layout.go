@@ -3,6 +3,7 @@ package elfpatch
 import (
 	"cmp"
 	"errors"
+	"fmt"
 	"math"
 	"slices"
 	"strconv"
@@ -149,7 +150,7 @@ func (p *Patch) plan() (*plan, error) {
 		} else if s.Alloc() && s.Type != SHT_NULL && s.Type != shtNote && s.Size > 0 {
 			// Notes (.note.gnu.property of CET builds) are not needed at
 			// run time; anything else allocated would be silently lost.
-			return nil, &Error{Op: "layout", Section: s.Name, Err: kindf(ErrFormat, "allocated section of type %d is not supported", s.Type)}
+			return nil, &Error{Op: "layout", Section: s.Name, Kind: ErrFormat, Detail: fmt.Sprintf("allocated section of type %d is not supported", s.Type)}
 		}
 	}
 	// Text, then read-only data, then data, then bss: keeps code apart from
@@ -163,12 +164,12 @@ func (p *Patch) plan() (*plan, error) {
 			al = 1
 		}
 		if al&(al-1) != 0 || al > maxSectionAlign {
-			return nil, &Error{Op: "layout", Section: s.Name, Err: kindf(ErrFormat, "alignment %d (want a power of two <= %d)", s.Align, maxSectionAlign)}
+			return nil, &Error{Op: "layout", Section: s.Name, Kind: ErrFormat, Detail: fmt.Sprintf("alignment %d (want a power of two <= %d)", s.Align, maxSectionAlign)}
 		}
 		if s.Type == SHT_NOBITS {
 			bss += s.Size
 			if s.Size > maxBSS || bss > maxBSS {
-				return nil, &Error{Op: "layout", Section: s.Name, Err: kindf(ErrRange, "zero-filled sections exceed %d bytes", maxBSS)}
+				return nil, &Error{Op: "layout", Section: s.Name, Kind: ErrRange, Detail: fmt.Sprintf("zero-filled sections exceed %d bytes", maxBSS)}
 			}
 		}
 		off = (off + al - 1) &^ (al - 1)
@@ -375,9 +376,16 @@ func (st *layoutState) resolveUncached(idx int) resolved {
 	return resolved{value: ks.Value, source: SourceKernel}
 }
 
+// inner is what err says, without where: an Error's kind and detail (or
+// its cause), to be placed into another Error with set.
 func inner(err error) error {
 	var e *Error
-	if errors.As(err, &e) && e.Err != nil {
+	switch {
+	case !errors.As(err, &e):
+		return err
+	case e.Kind != nil:
+		return &kindErr{kind: e.Kind, detail: e.Detail}
+	case e.Err != nil:
 		return e.Err
 	}
 	return err
@@ -427,7 +435,7 @@ func (st *layoutState) relocate() bool {
 		ps := &st.pl.sections[pi]
 		tsec := &p.f.sections[t]
 		if tsec.Type == SHT_NOBITS {
-			if st.fail(&Error{Op: "relocate", Section: tsec.Name, Err: kindf(ErrFormat, "relocations against a zero-filled section")}) {
+			if st.fail(&Error{Op: "relocate", Section: tsec.Name, Kind: ErrFormat, Detail: fmt.Sprintf("relocations against a zero-filled section")}) {
 				return true
 			}
 			continue
@@ -448,7 +456,7 @@ func (st *layoutState) apply(ps *PlacedSection, tsec *Section, r rela) bool {
 		symName = st.p.f.sections[sym.Section].Name
 	}
 	fail := func(kind error, format string, args ...any) bool {
-		return st.fail(&Error{Op: "relocate", Section: tsec.Name, Offset: r.off, Symbol: symName, Err: kindf(kind, format, args...)})
+		return st.fail(&Error{Op: "relocate", Section: tsec.Name, Offset: r.off, Symbol: symName, Kind: kind, Detail: fmt.Sprintf(format, args...)})
 	}
 	var width int
 	switch r.typ {
@@ -472,7 +480,7 @@ func (st *layoutState) apply(ps *PlacedSection, tsec *Section, r rela) bool {
 				Type: r.typ, TypeName: RelocTypeName(r.typ), Symbol: symName, Addend: r.addend, Width: width, Source: res.source})
 			return false
 		}
-		return st.fail(&Error{Op: "relocate", Section: tsec.Name, Offset: r.off, Symbol: symName, Err: res.err})
+		return st.fail((&Error{Op: "relocate", Section: tsec.Name, Offset: r.off, Symbol: symName}).set(res.err))
 	}
 	S, A, P := res.value, uint64(r.addend), ps.Addr+r.off
 	var v uint64
@@ -516,7 +524,7 @@ func (st *layoutState) patchSites() bool {
 			continue
 		}
 		if ps.Size%8 != 0 {
-			if st.fail(&Error{Op: "fentry", Section: ps.Name, Err: kindf(ErrFormat, "size %#x is not a multiple of 8", ps.Size)}) {
+			if st.fail(&Error{Op: "fentry", Section: ps.Name, Kind: ErrFormat, Detail: fmt.Sprintf("size %#x is not a multiple of 8", ps.Size)}) {
 				return true
 			}
 		}
@@ -527,7 +535,7 @@ func (st *layoutState) patchSites() bool {
 			addr := le.Uint64(st.im.Bytes[ps.off+off:])
 			site, err := st.checkSite(addr)
 			if err != nil {
-				if st.fail(&Error{Op: "fentry", Section: ps.Name, Offset: off, Err: err}) {
+				if st.fail((&Error{Op: "fentry", Section: ps.Name, Offset: off}).set(err)) {
 					return true
 				}
 				continue
@@ -610,7 +618,7 @@ func (st *layoutState) resolveFuncs() {
 				loc := &Error{Op: "resolve", Section: fn.Loc.SectionName, Offset: fn.Loc.Offset, Symbol: fn.OldName}
 				site, err := st.k.Patchable(fn.OldName, fn.OldSympos)
 				if err != nil {
-					loc.Err = inner(err)
+					loc.set(inner(err))
 					if st.fail(loc) {
 						return
 					}
@@ -622,8 +630,8 @@ func (st *layoutState) resolveFuncs() {
 				// Two spellings of one function (sympos 0 and 1 of a
 				// unique name) are caught here, not by the parser.
 				if prev, dup := owner[sym.Value]; dup {
-					loc.Err = kindf(ErrDuplicate, "%s,%d and %s,%d are the same function (%#x)",
-						prev.OldName, prev.OldSympos, fn.OldName, fn.OldSympos, sym.Value)
+					loc.set(kindf(ErrDuplicate, "%s,%d and %s,%d are the same function (%#x)",
+						prev.OldName, prev.OldSympos, fn.OldName, fn.OldSympos, sym.Value))
 					if st.fail(loc) {
 						return
 					}

@@ -186,6 +186,11 @@ func TestMalformedPatch(t *testing.T) {
 		{"sympos", func(e *elfEdit) { le.PutUint64(e.sectionBytes(".data.funcs")[klpFuncOldSympos:], 1<<40) }, ErrRange, "implausible"},
 		{"data in bss", func(e *elfEdit) { e.put32(e.field(e.section(".data.funcs"), shType), SHT_NOBITS) }, ErrFormat, "without file data"},
 		{"SHT_REL", func(e *elfEdit) { e.put32(e.field(e.section(".rela.data.funcs"), shType), SHT_REL) }, ErrFormat, "SHT_REL"},
+		// issue 12: a nonsense type used to make the loader skip the
+		// section, its relocations never applied (the guest hit #UD).
+		{"rela nonsense type", func(e *elfEdit) { e.put32(e.field(e.section(".rela.data.funcs"), shType), 0x7fffffff) }, ErrFormat, "section .rela.data.funcs+0x0: malformed input: relocation section of type 0x7fffffff"},
+		{"rela as progbits", func(e *elfEdit) { e.put32(e.field(e.section(".rela.data.funcs"), shType), SHT_PROGBITS) }, ErrFormat, "want SHT_RELA"},
+		{"alloc unknown type", func(e *elfEdit) { e.put32(e.field(e.section(".data.objs"), shType), 0x6fffffff) }, ErrFormat, "only SHT_PROGBITS and SHT_NOBITS"},
 		{"struct not loaded", func(e *elfEdit) {
 			at := e.field(e.section(".data.objs"), 8)
 			e.put64(at, le.Uint64(e.data[at:])&^SHF_ALLOC)

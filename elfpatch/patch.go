@@ -178,9 +178,17 @@ func ParsePatch(data []byte) (*Patch, error) {
 		case s.Type == SHT_GROUP || s.Flags&SHF_GROUP != 0:
 			// Without a linker nobody picks one copy of a COMDAT group,
 			// and references into discarded copies would dangle.
-			return nil, &Error{Op: f.op, Section: s.Name, Err: kindf(ErrFormat, "section groups (COMDAT) are not supported in a patch")}
+			return nil, &Error{Op: f.op, Section: s.Name, Kind: ErrFormat, Detail: fmt.Sprintf("section groups (COMDAT) are not supported in a patch")}
 		case s.Type == SHT_REL:
-			return nil, &Error{Op: f.op, Section: s.Name, Err: kindf(ErrFormat, "SHT_REL relocations (no addend) are not used on x86-64")}
+			return nil, &Error{Op: f.op, Section: s.Name, Kind: ErrFormat, Detail: fmt.Sprintf("SHT_REL relocations (no addend) are not used on x86-64")}
+		case s.Type != SHT_RELA && (strings.HasPrefix(s.Name, ".rela") || strings.HasPrefix(s.Name, ".klp.rela")):
+			// Named as relocations but typed otherwise: skipping it would
+			// load code whose relocations were never applied.
+			return nil, &Error{Op: f.op, Section: s.Name, Kind: ErrFormat, Detail: fmt.Sprintf("relocation section of type %#x, want SHT_RELA (%d)", s.Type, SHT_RELA)}
+		case s.Alloc() && !loadableType(s.Type):
+			// The loader places PROGBITS and NOBITS; anything else the
+			// patch expects in memory would be silently missing.
+			return nil, &Error{Op: f.op, Section: s.Name, Kind: ErrFormat, Detail: fmt.Sprintf("allocated section of type %#x: only SHT_PROGBITS and SHT_NOBITS can be loaded", s.Type)}
 		}
 	}
 	if err := f.parseSymbols(); err != nil {
@@ -198,6 +206,18 @@ func ParsePatch(data []byte) (*Patch, error) {
 	return p, nil
 }
 
+// loadableType reports whether an allocated section of type t can be
+// placed in the patch area: code and data (PROGBITS), zeroed data (NOBITS),
+// and the init/fini arrays and notes gcc may mark allocated, which are
+// PROGBITS-like bytes.
+func loadableType(t uint32) bool {
+	switch t {
+	case SHT_PROGBITS, SHT_NOBITS, shtNote, shtInitArray, shtFiniArray, shtX8664Unwind:
+		return true
+	}
+	return false
+}
+
 func (p *Patch) parseRelas() error {
 	f := p.f
 	p.relas = map[int][]rela{}
@@ -207,7 +227,7 @@ func (p *Patch) parseRelas() error {
 			continue
 		}
 		bad := func(format string, args ...any) error {
-			return &Error{Op: f.op, Section: s.Name, Err: kindf(ErrFormat, format, args...)}
+			return &Error{Op: f.op, Section: s.Name, Kind: ErrFormat, Detail: fmt.Sprintf(format, args...)}
 		}
 		if s.EntSize != relaSize || s.Size%relaSize != 0 {
 			return bad("entry size %d / size %#x, want multiples of %d", s.EntSize, s.Size, relaSize)
@@ -227,11 +247,11 @@ func (p *Patch) parseRelas() error {
 			sym := r.Info >> 32
 			if sym >= uint64(len(f.symbols)) {
 				return &Error{Op: f.op, Section: s.Name, Offset: uint64(j) * relaSize,
-					Err: kindf(ErrFormat, "symbol index %d out of range (%d symbols)", sym, len(f.symbols))}
+					Kind: ErrFormat, Detail: fmt.Sprintf("symbol index %d out of range (%d symbols)", sym, len(f.symbols))}
 			}
 			if r.Off >= target.Size {
 				return &Error{Op: f.op, Section: target.Name, Offset: r.Off,
-					Err: kindf(ErrFormat, "relocation from %s beyond the end of its section (%#x bytes)", s.Name, target.Size)}
+					Kind: ErrFormat, Detail: fmt.Sprintf("relocation from %s beyond the end of its section (%#x bytes)", s.Name, target.Size)}
 			}
 			list = append(list, rela{off: r.Off, typ: uint32(r.Info), sym: int(sym), addend: r.Addend, relSec: i})
 		}
@@ -282,7 +302,7 @@ func (p *Patch) structErr(sec int, off uint64, kind error, format string, args .
 	if sec >= 0 && sec < len(p.f.sections) {
 		name = p.f.sections[sec].Name
 	}
-	return &Error{Op: p.f.op, Section: name, Offset: off, Err: kindf(kind, format, args...)}
+	return &Error{Op: p.f.op, Section: name, Offset: off, Kind: kind, Detail: fmt.Sprintf(format, args...)}
 }
 
 // field returns n bytes of section sec at off, which must lie in file data.
@@ -512,7 +532,7 @@ func (p *Patch) parseObject(sec int, off uint64) (Object, bool, error) {
 		key := fn.OldName + "," + strconv.Itoa(fn.OldSympos)
 		if seen[key] {
 			return obj, false, &Error{Op: p.f.op, Section: p.f.sections[funcs.Section].Name, Offset: foff, Symbol: fn.OldName,
-				Err: kindf(ErrDuplicate, "object %s patches %s (sympos %d) twice", obj.Name, fn.OldName, fn.OldSympos)}
+				Kind: ErrDuplicate, Detail: fmt.Sprintf("object %s patches %s (sympos %d) twice", obj.Name, fn.OldName, fn.OldSympos)}
 		}
 		seen[key] = true
 		obj.Funcs = append(obj.Funcs, fn)

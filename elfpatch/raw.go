@@ -36,6 +36,10 @@ const (
 	SHT_REL          = 9
 	SHT_GROUP        = 17
 	SHT_SYMTAB_SHNDX = 18
+
+	shtInitArray   = 14
+	shtFiniArray   = 15
+	shtX8664Unwind = 0x70000001
 )
 
 // Section flags.

@@ -9,6 +9,10 @@ package ftrace
 import (
 	"errors"
 	"fmt"
+	"strings"
+	"syscall"
+
+	"klp-kvm/klperr"
 )
 
 // Error kinds, checked with errors.Is.
@@ -22,35 +26,31 @@ var (
 	ErrState     = errors.New("site is not in the expected state") // bookkeeping misuse
 )
 
-// Error is the error type of package ftrace.
+// Error is the error type of package ftrace, by the convention of package
+// klperr; Addr and Site locate the problem.
 type Error struct {
-	Op     string // "alloc", "free", "poke", "redirect", ...
-	Kind   error  // one of the Err* values
-	Addr   uint64 // guest address involved, if any
-	Site   string // symbol+offset of the site, if known
+	Op     string        // "alloc", "free", "poke", "redirect", ...
+	Kind   error         // one of the Err* values
+	Errno  syscall.Errno // 0: ftrace errors map to errnos in livepatch
+	Addr   uint64        // guest address involved, if any
+	Site   string        // symbol+offset of the site, if known
 	Detail string
 	Err    error // underlying cause
 }
 
 func (e *Error) Error() string {
-	s := "ftrace: " + e.Op + ": " + e.Kind.Error()
-	if e.Site != "" {
-		s += ": " + e.Site
-	}
+	subject := e.Site
 	if e.Addr != 0 {
-		s += fmt.Sprintf(" (%#x)", e.Addr)
+		subject = strings.TrimSpace(fmt.Sprintf("%s (%#x)", e.Site, e.Addr))
 	}
-	if e.Detail != "" {
-		s += ": " + e.Detail
-	}
-	if e.Err != nil {
-		s += ": " + e.Err.Error()
-	}
-	return s
+	return klperr.Format("ftrace", e.Op, subject, e.Kind, e.Errno, e.Detail, e.Err)
 }
 
-// Is reports whether target is this error's kind.
-func (e *Error) Is(target error) bool { return target == e.Kind }
+// Is matches the kind or the errno.
+func (e *Error) Is(target error) bool { return klperr.Match(target, e.Kind, e.Errno) }
+
+// As gives the errno to errors.As(err, &errno).
+func (e *Error) As(target any) bool { return klperr.AsErrno(target, e.Errno) }
 
 func (e *Error) Unwrap() error { return e.Err }
 

@@ -3,14 +3,20 @@ package guestkernel
 import (
 	"errors"
 	"fmt"
+	"strings"
+	"syscall"
+
+	"klp-kvm/klperr"
 )
 
-// Error is the one error type of this package: what was being done (Op),
-// what went wrong (Kind, checkable with errors.Is), and where.
+// Error is the one error type of this package, by the convention of
+// package klperr: what was being done (Op), what went wrong (Kind,
+// checkable with errors.Is), where (Addr), and the cause.
 type Error struct {
-	Op     string // "open abi", "read task", "walk stack", "write sysfs state", ...
-	Kind   error  // one of the Err* sentinels below
-	Addr   uint64 // guest virtual address involved, if any
+	Op     string        // "open abi", "read task", "walk stack", "write sysfs state", ...
+	Kind   error         // one of the Err* sentinels below
+	Errno  syscall.Errno // 0 unless the guest reported one
+	Addr   uint64        // guest virtual address involved, if any
 	Detail string
 	Err    error // underlying error (e.g. from Memory), if any
 }
@@ -27,21 +33,18 @@ var (
 )
 
 func (e *Error) Error() string {
-	s := "guestkernel: " + e.Op + ": " + e.Kind.Error()
-	if e.Detail != "" {
-		s += ": " + e.Detail
-	}
+	detail := e.Detail
 	if e.Addr != 0 {
-		s += fmt.Sprintf(" (at %#x)", e.Addr)
+		detail = strings.TrimSpace(fmt.Sprintf("%s (at %#x)", detail, e.Addr))
 	}
-	if e.Err != nil {
-		s += ": " + e.Err.Error()
-	}
-	return s
+	return klperr.Format("guestkernel", e.Op, "", e.Kind, e.Errno, detail, e.Err)
 }
 
-// Is makes errors.Is(err, ErrX) match the Kind.
-func (e *Error) Is(target error) bool { return target == e.Kind }
+// Is matches the kind or the errno.
+func (e *Error) Is(target error) bool { return klperr.Match(target, e.Kind, e.Errno) }
+
+// As gives the errno to errors.As(err, &errno).
+func (e *Error) As(target any) bool { return klperr.AsErrno(target, e.Errno) }
 
 func (e *Error) Unwrap() error { return e.Err }
 

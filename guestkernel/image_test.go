@@ -158,7 +158,8 @@ func TestImageStaticChecks(t *testing.T) {
 	// names other packages depend on
 	for _, n := range []string{"cmdline_proc_show", "seq_printf", "printk", "msleep", "klp_pair_a", "klp_pair_b",
 		"klp_park_fn", "klp_guest_abi", "klp_sysfs_state", "saved_command_line", "bench_fn_0000", "bench_fn_1023",
-		"klp_callback_counter"} {
+		"klp_callback_counter", "klp_shadow_get", "klp_shadow_alloc", "klp_shadow_get_or_alloc", "klp_shadow_free",
+		"klp_shadow_free_all", "kmalloc", "kzalloc", "kfree", "jiffies", "dummy_alloc", "dummy_free", "dummy_check"} {
 		if s, ok := im.named[n]; !ok || elf.ST_BIND(s.Info) != elf.STB_GLOBAL {
 			t.Errorf("%s: missing or not global", n)
 		}
@@ -241,8 +242,9 @@ func TestImageDecodes(t *testing.T) {
 	t.Logf("%d instructions decoded", n)
 }
 
-// TestReproducibleBuild rebuilds the kernel into a temporary directory and
-// compares it with the committed prebuilt image, byte for byte.
+// TestReproducibleBuild rebuilds the kernel and its patches into a
+// temporary directory and compares them with the committed prebuilt image
+// and objects, byte for byte.
 func TestReproducibleBuild(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: rebuild skipped")
@@ -265,5 +267,26 @@ func TestReproducibleBuild(t *testing.T) {
 	}
 	if !bytes.Equal(got, Vmlinux()) {
 		t.Fatalf("rebuilt vmlinux (%d bytes) differs from prebuilt/vmlinux (%d bytes): run make -C guestkernel prebuilt", len(got), len(Vmlinux()))
+	}
+	// The patches, livepatch-bench.o (from the generated source) among
+	// them, each against its committed copy.
+	pdir := filepath.Join(dir, "patches")
+	cmd = exec.Command("make", "--no-print-directory", "-C", "patches", "O="+pdir, "all")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make -C patches: %v\n%s", err, b)
+	}
+	built, _ := filepath.Glob(filepath.Join(pdir, "*.o"))
+	committed, _ := filepath.Glob("prebuilt/patches/*.o")
+	if len(built) == 0 || len(built) != len(committed) {
+		t.Fatalf("%d patch objects built, %d in prebuilt/patches", len(built), len(committed))
+	}
+	for _, o := range built {
+		want, err := os.ReadFile(filepath.Join("prebuilt/patches", filepath.Base(o)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := os.ReadFile(o); !bytes.Equal(got, want) {
+			t.Errorf("rebuilt %s differs from prebuilt/patches: run make -C guestkernel prebuilt", filepath.Base(o))
+		}
 	}
 }

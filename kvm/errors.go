@@ -3,6 +3,9 @@ package kvm
 import (
 	"errors"
 	"fmt"
+	"syscall"
+
+	"klp-kvm/klperr"
 )
 
 // Error kinds, checked with errors.Is.
@@ -16,28 +19,26 @@ var (
 	ErrStopped      = errors.New("machine is not running")
 )
 
-// Error is the error type of package kvm: the operation that failed, a
-// kind (one of the Err* values, for errors.Is) and details.
+// Error is the error type of package kvm, by the convention of package
+// klperr: the operation, a kind (one of the Err* values), the errno where
+// one applies, details and the underlying cause.
 type Error struct {
 	Op     string // e.g. "load kernel", "pause", "read guest memory"
 	Kind   error
+	Errno  syscall.Errno
 	Detail string
 	Err    error // underlying cause, if any
 }
 
 func (e *Error) Error() string {
-	s := "kvm: " + e.Op + ": " + e.Kind.Error()
-	if e.Detail != "" {
-		s += ": " + e.Detail
-	}
-	if e.Err != nil {
-		s += ": " + e.Err.Error()
-	}
-	return s
+	return klperr.Format("kvm", e.Op, "", e.Kind, e.Errno, e.Detail, e.Err)
 }
 
-// Is reports whether target is this error's kind.
-func (e *Error) Is(target error) bool { return target == e.Kind }
+// Is matches the kind or the errno.
+func (e *Error) Is(target error) bool { return klperr.Match(target, e.Kind, e.Errno) }
+
+// As gives the errno to errors.As(err, &errno).
+func (e *Error) As(target any) bool { return klperr.AsErrno(target, e.Errno) }
 
 func (e *Error) Unwrap() error { return e.Err }
 

@@ -105,6 +105,8 @@ func (c *fakeVCPU) Run() (*engine.Exit, error) {
 				kickedAt = time.Now()
 			}
 			if time.Since(kickedAt) < d {
+				// a vCPU slow to honour its kick: the delay is the
+				// behaviour under test, not a wait for anything
 				time.Sleep(time.Microsecond)
 				continue
 			}
@@ -117,6 +119,8 @@ func (c *fakeVCPU) Run() (*engine.Exit, error) {
 		binary.LittleEndian.PutUint64(word, binary.LittleEndian.Uint64(word)+1)
 		c.regs.RIP++ // the "instruction pointer" advances with the work
 		if i%64 == 63 {
+			// "guest work" that yields the CPU now and then, so
+			// that the fake's vCPUs do not starve the test on 2 cores
 			time.Sleep(time.Microsecond)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"klp-kvm/guestkernel/layout"
+	"klp-kvm/internal/poll"
 	"klp-kvm/kvm/engine"
 )
 
@@ -116,7 +117,7 @@ func startMachine(t *testing.T, m *Machine) (wait func() (int, error)) {
 	}
 	ch := make(chan res, 1)
 	go func() { c, e := m.Run(); ch <- res{c, e} }()
-	waitFor(t, "the machine to start", func() bool { return m.Info().UptimeNS != 0 })
+	poll.Until(t, "the machine to start", func() bool { return m.Info().UptimeNS != 0 })
 	return func() (int, error) {
 		select {
 		case r := <-ch:
@@ -128,26 +129,12 @@ func startMachine(t *testing.T, m *Machine) (wait func() (int, error)) {
 	}
 }
 
-// waitFor polls cond until it holds, and fails the test naming what it
-// waited for if it does not within 10 s: the tests wait for conditions,
-// never for a fixed time that a loaded machine may not honour.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-}
-
 // waitRunning waits until every listed vCPU has made progress from its
 // counter value in from (nil: from 0).
 func (m *Machine) waitRunning(t testing.TB, from map[int]uint64, ids ...int) {
 	t.Helper()
 	for _, id := range ids {
-		waitFor(t, fmt.Sprintf("vCPU %d to run", id), func() bool { return m.counter(id) > from[id] })
+		poll.Until(t, fmt.Sprintf("vCPU %d to run", id), func() bool { return m.counter(id) > from[id] })
 	}
 }
 
@@ -274,6 +261,8 @@ func TestPauseConcurrent(t *testing.T) {
 					return
 				}
 				c := m.counter(i % 4)
+				// "the counter does not move" has no condition to
+				// wait for: look again after a moment
 				time.Sleep(10 * time.Microsecond)
 				if m.counter(i%4) != c {
 					t.Error("counter moved while paused")
@@ -447,7 +436,7 @@ func TestPauseDeadline(t *testing.T) {
 	}
 	m.waitRunning(t, map[int]uint64{0: m.counter(0)}, 0) // vCPU 0 was resumed after the failed Pause
 	slow := m.vcpus[1].cpu.(*fakeVCPU)
-	waitFor(t, "the slow vCPU to honour its kick", slow.slowDone.Load)
+	poll.Until(t, "the slow vCPU to honour its kick", slow.slowDone.Load)
 	// Now every vCPU stops promptly. The deadline is short (30 ms), and a
 	// loaded host may miss it for reasons of its own: a timeout is retried,
 	// but a machine that never pauses again fails.

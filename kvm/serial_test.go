@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"klp-kvm/internal/poll"
 	"klp-kvm/kvm/engine"
 )
 
@@ -51,10 +52,18 @@ func TestUARTBackpressure(t *testing.T) {
 	u := NewUART(nil, 2)
 	done := make(chan int)
 	go func() { done <- u.Push([]byte("abcd")) }()
+	// Once Push has filled the buffer it must block on the rest.
+	poll.Until(t, "Push to fill the buffer", func() bool {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		return len(u.rx) == 2
+	})
 	select {
 	case <-done:
 		t.Fatal("Push did not block on a full buffer")
 	case <-time.After(10 * time.Millisecond):
+		// a negative check ("Push has not returned"): no condition
+		// to wait for, so look once after a while
 	}
 	var got []byte
 	for len(got) < 4 {
@@ -68,7 +77,7 @@ func TestUARTBackpressure(t *testing.T) {
 	go func() { done <- u.Push([]byte("xyz")) }()
 	// Close only once Push has filled the buffer and blocks on the rest:
 	// closing earlier would make it queue less than the 2 bytes checked.
-	waitFor(t, "Push to fill the buffer", func() bool {
+	poll.Until(t, "Push to fill the buffer", func() bool {
 		u.mu.Lock()
 		defer u.mu.Unlock()
 		return len(u.rx) == 2

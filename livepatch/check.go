@@ -12,15 +12,33 @@ import (
 
 // The consistency check (Linux's klp_check_stack and friends in
 // transition.c): with every vCPU paused, no task and no vCPU may be inside
-// a function whose meaning the switch changes.
+// a function whose meaning the switch changes. The map, transition.c ->
+// this file:
+//
+//	klp_try_switch_task (every task)  (*Manager).check: one verdict for the whole paused guest
+//	klp_check_and_switch_task         (*Manager).checkTasks (sleeping tasks), checkVCPU (running vCPUs)
+//	klp_check_stack                   scanChain over a walked chain; scanTask and scanWords when conservative
+//	klp_check_stack_func              (*spanIndex).hit over the spans of a stackPlan
+//
+// Everything here runs inside a transition, with the guest paused and
+// m.mu held.
 
 // maxVCPUStack is how far above RSP a vCPU's stack is assumed to reach
 // when the running task's stack bounds are unknown.
 const maxVCPUStack = guestkernel.StackSize
 
 // maxTaskStack bounds a task's stack size as read from the guest: a larger
-// one is not believed (the guest is untrusted).
+// one is not believed (the guest is untrusted). The guest's stacks are
+// guestkernel.StackSize (16 KiB, as on x86-64 Linux); 1 MiB is 64 times
+// that, room for any stack a kernel could believably have, while it
+// bounds what one corrupt task_struct can make the host read and
+// allocate inside the pause window. guestkernel's walker uses the same
+// bound.
 const maxTaskStack = 1 << 20
+
+// maxScanBytes bounds one conservative scan (scanWords), which reads the
+// range into one host buffer: one task stack at most.
+const maxScanBytes = maxTaskStack
 
 // blocker is what stopped a transition attempt.
 type blocker struct {
@@ -56,55 +74,22 @@ type verdict struct {
 
 // check walks every vCPU's live stack and every sleeping task's saved
 // stack (the guest is paused). Sleeping tasks are checked first: when one
-// blocks, the running vCPUs do not matter for this attempt.
+// blocks, the running vCPUs do not matter for this attempt. It runs
+// inside a transition: m.mu must be held.
 func (m *Manager) check(idx *spanIndex, conservative bool) *verdict {
+	m.mustHold()
 	v := &verdict{}
 	if len(idx.spans) == 0 {
 		return v
 	}
 	regs, errs := m.vcpuRegs()
-	var tasks []guestkernel.Task
-	var current []uint64
-	if m.intro != nil {
-		var err error
-		if tasks, err = m.intro.Tasks(); err != nil {
-			v.first, v.sleeping = &blocker{who: "guest task table", what: "unreadable: " + err.Error()}, true
-			return v
-		}
-		current, _ = m.intro.CPUCurrent()
+	tasks, current, b := m.guestTasks()
+	if b != nil {
+		v.first, v.sleeping = b, true
+		return v
 	}
-	// A task is live on a vCPU when that vCPU's RSP lies in its stack; every
-	// other task is walked from its saved state. The guest's own on_cpu
-	// field is not trusted for this: schedule() marks next as on_cpu before
-	// the stack switch, and a vCPU paused in that window runs prev while
-	// next's saved frames (possibly inside a changing function) would be
-	// skipped.
-	live := make(map[uint64]bool)
-	stacks := make([]liveStack, len(regs))
-	for cpu := range regs {
-		rsp := regs[cpu].RSP
-		stacks[cpu] = liveStack{lo: rsp &^ 7, hi: (rsp &^ 7) + maxVCPUStack}
-		if errs[cpu] != nil {
-			continue
-		}
-		for _, t := range tasks {
-			if lo, hi, ok := taskStack(t); ok && rsp >= lo && rsp < hi {
-				live[t.Addr] = true
-				stacks[cpu] = liveStack{lo: lo, hi: hi, known: true}
-			}
-		}
-	}
-	// A task the guest marks running on a vCPU whose stack that vCPU is
-	// not on is being switched in or out there right now: a transient
-	// state of that running vCPU, not a sleeping task.
-	switching := map[int]*blocker{}
-	for _, t := range tasks {
-		cpu := int(t.OnCPU)
-		if !live[t.Addr] && t.OnCPU >= 0 && cpu < len(regs) && switching[cpu] == nil {
-			live[t.Addr] = true // not walked as sleeping
-			switching[cpu] = &blocker{who: fmt.Sprintf("CPU %d (pid %d %s)", cpu, t.PID, t.Name), what: "a context switch"}
-		}
-	}
+	stacks, live := liveStacks(regs, errs, tasks)
+	switching := switchingTasks(tasks, live, len(regs))
 	if b := m.checkTasks(tasks, live, conservative, idx.hit); b != nil {
 		v.first, v.sleeping = b, true
 		return v
@@ -127,6 +112,66 @@ func (m *Manager) check(idx *spanIndex, conservative bool) *verdict {
 	return v
 }
 
+// guestTasks reads the guest's tasks and the task each vCPU runs (none
+// without klp_guest_abi). A task table that cannot be read blocks like a
+// sleeping task (only time can change it); a failed read of the vCPUs'
+// current tasks does not, as they only name the vCPUs in a blocker
+// (vcpuName). m.mu must be held.
+func (m *Manager) guestTasks() ([]guestkernel.Task, []uint64, *blocker) {
+	if m.intro == nil {
+		return nil, nil, nil
+	}
+	tasks, err := m.intro.Tasks()
+	if err != nil {
+		return nil, nil, &blocker{who: "guest task table", what: "unreadable: " + err.Error()}
+	}
+	current, _ := m.intro.CPUCurrent()
+	return tasks, current, nil
+}
+
+// liveStacks finds the stack each vCPU runs on and the tasks live on a
+// vCPU. A task is live on a vCPU when that vCPU's RSP lies in its stack;
+// every other task is walked from its saved state. The guest's own
+// on_cpu field is not trusted for this: schedule() marks next as on_cpu
+// before the stack switch, and a vCPU paused in that window runs prev
+// while next's saved frames (possibly inside a changing function) would
+// be skipped.
+func liveStacks(regs []engine.Regs, errs []error, tasks []guestkernel.Task) ([]liveStack, map[uint64]bool) {
+	live := make(map[uint64]bool)
+	stacks := make([]liveStack, len(regs))
+	for cpu := range regs {
+		rsp := regs[cpu].RSP
+		stacks[cpu] = liveStack{lo: rsp &^ 7, hi: (rsp &^ 7) + maxVCPUStack}
+		if errs[cpu] != nil {
+			continue
+		}
+		for _, t := range tasks {
+			if lo, hi, ok := onTaskStack(t, rsp); ok {
+				live[t.Addr] = true
+				stacks[cpu] = liveStack{lo: lo, hi: hi, known: true}
+			}
+		}
+	}
+	return stacks, live
+}
+
+// switchingTasks finds, for each of the ncpu vCPUs, a task the guest
+// marks running on it whose stack that vCPU is not on: it is being
+// switched in or out there right now, a transient state of that running
+// vCPU, not a sleeping task. Such tasks are marked in live (not walked
+// as sleeping); the blocker returned for their vCPU names the first.
+func switchingTasks(tasks []guestkernel.Task, live map[uint64]bool, ncpu int) map[int]*blocker {
+	switching := map[int]*blocker{}
+	for _, t := range tasks {
+		cpu := int(t.OnCPU)
+		if !live[t.Addr] && t.OnCPU >= 0 && cpu < ncpu && switching[cpu] == nil {
+			live[t.Addr] = true // not walked as sleeping
+			switching[cpu] = &blocker{who: fmt.Sprintf("CPU %d (pid %d %s)", cpu, t.PID, t.Name), what: "a context switch"}
+		}
+	}
+	return switching
+}
+
 // blockRunning records a running vCPU that blocks, and where it leaves
 // the changing code (nil: unknown).
 func (v *verdict) blockRunning(cpu int, b *blocker, stop []uint64) {
@@ -141,7 +186,7 @@ func (v *verdict) blockRunning(cpu int, b *blocker, stop []uint64) {
 
 // vcpuRegs returns every vCPU's registers: from the pause snapshot where
 // the machine keeps one (no round trip to the vCPU threads), else read
-// concurrently.
+// concurrently. m.mu must be held.
 func (m *Manager) vcpuRegs() ([]engine.Regs, []error) {
 	n := m.g.NumCPUs()
 	regs := make([]engine.Regs, n)
@@ -180,6 +225,16 @@ func taskStack(t guestkernel.Task) (lo, hi uint64, ok bool) {
 	return t.StackBase, t.StackBase + t.StackSize, true
 }
 
+// onTaskStack reports whether sp lies in t's stack, whose bounds must be
+// believable (taskStack), and returns those bounds.
+func onTaskStack(t guestkernel.Task, sp uint64) (lo, hi uint64, ok bool) {
+	lo, hi, ok = taskStack(t)
+	if !ok || sp < lo || sp >= hi {
+		return 0, 0, false
+	}
+	return lo, hi, true
+}
+
 // liveStack is the stack a vCPU runs on: its task's, when RSP lies in
 // one (known), else an assumed maxVCPUStack above RSP.
 type liveStack struct {
@@ -200,7 +255,7 @@ func vcpuName(cpu int, tasks []guestkernel.Task, current []uint64) string {
 // checkVCPU checks the live stack of one vCPU. It returns the innermost
 // blocker and the address where the vCPU leaves the changing code: the
 // return address of the outermost frame inside a changing function (nil
-// when not known).
+// when not known). m.mu must be held.
 func (m *Manager) checkVCPU(cpu int, r engine.Regs, rerr error, st liveStack, who string,
 	idx *spanIndex, conservative bool) (*blocker, []uint64) {
 	if rerr != nil {
@@ -264,7 +319,7 @@ func exitAddrs(chain []guestkernel.Frame, outer int) []uint64 {
 // rawWords returns the two words at sp as conservative frames, whatever
 // they point to: the check compares them with the changing spans itself
 // and does not depend on them being known kernel text (a return address
-// into a patch's new function is not).
+// into a patch's new function is not). m.mu must be held.
 func (m *Manager) rawWords(sp uint64) []guestkernel.Frame {
 	var w [16]byte
 	sp &^= 7
@@ -305,7 +360,8 @@ func scanChain(chain []guestkernel.Frame, hit func(uint64, bool) *span) (*blocke
 	return first, outer
 }
 
-// checkTasks walks the saved stacks of the tasks not live on a vCPU.
+// checkTasks walks the saved stacks of the tasks not live on a vCPU. It
+// runs inside a transition: m.mu must be held.
 func (m *Manager) checkTasks(tasks []guestkernel.Task, live map[uint64]bool, conservative bool, hit func(uint64, bool) *span) *blocker {
 	for _, t := range tasks {
 		if live[t.Addr] {
@@ -313,14 +369,7 @@ func (m *Manager) checkTasks(tasks []guestkernel.Task, live map[uint64]bool, con
 		}
 		who := fmt.Sprintf("pid %d (%s)", t.PID, t.Name)
 		if conservative {
-			if s := hit(t.SavedRIP, true); s != nil {
-				return &blocker{who: who, what: s.name, pc: t.SavedRIP}
-			}
-			lo, hi, ok := taskStack(t)
-			if !ok || t.SavedRSP < lo || t.SavedRSP >= hi {
-				return &blocker{who: who, what: "unreliable stack: saved RSP outside its stack"}
-			}
-			if b := m.scanWords(t.SavedRSP&^7, hi, who, hit); b != nil {
+			if b := m.scanTask(t, who, hit); b != nil {
 				return b
 			}
 			continue
@@ -337,27 +386,25 @@ func (m *Manager) checkTasks(tasks []guestkernel.Task, live map[uint64]bool, con
 	return nil
 }
 
+// scanTask is the conservative check of a sleeping task: its saved RIP
+// exactly, then every word from its saved RSP to the top of its stack.
+// m.mu must be held.
+func (m *Manager) scanTask(t guestkernel.Task, who string, hit func(uint64, bool) *span) *blocker {
+	if s := hit(t.SavedRIP, true); s != nil {
+		return &blocker{who: who, what: s.name, pc: t.SavedRIP}
+	}
+	_, hi, ok := onTaskStack(t, t.SavedRSP)
+	if !ok {
+		return &blocker{who: who, what: "unreliable stack: saved RSP outside its stack"}
+	}
+	return m.scanWords(t.SavedRSP&^7, hi, who, hit)
+}
+
 // scanWords checks every 8-byte word of [lo, hi) as a return address (the
 // conservative, Ksplice-style check: any word that looks like a pointer
-// into a changing function blocks).
+// into a changing function blocks). m.mu must be held.
 func (m *Manager) scanWords(lo, hi uint64, who string, hit func(uint64, bool) *span) *blocker {
-	if hi <= lo || hi-lo > maxTaskStack {
-		return nil
-	}
-	buf := make([]byte, hi-lo)
-	if err := m.g.ReadVirt(lo, buf); err != nil {
-		// Part of the assumed range may be unmapped: scan what reads.
-		for n := uint64(len(buf)) / 2; n >= 8; n /= 2 {
-			if m.g.ReadVirt(lo, buf[:n&^7]) == nil {
-				buf = buf[:n&^7]
-				err = nil
-				break
-			}
-		}
-		if err != nil {
-			return nil
-		}
-	}
+	buf := m.readStack(lo, hi)
 	for off := 0; off+8 <= len(buf); off += 8 {
 		v := binary.LittleEndian.Uint64(buf[off:])
 		// A word is a return address (its call is at v-1) or an
@@ -371,6 +418,26 @@ func (m *Manager) scanWords(lo, hi uint64, who string, hit func(uint64, bool) *s
 		}
 		if s != nil {
 			return &blocker{who: who, what: s.name + " (stack word)", pc: v}
+		}
+	}
+	return nil
+}
+
+// readStack reads [lo, hi) for scanWords, at most maxScanBytes (nil for
+// a larger or empty range). Part of an assumed range may be unmapped:
+// when the whole does not read, the longest readable prefix of halving
+// length is returned (nil if not even 8 bytes read). m.mu must be held.
+func (m *Manager) readStack(lo, hi uint64) []byte {
+	if hi <= lo || hi-lo > maxScanBytes {
+		return nil
+	}
+	buf := make([]byte, hi-lo)
+	if m.g.ReadVirt(lo, buf) == nil {
+		return buf
+	}
+	for n := uint64(len(buf)) / 2; n >= 8; n /= 2 {
+		if m.g.ReadVirt(lo, buf[:n&^7]) == nil {
+			return buf[:n&^7]
 		}
 	}
 	return nil

@@ -3,9 +3,11 @@ package livepatch
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"sync"
 	"testing"
 
+	"klp-kvm/elfpatch"
 	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
 	"klp-kvm/kvm/engine"
@@ -76,24 +78,73 @@ func (g *fakeGuest) clearTasks(t testing.TB, _ *Manager) {
 }
 
 // cbRecorder runs callbacks "in the guest": it records them and returns
-// what the test asks for.
+// what the test asks for: a value (ret, by address), an error (fail, by
+// callback name), or, for the callbacks in hang, nothing until the
+// call's context ends (a guest-call that times out: the guest may still
+// run it later). With m set, names records each call by callback name.
 type cbRecorder struct {
 	mu    sync.Mutex
 	calls []uint64
+	names []string
+	imgs  []uint64 // with m set: the image address of each call's patch
 	ret   map[uint64]int64
+	m     *Manager
+	fail  map[string]error
+	hang  map[string]bool
 }
 
 func (c *cbRecorder) run(ctx context.Context, addr, arg uint64) (int64, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.calls = append(c.calls, addr)
-	return c.ret[addr], nil
+	name, img := fmt.Sprintf("%#x", addr), uint64(0)
+	if c.m != nil {
+		// The call comes from the operation, which holds the
+		// Manager's lock: its patches may be read.
+		for _, p := range c.m.patches {
+			for _, ob := range p.Objects {
+				for i, cb := range ob.Callbacks {
+					if cb == addr {
+						name, img = elfpatch.CallbackNames[i], p.ImageAddr
+					}
+				}
+			}
+		}
+	}
+	c.names = append(c.names, name)
+	c.imgs = append(c.imgs, img)
+	ret, err, hang := c.ret[addr], c.fail[name], c.hang[name]
+	c.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	return ret, err
+}
+
+// called returns the names of the callbacks called since the last call
+// of called.
+func (c *cbRecorder) called() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.names
+	c.names = nil
+	return out
+}
+
+// newChecked is New with the lock assertions on (mustHold): every test's
+// Manager checks that the methods needing m.mu are reached with it held.
+func newChecked(cfg Config) (*Manager, error) {
+	m, err := New(cfg)
+	if err == nil {
+		m.lockChecks = true
+	}
+	return m, err
 }
 
 func newManager(t testing.TB, cpus int, cb CallbackRunner) (*fakeGuest, *Manager) {
 	t.Helper()
 	g := newFakeGuest(t, cpus)
-	m, err := New(Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: patchVirt, PatchAreaSize: fakePatch, Callbacks: cb})
+	m, err := newChecked(Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: patchVirt, PatchAreaSize: fakePatch, Callbacks: cb})
 	if err != nil {
 		t.Fatal(err)
 	}

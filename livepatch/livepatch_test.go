@@ -3,6 +3,7 @@ package livepatch
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"syscall"
@@ -360,25 +361,46 @@ func TestSysfsWrite(t *testing.T) {
 	}
 }
 
+// TestGuestForce: a guest's write to <patch>/force forces the transition
+// in progress; as in Linux's force_store, writing the force file of a
+// patch that is not the one in transition is EINVAL and forces nothing.
 func TestGuestForce(t *testing.T) {
 	g, m := newManager(t, 1, nil)
-	if _, err := m.Register(patchObj(t, "livepatch-park"), ""); err != nil {
-		t.Fatal(err)
+	for _, n := range []string{"livepatch-park", "livepatch-sample"} {
+		if _, err := m.Register(patchObj(t, n), n+".o"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	g.fakeTask(t, m, 0, 7, "parker", g.sym(t, "klp_park_fn")+0x30)
 	n := 0
+	var wrong, right error
 	g.PauseHook = func() {
 		n++
-		if n == 2 {
-			if err := m.SysfsWrite("livepatch_park/force", "1"); err != nil {
-				t.Error(err)
-			}
+		switch n {
+		case 2:
+			wrong = m.SysfsWrite(sample+"/force", "1")
+		case 4:
+			right = m.SysfsWrite("livepatch_park/force", "1")
 		}
 	}
 	res, err := m.Enable("livepatch_park", Options{Deadline: 5 * time.Second})
 	g.PauseHook = nil
-	if err != nil || !res.Forced || !m.Status().Patches[0].Forced {
+	if !errors.Is(wrong, syscall.EINVAL) || !strings.Contains(fmt.Sprint(wrong), "the patch in transition is livepatch_park") {
+		t.Fatalf("force written to a patch not in transition: want EINVAL, got %v", wrong)
+	}
+	if right != nil {
+		t.Fatal(right)
+	}
+	// The writes arrive during the pauses of attempts 2 and 4; an attempt
+	// reads the force request before it pauses, so attempts 3 and 4 were
+	// still checked and blocked (the wrong write forced nothing) and the
+	// fifth was forced.
+	if err != nil || !res.Forced || res.Attempts != 5 || !m.Status().Patches[0].Forced || m.Status().Patches[1].Forced {
 		t.Fatalf("forced from the guest: %+v %v", res, err)
+	}
+	// No transition: EINVAL, for any patch.
+	if err := m.SysfsWrite("livepatch_park/force", "1"); !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("force without a transition: %v", err)
 	}
 }
 
@@ -507,7 +529,7 @@ func TestTextMismatchRefused(t *testing.T) {
 
 func TestPatchAreaFull(t *testing.T) {
 	g := newFakeGuest(t, 1)
-	m, err := New(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: 64})
+	m, err := newChecked(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: 64})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,7 +646,7 @@ func (s *snapGuest) Regs(int) (engine.Regs, error) {
 func TestPausedRegsSnapshot(t *testing.T) {
 	fg := newFakeGuest(t, 2)
 	g := &snapGuest{fakeGuest: fg}
-	m, err := New(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch})
+	m, err := newChecked(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -927,4 +949,103 @@ func TestConservativeInterruptedInTrampoline(t *testing.T) {
 			t.Fatal("refused disable changed guest memory")
 		}
 	}
+}
+
+// resumeFailGuest resumes (the vCPUs do run again) but reports that
+// Resume failed while fail is set.
+type resumeFailGuest struct {
+	*fakeGuest
+	fail bool
+}
+
+var errResume = errors.New("injected resume fault")
+
+func (g *resumeFailGuest) Resume() error {
+	if err := g.fakeGuest.Resume(); err != nil {
+		return err
+	}
+	if g.fail {
+		return errResume
+	}
+	return nil
+}
+
+// TestResumeErrorsReported: a Resume that fails is never dropped. After a
+// switch that stands it is in Result.ResumeErr (the operation
+// succeeded); after a failed poke or a failed rollback it is joined to
+// that error, whose errno still decides.
+func TestResumeErrorsReported(t *testing.T) {
+	fg := newFakeGuest(t, 1)
+	g := &resumeFailGuest{fakeGuest: fg}
+	m, err := newChecked(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Register(patchObj(t, "livepatch-sample"), "livepatch-sample.o"); err != nil {
+		t.Fatal(err)
+	}
+	site := fg.sym(t, "cmdline_proc_show")
+	onSite := func(va uint64, n int) bool { return va <= site && site < va+uint64(n) }
+	g.fail = true
+
+	// The switch stands: success, with the Resume error in the result.
+	res, err := m.Enable(sample, Options{})
+	if err != nil || !strings.Contains(res.ResumeErr, errResume.Error()) {
+		t.Fatalf("enable with a failed resume: %+v %v", res, err)
+	}
+	g.fail = false
+	if _, err := m.Disable(sample, Options{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The poke fails, and so does the Resume after it.
+	g.fail = true
+	fg.WriteErr = func(va uint64, n int) error {
+		if onSite(va, n) {
+			return errors.New("injected poke fault")
+		}
+		return nil
+	}
+	_, err = m.Enable(sample, Options{})
+	if !errors.Is(err, syscall.EIO) || !errors.Is(err, errResume) || !strings.Contains(err.Error(), "text poke") ||
+		!strings.Contains(err.Error(), "resuming the guest also failed") {
+		t.Fatalf("want the poke's EIO with the resume error, got %v", err)
+	}
+
+	// The sysfs update fails after the switch, the rollback's poke fails,
+	// and so does the Resume after it.
+	st := fg.sym(t, "klp_sysfs_state")
+	sysfsFailed := false
+	fg.WriteErr = func(va uint64, n int) error {
+		if va >= st && va < st+guestkernel.SysfsStateSize {
+			sysfsFailed = true
+			return errors.New("injected sysfs write fault")
+		}
+		if sysfsFailed && onSite(va, n) {
+			return errors.New("injected rollback fault")
+		}
+		return nil
+	}
+	_, err = m.Enable(sample, Options{})
+	if !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "injected rollback fault") ||
+		!strings.Contains(err.Error(), "resuming the guest also failed: "+errResume.Error()) {
+		t.Fatalf("want the rollback's error with the resume error, got %v", err)
+	}
+}
+
+// TestLockChecks: mustHold catches an unexported method reached without
+// m.mu, and lets it through with the lock held.
+func TestLockChecks(t *testing.T) {
+	_, m := newManager(t, 1, nil)
+	func() {
+		defer func() {
+			if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "m.mu must be held") {
+				t.Fatalf("no lock, no panic: %v", r)
+			}
+		}()
+		m.find(sample)
+	}()
+	m.mu.Lock()
+	m.find(sample)
+	m.mu.Unlock()
 }

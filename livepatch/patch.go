@@ -37,7 +37,10 @@ type stackPlan struct {
 	replaced []*Patch
 }
 
+// cloneOps copies the func_stacks for a plan to change. m.mu must be
+// held.
 func (m *Manager) cloneOps() map[uint64]*Ops {
+	m.mustHold()
 	next := make(map[uint64]*Ops, len(m.ops))
 	for k, o := range m.ops {
 		c := *o
@@ -59,7 +62,7 @@ func implSpan(f *Func, o *Ops) span {
 // planEnable pushes p's funcs on their stacks (klp_patch_func); an atomic
 // replace patch first takes every other enabled patch's funcs off (the
 // functions it does not patch get their original code back: Linux's nop
-// funcs, discarded when the transition completes).
+// funcs, discarded when the transition completes). m.mu must be held.
 func (m *Manager) planEnable(p *Patch) *stackPlan {
 	pl := &stackPlan{next: m.cloneOps()}
 	touched := map[uint64]*Func{}
@@ -96,7 +99,7 @@ func (m *Manager) planEnable(p *Patch) *stackPlan {
 }
 
 // planDisable pops p's funcs (klp_unpatch_func): the previous top, if
-// any, runs again; an empty stack puts the NOP back.
+// any, runs again; an empty stack puts the NOP back. m.mu must be held.
 func (m *Manager) planDisable(p *Patch) *stackPlan {
 	pl := &stackPlan{next: m.cloneOps()}
 	touched := map[uint64]*Func{}
@@ -130,7 +133,7 @@ func removeFunc(ops map[uint64]*Ops, f *Func) {
 
 // finishPlan derives the site updates (the new top's new_func, or 0 for
 // the NOP) and the spans whose meaning changes, for every touched site
-// whose target actually changes.
+// whose target actually changes. m.mu must be held.
 func (m *Manager) finishPlan(pl *stackPlan, touched map[uint64]*Func, order []uint64) {
 	for _, addr := range order {
 		f := touched[addr]
@@ -155,6 +158,8 @@ func (m *Manager) finishPlan(pl *stackPlan, touched map[uint64]*Func, order []ui
 	}
 }
 
+// siteUpdate is the ftrace update that points site at target (0: the
+// NOP). It needs no lock.
 func (m *Manager) siteUpdate(site, target uint64) ftrace.Update {
 	return ftrace.Update{Site: site, Target: target}
 }

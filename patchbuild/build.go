@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -53,38 +52,6 @@ type Options struct {
 	Cache *Cache
 	// Log receives progress lines (nil: none).
 	Log io.Writer
-}
-
-// Error is the package's error: Op is the stage ("setup", "diff", "apply",
-// "compile", "verify", "plan", "emit"), Err wraps one of the kinds below.
-type Error struct {
-	Op   string
-	Path string
-	Err  error
-}
-
-func (e *Error) Error() string {
-	s := "build: " + e.Op
-	if e.Path != "" {
-		s += ": " + e.Path
-	}
-	return s + ": " + e.Err.Error()
-}
-
-func (e *Error) Unwrap() error { return e.Err }
-
-// Error kinds, for errors.Is.
-var (
-	ErrNoCompiler = errors.New("no compiler")
-	ErrDiff       = errors.New("bad diff")
-	ErrApply      = errors.New("the diff does not apply")
-	ErrCompile    = errors.New("compile failed")
-	ErrMismatch   = errors.New("the source tree does not match the running kernel")
-	ErrRefused    = errors.New("refused")
-)
-
-func kindErr(op string, kind error, format string, args ...any) *Error {
-	return &Error{Op: op, Err: fmt.Errorf("%w: %s", kind, fmt.Sprintf(format, args...))}
 }
 
 // Cache keeps compiled "before" objects, keyed by the tree's content, the
@@ -178,7 +145,7 @@ func Build(diff []byte, o Options) (*Plan, []byte, error) {
 		for _, r := range b.plan.Refused {
 			names = append(names, r.Symbol)
 		}
-		return b.plan, nil, &Error{Op: "plan", Err: fmt.Errorf("%w (nothing written): %d problem(s): %s", ErrRefused, len(names), strings.Join(names, ", "))}
+		return b.plan, nil, &Error{Op: "plan", Kind: ErrRefused, Detail: fmt.Sprintf("%d problem(s), nothing written: %s", len(names), strings.Join(names, ", "))}
 	}
 	sum := sha256.Sum256(obj)
 	b.plan.Output = &PlanOutput{Size: len(obj), SHA256: hex.EncodeToString(sum[:])}
@@ -219,14 +186,14 @@ func (b *builder) run(diff []byte) ([]byte, error) {
 	}
 	b.plan.Src = src
 	if st, err := os.Stat(filepath.Join(src, "Makefile")); err != nil || !st.Mode().IsRegular() {
-		return nil, &Error{Op: "setup", Path: src, Err: errors.New("not a kernel source tree (no Makefile)")}
+		return nil, &Error{Op: "setup", Path: src, Detail: "not a kernel source tree (no Makefile)"}
 	}
 	name := o.Name
 	if name == "" {
 		name = PatchName(o.DiffName)
 	}
 	if !ValidName(name) {
-		return nil, &Error{Op: "setup", Err: fmt.Errorf("patch name %q: want 1..55 characters of [A-Za-z0-9_-]", name)}
+		return nil, &Error{Op: "setup", Detail: fmt.Sprintf("patch name %q: want 1..55 characters of [A-Za-z0-9_-]", name)}
 	}
 	b.plan.Name = name
 	if err := b.findTools(); err != nil {
@@ -234,7 +201,7 @@ func (b *builder) run(diff []byte) ([]byte, error) {
 	}
 	d, err := ParseDiff(diff)
 	if err != nil {
-		return nil, &Error{Op: "diff", Path: o.DiffName, Err: fmt.Errorf("%w: %v", ErrDiff, err)}
+		return nil, err
 	}
 	changes := b.resolve(d, src)
 	if !b.plan.OK() {
@@ -256,12 +223,12 @@ func (b *builder) run(diff []byte) ([]byte, error) {
 		var old []byte
 		if !c.fd.NewFile {
 			if old, err = os.ReadFile(filepath.Join(beforeDir, c.rel)); err != nil {
-				return nil, &Error{Op: "apply", Path: c.rel, Err: fmt.Errorf("%w: %v", ErrApply, err)}
+				return nil, &Error{Op: "apply", Path: c.rel, Kind: ErrApply, Err: err}
 			}
 		}
 		a, err := c.fd.ApplyAs(old, c.rel)
 		if err != nil {
-			return nil, &Error{Op: "apply", Path: c.rel, Err: fmt.Errorf("%w: %v", ErrApply, err)}
+			return nil, err
 		}
 		c.applied = a
 		b.plan.Notes = append(b.plan.Notes, a.Offsets...)
@@ -286,7 +253,7 @@ func (b *builder) run(diff []byte) ([]byte, error) {
 		return nil, err
 	}
 	if strings.Join(relFlags(afterFlags, afterDir), " ") != strings.Join(relFlags(b.cflags, beforeDir), " ") {
-		return nil, &Error{Op: "setup", Err: errors.New("the diff changes the kernel's compiler flags: not supported")}
+		return nil, &Error{Op: "setup", Detail: "the diff changes the kernel's compiler flags: not supported"}
 	}
 	beforeSrcs, err := b.makeVar(beforeDir, "print-srcs")
 	if err != nil {
@@ -345,7 +312,7 @@ func (b *builder) run(diff []byte) ([]byte, error) {
 		return nil, nil
 	}
 	if err := checkObject(obj, o.Kernel, layout.PatchAreaVirt); err != nil {
-		return nil, &Error{Op: "emit", Err: fmt.Errorf("the written object does not load (a bug of the builder): %v", err)}
+		return nil, &Error{Op: "emit", Detail: "the written object does not load (a bug of the builder)", Err: err}
 	}
 	return obj, nil
 }
@@ -527,10 +494,10 @@ func (b *builder) makeVar(dir, target string) ([]string, error) {
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return nil, &Error{Op: "setup", Err: fmt.Errorf("`make %s` in the kernel tree failed (its Makefile needs the print-cflags and print-srcs targets): %v: %s", target, err, bytes.TrimSpace(out))}
+		return nil, &Error{Op: "setup", Detail: fmt.Sprintf("`make %s` in the kernel tree failed (its Makefile needs the print-cflags and print-srcs targets): %s", target, bytes.TrimSpace(out)), Err: err}
 	}
 	if bytes.ContainsAny(out, `"'\`) {
-		return nil, &Error{Op: "setup", Err: fmt.Errorf("`make %s` printed quoted words, which the builder does not split: %s", target, out)}
+		return nil, &Error{Op: "setup", Detail: fmt.Sprintf("`make %s` printed quoted words, which the builder does not split: %s", target, out)}
 	}
 	return strings.Fields(string(out)), nil
 }
@@ -641,7 +608,7 @@ func (b *builder) deps(dir, s string) ([]string, error) {
 		if ee, ok := err.(*exec.ExitError); ok {
 			msg = string(bytes.TrimSpace(ee.Stderr))
 		}
-		return nil, &Error{Op: "compile", Path: s, Err: fmt.Errorf("%w: dependencies of %s: %v %s", ErrCompile, s, err, msg)}
+		return nil, &Error{Op: "compile", Path: s, Kind: ErrCompile, Detail: "its dependencies (gcc -MM): " + msg, Err: err}
 	}
 	text := strings.ReplaceAll(string(out), "\\\n", " ")
 	if i := strings.IndexByte(text, ':'); i >= 0 {
@@ -724,7 +691,7 @@ func (b *builder) compileAll(units []string, beforeDir, afterDir string, beforeS
 		}
 		u, err := loadUnit(j.rel, data)
 		if err != nil {
-			errs[i] = &Error{Op: "compile", Path: j.rel, Err: fmt.Errorf("%w: reading the object: %v", ErrCompile, err)}
+			errs[i] = &Error{Op: "compile", Path: j.rel, Kind: ErrCompile, Detail: "reading the object", Err: err}
 			return
 		}
 		results[i] = u
@@ -766,7 +733,7 @@ func (b *builder) compile(dir, rel string, before bool) ([]byte, error) {
 		if before {
 			what = "the unpatched source does not compile"
 		}
-		return nil, &Error{Op: "compile", Path: rel, Err: fmt.Errorf("%w: %s: %s", ErrCompile, what, bytes.TrimSpace(msg))}
+		return nil, &Error{Op: "compile", Path: rel, Kind: ErrCompile, Detail: what + ":\n" + string(bytes.TrimSpace(msg))}
 	}
 	return os.ReadFile(out)
 }

@@ -48,26 +48,6 @@ type HunkLine struct {
 	NoNewline bool   // followed by "\ No newline at end of file"
 }
 
-// DiffError is a diff that cannot be parsed or applied.
-type DiffError struct {
-	File string // the file the problem is in ("" for the diff as a whole)
-	Line int    // in the diff, when known
-	Msg  string
-}
-
-func (e *DiffError) Error() string {
-	var b strings.Builder
-	if e.File != "" {
-		b.WriteString(e.File)
-		b.WriteString(": ")
-	}
-	b.WriteString(e.Msg)
-	if e.Line > 0 {
-		fmt.Fprintf(&b, " (diff line %d)", e.Line)
-	}
-	return b.String()
-}
-
 // maxDiffSize bounds the input; a kernel fix is kilobytes.
 const maxDiffSize = 16 << 20
 
@@ -75,7 +55,7 @@ const maxDiffSize = 16 << 20
 // commit message) and after the last hunk is ignored.
 func ParseDiff(data []byte) (*Diff, error) {
 	if len(data) > maxDiffSize {
-		return nil, &DiffError{Msg: fmt.Sprintf("diff of %d bytes is larger than %d", len(data), maxDiffSize)}
+		return nil, diffErr("", 0, "diff of %d bytes is larger than %d", len(data), maxDiffSize)
 	}
 	lines := splitLines(data)
 	d := &Diff{}
@@ -108,11 +88,11 @@ func ParseDiff(data []byte) (*Diff, error) {
 			i++
 		case strings.HasPrefix(l, "@@ "):
 			if cur == nil || cur.OldPath == "" {
-				return nil, &DiffError{Line: i + 1, Msg: "hunk before any file header (--- / +++)"}
+				return nil, diffErr("", i+1, "hunk before any file header (--- / +++)")
 			}
 			h, next, err := parseHunk(lines, i)
 			if err != nil {
-				err.File = cur.displayPath()
+				err.Path = cur.displayPath()
 				return nil, err
 			}
 			cur.Hunks = append(cur.Hunks, h)
@@ -126,11 +106,11 @@ func ParseDiff(data []byte) (*Diff, error) {
 			f.ModeOnly = true
 		}
 		if f.OldPath == "" && f.NewPath == "" {
-			return nil, &DiffError{Line: f.Line, Msg: "file header without paths"}
+			return nil, diffErr("", f.Line, "file header without paths")
 		}
 	}
 	if len(d.Files) == 0 {
-		return nil, &DiffError{Msg: "no file changes found: not a unified diff (want `git diff` or `diff -u` output)"}
+		return nil, diffErr("", 0, "no file changes found: not a unified diff (want `git diff` or `diff -u` output)")
 	}
 	return d, nil
 }
@@ -208,10 +188,10 @@ func gitExtHeader(f *FileDiff, l string) bool {
 	return true
 }
 
-func parseHunk(lines []string, i int) (*Hunk, int, *DiffError) {
+func parseHunk(lines []string, i int) (*Hunk, int, *Error) {
 	hdr := lines[i]
 	h := &Hunk{Line: i + 1}
-	bad := func(msg string) (*Hunk, int, *DiffError) { return nil, 0, &DiffError{Line: i + 1, Msg: msg} }
+	bad := func(msg string) (*Hunk, int, *Error) { return nil, 0, diffErr("", i+1, "%s", msg) }
 	rest := strings.TrimPrefix(hdr, "@@ ")
 	end := strings.Index(rest, " @@")
 	if end < 0 {
@@ -252,15 +232,15 @@ func parseHunk(lines []string, i int) (*Hunk, int, *DiffError) {
 			h.Lines[len(h.Lines)-1].NoNewline = true
 			continue
 		default:
-			return nil, 0, &DiffError{Line: j + 1, Msg: fmt.Sprintf("hunk %q ends early: %d of %d old and %d of %d new lines", hdr, oldN, h.OldLines, newN, h.NewLines)}
+			return nil, 0, diffErr("", j+1, "hunk %q ends early: %d of %d old and %d of %d new lines", hdr, oldN, h.OldLines, newN, h.NewLines)
 		}
 		h.Lines = append(h.Lines, HunkLine{Op: op, Text: strings.TrimSuffix(text, "\r")})
 		if strings.HasSuffix(text, "\r") {
-			return nil, 0, &DiffError{Line: j + 1, Msg: "CRLF line endings in a hunk are not supported"}
+			return nil, 0, diffErr("", j+1, "CRLF line endings in a hunk are not supported")
 		}
 	}
 	if oldN != h.OldLines || newN != h.NewLines {
-		return nil, 0, &DiffError{Line: j, Msg: fmt.Sprintf("hunk %q is truncated: %d of %d old and %d of %d new lines", hdr, oldN, h.OldLines, newN, h.NewLines)}
+		return nil, 0, diffErr("", j, "hunk %q is truncated: %d of %d old and %d of %d new lines", hdr, oldN, h.OldLines, newN, h.NewLines)
 	}
 	if j < len(lines) && strings.HasPrefix(lines[j], `\`) {
 		h.Lines[len(h.Lines)-1].NoNewline = true
@@ -346,7 +326,7 @@ func (f *FileDiff) ApplyAs(old []byte, name string) (*Applied, error) {
 		}
 		p := findSeq(oldLines, seq, pos, want)
 		if p < 0 {
-			return nil, &DiffError{File: name, Line: h.Line, Msg: fmt.Sprintf("hunk #%d (@@ -%d,%d +%d,%d @@ %s) does not apply: %s",
+			return nil, &Error{Op: "apply", Path: name, Line: h.Line, Kind: ErrApply, Detail: fmt.Sprintf("hunk #%d (@@ -%d,%d +%d,%d @@ %s): %s",
 				hi+1, h.OldStart, h.OldLines, h.NewStart, h.NewLines, h.Section, mismatch(oldLines, seq, want))}
 		}
 		if p != want {

@@ -84,8 +84,8 @@ func TestParseDiffErrors(t *testing.T) {
 		{"--- a/x\n+++ b/x\n@@ -1 +1\n-a\n+b\n", "malformed hunk header"},
 	} {
 		_, err := ParseDiff([]byte(c.diff))
-		var de *DiffError
-		if err == nil || !errors.As(err, &de) || !strings.Contains(err.Error(), c.want) {
+		var de *Error
+		if err == nil || !errors.As(err, &de) || !errors.Is(err, ErrDiff) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: got %v, want %q", c.diff, err, c.want)
 		}
 	}
@@ -114,7 +114,7 @@ func TestApply(t *testing.T) {
 	}
 	// context that matches nowhere: the message names the hunk and the line
 	_, err = apply(t, "--- a/f\n+++ b/f\n@@ -2,3 +2,3 @@ fn\n line 2\n-line 3 \n+line 3\n line 4\n", sampleFile)
-	if err == nil || !strings.Contains(err.Error(), `hunk #1 (@@ -2,3 +2,3 @@ fn) does not apply: line 3 is "line 3", the hunk expects "line 3 "`) {
+	if !errors.Is(err, ErrApply) || !strings.Contains(err.Error(), `f (diff line 3): the diff does not apply: hunk #1 (@@ -2,3 +2,3 @@ fn): line 3 is "line 3", the hunk expects "line 3 "`) {
 		t.Fatalf("got %v", err)
 	}
 	// insertion at the very start, append at the end, no newline at the end
@@ -200,7 +200,7 @@ func FuzzParseDiff(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, err := ParseDiff(data)
 		if err != nil {
-			var de *DiffError
+			var de *Error
 			if !errors.As(err, &de) {
 				t.Fatalf("error of type %T: %v", err, err)
 			}

@@ -20,6 +20,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,6 +29,7 @@ import (
 
 	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
+	"klp-kvm/klperr"
 	"klp-kvm/kvm"
 	"klp-kvm/kvm/agent"
 	"klp-kvm/livepatch"
@@ -121,13 +124,41 @@ func New(cfg Config) (*VMM, error) {
 	// guest run and so before any event can arrive.
 	v.Agent = agent.New(m.AgentPort(), agent.Options{OnEvent: v.event, Cause: v.GuestStopped})
 	lm, err := livepatch.New(livepatch.Config{Guest: m, Kernel: m.Kernel(), PatchArea: layout.PatchAreaVirt,
-		PatchAreaSize: m.Layout().PatchAreaSize, Callbacks: Callbacks(v.Agent)})
+		PatchAreaSize: m.Layout().PatchAreaSize, Callbacks: Callbacks(v.Agent),
+		SysfsBudget: sysfsBudget(cfg.Cmdline),
+		Logf: func(format string, args ...any) {
+			fmt.Fprintf(v.events, "klp-kvm: "+strings.TrimSuffix(format, "\n")+"\n", args...)
+		}})
 	if err != nil {
 		v.NoLivepatch = err
 	} else {
 		v.Manager = lm
 	}
 	return v, nil
+}
+
+// guestSysfsTimeout is how long the guest kernel's sysfs writer waits for
+// the host by default (guestkernel/kernel/sysfs.c); klp.sysfs_timeout_ms
+// on its command line changes it.
+const guestSysfsTimeout = 20 * time.Second
+
+// sysfsBudget is the host's budget for a guest sysfs write: the default
+// (livepatch.SysfsBudget, 15 s) under the guest's default 20 s wait, or
+// three quarters of the wait the command line sets, so the host always
+// answers before the guest gives up and the errno the writer gets is the
+// state reached.
+func sysfsBudget(cmdline string) time.Duration {
+	for _, f := range strings.Fields(cmdline) {
+		v, ok := strings.CutPrefix(f, "klp.sysfs_timeout_ms=")
+		if !ok {
+			continue
+		}
+		// the guest's own rule: 1..3599999 ms, else its default
+		if ms, err := strconv.ParseUint(v, 10, 64); err == nil && ms > 0 && ms < 3600000 {
+			return min(livepatch.SysfsBudget, time.Duration(ms)*time.Millisecond*3/4)
+		}
+	}
+	return min(livepatch.SysfsBudget, guestSysfsTimeout*3/4)
 }
 
 // Boot builds the guest, runs it and waits for its agent: what demo,
@@ -279,7 +310,7 @@ func (v *VMM) event(ev agent.Event) {
 	case v.draining.Load():
 		errno = syscall.ESHUTDOWN
 	case v.Manager != nil:
-		errno = Errno(v.Manager.SysfsWrite(w.Path, w.Value))
+		errno = klperr.Errno(v.Manager.SysfsWrite(w.Path, w.Value))
 	}
 	if err := v.Agent.SysfsReply(w.ID, int(errno)); err != nil {
 		fmt.Fprintf(v.events, "klp-kvm: sysfs-reply: %v\n", err)
@@ -288,7 +319,7 @@ func (v *VMM) event(ev agent.Event) {
 
 // Drain prepares a clean stop: guest sysfs writes from now on are refused
 // with ESHUTDOWN, and those being carried out (a transition started from
-// inside the guest) are waited for, until ctx ends. A transition finishes
+// inside the guest, bounded by the sysfs budget) are waited for, until ctx ends. A transition finishes
 // or rolls back within its own deadline, so Drain with a context longer
 // than that leaves no operation half done. The API's own requests are
 // drained by the HTTP server's Shutdown, before this.
@@ -302,19 +333,6 @@ func (v *VMM) Drain(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("guest sysfs writes still in progress: %w", ctx.Err())
 	}
-}
-
-// Errno is the Linux errno an error carries: 0 for nil, EIO if it carries
-// none.
-func Errno(err error) syscall.Errno {
-	if err == nil {
-		return 0
-	}
-	var en syscall.Errno
-	if errors.As(err, &en) {
-		return en
-	}
-	return syscall.EIO
 }
 
 // Exec runs a guest shell command and returns its output; a non-zero exit

@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -123,27 +122,6 @@ func TestGuestStoppedBeforeReady(t *testing.T) {
 	}
 }
 
-func TestErrno(t *testing.T) {
-	for _, c := range []struct {
-		err  error
-		want syscall.Errno
-	}{
-		{nil, 0},
-		{errors.New("plain"), syscall.EIO},
-		{syscall.EBUSY, syscall.EBUSY},
-		{&wrapped{syscall.ENOENT}, syscall.ENOENT},
-	} {
-		if got := Errno(c.err); got != c.want {
-			t.Errorf("Errno(%v) = %v, want %v", c.err, got, c.want)
-		}
-	}
-}
-
-type wrapped struct{ err error }
-
-func (w *wrapped) Error() string { return "wrapped: " + w.err.Error() }
-func (w *wrapped) Unwrap() error { return w.err }
-
 // BenchmarkBootToReady measures a guest's start to its agent's first
 // answer: what `klp-kvm run` makes a first request wait.
 func BenchmarkBootToReady(b *testing.B) {
@@ -180,5 +158,23 @@ func TestGuestStopReachesCallers(t *testing.T) {
 	// A request after the stop gets the same explanation.
 	if _, err := v.Agent.Info(t.Context()); err == nil || !errors.Is(err, agent.ErrClosed) || !strings.Contains(err.Error(), "code 7") {
 		t.Fatalf("request after the stop: %v", err)
+	}
+}
+
+func TestSysfsBudget(t *testing.T) {
+	for _, c := range []struct {
+		cmdline string
+		want    time.Duration
+	}{
+		{"", 15 * time.Second},
+		{"console=ttyS0", 15 * time.Second},
+		{"klp.sysfs_timeout_ms=4000", 3 * time.Second},
+		{"a klp.sysfs_timeout_ms=60000 b", 15 * time.Second}, // never above the default budget
+		{"klp.sysfs_timeout_ms=0", 15 * time.Second},         // the guest ignores it too
+		{"klp.sysfs_timeout_ms=x", 15 * time.Second},
+	} {
+		if got := sysfsBudget(c.cmdline); got != c.want {
+			t.Errorf("%q: budget %v, want %v", c.cmdline, got, c.want)
+		}
 	}
 }

@@ -97,7 +97,7 @@ func TestBuildCLIRefused(t *testing.T) {
 	}{
 		{"20-refuse-data-initializer.diff", "worker_sleep_ms (kernel/workload.c): static variable's initializer changed", ""},
 		{"22-refuse-notrace.diff", "memcmp (kernel/lib.c): changed, but the kernel cannot redirect it", ""},
-		{"24-refuse-does-not-apply.diff", "kernel/cmdline.c: the diff does not apply: ", ""},
+		{"24-refuse-does-not-apply.diff", "apply kernel/cmdline.c (diff line 14): the diff does not apply: hunk #1", ""},
 		{"01-stat-procs-running.diff", `C compiler "/nonexistent/cc" not found`, "/nonexistent/cc"},
 	}
 	for _, c := range cases {

@@ -3,42 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"klp-kvm/api"
-	"klp-kvm/guestkernel"
-	"klp-kvm/guestkernel/layout"
+	"klp-kvm/api/apitest"
 	"klp-kvm/livepatch"
-	"klp-kvm/livepatch/fakeguest"
 )
-
-// patchServer serves the livepatch API on a unix socket over a fake guest.
-func patchServer(t *testing.T) string {
-	t.Helper()
-	g, err := fakeguest.New(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: layout.PatchAreaVirt,
-		PatchAreaSize: fakeguest.PatchSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(t.TempDir(), "api.sock")
-	l, err := api.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	api.LivepatchRoutes(mux, lm, nil)
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	return sock
-}
 
 func runPatch(sock string, args ...string) (int, string, string) {
 	var out, errb bytes.Buffer
@@ -47,7 +18,7 @@ func runPatch(sock string, args ...string) (int, string, string) {
 }
 
 func TestPatchCommand(t *testing.T) {
-	sock := patchServer(t)
+	sock, _ := apitest.ServeLivepatch(t)
 	rc, out, errs := runPatch(sock, "load", "livepatch-sample")
 	if rc != 0 || !strings.Contains(out, "load livepatch_sample: ok (1 functions switched") {
 		t.Fatalf("load: %d %q %q", rc, out, errs)

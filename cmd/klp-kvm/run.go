@@ -84,6 +84,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(cfg.Events, "klp-kvm: live patching unavailable for this kernel: %v\n", v.NoLivepatch)
 	}
 
+	// The guest starts before the API socket exists, so a request that
+	// finds the socket finds a started guest: the handler holds it until
+	// the agent is ready.
+	if err := v.Start(); err != nil {
+		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
+		return 1
+	}
 	path := api.SocketPath(*sock)
 	l, err := api.Listen(path)
 	if err != nil {
@@ -122,10 +129,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 		v.Machine.Stop()
 	}()
-	if err := v.Start(); err != nil {
-		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
-		return 1
-	}
 	defer func() { <-stopped }()
 	code, err := v.Wait()
 	switch {

@@ -37,12 +37,46 @@ int seq_puts(struct seq_file *m, const char *s);
 /* Kernel log: console (COM1) and the dmesg ring buffer. Returns bytes. */
 int printk(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/*
+ * pr_info/pr_err: printk with the caller's pr_fmt prefix, as in Linux: a
+ * file that wants one defines pr_fmt(fmt) before including this header.
+ */
+#ifndef pr_fmt
+#define pr_fmt(fmt) fmt
+#endif
+#define pr_info(fmt, ...) printk(pr_fmt(fmt), ##__VA_ARGS__)
+#define pr_err(fmt, ...) printk(pr_fmt(fmt), ##__VA_ARGS__)
+
 /* Sleep (scheduled out) for at least ms milliseconds. */
 void msleep(unsigned int ms);
 /* Busy-wait for at least us microseconds. */
 void udelay(unsigned long us);
 /* Nanoseconds since boot. */
 uint64_t ktime_get_ns(void);
+
+/*
+ * Memory (Linux's slab API): kmalloc returns size bytes, 16-byte aligned,
+ * or NULL when out of memory; kzalloc also zeroes them; kfree(NULL) does
+ * nothing. The allocator never sleeps, so every gfp_t behaves alike; the
+ * flags exist so that code ported from Linux keeps its arguments.
+ */
+typedef unsigned int gfp_t;
+#define GFP_KERNEL 0x0cc0u
+#define GFP_ATOMIC 0x0820u
+#define GFP_NOWAIT 0x0800u
+void *kmalloc(size_t size, gfp_t flags);
+void *kzalloc(size_t size, gfp_t flags);
+void kfree(const void *p);
+
+/*
+ * jiffies: milliseconds since boot (the guest's HZ is 1000), advanced on
+ * CPU 0's tick. Compare with time_after()/time_before(), as in Linux.
+ */
+extern volatile unsigned long jiffies;
+#define KLP_HZ 1000
+static inline unsigned long msecs_to_jiffies(unsigned int ms) { return ms * (KLP_HZ / 1000); }
+#define time_after(a, b) ((long)((b) - (a)) < 0)
+#define time_before(a, b) time_after(b, a)
 
 /* The kernel command line, as /proc/cmdline shows it. */
 extern char saved_command_line[];

@@ -133,6 +133,9 @@ _Static_assert(__builtin_offsetof(struct klp_patch, replace) == 16, "klp_patch l
 	static struct klp_patch *const __klp_patch_ptr                        \
 		__attribute__((used, section(".klp.patch"), aligned(8))) = &(p)
 
+/* Shadow variables: klp_shadow_get, klp_shadow_alloc, ... (klp_shadow.h). */
+#include "klp_shadow.h"
+
 /* Bytes of the fentry NOP at the start of every patchable function: a new
  * function that must call the original body calls old + KLP_FENTRY_SIZE,
  * since a call to the entry itself would be redirected back to it. */

@@ -231,6 +231,64 @@ extern struct boot_info boot_info_copy;
 extern uint64_t heap_start, heap_end, heap_next;
 void *kmalloc_pages(size_t bytes); /* never freed; NULL when out of memory */
 
+/* ---- kmalloc (slab.c; kmalloc/kzalloc/kfree are in kernel_api.h) ---- */
+struct kmalloc_stats {
+	uint64_t objects;  /* live objects */
+	uint64_t bytes;    /* bytes asked for by the live objects */
+	uint64_t allocs;   /* successful kmallocs */
+	uint64_t frees;    /* kfrees of live objects */
+	uint64_t failures; /* kmallocs that returned NULL */
+	uint64_t bad_frees; /* kfrees refused: not a live kmalloc object */
+	uint64_t pages;    /* pages taken from kmalloc_pages */
+};
+void kmalloc_stats(struct kmalloc_stats *st);
+
+/* ---- shadow variables (shadow.c; the API is include/klp_shadow.h) ---- */
+struct klp_shadow_counts {
+	uint64_t live;          /* attached variables */
+	uint64_t allocs;        /* variables attached */
+	uint64_t frees;         /* variables freed */
+	uint64_t races;         /* speculative allocations thrown away: <obj, id> appeared meanwhile */
+	uint64_t duplicates;    /* klp_shadow_alloc of an existing <obj, id> (WARN) */
+	uint64_t ctor_failures; /* constructors that refused */
+	uint64_t nomem;         /* allocations that failed */
+};
+#define KLP_SHADOW_HASH_BITS 12 /* as Linux's klp_shadow_hash */
+#define KLP_SHADOW_BUCKETS (1 << KLP_SHADOW_HASH_BITS)
+unsigned int klp_shadow_bucket_of(const void *obj);
+#define KLP_SHADOW_CENSUS_IDS 8
+struct klp_shadow_census {
+	struct klp_shadow_counts counts;
+	unsigned int nr_ids; /* ids listed, lowest first */
+	struct {
+		unsigned long id;
+		uint64_t count;
+	} ids[KLP_SHADOW_CENSUS_IDS];
+	uint64_t other; /* variables of ids beyond the list */
+};
+uint64_t klp_shadow_census_begin(struct klp_shadow_census *c); /* returns with the shadow lock held */
+void klp_shadow_census_end(uint64_t flags);
+uint64_t klp_shadow_count(unsigned long id); /* variables of that id */
+/* called, when set, between a new variable's allocation and the search under the lock (self-test) */
+extern void (*volatile klp_shadow_race_hook)(void *obj, unsigned long id);
+int shadow_selftest(void); /* shadow_selftest.c: failures */
+/* the shadow-variable demo (shadow_mod.c, include/shadow_mod.h): /proc/klp_shadow */
+void shadow_mod_init(void);
+int shadow_mod_show(struct seq_file *m, void *v);
+int shadow_mod_write(const char *data, size_t n);
+
+/* ---- WARN (trap.c) ---- */
+void __warn(const char *func, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+extern volatile uint64_t nr_warnings;
+/* WARN(cond, fmt, ...): report (message and call trace) when cond holds; the value is cond */
+#define WARN(cond, ...)                                                                                               \
+	({                                                                                                            \
+		int __ret_warn = !!(cond);                                                                            \
+		if (unlikely(__ret_warn))                                                                             \
+			__warn(__func__, __VA_ARGS__);                                                                \
+		__ret_warn;                                                                                           \
+	})
+
 /* ---- console, printk ---- */
 void uart_init(uint16_t port);
 void uart_putc(uint16_t port, char c);

@@ -133,6 +133,7 @@ notrace __noreturn void kernel_main_bsp(const struct boot_info *bi, uint64_t cpu
 
 	selftest_mode = cmdline_get("klp.selftest") != NULL;
 	workloads_start();
+	shadow_mod_init();
 	agent_start();
 	shell_start();
 	if (selftest_mode)

@@ -27,6 +27,7 @@ struct percpu percpu[KLP_MAX_CPUS];
 struct task task_table[KLP_MAX_TASKS];
 uint64_t cpu_current_task[KLP_MAX_CPUS];
 static spinlock_t task_table_lock = SPINLOCK_INIT;
+volatile unsigned long jiffies; /* ms since boot (HZ 1000), kernel_api.h */
 static uint32_t next_pid = 1;
 extern char boot_stacks[];
 
@@ -227,6 +228,8 @@ notrace void sched_tick(void)
 	else
 		cur->run_ticks++;
 	uint64_t now = ktime_get_ns();
+	if (pc->cpu == 0) /* from the clock, not the tick count: a slow emulator merges ticks */
+		WRITE_ONCE(jiffies, now / NSEC_PER_MSEC);
 	spin_lock(&rq->lock);
 	struct task **pp = &rq->sleepers;
 	while (*pp) {

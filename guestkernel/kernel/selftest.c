@@ -21,7 +21,7 @@ static void check(int ok, const char *name, const char *fmt, ...)
 		failures++;
 }
 
-/* bench_expect: what bench_fn_i must return (see scripts/gen_bench.go) */
+/* bench_expect: what bench_fn_i must return (see scripts/genbench) */
 static unsigned long bench_expect(unsigned int i, unsigned long x)
 {
 	const struct bench_const *k = &bench_consts[i];
@@ -156,6 +156,10 @@ static void selftest_thread(void *arg)
 	const uint8_t *p = (const uint8_t *)cmdline_proc_show;
 	check(p[0] == 0x0f && p[1] == 0x1f && p[2] == 0x44 && p[3] == 0 && p[4] == 0, "fentry", "%02x %02x %02x %02x %02x",
 	      p[0], p[1], p[2], p[3], p[4]);
+
+	/* shadow variables: their own checks (shadow_selftest.c) */
+	int sf = shadow_selftest();
+	check(sf == 0, "shadow", "%d shadow-variable checks failed", sf);
 
 	printk("selftest: %s (%d failures)\n", failures ? "FAIL" : "PASS", failures);
 	power_off(failures ? 1 : 0);

@@ -65,6 +65,22 @@ static notrace void print_sym(const char *what, uint64_t addr, int is_ret)
 		printk("%s: %016lx\n", what, addr);
 }
 
+/* print_call_trace: the frame chain from fp, bounded by the current task's stack */
+static notrace void print_call_trace(uint64_t fp)
+{
+	struct task *t = current_task();
+	printk("Call Trace:\n");
+	uint64_t lo = t ? t->stack_base : 0, hi = t ? t->stack_base + t->stack_size : 0;
+	for (int i = 0; i < MAX_STACK_DEPTH && fp >= lo && fp + 16 <= hi && (fp & 7) == 0; i++) {
+		uint64_t ret = ((uint64_t *)fp)[1];
+		print_sym(" ", ret, 1);
+		uint64_t next = ((uint64_t *)fp)[0];
+		if (next <= fp)
+			break;
+		fp = next;
+	}
+}
+
 static notrace void dump_regs(struct klp_irq_regs *r)
 {
 	uint64_t cr2;
@@ -78,18 +94,8 @@ static notrace void dump_regs(struct klp_irq_regs *r)
 	printk("RBP: %016lx R08: %016lx R09: %016lx\n", r->rbp, r->r8, r->r9);
 	printk("R10: %016lx R11: %016lx R12: %016lx\n", r->r10, r->r11, r->r12);
 	printk("R13: %016lx R14: %016lx R15: %016lx\n", r->r13, r->r14, r->r15);
-	/* the interrupted frame chain, bounded by the current task's stack */
-	printk("Call Trace:\n");
-	uint64_t fp = r->rbp;
-	uint64_t lo = t ? t->stack_base : 0, hi = t ? t->stack_base + t->stack_size : 0;
-	for (int i = 0; i < MAX_STACK_DEPTH && fp >= lo && fp + 16 <= hi && (fp & 7) == 0; i++) {
-		uint64_t ret = ((uint64_t *)fp)[1];
-		print_sym(" ", ret, 1);
-		uint64_t next = ((uint64_t *)fp)[0];
-		if (next <= fp)
-			break;
-		fp = next;
-	}
+	/* the interrupted frame chain */
+	print_call_trace(r->rbp);
 }
 
 notrace void irq_dispatch(struct klp_irq_regs *r)
@@ -118,4 +124,28 @@ notrace void irq_dispatch(struct klp_irq_regs *r)
 	       r->vector);
 	dump_regs(r);
 	panic("fatal exception %lu", r->vector);
+}
+
+/*
+ * __warn: what WARN() prints, as Linux's __warn() does: where, the message,
+ * the caller's frame chain. The kernel goes on; nr_warnings counts them
+ * (/proc/klp_shadow shows it), so a test can tell that one happened.
+ */
+volatile uint64_t nr_warnings;
+
+void __warn(const char *func, const char *fmt, ...)
+{
+	char buf[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	struct task *t = current_task();
+	__atomic_fetch_add(&nr_warnings, 1, __ATOMIC_RELAXED);
+	printk("------------[ cut here ]------------\n");
+	printk("WARNING: CPU: %u PID: %u Comm: %s at %s\n", smp_processor_id(), t ? t->pid : 0, t ? t->name : "?",
+	       func);
+	printk("%s", buf);
+	print_call_trace((uint64_t)__builtin_frame_address(0));
+	printk("---[ end trace ]---\n");
 }

@@ -148,6 +148,7 @@ static const struct proc_entry proc_entries[] = {
 	{ "cmdline", cmdline_proc_show, NULL },
 	{ "klp_park", park_show, park_write },
 	{ "klp_selftest", proc_selftest_show, NULL },
+	{ "klp_shadow", shadow_mod_show, shadow_mod_write },
 	{ "stat", proc_stat_show, NULL },
 	{ "tasks", tasks_show, NULL },
 	{ "uptime", uptime_show, NULL },

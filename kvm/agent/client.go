@@ -19,6 +19,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -212,7 +213,7 @@ func (c *Client) handleLine(line []byte) {
 	}
 	var w wire
 	if err := json.Unmarshal(line, &w); err != nil {
-		c.skip(line, &Error{Op: "read", Kind: ErrProtocol, Desc: "not JSON", Err: err})
+		c.skip(line, &Error{Op: "read", Kind: ErrProtocol, Detail: "not JSON", Err: err})
 		return
 	}
 	switch {
@@ -238,10 +239,14 @@ func (c *Client) handleLine(line []byte) {
 	if w.Error != nil {
 		var we wireError
 		if err := json.Unmarshal(*w.Error, &we); err != nil {
-			c.skip(line, &Error{Op: "read", Kind: ErrProtocol, Desc: "malformed error object", Err: err})
+			c.skip(line, &Error{Op: "read", Kind: ErrProtocol, Detail: "malformed error object", Err: err})
 			return
 		}
-		rp.err = &Error{Kind: ErrGuest, Class: we.Class, Desc: we.Desc, Errno: we.Errno, ErrnoName: we.ErrnoName}
+		errno := syscall.Errno(0)
+		if we.Errno > 0 && we.Errno < 4096 { // the guest's word, bounded
+			errno = syscall.Errno(we.Errno)
+		}
+		rp.err = &Error{Kind: ErrGuest, Class: we.Class, Detail: we.Desc, Errno: errno, ErrnoName: we.ErrnoName}
 	} else {
 		rp.ret = append(json.RawMessage(nil), w.Return...)
 	}
@@ -280,7 +285,7 @@ type request struct {
 func (c *Client) send(op string, req request) error {
 	b, err := json.Marshal(req)
 	if err != nil {
-		return &Error{Op: op, Kind: ErrInvalid, Desc: "arguments do not marshal", Err: err}
+		return &Error{Op: op, Kind: ErrInvalid, Detail: "arguments do not marshal", Err: err}
 	}
 	if len(b) > c.opts.MaxRequest {
 		return errorf(op, ErrTooLarge, "%d bytes, the guest takes %d", len(b), c.opts.MaxRequest)
@@ -294,7 +299,7 @@ func (c *Client) send(op string, req request) error {
 	default:
 	}
 	if _, err := c.rw.Write(b); err != nil {
-		return &Error{Op: op, Kind: ErrClosed, Desc: "write", Err: err}
+		return &Error{Op: op, Kind: ErrClosed, Detail: "write", Err: err}
 	}
 	return nil
 }
@@ -345,7 +350,7 @@ func (c *Client) Call(ctx context.Context, cmd string, args any, result any) err
 		}
 		if result != nil {
 			if err := json.Unmarshal(rp.ret, result); err != nil {
-				return &Error{Op: cmd, Kind: ErrProtocol, Desc: "unexpected return value " + truncate(rp.ret), Err: err}
+				return &Error{Op: cmd, Kind: ErrProtocol, Detail: "unexpected return value " + truncate(rp.ret), Err: err}
 			}
 		}
 		return nil
@@ -469,7 +474,7 @@ func ParseSysfsWrite(ev Event) (SysfsWrite, error) {
 		return w, errorf("event", ErrInvalid, "event %q is not sysfs-write", ev.Name)
 	}
 	if err := json.Unmarshal(ev.Data, &w); err != nil {
-		return w, &Error{Op: "event", Kind: ErrProtocol, Desc: "sysfs-write data", Err: err}
+		return w, &Error{Op: "event", Kind: ErrProtocol, Detail: "sysfs-write data", Err: err}
 	}
 	if w.Path == "" || w.ID == 0 {
 		return w, errorf("event", ErrProtocol, "sysfs-write without path or id")

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"klp-kvm/internal/poll"
 )
 
 // fakeGuest is the guest end of the agent channel: it reads request lines
@@ -138,7 +140,7 @@ func TestCommands(t *testing.T) {
 	}
 	_, _, err = c.FileRead(ctx, "/nope")
 	var ae *Error
-	if !errors.Is(err, ErrGuest) || !errors.As(err, &ae) || ae.Errno != 2 || ae.ErrnoName != "ENOENT" || !strings.Contains(ae.Desc, "No such file") ||
+	if !errors.Is(err, ErrGuest) || !errors.As(err, &ae) || ae.Errno != 2 || ae.ErrnoName != "ENOENT" || !strings.Contains(ae.Detail, "No such file") ||
 		ae.Op != "guest-file-read" {
 		t.Fatalf("file-read /nope: %v", err)
 	}
@@ -278,13 +280,7 @@ func TestSilentGuestTimesOut(t *testing.T) {
 	// check below would pass without testing anything.
 	before := c.Stats()
 	once.Do(func() { close(release) })
-	deadline := time.Now().Add(10 * time.Second)
-	for c.Stats().Replies == before.Replies {
-		if time.Now().After(deadline) {
-			t.Fatal("the late reply never arrived")
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
+	poll.Until(t, "the late reply to be read", func() bool { return c.Stats().Replies != before.Replies })
 	r, err := c.Exec(context.Background(), "ps")
 	if err != nil || r.Output != "ran ps\n" {
 		t.Fatalf("after timeout: %+v %v (the late reply must not be taken for this one)", r, err)

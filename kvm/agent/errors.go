@@ -3,17 +3,22 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"strings"
+	"syscall"
+
+	"klp-kvm/klperr"
 )
 
-// Error is the one error type of package agent.
+// Error is the one error type of package agent, by the convention of
+// package klperr; Class and ErrnoName are what a guest error reply said.
 type Error struct {
-	Op        string // the command ("guest-exec") or client operation ("read")
-	Kind      error  // one of the Err* sentinels, checkable with errors.Is
-	Class     string // for ErrGuest: the agent's error class ("GenericError", "CommandNotFound")
-	Desc      string // for ErrGuest: the agent's description; otherwise detail
-	Errno     int    // for ErrGuest: Linux errno the guest reported, 0 if none
-	ErrnoName string // for ErrGuest: its name ("EBUSY"), if the guest sent one
-	Err       error  // underlying error, if any
+	Op        string        // the command ("guest-exec") or client operation ("read")
+	Kind      error         // one of the Err* sentinels, checkable with errors.Is
+	Errno     syscall.Errno // for ErrGuest: the Linux errno the guest reported, 0 if none
+	Detail    string        // for ErrGuest: the agent's description; otherwise detail
+	Err       error         // underlying error, if any
+	Class     string        // for ErrGuest: the agent's error class ("GenericError", "CommandNotFound")
+	ErrnoName string        // for ErrGuest: the errno's name as the guest sent it ("EBUSY")
 }
 
 // Kinds of Error.
@@ -27,24 +32,21 @@ var (
 )
 
 func (e *Error) Error() string {
-	s := "agent: " + e.Op + ": " + e.Kind.Error()
+	detail := e.Detail
 	if e.Class != "" {
-		s += ": " + e.Class
+		detail = strings.TrimSuffix(e.Class+": "+detail, ": ")
 	}
-	if e.Desc != "" {
-		s += ": " + e.Desc
-	}
-	if e.Err != nil {
-		s += ": " + e.Err.Error()
-	}
-	return s
+	return klperr.Format("agent", e.Op, "", e.Kind, e.Errno, detail, e.Err)
 }
 
-// Is matches the Kind.
-func (e *Error) Is(target error) bool { return target == e.Kind }
+// Is matches the kind or the guest's errno.
+func (e *Error) Is(target error) bool { return klperr.Match(target, e.Kind, e.Errno) }
+
+// As gives the guest's errno to errors.As(err, &errno).
+func (e *Error) As(target any) bool { return klperr.AsErrno(target, e.Errno) }
 
 func (e *Error) Unwrap() error { return e.Err }
 
 func errorf(op string, kind error, format string, args ...any) *Error {
-	return &Error{Op: op, Kind: kind, Desc: fmt.Sprintf(format, args...)}
+	return &Error{Op: op, Kind: kind, Detail: fmt.Sprintf(format, args...)}
 }

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"klp-kvm/internal/poll"
 )
 
 // TestRequestsInFlightTogether: a request whose reply is held back (a
@@ -41,19 +43,11 @@ func TestRequestsInFlightTogether(t *testing.T) {
 		execDone <- err
 	}()
 	// The exec is in flight (held) before the call goes out.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	poll.Until(t, "the exec request to reach the guest", func() bool {
 		mu.Lock()
-		h := held
-		mu.Unlock()
-		if h != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the exec request never reached the guest")
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer mu.Unlock()
+		return held != nil
+	})
 	v, err := c.GuestCall(context.Background(), 0xffffffffa0000000, 1)
 	if err != nil || v != 7 {
 		t.Fatalf("guest-call while an exec is in flight: %d, %v", v, err)

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
+	"klp-kvm/internal/poll"
 	"klp-kvm/kvm/engine"
 )
 
@@ -60,18 +60,23 @@ func TestEngineAPI(t *testing.T) {
 func TestRegsWhileRunningIsBusy(t *testing.T) {
 	m := newMachine(t, "_start:\n1: jmp 1b\n", 1)
 	c := m.cpus[0]
-	go func() {
-		time.Sleep(20 * time.Millisecond)
-		if _, err := c.Regs(); !errors.Is(err, ErrBusy) {
-			t.Errorf("Regs during Run: %v", err)
-		}
-		if _, err := c.Run(); !errors.Is(err, ErrBusy) {
-			t.Errorf("concurrent Run: %v", err)
-		}
-		c.Kick()
-	}()
-	if ex, err := c.Run(); err != nil || ex.Reason != engine.ExitIntr {
-		t.Fatalf("exit %v %v", ex, err)
+	type res struct {
+		ex  *engine.Exit
+		err error
+	}
+	done := make(chan res, 1)
+	go func() { ex, err := c.Run(); done <- res{ex, err} }()
+	t.Cleanup(c.Kick) // should the test stop before its own kick
+	poll.Until(t, "Run to be executing", c.(*cpu).running.Load)
+	if _, err := c.Regs(); !errors.Is(err, ErrBusy) {
+		t.Errorf("Regs during Run: %v", err)
+	}
+	if _, err := c.Run(); !errors.Is(err, ErrBusy) {
+		t.Errorf("concurrent Run: %v", err)
+	}
+	c.Kick()
+	if r := <-done; r.err != nil || r.ex.Reason != engine.ExitIntr {
+		t.Fatalf("exit %v %v", r.ex, r.err)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"klp-kvm/internal/poll"
 	"klp-kvm/kvm/engine"
 )
 
@@ -71,6 +72,7 @@ func cpuTime() time.Duration {
 func kickLatency(b *testing.B, src string) {
 	m := newMachine(b, src, 1)
 	c := m.cpus[0]
+	running := c.(*cpu).running.Load
 	exits := make(chan time.Time)
 	stop := make(chan struct{})
 	go func() {
@@ -92,7 +94,12 @@ func kickLatency(b *testing.B, src string) {
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		time.Sleep(100 * time.Microsecond) // let the guest run (or sleep in HLT)
+		// A kick before Run is executing again would only be left
+		// pending and measure nothing: wait for that. Then let the
+		// guest run on (or reach its HLT) for a while, which is timing,
+		// not synchronisation: that state is what is measured.
+		poll.Until(b, "Run to be executing again", running)
+		time.Sleep(100 * time.Microsecond)
 		t0 := time.Now()
 		c.Kick()
 		t1, ok := <-exits

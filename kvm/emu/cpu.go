@@ -155,10 +155,10 @@ func (c *cpu) ID() int { return c.id }
 
 func (c *cpu) busy(op string) error {
 	if c.closed.Load() {
-		return errorf(op, KindClosed, "vCPU %d closed", c.id)
+		return errorf(op, ErrClosed, "vCPU %d closed", c.id)
 	}
 	if c.running.Load() {
-		return errorf(op, KindBusy, "vCPU %d is running", c.id)
+		return errorf(op, ErrBusy, "vCPU %d is running", c.id)
 	}
 	return nil
 }
@@ -230,7 +230,7 @@ func (c *cpu) GetMSRs(m []engine.MSR) error {
 	for i := range m {
 		v, ok := c.rdmsr(m[i].Index)
 		if !ok {
-			return errorf("GetMSRs", KindInvalid, "MSR %#x not supported", m[i].Index)
+			return errorf("GetMSRs", ErrInvalid, "MSR %#x not supported", m[i].Index)
 		}
 		m[i].Data = v
 	}
@@ -243,7 +243,7 @@ func (c *cpu) SetMSRs(m []engine.MSR) error {
 	}
 	for i := range m {
 		if !c.wrmsr(m[i].Index, m[i].Data, true) {
-			return errorf("SetMSRs", KindInvalid, "MSR %#x: value %#x not accepted", m[i].Index, m[i].Data)
+			return errorf("SetMSRs", ErrInvalid, "MSR %#x: value %#x not accepted", m[i].Index, m[i].Data)
 		}
 	}
 	return nil
@@ -326,10 +326,10 @@ func (c *cpu) setExit(r engine.ExitReason, msg string) {
 // Run runs the vCPU until an exit.
 func (c *cpu) Run() (*engine.Exit, error) {
 	if c.closed.Load() {
-		return nil, errorf("Run", KindClosed, "vCPU %d closed", c.id)
+		return nil, errorf("Run", ErrClosed, "vCPU %d closed", c.id)
 	}
 	if !c.running.CompareAndSwap(false, true) {
-		return nil, errorf("Run", KindBusy, "vCPU %d is already running", c.id)
+		return nil, errorf("Run", ErrBusy, "vCPU %d is already running", c.id)
 	}
 	defer c.running.Store(false)
 	c.exit = engine.Exit{}
@@ -488,10 +488,10 @@ func (c *cpu) exec() {
 // transition arms return addresses only.
 func (c *cpu) SetBreakpoints(addrs []uint64) error {
 	if len(addrs) > engine.MaxBreakpoints {
-		return errorf("SetBreakpoints", KindInvalid, "%d breakpoints, at most %d", len(addrs), engine.MaxBreakpoints)
+		return errorf("SetBreakpoints", ErrInvalid, "%d breakpoints, at most %d", len(addrs), engine.MaxBreakpoints)
 	}
 	if c.running.Load() {
-		return errorf("SetBreakpoints", KindBusy, "vCPU %d is running", c.id)
+		return errorf("SetBreakpoints", ErrBusy, "vCPU %d is running", c.id)
 	}
 	c.bps = append(c.bps[:0], addrs...)
 	return nil

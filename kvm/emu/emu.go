@@ -106,7 +106,7 @@ type vm struct {
 
 func (e *emuEngine) NewVM(mem []byte) (engine.VM, error) {
 	if len(mem) == 0 || len(mem)%4096 != 0 {
-		return nil, errorf("NewVM", KindInvalid, "guest RAM size %d is not a nonzero multiple of 4096", len(mem))
+		return nil, errorf("NewVM", ErrInvalid, "guest RAM size %d is not a nonzero multiple of 4096", len(mem))
 	}
 	pages := len(mem) / 4096
 	v := &vm{
@@ -121,15 +121,15 @@ func (e *emuEngine) NewVM(mem []byte) (engine.VM, error) {
 
 func (v *vm) NewVCPU(id int) (engine.VCPU, error) {
 	if id < 0 || id >= maxVCPUs {
-		return nil, errorf("NewVCPU", KindInvalid, "vCPU id %d out of range 0..%d", id, maxVCPUs-1)
+		return nil, errorf("NewVCPU", ErrInvalid, "vCPU id %d out of range 0..%d", id, maxVCPUs-1)
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.closed {
-		return nil, errorf("NewVCPU", KindClosed, "VM closed")
+		return nil, errorf("NewVCPU", ErrClosed, "VM closed")
 	}
 	if v.vcpus[id].Load() != nil {
-		return nil, errorf("NewVCPU", KindBusy, "vCPU %d exists", id)
+		return nil, errorf("NewVCPU", ErrBusy, "vCPU %d exists", id)
 	}
 	c := newCPU(v, id)
 	v.vcpus[id].Store(c)

@@ -1,74 +1,52 @@
 package emu
 
 import (
+	"errors"
 	"fmt"
 	"syscall"
+
+	"klp-kvm/klperr"
 )
 
-// Kind classifies an Error; each Kind maps to the errno a KVM ioctl would
-// return for the same situation, so callers can treat both engines alike.
-type Kind int
-
-const (
-	// KindInvalid: a bad argument (EINVAL).
-	KindInvalid Kind = iota + 1
-	// KindBusy: the vCPU is running, or the id is taken (EBUSY).
-	KindBusy
-	// KindClosed: the VM or vCPU was closed (EBADF).
-	KindClosed
-	// KindUnsupported: a state the interpreter cannot run (ENOTSUP).
-	KindUnsupported
-)
-
-var kindErrno = map[Kind]syscall.Errno{
-	KindInvalid:     syscall.EINVAL,
-	KindBusy:        syscall.EBUSY,
-	KindClosed:      syscall.EBADF,
-	KindUnsupported: syscall.ENOTSUP,
-}
-
-// Error is the one error type of package emu. It names the operation and a
-// Kind; errors.Is matches it against another *Error with the same Kind (the
-// Err* sentinels below) or against the Kind's syscall.Errno.
-type Error struct {
-	Op   string
-	Kind Kind
-	Msg  string
-}
-
-// Sentinels for errors.Is.
+// Kinds of Error. Each maps to the errno a KVM ioctl would return for the
+// same situation (kindErrno), so callers can treat both engines alike:
+// errors.Is(err, syscall.EBUSY) holds for an emu ErrBusy as for KVM's.
 var (
-	ErrInvalid     = &Error{Kind: KindInvalid}
-	ErrBusy        = &Error{Kind: KindBusy}
-	ErrClosed      = &Error{Kind: KindClosed}
-	ErrUnsupported = &Error{Kind: KindUnsupported}
+	ErrInvalid     = errors.New("invalid argument")            // a bad argument (EINVAL)
+	ErrBusy        = errors.New("busy")                        // the vCPU is running, or the id is taken (EBUSY)
+	ErrClosed      = errors.New("closed")                      // the VM or vCPU was closed (EBADF)
+	ErrUnsupported = errors.New("unsupported by the emulator") // a state the interpreter cannot run (ENOTSUP)
 )
+
+var kindErrno = map[error]syscall.Errno{
+	ErrInvalid:     syscall.EINVAL,
+	ErrBusy:        syscall.EBUSY,
+	ErrClosed:      syscall.EBADF,
+	ErrUnsupported: syscall.ENOTSUP,
+}
+
+// Error is the one error type of package emu, by the convention of
+// package klperr: the operation, its kind and the kind's errno.
+type Error struct {
+	Op     string
+	Kind   error // one of the Err* kinds
+	Errno  syscall.Errno
+	Detail string
+	Err    error // underlying cause, if any
+}
 
 func (e *Error) Error() string {
-	s := "emu"
-	if e.Op != "" {
-		s += ": " + e.Op
-	}
-	if e.Msg != "" {
-		s += ": " + e.Msg
-	}
-	return s + " (" + e.Errno().Error() + ")"
+	return klperr.Format("emu", e.Op, "", e.Kind, e.Errno, e.Detail, e.Err)
 }
 
-// Errno is the errno equivalent of the error's Kind.
-func (e *Error) Errno() syscall.Errno { return kindErrno[e.Kind] }
+// Is matches the kind or its errno.
+func (e *Error) Is(target error) bool { return klperr.Match(target, e.Kind, e.Errno) }
 
-// Is reports whether target is an *Error of the same Kind, or its errno.
-func (e *Error) Is(target error) bool {
-	switch t := target.(type) {
-	case *Error:
-		return t.Kind == e.Kind
-	case syscall.Errno:
-		return t == e.Errno()
-	}
-	return false
-}
+// As gives the errno to errors.As(err, &errno).
+func (e *Error) As(target any) bool { return klperr.AsErrno(target, e.Errno) }
 
-func errorf(op string, k Kind, format string, args ...any) error {
-	return &Error{Op: op, Kind: k, Msg: fmt.Sprintf(format, args...)}
+func (e *Error) Unwrap() error { return e.Err }
+
+func errorf(op string, kind error, format string, args ...any) error {
+	return &Error{Op: op, Kind: kind, Errno: kindErrno[kind], Detail: fmt.Sprintf(format, args...)}
 }

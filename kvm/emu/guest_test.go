@@ -540,9 +540,9 @@ _start:
 	c := m.cpus[0]
 	var last uint64
 	for i := range 3 {
-		timer := time.AfterFunc(5*time.Millisecond, c.Kick)
+		cancel := kickRunning(c, 5*time.Millisecond)
 		ex, err := c.Run()
-		timer.Stop()
+		cancel()
 		if err != nil || ex.Reason != engine.ExitIntr {
 			t.Fatalf("round %d: %v %v", i, ex, err)
 		}
@@ -735,9 +735,9 @@ repinsn:
 	mov %rcx, %rax
 	`+done, 1)
 	c := m.cpus[0]
-	timer := time.AfterFunc(time.Millisecond, c.Kick)
+	cancel := kickRunning(c, time.Millisecond)
 	ex, err := c.Run()
-	timer.Stop()
+	cancel()
 	if err != nil || ex.Reason != engine.ExitIntr {
 		t.Fatalf("%+v %v", ex, err)
 	}
@@ -936,9 +936,9 @@ _start:
 	mov $1, %eax
 	`+done, 1)
 	c := m.cpus[0]
-	timer := time.AfterFunc(2*time.Millisecond, c.Kick)
+	cancel := kickRunning(c, 2*time.Millisecond) // in HLT by then
 	ex, _ := c.Run()
-	timer.Stop()
+	cancel()
 	if ex.Reason != engine.ExitIntr {
 		t.Fatalf("exit %v", ex.Reason)
 	}
@@ -946,7 +946,7 @@ _start:
 	if err := c.SetRegs(r); err != nil {
 		t.Fatal(err)
 	}
-	timer = time.AfterFunc(5*time.Millisecond, c.Kick)
+	timer := time.AfterFunc(5*time.Millisecond, c.Kick)
 	start := time.Now()
 	ex, _ = c.Run()
 	timer.Stop()

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"klp-kvm/internal/poll"
 	"klp-kvm/kvm/engine"
 )
 
@@ -303,3 +304,35 @@ func (m *machine) regs(id int) engine.Regs {
 func (m *machine) u64(addr uint64) uint64 { return binary.LittleEndian.Uint64(m.ram[addr:]) }
 
 var _ = bytes.Equal
+
+// kickRunning kicks c once its Run has been executing for d, and returns a
+// function that cancels the kick if it has not happened (call it after Run
+// returned). A timer started before Run, as the kick tests had, may fire
+// before Run executes on a loaded host: the kick is then left pending and
+// the next Run returns at once having run nothing, which those tests took
+// for a kick mid-loop, mid-REP or in HLT. d itself is timing, not
+// synchronisation: how far the guest gets before the kick.
+func kickRunning(c engine.VCPU, d time.Duration) (cancel func()) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		executing := poll.Wait(poll.Timeout, func() bool {
+			select {
+			case <-stop:
+				return true
+			default:
+				return c.(*cpu).running.Load()
+			}
+		})
+		if !executing {
+			return
+		}
+		select {
+		case <-stop:
+		case <-time.After(d):
+			c.Kick()
+		}
+	}()
+	return func() { close(stop); <-done }
+}

@@ -3,6 +3,8 @@ package hw
 import (
 	"errors"
 	"syscall"
+
+	"klp-kvm/klperr"
 )
 
 // Kinds of failure, matched with errors.Is. The kernel's own errno is
@@ -24,40 +26,28 @@ var (
 	ErrABI = errors.New("kvm_run out of range")
 )
 
-// Error is the one error type of package hw: the operation (usually the
-// ioctl's kernel name), the kind, and the kernel's errno where there is one.
+// Error is the one error type of package hw, by the convention of package
+// klperr: the operation (usually the ioctl's kernel name), the kind, and
+// the kernel's errno where there is one.
 type Error struct {
 	Op     string        // e.g. "KVM_RUN", "open /dev/kvm"
 	Kind   error         // one of the Err* kinds above, or nil
 	Errno  syscall.Errno // the kernel's answer, 0 if none
 	Detail string        // extra context, may be empty
+	Err    error         // underlying cause, if any
 }
 
 func (e *Error) Error() string {
-	s := "kvm/hw: " + e.Op
-	if e.Kind != nil {
-		s += ": " + e.Kind.Error()
-	}
-	if e.Detail != "" {
-		s += ": " + e.Detail
-	}
-	if e.Errno != 0 {
-		s += ": " + e.Errno.Error()
-	}
-	return s
+	return klperr.Format("kvm/hw", e.Op, "", e.Kind, e.Errno, e.Detail, e.Err)
 }
 
-// Unwrap exposes both the kind and the errno to errors.Is.
-func (e *Error) Unwrap() []error {
-	var errs []error
-	if e.Kind != nil {
-		errs = append(errs, e.Kind)
-	}
-	if e.Errno != 0 {
-		errs = append(errs, e.Errno)
-	}
-	return errs
-}
+// Is matches the kind or the kernel's errno.
+func (e *Error) Is(target error) bool { return klperr.Match(target, e.Kind, e.Errno) }
+
+// As gives the errno to errors.As(err, &errno).
+func (e *Error) As(target any) bool { return klperr.AsErrno(target, e.Errno) }
+
+func (e *Error) Unwrap() error { return e.Err }
 
 // ioctlErr wraps a failed ioctl. err is what the syscall layer returned.
 func ioctlErr(op string, err error) error {
@@ -68,5 +58,5 @@ func ioctlErr(op string, err error) error {
 	if errors.As(err, &errno) {
 		return &Error{Op: op, Errno: errno}
 	}
-	return &Error{Op: op, Detail: err.Error()}
+	return &Error{Op: op, Err: err}
 }

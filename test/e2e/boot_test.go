@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,38 +19,9 @@ import (
 //go:embed testdata/bootguest
 var bootGuest []byte
 
-// syncBuffer is a console sink safe to read while the guest writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func newMachine(t *testing.T, cpus int, cmdline string, console *syncBuffer) *kvm.Machine {
+func newMachine(t *testing.T, cpus int, cmdline string, console *Console) *kvm.Machine {
 	t.Helper()
-	eng, why, err := kvm.SelectEngine(EngineName())
-	if err != nil {
-		// KLP_KVM_ENGINE=kvm asks for real KVM: its absence is a failure.
-		t.Fatal(err)
-	}
-	t.Log(why)
-	m, err := kvm.New(kvm.Config{Engine: eng, CPUs: cpus, Kernel: bootGuest, Cmdline: cmdline, Console: console})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
-	return m
+	return NewMachine(t, kvm.Config{CPUs: cpus, Kernel: bootGuest, Cmdline: cmdline, Console: console})
 }
 
 type result struct {
@@ -77,7 +47,7 @@ func waitResult(t *testing.T, ch <-chan result, m *kvm.Machine) result {
 	}
 }
 
-func symbol(t *testing.T, name string) uint64 {
+func symbol(t testing.TB, name string) uint64 {
 	t.Helper()
 	f, err := elf.NewFile(bytes.NewReader(bootGuest))
 	if err != nil {
@@ -103,7 +73,7 @@ func symbol(t *testing.T, name string) uint64 {
 func TestBoot(t *testing.T) {
 	for _, cpus := range []int{1, 2, 4} {
 		t.Run(fmt.Sprintf("cpus=%d", cpus), func(t *testing.T) {
-			var con syncBuffer
+			var con Console
 			m := newMachine(t, cpus, "loops=20000", &con)
 			r := waitResult(t, start(m), m)
 			if r.err != nil || r.code != 42 {
@@ -130,7 +100,7 @@ func TestBoot(t *testing.T) {
 // and every vCPU's RIP must be inside the guest; at the end no increment
 // may be lost.
 func TestPauseResumeUnderLoad(t *testing.T) {
-	var con syncBuffer
+	var con Console
 	const loops = 400000
 	m := newMachine(t, 2, fmt.Sprintf("loops=%d", loops), &con)
 	counter := symbol(t, "counter")
@@ -138,6 +108,8 @@ func TestPauseResumeUnderLoad(t *testing.T) {
 	ch := start(m)
 	var seen []uint64
 	for i := 0; i < 20; i++ {
+		// Timing, not synchronisation: the vCPUs count between two
+		// pauses, so that each pause lands somewhere else in the loop.
 		time.Sleep(2 * time.Millisecond)
 		if err := m.Pause(); err != nil {
 			if errors.Is(err, kvm.ErrStopped) {
@@ -158,6 +130,8 @@ func TestPauseResumeUnderLoad(t *testing.T) {
 				t.Errorf("vCPU %d paused at RIP %#x, outside the guest text", id, r.RIP)
 			}
 		}
+		// "the counter does not move while paused" has no condition
+		// to wait for: look again after a while
 		time.Sleep(time.Millisecond)
 		m.ReadVirt(counter, b[:])
 		if a != b {

@@ -162,7 +162,7 @@ func runChecks(t *testing.T, s *vmm.VMM, spec *patchbuild.FixSpec, patched bool,
 			if !errors.As(err, &ae) || !errors.Is(err, agent.ErrGuest) {
 				t.Fatalf("%s: %q: %v", phase, c.Cmd, err)
 			}
-			out = "agent error: " + ae.Desc
+			out = "agent error: " + ae.Detail
 		}
 		want, wantNot := c.Before, c.BeforeNot
 		if patched {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"klp-kvm/api"
+	"klp-kvm/internal/poll"
 	"klp-kvm/kvm"
 )
 
@@ -71,15 +72,8 @@ func TestRunCLI(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer cmd.Process.Kill()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			if _, err := os.Stat(sock); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no API socket; stderr:\n%s", stderr.String())
-			}
-			time.Sleep(10 * time.Millisecond)
+		if !poll.Wait(poll.Timeout, func() bool { _, err := os.Stat(sock); return err == nil }) {
+			t.Fatalf("timed out after %v waiting for the API socket; stderr:\n%s", poll.Timeout, stderr.String())
 		}
 		if st, _ := os.Stat(sock); st.Mode().Perm() != 0o600 {
 			t.Errorf("socket mode %v, want 0600", st.Mode().Perm())

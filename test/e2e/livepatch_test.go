@@ -16,6 +16,7 @@ import (
 	"klp-kvm/elfpatch"
 	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
+	"klp-kvm/internal/poll"
 	"klp-kvm/livepatch"
 	"klp-kvm/vmm"
 )
@@ -209,15 +210,22 @@ func (s *switchStats) String() string {
 		n, a[n/2], a[n*99/100], a[n-1], st[n/2], st[n-1], w[n/2], w[n*99/100], w[n-1])
 }
 
-var violationsRE = regexp.MustCompile(`pair_violations: (\d+)`)
-
-func violations(t testing.TB, s *vmm.VMM) int {
-	m := violationsRE.FindStringSubmatch(sh(t, s, "cat /proc/klp_selftest"))
+// selftestStat is the counter name of /proc/klp_selftest ("name: N").
+func selftestStat(t testing.TB, s *vmm.VMM, name string) int {
+	t.Helper()
+	out := sh(t, s, "cat /proc/klp_selftest")
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `: (\d+)$`).FindStringSubmatch(out)
 	if m == nil {
-		t.Fatal("no pair_violations in /proc/klp_selftest")
+		t.Fatalf("no %s in /proc/klp_selftest:\n%s", name, out)
 	}
 	n, _ := strconv.Atoi(m[1])
 	return n
+}
+
+// violations counts the torn pairs the guest's workers have seen.
+func violations(t testing.TB, s *vmm.VMM) int {
+	t.Helper()
+	return selftestStat(t, s, "pair_violations")
 }
 
 // envInt reads a tunable count.
@@ -302,7 +310,7 @@ func TestLivepatchParked(t *testing.T) {
 		t.Fatal(err)
 	}
 	sh(t, s, "park on")
-	pollUntil(t, "the parker to park", func() bool {
+	poll.Until(t, "the parker to park", func() bool {
 		return strings.Contains(sh(t, s, "cat /proc/klp_selftest"), "parked: 1\n")
 	})
 	before := textHash(t, s)
@@ -315,7 +323,7 @@ func TestLivepatchParked(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { _, err := lm.Enable(p.Name, livepatch.Options{Deadline: 20 * time.Second}); done <- err }()
-	pollUntil(t, "transition to read 1 while blocked", func() bool {
+	poll.Until(t, "transition to read 1 while blocked", func() bool {
 		return strings.TrimSpace(sh(t, s, "cat /sys/kernel/livepatch/"+p.Name+"/transition")) == "1"
 	})
 	sh(t, s, "park off")
@@ -327,29 +335,9 @@ func TestLivepatchParked(t *testing.T) {
 	}
 }
 
-// pollUntil checks cond every 20 ms until it holds, and fails the test
-// naming what it waited for after 20 s: a condition, not a fixed sleep that
-// a loaded host (or a slow engine) may not honour.
-func pollUntil(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-var benchCallsRE = regexp.MustCompile(`bench_calls: (\d+)`)
-
 func benchCalls(t testing.TB, s *vmm.VMM) int {
-	m := benchCallsRE.FindStringSubmatch(sh(t, s, "cat /proc/klp_selftest"))
-	if m == nil {
-		t.Fatal("no bench_calls")
-	}
-	n, _ := strconv.Atoi(m[1])
-	return n
+	t.Helper()
+	return selftestStat(t, s, "bench_calls")
 }
 
 func TestLivepatch1024(t *testing.T) {
@@ -365,11 +353,11 @@ func TestLivepatch1024(t *testing.T) {
 	}
 	// The workers keep calling the (patched, then unpatched) functions.
 	var c1 int
-	pollUntil(t, "the workers to run on, patched", func() bool { c1 = benchCalls(t, s); return c1 > c0 })
+	poll.Until(t, "the workers to run on, patched", func() bool { c1 = benchCalls(t, s); return c1 > c0 })
 	if _, err := lm.Unload(p.Name, livepatch.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	pollUntil(t, "the workers to run on, unpatched", func() bool { return benchCalls(t, s) > c1 })
+	poll.Until(t, "the workers to run on, unpatched", func() bool { return benchCalls(t, s) > c1 })
 	if v := violations(t, s); v != 0 {
 		t.Fatalf("%d violations", v)
 	}

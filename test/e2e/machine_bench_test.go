@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"klp-kvm/internal/poll"
 	"klp-kvm/kvm"
 	"klp-kvm/latency"
 )
@@ -64,7 +65,20 @@ func BenchmarkPauseResume(b *testing.B) {
 			defer m.Close()
 			done := start(m)
 			defer func() { m.Stop(); <-done }()
-			time.Sleep(20 * time.Millisecond) // let every vCPU reach the loop
+			// every vCPU in the counter loop: each has bumped its slot
+			percpu := symbol(b, "percpu")
+			poll.Until(b, "every vCPU to reach the counter loop", func() bool {
+				slots := make([]byte, 8*cpus)
+				if err := m.ReadVirt(percpu, slots); err != nil {
+					b.Fatal(err)
+				}
+				for i := 0; i < cpus; i++ {
+					if le64(slots[8*i:]) == 0 {
+						return false
+					}
+				}
+				return true
+			})
 			pause := make([]time.Duration, 0, b.N)
 			round := make([]time.Duration, 0, b.N)
 			b.ResetTimer()
@@ -80,7 +94,9 @@ func BenchmarkPauseResume(b *testing.B) {
 				t2 := time.Now()
 				pause = append(pause, t1.Sub(t0))
 				round = append(round, t2.Sub(t0))
-				time.Sleep(100 * time.Microsecond) // let the vCPUs run between pauses
+				// timing, not synchronisation: the vCPUs run between
+				// pauses, as they would between livepatch switches
+				time.Sleep(100 * time.Microsecond)
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(latency.Median(pause).Nanoseconds())/1e3, "us/pause-median")

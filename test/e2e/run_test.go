@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"klp-kvm/api"
+	"klp-kvm/internal/poll"
 )
 
 // startRun starts `klp-kvm run` on the embedded guest with its API on a
@@ -30,7 +31,7 @@ func startRun(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer, *api.Clie
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	pollUntil(t, "the API socket", func() bool { _, err := os.Stat(sock); return err == nil })
+	poll.Until(t, "the API socket", func() bool { _, err := os.Stat(sock); return err == nil })
 	return cmd, &stderr, api.NewClient(sock)
 }
 
@@ -45,7 +46,7 @@ func TestRunSIGTERMDuringTransition(t *testing.T) {
 	if r, err := c.Exec(ctx, "park on"); err != nil || r.Status != 0 {
 		t.Fatalf("park on, right after start: %+v %v\n%s", r, err, stderr)
 	}
-	pollUntil(t, "the parker to park", func() bool {
+	poll.Until(t, "the parker to park", func() bool {
 		r, err := c.Exec(ctx, "cat /proc/klp_selftest")
 		return err == nil && strings.Contains(r.Output, "parked: 1\n")
 	})
@@ -58,7 +59,7 @@ func TestRunSIGTERMDuringTransition(t *testing.T) {
 		_, err := c.Enable(ctx, rep.Patch, api.OpRequest{DeadlineMS: 3000})
 		enabled <- err
 	}()
-	pollUntil(t, "the transition to start", func() bool {
+	poll.Until(t, "the transition to start", func() bool {
 		r, err := c.Exec(ctx, "cat /sys/kernel/livepatch/"+rep.Patch+"/transition")
 		return err == nil && strings.TrimSpace(r.Output) == "1"
 	})

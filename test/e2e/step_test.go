@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"klp-kvm/guestkernel"
+	"klp-kvm/internal/poll"
 	"klp-kvm/kvm/engine"
 	"klp-kvm/livepatch"
 	"klp-kvm/vmm"
@@ -196,7 +197,11 @@ func TestLivepatchVCPUAtCalleeEntry(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(50 * time.Millisecond)
+	// A worker checks each pair after the call returns: let the workers
+	// run on past the last switch (vCPU 0's was stopped inside one) before
+	// counting, or a torn pair there would go unseen.
+	c0 := selftestStat(t, s, "pair_calls")
+	poll.Until(t, "the workers' next 1000 pair calls", func() bool { return selftestStat(t, s, "pair_calls") >= c0+1000 })
 	if v := violations(t, s) - v0; v != 0 {
 		t.Fatalf("%d pair violations", v)
 	}

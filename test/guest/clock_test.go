@@ -50,6 +50,8 @@ func TestGuestClock(t *testing.T) {
 	a := g.clockSample()
 	var b clockSample
 	for {
+		// time itself is under test: let some pass between samples
+		// (the loop's condition decides when the span is enough)
 		time.Sleep(minSpan / 4)
 		b = g.clockSample()
 		lo, hi := b.before.Sub(a.after), b.after.Sub(a.before)

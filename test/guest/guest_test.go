@@ -13,8 +13,8 @@ import (
 
 // TestSelftest boots with 1, 2 and 4 vCPUs in self-test mode: the guest
 // runs its own checks (SMP, sleep, preemption, consistency pair, duplicate
-// symbols, the bench set, parking, VFS, kallsyms, fentry) and powers off
-// with 0.
+// symbols, the bench set, parking, VFS, kallsyms, fentry, the shadow
+// variable API) and powers off with 0.
 func TestSelftest(t *testing.T) {
 	for _, cpus := range []int{1, 2, 4} {
 		t.Run(fmt.Sprintf("cpus=%d", cpus), func(t *testing.T) {
@@ -23,7 +23,8 @@ func TestSelftest(t *testing.T) {
 				t.Fatalf("self-test exit code %d\n%s", code, tail(g.console.String(), 3000))
 			}
 			out := g.console.String()
-			if !strings.Contains(out, "selftest: PASS") || !strings.Contains(out, fmt.Sprintf("smp: ok %d/%d CPUs", cpus, cpus)) {
+			if !strings.Contains(out, "selftest: PASS") || !strings.Contains(out, fmt.Sprintf("smp: ok %d/%d CPUs", cpus, cpus)) ||
+				!strings.Contains(out, "selftest: shadow: ok") || !strings.Contains(out, "selftest: shadow-smp: ok") {
 				t.Fatalf("console:\n%s", out)
 			}
 		})

@@ -1,59 +1,23 @@
 package guest
 
 import (
-	"bytes"
 	"context"
-	"os"
+	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"klp-kvm/guestkernel"
+	"klp-kvm/internal/poll"
 	"klp-kvm/kvm"
 	"klp-kvm/kvm/agent"
-	"klp-kvm/kvm/engine"
+	"klp-kvm/test/e2e"
 )
-
-func engineFromEnv(t testing.TB) engine.Engine {
-	t.Helper()
-	name := os.Getenv("KLP_KVM_ENGINE")
-	if name == "" {
-		name = "emu"
-	}
-	e, why, err := kvm.SelectEngine(name)
-	if err != nil {
-		if name == "kvm" {
-			t.Skipf("engine kvm unavailable: %v", err)
-		}
-		t.Fatal(err)
-	}
-	t.Log(why)
-	return e
-}
-
-// syncBuffer collects console output from the vCPU threads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type guestVM struct {
 	t       testing.TB
 	m       *kvm.Machine
-	console *syncBuffer
+	console *e2e.Console
 	agent   *agent.Client
 	events  chan agent.Event
 	done    chan struct{}
@@ -65,21 +29,16 @@ type guestVM struct {
 // "guest up" line and opens an agent client.
 func boot(t testing.TB, cpus int, cmdline string, wantUp bool) *guestVM {
 	t.Helper()
-	g := &guestVM{t: t, console: &syncBuffer{}, done: make(chan struct{}), events: make(chan agent.Event, 64)}
-	m, err := kvm.New(kvm.Config{Engine: engineFromEnv(t), CPUs: cpus, Kernel: guestkernel.Vmlinux(),
-		Cmdline: cmdline, Console: g.console})
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := &guestVM{t: t, console: &e2e.Console{}, done: make(chan struct{}), events: make(chan agent.Event, 64)}
+	m := e2e.NewMachine(t, kvm.Config{CPUs: cpus, Kernel: guestkernel.Vmlinux(), Cmdline: cmdline, Console: g.console})
 	g.m = m
 	go func() {
 		g.code, g.err = m.Run()
 		close(g.done)
 	}()
-	t.Cleanup(func() {
+	t.Cleanup(func() { // before NewMachine's Close
 		m.Stop()
 		<-g.done
-		m.Close()
 		if t.Failed() {
 			t.Logf("console:\n%s", tail(g.console.String(), 6000))
 		}
@@ -104,22 +63,29 @@ func tail(s string, n int) string {
 	return s
 }
 
+// running fails the test if the machine has stopped, naming what the test
+// was waiting for.
+func (g *guestVM) running(what string) {
+	g.t.Helper()
+	select {
+	case <-g.done:
+		g.t.Fatalf("machine stopped (code %d, err %v) before %s", g.code, g.err, what)
+	default:
+	}
+}
+
 // waitConsole waits until the console shows want; fails on timeout or if
 // the machine stops first.
 func (g *guestVM) waitConsole(want string, d time.Duration) {
 	g.t.Helper()
-	deadline := time.Now().Add(d)
-	for !strings.Contains(g.console.String(), want) {
-		select {
-		case <-g.done:
-			g.t.Fatalf("machine stopped (code %d, err %v) before the console showed %q", g.code, g.err, want)
-		default:
+	what := fmt.Sprintf("the console to show %q", want)
+	poll.Within(g.t, d, what, func() bool {
+		if strings.Contains(g.console.String(), want) {
+			return true
 		}
-		if time.Now().After(deadline) {
-			g.t.Fatalf("console did not show %q within %v", want, d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		g.running(what)
+		return false
+	})
 }
 
 // waitExit waits for the machine to power off and returns its code.
@@ -142,17 +108,14 @@ func (g *guestVM) shell(line, want string, d time.Duration) string {
 	g.t.Helper()
 	before := len(g.console.String())
 	g.m.ConsoleInput([]byte(line + "\n"))
-	deadline := time.Now().Add(d)
-	for {
-		out := g.console.String()[before:]
-		if strings.Contains(out, want) {
-			return out
-		}
-		if time.Now().After(deadline) {
-			g.t.Fatalf("shell %q: %q not seen within %v; got %q", line, want, d, out)
-		}
-		time.Sleep(10 * time.Millisecond)
+	var out string
+	if !poll.Wait(d, func() bool {
+		out = g.console.String()[before:]
+		return strings.Contains(out, want)
+	}) {
+		g.t.Fatalf("shell %q: %q not seen within %v; got %q", line, want, d, out)
 	}
+	return out
 }
 
 func (g *guestVM) exec(cmd string) agent.ExecResult {

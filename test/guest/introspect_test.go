@@ -12,6 +12,7 @@ import (
 
 	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
+	"klp-kvm/internal/poll"
 	"klp-kvm/kvm/agent"
 )
 
@@ -42,14 +43,9 @@ func TestIntrospection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// wait until the parker sleeps inside klp_park_fn
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(g.read("/proc/klp_selftest"), "parked: 1\n") {
-		if time.Now().After(deadline) {
-			t.Fatal("parker never parked")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, "the parker to sleep inside klp_park_fn", func() bool {
+		return strings.Contains(g.read("/proc/klp_selftest"), "parked: 1\n")
+	})
 	var parkerPID uint32
 	sel := g.read("/proc/klp_selftest")
 	if i := strings.Index(sel, "parker_pid: "); i < 0 {
@@ -63,7 +59,9 @@ func TestIntrospection(t *testing.T) {
 		return r.RIP, r.RSP, r.RBP, err
 	}
 	var hostParker []string
-	for attempt := 0; attempt < 50 && hostParker == nil; attempt++ {
+	// A walk that finds the guest's task table busy (a context switch
+	// in flight) is retried; so is one that saw the parker running.
+	poll.Until(t, fmt.Sprintf("a host walk of every task that sees the parker (pid %d) switched out", parkerPID), func() bool {
 		if err := g.m.Pause(); err != nil {
 			t.Fatal(err)
 		}
@@ -72,8 +70,7 @@ func TestIntrospection(t *testing.T) {
 			t.Fatal(err)
 		}
 		if guestkernel.IsBusy(err) {
-			time.Sleep(5 * time.Millisecond)
-			continue
+			return false
 		}
 		if err != nil {
 			t.Fatalf("host walk: %v", err)
@@ -110,10 +107,8 @@ func TestIntrospection(t *testing.T) {
 				t.Fatalf("task %s not found among %d tasks", want, len(all))
 			}
 		}
-	}
-	if hostParker == nil {
-		t.Fatal("parker (pid", parkerPID, ") never seen switched out")
-	}
+		return hostParker != nil
+	})
 	joined := strings.Join(hostParker, " ")
 	if !strings.Contains(joined, "klp_park_fn parker_thread klp_task_start") {
 		t.Fatalf("host walk of the parker: %v", hostParker)
@@ -382,9 +377,10 @@ func TestSysfsSeqlock(t *testing.T) {
 				return
 			}
 			writes++
-			// a short pause: back-to-back writes would starve the guest's
-			// readers (a seqlock favours the writer), pauses much longer
-			// than a rendering would rarely overlap one
+			// Load, not synchronisation: a short pause, because
+			// back-to-back writes would starve the guest's readers (a
+			// seqlock favours the writer), and pauses much longer than
+			// a rendering would rarely overlap one
 			time.Sleep(pace)
 		}
 	}()
