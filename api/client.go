@@ -9,6 +9,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"klp-kvm/kvm"
 	"klp-kvm/kvm/agent"
@@ -81,13 +86,21 @@ func (c *Client) FileWrite(ctx context.Context, path, data string) error {
 // Patches is GET /patches: the livepatch state.
 func (c *Client) Patches(ctx context.Context) (livepatch.Status, error) {
 	var st livepatch.Status
-	return st, c.do(ctx, RoutePatches, nil, nil, &st)
+	err := c.do(ctx, RoutePatches, nil, nil, &st)
+	return StatusJSON(st), err
 }
 
 // AddPatch is POST /patches: load (register and enable) or register a patch
 // object, as req.Op says.
 func (c *Client) AddPatch(ctx context.Context, req PatchRequest) (OpReply, error) {
 	var rep OpReply
+	if len(req.Object) == 0 {
+		return rep, &Error{Op: RoutePatchAdd.String(), Status: http.StatusBadRequest, Errno: "EINVAL", Msg: "empty patch object"}
+	}
+	if len(req.Object) > MaxPatchObject {
+		return rep, &Error{Op: RoutePatchAdd.String(), Status: http.StatusRequestEntityTooLarge, Errno: "EMSGSIZE",
+			Msg: fmt.Sprintf("patch object of %d bytes is larger than the %d MiB the server takes", len(req.Object), MaxPatchObject>>20)}
+	}
 	return rep, c.do(ctx, RoutePatchAdd, nil, req, &rep)
 }
 
@@ -121,11 +134,17 @@ func (c *Client) patchOp(ctx context.Context, r Route, name string, o OpRequest)
 // Status is GET /status: the machine and the livepatch state.
 func (c *Client) Status(ctx context.Context) (StatusReply, error) {
 	var st StatusReply
-	return st, c.do(ctx, RouteStatus, nil, nil, &st)
+	err := c.do(ctx, RouteStatus, nil, nil, &st)
+	st.Livepatch, st.Machine = StatusJSON(st.Livepatch), infoJSON(st.Machine)
+	return st, err
 }
+
+// maxReply caps a reply body read by the client.
+const maxReply = 64 << 20
 
 // do sends a request for route r (its wildcards filled from args) with an
 // optional JSON body and decodes the JSON reply into out (if non-nil).
+// Its errors are *Error, their messages free of the route.
 func (c *Client) do(ctx context.Context, r Route, args []string, in, out any) error {
 	path, err := r.Path(args...)
 	if err != nil {
@@ -140,6 +159,10 @@ func (c *Client) do(ctx context.Context, r Route, args []string, in, out any) er
 		if err != nil {
 			return &Error{Op: op, Err: err}
 		}
+		if int64(len(b)) > r.MaxBody {
+			return &Error{Op: op, Status: http.StatusRequestEntityTooLarge, Errno: "EMSGSIZE",
+				Msg: fmt.Sprintf("request of %d bytes is larger than the %d the server takes", len(b), r.MaxBody)}
+		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, r.Method, "http://klp-kvm"+path, body)
@@ -151,28 +174,58 @@ func (c *Client) do(ctx context.Context, r Route, args []string, in, out any) er
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		var ne *net.OpError
-		if errors.As(err, &ne) {
-			err = fmt.Errorf("cannot reach klp-kvm at %s (is `klp-kvm run` running? set --api or $KLP_KVM_API): %w", c.Socket, ne.Err)
-		}
-		return &Error{Op: op, Err: err}
+		return &Error{Op: op, Err: c.transportError(ctx, err)}
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
 	if err != nil {
-		return &Error{Op: op, Err: err}
+		return &Error{Op: op, Err: c.transportError(ctx, err)}
 	}
 	if resp.StatusCode >= 300 {
 		var er ErrorReply
 		if json.Unmarshal(data, &er) != nil || er.Error == "" {
-			er.Error = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(data))
+			er.Error = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, clip(string(bytes.TrimSpace(data))))
 		}
 		return &Error{Op: op, Status: resp.StatusCode, Errno: er.Errno, Msg: er.Error}
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
-			return &Error{Op: op, Err: fmt.Errorf("bad reply: %w", err)}
+			return &Error{Op: op, Err: fmt.Errorf("klp-kvm at %s: bad reply: %v", c.Socket, err)}
 		}
 	}
 	return nil
+}
+
+// closedEarly reports whether err is the connection ending before a
+// reply, in any of the ways net/http reports it.
+func closedEarly(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		strings.Contains(err.Error(), "server closed idle connection") // net/http's error for a close before any byte
+}
+
+// transportError says what went wrong on the way to the server, in the
+// user's terms: the socket, the errno, never the request's URL.
+func (c *Client) transportError(ctx context.Context, err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	var ne *net.OpError
+	var en syscall.Errno
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("klp-kvm at %s: no reply in time (ETIMEDOUT): %v", c.Socket, ctx.Err())
+	case errors.As(err, &ne) && ne.Op == "dial":
+		why := ne.Err.Error()
+		if errors.As(err, &en) {
+			why = unix.ErrnoName(en) + ": " + en.Error()
+		}
+		return fmt.Errorf("cannot reach klp-kvm at %s: %s (is `klp-kvm run` running? set --api or $KLP_KVM_API)", c.Socket, why)
+	case closedEarly(err):
+		return fmt.Errorf("klp-kvm at %s closed the connection without a reply (it serves only its own uid and root, or it stopped)", c.Socket)
+	case errors.As(err, &ne):
+		err = ne.Err // its addresses would name the socket's birthplace
+	}
+	return fmt.Errorf("klp-kvm at %s: %v", c.Socket, err)
 }

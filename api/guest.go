@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"path"
@@ -13,12 +14,12 @@ import (
 
 // ExecRequest is the body of POST /guest/exec.
 type ExecRequest struct {
-	Cmd string `json:"cmd"`
+	Cmd string `json:"cmd" api:"required"`
 }
 
 // FileRequest is the body of POST /guest/file/read and /guest/file/write.
 type FileRequest struct {
-	Path string `json:"path"`
+	Path string `json:"path" api:"required"`
 	Data string `json:"data,omitempty"`
 }
 
@@ -41,24 +42,37 @@ func SysfsPath(p string) string {
 	return path.Clean(p)
 }
 
+// Agent is what the guest routes need of the guest agent; *agent.Client
+// is one.
+type Agent interface {
+	Info(ctx context.Context) (agent.Info, error)
+	Exec(ctx context.Context, cmd string) (agent.ExecResult, error)
+	FileRead(ctx context.Context, path string) (content string, truncated bool, err error)
+	FileWrite(ctx context.Context, path, data string) error
+}
+
 // GuestRoutes registers the routes served through the guest agent:
 //
 //	GET  /guest/info         guest-info
 //	POST /guest/exec         {"cmd"} -> {"output","status","truncated"}
 //	POST /guest/file/read    {"path"} -> {"path","content","truncated"}
 //	POST /guest/file/write   {"path","data"} -> {} or an error with the guest's errno
-func GuestRoutes(mux *http.ServeMux, c *agent.Client) {
-	mux.HandleFunc(RouteGuestInfo.String(), func(w http.ResponseWriter, r *http.Request) {
+func GuestRoutes(mux *http.ServeMux, c Agent) {
+	handle(mux, RouteGuestInfo, nil, func(w http.ResponseWriter, r *http.Request, body []byte) {
+		if !noBody(w, body) {
+			return
+		}
 		info, err := c.Info(r.Context())
 		if err != nil {
 			writeAgentError(w, err)
 			return
 		}
+		info.SupportedCommands = emptyList(info.SupportedCommands)
 		WriteJSON(w, http.StatusOK, info)
 	})
-	mux.HandleFunc(RouteGuestExec.String(), func(w http.ResponseWriter, r *http.Request) {
+	handle(mux, RouteGuestExec, nil, func(w http.ResponseWriter, r *http.Request, body []byte) {
 		var req ExecRequest
-		if err := DecodeBody(r, &req); err != nil {
+		if err := decodeJSON(body, &req); err != nil {
 			WriteError(w, http.StatusBadRequest, "EINVAL", err)
 			return
 		}
@@ -69,10 +83,14 @@ func GuestRoutes(mux *http.ServeMux, c *agent.Client) {
 		}
 		WriteJSON(w, http.StatusOK, res)
 	})
-	mux.HandleFunc(RouteGuestFileRead.String(), func(w http.ResponseWriter, r *http.Request) {
+	handle(mux, RouteGuestFileRead, nil, func(w http.ResponseWriter, r *http.Request, body []byte) {
 		var req FileRequest
-		if err := DecodeBody(r, &req); err != nil {
+		if err := decodeJSON(body, &req); err != nil {
 			WriteError(w, http.StatusBadRequest, "EINVAL", err)
+			return
+		}
+		if req.Data != "" {
+			WriteError(w, http.StatusBadRequest, "EINVAL", errors.New(`request body: field "data": a read takes none`))
 			return
 		}
 		content, trunc, err := c.FileRead(r.Context(), req.Path)
@@ -82,9 +100,9 @@ func GuestRoutes(mux *http.ServeMux, c *agent.Client) {
 		}
 		WriteJSON(w, http.StatusOK, FileReply{Path: req.Path, Content: content, Truncated: trunc})
 	})
-	mux.HandleFunc(RouteGuestFileWrite.String(), func(w http.ResponseWriter, r *http.Request) {
+	handle(mux, RouteGuestFileWrite, nil, func(w http.ResponseWriter, r *http.Request, body []byte) {
 		var req FileRequest
-		if err := DecodeBody(r, &req); err != nil {
+		if err := decodeJSON(body, &req); err != nil {
 			WriteError(w, http.StatusBadRequest, "EINVAL", err)
 			return
 		}

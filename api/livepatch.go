@@ -1,11 +1,12 @@
 package api
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -15,13 +16,13 @@ import (
 	"klp-kvm/livepatch"
 )
 
-// PatchRequest is the body of POST /patches: the patch object as bytes
-// (base64 in JSON) or a path on the server's file system.
+// PatchRequest is the body of POST /patches: the patch object itself, as
+// bytes (base64 in JSON). The server never opens a file for a client: the
+// CLI reads the object and uploads it.
 type PatchRequest struct {
 	Op           string `json:"op,omitempty"` // "load" (default) or "register"
-	Object       []byte `json:"object,omitempty"`
-	Path         string `json:"path,omitempty"`
-	Name         string `json:"name,omitempty"` // the name when the object has no KLP_MODULE_NAME (a file name)
+	Object       []byte `json:"object" api:"required"`
+	Name         string `json:"name,omitempty"` // the object's file name, its name when it has no KLP_MODULE_NAME
 	Force        bool   `json:"force,omitempty"`
 	DeadlineMS   int64  `json:"deadline_ms,omitempty"`
 	Conservative bool   `json:"conservative,omitempty"`
@@ -38,6 +39,13 @@ func (o OpRequest) options() livepatch.Options {
 	return livepatch.Options{Force: o.Force, Deadline: time.Duration(o.DeadlineMS) * time.Millisecond, Conservative: o.Conservative}
 }
 
+func (o OpRequest) check() error {
+	if o.DeadlineMS < 0 || o.DeadlineMS > MaxDeadlineMS {
+		return fmt.Errorf(`request body: field "deadline_ms": %d is not in 0..%d`, o.DeadlineMS, MaxDeadlineMS)
+	}
+	return nil
+}
+
 // OpReply is the reply of a successful livepatch operation.
 type OpReply struct {
 	Op     string            `json:"op"`
@@ -51,9 +59,13 @@ type StatusReply struct {
 	Livepatch livepatch.Status `json:"livepatch"`
 }
 
-// maxObject bounds a patch object read from a path (the body is bounded
-// by DecodeBody).
-const maxObject = 64 << 20
+// MaxPatchName is the longest patch name there can be (a sysfs directory
+// name in the guest is shorter than 64 bytes): a longer {name} names no
+// patch, and is refused before it reaches the livepatch core.
+const MaxPatchName = 63
+
+// MaxFileName caps PatchRequest.Name (a file name, NAME_MAX).
+const MaxFileName = 255
 
 // LivepatchRoutes registers the livepatch routes on mux:
 //
@@ -66,116 +78,135 @@ const maxObject = 64 << 20
 //	GET  /status                           StatusReply
 //
 // A refused operation answers with the Linux errno name: 409 for EBUSY,
-// EEXIST, ENOMEM, ENODEV; 400 for EINVAL; 404 for ENOENT.
-func LivepatchRoutes(mux *http.ServeMux, lm *livepatch.Manager, m *kvm.Machine) {
-	mux.HandleFunc(RoutePatches.String(), func(w http.ResponseWriter, r *http.Request) {
-		WriteJSON(w, http.StatusOK, lm.Status())
+// EEXIST, ENOMEM, ENODEV; 400 for EINVAL; 404 for ENOENT. m may be nil
+// (no machine section in /status).
+func LivepatchRoutes(mux *http.ServeMux, lm *livepatch.Manager, m Machine) {
+	uploads := make(chan struct{}, MaxConcurrentUploads)
+	handle(mux, RoutePatches, nil, func(w http.ResponseWriter, r *http.Request, body []byte) {
+		if noBody(w, body) {
+			WriteJSON(w, http.StatusOK, StatusJSON(lm.Status()))
+		}
 	})
-	mux.HandleFunc(RouteStatus.String(), func(w http.ResponseWriter, r *http.Request) {
-		st := StatusReply{Livepatch: lm.Status()}
+	handle(mux, RouteStatus, nil, func(w http.ResponseWriter, r *http.Request, body []byte) {
+		if !noBody(w, body) {
+			return
+		}
+		st := StatusReply{Livepatch: StatusJSON(lm.Status())}
 		if m != nil {
 			st.Machine = m.Info()
 		}
+		st.Machine = infoJSON(st.Machine)
 		WriteJSON(w, http.StatusOK, st)
 	})
-	mux.HandleFunc(RoutePatchAdd.String(), func(w http.ResponseWriter, r *http.Request) {
+	handle(mux, RoutePatchAdd, uploads, func(w http.ResponseWriter, r *http.Request, body []byte) {
 		var req PatchRequest
-		if err := DecodeBody(r, &req); err != nil {
+		if err := decodeJSON(body, &req); err != nil {
 			WriteError(w, http.StatusBadRequest, "EINVAL", err)
 			return
 		}
-		data, hint := req.Object, req.Name
-		switch {
-		case len(data) > 0 && req.Path != "":
-			WriteError(w, http.StatusBadRequest, "EINVAL", errors.New("give object or path, not both"))
-			return
-		case req.Path != "":
-			b, err := readObject(req.Path)
-			if err != nil {
-				WriteError(w, http.StatusBadRequest, "EINVAL", err)
-				return
-			}
-			data = b
-			if hint == "" {
-				hint = filepath.Base(req.Path)
-			}
-		case len(data) == 0:
-			WriteError(w, http.StatusBadRequest, "EINVAL", errors.New("no patch object (object or path)"))
+		body = nil // the decoded object is all that is kept
+		o := OpRequest{Force: req.Force, DeadlineMS: req.DeadlineMS, Conservative: req.Conservative}
+		if err := checkPatchRequest(req, o); err != nil {
+			WriteError(w, http.StatusBadRequest, "EINVAL", err)
 			return
 		}
-		o := OpRequest{Force: req.Force, DeadlineMS: req.DeadlineMS, Conservative: req.Conservative}.options()
 		switch req.Op {
 		case "", "load":
-			p, res, err := lm.Load(data, hint, o)
+			p, res, err := lm.Load(req.Object, req.Name, o.options())
 			if err != nil {
-				WriteLivepatchError(w, err)
+				writeLivepatchError(w, "load", err)
 				return
 			}
 			WriteJSON(w, http.StatusOK, OpReply{Op: "load", Patch: p.Name, Result: res})
 		case "register":
-			p, err := lm.Register(data, hint)
+			p, err := lm.Register(req.Object, req.Name)
 			if err != nil {
-				WriteLivepatchError(w, err)
+				writeLivepatchError(w, "register", err)
 				return
 			}
 			WriteJSON(w, http.StatusOK, OpReply{Op: "register", Patch: p.Name})
-		default:
-			WriteError(w, http.StatusBadRequest, "EINVAL", fmt.Errorf("op %q: want load or register", req.Op))
 		}
 	})
-	patchOp := func(op string, do func(name string, o livepatch.Options) (*livepatch.Result, error)) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
+	patchOp := func(op string, do func(name string, o livepatch.Options) (*livepatch.Result, error)) func(http.ResponseWriter, *http.Request, []byte) {
+		return func(w http.ResponseWriter, r *http.Request, body []byte) {
 			name := r.PathValue("name")
 			var req OpRequest
-			if r.ContentLength != 0 {
-				if err := DecodeBody(r, &req); err != nil {
+			if len(bytes.TrimSpace(body)) != 0 { // the body is optional
+				if err := decodeJSON(body, &req); err != nil {
 					WriteError(w, http.StatusBadRequest, "EINVAL", err)
 					return
 				}
 			}
+			if err := req.check(); err != nil {
+				WriteError(w, http.StatusBadRequest, "EINVAL", err)
+				return
+			}
+			if len(name) > MaxPatchName {
+				// No patch has such a name; the livepatch core would
+				// say the same, repeating all of it.
+				writeLivepatchError(w, op, &livepatch.Error{Op: op, Patch: name, Errno: syscall.ENOENT, Detail: "no such patch"})
+				return
+			}
 			res, err := do(name, req.options())
 			if err != nil {
-				WriteLivepatchError(w, err)
+				writeLivepatchError(w, op, err)
 				return
 			}
 			WriteJSON(w, http.StatusOK, OpReply{Op: op, Patch: name, Result: res})
 		}
 	}
-	mux.HandleFunc(RoutePatchEnable.String(), patchOp("enable", lm.Enable))
-	mux.HandleFunc(RoutePatchDisable.String(), patchOp("disable", lm.Disable))
-	mux.HandleFunc(RoutePatchUnload.String(), patchOp("unload", lm.Unload))
-	mux.HandleFunc(RoutePatchUnreg.String(), patchOp("unregister", func(name string, _ livepatch.Options) (*livepatch.Result, error) {
+	handle(mux, RoutePatchEnable, nil, patchOp("enable", lm.Enable))
+	handle(mux, RoutePatchDisable, nil, patchOp("disable", lm.Disable))
+	handle(mux, RoutePatchUnload, nil, patchOp("unload", lm.Unload))
+	handle(mux, RoutePatchUnreg, nil, patchOp("unregister", func(name string, _ livepatch.Options) (*livepatch.Result, error) {
 		return nil, lm.Unregister(name)
 	}))
 	// Any other operation: a JSON ENOENT naming it (the four routes above
 	// are more specific, so the ServeMux prefers them).
-	mux.HandleFunc(routePatchUnknownOp.String(), func(w http.ResponseWriter, r *http.Request) {
-		WriteError(w, http.StatusNotFound, "ENOENT", fmt.Errorf("no operation %q: want enable, disable, unregister or unload", r.PathValue("op")))
+	handle(mux, routePatchUnknownOp, nil, func(w http.ResponseWriter, r *http.Request, body []byte) {
+		WriteError(w, http.StatusNotFound, "ENOENT", fmt.Errorf("no operation %s: want enable, disable, unregister or unload", quote(r.PathValue("op"))))
 	})
 }
 
-func readObject(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
+func checkPatchRequest(req PatchRequest, o OpRequest) error {
+	switch {
+	case req.Op != "" && req.Op != "load" && req.Op != "register":
+		return fmt.Errorf(`request body: field "op": %s: want load or register`, quote(req.Op))
+	case len(req.Object) == 0:
+		return errors.New(`request body: field "object": empty: want the patch object's bytes`)
+	case len(req.Object) > MaxPatchObject:
+		return fmt.Errorf(`request body: field "object": %d bytes, more than %d`, len(req.Object), MaxPatchObject)
+	case len(req.Name) > MaxFileName:
+		return fmt.Errorf(`request body: field "name": %d bytes, more than %d`, len(req.Name), MaxFileName)
+	case strings.Contains(req.Name, "/"):
+		return fmt.Errorf(`request body: field "name": %s: a file name, not a path`, quote(req.Name))
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
+	return o.check()
+}
+
+// StatusJSON gives the livepatch state's lists as [] rather than null.
+func StatusJSON(st livepatch.Status) livepatch.Status {
+	st.Patches = emptyList(st.Patches)
+	st.Redirected = emptyList(st.Redirected)
+	return st
+}
+
+// emptyList is s, or an empty list for nil: JSON [] rather than null.
+func emptyList[T any](s []T) []T {
+	if s == nil {
+		return []T{}
 	}
-	if !fi.Mode().IsRegular() || fi.Size() > maxObject {
-		return nil, fmt.Errorf("%s: not a regular file of at most %d bytes", path, maxObject)
-	}
-	b := make([]byte, fi.Size())
-	if _, err := f.ReadAt(b, 0); err != nil {
-		return nil, err
-	}
-	return b, nil
+	return s
 }
 
 // WriteLivepatchError maps a livepatch error to its HTTP status and errno.
-func WriteLivepatchError(w http.ResponseWriter, err error) {
+func WriteLivepatchError(w http.ResponseWriter, err error) { writeLivepatchError(w, "", err) }
+
+// writeLivepatchError maps a livepatch error to its HTTP status and errno.
+// With op, the error is told as that operation's (an unload that failed at
+// its disable step is an unload failure), and a patch name a client sent
+// is repeated only clipped.
+func writeLivepatchError(w http.ResponseWriter, op string, err error) {
 	var le *livepatch.Error
 	if !errors.As(err, &le) {
 		WriteError(w, http.StatusInternalServerError, "EIO", err)
@@ -190,5 +221,14 @@ func WriteLivepatchError(w http.ResponseWriter, err error) {
 	case syscall.EIO:
 		status = http.StatusInternalServerError
 	}
-	WriteError(w, status, unix.ErrnoName(le.Errno), err)
+	c := *le
+	if op == "unload" {
+		c.Op = op
+	}
+	msg := c.Error()
+	if len(c.Patch) > MaxEcho {
+		msg = strings.ReplaceAll(msg, strconv.Quote(c.Patch), strconv.Quote(clip(c.Patch)))
+		msg = strings.ReplaceAll(msg, c.Patch, clip(c.Patch))
+	}
+	WriteError(w, status, unix.ErrnoName(le.Errno), errors.New(msg))
 }

@@ -14,26 +14,32 @@ import (
 type Route struct {
 	Method  string
 	Pattern string
+	// MaxBody caps the request body in bytes: the server answers 413
+	// (EMSGSIZE) beyond it without reading on, and the client refuses to
+	// send more.
+	MaxBody int64
 }
 
 // The routes of the control API (docs/architecture.md, "Control API").
+// Routes that take no body or an OpRequest are capped at MaxControlBody,
+// the guest routes at MaxGuestBody, and the patch upload at MaxPatchBody.
 var (
-	RouteMachine        = Route{"GET", "/machine"}                    // -> kvm.Info
-	RouteMachinePause   = Route{"POST", "/machine/pause"}             // -> kvm.Info
-	RouteMachineResume  = Route{"POST", "/machine/resume"}            // -> kvm.Info
-	RouteMachineStop    = Route{"POST", "/machine/stop"}              // -> {}
-	RouteGuestInfo      = Route{"GET", "/guest/info"}                 // -> agent.Info
-	RouteGuestExec      = Route{"POST", "/guest/exec"}                // ExecRequest -> agent.ExecResult
-	RouteGuestFileRead  = Route{"POST", "/guest/file/read"}           // FileRequest -> FileReply
-	RouteGuestFileWrite = Route{"POST", "/guest/file/write"}          // FileRequest -> {}
-	RoutePatches        = Route{"GET", "/patches"}                    // -> livepatch.Status
-	RoutePatchAdd       = Route{"POST", "/patches"}                   // PatchRequest -> OpReply
-	RoutePatchEnable    = Route{"POST", "/patches/{name}/enable"}     // OpRequest (optional) -> OpReply
-	RoutePatchDisable   = Route{"POST", "/patches/{name}/disable"}    // OpRequest (optional) -> OpReply
-	RoutePatchUnload    = Route{"POST", "/patches/{name}/unload"}     // OpRequest (optional) -> OpReply
-	RoutePatchUnreg     = Route{"POST", "/patches/{name}/unregister"} // -> OpReply
-	RouteStatus         = Route{"GET", "/status"}                     // -> StatusReply
-	routePatchUnknownOp = Route{"POST", "/patches/{name}/{op}"}       // ENOENT naming the operation
+	RouteMachine        = Route{"GET", "/machine", MaxControlBody}                    // -> kvm.Info
+	RouteMachinePause   = Route{"POST", "/machine/pause", MaxControlBody}             // -> kvm.Info
+	RouteMachineResume  = Route{"POST", "/machine/resume", MaxControlBody}            // -> kvm.Info
+	RouteMachineStop    = Route{"POST", "/machine/stop", MaxControlBody}              // -> {}
+	RouteGuestInfo      = Route{"GET", "/guest/info", MaxControlBody}                 // -> agent.Info
+	RouteGuestExec      = Route{"POST", "/guest/exec", MaxGuestBody}                  // ExecRequest -> agent.ExecResult
+	RouteGuestFileRead  = Route{"POST", "/guest/file/read", MaxGuestBody}             // FileRequest -> FileReply
+	RouteGuestFileWrite = Route{"POST", "/guest/file/write", MaxGuestBody}            // FileRequest -> {}
+	RoutePatches        = Route{"GET", "/patches", MaxControlBody}                    // -> livepatch.Status
+	RoutePatchAdd       = Route{"POST", "/patches", MaxPatchBody}                     // PatchRequest -> OpReply
+	RoutePatchEnable    = Route{"POST", "/patches/{name}/enable", MaxControlBody}     // OpRequest (optional) -> OpReply
+	RoutePatchDisable   = Route{"POST", "/patches/{name}/disable", MaxControlBody}    // OpRequest (optional) -> OpReply
+	RoutePatchUnload    = Route{"POST", "/patches/{name}/unload", MaxControlBody}     // OpRequest (optional) -> OpReply
+	RoutePatchUnreg     = Route{"POST", "/patches/{name}/unregister", MaxControlBody} // -> OpReply
+	RouteStatus         = Route{"GET", "/status", MaxControlBody}                     // -> StatusReply
+	routePatchUnknownOp = Route{"POST", "/patches/{name}/{op}", MaxControlBody}       // ENOENT naming the operation
 )
 
 // Routes lists every route a client can call, in the order of the table

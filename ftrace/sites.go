@@ -59,13 +59,13 @@ func JmpRel32(from, to uint64) ([elfpatch.FentrySize]byte, error) {
 
 // Site is one fentry site and its state.
 type Site struct {
-	Addr    uint64
-	Func    string
-	FuncOff uint64
-	Nop     [elfpatch.FentrySize]byte // the site's bytes when not redirected
-	State   State
-	Tramp   uint64 // the klp_ops trampoline while State == StateJmp
-	Target  uint64 // the trampoline's slot while State == StateJmp
+	Addr    uint64                    `json:"addr"`
+	Func    string                    `json:"func"`
+	FuncOff uint64                    `json:"func_off"`
+	Nop     [elfpatch.FentrySize]byte `json:"nop"`    // the site's bytes when not redirected
+	State   State                     `json:"state"`  // 0 nop, 1 jmp
+	Tramp   uint64                    `json:"tramp"`  // the klp_ops trampoline while State == StateJmp
+	Target  uint64                    `json:"target"` // the trampoline's slot while State == StateJmp
 }
 
 // Where names the site for messages: symbol+offset.

@@ -1,6 +1,7 @@
 // Package apitest serves klp-kvm's control API in tests, without a guest:
-// a livepatch.Manager over a fake guest (livepatch/fakeguest), and servers
-// on a unix socket as `klp-kvm run` has one. The api package's tests and
+// a livepatch.Manager over a fake guest (livepatch/fakeguest), a fake
+// machine and guest agent (Machine, Agent, the whole API over them: API),
+// and servers on a unix socket as `klp-kvm run` has one. The api package's tests and
 // the CLI's use it, as net/http/httptest is used for HTTP.
 package apitest
 
@@ -33,9 +34,9 @@ func NewManager(tb testing.TB, cpus int) (*livepatch.Manager, *fakeguest.Guest) 
 	return lm, g
 }
 
-// ServeUnix serves h on a fresh unix socket made by api.Listen (as `klp-kvm
-// run` makes its own) in a temporary directory, and returns its path. The
-// server is closed when the test ends.
+// ServeUnix serves h with api.NewServer on a fresh unix socket made by
+// api.Listen (as `klp-kvm run` makes its own) in a temporary directory, and
+// returns its path. The server is closed when the test ends.
 func ServeUnix(tb testing.TB, h http.Handler) string {
 	tb.Helper()
 	sock := filepath.Join(tb.TempDir(), "api.sock")
@@ -43,7 +44,7 @@ func ServeUnix(tb testing.TB, h http.Handler) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv := &http.Server{Handler: h}
+	srv := api.NewServer(h)
 	go srv.Serve(l)
 	tb.Cleanup(func() { srv.Close() })
 	return sock

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,7 +19,9 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	sock := fs.String("api", "", "control API socket")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return 0
+	} else if err != nil {
 		return 2
 	}
 	if fs.NArg() == 0 {
@@ -47,16 +50,20 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 }
 
 // cmdSysfs reads and writes the guest's /sys/kernel/livepatch:
-// klp-kvm sysfs [--api SOCK] ls|cat PATH | write PATH VALUE
-// A relative PATH is taken under /sys/kernel/livepatch.
+// klp-kvm sysfs ls [PATH] | cat PATH | write PATH VALUE [--api SOCK]
+// A relative PATH is taken under /sys/kernel/livepatch. Flags may stand
+// anywhere; after "--" everything is an argument.
 func cmdSysfs(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sysfs", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	sock := fs.String("api", "", "control API socket")
-	if err := fs.Parse(args); err != nil {
+	a, err := parseInterleaved(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
 		return 2
 	}
-	a := fs.Args()
 	usage := func() int {
 		fmt.Fprintln(stderr, "usage: klp-kvm sysfs [--api SOCK] ls [PATH] | cat PATH | write PATH VALUE")
 		return 2

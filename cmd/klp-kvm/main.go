@@ -3,10 +3,11 @@
 // and the logic lives in the packages they call.
 //
 // Exit status: 0 ok, 1 operation refused or failed (the message names the
-// errno), 2 usage.
+// errno; a missing or unreadable file is a failure too), 2 usage.
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -64,4 +65,26 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "klp-kvm: unknown command %q\n", args[0])
 	usage(stderr)
 	return 2
+}
+
+// parseInterleaved parses fs's flags wherever they stand among args:
+// before, between or after the positional arguments, which it returns in
+// order (`patch disable NAME --deadline 3s` is `patch --deadline 3s
+// disable NAME`). "--" ends the flags: everything after it is positional.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
 }

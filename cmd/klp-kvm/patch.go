@@ -10,16 +10,23 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"klp-kvm/api"
 	"klp-kvm/guestkernel"
+	"klp-kvm/klperr"
 	"klp-kvm/livepatch"
 )
 
-const patchUsage = `usage: klp-kvm patch [--api SOCK] [--force] [--deadline D] [--conservative]
-         load OBJ | register OBJ | enable NAME | disable NAME | unregister NAME | unload NAME | list [--json]
-OBJ is a patch object file, or the name of an embedded sample (e.g. livepatch-sample).`
+const patchUsage = `usage: klp-kvm patch load|register OBJ [--force] [--deadline D] [--conservative] [--json]
+       klp-kvm patch enable|disable|unload NAME [--force] [--deadline D] [--conservative] [--json]
+       klp-kvm patch unregister NAME [--json]
+       klp-kvm patch list [--json]
+Flags may stand before or after the operation and its argument; --api SOCK
+(default $KLP_KVM_API, else ./klp-kvm.sock) names the control API socket.
+OBJ is a patch object file, or the name of an embedded sample (e.g.
+livepatch-sample). Exit status: 0 ok, 1 refused or failed, 2 usage.`
 
 // cmdPatch is `klp-kvm patch`: livepatch operations through the API.
 func cmdPatch(args []string, stdout, stderr io.Writer) int {
@@ -31,28 +38,32 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 	deadline := fs.Duration("deadline", 0, "how long to retry a blocked transition (default 5s)")
 	conservative := fs.Bool("conservative", false, "scan every stack word instead of the frame-pointer chain")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
+	rest, err := parseInterleaved(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
 		return 2
 	}
-	rest := fs.Args()
-	// Flags may also follow the operation (`patch list --json`).
-	if len(rest) > 1 {
-		if err := fs.Parse(rest[1:]); err != nil {
-			return 2
-		}
-		rest = append(rest[:1], fs.Args()...)
+	usage := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "klp-kvm patch: "+format+"\n%s\n", append(a, patchUsage)...)
+		return 2
 	}
 	if len(rest) == 0 {
-		fmt.Fprintln(stderr, patchUsage)
-		return 2
+		return usage("which operation?")
+	}
+	if *deadline < 0 {
+		return usage("--deadline %v: not a duration to wait", *deadline)
 	}
 	op := rest[0]
 	opts := api.OpRequest{Force: *force, DeadlineMS: int64(*deadline / time.Millisecond), Conservative: *conservative}
+	if *deadline > 0 && opts.DeadlineMS == 0 {
+		opts.DeadlineMS = 1 // under a millisecond: the shortest wait, not the default
+	}
 	switch op {
 	case "list":
 		if len(rest) != 1 {
-			fmt.Fprintln(stderr, patchUsage)
-			return 2
+			return usage("list takes no argument, got %q", rest[1])
 		}
 		var st livepatch.Status
 		if rc := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
@@ -68,13 +79,12 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "load", "register":
 		if len(rest) != 2 {
-			fmt.Fprintln(stderr, patchUsage)
-			return 2
+			return usage("%s takes one patch object (a file or an embedded sample)", op)
 		}
-		data, hint, err := readPatchObject(rest[1])
+		data, hint, err := readPatchObject(op, rest[1])
 		if err != nil {
-			fmt.Fprintf(stderr, "klp-kvm patch: %v\n", err)
-			return 2
+			fmt.Fprintln(stderr, err)
+			return 1
 		}
 		req := api.PatchRequest{Op: op, Object: data, Name: hint, Force: opts.Force, DeadlineMS: opts.DeadlineMS,
 			Conservative: opts.Conservative}
@@ -88,8 +98,7 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 		return printOp(stdout, rep, *asJSON)
 	case "enable", "disable", "unregister", "unload":
 		if len(rest) != 2 {
-			fmt.Fprintln(stderr, patchUsage)
-			return 2
+			return usage("%s takes one patch name", op)
 		}
 		name := rest[1]
 		var rep api.OpReply
@@ -110,25 +119,49 @@ func cmdPatch(args []string, stdout, stderr io.Writer) int {
 		}
 		return printOp(stdout, rep, *asJSON)
 	}
-	fmt.Fprintf(stderr, "klp-kvm patch: unknown operation %q\n%s\n", op, patchUsage)
-	return 2
+	return usage("unknown operation %q", op)
 }
 
-// readPatchObject reads OBJ: a file, else an embedded sample by name.
-func readPatchObject(obj string) ([]byte, string, error) {
-	b, err := os.ReadFile(obj)
-	if err == nil {
-		return b, filepath.Base(obj), nil
+// readPatchObject reads OBJ for op: a file, else an embedded sample by
+// name. It returns the bytes and the file name the server may name the
+// patch by; its errors are whole messages, in klperr's form
+// ("klp-kvm patch: load x.o: empty file, not a patch object: invalid
+// argument (EINVAL)").
+func readPatchObject(op, obj string) ([]byte, string, error) {
+	fail := func(errno syscall.Errno, detail string) ([]byte, string, error) {
+		return nil, "", errors.New(klperr.Format("klp-kvm patch", op, obj, nil, errno, detail, nil))
 	}
-	if !errors.Is(err, fs.ErrNotExist) || strings.Contains(obj, "/") {
-		return nil, "", err
+	f, err := os.Open(obj)
+	if errors.Is(err, fs.ErrNotExist) && !strings.Contains(obj, "/") {
+		b, gerr := guestkernel.Patch(obj)
+		if gerr != nil {
+			return fail(syscall.ENOENT, "no such file, and no embedded sample of that name (have: "+
+				strings.Join(guestkernel.PatchNames(), ", ")+")")
+		}
+		return b, strings.TrimSuffix(obj, ".o") + ".o", nil
 	}
-	b, gerr := guestkernel.Patch(obj)
-	if gerr != nil {
-		return nil, "", fmt.Errorf("%s: no such file, and no embedded sample of that name (have: %s)", obj,
-			strings.Join(guestkernel.PatchNames(), ", "))
+	if err != nil {
+		return fail(klperr.Errno(err), "")
 	}
-	return b, strings.TrimSuffix(obj, ".o") + ".o", nil
+	defer f.Close()
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		return fail(klperr.Errno(err), "")
+	case fi.IsDir():
+		return fail(syscall.EISDIR, "a directory, not a patch object")
+	case !fi.Mode().IsRegular():
+		return fail(syscall.EINVAL, "not a regular file")
+	case fi.Size() == 0:
+		return fail(syscall.EINVAL, "empty file, not a patch object")
+	case fi.Size() > api.MaxPatchObject:
+		return fail(syscall.EFBIG, fmt.Sprintf("%d bytes, more than the %d MiB a patch object may have", fi.Size(), api.MaxPatchObject>>20))
+	}
+	b, err := io.ReadAll(io.LimitReader(f, api.MaxPatchObject+1))
+	if err != nil {
+		return fail(klperr.Errno(err), "")
+	}
+	return b, filepath.Base(obj), nil
 }
 
 func printOp(w io.Writer, rep api.OpReply, asJSON bool) int {
@@ -136,7 +169,9 @@ func printOp(w io.Writer, rep api.OpReply, asJSON bool) int {
 		return printJSON(w, rep)
 	}
 	fmt.Fprintf(w, "%s %s: ok", rep.Op, rep.Patch)
-	if r := rep.Result; r != nil {
+	// An unload of a disabled patch only unregisters: nothing switched,
+	// nothing to tell.
+	if r := rep.Result; r != nil && (r.Attempts > 0 || r.Funcs > 0) {
 		fmt.Fprintf(w, " (%d functions switched in a %v pause, %d attempt(s), %v in all", r.Funcs,
 			r.PauseWindow.Round(time.Microsecond), r.Attempts, r.Total.Round(time.Microsecond))
 		if r.Steps > 0 {

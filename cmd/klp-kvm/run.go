@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/signal"
 	"sort"
@@ -41,7 +40,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	image, err := loadKernel(*kernelPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
-		return 2
+		return 1 // README: a file that cannot be read is a failure, not usage
 	}
 	cfg := vmm.Config{Engine: *engineName, CPUs: *cpus, MemMiB: *mem, Kernel: image, Cmdline: *cmdline, Events: stderr}
 	var quit chan struct{}
@@ -97,8 +96,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
 		return 1
 	}
-	defer os.Remove(path)
-	srv := &http.Server{Handler: v.Handler()}
+	defer l.Close() // removes the socket file, if it is still ours
+	l.Logf = func(format string, args ...any) { fmt.Fprintf(cfg.Events, format+"\n", args...) }
+	srv := api.NewServer(v.Handler()) // timeouts, header and concurrency caps
 	go srv.Serve(l)
 
 	sigs := make(chan os.Signal, 1)
@@ -227,6 +227,10 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "klp-kvm status: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
 	var info kvm.Info
 	if code := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
 		info, err = c.Machine(ctx)
@@ -269,6 +273,10 @@ func cmdStop(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	sock := fs.String("api", "", "control API socket")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "klp-kvm stop: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
 	return call(stderr, *sock, func(ctx context.Context, c *api.Client) error { return c.Stop(ctx) })
