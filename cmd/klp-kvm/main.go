@@ -30,6 +30,7 @@ func commands() []command {
 		{"status", "show the running machine", cmdStatus},
 		{"stop", "stop the running machine", cmdStop},
 		{"inspect", "offline: kernel symbols, fentry sites, patch plan", cmdInspect},
+		{"build", "offline: build a patch object from a fix written as a diff", cmdBuild},
 	}
 }
 
