@@ -17,6 +17,7 @@ import (
 	"klp-kvm/api"
 	"klp-kvm/guestkernel"
 	"klp-kvm/kvm"
+	"klp-kvm/livepatch"
 	"klp-kvm/vmm"
 )
 
@@ -232,9 +233,15 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var info kvm.Info
+	var lp *livepatch.Status // nil when the kernel cannot be live patched
 	if code := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
-		info, err = c.Machine(ctx)
-		return err
+		if info, err = c.Machine(ctx); err != nil {
+			return err
+		}
+		if st, err := c.Status(ctx); err == nil {
+			lp = &st.Livepatch
+		}
+		return nil
 	}); code != 0 {
 		return code
 	}
@@ -258,6 +265,14 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "pauses %d (last window %.1f us), I/O exits %d, unknown port accesses %d\n",
 		info.Pauses, float64(info.LastWindowNS)/1e3, info.IOExits, info.UnknownPorts)
+	if lp != nil {
+		fmt.Fprintf(stdout, "patch area: %d of %d bytes in use (%d retired, %d quarantined), %d patches",
+			lp.PatchAreaInUse, lp.PatchAreaSize, lp.Retired, lp.Quarantined, len(lp.Patches))
+		if lp.InTransition != "" {
+			fmt.Fprintf(stdout, ", %s in transition", lp.InTransition)
+		}
+		fmt.Fprintln(stdout)
+	}
 	return 0
 }
 
