@@ -19,7 +19,12 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
+
+	"klp-kvm/klperr"
 )
 
 // DefaultSocket is the socket path when neither --api nor $KLP_KVM_API is
@@ -44,27 +49,56 @@ type ErrorReply struct {
 }
 
 // Error is what the client returns for an error reply or a transport
-// failure. Its message is meant for users: it names the errno once and
-// never the route (Op is there for programs and logs).
+// failure, by the convention of package klperr: Op (the request, for
+// programs and logs: never part of the message), Errno (the errno the
+// server named, so errors.Is(err, syscall.EBUSY) works on a client error
+// too), Detail (the server's message, already in the convention's form)
+// and Err (a transport failure); Status is the HTTP status (0 for a
+// transport failure). Its message is meant for users: it names the errno
+// once and never the route.
 type Error struct {
-	Op     string // the request, "POST /patches/livepatch_sample/enable"; not part of Error()
-	Status int    // HTTP status, 0 for a transport failure
-	Errno  string
-	Msg    string
+	Op     string // the request, "POST /patches/livepatch_sample/enable"
+	Kind   error  // nil: the errno says what went wrong
+	Errno  syscall.Errno
+	Detail string
 	Err    error
+	Status int
 }
 
 func (e *Error) Error() string {
 	if e.Err != nil {
 		return e.Err.Error()
 	}
-	if e.Errno != "" && !hasWord(e.Msg, e.Errno) {
-		return e.Msg + " (" + e.Errno + ")"
+	if name := e.ErrnoName(); name != "" && !hasWord(e.Detail, name) {
+		return e.Detail + " (" + name + ")"
 	}
-	return e.Msg
+	return e.Detail
 }
 
+// Is matches the errno (or the kind).
+func (e *Error) Is(target error) bool { return klperr.Match(target, e.Kind, e.Errno) }
+
+// As gives the errno to errors.As(err, &errno).
+func (e *Error) As(target any) bool { return klperr.AsErrno(target, e.Errno) }
+
 func (e *Error) Unwrap() error { return e.Err }
+
+// ErrnoName is the errno's Linux name ("EBUSY"), "" for none.
+func (e *Error) ErrnoName() string {
+	if e.Errno == 0 {
+		return ""
+	}
+	return unix.ErrnoName(e.Errno)
+}
+
+// errnoOf is the errno a reply names ("EBUSY"), 0 for none or an unknown
+// name (the server is not trusted to send a real one).
+func errnoOf(name string) syscall.Errno {
+	if name == "" {
+		return 0
+	}
+	return klperr.ErrnoByName(name)
+}
 
 // Refused reports whether the server refused the operation (as opposed to
 // the API being unreachable): the CLI's exit status 1.

@@ -95,11 +95,11 @@ func (c *Client) Patches(ctx context.Context) (livepatch.Status, error) {
 func (c *Client) AddPatch(ctx context.Context, req PatchRequest) (OpReply, error) {
 	var rep OpReply
 	if len(req.Object) == 0 {
-		return rep, &Error{Op: RoutePatchAdd.String(), Status: http.StatusBadRequest, Errno: "EINVAL", Msg: "empty patch object"}
+		return rep, &Error{Op: RoutePatchAdd.String(), Status: http.StatusBadRequest, Errno: syscall.EINVAL, Detail: "empty patch object"}
 	}
 	if len(req.Object) > MaxPatchObject {
-		return rep, &Error{Op: RoutePatchAdd.String(), Status: http.StatusRequestEntityTooLarge, Errno: "EMSGSIZE",
-			Msg: fmt.Sprintf("patch object of %d bytes is larger than the %d MiB the server takes", len(req.Object), MaxPatchObject>>20)}
+		return rep, &Error{Op: RoutePatchAdd.String(), Status: http.StatusRequestEntityTooLarge, Errno: syscall.EMSGSIZE,
+			Detail: fmt.Sprintf("patch object of %d bytes is larger than the %d MiB the server takes", len(req.Object), MaxPatchObject>>20)}
 	}
 	return rep, c.do(ctx, RoutePatchAdd, nil, req, &rep)
 }
@@ -150,7 +150,7 @@ func (c *Client) do(ctx context.Context, r Route, args []string, in, out any) er
 	if err != nil {
 		// Refused before anything was sent: the argument cannot name
 		// anything on the server, as EINVAL.
-		return &Error{Op: r.String(), Status: http.StatusBadRequest, Errno: "EINVAL", Msg: err.Error()}
+		return &Error{Op: r.String(), Status: http.StatusBadRequest, Errno: syscall.EINVAL, Detail: err.Error()}
 	}
 	op := r.Method + " " + path
 	var body io.Reader
@@ -160,8 +160,8 @@ func (c *Client) do(ctx context.Context, r Route, args []string, in, out any) er
 			return &Error{Op: op, Err: err}
 		}
 		if int64(len(b)) > r.MaxBody {
-			return &Error{Op: op, Status: http.StatusRequestEntityTooLarge, Errno: "EMSGSIZE",
-				Msg: fmt.Sprintf("request of %d bytes is larger than the %d the server takes", len(b), r.MaxBody)}
+			return &Error{Op: op, Status: http.StatusRequestEntityTooLarge, Errno: syscall.EMSGSIZE,
+				Detail: fmt.Sprintf("request of %d bytes is larger than the %d the server takes", len(b), r.MaxBody)}
 		}
 		body = bytes.NewReader(b)
 	}
@@ -186,7 +186,7 @@ func (c *Client) do(ctx context.Context, r Route, args []string, in, out any) er
 		if json.Unmarshal(data, &er) != nil || er.Error == "" {
 			er.Error = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, clip(string(bytes.TrimSpace(data))))
 		}
-		return &Error{Op: op, Status: resp.StatusCode, Errno: er.Errno, Msg: er.Error}
+		return &Error{Op: op, Status: resp.StatusCode, Errno: errnoOf(er.Errno), Detail: er.Error}
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {

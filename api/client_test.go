@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 
 	"klp-kvm/api"
@@ -57,7 +58,7 @@ func TestClientNameEscaping(t *testing.T) {
 	for _, name := range []string{"", ".", ".."} {
 		_, err := c.Enable(ctx, name, api.OpRequest{})
 		var ae *api.Error
-		if !errors.As(err, &ae) || !ae.Refused() || ae.Errno != "EINVAL" {
+		if !errors.As(err, &ae) || !ae.Refused() || ae.Errno != syscall.EINVAL {
 			t.Errorf("Enable(%q): %v, want a refusal with EINVAL", name, err)
 		}
 	}
@@ -94,7 +95,7 @@ func TestClientLivepatch(t *testing.T) {
 	for _, name := range []string{"a/b", "50%"} {
 		_, err := c.Disable(ctx, name, api.OpRequest{})
 		var ae *api.Error
-		if !errors.As(err, &ae) || ae.Errno != "ENOENT" || !strings.Contains(ae.Msg, "disable "+name+":") {
+		if !errors.As(err, &ae) || ae.Errno != syscall.ENOENT || !strings.Contains(ae.Detail, "disable "+name+":") {
 			t.Errorf("Disable(%q): %v, want ENOENT naming it", name, err)
 		}
 	}

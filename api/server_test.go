@@ -163,7 +163,7 @@ func TestServerConcurrencyLimit(t *testing.T) {
 	}
 	_, err := c.Machine(context.Background())
 	ae, ok := err.(*api.Error)
-	if !ok || ae.Status != http.StatusServiceUnavailable || ae.Errno != "EAGAIN" {
+	if !ok || ae.Status != http.StatusServiceUnavailable || ae.Errno != syscall.EAGAIN {
 		t.Errorf("request %d: %v, want 503 EAGAIN", api.MaxConcurrent+1, err)
 	}
 	close(f.Agent.Block)

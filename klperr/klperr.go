@@ -107,3 +107,21 @@ func Errno(err error) syscall.Errno {
 	}
 	return syscall.EIO
 }
+
+// errnoByName maps Linux errno names ("EBUSY") to their values.
+var errnoByName = func() map[string]syscall.Errno {
+	m := map[string]syscall.Errno{}
+	for e := syscall.Errno(1); e < 4096; e++ {
+		if name := unix.ErrnoName(e); name != "" {
+			if _, dup := m[name]; !dup { // aliases (EWOULDBLOCK) keep the first
+				m[name] = e
+			}
+		}
+	}
+	return m
+}()
+
+// ErrnoByName is the errno a Linux name stands for ("EBUSY" -> EBUSY), 0
+// for a name it does not know: what a client makes of the errno name in a
+// server's reply.
+func ErrnoByName(name string) syscall.Errno { return errnoByName[name] }

@@ -70,3 +70,11 @@ func TestIsAsErrno(t *testing.T) {
 		t.Fatal("As *testError")
 	}
 }
+
+func TestErrnoByName(t *testing.T) {
+	for name, want := range map[string]syscall.Errno{"EBUSY": syscall.EBUSY, "ENOENT": syscall.ENOENT, "EREMOTEIO": syscall.EREMOTEIO, "": 0, "EFROB": 0} {
+		if got := ErrnoByName(name); got != want {
+			t.Errorf("ErrnoByName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -102,7 +103,7 @@ func TestRunCLI(t *testing.T) {
 			t.Fatalf("resume: %v %+v", err, info)
 		}
 		_, err = c.Resume(ctx)
-		if ae, ok := err.(*api.Error); !ok || !ae.Refused() || ae.Errno != "EINVAL" {
+		if ae, ok := err.(*api.Error); !ok || !ae.Refused() || ae.Errno != syscall.EINVAL {
 			t.Fatalf("resume while running: %v", err)
 		}
 		if out, err := exec.Command(bin, "stop", "--api", sock).CombinedOutput(); err != nil {

@@ -69,7 +69,7 @@ func TestRunSIGTERMDuringTransition(t *testing.T) {
 	}
 	err = <-enabled
 	var ae *api.Error
-	if !errors.As(err, &ae) || ae.Errno != "EBUSY" {
+	if !errors.As(err, &ae) || ae.Errno != syscall.EBUSY {
 		t.Fatalf("enable interrupted by SIGTERM: %v (want the transition's own EBUSY)\n%s", err, stderr)
 	}
 	exited := make(chan error, 1)
