@@ -594,23 +594,18 @@ func (c *cpu) reg(r, size uint8) uint64 {
 }
 
 // setReg writes size bytes of register r: 32-bit writes zero the upper
-// half, 8/16-bit writes merge, as on the CPU.
+// half, 8/16-bit writes merge, as on the CPU. Branch-free apart from the
+// high-byte registers, and small enough to be inlined into every handler.
 func (c *cpu) setReg(r, size uint8, v uint64) {
-	switch size {
-	case 8:
-		c.regs[r&31] = v
-	case 4:
-		c.regs[r&31] = uint64(uint32(v))
-	case 2:
-		p := &c.regs[r&31]
-		*p = *p&^0xffff | v&0xffff
-	default:
-		if r >= rAH {
-			p := &c.regs[(r-rAH)&31]
-			*p = *p&^0xff00 | (v&0xff)<<8
-		} else {
-			p := &c.regs[r&31]
-			*p = *p&^0xff | v&0xff
-		}
+	var sh uint
+	if r >= rAH {
+		r, sh = r-rAH, 8
 	}
+	m := ^uint64(0) >> sizeShift(size) << sh
+	keep := ^m
+	if size >= 4 {
+		keep = 0
+	}
+	p := &c.regs[r&31]
+	*p = *p&keep | v<<sh&m
 }

@@ -202,7 +202,7 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 		var in inst
 		end := true
 		if err == nil {
-			in, end = safeCompile(&x)
+			in, end = safeCompile(&x, !c.vm.cfg.generic)
 		} else {
 			in = inst{fn: hUD, len: 1}
 		}
@@ -228,14 +228,21 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 }
 
 // safeCompile is compile with a guard: a decoder corner case that trips
-// it must become #UD in the guest, not a stopped vCPU.
-func safeCompile(x *x86asm.Inst) (in inst, end bool) {
+// it must become #UD in the guest, not a stopped vCPU. fast substitutes
+// the fast handler where there is one (ops_fast.go).
+func safeCompile(x *x86asm.Inst, fast bool) (in inst, end bool) {
 	defer func() {
 		if recover() != nil {
 			in, end = inst{len: uint8(max(x.Len, 1))}, true
 		}
 	}()
-	return compile(x)
+	in, end = compile(x)
+	if fast {
+		if h := fastHandler(x, &in); h != nil {
+			in.fn = h
+		}
+	}
+	return in, end
 }
 
 // decodeInst decodes one 64-bit instruction. x86asm decodes endbr64/32

@@ -46,6 +46,7 @@ type Option func(*config)
 type config struct {
 	trace    io.Writer
 	maxBlock int
+	generic  bool // only the generic handlers (withGenericHandlers)
 }
 
 // WithTrace writes one line per executed instruction (vCPU, RIP,
@@ -61,6 +62,11 @@ func WithMaxBlock(n int) Option {
 		c.maxBlock = min(max(n, 1), 1024)
 	}
 }
+
+// withGenericHandlers makes the engine use only the generic handlers, not
+// their fast specialisations (ops_fast.go): the reference the tests
+// compare the fast ones with.
+func withGenericHandlers() Option { return func(c *config) { c.generic = true } }
 
 const defaultMaxBlock = 64
 

@@ -193,6 +193,43 @@ func (c *cpu) write(lin uint64, size uint8, v uint64) {
 	c.writeSlow(lin, size, v, nil)
 }
 
+// hitR and hitW are the TLB hit test of read and write without the
+// access, small enough to be inlined into a handler: they return the RAM
+// offset of a size-byte access at lin and whether the TLB maps its page and
+// the access stays inside it. On a miss the caller takes readSlow/writeSlow.
+func (c *cpu) hitR(lin uint64, size uint8) (uint64, bool) {
+	vpn := lin >> 12
+	e := &c.tlbR[vpn&tlbMask]
+	return e.phys | lin&0xfff, e.tag == vpn && lin&0xfff <= 0x1000-uint64(size)
+}
+
+func (c *cpu) hitW(lin uint64, size uint8) (uint64, bool) {
+	vpn := lin >> 12
+	e := &c.tlbW[vpn&tlbMask]
+	return e.phys | lin&0xfff, e.tag == vpn && lin&0xfff <= 0x1000-uint64(size)
+}
+
+// tryRead64 and tryWrite64 are the TLB hit paths of 8-byte reads and
+// writes, inlined into the handlers of stack operations and 64-bit MOVs
+// (most of a guest's memory traffic). They report false, having done
+// nothing, when the access needs read/write: a TLB miss, a page
+// straddle, or (for a write) a page holding translated code.
+func (c *cpu) tryRead64(lin uint64) (uint64, bool) {
+	if p, ok := c.hitR(lin, 8); ok {
+		return c.ram.load64(p), true
+	}
+	return 0, false
+}
+
+func (c *cpu) tryWrite64(lin, v uint64) bool {
+	p, ok := c.hitW(lin, 8)
+	if !ok || atomic.LoadUint32(&c.mark[p>>12]) != 0 {
+		return false
+	}
+	c.ram.store64(p, v)
+	return true
+}
+
 // codeWritten invalidates code translated from physical page pfn after a
 // guest store into it; if the running block came from that page it ends
 // after the current instruction, so the modified code is re-translated.
@@ -321,8 +358,15 @@ const codeChunkShift = 7
 
 // codeStore does the translated-code bookkeeping after a store of n bytes
 // at physical p (within one page).
+// The test for "no code on this page" (nearly every store) is inlined.
 func (c *cpu) codeStore(p, n uint64) {
-	if m := atomic.LoadUint32(&c.mark[p>>12]); m != 0 && m&chunkBits(p&0xfff, n) != 0 {
+	if m := atomic.LoadUint32(&c.mark[p>>12]); m != 0 {
+		c.codeStoreMarked(p, n, m)
+	}
+}
+
+func (c *cpu) codeStoreMarked(p, n uint64, m uint32) {
+	if m&chunkBits(p&0xfff, n) != 0 {
 		c.codeWritten(p >> 12)
 	}
 }

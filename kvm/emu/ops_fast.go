@@ -1,0 +1,382 @@
+package emu
+
+import x "golang.org/x/arch/x86/x86asm"
+
+// Fast handlers: specialisations of the generic handlers for the forms a
+// guest executes most (32/64-bit register operands, 64-bit loads, stores
+// and stack operations). Each computes exactly what its generic handler
+// computes, with the ALU function and operand size known at compile time
+// so that the call through inst.alu, the size switches of reg/setReg and
+// the out-of-line read/write disappear. The arithmetic itself is still the
+// ALU of alu.go (inlined), which the differential tests check against the
+// host CPU; TestFastMatchesGeneric checks every fast handler against the
+// generic one it replaces.
+//
+// compile picks a fast handler (fastHandler) after choosing the generic
+// one; WithGenericHandlers (tests only) turns that off.
+
+// fastHandler returns the specialisation of the generic instruction in
+// (compiled from xi), or nil if there is none. It may rewrite in's
+// operands into the form the fast handler expects.
+func fastHandler(xi *x.Inst, in *inst) handler {
+	if in.fn == nil || in.rep != 0 {
+		return nil
+	}
+	op := xi.Op
+	if f, ok := fastALU[op]; ok {
+		if in.mem {
+			return nil
+		}
+		switch xi.Args[1].(type) {
+		case x.Reg:
+			return f.rr.of(in.size)
+		case x.Imm:
+			return f.ri.of(in.size)
+		}
+		return nil
+	}
+	if cc, ok := ccOf[op]; ok && op >= x.JA && op <= x.JS && op != x.JECXZ && op != x.JRCXZ && op != x.JMP {
+		return jccFast[cc&15]
+	}
+	switch op {
+	case x.CMOVA, x.CMOVAE, x.CMOVB, x.CMOVBE, x.CMOVE, x.CMOVG, x.CMOVGE, x.CMOVL, x.CMOVLE,
+		x.CMOVNE, x.CMOVNO, x.CMOVNP, x.CMOVNS, x.CMOVO, x.CMOVP, x.CMOVS:
+		if !in.mem {
+			return sized{hCmovRR64, hCmovRR32}.of(in.size)
+		}
+	case x.INC, x.DEC:
+		if !in.mem {
+			return pickSized(op == x.INC, sized{hIncR64, hIncR32}, sized{hDecR64, hDecR32}).of(in.size)
+		}
+	case x.IMUL:
+		if !in.mem && in.size == 8 && xi.Args[1] != nil {
+			if _, ok := xi.Args[2].(x.Imm); ok {
+				return hImul3R64
+			}
+			return hImul2R64
+		}
+	case x.MOV:
+		return fastMov(xi, in)
+	case x.LEA:
+		if in.size == 8 {
+			return pickEA(in, hLea64BD, hLea64)
+		}
+	case x.PUSH, x.POP:
+		if _, sz, ok := gprArg(xi.Args[0]); ok && sz == 8 {
+			return pickOp(op == x.PUSH, hPushR64, hPopR64)
+		}
+	}
+	return nil
+}
+
+// fastMov specialises the plain MOV forms (not those of system registers).
+func fastMov(xi *x.Inst, in *inst) handler {
+	for _, a := range xi.Args[:2] {
+		if r, ok := a.(x.Reg); ok && r >= x.ES {
+			return nil
+		}
+	}
+	_, dstReg := xi.Args[0].(x.Reg)
+	_, srcReg := xi.Args[1].(x.Reg)
+	_, srcImm := xi.Args[1].(x.Imm)
+	switch {
+	case dstReg && srcImm && (in.size == 4 || in.size == 8):
+		// The immediate is truncated here (the generic handler truncates
+		// it at run time), so the handler is a plain store.
+		in.imm = Truncate(in.imm, in.size)
+		return hMovRIw
+	case dstReg && in.mem && in.size == 8:
+		return pickEA(in, hMovLoad64BD, hMovLoad64)
+	case srcReg && in.mem && in.size == 8:
+		return pickEA(in, hMovStore64BD, hMovStore64)
+	}
+	return nil
+}
+
+// sized holds the 64- and 32-bit forms of a handler.
+type sized struct{ h64, h32 handler }
+
+func (s sized) of(size uint8) handler {
+	switch size {
+	case 8:
+		return s.h64
+	case 4:
+		return s.h32
+	}
+	return nil
+}
+
+func pickSized(first bool, a, b sized) sized {
+	if first {
+		return a
+	}
+	return b
+}
+
+// pickEA picks the handler for a base+displacement operand (no index, no
+// segment base, 64-bit addressing: most memory operands) or the general one.
+func pickEA(in *inst, bd, general handler) handler {
+	if in.index == rZero && in.eaf == 0 {
+		return bd
+	}
+	return general
+}
+
+// eaBD is ea for the operands pickEA gives a bd handler.
+func (c *cpu) eaBD(in *inst) uint64 { return c.regs[in.base&31] + in.disp }
+
+type aluForms struct{ rr, ri sized }
+
+// fastALU: the 32/64-bit register forms of the binary ALU ops, CMP and TEST.
+var fastALU = map[x.Op]aluForms{
+	x.ADD:  {sized{hAddRR64, hAddRR32}, sized{hAddRI64, hAddRI32}},
+	x.OR:   {sized{hOrRR64, hOrRR32}, sized{hOrRI64, hOrRI32}},
+	x.ADC:  {sized{hAdcRR64, hAdcRR32}, sized{hAdcRI64, hAdcRI32}},
+	x.SBB:  {sized{hSbbRR64, hSbbRR32}, sized{hSbbRI64, hSbbRI32}},
+	x.AND:  {sized{hAndRR64, hAndRR32}, sized{hAndRI64, hAndRI32}},
+	x.SUB:  {sized{hSubRR64, hSubRR32}, sized{hSubRI64, hSubRI32}},
+	x.XOR:  {sized{hXorRR64, hXorRR32}, sized{hXorRI64, hXorRI32}},
+	x.CMP:  {sized{hCmpRR64, hCmpRR32}, sized{hCmpRI64, hCmpRI32}},
+	x.TEST: {sized{hTestRR64, hTestRR32}, sized{hTestRI64, hTestRI32}},
+}
+
+// aluRR and aluRI are hAluRRw and hAluRIw with the operation and the size
+// constants at every call site: inlined, the ALU function is inlined too
+// and its size arithmetic folds away. The ALU truncates (zero-extends)
+// the result, which is exactly a 32/64-bit register write.
+func aluRR(c *cpu, in *inst, op aluFn, size uint8) {
+	c.regs[in.r1&31] = op(&c.flags, size, c.regs[in.r1&31], c.regs[in.r2&31])
+}
+
+func aluRI(c *cpu, in *inst, op aluFn, size uint8) {
+	c.regs[in.r1&31] = op(&c.flags, size, c.regs[in.r1&31], in.imm)
+}
+
+func hAddRR64(c *cpu, in *inst) { aluRR(c, in, Add, 8) }
+func hAddRR32(c *cpu, in *inst) { aluRR(c, in, Add, 4) }
+func hOrRR64(c *cpu, in *inst)  { aluRR(c, in, Or, 8) }
+func hOrRR32(c *cpu, in *inst)  { aluRR(c, in, Or, 4) }
+func hAdcRR64(c *cpu, in *inst) { aluRR(c, in, Adc, 8) }
+func hAdcRR32(c *cpu, in *inst) { aluRR(c, in, Adc, 4) }
+func hSbbRR64(c *cpu, in *inst) { aluRR(c, in, Sbb, 8) }
+func hSbbRR32(c *cpu, in *inst) { aluRR(c, in, Sbb, 4) }
+func hAndRR64(c *cpu, in *inst) { aluRR(c, in, And, 8) }
+func hAndRR32(c *cpu, in *inst) { aluRR(c, in, And, 4) }
+func hSubRR64(c *cpu, in *inst) { aluRR(c, in, Sub, 8) }
+func hSubRR32(c *cpu, in *inst) { aluRR(c, in, Sub, 4) }
+func hXorRR64(c *cpu, in *inst) { aluRR(c, in, Xor, 8) }
+func hXorRR32(c *cpu, in *inst) { aluRR(c, in, Xor, 4) }
+func hAddRI64(c *cpu, in *inst) { aluRI(c, in, Add, 8) }
+func hAddRI32(c *cpu, in *inst) { aluRI(c, in, Add, 4) }
+func hOrRI64(c *cpu, in *inst)  { aluRI(c, in, Or, 8) }
+func hOrRI32(c *cpu, in *inst)  { aluRI(c, in, Or, 4) }
+func hAdcRI64(c *cpu, in *inst) { aluRI(c, in, Adc, 8) }
+func hAdcRI32(c *cpu, in *inst) { aluRI(c, in, Adc, 4) }
+func hSbbRI64(c *cpu, in *inst) { aluRI(c, in, Sbb, 8) }
+func hSbbRI32(c *cpu, in *inst) { aluRI(c, in, Sbb, 4) }
+func hAndRI64(c *cpu, in *inst) { aluRI(c, in, And, 8) }
+func hAndRI32(c *cpu, in *inst) { aluRI(c, in, And, 4) }
+func hSubRI64(c *cpu, in *inst) { aluRI(c, in, Sub, 8) }
+func hSubRI32(c *cpu, in *inst) { aluRI(c, in, Sub, 4) }
+func hXorRI64(c *cpu, in *inst) { aluRI(c, in, Xor, 8) }
+func hXorRI32(c *cpu, in *inst) { aluRI(c, in, Xor, 4) }
+
+// CMP and TEST: the ALU ignores bits above the operand size, so the
+// registers are passed untruncated.
+func hCmpRR64(c *cpu, in *inst)  { Cmp(&c.flags, 8, c.regs[in.r1&31], c.regs[in.r2&31]) }
+func hCmpRR32(c *cpu, in *inst)  { Cmp(&c.flags, 4, c.regs[in.r1&31], c.regs[in.r2&31]) }
+func hCmpRI64(c *cpu, in *inst)  { Cmp(&c.flags, 8, c.regs[in.r1&31], in.imm) }
+func hCmpRI32(c *cpu, in *inst)  { Cmp(&c.flags, 4, c.regs[in.r1&31], in.imm) }
+func hTestRR64(c *cpu, in *inst) { Test(&c.flags, 8, c.regs[in.r1&31], c.regs[in.r2&31]) }
+func hTestRR32(c *cpu, in *inst) { Test(&c.flags, 4, c.regs[in.r1&31], c.regs[in.r2&31]) }
+func hTestRI64(c *cpu, in *inst) { Test(&c.flags, 8, c.regs[in.r1&31], in.imm) }
+func hTestRI32(c *cpu, in *inst) { Test(&c.flags, 4, c.regs[in.r1&31], in.imm) }
+
+// Inc and Dec truncate the result, which is the zero extension of a
+// 32-bit register write.
+func hIncR64(c *cpu, in *inst) { c.regs[in.r1&31] = Inc(&c.flags, 8, c.regs[in.r1&31]) }
+func hIncR32(c *cpu, in *inst) { c.regs[in.r1&31] = Inc(&c.flags, 4, c.regs[in.r1&31]) }
+func hDecR64(c *cpu, in *inst) { c.regs[in.r1&31] = Dec(&c.flags, 8, c.regs[in.r1&31]) }
+func hDecR32(c *cpu, in *inst) { c.regs[in.r1&31] = Dec(&c.flags, 4, c.regs[in.r1&31]) }
+
+// hImul2R64 and hImul3R64: two- and three-operand IMUL of 64-bit registers.
+func hImul2R64(c *cpu, in *inst) {
+	c.regs[in.r1&31], _ = imul64(&c.flags, c.regs[in.r1&31], c.regs[in.r2&31])
+}
+
+func hImul3R64(c *cpu, in *inst) {
+	c.regs[in.r1&31], _ = imul64(&c.flags, c.regs[in.r2&31], in.imm)
+}
+
+// hCmovRR64 and hCmovRR32: a 32-bit CMOV zero-extends the destination even
+// when the condition is false.
+func hCmovRR64(c *cpu, in *inst) {
+	if c.flags.Cond(in.cc) {
+		c.regs[in.r1&31] = c.regs[in.r2&31]
+	}
+}
+
+func hCmovRR32(c *cpu, in *inst) {
+	v := c.regs[in.r1&31]
+	if c.flags.Cond(in.cc) {
+		v = c.regs[in.r2&31]
+	}
+	c.regs[in.r1&31] = uint64(uint32(v))
+}
+
+func hMovRIw(c *cpu, in *inst) { c.regs[in.r1&31] = in.imm }
+
+func hLea64(c *cpu, in *inst)   { c.regs[in.r1&31] = c.ea(in) }
+func hLea64BD(c *cpu, in *inst) { c.regs[in.r1&31] = c.eaBD(in) }
+
+// The 64-bit MOV loads and stores take the generic handler (MMIO, faults,
+// code stores) when the fast path does not apply, having changed nothing.
+func hMovLoad64(c *cpu, in *inst) {
+	if v, ok := c.tryRead64(c.ea(in)); ok {
+		c.regs[in.r1&31] = v
+		return
+	}
+	hMovLoad(c, in)
+}
+
+func hMovLoad64BD(c *cpu, in *inst) {
+	if v, ok := c.tryRead64(c.eaBD(in)); ok {
+		c.regs[in.r1&31] = v
+		return
+	}
+	hMovLoad(c, in)
+}
+
+func hMovStore64(c *cpu, in *inst) {
+	if !c.tryWrite64(c.ea(in), c.regs[in.r2&31]) {
+		hMovStore(c, in)
+	}
+}
+
+func hMovStore64BD(c *cpu, in *inst) {
+	if !c.tryWrite64(c.eaBD(in), c.regs[in.r2&31]) {
+		hMovStore(c, in)
+	}
+}
+
+// --- stack: the TLB hit path of push/pop written out in the handler ---
+
+func hPushR64(c *cpu, in *inst) {
+	sp := c.regs[rSP] - 8
+	if !c.tryWrite64(sp, c.regs[in.r1&31]) {
+		c.write(sp, 8, c.regs[in.r1&31])
+	}
+	c.regs[rSP] = sp
+}
+
+// hPopR64 writes the register after the RSP update: pop %rsp loads the
+// popped value.
+func hPopR64(c *cpu, in *inst) {
+	sp := c.regs[rSP]
+	v, ok := c.tryRead64(sp)
+	if !ok {
+		v = c.read(sp, 8)
+	}
+	c.regs[rSP] = sp + 8
+	c.regs[in.r1&31] = v
+}
+
+// --- Jcc, one handler per condition: no condition-code dispatch ---
+
+var jccFast = [16]handler{hJo, hJno, hJb, hJae, hJe, hJne, hJbe, hJa, hJs, hJns, hJp, hJnp, hJl, hJge, hJle, hJg}
+
+func hJo(c *cpu, in *inst) {
+	if c.flags.OF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJno(c *cpu, in *inst) {
+	if !c.flags.OF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJb(c *cpu, in *inst) {
+	if c.flags.CF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJae(c *cpu, in *inst) {
+	if !c.flags.CF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJe(c *cpu, in *inst) {
+	if c.flags.ZF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJne(c *cpu, in *inst) {
+	if !c.flags.ZF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJbe(c *cpu, in *inst) {
+	if c.flags.CF() || c.flags.ZF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJa(c *cpu, in *inst) {
+	if !c.flags.CF() && !c.flags.ZF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJs(c *cpu, in *inst) {
+	if c.flags.SF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJns(c *cpu, in *inst) {
+	if !c.flags.SF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJp(c *cpu, in *inst) {
+	if c.flags.PF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJnp(c *cpu, in *inst) {
+	if !c.flags.PF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJl(c *cpu, in *inst) {
+	if c.flags.SF() != c.flags.OF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJge(c *cpu, in *inst) {
+	if c.flags.SF() == c.flags.OF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJle(c *cpu, in *inst) {
+	if c.flags.ZF() || c.flags.SF() != c.flags.OF() {
+		c.regs[rIP] += in.imm
+	}
+}
+
+func hJg(c *cpu, in *inst) {
+	if !c.flags.ZF() && c.flags.SF() == c.flags.OF() {
+		c.regs[rIP] += in.imm
+	}
+}
