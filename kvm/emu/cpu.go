@@ -72,9 +72,13 @@ type cpu struct {
 	sr     engine.Sregs
 	cpl    uint8
 	cur    *block // block being executed, for self-modifying-code detection
-	vm     *vm
-	id     int
-	trace  bool
+	// blockRIP is the address cur was entered at (runChain).
+	blockRIP uint64
+	// noBlock is the block exec starts from: it has no links.
+	noBlock block
+	vm      *vm
+	id      int
+	trace   bool
 	// bps are the armed breakpoints (engine.Breakpointer), checked at
 	// every block entry; set only between Runs, by the Run goroutine.
 	bps []uint64
@@ -427,35 +431,31 @@ func (c *cpu) tryInterrupt() {
 // exec runs blocks until something needs the run loop's attention.
 func (c *cpu) exec() {
 	defer c.recoverExec()
-	var b *block
+	b := &c.noBlock
 	for c.attn.Load() == 0 {
-		c.curRIP = c.regs[rIP]
-		if len(c.bps) != 0 && c.atBreakpoint(c.curRIP) {
-			c.exit = engine.Exit{Reason: engine.ExitDebug, RIP: c.curRIP}
+		rip := c.regs[rIP]
+		c.curRIP = rip // for a fault while fetching the block
+		if len(c.bps) != 0 && c.atBreakpoint(rip) {
+			c.exit = engine.Exit{Reason: engine.ExitDebug, RIP: rip}
 			c.exitReady = true
 			return
 		}
-		b = c.nextBlock(b)
+		if next := c.linked(b, rip); next != nil {
+			b = next
+		} else {
+			b = c.nextBlock(b)
+		}
 		c.cur = b
-		insts := b.insts
-		if c.shadow {
-			insts = insts[:1]
-		}
-		n := len(insts)
-		for i := range insts {
-			in := &insts[i]
-			if c.trace {
-				c.traceInst(b, i)
+		if c.shadow || c.trace {
+			c.icount += c.runBlockCareful(b)
+			if c.shadow {
+				c.shadow = false
+				c.recheckIRQ()
 			}
-			c.curRIP = c.regs[rIP]
-			c.regs[rIP] += uint64(in.len)
-			in.fn(c, in)
-			if c.stop {
-				n = i + 1
-				break
-			}
+		} else {
+			c.runChain()
+			b = c.cur
 		}
-		c.icount += uint64(n)
 		if c.icount >= c.nextPoll {
 			// Every few thousand instructions: publish the counter and
 			// fire an overdue LAPIC timer ourselves.
@@ -463,21 +463,92 @@ func (c *cpu) exec() {
 			c.nInstr.Store(c.icount)
 			c.apic.pollTimer()
 		}
-		if c.shadow {
-			c.shadow = false
-			c.recheckIRQ()
-		}
-		if c.shadowArm {
-			c.shadowArm = false
-			c.shadow = true
-		}
 		if c.stop {
+			// Every instruction that arms the interrupt shadow (STI, a
+			// load of SS) also ends the block with c.stop.
 			c.stop = false
+			if c.shadowArm {
+				c.shadowArm = false
+				c.shadow = true
+			}
 			if c.exitReady || c.halted {
 				return
 			}
 		}
 	}
+}
+
+// runChain runs block b (c.cur) and then the blocks it is linked to, for
+// as long as nothing needs exec's attention (c.stop, a kick or interrupt,
+// the poll, armed breakpoints, a block without a valid link), and returns
+// the last block it ran. It is the interpreter's innermost loop.
+//
+// Go keeps nothing in registers across the handler call, so the loop keeps
+// only c and in live across it (the block is c.cur, its address
+// c.blockRIP), and carries no dependency through memory from one
+// instruction to the next: RIP and curRIP are computed from the block's
+// address and the instruction's offset, not by adding its length to
+// regs[rIP] (a store-to-load round trip per instruction). An instruction
+// that changes RIP either ends its block or sets c.stop.
+func (c *cpu) runChain() {
+	in := &c.cur.insts[0]
+	c.blockRIP = c.regs[rIP]
+	for {
+		rip := c.blockRIP + uint64(in.off)
+		c.curRIP = rip
+		c.regs[rIP] = rip + uint64(in.len)
+		in.fn(c, in)
+		if c.stop {
+			c.icount += uint64(in.idx) + 1
+			return
+		}
+		if in.next != nil {
+			in = in.next
+			continue
+		}
+		c.icount += uint64(in.idx) + 1
+		if !c.chain() {
+			return
+		}
+		in = &c.cur.insts[0]
+	}
+}
+
+// chain moves c.cur on to the block linked at RIP, unless exec must look
+// at something first.
+func (c *cpu) chain() bool {
+	rip := c.regs[rIP]
+	next := c.linked(c.cur, rip)
+	if next == nil || c.attn.Load() != 0 || c.icount >= c.nextPoll || len(c.bps) != 0 {
+		return false
+	}
+	c.cur = next
+	c.blockRIP = rip
+	return true
+}
+
+// runBlockCareful is runBlock for tracing, and for the instruction after
+// STI or a load of SS (c.shadow), which runs alone so that interrupts are
+// looked at right after it.
+func (c *cpu) runBlockCareful(b *block) uint64 {
+	insts := b.insts
+	if c.shadow {
+		insts = insts[:1]
+	}
+	start := c.regs[rIP]
+	for i := range insts {
+		in := &insts[i]
+		if c.trace {
+			c.traceInst(b, i)
+		}
+		c.curRIP = start + uint64(in.off)
+		c.regs[rIP] = c.curRIP + uint64(in.len)
+		in.fn(c, in)
+		if c.stop {
+			return uint64(i) + 1
+		}
+	}
+	return uint64(len(insts))
 }
 
 // SetBreakpoints arms execution breakpoints (engine.Breakpointer). They

@@ -21,6 +21,7 @@ type shiftFn func(f *Flags, size uint8, a uint64, count uint8) uint64
 // regs[base] + regs[index]<<scale + disp (+ FS/GS base, see eaf).
 type inst struct {
 	fn    handler
+	next  *inst // the following instruction of the block, nil for the last
 	alu   aluFn
 	sh    shiftFn
 	imm   uint64
@@ -36,7 +37,9 @@ type inst struct {
 	eaf   uint8 // eaFS, eaGS, ea32
 	cc    uint8 // condition code, or a sub-operation selector
 	mem   bool
-	rep   uint8 // 0, repE (F3) or repNE (F2) for string instructions
+	rep   uint8  // 0, repE (F3) or repNE (F2) for string instructions
+	idx   uint16 // position in the block
+	off   uint16 // offset from the block's first instruction
 }
 
 const (
@@ -96,19 +99,23 @@ type blockLink struct {
 	gen   uint32  // ...and its value when the target was translated
 }
 
-// nextBlock returns the block at RIP, following prev's links if possible.
+// linked returns the block that prev links to at rip, or nil.
+func (c *cpu) linked(prev *block, rip uint64) *block {
+	if l := &prev.links[0]; l.rip == rip && l.epoch == c.tlbEpoch && atomic.LoadUint32(l.genp) == l.gen {
+		return l.b
+	}
+	if l := &prev.links[1]; l.rip == rip && l.epoch == c.tlbEpoch && atomic.LoadUint32(l.genp) == l.gen {
+		return l.b
+	}
+	return nil
+}
+
+// nextBlock returns the block at RIP when prev has no valid link to it,
+// and links prev to it.
 func (c *cpu) nextBlock(prev *block) *block {
 	rip := c.regs[rIP]
-	if prev != nil {
-		if l := &prev.links[0]; l.rip == rip && l.epoch == c.tlbEpoch && atomic.LoadUint32(l.genp) == l.gen {
-			return l.b
-		}
-		if l := &prev.links[1]; l.rip == rip && l.epoch == c.tlbEpoch && atomic.LoadUint32(l.genp) == l.gen {
-			return l.b
-		}
-	}
 	b := c.getBlock()
-	if prev != nil && b.pfn2 == noPage {
+	if prev != &c.noBlock && b.pfn2 == noPage {
 		prev.links[prev.nextLink&1] = blockLink{rip: rip, epoch: c.tlbEpoch, b: b, genp: &c.gen[b.phys>>12], gen: b.gen1}
 		prev.nextLink++
 	}
@@ -224,6 +231,15 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 		}
 	}
 	b.insts = b.insts[:len(b.insts):len(b.insts)]
+	var pos uint16
+	for i := range b.insts {
+		b.insts[i].idx = uint16(i)
+		b.insts[i].off = pos
+		pos += uint16(b.insts[i].len)
+		if i+1 < len(b.insts) {
+			b.insts[i].next = &b.insts[i+1]
+		}
+	}
 	return b
 }
 
