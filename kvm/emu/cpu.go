@@ -41,6 +41,13 @@ const (
 
 type tlbEntry struct{ tag, phys uint64 }
 
+// tlbWEntry is a write TLB entry: mark is the page's translated-code mark
+// (vm.mark), which every store must test.
+type tlbWEntry struct {
+	tlbEntry
+	mark *uint32
+}
+
 // pending says what the next Run must finish before executing: an IN or an
 // MMIO read whose data the VMM has put in the exit.
 type pendingKind uint8
@@ -56,7 +63,10 @@ const (
 // "shared" comment while Run executes; the rest are atomics or belong to the
 // lapic (own mutex).
 type cpu struct {
-	regs  [32]uint64
+	// regs is indexed by the uint8 register numbers above; 256 entries
+	// (only 22 are used) let the compiler drop the bounds check of every
+	// register access without masking the number.
+	regs  [256]uint64
 	flags Flags
 	rf    uint64 // RFLAGS except the six arithmetic flags; bit 1 always set
 	// curRIP is the address of the instruction being executed: the RIP a
@@ -67,7 +77,7 @@ type cpu struct {
 	mark   []uint32
 	gen    []uint32
 	tlbR   [tlbSize]tlbEntry
-	tlbW   [tlbSize]tlbEntry
+	tlbW   [tlbSize]tlbWEntry
 	tlbX   [tlbSize]tlbEntry
 	sr     engine.Sregs
 	cpl    uint8
@@ -652,16 +662,16 @@ func (c *cpu) traceInst(b *block, i int) {
 func (c *cpu) reg(r, size uint8) uint64 {
 	switch size {
 	case 8:
-		return c.regs[r&31]
+		return c.regs[r]
 	case 4:
-		return uint64(uint32(c.regs[r&31]))
+		return uint64(uint32(c.regs[r]))
 	case 2:
-		return uint64(uint16(c.regs[r&31]))
+		return uint64(uint16(c.regs[r]))
 	}
 	if r >= rAH {
-		return uint64(uint8(c.regs[(r-rAH)&31] >> 8))
+		return uint64(uint8(c.regs[(r-rAH)] >> 8))
 	}
-	return uint64(uint8(c.regs[r&31]))
+	return uint64(uint8(c.regs[r]))
 }
 
 // setReg writes size bytes of register r: 32-bit writes zero the upper
@@ -677,6 +687,6 @@ func (c *cpu) setReg(r, size uint8, v uint64) {
 	if size >= 4 {
 		keep = 0
 	}
-	p := &c.regs[r&31]
+	p := &c.regs[r]
 	*p = *p&keep | v<<sh&m
 }

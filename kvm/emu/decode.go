@@ -55,7 +55,7 @@ const (
 
 // ea computes the linear address of the memory operand.
 func (c *cpu) ea(in *inst) uint64 {
-	a := c.regs[in.base&31] + c.regs[in.index&31]<<(in.scale&3) + in.disp
+	a := c.regs[in.base] + c.regs[in.index]<<(in.scale&3) + in.disp
 	if in.eaf != 0 {
 		a = c.eaSlow(in, a)
 	}

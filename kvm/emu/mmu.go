@@ -145,7 +145,7 @@ func (c *cpu) translate(lin uint64, acc access) uint64 {
 			case accRead:
 				c.tlbR[vpn&tlbMask] = e
 			case accWrite:
-				c.tlbW[vpn&tlbMask] = e
+				c.tlbW[vpn&tlbMask] = tlbWEntry{e, &c.mark[page>>12]}
 				c.tlbR[vpn&tlbMask] = e
 			case accExec:
 				c.tlbX[vpn&tlbMask] = e
@@ -170,11 +170,19 @@ func (c *cpu) pageFault(lin uint64, acc access, code uint32) {
 	c.faultCode(vecPF, code)
 }
 
+// tlbMaps reports whether TLB entry e, the slot of lin's page, maps a
+// size-byte access at lin. Its tag must be the page of the access's last
+// byte: that is lin's page unless the access straddles into the next page,
+// whose number is never the tag of lin's slot, so one compare tests both.
+// (Near the top of the address space lin+size-1 wraps to page 0, which is
+// not the tag of lin's slot either.)
+func tlbMaps(e *tlbEntry, lin uint64, size uint8) bool {
+	return e.tag == (lin+uint64(size)-1)>>12
+}
+
 // read loads size bytes from linear address lin.
 func (c *cpu) read(lin uint64, size uint8) uint64 {
-	vpn := lin >> 12
-	e := &c.tlbR[vpn&tlbMask]
-	if e.tag == vpn && lin&0xfff <= 0x1000-uint64(size) {
+	if e := &c.tlbR[lin>>12&tlbMask]; tlbMaps(e, lin, size) {
 		return c.ram.load(e.phys|lin&0xfff, size)
 	}
 	return c.readSlow(lin, size, nil)
@@ -182,9 +190,7 @@ func (c *cpu) read(lin uint64, size uint8) uint64 {
 
 // write stores size bytes at linear address lin.
 func (c *cpu) write(lin uint64, size uint8, v uint64) {
-	vpn := lin >> 12
-	e := &c.tlbW[vpn&tlbMask]
-	if e.tag == vpn && lin&0xfff <= 0x1000-uint64(size) {
+	if e := &c.tlbW[lin>>12&tlbMask]; tlbMaps(&e.tlbEntry, lin, size) {
 		p := e.phys | lin&0xfff
 		c.ram.store(p, size, v)
 		c.codeStore(p, uint64(size))
@@ -193,40 +199,25 @@ func (c *cpu) write(lin uint64, size uint8, v uint64) {
 	c.writeSlow(lin, size, v, nil)
 }
 
-// hitR and hitW are the TLB hit test of read and write without the
-// access, small enough to be inlined into a handler: they return the RAM
-// offset of a size-byte access at lin and whether the TLB maps its page and
-// the access stays inside it. On a miss the caller takes readSlow/writeSlow.
-func (c *cpu) hitR(lin uint64, size uint8) (uint64, bool) {
-	vpn := lin >> 12
-	e := &c.tlbR[vpn&tlbMask]
-	return e.phys | lin&0xfff, e.tag == vpn && lin&0xfff <= 0x1000-uint64(size)
-}
-
-func (c *cpu) hitW(lin uint64, size uint8) (uint64, bool) {
-	vpn := lin >> 12
-	e := &c.tlbW[vpn&tlbMask]
-	return e.phys | lin&0xfff, e.tag == vpn && lin&0xfff <= 0x1000-uint64(size)
-}
-
 // tryRead64 and tryWrite64 are the TLB hit paths of 8-byte reads and
 // writes, inlined into the handlers of stack operations and 64-bit MOVs
 // (most of a guest's memory traffic). They report false, having done
 // nothing, when the access needs read/write: a TLB miss, a page
 // straddle, or (for a write) a page holding translated code.
 func (c *cpu) tryRead64(lin uint64) (uint64, bool) {
-	if p, ok := c.hitR(lin, 8); ok {
-		return c.ram.load64(p), true
+	e := &c.tlbR[lin>>12&tlbMask]
+	if !tlbMaps(e, lin, 8) {
+		return 0, false
 	}
-	return 0, false
+	return c.ram.load64(e.phys | lin&0xfff), true
 }
 
 func (c *cpu) tryWrite64(lin, v uint64) bool {
-	p, ok := c.hitW(lin, 8)
-	if !ok || atomic.LoadUint32(&c.mark[p>>12]) != 0 {
+	e := &c.tlbW[lin>>12&tlbMask]
+	if !tlbMaps(&e.tlbEntry, lin, 8) || atomic.LoadUint32(e.mark) != 0 {
 		return false
 	}
-	c.ram.store64(p, v)
+	c.ram.store64(e.phys|lin&0xfff, v)
 	return true
 }
 

@@ -123,7 +123,7 @@ func pickEA(in *inst, bd, general handler) handler {
 }
 
 // eaBD is ea for the operands pickEA gives a bd handler.
-func (c *cpu) eaBD(in *inst) uint64 { return c.regs[in.base&31] + in.disp }
+func (c *cpu) eaBD(in *inst) uint64 { return c.regs[in.base] + in.disp }
 
 type aluForms struct{ rr, ri sized }
 
@@ -145,11 +145,11 @@ var fastALU = map[x.Op]aluForms{
 // and its size arithmetic folds away. The ALU truncates (zero-extends)
 // the result, which is exactly a 32/64-bit register write.
 func aluRR(c *cpu, in *inst, op aluFn, size uint8) {
-	c.regs[in.r1&31] = op(&c.flags, size, c.regs[in.r1&31], c.regs[in.r2&31])
+	c.regs[in.r1] = op(&c.flags, size, c.regs[in.r1], c.regs[in.r2])
 }
 
 func aluRI(c *cpu, in *inst, op aluFn, size uint8) {
-	c.regs[in.r1&31] = op(&c.flags, size, c.regs[in.r1&31], in.imm)
+	c.regs[in.r1] = op(&c.flags, size, c.regs[in.r1], in.imm)
 }
 
 func hAddRR64(c *cpu, in *inst) { aluRR(c, in, Add, 8) }
@@ -183,57 +183,57 @@ func hXorRI32(c *cpu, in *inst) { aluRI(c, in, Xor, 4) }
 
 // CMP and TEST: the ALU ignores bits above the operand size, so the
 // registers are passed untruncated.
-func hCmpRR64(c *cpu, in *inst)  { Cmp(&c.flags, 8, c.regs[in.r1&31], c.regs[in.r2&31]) }
-func hCmpRR32(c *cpu, in *inst)  { Cmp(&c.flags, 4, c.regs[in.r1&31], c.regs[in.r2&31]) }
-func hCmpRI64(c *cpu, in *inst)  { Cmp(&c.flags, 8, c.regs[in.r1&31], in.imm) }
-func hCmpRI32(c *cpu, in *inst)  { Cmp(&c.flags, 4, c.regs[in.r1&31], in.imm) }
-func hTestRR64(c *cpu, in *inst) { Test(&c.flags, 8, c.regs[in.r1&31], c.regs[in.r2&31]) }
-func hTestRR32(c *cpu, in *inst) { Test(&c.flags, 4, c.regs[in.r1&31], c.regs[in.r2&31]) }
-func hTestRI64(c *cpu, in *inst) { Test(&c.flags, 8, c.regs[in.r1&31], in.imm) }
-func hTestRI32(c *cpu, in *inst) { Test(&c.flags, 4, c.regs[in.r1&31], in.imm) }
+func hCmpRR64(c *cpu, in *inst)  { Cmp(&c.flags, 8, c.regs[in.r1], c.regs[in.r2]) }
+func hCmpRR32(c *cpu, in *inst)  { Cmp(&c.flags, 4, c.regs[in.r1], c.regs[in.r2]) }
+func hCmpRI64(c *cpu, in *inst)  { Cmp(&c.flags, 8, c.regs[in.r1], in.imm) }
+func hCmpRI32(c *cpu, in *inst)  { Cmp(&c.flags, 4, c.regs[in.r1], in.imm) }
+func hTestRR64(c *cpu, in *inst) { Test(&c.flags, 8, c.regs[in.r1], c.regs[in.r2]) }
+func hTestRR32(c *cpu, in *inst) { Test(&c.flags, 4, c.regs[in.r1], c.regs[in.r2]) }
+func hTestRI64(c *cpu, in *inst) { Test(&c.flags, 8, c.regs[in.r1], in.imm) }
+func hTestRI32(c *cpu, in *inst) { Test(&c.flags, 4, c.regs[in.r1], in.imm) }
 
 // Inc and Dec truncate the result, which is the zero extension of a
 // 32-bit register write.
-func hIncR64(c *cpu, in *inst) { c.regs[in.r1&31] = Inc(&c.flags, 8, c.regs[in.r1&31]) }
-func hIncR32(c *cpu, in *inst) { c.regs[in.r1&31] = Inc(&c.flags, 4, c.regs[in.r1&31]) }
-func hDecR64(c *cpu, in *inst) { c.regs[in.r1&31] = Dec(&c.flags, 8, c.regs[in.r1&31]) }
-func hDecR32(c *cpu, in *inst) { c.regs[in.r1&31] = Dec(&c.flags, 4, c.regs[in.r1&31]) }
+func hIncR64(c *cpu, in *inst) { c.regs[in.r1] = Inc(&c.flags, 8, c.regs[in.r1]) }
+func hIncR32(c *cpu, in *inst) { c.regs[in.r1] = Inc(&c.flags, 4, c.regs[in.r1]) }
+func hDecR64(c *cpu, in *inst) { c.regs[in.r1] = Dec(&c.flags, 8, c.regs[in.r1]) }
+func hDecR32(c *cpu, in *inst) { c.regs[in.r1] = Dec(&c.flags, 4, c.regs[in.r1]) }
 
 // hImul2R64 and hImul3R64: two- and three-operand IMUL of 64-bit registers.
 func hImul2R64(c *cpu, in *inst) {
-	c.regs[in.r1&31], _ = imul64(&c.flags, c.regs[in.r1&31], c.regs[in.r2&31])
+	c.regs[in.r1], _ = imul64(&c.flags, c.regs[in.r1], c.regs[in.r2])
 }
 
 func hImul3R64(c *cpu, in *inst) {
-	c.regs[in.r1&31], _ = imul64(&c.flags, c.regs[in.r2&31], in.imm)
+	c.regs[in.r1], _ = imul64(&c.flags, c.regs[in.r2], in.imm)
 }
 
 // hCmovRR64 and hCmovRR32: a 32-bit CMOV zero-extends the destination even
 // when the condition is false.
 func hCmovRR64(c *cpu, in *inst) {
 	if c.flags.Cond(in.cc) {
-		c.regs[in.r1&31] = c.regs[in.r2&31]
+		c.regs[in.r1] = c.regs[in.r2]
 	}
 }
 
 func hCmovRR32(c *cpu, in *inst) {
-	v := c.regs[in.r1&31]
+	v := c.regs[in.r1]
 	if c.flags.Cond(in.cc) {
-		v = c.regs[in.r2&31]
+		v = c.regs[in.r2]
 	}
-	c.regs[in.r1&31] = uint64(uint32(v))
+	c.regs[in.r1] = uint64(uint32(v))
 }
 
-func hMovRIw(c *cpu, in *inst) { c.regs[in.r1&31] = in.imm }
+func hMovRIw(c *cpu, in *inst) { c.regs[in.r1] = in.imm }
 
-func hLea64(c *cpu, in *inst)   { c.regs[in.r1&31] = c.ea(in) }
-func hLea64BD(c *cpu, in *inst) { c.regs[in.r1&31] = c.eaBD(in) }
+func hLea64(c *cpu, in *inst)   { c.regs[in.r1] = c.ea(in) }
+func hLea64BD(c *cpu, in *inst) { c.regs[in.r1] = c.eaBD(in) }
 
 // The 64-bit MOV loads and stores take the generic handler (MMIO, faults,
 // code stores) when the fast path does not apply, having changed nothing.
 func hMovLoad64(c *cpu, in *inst) {
 	if v, ok := c.tryRead64(c.ea(in)); ok {
-		c.regs[in.r1&31] = v
+		c.regs[in.r1] = v
 		return
 	}
 	hMovLoad(c, in)
@@ -241,20 +241,20 @@ func hMovLoad64(c *cpu, in *inst) {
 
 func hMovLoad64BD(c *cpu, in *inst) {
 	if v, ok := c.tryRead64(c.eaBD(in)); ok {
-		c.regs[in.r1&31] = v
+		c.regs[in.r1] = v
 		return
 	}
 	hMovLoad(c, in)
 }
 
 func hMovStore64(c *cpu, in *inst) {
-	if !c.tryWrite64(c.ea(in), c.regs[in.r2&31]) {
+	if !c.tryWrite64(c.ea(in), c.regs[in.r2]) {
 		hMovStore(c, in)
 	}
 }
 
 func hMovStore64BD(c *cpu, in *inst) {
-	if !c.tryWrite64(c.eaBD(in), c.regs[in.r2&31]) {
+	if !c.tryWrite64(c.eaBD(in), c.regs[in.r2]) {
 		hMovStore(c, in)
 	}
 }
@@ -263,8 +263,8 @@ func hMovStore64BD(c *cpu, in *inst) {
 
 func hPushR64(c *cpu, in *inst) {
 	sp := c.regs[rSP] - 8
-	if !c.tryWrite64(sp, c.regs[in.r1&31]) {
-		c.write(sp, 8, c.regs[in.r1&31])
+	if !c.tryWrite64(sp, c.regs[in.r1]) {
+		c.write(sp, 8, c.regs[in.r1])
 	}
 	c.regs[rSP] = sp
 }
@@ -278,7 +278,7 @@ func hPopR64(c *cpu, in *inst) {
 		v = c.read(sp, 8)
 	}
 	c.regs[rSP] = sp + 8
-	c.regs[in.r1&31] = v
+	c.regs[in.r1] = v
 }
 
 // --- Jcc, one handler per condition: no condition-code dispatch ---
