@@ -84,6 +84,9 @@ type cpu struct {
 	cur    *block // block being executed, for self-modifying-code detection
 	// blockRIP is the address cur was entered at (runChain).
 	blockRIP uint64
+	// chainUntil: runChain returns to exec at a block end once icount
+	// reaches it.
+	chainUntil uint64
 	// noBlock is the block exec starts from: it has no links.
 	noBlock block
 	vm      *vm
@@ -124,8 +127,9 @@ type cpu struct {
 	bcache [bcacheSize]*block
 
 	icount, nextPoll uint64
-	translations     uint64 // blocks translated (tests check invalidation precision)
-	tlbEpoch         uint64 // bumped by every TLB flush; invalidates block links
+	translations     uint64         // blocks translated (tests check invalidation precision)
+	tlbEpoch         uint64         // bumped by every TLB flush; invalidates block links
+	codeEpoch        *atomic.Uint64 // the VM's (vm.codeEpoch)
 
 	// shared
 	attn     atomic.Uint32
@@ -143,14 +147,15 @@ const bcacheSize = 4096
 
 func newCPU(v *vm, id int) *cpu {
 	c := &cpu{
-		vm:     v,
-		id:     id,
-		ram:    v.ram,
-		mark:   v.mark,
-		gen:    v.gen,
-		wake:   make(chan struct{}, 1),
-		blocks: make(map[uint64]*block),
-		trace:  v.cfg.trace != nil,
+		vm:        v,
+		id:        id,
+		ram:       v.ram,
+		mark:      v.mark,
+		gen:       v.gen,
+		wake:      make(chan struct{}, 1),
+		blocks:    make(map[uint64]*block),
+		codeEpoch: &v.codeEpoch,
+		trace:     v.cfg.trace != nil,
 	}
 	c.rf = 2
 	c.flushTLB()
@@ -463,6 +468,12 @@ func (c *cpu) exec() {
 				c.recheckIRQ()
 			}
 		} else {
+			// Chaining stops at the next poll, or at once with
+			// breakpoints armed: they are checked here.
+			c.chainUntil = c.nextPoll
+			if len(c.bps) != 0 {
+				c.chainUntil = 0
+			}
 			c.runChain()
 			b = c.cur
 		}
@@ -488,10 +499,10 @@ func (c *cpu) exec() {
 	}
 }
 
-// runChain runs block b (c.cur) and then the blocks it is linked to, for
-// as long as nothing needs exec's attention (c.stop, a kick or interrupt,
-// the poll, armed breakpoints, a block without a valid link), and returns
-// the last block it ran. It is the interpreter's innermost loop.
+// runChain runs block c.cur and then the blocks it is linked to, for as
+// long as nothing needs exec's attention (c.stop, a kick or interrupt, the
+// poll, armed breakpoints, a block without a valid link). It is the
+// interpreter's innermost loop.
 //
 // Go keeps nothing in registers across the handler call, so the loop keeps
 // only c and in live across it (the block is c.cur, its address
@@ -516,25 +527,17 @@ func (c *cpu) runChain() {
 			in = in.next
 			continue
 		}
+		// End of the block: go on to the linked one.
 		c.icount += uint64(in.idx) + 1
-		if !c.chain() {
+		rip = c.regs[rIP]
+		next := c.linked(c.cur, rip)
+		if next == nil || c.attn.Load() != 0 || c.icount >= c.chainUntil {
 			return
 		}
-		in = &c.cur.insts[0]
+		c.cur = next
+		c.blockRIP = rip
+		in = &next.insts[0]
 	}
-}
-
-// chain moves c.cur on to the block linked at RIP, unless exec must look
-// at something first.
-func (c *cpu) chain() bool {
-	rip := c.regs[rIP]
-	next := c.linked(c.cur, rip)
-	if next == nil || c.attn.Load() != 0 || c.icount >= c.nextPoll || len(c.bps) != 0 {
-		return false
-	}
-	c.cur = next
-	c.blockRIP = rip
-	return true
 }
 
 // runBlockCareful is runBlock for tracing, and for the instruction after

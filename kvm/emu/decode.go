@@ -89,34 +89,44 @@ type block struct {
 	nextLink uint8
 }
 
-// blockLink is valid while the TLB has not been flushed since it was made
-// (epoch) and its target's page generation is unchanged.
+// blockLink is valid while its stamp is the vCPU's linkStamp: neither
+// has the TLB been flushed since the link was made, nor has any page's
+// translated code been invalidated (so the target's page generation is
+// unchanged). Rare invalidations then cost every link a re-lookup, and the
+// common check is two compares.
 type blockLink struct {
 	rip   uint64
-	epoch uint64
+	stamp uint64
 	b     *block
-	genp  *uint32 // the target's page generation counter...
-	gen   uint32  // ...and its value when the target was translated
 }
+
+// linkStamp changes whenever a block link may have become stale: the sum
+// of two counters that only grow, the TLB epoch and the VM's code epoch.
+func (c *cpu) linkStamp() uint64 { return c.tlbEpoch + c.codeEpoch.Load() }
 
 // linked returns the block that prev links to at rip, or nil.
 func (c *cpu) linked(prev *block, rip uint64) *block {
-	if l := &prev.links[0]; l.rip == rip && l.epoch == c.tlbEpoch && atomic.LoadUint32(l.genp) == l.gen {
+	stamp := c.linkStamp()
+	if l := &prev.links[0]; l.rip == rip && l.stamp == stamp {
 		return l.b
 	}
-	if l := &prev.links[1]; l.rip == rip && l.epoch == c.tlbEpoch && atomic.LoadUint32(l.genp) == l.gen {
+	if l := &prev.links[1]; l.rip == rip && l.stamp == stamp {
 		return l.b
 	}
 	return nil
 }
 
 // nextBlock returns the block at RIP when prev has no valid link to it,
-// and links prev to it.
+// and links prev to it. The stamp is taken before the block is looked up
+// and validated: an invalidation racing with the lookup then leaves a
+// link that is already stale (invalidatePage bumps the code epoch after
+// the page generation).
 func (c *cpu) nextBlock(prev *block) *block {
 	rip := c.regs[rIP]
+	stamp := c.linkStamp()
 	b := c.getBlock()
 	if prev != &c.noBlock && b.pfn2 == noPage {
-		prev.links[prev.nextLink&1] = blockLink{rip: rip, epoch: c.tlbEpoch, b: b, genp: &c.gen[b.phys>>12], gen: b.gen1}
+		prev.links[prev.nextLink&1] = blockLink{rip: rip, stamp: stamp, b: b}
 		prev.nextLink++
 	}
 	return b
@@ -176,8 +186,7 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 	// after it or happens before we read the bytes.
 	atomic.OrUint32(&c.mark[pfn], chunkBits(phys&0xfff, min(15, (phys|0xfff)+1-phys)))
 	b := &block{phys: phys, pfn2: noPage, gen1: atomic.LoadUint32(&c.gen[pfn])}
-	// Unused links must never match: epoch 0 is before the first flush.
-	b.links[0].genp, b.links[1].genp = &c.gen[pfn], &c.gen[pfn]
+	// Unused links never match: their stamp 0 is before the first TLB flush.
 	c.translations++
 	pageEnd := (phys | 0xfff) + 1
 	off := phys

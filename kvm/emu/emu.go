@@ -98,6 +98,9 @@ type vm struct {
 	// from the page (and clears mark until code is translated again).
 	mark []uint32
 	gen  []uint32
+	// codeEpoch counts invalidations of translated code (any page): block
+	// links are valid only while it is unchanged.
+	codeEpoch atomic.Uint64
 
 	mu     sync.Mutex // guards vcpus and closed
 	vcpus  [maxVCPUs]atomic.Pointer[cpu]
@@ -166,6 +169,7 @@ func (v *vm) invalidatePage(pfn uint64) bool {
 	}
 	if atomic.SwapUint32(&v.mark[pfn], 0) != 0 {
 		atomic.AddUint32(&v.gen[pfn], 1)
+		v.codeEpoch.Add(1) // after gen: see cpu.nextBlock
 		return true
 	}
 	return false
