@@ -512,7 +512,7 @@ func (c *cpu) exec() {
 // regs[rIP] (a store-to-load round trip per instruction). An instruction
 // that changes RIP either ends its block or sets c.stop.
 func (c *cpu) runChain() {
-	in := &c.cur.insts[0]
+	in := c.cur.first
 	c.blockRIP = c.regs[rIP]
 	for {
 		rip := c.blockRIP + uint64(in.off)
@@ -531,12 +531,18 @@ func (c *cpu) runChain() {
 		c.icount += uint64(in.idx) + 1
 		rip = c.regs[rIP]
 		next := c.linked(c.cur, rip)
-		if next == nil || c.attn.Load() != 0 || c.icount >= c.chainUntil {
+		if next == nil {
+			return
+		}
+		if c.attn.Load() != 0 {
+			return
+		}
+		if c.icount >= c.chainUntil {
 			return
 		}
 		c.cur = next
 		c.blockRIP = rip
-		in = &next.insts[0]
+		in = next.first
 	}
 }
 

@@ -82,6 +82,7 @@ type block struct {
 	gen1  uint32
 	gen2  uint32
 	insts []inst
+	first *inst    // &insts[0]: a block has at least one instruction
 	texts []string // disassembly, only when tracing
 	// links remember the blocks that followed this one (a branch's two
 	// successors), so the run loop skips the TLB and cache lookups.
@@ -240,6 +241,7 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 		}
 	}
 	b.insts = b.insts[:len(b.insts):len(b.insts)]
+	b.first = &b.insts[0]
 	var pos uint16
 	for i := range b.insts {
 		b.insts[i].idx = uint16(i)

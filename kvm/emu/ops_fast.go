@@ -42,7 +42,7 @@ func fastHandler(xi *x.Inst, in *inst) handler {
 	case x.CMOVA, x.CMOVAE, x.CMOVB, x.CMOVBE, x.CMOVE, x.CMOVG, x.CMOVGE, x.CMOVL, x.CMOVLE,
 		x.CMOVNE, x.CMOVNO, x.CMOVNP, x.CMOVNS, x.CMOVO, x.CMOVP, x.CMOVS:
 		if !in.mem {
-			return sized{hCmovRR64, hCmovRR32}.of(in.size)
+			return sized{cmov64Fast[in.cc&15], cmov32Fast[in.cc&15]}.of(in.size)
 		}
 	case x.INC, x.DEC:
 		if !in.mem {
@@ -208,22 +208,6 @@ func hImul3R64(c *cpu, in *inst) {
 	c.regs[in.r1], _ = imul64(&c.flags, c.regs[in.r2], in.imm)
 }
 
-// hCmovRR64 and hCmovRR32: a 32-bit CMOV zero-extends the destination even
-// when the condition is false.
-func hCmovRR64(c *cpu, in *inst) {
-	if c.flags.Cond(in.cc) {
-		c.regs[in.r1] = c.regs[in.r2]
-	}
-}
-
-func hCmovRR32(c *cpu, in *inst) {
-	v := c.regs[in.r1]
-	if c.flags.Cond(in.cc) {
-		v = c.regs[in.r2]
-	}
-	c.regs[in.r1] = uint64(uint32(v))
-}
-
 func hMovRIw(c *cpu, in *inst) { c.regs[in.r1] = in.imm }
 
 func hLea64(c *cpu, in *inst)   { c.regs[in.r1] = c.ea(in) }
@@ -281,102 +265,102 @@ func hPopR64(c *cpu, in *inst) {
 	c.regs[in.r1] = v
 }
 
-// --- Jcc, one handler per condition: no condition-code dispatch ---
+// --- Jcc and CMOVcc, one handler per condition: no condition-code dispatch ---
 
-var jccFast = [16]handler{hJo, hJno, hJb, hJae, hJe, hJne, hJbe, hJa, hJs, hJns, hJp, hJnp, hJl, hJge, hJle, hJg}
+// The sixteen conditions as methods, for the per-condition handlers
+// (Cond computes any of them from a table; the tests hold them to it).
+func (f *Flags) condO() bool  { return f.OF() }
+func (f *Flags) condNO() bool { return !f.OF() }
+func (f *Flags) condB() bool  { return f.CF() }
+func (f *Flags) condAE() bool { return !f.CF() }
+func (f *Flags) condE() bool  { return f.ZF() }
+func (f *Flags) condNE() bool { return !f.ZF() }
+func (f *Flags) condBE() bool { return f.CF() || f.ZF() }
+func (f *Flags) condA() bool  { return !f.CF() && !f.ZF() }
+func (f *Flags) condS() bool  { return f.SF() }
+func (f *Flags) condNS() bool { return !f.SF() }
+func (f *Flags) condP() bool  { return f.PF() }
+func (f *Flags) condNP() bool { return !f.PF() }
+func (f *Flags) condL() bool  { return f.SF() != f.OF() }
+func (f *Flags) condGE() bool { return f.SF() == f.OF() }
+func (f *Flags) condLE() bool { return f.ZF() || f.SF() != f.OF() }
+func (f *Flags) condG() bool  { return !f.ZF() && f.SF() == f.OF() }
 
-func hJo(c *cpu, in *inst) {
-	if c.flags.OF() {
+func jcc(c *cpu, in *inst, cond func(*Flags) bool) {
+	if cond(&c.flags) {
 		c.regs[rIP] += in.imm
 	}
 }
 
-func hJno(c *cpu, in *inst) {
-	if !c.flags.OF() {
-		c.regs[rIP] += in.imm
+func cmov64(c *cpu, in *inst, cond func(*Flags) bool) {
+	if cond(&c.flags) {
+		c.regs[in.r1] = c.regs[in.r2]
 	}
 }
 
-func hJb(c *cpu, in *inst) {
-	if c.flags.CF() {
-		c.regs[rIP] += in.imm
+// cmov32: a 32-bit CMOV zero-extends the destination even when the
+// condition is false.
+func cmov32(c *cpu, in *inst, cond func(*Flags) bool) {
+	v := c.regs[in.r1]
+	if cond(&c.flags) {
+		v = c.regs[in.r2]
 	}
+	c.regs[in.r1] = uint64(uint32(v))
 }
 
-func hJae(c *cpu, in *inst) {
-	if !c.flags.CF() {
-		c.regs[rIP] += in.imm
-	}
-}
+var jccFast = [16]handler{hJO, hJNO, hJB, hJAE, hJE, hJNE, hJBE, hJA, hJS, hJNS, hJP, hJNP, hJL, hJGE, hJLE, hJG}
 
-func hJe(c *cpu, in *inst) {
-	if c.flags.ZF() {
-		c.regs[rIP] += in.imm
-	}
-}
+func hJO(c *cpu, in *inst)  { jcc(c, in, (*Flags).condO) }
+func hJNO(c *cpu, in *inst) { jcc(c, in, (*Flags).condNO) }
+func hJB(c *cpu, in *inst)  { jcc(c, in, (*Flags).condB) }
+func hJAE(c *cpu, in *inst) { jcc(c, in, (*Flags).condAE) }
+func hJE(c *cpu, in *inst)  { jcc(c, in, (*Flags).condE) }
+func hJNE(c *cpu, in *inst) { jcc(c, in, (*Flags).condNE) }
+func hJBE(c *cpu, in *inst) { jcc(c, in, (*Flags).condBE) }
+func hJA(c *cpu, in *inst)  { jcc(c, in, (*Flags).condA) }
+func hJS(c *cpu, in *inst)  { jcc(c, in, (*Flags).condS) }
+func hJNS(c *cpu, in *inst) { jcc(c, in, (*Flags).condNS) }
+func hJP(c *cpu, in *inst)  { jcc(c, in, (*Flags).condP) }
+func hJNP(c *cpu, in *inst) { jcc(c, in, (*Flags).condNP) }
+func hJL(c *cpu, in *inst)  { jcc(c, in, (*Flags).condL) }
+func hJGE(c *cpu, in *inst) { jcc(c, in, (*Flags).condGE) }
+func hJLE(c *cpu, in *inst) { jcc(c, in, (*Flags).condLE) }
+func hJG(c *cpu, in *inst)  { jcc(c, in, (*Flags).condG) }
 
-func hJne(c *cpu, in *inst) {
-	if !c.flags.ZF() {
-		c.regs[rIP] += in.imm
-	}
-}
+var cmov64Fast = [16]handler{hCmovO64, hCmovNO64, hCmovB64, hCmovAE64, hCmovE64, hCmovNE64, hCmovBE64, hCmovA64, hCmovS64, hCmovNS64, hCmovP64, hCmovNP64, hCmovL64, hCmovGE64, hCmovLE64, hCmovG64}
 
-func hJbe(c *cpu, in *inst) {
-	if c.flags.CF() || c.flags.ZF() {
-		c.regs[rIP] += in.imm
-	}
-}
+func hCmovO64(c *cpu, in *inst)  { cmov64(c, in, (*Flags).condO) }
+func hCmovNO64(c *cpu, in *inst) { cmov64(c, in, (*Flags).condNO) }
+func hCmovB64(c *cpu, in *inst)  { cmov64(c, in, (*Flags).condB) }
+func hCmovAE64(c *cpu, in *inst) { cmov64(c, in, (*Flags).condAE) }
+func hCmovE64(c *cpu, in *inst)  { cmov64(c, in, (*Flags).condE) }
+func hCmovNE64(c *cpu, in *inst) { cmov64(c, in, (*Flags).condNE) }
+func hCmovBE64(c *cpu, in *inst) { cmov64(c, in, (*Flags).condBE) }
+func hCmovA64(c *cpu, in *inst)  { cmov64(c, in, (*Flags).condA) }
+func hCmovS64(c *cpu, in *inst)  { cmov64(c, in, (*Flags).condS) }
+func hCmovNS64(c *cpu, in *inst) { cmov64(c, in, (*Flags).condNS) }
+func hCmovP64(c *cpu, in *inst)  { cmov64(c, in, (*Flags).condP) }
+func hCmovNP64(c *cpu, in *inst) { cmov64(c, in, (*Flags).condNP) }
+func hCmovL64(c *cpu, in *inst)  { cmov64(c, in, (*Flags).condL) }
+func hCmovGE64(c *cpu, in *inst) { cmov64(c, in, (*Flags).condGE) }
+func hCmovLE64(c *cpu, in *inst) { cmov64(c, in, (*Flags).condLE) }
+func hCmovG64(c *cpu, in *inst)  { cmov64(c, in, (*Flags).condG) }
 
-func hJa(c *cpu, in *inst) {
-	if !c.flags.CF() && !c.flags.ZF() {
-		c.regs[rIP] += in.imm
-	}
-}
+var cmov32Fast = [16]handler{hCmovO32, hCmovNO32, hCmovB32, hCmovAE32, hCmovE32, hCmovNE32, hCmovBE32, hCmovA32, hCmovS32, hCmovNS32, hCmovP32, hCmovNP32, hCmovL32, hCmovGE32, hCmovLE32, hCmovG32}
 
-func hJs(c *cpu, in *inst) {
-	if c.flags.SF() {
-		c.regs[rIP] += in.imm
-	}
-}
-
-func hJns(c *cpu, in *inst) {
-	if !c.flags.SF() {
-		c.regs[rIP] += in.imm
-	}
-}
-
-func hJp(c *cpu, in *inst) {
-	if c.flags.PF() {
-		c.regs[rIP] += in.imm
-	}
-}
-
-func hJnp(c *cpu, in *inst) {
-	if !c.flags.PF() {
-		c.regs[rIP] += in.imm
-	}
-}
-
-func hJl(c *cpu, in *inst) {
-	if c.flags.SF() != c.flags.OF() {
-		c.regs[rIP] += in.imm
-	}
-}
-
-func hJge(c *cpu, in *inst) {
-	if c.flags.SF() == c.flags.OF() {
-		c.regs[rIP] += in.imm
-	}
-}
-
-func hJle(c *cpu, in *inst) {
-	if c.flags.ZF() || c.flags.SF() != c.flags.OF() {
-		c.regs[rIP] += in.imm
-	}
-}
-
-func hJg(c *cpu, in *inst) {
-	if !c.flags.ZF() && c.flags.SF() == c.flags.OF() {
-		c.regs[rIP] += in.imm
-	}
-}
+func hCmovO32(c *cpu, in *inst)  { cmov32(c, in, (*Flags).condO) }
+func hCmovNO32(c *cpu, in *inst) { cmov32(c, in, (*Flags).condNO) }
+func hCmovB32(c *cpu, in *inst)  { cmov32(c, in, (*Flags).condB) }
+func hCmovAE32(c *cpu, in *inst) { cmov32(c, in, (*Flags).condAE) }
+func hCmovE32(c *cpu, in *inst)  { cmov32(c, in, (*Flags).condE) }
+func hCmovNE32(c *cpu, in *inst) { cmov32(c, in, (*Flags).condNE) }
+func hCmovBE32(c *cpu, in *inst) { cmov32(c, in, (*Flags).condBE) }
+func hCmovA32(c *cpu, in *inst)  { cmov32(c, in, (*Flags).condA) }
+func hCmovS32(c *cpu, in *inst)  { cmov32(c, in, (*Flags).condS) }
+func hCmovNS32(c *cpu, in *inst) { cmov32(c, in, (*Flags).condNS) }
+func hCmovP32(c *cpu, in *inst)  { cmov32(c, in, (*Flags).condP) }
+func hCmovNP32(c *cpu, in *inst) { cmov32(c, in, (*Flags).condNP) }
+func hCmovL32(c *cpu, in *inst)  { cmov32(c, in, (*Flags).condL) }
+func hCmovGE32(c *cpu, in *inst) { cmov32(c, in, (*Flags).condGE) }
+func hCmovLE32(c *cpu, in *inst) { cmov32(c, in, (*Flags).condLE) }
+func hCmovG32(c *cpu, in *inst)  { cmov32(c, in, (*Flags).condG) }
