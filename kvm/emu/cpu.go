@@ -73,15 +73,18 @@ type cpu struct {
 	// fault pushes. regs[rIP] already points past it.
 	curRIP uint64
 	stop   bool // end the current block after this instruction
-	ram    ramMem
-	mark   []uint32
-	gen    []uint32
-	tlbR   [tlbSize]tlbEntry
-	tlbW   [tlbSize]tlbWEntry
-	tlbX   [tlbSize]tlbEntry
-	sr     engine.Sregs
-	cpl    uint8
-	cur    *block // block being executed, for self-modifying-code detection
+	// retryWith: the fast handler that set stop hands its instruction to
+	// this generic handler (ops_fast.go).
+	retryWith uint8
+	ram       ramMem
+	mark      []uint32
+	gen       []uint32
+	tlbR      [tlbSize]tlbEntry
+	tlbW      [tlbSize]tlbWEntry
+	tlbX      [tlbSize]tlbEntry
+	sr        engine.Sregs
+	cpl       uint8
+	cur       *block // block being executed, for self-modifying-code detection
 	// blockRIP is the address cur was entered at (runChain).
 	blockRIP uint64
 	// chainUntil: runChain returns to exec at a block end once icount
@@ -519,7 +522,7 @@ func (c *cpu) runChain() {
 		c.curRIP = rip
 		c.regs[rIP] = rip + uint64(in.len)
 		in.fn(c, in)
-		if c.stop {
+		if c.stop && (c.retryWith == retryNone || !c.retryGeneric(in)) {
 			c.icount += uint64(in.idx) + 1
 			return
 		}
@@ -563,7 +566,7 @@ func (c *cpu) runBlockCareful(b *block) uint64 {
 		c.curRIP = start + uint64(in.off)
 		c.regs[rIP] = c.curRIP + uint64(in.len)
 		in.fn(c, in)
-		if c.stop {
+		if c.stop && (c.retryWith == retryNone || !c.retryGeneric(in)) {
 			return uint64(i) + 1
 		}
 	}
@@ -610,6 +613,7 @@ func (c *cpu) recoverExec() {
 		return
 	}
 	c.stop = false
+	c.retryWith = retryNone
 	c.shadowArm = false
 	switch r {
 	case sigException:

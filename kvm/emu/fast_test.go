@@ -51,7 +51,8 @@ func fastCases() []string {
 		"(%rsi,%rcx,8)", "16(%rdi,%rbx,2)", "%fs:8(%rsi)", "%gs:(%rdi)", "0x200100", "(%esi)", "4(%edi,%ecx,4)"} {
 		s = append(s, "mov "+m+", %rax", "mov "+m+", %r13", "mov %rdx, "+m, "mov %rsp, "+m, "lea "+m+", %rbx")
 	}
-	s = append(s, "push %rax", "push %rsp", "push %r12", "pop %rbx", "pop %rsp", "pop %r15")
+	s = append(s, "push %rax", "push %rsp", "push %r12", "pop %rbx", "pop %rsp", "pop %r15",
+		"call .+0x100", "call .-0x1000", "ret", "ret $16")
 	return s
 }
 
@@ -159,6 +160,9 @@ func execOne(c *cpu, in *inst, rip uint64) (p any) {
 	c.curRIP = rip
 	c.regs[rIP] = rip + uint64(in.len)
 	in.fn(c, in)
+	if c.stop && c.retryWith != retryNone {
+		c.retryGeneric(in)
+	}
 	return nil
 }
 

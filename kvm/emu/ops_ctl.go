@@ -18,15 +18,8 @@ func (c *cpu) jumpTo(target uint64) {
 func hJmpR(c *cpu, in *inst) { c.jumpTo(c.regs[in.r1]) }
 func hJmpM(c *cpu, in *inst) { c.jumpTo(c.read(c.ea(in), 8)) }
 
-// The calls and RET write the 8-byte stack slot with the TLB hit path
-// inlined (tryWrite64/tryRead64), the generic access otherwise.
-
 func hCallRel(c *cpu, in *inst) {
-	sp := c.regs[rSP] - 8
-	if !c.tryWrite64(sp, c.regs[rIP]) {
-		c.write(sp, 8, c.regs[rIP])
-	}
-	c.regs[rSP] = sp
+	c.push(8, c.regs[rIP])
 	c.regs[rIP] += in.imm
 }
 
@@ -48,18 +41,12 @@ func hCallM(c *cpu, in *inst) {
 	c.regs[rIP] = t
 }
 
-// hRet: the target is checked before RSP changes, so a #GP leaves the
-// stack as it was.
 func hRet(c *cpu, in *inst) {
-	sp := c.regs[rSP]
-	t, ok := c.tryRead64(sp)
-	if !ok {
-		t = c.read(sp, 8)
-	}
+	t := c.read(c.regs[rSP], 8)
 	if !canonical(t) {
 		c.gp0()
 	}
-	c.regs[rSP] = sp + 8 + in.imm
+	c.regs[rSP] += 8 + in.imm
 	c.regs[rIP] = t
 }
 

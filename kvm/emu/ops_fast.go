@@ -13,7 +13,13 @@ import x "golang.org/x/arch/x86/x86asm"
 // generic one it replaces.
 //
 // compile picks a fast handler (fastHandler) after choosing the generic
-// one; WithGenericHandlers (tests only) turns that off.
+// one; withGenericHandlers (tests only) turns that off.
+//
+// A fast handler of a memory access handles the TLB hit; for anything else
+// (a miss, a page straddle, a store to a page holding code, MMIO, faults)
+// it hands the instruction back unchanged to the generic handler with
+// c.retry (see retryGeneric). It calls nothing itself, so it needs no stack
+// frame: on the hot path that is a good part of its cost.
 
 // fastHandler returns the specialisation of the generic instruction in
 // (compiled from xi), or nil if there is none. It may rewrite in's
@@ -65,8 +71,47 @@ func fastHandler(xi *x.Inst, in *inst) handler {
 		if _, sz, ok := gprArg(xi.Args[0]); ok && sz == 8 {
 			return pickOp(op == x.PUSH, hPushR64, hPopR64)
 		}
+	case x.CALL:
+		if _, ok := xi.Args[0].(x.Rel); ok {
+			return hCallRelFast
+		}
+	case x.RET:
+		return hRetFast
 	}
 	return nil
+}
+
+// Generic handlers a fast one can hand its instruction back to (c.retry).
+const (
+	retryNone uint8 = iota
+	retryMovLoad
+	retryMovStore
+	retryPushR
+	retryPopR
+	retryCallRel
+	retryRet
+)
+
+var retryHandlers = [...]handler{
+	retryMovLoad: hMovLoad, retryMovStore: hMovStore, retryPushR: hPushR, retryPopR: hPopR,
+	retryCallRel: hCallRel, retryRet: hRet,
+}
+
+// retry hands the instruction to the generic handler r: it runs when the
+// fast handler returns (retryGeneric), as if it had been the handler.
+func (c *cpu) retry(r uint8) {
+	c.retryWith = r
+	c.stop = true
+}
+
+// retryGeneric runs the generic handler a fast one handed its instruction
+// to, and reports whether the block goes on (the generic handler did not
+// set c.stop). The run loops call it when c.stop is set and retryWith is.
+func (c *cpu) retryGeneric(in *inst) bool {
+	h := retryHandlers[c.retryWith]
+	c.retryWith, c.stop = retryNone, false
+	h(c, in)
+	return !c.stop
 }
 
 // fastMov specialises the plain MOV forms (not those of system registers).
@@ -213,14 +258,13 @@ func hMovRIw(c *cpu, in *inst) { c.regs[in.r1] = in.imm }
 func hLea64(c *cpu, in *inst)   { c.regs[in.r1] = c.ea(in) }
 func hLea64BD(c *cpu, in *inst) { c.regs[in.r1] = c.eaBD(in) }
 
-// The 64-bit MOV loads and stores take the generic handler (MMIO, faults,
-// code stores) when the fast path does not apply, having changed nothing.
+// The 64-bit MOV loads and stores.
 func hMovLoad64(c *cpu, in *inst) {
 	if v, ok := c.tryRead64(c.ea(in)); ok {
 		c.regs[in.r1] = v
 		return
 	}
-	hMovLoad(c, in)
+	c.retry(retryMovLoad)
 }
 
 func hMovLoad64BD(c *cpu, in *inst) {
@@ -228,27 +272,28 @@ func hMovLoad64BD(c *cpu, in *inst) {
 		c.regs[in.r1] = v
 		return
 	}
-	hMovLoad(c, in)
+	c.retry(retryMovLoad)
 }
 
 func hMovStore64(c *cpu, in *inst) {
 	if !c.tryWrite64(c.ea(in), c.regs[in.r2]) {
-		hMovStore(c, in)
+		c.retry(retryMovStore)
 	}
 }
 
 func hMovStore64BD(c *cpu, in *inst) {
 	if !c.tryWrite64(c.eaBD(in), c.regs[in.r2]) {
-		hMovStore(c, in)
+		c.retry(retryMovStore)
 	}
 }
 
-// --- stack: the TLB hit path of push/pop written out in the handler ---
+// --- stack ---
 
 func hPushR64(c *cpu, in *inst) {
 	sp := c.regs[rSP] - 8
 	if !c.tryWrite64(sp, c.regs[in.r1]) {
-		c.write(sp, 8, c.regs[in.r1])
+		c.retry(retryPushR)
+		return
 	}
 	c.regs[rSP] = sp
 }
@@ -259,10 +304,34 @@ func hPopR64(c *cpu, in *inst) {
 	sp := c.regs[rSP]
 	v, ok := c.tryRead64(sp)
 	if !ok {
-		v = c.read(sp, 8)
+		c.retry(retryPopR)
+		return
 	}
 	c.regs[rSP] = sp + 8
 	c.regs[in.r1] = v
+}
+
+func hCallRelFast(c *cpu, in *inst) {
+	sp := c.regs[rSP] - 8
+	if !c.tryWrite64(sp, c.regs[rIP]) {
+		c.retry(retryCallRel)
+		return
+	}
+	c.regs[rSP] = sp
+	c.regs[rIP] += in.imm
+}
+
+// hRetFast checks the target before RSP changes, so a #GP (raised by the
+// generic handler) leaves the stack as it was.
+func hRetFast(c *cpu, in *inst) {
+	sp := c.regs[rSP]
+	t, ok := c.tryRead64(sp)
+	if !ok || !canonical(t) {
+		c.retry(retryRet)
+		return
+	}
+	c.regs[rSP] = sp + 8 + in.imm
+	c.regs[rIP] = t
 }
 
 // --- Jcc and CMOVcc, one handler per condition: no condition-code dispatch ---
