@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -181,8 +182,9 @@ func snapshot(c *cpu, p any) cpuState {
 	return s
 }
 
-// fastPatterns are the contents the data pages start with.
-var fastPatterns = func() (p [4][]byte) {
+// fastPatterns are the contents the data pages start with (made on first
+// use, not at every test binary's start).
+var fastPatterns = sync.OnceValue(func() (p [4][]byte) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := range p {
 		p[i] = make([]byte, fastDataLen)
@@ -191,7 +193,7 @@ var fastPatterns = func() (p [4][]byte) {
 		}
 	}
 	return p
-}()
+})
 
 // setState gives c the state drawn from seed; the data pages of ram get
 // the same pattern, and with codeMark a translated-code mark.
@@ -213,7 +215,8 @@ func setState(c *cpu, ram []byte, seed uint64, codeMark bool) {
 	c.stop, c.exitReady, c.pend, c.pendReg, c.pendSize, c.pendNext = false, false, pendNone, 0, 0, 0
 	c.exc = event{}
 	c.exit = engine.Exit{}
-	copy(ram[fastData:fastData+fastDataLen], fastPatterns[r.IntN(len(fastPatterns))])
+	patterns := fastPatterns()
+	copy(ram[fastData:fastData+fastDataLen], patterns[r.IntN(len(patterns))])
 	atomic.StoreUint32(&c.mark[fastData>>12], 0)
 	if codeMark {
 		atomic.StoreUint32(&c.mark[fastData>>12], ^uint32(0))
