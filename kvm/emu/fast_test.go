@@ -296,3 +296,37 @@ func TestFastEngineMatchesGeneric(t *testing.T) {
 		})
 	}
 }
+
+// TestCondMethods holds the per-condition methods of the fast Jcc and
+// CMOVcc handlers to Cond, over every combination of the six flags and
+// over states left by ALU operations (sign and parity deltas included).
+func TestCondMethods(t *testing.T) {
+	conds := [16]func(*Flags) bool{(*Flags).condO, (*Flags).condNO, (*Flags).condB, (*Flags).condAE,
+		(*Flags).condE, (*Flags).condNE, (*Flags).condBE, (*Flags).condA, (*Flags).condS, (*Flags).condNS,
+		(*Flags).condP, (*Flags).condNP, (*Flags).condL, (*Flags).condGE, (*Flags).condLE, (*Flags).condG}
+	check := func(f *Flags, what string) {
+		for cc, cond := range conds {
+			if got, want := cond(f), f.Cond(uint8(cc)); got != want {
+				t.Fatalf("%s (flags %#x): cond %d = %v, Cond says %v", what, f.Get(), cc, got, want)
+			}
+		}
+	}
+	bitsOf := []uint64{FlagCF, FlagPF, FlagAF, FlagZF, FlagSF, FlagOF}
+	for m := range 64 {
+		var v uint64
+		for i, b := range bitsOf {
+			if m>>i&1 != 0 {
+				v |= b
+			}
+		}
+		var f Flags
+		f.Set(v)
+		check(&f, fmt.Sprintf("Set(%#x)", v))
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range 20000 {
+		var f Flags
+		fastFlags(r, &f)
+		check(&f, fmt.Sprintf("random state %d", i))
+	}
+}
