@@ -50,7 +50,11 @@ func fastCases() []string {
 		"movl $0xffffffff, %ecx", "movl $-5, %r12d", "movl $7, %esp")
 	for _, m := range []string{"(%rsi)", "8(%rsi)", "-8(%rdi)", "0x7ff8(%rbx)", "(%rsp)", "data(%rip)",
 		"(%rsi,%rcx,8)", "16(%rdi,%rbx,2)", "%fs:8(%rsi)", "%gs:(%rdi)", "0x200100", "(%esi)", "4(%edi,%ecx,4)"} {
-		s = append(s, "mov "+m+", %rax", "mov "+m+", %r13", "mov %rdx, "+m, "mov %rsp, "+m, "lea "+m+", %rbx")
+		s = append(s, "mov "+m+", %rax", "mov "+m+", %r13", "mov %rdx, "+m, "mov %rsp, "+m, "lea "+m+", %rbx",
+			"movl "+m+", %eax", "movl "+m+", %r13d", "movl %edx, "+m, "movl %esp, "+m,
+			"movzbl "+m+", %ecx", "movzwl "+m+", %ecx", "movzbq "+m+", %r9", "movzwq "+m+", %r9",
+			"cmpq $5, "+m, "cmpl $-1, "+m, "cmpq %rax, "+m, "cmpl %r8d, "+m, "cmpq "+m+", %r8", "cmpl "+m+", %ecx",
+			"testq %rax, "+m, "testl %r9d, "+m, "testq $0x80, "+m, "testl $-2, "+m)
 	}
 	s = append(s, "push %rax", "push %rsp", "push %r12", "pop %rbx", "pop %rsp", "pop %r15",
 		"call .+0x100", "call .-0x1000", "ret", "ret $16")

@@ -212,6 +212,26 @@ func (c *cpu) tryRead64(lin uint64) (uint64, bool) {
 	return c.ram.load64(e.phys | lin&0xfff), true
 }
 
+// tryRead is tryRead64 for any size (a constant at every call site, so
+// that the size switch of the access folds); tryWrite32 is tryWrite64 for
+// 4 bytes.
+func (c *cpu) tryRead(lin uint64, size uint8) (uint64, bool) {
+	e := &c.tlbR[lin>>12&tlbMask]
+	if !tlbMaps(e, lin, size) {
+		return 0, false
+	}
+	return c.ram.load(e.phys|lin&0xfff, size), true
+}
+
+func (c *cpu) tryWrite32(lin, v uint64) bool {
+	e := &c.tlbW[lin>>12&tlbMask]
+	if !tlbMaps(&e.tlbEntry, lin, 4) || atomic.LoadUint32(e.mark) != 0 {
+		return false
+	}
+	c.ram.store32(e.phys|lin&0xfff, uint32(v))
+	return true
+}
+
 func (c *cpu) tryWrite64(lin, v uint64) bool {
 	e := &c.tlbW[lin>>12&tlbMask]
 	if !tlbMaps(&e.tlbEntry, lin, 8) || atomic.LoadUint32(e.mark) != 0 {

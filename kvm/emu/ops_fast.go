@@ -31,7 +31,7 @@ func fastHandler(xi *x.Inst, in *inst) handler {
 	op := xi.Op
 	if f, ok := fastALU[op]; ok {
 		if in.mem {
-			return nil
+			return fastCmpMem(xi, in)
 		}
 		switch xi.Args[1].(type) {
 		case x.Reg:
@@ -63,6 +63,15 @@ func fastHandler(xi *x.Inst, in *inst) handler {
 		}
 	case x.MOV:
 		return fastMov(xi, in)
+	case x.MOVZX:
+		if in.mem && (in.size == 4 || in.size == 8) {
+			switch in.sz2 {
+			case 1:
+				return hMovzxLoad8
+			case 2:
+				return hMovzxLoad16
+			}
+		}
 	case x.LEA:
 		if in.size == 8 {
 			return pickEA(in, hLea64BD, hLea64)
@@ -90,11 +99,16 @@ const (
 	retryPopR
 	retryCallRel
 	retryRet
+	retryMovzx
+	retryCmpRM
+	retryCmpMR
+	retryCmpMI
 )
 
 var retryHandlers = [...]handler{
 	retryMovLoad: hMovLoad, retryMovStore: hMovStore, retryPushR: hPushR, retryPopR: hPopR,
-	retryCallRel: hCallRel, retryRet: hRet,
+	retryCallRel: hCallRel, retryRet: hRet, retryMovzx: hMovzx,
+	retryCmpRM: hCmpRM, retryCmpMR: hCmpMR, retryCmpMI: hCmpMI,
 }
 
 // retry hands the instruction to the generic handler r: it runs when the
@@ -134,8 +148,35 @@ func fastMov(xi *x.Inst, in *inst) handler {
 		return pickEA(in, hMovLoad64BD, hMovLoad64)
 	case srcReg && in.mem && in.size == 8:
 		return pickEA(in, hMovStore64BD, hMovStore64)
+	case dstReg && in.mem && in.size == 4:
+		return pickEA(in, hMovLoad32BD, hMovLoad32)
+	case srcReg && in.mem && in.size == 4:
+		return pickEA(in, hMovStore32BD, hMovStore32)
 	}
 	return nil
+}
+
+// fastCmpMem specialises CMP and TEST with a 32/64-bit memory operand.
+func fastCmpMem(xi *x.Inst, in *inst) handler {
+	if xi.Op != x.CMP && xi.Op != x.TEST {
+		return nil
+	}
+	_, regFirst := xi.Args[0].(x.Reg)
+	_, imm := xi.Args[1].(x.Imm)
+	var h sized
+	switch {
+	case xi.Op == x.CMP && regFirst:
+		h = sized{hCmpRM64, hCmpRM32}
+	case xi.Op == x.CMP && imm:
+		h = sized{hCmpMI64, hCmpMI32}
+	case xi.Op == x.CMP:
+		h = sized{hCmpMR64, hCmpMR32}
+	case imm:
+		h = sized{hTestMI64, hTestMI32}
+	case !regFirst:
+		h = sized{hTestMR64, hTestMR32}
+	}
+	return h.of(in.size)
 }
 
 // sized holds the 64- and 32-bit forms of a handler.
@@ -285,6 +326,146 @@ func hMovStore64BD(c *cpu, in *inst) {
 	if !c.tryWrite64(c.eaBD(in), c.regs[in.r2]) {
 		c.retry(retryMovStore)
 	}
+}
+
+func hMovLoad32(c *cpu, in *inst) {
+	if v, ok := c.tryRead(c.ea(in), 4); ok {
+		c.regs[in.r1] = v // a 32-bit register write zero-extends
+		return
+	}
+	c.retry(retryMovLoad)
+}
+
+func hMovLoad32BD(c *cpu, in *inst) {
+	if v, ok := c.tryRead(c.eaBD(in), 4); ok {
+		c.regs[in.r1] = v
+		return
+	}
+	c.retry(retryMovLoad)
+}
+
+func hMovStore32(c *cpu, in *inst) {
+	if !c.tryWrite32(c.ea(in), c.regs[in.r2]) {
+		c.retry(retryMovStore)
+	}
+}
+
+func hMovStore32BD(c *cpu, in *inst) {
+	if !c.tryWrite32(c.eaBD(in), c.regs[in.r2]) {
+		c.retry(retryMovStore)
+	}
+}
+
+// hMovzxLoad8 and hMovzxLoad16: MOVZX from memory into a 32/64-bit
+// register (both zero-extend to 64 bits).
+func hMovzxLoad8(c *cpu, in *inst) {
+	if v, ok := c.tryRead(c.ea(in), 1); ok {
+		c.regs[in.r1] = v
+		return
+	}
+	c.retry(retryMovzx)
+}
+
+func hMovzxLoad16(c *cpu, in *inst) {
+	if v, ok := c.tryRead(c.ea(in), 2); ok {
+		c.regs[in.r1] = v
+		return
+	}
+	c.retry(retryMovzx)
+}
+
+// CMP and TEST with a memory operand read it and set the flags; nothing
+// is written, so a retry finds the state unchanged. (Written out: the
+// memory read and the flag function do not fit one inlined helper.)
+
+func hCmpRM64(c *cpu, in *inst) {
+	v, ok := c.tryRead(c.ea(in), 8)
+	if !ok {
+		c.retry(retryCmpRM)
+		return
+	}
+	Cmp(&c.flags, 8, c.regs[in.r1], v)
+}
+
+func hCmpRM32(c *cpu, in *inst) {
+	v, ok := c.tryRead(c.ea(in), 4)
+	if !ok {
+		c.retry(retryCmpRM)
+		return
+	}
+	Cmp(&c.flags, 4, c.regs[in.r1], v)
+}
+
+func hCmpMR64(c *cpu, in *inst) {
+	v, ok := c.tryRead(c.ea(in), 8)
+	if !ok {
+		c.retry(retryCmpMR)
+		return
+	}
+	Cmp(&c.flags, 8, v, c.regs[in.r2])
+}
+
+func hCmpMR32(c *cpu, in *inst) {
+	v, ok := c.tryRead(c.ea(in), 4)
+	if !ok {
+		c.retry(retryCmpMR)
+		return
+	}
+	Cmp(&c.flags, 4, v, c.regs[in.r2])
+}
+
+func hCmpMI64(c *cpu, in *inst) {
+	v, ok := c.tryRead(c.ea(in), 8)
+	if !ok {
+		c.retry(retryCmpMI)
+		return
+	}
+	Cmp(&c.flags, 8, v, in.imm)
+}
+
+func hCmpMI32(c *cpu, in *inst) {
+	v, ok := c.tryRead(c.ea(in), 4)
+	if !ok {
+		c.retry(retryCmpMI)
+		return
+	}
+	Cmp(&c.flags, 4, v, in.imm)
+}
+
+func hTestMR64(c *cpu, in *inst) {
+	v, ok := c.tryRead(c.ea(in), 8)
+	if !ok {
+		c.retry(retryCmpMR)
+		return
+	}
+	Test(&c.flags, 8, v, c.regs[in.r2])
+}
+
+func hTestMR32(c *cpu, in *inst) {
+	v, ok := c.tryRead(c.ea(in), 4)
+	if !ok {
+		c.retry(retryCmpMR)
+		return
+	}
+	Test(&c.flags, 4, v, c.regs[in.r2])
+}
+
+func hTestMI64(c *cpu, in *inst) {
+	v, ok := c.tryRead(c.ea(in), 8)
+	if !ok {
+		c.retry(retryCmpMI)
+		return
+	}
+	Test(&c.flags, 8, v, in.imm)
+}
+
+func hTestMI32(c *cpu, in *inst) {
+	v, ok := c.tryRead(c.ea(in), 4)
+	if !ok {
+		c.retry(retryCmpMI)
+		return
+	}
+	Test(&c.flags, 4, v, in.imm)
 }
 
 // --- stack ---
