@@ -10,6 +10,14 @@
 // Code marks are kept per 128-byte chunk, so data sharing a page with code
 // does not cause re-translation. Arithmetic flags are lazy (see flags.go).
 //
+// The hot path: a block remembers the blocks that followed it (links,
+// valid while neither the TLB nor any translated code changed), and the
+// run loop (cpu.runChain) goes from block to block along them until a
+// kick, an interrupt, a breakpoint or the periodic poll needs attention.
+// The instruction forms a guest runs most have fast handlers (ops_fast.go)
+// with the operation and size fixed and the TLB hit path inlined; anything
+// unusual goes to the generic handler, which the tests hold them to.
+//
 // Exceptions unwind out of a handler with a panic of a sentinel value
 // (never on the fast path) and are delivered through the 64-bit IDT with
 // the SDM's double/triple-fault rules. Any other panic is a bug in the
