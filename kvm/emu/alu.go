@@ -14,10 +14,16 @@ import "math/bits"
 // A size other than 1, 2, 4 or 8 is a bug in the caller; it yields meaningless values
 // but never panics (all shifts below are by unsigned counts, which Go defines for any
 // amount).
+//
+// The shift amounts derived from size are masked to 0..63 (sizeShift; sizeMask keeps
+// 0 for size 0, which the differential tests use for "no result"): for the valid
+// sizes that changes nothing, and it tells the compiler the shift is in range, so a
+// variable shift is one instruction instead of a shift plus the masking Go otherwise
+// adds for counts >= 64. With a constant size (the fast handlers) the shifts vanish.
 
 // SignExtend sign-extends the low size bytes of v to 64 bits.
 func SignExtend(v uint64, size uint8) uint64 {
-	s := 64 - uint(size)*8
+	s := sizeShift(size)
 	return uint64(int64(v<<s) >> s)
 }
 
@@ -29,8 +35,11 @@ func Truncate(v uint64, size uint8) uint64 {
 func sizeMask(size uint8) uint64 { return ^uint64(0) >> (64 - uint(size)*8) }
 
 // sizeShift is 64 minus the operand width in bits: x<<s>>s truncates, and
-// int64(x<<s)>>s sign-extends, without a per-size switch.
-func sizeShift(size uint8) uint { return 64 - uint(size)*8 }
+// int64(x<<s)>>s sign-extends, without a per-size switch. It is computed
+// as (-8*size) mod 64 in uint8 arithmetic, the same for the valid sizes,
+// because that costs the inliner a node less than the obvious form: Inc,
+// Dec and Sbb are at its budget.
+func sizeShift(size uint8) uint { return uint(-size*8) & 63 }
 
 // setArith records the result of an add/sub-like op and its carry (or borrow) vector:
 // cv bit i is the carry out of bit i. Only bits 3 (AF), n-2 and n-1 are kept, which
@@ -379,30 +388,40 @@ func Mul(f *Flags, size uint8, a, b uint64) (lo, hi uint64) {
 // CF=OF=(the product does not fit in size, i.e. hi is not the sign extension of lo).
 // Two- and three-operand IMUL use lo with the same flags.
 func Imul(f *Flags, size uint8, a, b uint64) (lo, hi uint64) {
+	if size == 8 {
+		return imul64(f, a, b)
+	}
 	m := sizeMask(size)
 	sa, sb := SignExtend(a, size), SignExtend(b, size)
 	var of uint64
-	if size == 8 {
-		hi, lo = bits.Mul64(sa, sb)
-		// Signed correction of the unsigned 128-bit product.
-		if int64(sa) < 0 {
-			hi -= sb
-		}
-		if int64(sb) < 0 {
-			hi -= sa
-		}
-		if hi != uint64(int64(lo)>>63) {
-			of = 1
-		}
-	} else {
-		p := int64(sa) * int64(sb) // |p| < 2^62 for size <= 4
-		n := uint(size) * 8
-		lo, hi = uint64(p)&m, uint64(p>>n)&m
-		if uint64(p) != SignExtend(lo, size) {
-			of = 1
-		}
+	p := int64(sa) * int64(sb) // |p| < 2^62 for size <= 4
+	n := uint(size) * 8
+	lo, hi = uint64(p)&m, uint64(p>>n)&m
+	if uint64(p) != SignExtend(lo, size) {
+		of = 1
 	}
 	f.setShift(size, lo, of, of)
+	return lo, hi
+}
+
+// imul64 is Imul for size 8, on its own for the fast IMUL handlers.
+func imul64(f *Flags, a, b uint64) (lo, hi uint64) {
+	hi, lo = bits.Mul64(a, b)
+	// Signed correction of the unsigned 128-bit product.
+	if int64(a) < 0 {
+		hi -= b
+	}
+	if int64(b) < 0 {
+		hi -= a
+	}
+	var of uint64
+	if hi != uint64(int64(lo)>>63) {
+		of = auxCF
+	}
+	// setShift(8, lo, of, of) written out (CF = OF, so PO = 0) to stay
+	// within the inliner's budget.
+	f.res = lo ^ resBias
+	f.aux = of
 	return lo, hi
 }
 

@@ -41,6 +41,13 @@ const (
 
 type tlbEntry struct{ tag, phys uint64 }
 
+// tlbWEntry is a write TLB entry: mark is the page's translated-code mark
+// (vm.mark), which every store must test.
+type tlbWEntry struct {
+	tlbEntry
+	mark *uint32
+}
+
 // pending says what the next Run must finish before executing: an IN or an
 // MMIO read whose data the VMM has put in the exit.
 type pendingKind uint8
@@ -56,25 +63,38 @@ const (
 // "shared" comment while Run executes; the rest are atomics or belong to the
 // lapic (own mutex).
 type cpu struct {
-	regs  [32]uint64
+	// regs is indexed by the uint8 register numbers above; 256 entries
+	// (only 22 are used) let the compiler drop the bounds check of every
+	// register access without masking the number.
+	regs  [256]uint64
 	flags Flags
 	rf    uint64 // RFLAGS except the six arithmetic flags; bit 1 always set
 	// curRIP is the address of the instruction being executed: the RIP a
 	// fault pushes. regs[rIP] already points past it.
 	curRIP uint64
 	stop   bool // end the current block after this instruction
-	ram    ramMem
-	mark   []uint32
-	gen    []uint32
-	tlbR   [tlbSize]tlbEntry
-	tlbW   [tlbSize]tlbEntry
-	tlbX   [tlbSize]tlbEntry
-	sr     engine.Sregs
-	cpl    uint8
-	cur    *block // block being executed, for self-modifying-code detection
-	vm     *vm
-	id     int
-	trace  bool
+	// retryWith: the fast handler that set stop hands its instruction to
+	// this generic handler (ops_fast.go).
+	retryWith uint8
+	ram       ramMem
+	mark      []uint32
+	gen       []uint32
+	tlbR      [tlbSize]tlbEntry
+	tlbW      [tlbSize]tlbWEntry
+	tlbX      [tlbSize]tlbEntry
+	sr        engine.Sregs
+	cpl       uint8
+	cur       *block // block being executed, for self-modifying-code detection
+	// blockRIP is the address cur was entered at (runChain).
+	blockRIP uint64
+	// chainUntil: runChain returns to exec at a block end once icount
+	// reaches it.
+	chainUntil uint64
+	// noBlock is the block exec starts from: it has no links.
+	noBlock block
+	vm      *vm
+	id      int
+	trace   bool
 	// bps are the armed breakpoints (engine.Breakpointer), checked at
 	// every block entry; set only between Runs, by the Run goroutine.
 	bps []uint64
@@ -110,8 +130,9 @@ type cpu struct {
 	bcache [bcacheSize]*block
 
 	icount, nextPoll uint64
-	translations     uint64 // blocks translated (tests check invalidation precision)
-	tlbEpoch         uint64 // bumped by every TLB flush; invalidates block links
+	translations     uint64         // blocks translated (tests check invalidation precision)
+	tlbEpoch         uint64         // bumped by every TLB flush; invalidates block links
+	codeEpoch        *atomic.Uint64 // the VM's (vm.codeEpoch)
 
 	// shared
 	attn     atomic.Uint32
@@ -129,14 +150,15 @@ const bcacheSize = 4096
 
 func newCPU(v *vm, id int) *cpu {
 	c := &cpu{
-		vm:     v,
-		id:     id,
-		ram:    v.ram,
-		mark:   v.mark,
-		gen:    v.gen,
-		wake:   make(chan struct{}, 1),
-		blocks: make(map[uint64]*block),
-		trace:  v.cfg.trace != nil,
+		vm:        v,
+		id:        id,
+		ram:       v.ram,
+		mark:      v.mark,
+		gen:       v.gen,
+		wake:      make(chan struct{}, 1),
+		blocks:    make(map[uint64]*block),
+		codeEpoch: &v.codeEpoch,
+		trace:     v.cfg.trace != nil,
 	}
 	c.rf = 2
 	c.flushTLB()
@@ -427,35 +449,37 @@ func (c *cpu) tryInterrupt() {
 // exec runs blocks until something needs the run loop's attention.
 func (c *cpu) exec() {
 	defer c.recoverExec()
-	var b *block
+	b := &c.noBlock
 	for c.attn.Load() == 0 {
-		c.curRIP = c.regs[rIP]
-		if len(c.bps) != 0 && c.atBreakpoint(c.curRIP) {
-			c.exit = engine.Exit{Reason: engine.ExitDebug, RIP: c.curRIP}
+		rip := c.regs[rIP]
+		c.curRIP = rip // for a fault while fetching the block
+		if len(c.bps) != 0 && c.atBreakpoint(rip) {
+			c.exit = engine.Exit{Reason: engine.ExitDebug, RIP: rip}
 			c.exitReady = true
 			return
 		}
-		b = c.nextBlock(b)
+		if next := c.linked(b, rip); next != nil {
+			b = next
+		} else {
+			b = c.nextBlock(b)
+		}
 		c.cur = b
-		insts := b.insts
-		if c.shadow {
-			insts = insts[:1]
-		}
-		n := len(insts)
-		for i := range insts {
-			in := &insts[i]
-			if c.trace {
-				c.traceInst(b, i)
+		if c.shadow || c.trace {
+			c.icount += c.runBlockCareful(b)
+			if c.shadow {
+				c.shadow = false
+				c.recheckIRQ()
 			}
-			c.curRIP = c.regs[rIP]
-			c.regs[rIP] += uint64(in.len)
-			in.fn(c, in)
-			if c.stop {
-				n = i + 1
-				break
+		} else {
+			// Chaining stops at the next poll, or at once with
+			// breakpoints armed: they are checked here.
+			c.chainUntil = c.nextPoll
+			if len(c.bps) != 0 {
+				c.chainUntil = 0
 			}
+			c.runChain()
+			b = c.cur
 		}
-		c.icount += uint64(n)
 		if c.icount >= c.nextPoll {
 			// Every few thousand instructions: publish the counter and
 			// fire an overdue LAPIC timer ourselves.
@@ -463,21 +487,90 @@ func (c *cpu) exec() {
 			c.nInstr.Store(c.icount)
 			c.apic.pollTimer()
 		}
-		if c.shadow {
-			c.shadow = false
-			c.recheckIRQ()
-		}
-		if c.shadowArm {
-			c.shadowArm = false
-			c.shadow = true
-		}
 		if c.stop {
+			// Every instruction that arms the interrupt shadow (STI, a
+			// load of SS) also ends the block with c.stop.
 			c.stop = false
+			if c.shadowArm {
+				c.shadowArm = false
+				c.shadow = true
+			}
 			if c.exitReady || c.halted {
 				return
 			}
 		}
 	}
+}
+
+// runChain runs block c.cur and then the blocks it is linked to, for as
+// long as nothing needs exec's attention (c.stop, a kick or interrupt, the
+// poll, armed breakpoints, a block without a valid link). It is the
+// interpreter's innermost loop.
+//
+// Go keeps nothing in registers across the handler call, so the loop keeps
+// only c and in live across it (the block is c.cur, its address
+// c.blockRIP), and carries no dependency through memory from one
+// instruction to the next: RIP and curRIP are computed from the block's
+// address and the instruction's offset, not by adding its length to
+// regs[rIP] (a store-to-load round trip per instruction). An instruction
+// that changes RIP either ends its block or sets c.stop.
+func (c *cpu) runChain() {
+	in := c.cur.first
+	c.blockRIP = c.regs[rIP]
+	for {
+		rip := c.blockRIP + uint64(in.off)
+		c.curRIP = rip
+		c.regs[rIP] = rip + uint64(in.len)
+		in.fn(c, in)
+		if c.stop && (c.retryWith == retryNone || !c.retryGeneric(in)) {
+			c.icount += uint64(in.idx) + 1
+			return
+		}
+		if in.next != nil {
+			in = in.next
+			continue
+		}
+		// End of the block: go on to the linked one.
+		c.icount += uint64(in.idx) + 1
+		rip = c.regs[rIP]
+		next := c.linked(c.cur, rip)
+		if next == nil {
+			return
+		}
+		if c.attn.Load() != 0 {
+			return
+		}
+		if c.icount >= c.chainUntil {
+			return
+		}
+		c.cur = next
+		c.blockRIP = rip
+		in = next.first
+	}
+}
+
+// runBlockCareful is runBlock for tracing, and for the instruction after
+// STI or a load of SS (c.shadow), which runs alone so that interrupts are
+// looked at right after it.
+func (c *cpu) runBlockCareful(b *block) uint64 {
+	insts := b.insts
+	if c.shadow {
+		insts = insts[:1]
+	}
+	start := c.regs[rIP]
+	for i := range insts {
+		in := &insts[i]
+		if c.trace {
+			c.traceInst(b, i)
+		}
+		c.curRIP = start + uint64(in.off)
+		c.regs[rIP] = c.curRIP + uint64(in.len)
+		in.fn(c, in)
+		if c.stop && (c.retryWith == retryNone || !c.retryGeneric(in)) {
+			return uint64(i) + 1
+		}
+	}
+	return uint64(len(insts))
 }
 
 // SetBreakpoints arms execution breakpoints (engine.Breakpointer). They
@@ -520,6 +613,7 @@ func (c *cpu) recoverExec() {
 		return
 	}
 	c.stop = false
+	c.retryWith = retryNone
 	c.shadowArm = false
 	switch r {
 	case sigException:
@@ -581,36 +675,31 @@ func (c *cpu) traceInst(b *block, i int) {
 func (c *cpu) reg(r, size uint8) uint64 {
 	switch size {
 	case 8:
-		return c.regs[r&31]
+		return c.regs[r]
 	case 4:
-		return uint64(uint32(c.regs[r&31]))
+		return uint64(uint32(c.regs[r]))
 	case 2:
-		return uint64(uint16(c.regs[r&31]))
+		return uint64(uint16(c.regs[r]))
 	}
 	if r >= rAH {
-		return uint64(uint8(c.regs[(r-rAH)&31] >> 8))
+		return uint64(uint8(c.regs[(r-rAH)] >> 8))
 	}
-	return uint64(uint8(c.regs[r&31]))
+	return uint64(uint8(c.regs[r]))
 }
 
 // setReg writes size bytes of register r: 32-bit writes zero the upper
-// half, 8/16-bit writes merge, as on the CPU.
+// half, 8/16-bit writes merge, as on the CPU. Branch-free apart from the
+// high-byte registers, and small enough to be inlined into every handler.
 func (c *cpu) setReg(r, size uint8, v uint64) {
-	switch size {
-	case 8:
-		c.regs[r&31] = v
-	case 4:
-		c.regs[r&31] = uint64(uint32(v))
-	case 2:
-		p := &c.regs[r&31]
-		*p = *p&^0xffff | v&0xffff
-	default:
-		if r >= rAH {
-			p := &c.regs[(r-rAH)&31]
-			*p = *p&^0xff00 | (v&0xff)<<8
-		} else {
-			p := &c.regs[r&31]
-			*p = *p&^0xff | v&0xff
-		}
+	var sh uint
+	if r >= rAH {
+		r, sh = r-rAH, 8
 	}
+	m := ^uint64(0) >> sizeShift(size) << sh
+	keep := ^m
+	if size >= 4 {
+		keep = 0
+	}
+	p := &c.regs[r]
+	*p = *p&keep | v<<sh&m
 }

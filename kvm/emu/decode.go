@@ -21,6 +21,7 @@ type shiftFn func(f *Flags, size uint8, a uint64, count uint8) uint64
 // regs[base] + regs[index]<<scale + disp (+ FS/GS base, see eaf).
 type inst struct {
 	fn    handler
+	next  *inst // the following instruction of the block, nil for the last
 	alu   aluFn
 	sh    shiftFn
 	imm   uint64
@@ -36,7 +37,9 @@ type inst struct {
 	eaf   uint8 // eaFS, eaGS, ea32
 	cc    uint8 // condition code, or a sub-operation selector
 	mem   bool
-	rep   uint8 // 0, repE (F3) or repNE (F2) for string instructions
+	rep   uint8  // 0, repE (F3) or repNE (F2) for string instructions
+	idx   uint16 // position in the block
+	off   uint16 // offset from the block's first instruction
 }
 
 const (
@@ -52,7 +55,7 @@ const (
 
 // ea computes the linear address of the memory operand.
 func (c *cpu) ea(in *inst) uint64 {
-	a := c.regs[in.base&31] + c.regs[in.index&31]<<(in.scale&3) + in.disp
+	a := c.regs[in.base] + c.regs[in.index]<<(in.scale&3) + in.disp
 	if in.eaf != 0 {
 		a = c.eaSlow(in, a)
 	}
@@ -79,6 +82,7 @@ type block struct {
 	gen1  uint32
 	gen2  uint32
 	insts []inst
+	first *inst    // &insts[0]: a block has at least one instruction
 	texts []string // disassembly, only when tracing
 	// links remember the blocks that followed this one (a branch's two
 	// successors), so the run loop skips the TLB and cache lookups.
@@ -86,30 +90,44 @@ type block struct {
 	nextLink uint8
 }
 
-// blockLink is valid while the TLB has not been flushed since it was made
-// (epoch) and its target's page generation is unchanged.
+// blockLink is valid while its stamp is the vCPU's linkStamp: neither
+// has the TLB been flushed since the link was made, nor has any page's
+// translated code been invalidated (so the target's page generation is
+// unchanged). Rare invalidations then cost every link a re-lookup, and the
+// common check is two compares.
 type blockLink struct {
 	rip   uint64
-	epoch uint64
+	stamp uint64
 	b     *block
-	genp  *uint32 // the target's page generation counter...
-	gen   uint32  // ...and its value when the target was translated
 }
 
-// nextBlock returns the block at RIP, following prev's links if possible.
+// linkStamp changes whenever a block link may have become stale: the sum
+// of two counters that only grow, the TLB epoch and the VM's code epoch.
+func (c *cpu) linkStamp() uint64 { return c.tlbEpoch + c.codeEpoch.Load() }
+
+// linked returns the block that prev links to at rip, or nil.
+func (c *cpu) linked(prev *block, rip uint64) *block {
+	stamp := c.linkStamp()
+	if l := &prev.links[0]; l.rip == rip && l.stamp == stamp {
+		return l.b
+	}
+	if l := &prev.links[1]; l.rip == rip && l.stamp == stamp {
+		return l.b
+	}
+	return nil
+}
+
+// nextBlock returns the block at RIP when prev has no valid link to it,
+// and links prev to it. The stamp is taken before the block is looked up
+// and validated: an invalidation racing with the lookup then leaves a
+// link that is already stale (invalidatePage bumps the code epoch after
+// the page generation).
 func (c *cpu) nextBlock(prev *block) *block {
 	rip := c.regs[rIP]
-	if prev != nil {
-		if l := &prev.links[0]; l.rip == rip && l.epoch == c.tlbEpoch && atomic.LoadUint32(l.genp) == l.gen {
-			return l.b
-		}
-		if l := &prev.links[1]; l.rip == rip && l.epoch == c.tlbEpoch && atomic.LoadUint32(l.genp) == l.gen {
-			return l.b
-		}
-	}
+	stamp := c.linkStamp()
 	b := c.getBlock()
-	if prev != nil && b.pfn2 == noPage {
-		prev.links[prev.nextLink&1] = blockLink{rip: rip, epoch: c.tlbEpoch, b: b, genp: &c.gen[b.phys>>12], gen: b.gen1}
+	if prev != &c.noBlock && b.pfn2 == noPage {
+		prev.links[prev.nextLink&1] = blockLink{rip: rip, stamp: stamp, b: b}
 		prev.nextLink++
 	}
 	return b
@@ -169,8 +187,7 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 	// after it or happens before we read the bytes.
 	atomic.OrUint32(&c.mark[pfn], chunkBits(phys&0xfff, min(15, (phys|0xfff)+1-phys)))
 	b := &block{phys: phys, pfn2: noPage, gen1: atomic.LoadUint32(&c.gen[pfn])}
-	// Unused links must never match: epoch 0 is before the first flush.
-	b.links[0].genp, b.links[1].genp = &c.gen[pfn], &c.gen[pfn]
+	// Unused links never match: their stamp 0 is before the first TLB flush.
 	c.translations++
 	pageEnd := (phys | 0xfff) + 1
 	off := phys
@@ -202,7 +219,7 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 		var in inst
 		end := true
 		if err == nil {
-			in, end = safeCompile(&x)
+			in, end = safeCompile(&x, !c.vm.cfg.generic)
 		} else {
 			in = inst{fn: hUD, len: 1}
 		}
@@ -224,18 +241,35 @@ func (c *cpu) translateBlock(phys, rip uint64) *block {
 		}
 	}
 	b.insts = b.insts[:len(b.insts):len(b.insts)]
+	b.first = &b.insts[0]
+	var pos uint16
+	for i := range b.insts {
+		b.insts[i].idx = uint16(i)
+		b.insts[i].off = pos
+		pos += uint16(b.insts[i].len)
+		if i+1 < len(b.insts) {
+			b.insts[i].next = &b.insts[i+1]
+		}
+	}
 	return b
 }
 
 // safeCompile is compile with a guard: a decoder corner case that trips
-// it must become #UD in the guest, not a stopped vCPU.
-func safeCompile(x *x86asm.Inst) (in inst, end bool) {
+// it must become #UD in the guest, not a stopped vCPU. fast substitutes
+// the fast handler where there is one (ops_fast.go).
+func safeCompile(x *x86asm.Inst, fast bool) (in inst, end bool) {
 	defer func() {
 		if recover() != nil {
 			in, end = inst{len: uint8(max(x.Len, 1))}, true
 		}
 	}()
-	return compile(x)
+	in, end = compile(x)
+	if fast {
+		if h := fastHandler(x, &in); h != nil {
+			in.fn = h
+		}
+	}
+	return in, end
 }
 
 // decodeInst decodes one 64-bit instruction. x86asm decodes endbr64/32

@@ -10,6 +10,14 @@
 // Code marks are kept per 128-byte chunk, so data sharing a page with code
 // does not cause re-translation. Arithmetic flags are lazy (see flags.go).
 //
+// The hot path: a block remembers the blocks that followed it (links,
+// valid while neither the TLB nor any translated code changed), and the
+// run loop (cpu.runChain) goes from block to block along them until a
+// kick, an interrupt, a breakpoint or the periodic poll needs attention.
+// The instruction forms a guest runs most have fast handlers (ops_fast.go)
+// with the operation and size fixed and the TLB hit path inlined; anything
+// unusual goes to the generic handler, which the tests hold them to.
+//
 // Exceptions unwind out of a handler with a panic of a sentinel value
 // (never on the fast path) and are delivered through the 64-bit IDT with
 // the SDM's double/triple-fault rules. Any other panic is a bug in the
@@ -46,6 +54,7 @@ type Option func(*config)
 type config struct {
 	trace    io.Writer
 	maxBlock int
+	generic  bool // only the generic handlers (withGenericHandlers)
 }
 
 // WithTrace writes one line per executed instruction (vCPU, RIP,
@@ -61,6 +70,11 @@ func WithMaxBlock(n int) Option {
 		c.maxBlock = min(max(n, 1), 1024)
 	}
 }
+
+// withGenericHandlers makes the engine use only the generic handlers, not
+// their fast specialisations (ops_fast.go): the reference the tests
+// compare the fast ones with.
+func withGenericHandlers() Option { return func(c *config) { c.generic = true } }
 
 const defaultMaxBlock = 64
 
@@ -92,6 +106,9 @@ type vm struct {
 	// from the page (and clears mark until code is translated again).
 	mark []uint32
 	gen  []uint32
+	// codeEpoch counts invalidations of translated code (any page): block
+	// links are valid only while it is unchanged.
+	codeEpoch atomic.Uint64
 
 	mu     sync.Mutex // guards vcpus and closed
 	vcpus  [maxVCPUs]atomic.Pointer[cpu]
@@ -160,6 +177,7 @@ func (v *vm) invalidatePage(pfn uint64) bool {
 	}
 	if atomic.SwapUint32(&v.mark[pfn], 0) != 0 {
 		atomic.AddUint32(&v.gen[pfn], 1)
+		v.codeEpoch.Add(1) // after gen: see cpu.nextBlock
 		return true
 	}
 	return false

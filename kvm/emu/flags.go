@@ -143,36 +143,33 @@ func (f *Flags) setCFOF(cf, of uint64) {
 // O NO B AE E NE BE A S NS P NP L GE LE G. Odd codes are the negation of the even
 // code below them.
 //
-// Branch-free apart from the rare parity conditions: the raw lazy bits behind CF, ZF,
-// SF and OF (or, for P/NP, PF) form an index into condTable, whose entry has bit cc
-// set when condition cc holds. A switch would compile to an indirect jump shared by
-// every Jcc the guest executes, which the branch predictor handles poorly in an
-// interpreter loop (measured: ~5x slower on mixed conditions).
+// Branch-free: the raw lazy bits behind CF, ZF, SF, OF and PF form an index into
+// condTable, whose entry has bit cc set when condition cc holds. A switch would
+// compile to an indirect jump shared by every Jcc the guest executes, which the
+// branch predictor handles poorly in an interpreter loop (measured: ~5x slower on
+// mixed conditions). Small enough to be inlined into the CMOVcc and SETcc handlers.
 func (f *Flags) Cond(cc uint8) bool {
 	aux, res := f.aux, f.res
-	var zf uint64
-	if res == resBias {
-		zf = 16
-	}
 	// aux>>30 is CF<<1|PO (nothing is stored above bit 31); the table folds
-	// OF = CF^PO and SF = sign^SD so that no flag is computed here.
-	i := aux>>30 | res>>63<<2 | (aux&auxSD)<<3 | zf
-	if cc&14 == 10 { // P / NP: rare, so a well-predicted branch
-		i = 32 | uint64(f.parityOdd())
+	// OF = CF^PO and SF = sign^SD so that no flag is computed here. PF is the
+	// parity of the low result byte ^ PDB (the ^1 of PF() flips it back).
+	p := uint64(bits.OnesCount8(uint8(res)^uint8(aux>>auxPDBShift))) & 1
+	i := aux>>30 | res>>63<<2 | (aux&auxSD)<<3 | p<<5
+	if res == resBias {
+		i |= 16
 	}
 	return condTable[i&63]>>(cc&15)&1 != 0
 }
 
-// condTable[po | cf<<1 | sign<<2 | sd<<3 | zf<<4] has bit cc set when condition cc
-// holds (OF = cf^po, SF = sign^sd), for the conditions other than P/NP;
-// condTable[32 + odd] holds those two (odd = !PF).
+// condTable[po | cf<<1 | sign<<2 | sd<<3 | zf<<4 | pf<<5] has bit cc set when
+// condition cc holds (OF = cf^po, SF = sign^sd).
 var condTable = func() (t [64]uint16) {
 	for i := range t {
 		po, cf := i&1 != 0, i&2 != 0
 		sf := (i&4 != 0) != (i&8 != 0)
 		zf := i&16 != 0
 		of := cf != po
-		pf := i&1 == 0
+		pf := i&32 != 0
 		for cc := 0; cc < 16; cc++ {
 			var r bool
 			switch cc >> 1 {
@@ -187,9 +184,6 @@ var condTable = func() (t [64]uint16) {
 			case 4:
 				r = sf
 			case 5:
-				if i < 32 {
-					continue
-				}
 				r = pf
 			case 6:
 				r = sf != of

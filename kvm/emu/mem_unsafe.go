@@ -39,6 +39,12 @@ func (m ramMem) load(off uint64, size uint8) uint64 {
 func (m ramMem) load64(off uint64) uint64 { return *(*uint64)(unsafe.Add(m.base, off)) }
 
 //go:norace
+func (m ramMem) store64(off uint64, v uint64) { *(*uint64)(unsafe.Add(m.base, off)) = v }
+
+//go:norace
+func (m ramMem) store32(off uint64, v uint32) { *(*uint32)(unsafe.Add(m.base, off)) = v }
+
+//go:norace
 func (m ramMem) store(off uint64, size uint8, v uint64) {
 	p := unsafe.Add(m.base, off)
 	switch size {

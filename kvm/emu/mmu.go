@@ -145,7 +145,7 @@ func (c *cpu) translate(lin uint64, acc access) uint64 {
 			case accRead:
 				c.tlbR[vpn&tlbMask] = e
 			case accWrite:
-				c.tlbW[vpn&tlbMask] = e
+				c.tlbW[vpn&tlbMask] = tlbWEntry{e, &c.mark[page>>12]}
 				c.tlbR[vpn&tlbMask] = e
 			case accExec:
 				c.tlbX[vpn&tlbMask] = e
@@ -170,11 +170,19 @@ func (c *cpu) pageFault(lin uint64, acc access, code uint32) {
 	c.faultCode(vecPF, code)
 }
 
+// tlbMaps reports whether TLB entry e, the slot of lin's page, maps a
+// size-byte access at lin. Its tag must be the page of the access's last
+// byte: that is lin's page unless the access straddles into the next page,
+// whose number is never the tag of lin's slot, so one compare tests both.
+// (Near the top of the address space lin+size-1 wraps to page 0, which is
+// not the tag of lin's slot either.)
+func tlbMaps(e *tlbEntry, lin uint64, size uint8) bool {
+	return e.tag == (lin+uint64(size)-1)>>12
+}
+
 // read loads size bytes from linear address lin.
 func (c *cpu) read(lin uint64, size uint8) uint64 {
-	vpn := lin >> 12
-	e := &c.tlbR[vpn&tlbMask]
-	if e.tag == vpn && lin&0xfff <= 0x1000-uint64(size) {
+	if e := &c.tlbR[lin>>12&tlbMask]; tlbMaps(e, lin, size) {
 		return c.ram.load(e.phys|lin&0xfff, size)
 	}
 	return c.readSlow(lin, size, nil)
@@ -182,15 +190,55 @@ func (c *cpu) read(lin uint64, size uint8) uint64 {
 
 // write stores size bytes at linear address lin.
 func (c *cpu) write(lin uint64, size uint8, v uint64) {
-	vpn := lin >> 12
-	e := &c.tlbW[vpn&tlbMask]
-	if e.tag == vpn && lin&0xfff <= 0x1000-uint64(size) {
+	if e := &c.tlbW[lin>>12&tlbMask]; tlbMaps(&e.tlbEntry, lin, size) {
 		p := e.phys | lin&0xfff
 		c.ram.store(p, size, v)
 		c.codeStore(p, uint64(size))
 		return
 	}
 	c.writeSlow(lin, size, v, nil)
+}
+
+// tryRead64 and tryWrite64 are the TLB hit paths of 8-byte reads and
+// writes, inlined into the handlers of stack operations and 64-bit MOVs
+// (most of a guest's memory traffic). They report false, having done
+// nothing, when the access needs read/write: a TLB miss, a page
+// straddle, or (for a write) a page holding translated code.
+func (c *cpu) tryRead64(lin uint64) (uint64, bool) {
+	e := &c.tlbR[lin>>12&tlbMask]
+	if !tlbMaps(e, lin, 8) {
+		return 0, false
+	}
+	return c.ram.load64(e.phys | lin&0xfff), true
+}
+
+// tryRead is tryRead64 for any size (a constant at every call site, so
+// that the size switch of the access folds); tryWrite32 is tryWrite64 for
+// 4 bytes.
+func (c *cpu) tryRead(lin uint64, size uint8) (uint64, bool) {
+	e := &c.tlbR[lin>>12&tlbMask]
+	if !tlbMaps(e, lin, size) {
+		return 0, false
+	}
+	return c.ram.load(e.phys|lin&0xfff, size), true
+}
+
+func (c *cpu) tryWrite32(lin, v uint64) bool {
+	e := &c.tlbW[lin>>12&tlbMask]
+	if !tlbMaps(&e.tlbEntry, lin, 4) || atomic.LoadUint32(e.mark) != 0 {
+		return false
+	}
+	c.ram.store32(e.phys|lin&0xfff, uint32(v))
+	return true
+}
+
+func (c *cpu) tryWrite64(lin, v uint64) bool {
+	e := &c.tlbW[lin>>12&tlbMask]
+	if !tlbMaps(&e.tlbEntry, lin, 8) || atomic.LoadUint32(e.mark) != 0 {
+		return false
+	}
+	c.ram.store64(e.phys|lin&0xfff, v)
+	return true
 }
 
 // codeWritten invalidates code translated from physical page pfn after a
@@ -321,8 +369,15 @@ const codeChunkShift = 7
 
 // codeStore does the translated-code bookkeeping after a store of n bytes
 // at physical p (within one page).
+// The test for "no code on this page" (nearly every store) is inlined.
 func (c *cpu) codeStore(p, n uint64) {
-	if m := atomic.LoadUint32(&c.mark[p>>12]); m != 0 && m&chunkBits(p&0xfff, n) != 0 {
+	if m := atomic.LoadUint32(&c.mark[p>>12]); m != 0 {
+		c.codeStoreMarked(p, n, m)
+	}
+}
+
+func (c *cpu) codeStoreMarked(p, n uint64, m uint32) {
+	if m&chunkBits(p&0xfff, n) != 0 {
 		c.codeWritten(p >> 12)
 	}
 }

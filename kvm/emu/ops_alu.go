@@ -11,7 +11,7 @@ func hUD(c *cpu, in *inst) { c.ud() }
 // hAluRRw: 4/8-byte register forms; the ALU truncates (zero-extends) the
 // result, which is exactly a 32/64-bit register write.
 func hAluRRw(c *cpu, in *inst) {
-	c.regs[in.r1&31] = in.alu(&c.flags, in.size, c.regs[in.r1&31], c.regs[in.r2&31])
+	c.regs[in.r1] = in.alu(&c.flags, in.size, c.regs[in.r1], c.regs[in.r2])
 }
 
 func hAluRR(c *cpu, in *inst) {
@@ -19,7 +19,7 @@ func hAluRR(c *cpu, in *inst) {
 }
 
 func hAluRIw(c *cpu, in *inst) {
-	c.regs[in.r1&31] = in.alu(&c.flags, in.size, c.regs[in.r1&31], in.imm)
+	c.regs[in.r1] = in.alu(&c.flags, in.size, c.regs[in.r1], in.imm)
 }
 
 func hAluRI(c *cpu, in *inst) {
@@ -353,7 +353,7 @@ func hCmov(c *cpu, in *inst) {
 	if c.flags.Cond(in.cc) {
 		c.setReg(in.r1, in.size, v)
 	} else if in.size == 4 {
-		c.regs[in.r1&31] = uint64(uint32(c.regs[in.r1&31])) // 32-bit CMOV always zero-extends
+		c.regs[in.r1] = uint64(uint32(c.regs[in.r1])) // 32-bit CMOV always zero-extends
 	}
 }
 

@@ -15,7 +15,7 @@ func (c *cpu) jumpTo(target uint64) {
 	c.regs[rIP] = target
 }
 
-func hJmpR(c *cpu, in *inst) { c.jumpTo(c.regs[in.r1&31]) }
+func hJmpR(c *cpu, in *inst) { c.jumpTo(c.regs[in.r1]) }
 func hJmpM(c *cpu, in *inst) { c.jumpTo(c.read(c.ea(in), 8)) }
 
 func hCallRel(c *cpu, in *inst) {
@@ -24,7 +24,7 @@ func hCallRel(c *cpu, in *inst) {
 }
 
 func hCallR(c *cpu, in *inst) {
-	t := c.regs[in.r1&31]
+	t := c.regs[in.r1]
 	if !canonical(t) {
 		c.gp0()
 	}

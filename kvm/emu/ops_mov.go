@@ -1,7 +1,7 @@
 package emu
 
-func hMovRRw(c *cpu, in *inst)  { c.regs[in.r1&31] = c.regs[in.r2&31] }
-func hMovRR32(c *cpu, in *inst) { c.regs[in.r1&31] = uint64(uint32(c.regs[in.r2&31])) }
+func hMovRRw(c *cpu, in *inst)  { c.regs[in.r1] = c.regs[in.r2] }
+func hMovRR32(c *cpu, in *inst) { c.regs[in.r1] = uint64(uint32(c.regs[in.r2])) }
 func hMovRR(c *cpu, in *inst)   { c.setReg(in.r1, in.size, c.reg(in.r2, in.size)) }
 func hMovRI(c *cpu, in *inst)   { c.setReg(in.r1, in.size, in.imm) }
 
@@ -122,12 +122,12 @@ func hCwd(c *cpu, in *inst) {
 }
 
 func hBswap(c *cpu, in *inst) {
-	v := c.regs[in.r1&31]
+	v := c.regs[in.r1]
 	switch in.size {
 	case 8:
-		c.regs[in.r1&31] = bswap64(v)
+		c.regs[in.r1] = bswap64(v)
 	case 4:
-		c.regs[in.r1&31] = uint64(bswap64(v) >> 32)
+		c.regs[in.r1] = uint64(bswap64(v) >> 32)
 	default:
 		c.setReg(in.r1, 2, 0) // BSWAP r16 is undefined; CPUs clear it
 	}

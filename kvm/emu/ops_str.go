@@ -62,11 +62,11 @@ func (c *cpu) ramRun(lin uint64, acc access, size uint8) (off, elems uint64, ok 
 		return 0, 0, false
 	}
 	vpn := lin >> 12
-	tlb := &c.tlbR
+	e := &c.tlbR[vpn&tlbMask]
 	if acc == accWrite {
-		tlb = &c.tlbW
+		e = &c.tlbW[vpn&tlbMask].tlbEntry
 	}
-	if e := &tlb[vpn&tlbMask]; e.tag == vpn {
+	if e.tag == vpn {
 		return e.phys | lin&0xfff, room, true
 	}
 	p := c.translate(lin, acc)

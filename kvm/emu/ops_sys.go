@@ -79,12 +79,12 @@ func hMovFromCR(c *cpu, in *inst) {
 	default:
 		c.ud()
 	}
-	c.regs[in.r1&31] = v
+	c.regs[in.r1] = v
 }
 
 func hMovToCR(c *cpu, in *inst) {
 	c.priv()
-	v := c.regs[in.r2&31]
+	v := c.regs[in.r2]
 	switch in.cc {
 	case 0:
 		if v>>32 != 0 || v&^cr0Valid != 0 || v&cr0PG != 0 && v&cr0PE == 0 {
@@ -133,7 +133,7 @@ func hMovFromDR(c *cpu, in *inst) {
 	if n > 7 {
 		c.ud()
 	}
-	c.regs[in.r1&31] = c.dr[n]
+	c.regs[in.r1] = c.dr[n]
 }
 
 // hMovToDR stores debug registers; breakpoints are not implemented.
@@ -146,7 +146,7 @@ func hMovToDR(c *cpu, in *inst) {
 	if n > 7 {
 		c.ud()
 	}
-	c.dr[n] = c.regs[in.r2&31]
+	c.dr[n] = c.regs[in.r2]
 }
 
 // hDescTable: LGDT LIDT SGDT SIDT (cc 0..3) with a 2+8 byte operand.
