@@ -177,8 +177,8 @@ func (l *Listener) Accept() (net.Conn, error) {
 // refuse closes c unserved and logs why, at most once a second (the rest
 // are counted into the next message).
 func (l *Listener) refuse(c *net.UnixConn, format string, args ...any) {
+	l.refused.Add(1) // before the close: whoever sees the close sees the count
 	c.Close()
-	l.refused.Add(1)
 	l.logMu.Lock()
 	now := time.Now()
 	if now.Sub(l.lastLog) < time.Second {
