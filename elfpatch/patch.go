@@ -537,9 +537,10 @@ func (p *Patch) parseObject(sec int, off uint64) (Object, bool, error) {
 		seen[key] = true
 		obj.Funcs = append(obj.Funcs, fn)
 	}
-	if len(obj.Funcs) == 0 {
-		return obj, false, p.structErr(funcs.Section, funcs.Offset, ErrFormat, "object %s has no funcs", obj.Name)
-	}
+	// An empty funcs[] is fine, as in Linux (klp_enable_patch wants
+	// funcs non-NULL, nothing more): a patch of callbacks and states
+	// only, such as test_klp_state's no_funcs, or an empty atomic
+	// replace that reverts every patch.
 	return obj, false, nil
 }
 

@@ -499,3 +499,50 @@ func TestIsObjectFile(t *testing.T) {
 		t.Error("non-object recognised")
 	}
 }
+
+// relaAddend points the relocation of section relSec at offset off to a
+// new addend (to retarget a pointer of a real object).
+func (e *elfEdit) relaAddend(relSec string, off uint64, addend int64) {
+	b := e.sectionBytes(relSec)
+	for i := 0; i+relaSize <= len(b); i += relaSize {
+		if le.Uint64(b[i:]) == off {
+			le.PutUint64(b[i+16:], uint64(addend))
+			return
+		}
+	}
+	e.t.Fatalf("%s: no relocation at %#x", relSec, off)
+}
+
+// An object whose funcs[] is empty (just the terminator) is a patch of
+// callbacks (and states) only, as Linux allows: test_klp_state's
+// no_funcs.
+func TestEmptyFuncs(t *testing.T) {
+	e := newEdit(t, samplePath("livepatch-callbacks"))
+	// klp_object.funcs -> funcs + sizeof(struct klp_func): the terminator.
+	e.relaAddend(".rela.data.objs", klpObjectFuncs, klpFuncSize)
+	p, err := ParsePatch(e.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Objects) != 1 || len(p.Objects[0].Funcs) != 0 || p.Objects[0].Callbacks.PrePatch == nil {
+		t.Fatalf("objects %+v", p.Objects)
+	}
+	im, err := p.Layout(patchBase, fixtureKernel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(im.Objects) != 1 || len(im.Objects[0].Funcs) != 0 || im.Objects[0].Callbacks[0] == 0 {
+		t.Fatalf("image objects %+v", im.Objects)
+	}
+	// funcs itself must still be a pointer into the patch (Linux:
+	// -EINVAL without it).
+	e = newEdit(t, samplePath("livepatch-callbacks"))
+	b := e.sectionBytes(".rela.data.objs")
+	for i := 0; i+relaSize <= len(b); i += relaSize {
+		if le.Uint64(b[i:]) == klpObjectFuncs {
+			le.PutUint64(b[i+8:], le.Uint64(b[i+8:])&^0xffffffff) // R_X86_64_NONE
+		}
+	}
+	_, err = ParsePatch(e.data)
+	wantError(t, "funcs not a pointer", err, ErrFormat, "klp_object.funcs")
+}

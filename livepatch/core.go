@@ -483,12 +483,11 @@ func newPatch(name string, ep *elfpatch.Patch, im *elfpatch.Image) *Patch {
 	return p
 }
 
-// checkFuncs refuses a patch that patches nothing, or a function whose
-// site is not one of the kernel's fentry sites. m.mu must be held.
+// checkFuncs refuses a function whose site is not one of the kernel's
+// fentry sites. A patch of no function is fine, as in Linux: its
+// callbacks and states are the point (test_klp_state), or, with replace,
+// it reverts every other patch. m.mu must be held.
 func (m *Manager) checkFuncs(op string, p *Patch) error {
-	if len(p.funcs()) == 0 {
-		return errorf(op, p.Name, syscall.EINVAL, "the patch patches no function")
-	}
 	for _, f := range p.funcs() {
 		if _, ok := m.tracer.Site(f.Site); !ok {
 			return errorf(op, p.Name, syscall.EINVAL, "%s: %#x is not an fentry site of the kernel", f.OldName, f.Site)
