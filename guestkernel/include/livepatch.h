@@ -180,6 +180,19 @@ _Static_assert(sizeof(struct klp_patch_ref) == 16, "klp_patch_ref layout");
 		__attribute__((used, section(".klp.patch"), aligned(8))) =    \
 			{ &(p), KLP_PATCH_ABI }
 
+/*
+ * System states (Linux's kernel/livepatch/state.c; the guest kernel's
+ * kernel/state.c), for the callbacks and the new code:
+ *
+ * klp_get_state(patch, id): patch's struct klp_state of that id, or NULL.
+ * klp_get_prev_state(id): the struct klp_state of that id of the latest
+ *	already installed patch that has one (the patches below the one in
+ *	transition), or NULL. Only during a transition, that is from the
+ *	callbacks: outside one it WARNs and returns NULL, as in Linux.
+ */
+struct klp_state *klp_get_state(struct klp_patch *patch, unsigned long id);
+struct klp_state *klp_get_prev_state(unsigned long id);
+
 /* Shadow variables: klp_shadow_get, klp_shadow_alloc, ... (klp_shadow.h). */
 #include "klp_shadow.h"
 
