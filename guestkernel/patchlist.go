@@ -111,7 +111,7 @@ func NewPatchListWriterSym(mem MemoryWriter, syms *Symbols) (*PatchListWriter, e
 }
 
 // Write replaces the list the guest sees: seq made odd, the body (counts,
-// then the used entries) written, seq made even. Nothing is written if l
+// then every entry, zeros past the list) written, seq made even. Nothing is written if l
 // does not fit; a previous writer that died mid-update (odd seq) is
 // recovered.
 func (w *PatchListWriter) Write(l PatchList) error {
@@ -139,8 +139,9 @@ func (w *PatchListWriter) Write(l PatchList) error {
 	if err := put(offPLSeq, sb[:]); err != nil {
 		return err
 	}
-	used := offPLPatches - offPLNrPatches + len(l.Patches)*PatchListEntrySize
-	if err := put(offPLNrPatches, body[:used]); err != nil {
+	// Every entry, the unused ones zeroed: no stale address stays in
+	// the guest after a patch leaves the list.
+	if err := put(offPLNrPatches, body); err != nil {
 		return err
 	}
 	binary.LittleEndian.PutUint32(sb[:], odd+1)
