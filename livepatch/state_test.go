@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"klp-kvm/elfpatch"
+	"klp-kvm/guestkernel"
 )
 
 // The test_klp_state patches (guestkernel/patches, after Linux's
@@ -448,4 +449,50 @@ func TestStateNoPatchList(t *testing.T) {
 		t.Fatal(err)
 	}
 	refused(t, g, m, syscall.EINVAL, func() error { _, err := m.Enable(p1.Name, Options{}); return err })
+}
+
+// klp_patch_list cannot be written: an enable fails with EIO before any
+// callback runs, and leaves nothing behind; a write that fails at the end
+// of a transition only is logged (the switch is made, and the next
+// transition writes the list whole again).
+func TestStatePatchListWriteFailure(t *testing.T) {
+	g, m, r := newStateManager(t)
+	log := &syncLog{}
+	m.logf = log.logf
+	p, err := m.Register(patchObj(t, state2), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.remember()
+	pl := g.sym(t, "klp_patch_list")
+	writes := 0
+	failAfter := 0
+	g.WriteErr = func(va uint64, n int) error {
+		if va >= pl && va < pl+guestkernel.PatchListSize {
+			if writes++; writes > failAfter {
+				return errors.New("injected klp_patch_list write fault")
+			}
+		}
+		return nil
+	}
+	refused(t, g, m, syscall.EIO, func() error { _, err := m.Enable(p.Name, Options{}); return err })
+	if got := r.took(); len(got) != 0 || m.Status().PatchAreaInUse != 0 || m.Status().Patches[0].Enabled {
+		t.Fatalf("after a failed begin: callbacks %q, status %+v", got, m.Status())
+	}
+	// The begin's three writes (seq, body, seq) go through, the end's fail.
+	writes, failAfter = 0, 3
+	if _, err := m.Enable(p.Name, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(log.String(), "injected klp_patch_list write fault") || !m.Status().Patches[0].Enabled {
+		t.Fatalf("log %q, status %+v", log.String(), m.Status())
+	}
+	// The next transition recovers the list (its seq was left odd).
+	g.WriteErr = nil
+	if _, err := m.Disable(p.Name, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.listed(); got != "[]" {
+		t.Fatalf("after recovery: %s", got)
+	}
 }
