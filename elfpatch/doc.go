@@ -16,10 +16,18 @@
 // after parsing, so concurrent lookups and Layouts are safe.
 //
 // Conventions (see livepatch.h):
-//   - A patch names its struct klp_patch with KLP_PATCH(p): one 8-byte
-//     pointer in section .klp.patch. Its name is the string in section
-//     .klp.modname (KLP_MODULE_NAME), else the file's stem with '-' -> '_'
-//     (ParsePatchFile, ModuleNameFromFile).
+//   - A patch names its struct klp_patch with KLP_PATCH(p): a struct
+//     klp_patch_ref in section .klp.patch, the pointer and KLP_PATCH_ABI
+//     (2: klp_patch { mod, objs, states, replace }, PatchABI2). An object
+//     built before klp_state has only the 8-byte pointer there, and its
+//     klp_patch is { mod, objs, replace } (PatchABI1, no states); both load.
+//     The size of the klp_patch symbol, when there is one, must agree.
+//     Its name is the string in section .klp.modname (KLP_MODULE_NAME),
+//     else the file's stem with '-' -> '_' (ParsePatchFile,
+//     ModuleNameFromFile).
+//   - klp_patch.states is NULL or an array of struct klp_state in the patch
+//     ended by an id of 0 (Linux's klp_for_each_state); an id given twice
+//     is refused (ErrDuplicate).
 //   - sympos counts the symbols of one name in ascending address order
 //     (kallsyms order), from 1; 0 means the only one (ErrAmbiguous if not).
 //   - Plain undefined symbols resolve to the kernel's global symbols only;
@@ -43,7 +51,7 @@
 // counts and indices are checked against the input before use, every
 // allocation is bounded by the input's size (plus a fixed cap for .bss),
 // string lengths are capped (KSYM_NAME_LEN), and walks over linked
-// structures (klp_object and klp_func arrays) are bounded by the section that
+// structures (klp_object, klp_func and klp_state arrays) are bounded by the section that
 // holds them. Malformed input yields an *Error, never a panic; the parsers
 // are fuzzed (FuzzParseKernel, FuzzParsePatch) to keep it so.
 package elfpatch

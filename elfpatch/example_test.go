@@ -40,6 +40,6 @@ func Example() {
 		}
 	}
 	// Output:
-	// patch livepatch_sample: 304 bytes at 0xffffffffa0000000
+	// patch livepatch_sample: 336 bytes at 0xffffffffa0000000
 	// vmlinux/cmdline_proc_show: redirect fentry site 0xffffffff820001e0 (0f 1f 44 00 00) to livepatch_cmdline_proc_show at 0xffffffffa0000000
 }

@@ -86,11 +86,24 @@ func FuzzParsePatch(f *testing.F) {
 			}
 			return
 		}
+		if p.ABI != PatchABI1 && p.ABI != PatchABI2 || p.ABI == PatchABI1 && (p.States != nil || p.StatesLoc != nil) {
+			t.Fatalf("layout %d with states %v at %v", p.ABI, p.States, p.StatesLoc)
+		}
+		ids := map[uint64]bool{}
+		for _, st := range p.States {
+			if st.ID == 0 || ids[st.ID] {
+				t.Fatalf("state id %d: zero or twice", st.ID)
+			}
+			ids[st.ID] = true
+		}
 		im, errs := p.Check(patchBase, k)
 		for _, e := range errs {
 			if _, ok := e.(*Error); !ok {
 				t.Fatalf("error of type %T: %v", e, e)
 			}
+		}
+		if im != nil && len(errs) == 0 && len(im.States) != len(p.States) {
+			t.Fatalf("%d states laid out of %d", len(im.States), len(p.States))
 		}
 		if im != nil && uint64(len(im.Bytes)) > uint64(len(data))+maxBSS+uint64(len(p.Sections()))*maxSectionAlign {
 			t.Fatalf("image of %d bytes from %d bytes of input", len(im.Bytes), len(data))

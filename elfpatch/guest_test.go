@@ -76,7 +76,15 @@ _Static_assert(__builtin_offsetof(struct klp_callbacks, post_unpatch) == 24, "po
 _Static_assert(sizeof(struct klp_patch) == ` + itoa(uint64(klpPatchSize)) + `, "patch");
 _Static_assert(__builtin_offsetof(struct klp_patch, mod) == ` + itoa(uint64(klpPatchMod)) + `, "mod");
 _Static_assert(__builtin_offsetof(struct klp_patch, objs) == ` + itoa(uint64(klpPatchObjs)) + `, "objs");
+_Static_assert(__builtin_offsetof(struct klp_patch, states) == ` + itoa(uint64(klpPatchStates)) + `, "states");
 _Static_assert(__builtin_offsetof(struct klp_patch, replace) == ` + itoa(uint64(klpPatchReplace)) + `, "replace");
+_Static_assert(sizeof(struct klp_state) == ` + itoa(uint64(klpStateSize)) + `, "state");
+_Static_assert(__builtin_offsetof(struct klp_state, id) == ` + itoa(uint64(klpStateID)) + `, "id");
+_Static_assert(__builtin_offsetof(struct klp_state, version) == ` + itoa(uint64(klpStateVersion)) + `, "version");
+_Static_assert(__builtin_offsetof(struct klp_state, data) == ` + itoa(uint64(klpStateData)) + `, "data");
+_Static_assert(sizeof(struct klp_patch_ref) == ` + itoa(uint64(klpPatchRefSize)) + `, "patch_ref");
+_Static_assert(__builtin_offsetof(struct klp_patch_ref, abi) == ` + itoa(uint64(klpPatchRefABI)) + `, "patch_ref abi");
+_Static_assert(KLP_PATCH_ABI == ` + itoa(uint64(PatchABI2)) + `, "KLP_PATCH_ABI");
 `
 	dir := t.TempDir()
 	c := filepath.Join(dir, "abi.c")

@@ -68,13 +68,22 @@ type ImageObject struct {
 	Callbacks [4]uint64   `json:"callbacks"` // CallbackNames order; 0 = none
 }
 
+// ImageState is a struct klp_state of the laid-out patch.
+type ImageState struct {
+	ID      uint64 `json:"id"`
+	Version uint32 `json:"version"`
+	Addr    uint64 `json:"addr"` // the struct klp_state in the image
+}
+
 // Image is a patch laid out at a virtual base with every relocation
 // applied: Bytes go to Base in the guest's patch area as they are.
 type Image struct {
 	Base        uint64          `json:"base"`
 	Bytes       []byte          `json:"-"`
 	Sections    []PlacedSection `json:"sections"`
-	PatchAddr   uint64          `json:"patch_addr"` // the struct klp_patch
+	PatchAddr   uint64          `json:"patch_addr"`            // the struct klp_patch
+	StatesAddr  uint64          `json:"states_addr,omitempty"` // its klp_state array (klp_patch.states), 0 if none
+	States      []ImageState    `json:"states,omitempty"`
 	Objects     []ImageObject   `json:"objects"`
 	FentrySites []Site          `json:"fentry_sites"` // the patch's own functions' sites
 	Relocs      []Reloc         `json:"relocs"`
@@ -589,6 +598,12 @@ func (st *layoutState) checkSite(addr uint64) (Site, error) {
 func (st *layoutState) resolveFuncs() {
 	p := st.p
 	st.im.PatchAddr = st.addr(p.Loc)
+	if p.StatesLoc != nil {
+		st.im.StatesAddr = st.addr(*p.StatesLoc)
+	}
+	for _, s := range p.States {
+		st.im.States = append(st.im.States, ImageState{ID: s.ID, Version: s.Version, Addr: st.addr(s.Loc)})
+	}
 	owner := map[uint64]Func{}
 	for _, obj := range p.Objects {
 		iobj := ImageObject{Name: obj.Name, Addr: st.addr(obj.Loc)}

@@ -172,7 +172,11 @@ func TestMalformedPatch(t *testing.T) {
 			le.PutUint64(b[8:], le.Uint64(b[8:])&^0xffffffff|R_X86_64_PC32)
 		}, ErrFormat, "want R_X86_64_64"},
 		{"no .klp.patch", func(e *elfEdit) { e.sectionBytes(".shstrtab"); renameSection(e, ".klp.patch", ".klp.xxxxx") }, ErrFormat, "KLP_PATCH"},
-		{".klp.patch size", func(e *elfEdit) { e.put64(e.field(e.section(".klp.patch"), shSize), 4) }, ErrFormat, "exactly one pointer"},
+		{".klp.patch size", func(e *elfEdit) { e.put64(e.field(e.section(".klp.patch"), shSize), 4) }, ErrFormat, "one KLP_PATCH per object"},
+		{"KLP_PATCH_ABI unknown", func(e *elfEdit) { le.PutUint64(e.sectionBytes(".klp.patch")[klpPatchRefABI:], 3) }, ErrFormat, "KLP_PATCH_ABI 3"},
+		// A klp_patch of 32 bytes read as the first layout (24): refused
+		// by the size of its symbol, not misread.
+		{"KLP_PATCH layout mismatch", func(e *elfEdit) { e.put64(e.field(e.section(".klp.patch"), shSize), 8) }, ErrFormat, "is 32 bytes, but its KLP_PATCH says layout 1"},
 		{"funcs unterminated", func(e *elfEdit) { e.put64(e.field(e.section(".data.funcs"), shSize), klpFuncSize) }, ErrFormat, "not terminated"},
 		{"objs unterminated", func(e *elfEdit) { e.put64(e.field(e.section(".data.objs"), shSize), klpObjectSize) }, ErrFormat, "not terminated"},
 		{"old_name unterminated", func(e *elfEdit) {
@@ -184,7 +188,8 @@ func TestMalformedPatch(t *testing.T) {
 		{"absolute pointer", func(e *elfEdit) { le.PutUint64(e.sectionBytes(".data.funcs")[klpFuncSize+8:], 0xffffffff81000000) }, ErrFormat, "absolute address"},
 		{"modname", func(e *elfEdit) { e.sectionBytes(".klp.modname")[3] = ' ' }, ErrFormat, "module name"},
 		{"sympos", func(e *elfEdit) { le.PutUint64(e.sectionBytes(".data.funcs")[klpFuncOldSympos:], 1<<40) }, ErrRange, "implausible"},
-		{"data in bss", func(e *elfEdit) { e.put32(e.field(e.section(".data.funcs"), shType), SHT_NOBITS) }, ErrFormat, "without file data"},
+		{"data in bss", func(e *elfEdit) { e.put32(e.field(e.section(".data.funcs"), shType), SHT_NOBITS) }, ErrFormat, "zero-filled"},
+		{"struct in a note", func(e *elfEdit) { e.put32(e.field(e.section(".data.funcs"), shType), shtNote) }, ErrFormat, "without file data"},
 		{"SHT_REL", func(e *elfEdit) { e.put32(e.field(e.section(".rela.data.funcs"), shType), SHT_REL) }, ErrFormat, "SHT_REL"},
 		// issue 12: a nonsense type used to make the loader skip the
 		// section, its relocations never applied (the guest hit #UD).
@@ -206,6 +211,59 @@ func TestMalformedPatch(t *testing.T) {
 		_, err := ParsePatch(e.data)
 		wantError(t, c.name, err, c.kind, c.detail)
 	}
+	// klp_patch.states (testdata/patches/states.c: ids 7 and 1<<40|1).
+	states := testPatchesDir + "/states.o"
+	stateEdits := []struct {
+		name   string
+		edit   func(e *elfEdit)
+		kind   error
+		detail string
+	}{
+		{"states unterminated", func(e *elfEdit) { e.put64(e.field(e.section(".data.states"), shSize), 2*klpStateSize) }, ErrFormat, "states[] not terminated"},
+		{"state id twice", func(e *elfEdit) { le.PutUint64(e.sectionBytes(".data.states")[klpStateSize+klpStateID:], 7) }, ErrDuplicate, "state 7 given twice"},
+		{"state id relocated", func(e *elfEdit) {
+			b := e.sectionBytes(".rela.data.states")
+			le.PutUint64(b, klpStateSize+klpStateVersion) // the first data pointer's relocation, moved onto a version
+		}, ErrFormat, "klp_state.id or .version is relocated"},
+		{"states outside the patch", func(e *elfEdit) {
+			// klp_patch.states relocated against sink, a kernel symbol
+			sink := e.symbolIndex("sink")
+			b := e.sectionBytes(".rela.data.patch")
+			for i := 0; i+relaSize <= len(b); i += relaSize {
+				if le.Uint64(b[i:]) == klpPatchStates {
+					le.PutUint64(b[i+8:], sink<<32|R_X86_64_64)
+				}
+			}
+		}, ErrFormat, "klp_patch.states points outside the patch (sink)"},
+		{"state data absolute", func(e *elfEdit) {
+			e.put64(e.field(e.section(".rela.data.states"), shSize), relaSize) // drop the second one's relocation
+			le.PutUint64(e.sectionBytes(".data.states")[klpStateSize+klpStateData:], 0xffffffff81000000)
+		}, ErrFormat, "klp_state.data holds an absolute address"},
+	}
+	for _, c := range stateEdits {
+		e := newEdit(t, states)
+		c.edit(e)
+		_, err := ParsePatch(e.data)
+		wantError(t, c.name, err, c.kind, c.detail)
+	}
+}
+
+// symbolIndex is the index of a named symbol in the object's symbol table.
+func (e *elfEdit) symbolIndex(name string) uint64 {
+	f, err := parseELF("test", e.data, etRel)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := f.parseSymbols(); err != nil {
+		e.t.Fatal(err)
+	}
+	for i, s := range f.symbols {
+		if s.Name == name {
+			return uint64(i)
+		}
+	}
+	e.t.Fatalf("no symbol %s", name)
+	return 0
 }
 
 // renameSection overwrites a section's name in .shstrtab (same length).

@@ -61,6 +61,16 @@ type Object struct {
 	Loc       Ref       `json:"-"`
 }
 
+// State is one struct klp_state of the patch: a system state the patch
+// modifies (Linux's kernel/livepatch/state.c). Data is the pointer's
+// static initializer, if any (callbacks usually set it at run time).
+type State struct {
+	ID      uint64 `json:"id"`
+	Version uint32 `json:"version"`
+	Data    *Ref   `json:"data,omitempty"`
+	Loc     Ref    `json:"-"` // the klp_state entry itself
+}
+
 // Name sources (Patch.NameSource).
 const (
 	NameFromModname = "KLP_MODULE_NAME"
@@ -73,7 +83,10 @@ type Patch struct {
 	NameSource string // NameFromModname, NameFromFile, or "" when unnamed
 	Replace    bool
 	Objects    []Object
-	Loc        Ref // the struct klp_patch
+	States     []State // klp_patch.states up to its zero id; none for PatchABI1
+	ABI        int     // the layout of struct klp_patch: PatchABI1 or PatchABI2
+	Loc        Ref     // the struct klp_patch
+	StatesLoc  *Ref    // the klp_state array, nil if none
 
 	f         *elfFile
 	relas     map[int][]rela // by target section index, sorted by offset
@@ -239,6 +252,11 @@ func (p *Patch) parseRelas() error {
 			return bad("sh_info %d: no such target section", s.Info)
 		}
 		target := &f.sections[s.Info]
+		if target.Type == SHT_NOBITS && s.Size > 0 {
+			// Zero-filled: nothing to relocate in the image, and the
+			// structures read there (field) are zeros.
+			return bad("relocations against %s, a zero-filled section", target.Name)
+		}
 		data := f.sectionData(i)
 		n := len(data) / relaSize
 		list := p.relas[int(s.Info)]
@@ -305,13 +323,16 @@ func (p *Patch) structErr(sec int, off uint64, kind error, format string, args .
 	return &Error{Op: p.f.op, Section: name, Offset: off, Kind: kind, Detail: fmt.Sprintf(format, args...)}
 }
 
-// field returns n bytes of section sec at off, which must lie in file data.
+// field returns n bytes of section sec at off, which must lie in loaded
+// data: file data, or a zero-filled section, whose bytes are zeros (gcc
+// puts an all-zero array there: test_klp_state's no_funcs[] = { {} } is
+// in .bss).
 func (p *Patch) field(sec int, off, n uint64, what string) ([]byte, error) {
 	if sec <= 0 || sec >= len(p.f.sections) {
 		return nil, p.structErr(sec, off, ErrFormat, "%s: bad section index %d", what, sec)
 	}
 	s := &p.f.sections[sec]
-	if s.Type != SHT_PROGBITS {
+	if s.Type != SHT_PROGBITS && s.Type != SHT_NOBITS {
 		return nil, p.structErr(sec, off, ErrFormat, "%s lies in a section without file data", what)
 	}
 	if !s.Alloc() {
@@ -321,6 +342,9 @@ func (p *Patch) field(sec int, off, n uint64, what string) ([]byte, error) {
 	}
 	if off > s.Size || n > s.Size-off {
 		return nil, p.structErr(sec, off, ErrFormat, "%s (%d bytes) runs past the end of its section (%#x bytes)", what, n, s.Size)
+	}
+	if s.Type == SHT_NOBITS {
+		return make([]byte, n), nil
 	}
 	return p.f.sectionData(sec)[off : off+n], nil
 }
@@ -414,6 +438,18 @@ func (p *Patch) symbolAt(sec int, off uint64) string {
 	return p.funcNames[secOff{sec, off}]
 }
 
+// objectAt names the data symbol (STT_OBJECT) at (sec, off), if any: a
+// pointer relocated against its section names it so.
+func (p *Patch) objectAt(sec int, off uint64) string {
+	name := ""
+	for _, s := range p.f.symbols {
+		if s.Type == TypeObject && s.Section == sec && s.Value == off && s.Name != "" && (name == "" || s.Name < name) {
+			name = s.Name
+		}
+	}
+	return name
+}
+
 func (p *Patch) parseStructs() error {
 	f := p.f
 	ps := -1
@@ -428,8 +464,8 @@ func (p *Patch) parseStructs() error {
 	if ps < 0 {
 		return errorf(f.op, ErrFormat, "no %s section: the patch must name its struct klp_patch with KLP_PATCH()", patchSection)
 	}
-	if f.sections[ps].Size != 8 {
-		return p.structErr(ps, 0, ErrFormat, "%s holds %d bytes, want exactly one pointer (one KLP_PATCH per object)", patchSection, f.sections[ps].Size)
+	if err := p.parseABI(ps); err != nil {
+		return err
 	}
 	pref, err := p.pointer(ps, 0, "KLP_PATCH pointer")
 	if err != nil {
@@ -439,17 +475,29 @@ func (p *Patch) parseStructs() error {
 		return p.structErr(ps, 0, ErrFormat, "KLP_PATCH pointer does not point at a struct klp_patch in the patch")
 	}
 	p.Loc = *pref
-	if _, err := p.field(pref.Section, pref.Offset, klpPatchSize, "struct klp_patch"); err != nil {
+	size, replaceOff := uint64(klpPatchSize), uint64(klpPatchReplace)
+	if p.ABI == PatchABI1 {
+		size, replaceOff = klpPatch1Size, klpPatch1Replace
+	}
+	if _, err := p.field(pref.Section, pref.Offset, size, "struct klp_patch"); err != nil {
 		return err
 	}
-	replace, err := p.field(pref.Section, pref.Offset+klpPatchReplace, 1, "klp_patch.replace")
+	if err := p.checkPatchSize(pref, size); err != nil {
+		return err
+	}
+	replace, err := p.field(pref.Section, pref.Offset+replaceOff, 1, "klp_patch.replace")
 	if err != nil {
 		return err
 	}
-	if p.relaIn(pref.Section, pref.Offset+klpPatchReplace, 8) {
-		return p.structErr(pref.Section, pref.Offset+klpPatchReplace, ErrFormat, "klp_patch.replace is relocated")
+	if p.relaIn(pref.Section, pref.Offset+replaceOff, 8) {
+		return p.structErr(pref.Section, pref.Offset+replaceOff, ErrFormat, "klp_patch.replace is relocated")
 	}
 	p.Replace = replace[0] != 0
+	if p.ABI >= PatchABI2 {
+		if err := p.parseStates(pref); err != nil {
+			return err
+		}
+	}
 	objs, err := p.pointer(pref.Section, pref.Offset+klpPatchObjs, "klp_patch.objs")
 	if err != nil {
 		return err
@@ -476,6 +524,105 @@ func (p *Patch) parseStructs() error {
 		return p.structErr(objs.Section, objs.Offset, ErrFormat, "klp_patch.objs is empty")
 	}
 	return nil
+}
+
+// parseABI reads the layout of struct klp_patch from what KLP_PATCH put in
+// section ps: the pointer alone (PatchABI1, objects built before
+// klp_state), or the pointer and KLP_PATCH_ABI (struct klp_patch_ref).
+func (p *Patch) parseABI(ps int) error {
+	switch size := p.f.sections[ps].Size; size {
+	case klpPatchRef1Size:
+		p.ABI = PatchABI1
+		return nil
+	case klpPatchRefSize:
+	default:
+		return p.structErr(ps, 0, ErrFormat, "%s holds %d bytes, want a struct klp_patch_ref (%d, KLP_PATCH) or, from before klp_state, one pointer (%d): one KLP_PATCH per object",
+			patchSection, size, klpPatchRefSize, klpPatchRef1Size)
+	}
+	raw, err := p.field(ps, klpPatchRefABI, 8, "KLP_PATCH_ABI")
+	if err != nil {
+		return err
+	}
+	if p.relaIn(ps, klpPatchRefABI, 8) {
+		return p.structErr(ps, klpPatchRefABI, ErrFormat, "KLP_PATCH_ABI is relocated")
+	}
+	switch abi := le.Uint64(raw); abi {
+	case PatchABI2:
+		p.ABI = int(abi)
+	default:
+		return p.structErr(ps, klpPatchRefABI, ErrFormat, "KLP_PATCH_ABI %d: this host reads layouts %d and %d of struct klp_patch",
+			abi, PatchABI1, PatchABI2)
+	}
+	return nil
+}
+
+// checkPatchSize compares the size of the symbol that defines the struct
+// klp_patch at ref, when the object has one (gcc's static patch), with
+// the size its layout says: a mismatch is a klp_patch compiled against
+// another livepatch.h than its KLP_PATCH, whose fields would be misread.
+func (p *Patch) checkPatchSize(ref *Ref, size uint64) error {
+	for _, s := range p.f.symbols {
+		if s.Section == ref.Section && s.Value == ref.Offset && s.Type == TypeObject && s.Size != 0 && s.Size != size {
+			return &Error{Op: p.f.op, Section: ref.SectionName, Offset: ref.Offset, Symbol: s.Name, Kind: ErrFormat,
+				Detail: fmt.Sprintf("struct klp_patch %s is %d bytes, but its KLP_PATCH says layout %d, of %d bytes: rebuild the patch with one livepatch.h",
+					s.Name, s.Size, p.ABI, size)}
+		}
+	}
+	return nil
+}
+
+// parseStates reads klp_patch.states (PatchABI2): NULL, or an array of
+// struct klp_state in the patch ended by an id of 0, as Linux's
+// klp_for_each_state walks it. An id given twice is refused.
+func (p *Patch) parseStates(pref *Ref) error {
+	states, err := p.pointer(pref.Section, pref.Offset+klpPatchStates, "klp_patch.states")
+	if err != nil || states == nil {
+		return err
+	}
+	if states.Section < 0 {
+		return p.structErr(pref.Section, pref.Offset+klpPatchStates, ErrFormat, "klp_patch.states points outside the patch (%s)", states.Symbol)
+	}
+	p.StatesLoc = states
+	seen := map[uint64]bool{}
+	for off := states.Offset; ; off += klpStateSize {
+		st, end, err := p.parseState(states.Section, off)
+		if err != nil {
+			return err
+		}
+		if end {
+			return nil
+		}
+		if seen[st.ID] {
+			return p.structErr(states.Section, off, ErrDuplicate, "state %d given twice", st.ID)
+		}
+		seen[st.ID] = true
+		p.States = append(p.States, st)
+	}
+}
+
+func (p *Patch) parseState(sec int, off uint64) (State, bool, error) {
+	var st State
+	if _, err := p.field(sec, off, klpStateSize, "struct klp_state (states[] not terminated by { }?)"); err != nil {
+		return st, false, err
+	}
+	if p.relaIn(sec, off+klpStateID, 8) || p.relaIn(sec, off+klpStateVersion, 8) {
+		return st, false, p.structErr(sec, off, ErrFormat, "klp_state.id or .version is relocated")
+	}
+	raw, _ := p.field(sec, off, klpStateSize, "struct klp_state")
+	st.ID, st.Version = le.Uint64(raw[klpStateID:]), le.Uint32(raw[klpStateVersion:])
+	if st.ID == 0 {
+		return st, true, nil // klp_for_each_state's end: state->id == 0
+	}
+	data, err := p.pointer(sec, off+klpStateData, "klp_state.data")
+	if err != nil {
+		return st, false, err
+	}
+	if data != nil && data.Section >= 0 && data.Symbol == "" {
+		data.Symbol = p.objectAt(data.Section, data.Offset)
+	}
+	st.Data = data
+	st.Loc = Ref{Section: sec, SectionName: p.f.sections[sec].Name, Offset: off}
+	return st, false, nil
 }
 
 func (p *Patch) parseObject(sec int, off uint64) (Object, bool, error) {
@@ -537,9 +684,10 @@ func (p *Patch) parseObject(sec int, off uint64) (Object, bool, error) {
 		seen[key] = true
 		obj.Funcs = append(obj.Funcs, fn)
 	}
-	if len(obj.Funcs) == 0 {
-		return obj, false, p.structErr(funcs.Section, funcs.Offset, ErrFormat, "object %s has no funcs", obj.Name)
-	}
+	// An empty funcs[] is fine, as in Linux (klp_enable_patch wants
+	// funcs non-NULL, nothing more): a patch of callbacks and states
+	// only, such as test_klp_state's no_funcs, or an empty atomic
+	// replace that reverts every patch.
 	return obj, false, nil
 }
 

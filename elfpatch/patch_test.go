@@ -499,3 +499,136 @@ func TestIsObjectFile(t *testing.T) {
 		t.Error("non-object recognised")
 	}
 }
+
+// relaAddend points the relocation of section relSec at offset off to a
+// new addend (to retarget a pointer of a real object).
+func (e *elfEdit) relaAddend(relSec string, off uint64, addend int64) {
+	b := e.sectionBytes(relSec)
+	for i := 0; i+relaSize <= len(b); i += relaSize {
+		if le.Uint64(b[i:]) == off {
+			le.PutUint64(b[i+16:], uint64(addend))
+			return
+		}
+	}
+	e.t.Fatalf("%s: no relocation at %#x", relSec, off)
+}
+
+// An object whose funcs[] is empty (just the terminator) is a patch of
+// callbacks (and states) only, as Linux allows: test_klp_state's
+// no_funcs.
+func TestEmptyFuncs(t *testing.T) {
+	e := newEdit(t, samplePath("livepatch-callbacks"))
+	// klp_object.funcs -> funcs + sizeof(struct klp_func): the terminator.
+	e.relaAddend(".rela.data.objs", klpObjectFuncs, klpFuncSize)
+	p, err := ParsePatch(e.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Objects) != 1 || len(p.Objects[0].Funcs) != 0 || p.Objects[0].Callbacks.PrePatch == nil {
+		t.Fatalf("objects %+v", p.Objects)
+	}
+	im, err := p.Layout(patchBase, fixtureKernel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(im.Objects) != 1 || len(im.Objects[0].Funcs) != 0 || im.Objects[0].Callbacks[0] == 0 {
+		t.Fatalf("image objects %+v", im.Objects)
+	}
+	// funcs itself must still be a pointer into the patch (Linux:
+	// -EINVAL without it).
+	e = newEdit(t, samplePath("livepatch-callbacks"))
+	b := e.sectionBytes(".rela.data.objs")
+	for i := 0; i+relaSize <= len(b); i += relaSize {
+		if le.Uint64(b[i:]) == klpObjectFuncs {
+			le.PutUint64(b[i+8:], le.Uint64(b[i+8:])&^0xffffffff) // R_X86_64_NONE
+		}
+	}
+	_, err = ParsePatch(e.data)
+	wantError(t, "funcs not a pointer", err, ErrFormat, "klp_object.funcs")
+}
+
+// klp_patch.states (KLP_PATCH_ABI 2): ids, versions and the data pointers,
+// relocated into the image like every pointer (testdata/patches/states.c).
+func TestParseStates(t *testing.T) {
+	k := fixtureKernel(t)
+	p, err := ParsePatchFile(testPatchesDir + "/states.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ABI != PatchABI2 || !p.Replace || p.StatesLoc == nil || len(p.Funcs()) != 0 {
+		t.Fatalf("abi %d replace %v states at %v, %d funcs", p.ABI, p.Replace, p.StatesLoc, len(p.Funcs()))
+	}
+	if len(p.States) != 2 || p.States[0].ID != 7 || p.States[0].Version != 3 || p.States[1].ID != 1<<40|1 || p.States[1].Version != 1 {
+		t.Fatalf("states %+v", p.States)
+	}
+	if d := p.States[0].Data; d == nil || d.SectionName != ".bss.saved" || d.String() != "saved" {
+		t.Errorf("state 7 data %+v, want the patch's saved", d)
+	}
+	if d := p.States[1].Data; d == nil || d.Section != -1 || d.Symbol != "sink" {
+		t.Errorf("state 1<<40|1 data %+v, want the kernel's sink", d)
+	}
+	im, err := p.Layout(patchBase, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved, ok := im.SymbolAddr("saved")
+	sink := mustLookup(t, k, "sink", 0).Value
+	if !ok || len(im.States) != 2 || im.StatesAddr != im.States[0].Addr || im.States[1].Addr != im.StatesAddr+klpStateSize {
+		t.Fatalf("image states at %#x: %+v (saved at %#x)", im.StatesAddr, im.States, saved)
+	}
+	u64 := func(va uint64) uint64 { return le.Uint64(im.Bytes[va-im.Base:]) }
+	if got := u64(im.PatchAddr + klpPatchStates); got != im.StatesAddr {
+		t.Errorf("klp_patch.states in the image = %#x, want %#x", got, im.StatesAddr)
+	}
+	if got := u64(im.States[0].Addr + klpStateData); got != saved {
+		t.Errorf("state 7 data in the image = %#x, want saved at %#x", got, saved)
+	}
+	if got := u64(im.States[1].Addr + klpStateData); got != sink {
+		t.Errorf("state 1<<40|1 data in the image = %#x, want sink at %#x", got, sink)
+	}
+	if got := u64(im.States[1].Addr + klpStateSize + klpStateID); got != 0 {
+		t.Errorf("terminator id %#x", got)
+	}
+	// The report shows them.
+	r := NewPatchReport(p, k, patchBase)
+	var b strings.Builder
+	r.WriteText(&b)
+	if r.ABI != PatchABI2 || len(r.States) != 2 || !strings.Contains(b.String(), "state 7 version 3 (klp_state at ") ||
+		!strings.Contains(b.String(), "data = sink+0") {
+		t.Errorf("report %+v:\n%s", r.States, b.String())
+	}
+}
+
+// An object of the first layout (before klp_state) still loads: its
+// klp_patch is 24 bytes with replace at 16, and it has no states
+// (testdata/patches/abi1.c).
+func TestParseABI1(t *testing.T) {
+	p, err := ParsePatchFile(testPatchesDir + "/abi1.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ABI != PatchABI1 || !p.Replace || p.States != nil || p.StatesLoc != nil || p.Name != "abi1" {
+		t.Fatalf("abi %d replace %v states %v name %q", p.ABI, p.Replace, p.States, p.Name)
+	}
+	if fs := p.Funcs(); len(fs) != 1 || fs[0].OldName != "klp_park_fn" || p.Objects[0].Callbacks.PrePatch == nil {
+		t.Fatalf("objects %+v", p.Objects)
+	}
+	im, err := p.Layout(patchBase, fixtureKernel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if im.StatesAddr != 0 || im.States != nil {
+		t.Errorf("image states %#x %v", im.StatesAddr, im.States)
+	}
+	var b strings.Builder
+	NewPatchReport(p, fixtureKernel(t), patchBase).WriteText(&b)
+	if !strings.Contains(b.String(), "states: none (struct klp_patch of layout 1, from before klp_state)") {
+		t.Errorf("report:\n%s", b.String())
+	}
+	// Every sample is built with this livepatch.h: layout 2.
+	for _, name := range []string{"livepatch-sample", "livepatch-replace", "livepatch-callbacks", "livepatch-bench"} {
+		if p := loadSample(t, name); p.ABI != PatchABI2 || p.States != nil {
+			t.Errorf("%s: layout %d, states %v", name, p.ABI, p.States)
+		}
+	}
+}

@@ -239,6 +239,8 @@ type PatchReport struct {
 	Name        string          `json:"name"`
 	NameSource  string          `json:"name_source"`
 	Replace     bool            `json:"replace"`
+	ABI         int             `json:"abi"`    // the layout of struct klp_patch (PatchABI1, PatchABI2); 0 if unparsed
+	States      []ReportState   `json:"states"` // klp_patch.states
 	Base        Hex             `json:"base"`
 	Size        uint64          `json:"size"`
 	Objects     []ReportObject  `json:"objects"`
@@ -256,6 +258,14 @@ type ReportObject struct {
 	Funcs     []ReportFunc   `json:"funcs"`
 }
 
+// ReportState is one struct klp_state of a PatchReport.
+type ReportState struct {
+	ID      uint64 `json:"id"`
+	Version uint32 `json:"version"`
+	Addr    Hex    `json:"addr"`           // the struct klp_state in the layout
+	Data    string `json:"data,omitempty"` // the data pointer's static initializer, if any
+}
+
 // ReportFunc is one func of a PatchReport; Old* are zero when unresolved.
 type ReportFunc struct {
 	OldName   string `json:"old_name"`
@@ -270,11 +280,22 @@ type ReportFunc struct {
 // NewPatchReport lays p out at base against k (nil: no kernel, so kernel
 // symbols and old functions stay unresolved and are not problems).
 func NewPatchReport(p *Patch, k *Kernel, base uint64) *PatchReport {
-	r := &PatchReport{Kind: "patch", Name: p.Name, NameSource: p.NameSource, Replace: p.Replace, Base: Hex(base),
-		Objects: []ReportObject{}, Sections: []ReportSection{}, FentrySites: []ReportSite{}, Relocs: []ReportReloc{}, Problems: []string{}}
+	r := &PatchReport{Kind: "patch", Name: p.Name, NameSource: p.NameSource, Replace: p.Replace, ABI: p.ABI, Base: Hex(base),
+		States: []ReportState{}, Objects: []ReportObject{}, Sections: []ReportSection{}, FentrySites: []ReportSite{},
+		Relocs: []ReportReloc{}, Problems: []string{}}
 	im, errs := p.Check(base, k)
 	for _, e := range errs {
 		r.Problems = append(r.Problems, e.Error())
+	}
+	for i, st := range p.States {
+		rs := ReportState{ID: st.ID, Version: st.Version}
+		if st.Data != nil {
+			rs.Data = st.Data.String()
+		}
+		if im != nil && i < len(im.States) {
+			rs.Addr = Hex(im.States[i].Addr)
+		}
+		r.States = append(r.States, rs)
 	}
 	if im == nil {
 		return r
@@ -323,7 +344,7 @@ func NewPatchReport(p *Patch, k *Kernel, base uint64) *PatchReport {
 
 // PatchErrorReport is the report of a patch that could not be parsed.
 func PatchErrorReport(err error) *PatchReport {
-	return &PatchReport{Kind: "patch", Objects: []ReportObject{}, Sections: []ReportSection{},
+	return &PatchReport{Kind: "patch", States: []ReportState{}, Objects: []ReportObject{}, Sections: []ReportSection{},
 		FentrySites: []ReportSite{}, Relocs: []ReportReloc{}, Problems: []string{err.Error()}}
 }
 
@@ -353,6 +374,21 @@ func (r *PatchReport) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "patch: %s (name from %s), replace: %s\n", r.Name, src, replace)
 		fmt.Fprintf(&b, "layout: base %#x, size %#x (%d bytes), %d sections, %d fentry sites of its own\n",
 			uint64(r.Base), r.Size, r.Size, len(r.Sections), len(r.FentrySites))
+		switch {
+		case r.ABI == PatchABI1:
+			b.WriteString("states: none (struct klp_patch of layout 1, from before klp_state)\n")
+		case len(r.States) == 0:
+			b.WriteString("states: none\n")
+		default:
+			fmt.Fprintf(&b, "states: %d\n", len(r.States))
+			for _, st := range r.States {
+				fmt.Fprintf(&b, "  state %d version %d (klp_state at %#x)", st.ID, st.Version, uint64(st.Addr))
+				if st.Data != "" {
+					fmt.Fprintf(&b, ", data = %s", st.Data)
+				}
+				b.WriteString("\n")
+			}
+		}
 	}
 	for _, o := range r.Objects {
 		fmt.Fprintf(&b, "object %s (klp_object at %#x), %d func(s)\n", o.Name, uint64(o.Addr), len(o.Funcs))

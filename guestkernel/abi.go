@@ -40,6 +40,13 @@ const (
 	SysfsFuncSize   = 64
 	SysfsStateSize  = SysfsHeaderSize + SysfsMaxPatches*SysfsPatchSize + SysfsMaxObjs*SysfsObjSize + SysfsMaxFuncs*SysfsFuncSize
 
+	PatchListMagic     = 0x5453494c50504c4b // "KLPPLIST"
+	PatchListVersion   = 1
+	PatchListHeader    = 32
+	PatchListEntrySize = 16
+	PatchListMax       = SysfsMaxPatches
+	PatchListSize      = PatchListHeader + PatchListMax*PatchListEntrySize
+
 	IRQRegsSize = 22 * 8
 
 	MaxCPUs     = 16
@@ -121,6 +128,21 @@ const (
 
 	offSFName   = 0
 	offSFSympos = 56
+)
+
+// Offsets within struct klp_patch_list and its entries.
+const (
+	offPLMagic      = 0
+	offPLVersion    = 8
+	offPLSize       = 12
+	offPLSeq        = 16
+	offPLMaxPatches = 20
+	offPLNrPatches  = 24
+	offPLTransition = 28
+	offPLPatches    = PatchListHeader
+
+	offPLEPatch  = 0
+	offPLEStates = 8
 )
 
 // IRQRegs is struct klp_irq_regs: what the interrupt entry saved.

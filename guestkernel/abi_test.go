@@ -58,6 +58,13 @@ func TestCLayout(t *testing.T) {
 		"KLP_TASK_NAME_LEN": TaskNameLen, "KLP_STACK_SIZE": StackSize,
 		"KLP_TASK_UNUSED": TaskUnused, "KLP_TASK_RUNNING": TaskRunning, "KLP_TASK_SLEEPING": TaskSleeping,
 		"KLP_TASK_DEAD": TaskDead,
+
+		"sizeof(struct klp_patch_list)": PatchListSize, "sizeof(struct klp_patch_list_entry)": PatchListEntrySize,
+		"klp_patch_list.magic": offPLMagic, "klp_patch_list.version": offPLVersion, "klp_patch_list.size": offPLSize,
+		"klp_patch_list.seq": offPLSeq, "klp_patch_list.max_patches": offPLMaxPatches,
+		"klp_patch_list.nr_patches": offPLNrPatches, "klp_patch_list.transition": offPLTransition,
+		"klp_patch_list.patches": offPLPatches, "klp_patch_list_entry.patch": offPLEPatch,
+		"klp_patch_list_entry.states": offPLEStates, "KLP_PATCH_LIST_VERSION": PatchListVersion,
 	}
 	var src strings.Builder
 	src.WriteString("#include <stdio.h>\n#include <stddef.h>\n#include \"boot_info.h\"\n#include \"klp_abi.h\"\nint main(void) {\n")
@@ -74,7 +81,7 @@ func TestCLayout(t *testing.T) {
 		}
 		src.WriteString("\tprintf(\"%s\\t%llu\\n\", \"" + k + "\", (unsigned long long)(" + expr + "));\n")
 	}
-	src.WriteString("\tprintf(\"magic %llx %llx %llx\\n\", (unsigned long long)BOOT_INFO_MAGIC, (unsigned long long)KLP_GUEST_ABI_MAGIC, (unsigned long long)KLP_SYSFS_MAGIC);\n\treturn 0;\n}\n")
+	src.WriteString("\tprintf(\"magic %llx %llx %llx %llx\\n\", (unsigned long long)BOOT_INFO_MAGIC, (unsigned long long)KLP_GUEST_ABI_MAGIC, (unsigned long long)KLP_SYSFS_MAGIC, (unsigned long long)KLP_PATCH_LIST_MAGIC);\n\treturn 0;\n}\n")
 	dir := t.TempDir()
 	c := filepath.Join(dir, "layout.c")
 	if err := os.WriteFile(c, []byte(src.String()), 0o644); err != nil {
@@ -94,7 +101,7 @@ func TestCLayout(t *testing.T) {
 		f := strings.Split(sc.Text(), "\t")
 		if strings.HasPrefix(f[0], "magic ") {
 			f = strings.Fields(f[0])
-			for i, m := range []uint64{kvm.BootInfoMagic, GuestABIMagic, SysfsMagic} {
+			for i, m := range []uint64{kvm.BootInfoMagic, GuestABIMagic, SysfsMagic, PatchListMagic} {
 				if f[1+i] != strconv.FormatUint(m, 16) {
 					t.Errorf("magic %d: C %s, Go %x", i, f[1+i], m)
 				}

@@ -1,6 +1,8 @@
 package livepatch
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"klp-kvm/elfpatch"
 	"klp-kvm/guestkernel"
 	"klp-kvm/kvm/engine"
 )
@@ -310,5 +313,64 @@ func TestCallbackTimeoutQuarantines(t *testing.T) {
 	}
 	if st := m.Status(); st.Quarantined != 2*size || st.PatchAreaInUse != 2*size {
 		t.Fatalf("a clean unload changed the quarantine: quarantined %d, in use %d", st.Quarantined, st.PatchAreaInUse)
+	}
+}
+
+// noFuncs is the callbacks sample with an empty funcs[] (its klp_object's
+// funcs pointer moved to the terminator): a patch of callbacks only, as
+// Linux allows (test_klp_state's no_funcs).
+func noFuncs(t *testing.T) []byte {
+	t.Helper()
+	data := bytes.Clone(patchObj(t, "livepatch-callbacks"))
+	ep, err := elfpatch.ParsePatch(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ep.Sections() {
+		if s.Name != ".rela.data.objs" {
+			continue
+		}
+		for off := s.Offset; off+24 <= s.Offset+s.Size; off += 24 {
+			if binary.LittleEndian.Uint64(data[off:]) == 8 { // klp_object.funcs
+				binary.LittleEndian.PutUint64(data[off+16:], 24) // + sizeof(struct klp_func)
+				return data
+			}
+		}
+	}
+	t.Fatal("no relocation of klp_object.funcs")
+	return nil
+}
+
+// A patch of no function registers, enables (its callbacks run, nothing
+// is redirected) and disables, as in Linux.
+func TestCallbacksOnlyPatch(t *testing.T) {
+	rec := &cbRecorder{}
+	g := newFakeGuest(t, 2)
+	m, err := newChecked(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch, Callbacks: rec.run})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.m = m
+	p, res, err := m.Load(noFuncs(t), "no-funcs.o", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Funcs != 0 || len(p.funcs()) != 0 || len(m.Status().Redirected) != 0 {
+		t.Fatalf("result %+v, %d funcs, %d sites redirected", res, len(p.funcs()), len(m.Status().Redirected))
+	}
+	if got := rec.called(); !slices.Equal(got, []string{"pre_patch", "post_patch"}) {
+		t.Fatalf("callbacks %v", got)
+	}
+	if ps := g.sysfs(t); len(ps) != 1 || !ps[0].Enabled || len(ps[0].Objects) != 1 || len(ps[0].Objects[0].Funcs) != 0 {
+		t.Fatalf("sysfs %+v", ps)
+	}
+	if _, err := m.Unload(p.Name, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.called(); !slices.Equal(got, []string{"pre_unpatch", "post_unpatch"}) {
+		t.Fatalf("callbacks %v", got)
+	}
+	if st := m.Status(); st.PatchAreaInUse != 0 || len(st.Patches) != 0 {
+		t.Fatalf("after unload: %+v", st)
 	}
 }

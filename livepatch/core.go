@@ -5,7 +5,9 @@
 // sysfs state mirror, relocation through elfpatch), patch.go is patch.c
 // (klp_ops and func_stack: which function each patched site runs),
 // transition.go is transition.c (the stop_machine-style switch with its
-// consistency check, retries, rollback and force).
+// consistency check, retries, rollback and force), state.go is state.c
+// (the system states: klp_is_patch_compatible at enable, and the list of
+// installed patches the guest's klp_get_prev_state walks).
 package livepatch
 
 import (
@@ -143,8 +145,12 @@ type Patch struct {
 	Transition bool      `json:"transition"`
 	Forced     bool      `json:"forced"` // a forced transition touched it (sticky, as in Linux)
 	Objects    []*Object `json:"objects"`
-	ImageAddr  uint64    `json:"image_addr,omitempty"` // 0 while not in the patch area
-	ImageSize  uint64    `json:"image_size"`
+	// States are the system states the patch declares (klp_patch.states):
+	// what the enable's compatibility check compares. Not in the guest's
+	// sysfs, as in Linux; in the JSON only when there are some.
+	States    []State `json:"states,omitempty"`
+	ImageAddr uint64  `json:"image_addr,omitempty"` // 0 while not in the patch area
+	ImageSize uint64  `json:"image_size"`
 
 	parsed *elfpatch.Patch
 	image  *elfpatch.Image
@@ -227,12 +233,18 @@ type Manager struct {
 
 	// Guarded by mu (and the tracer's sites, the guest's sysfs mirror and
 	// the patches' fields with them).
-	tracer  *ftrace.Tracer
-	sysfs   *guestkernel.SysfsWriter
-	patches []*Patch        // registration order: the stack
-	ops     map[uint64]*Ops // by old_addr
-	last    *Result
-	retired uint64 // patch-area bytes of forced patches' images, never freed
+	tracer *ftrace.Tracer
+	sysfs  *guestkernel.SysfsWriter
+	// klp_patch_list, the guest's view of Linux's klp_patches and
+	// klp_transition_patch for the state API (state.go); nil for a guest
+	// kernel from before klp_state. plistOpen: a transition published it
+	// (beginPatchList) and has not ended it yet.
+	plist     *guestkernel.PatchListWriter
+	plistOpen bool
+	patches   []*Patch        // registration order: the stack
+	ops       map[uint64]*Ops // by old_addr
+	last      *Result
+	retired   uint64 // patch-area bytes of forced patches' images, never freed
 	// patch-area bytes of images a callback call into failed (the guest
 	// may still run it), never freed
 	quarantined uint64
@@ -351,8 +363,15 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, &Error{Op: op, Errno: syscall.ENODEV, Detail: "klp_sysfs_state", Err: err}
 	}
+	pl, err := guestkernel.NewPatchListWriterSym(cfg.Guest, syms)
+	switch {
+	case errors.Is(err, guestkernel.ErrNotFound):
+		pl = nil // a guest kernel from before klp_state: no state API in it
+	case err != nil:
+		return nil, &Error{Op: op, Errno: syscall.ENODEV, Detail: "klp_patch_list", Err: err}
+	}
 	m := &Manager{g: cfg.Guest, kernel: k, syms: syms, tracer: ftrace.New(cfg.Guest, al, k.FentrySites()),
-		sysfs: sw, cb: cfg.Callbacks, cbTO: cfg.CallbackTimeout, logf: cfg.Logf, budget: cfg.SysfsBudget, ops: map[uint64]*Ops{},
+		sysfs: sw, plist: pl, cb: cfg.Callbacks, cbTO: cfg.CallbackTimeout, logf: cfg.Logf, budget: cfg.SysfsBudget, ops: map[uint64]*Ops{},
 		sitesChanged: true}
 	if m.budget <= 0 {
 		m.budget = SysfsBudget
@@ -369,6 +388,11 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if err := m.writeSysfs(); err != nil {
 		return nil, &Error{Op: op, Errno: syscall.EIO, Detail: "klp_sysfs_state", Err: err}
+	}
+	if m.plist != nil {
+		if err := m.writePatchList(); err != nil {
+			return nil, &Error{Op: op, Errno: syscall.EIO, Err: err}
+		}
 	}
 	return m, nil
 }
@@ -467,6 +491,9 @@ func (m *Manager) dryLayout(op, name string, ep *elfpatch.Patch) (*elfpatch.Imag
 // layout im (the funcs' offsets in the image hold for any base).
 func newPatch(name string, ep *elfpatch.Patch, im *elfpatch.Image) *Patch {
 	p := &Patch{Name: name, Replace: ep.Replace, parsed: ep, ImageSize: im.Size()}
+	for _, st := range ep.States {
+		p.States = append(p.States, State{ID: st.ID, Version: st.Version})
+	}
 	sizes := funcSizes(ep)
 	for _, io := range im.Objects {
 		o := &Object{Name: io.Name}
@@ -483,12 +510,11 @@ func newPatch(name string, ep *elfpatch.Patch, im *elfpatch.Image) *Patch {
 	return p
 }
 
-// checkFuncs refuses a patch that patches nothing, or a function whose
-// site is not one of the kernel's fentry sites. m.mu must be held.
+// checkFuncs refuses a function whose site is not one of the kernel's
+// fentry sites. A patch of no function is fine, as in Linux: its
+// callbacks and states are the point (test_klp_state), or, with replace,
+// it reverts every other patch. m.mu must be held.
 func (m *Manager) checkFuncs(op string, p *Patch) error {
-	if len(p.funcs()) == 0 {
-		return errorf(op, p.Name, syscall.EINVAL, "the patch patches no function")
-	}
 	for _, f := range p.funcs() {
 		if _, ok := m.tracer.Site(f.Site); !ok {
 			return errorf(op, p.Name, syscall.EINVAL, "%s: %#x is not an fentry site of the kernel", f.OldName, f.Site)

@@ -132,6 +132,12 @@ func (m *Manager) enable(ctx context.Context, name string, o Options) (*Result, 
 	if err != nil {
 		return nil, err
 	}
+	// p is on Linux's klp_patches, in transition, until its callbacks
+	// are over (completeTransition, cancelTransition end it).
+	defer m.endPatchList()
+	if err := m.beginPatchList(op, p); err != nil {
+		return nil, m.cancelTransition(ctx, err, p, nil, loaded)
+	}
 	pre, err := m.prePatch(ctx, op, p)
 	if err != nil {
 		return nil, m.cancelTransition(ctx, err, p, pre, loaded)
@@ -166,6 +172,10 @@ func (m *Manager) disable(ctx context.Context, name string, o Options) (*Result,
 	if err != nil {
 		return nil, err
 	}
+	defer m.endPatchList()
+	if err := m.beginPatchList(op, p); err != nil {
+		return nil, err
+	}
 	preErr := m.runCallbacks(ctx, p, cbPreUnpatch)
 	t, err := m.runTransition(ctx, op, false, p, m.planDisable(p), o)
 	if err == nil {
@@ -181,7 +191,9 @@ func (m *Manager) disable(ctx context.Context, name string, o Options) (*Result,
 // enableTarget finds the patch an enable acts on and checks that it may
 // be enabled: registered, disabled, the first disabled patch of the stack
 // (enabled patches form a prefix of the stack, and only the first
-// disabled one may join it), its callbacks runnable. m.mu must be held.
+// disabled one may join it), compatible with the system states of the
+// enabled ones (klp_is_patch_compatible, state.go), its callbacks
+// runnable. m.mu must be held.
 func (m *Manager) enableTarget(op, name string) (*Patch, error) {
 	idx, p := m.find(name)
 	if p == nil {
@@ -194,6 +206,9 @@ func (m *Manager) enableTarget(op, name string) (*Patch, error) {
 		if !q.Enabled {
 			return nil, errorf(op, name, syscall.EBUSY, "patch %s below it in the stack is disabled", q.Name)
 		}
+	}
+	if err := m.isPatchCompatible(op, p); err != nil {
+		return nil, err
 	}
 	if err := m.checkCallbacks(op, p); err != nil {
 		return nil, err
@@ -470,6 +485,7 @@ func (m *Manager) cancelTransition(ctx context.Context, err error, p *Patch, pre
 		}
 	}
 	err = alsoFailed(err, "post_unpatch of the cancelled enable", joinErrors(errs...))
+	m.endPatchList() // before p's image, which it lists, goes
 	if drop {
 		err = withNote(err, m.dropImage(p))
 	}
@@ -495,21 +511,25 @@ func (m *Manager) forceTransition(op, name string) error {
 }
 
 // completeTransition is klp_complete_transition after a switch that
-// commitOrUndo committed: the images of patches an atomic replace
-// removed leave the patch area, the post_patch (enable) or post_unpatch
-// (disable) callbacks run, and the result is recorded. The switch
-// stands whatever happens here: a callback that could not run (or
-// earlier, cbErr: a disable's pre_unpatch) is recorded in the result
-// and returned as an ErrSwitched error, never dropped. m.mu must be held.
+// commitOrUndo committed: the post_patch (enable) or post_unpatch
+// (disable) callbacks run, the transition leaves klp_patch_list, then
+// the images of patches an atomic replace removed leave the patch area
+// (Linux frees them after klp_complete_transition: a post_patch may
+// still read their states, klp_get_prev_state), and the result is
+// recorded. The switch stands whatever happens here: a callback that
+// could not run (or earlier, cbErr: a disable's pre_unpatch) is recorded
+// in the result and returned as an ErrSwitched error, never dropped.
+// m.mu must be held.
 func (m *Manager) completeTransition(ctx context.Context, t *transition, start time.Time, cbErr error) error {
-	for _, q := range t.pl.replaced {
-		m.dropImage(q)
-	}
 	which := cbPostUnpatch
 	if t.target {
 		which = cbPostPatch
 	}
 	cbErr = joinErrors(cbErr, m.runCallbacks(ctx, t.p, which))
+	m.endPatchList()
+	for _, q := range t.pl.replaced {
+		m.dropImage(q)
+	}
 	t.res.Total = time.Since(start)
 	t.res.CallbackErr = errString(cbErr)
 	m.last = t.res

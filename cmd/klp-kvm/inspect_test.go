@@ -43,6 +43,9 @@ func TestInspectGolden(t *testing.T) {
 		{"bad-notpatchable.txt", []string{patchDir + "bad-notpatchable.o", "--kernel", fixtureKernel}, 1},
 		{"bad-unresolved.json", []string{"--json", patchDir + "bad-unresolved.o", "--kernel", fixtureKernel}, 1},
 		{"module-obj.txt", []string{"../../elfpatch/testdata/patches/module-obj.o", "--kernel", fixtureKernel}, 1},
+		{"states.txt", []string{"../../elfpatch/testdata/patches/states.o", "--kernel", fixtureKernel}, 0},
+		{"states.json", []string{"--json", "../../elfpatch/testdata/patches/states.o", "--kernel", fixtureKernel}, 0},
+		{"abi1.txt", []string{"../../elfpatch/testdata/patches/abi1.o", "--kernel", fixtureKernel}, 0},
 		{"range.txt", []string{patchDir + "livepatch-sample.o", "--kernel", fixtureKernel, "--base", "0x100000000000"}, 1},
 	}
 	for _, c := range cases {

@@ -232,6 +232,11 @@ func printPatches(w io.Writer, st livepatch.Status) {
 			extra = " [" + strings.Join(flags, ",") + "]"
 		}
 		fmt.Fprintf(w, "%d %s: %s%s\n", p.StackOrder, p.Name, state, extra)
+		// The system states it declares (Linux shows them nowhere; the
+		// host's enable checks them: klp_is_patch_compatible).
+		for _, s := range p.States {
+			fmt.Fprintf(w, "    state %d version %d\n", s.ID, s.Version)
+		}
 		for _, o := range p.Objects {
 			for _, f := range o.Funcs {
 				pos := f.OldSympos

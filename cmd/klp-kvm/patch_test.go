@@ -87,6 +87,36 @@ func TestPatchCommand(t *testing.T) {
 }
 
 // Flags may follow the operation and its argument, as README shows.
+// patch list shows the system states a patch declares, in its text and,
+// only for a patch that has some, in its JSON.
+func TestPatchListStates(t *testing.T) {
+	sock := patchServer(t)
+	for _, obj := range []string{"livepatch-sample", "test_klp_state2"} {
+		if rc, out, errs := runPatch(sock, "register", obj); rc != 0 {
+			t.Fatalf("register %s: %d %q %q", obj, rc, out, errs)
+		}
+	}
+	rc, out, _ := runPatch(sock, "list")
+	want := "1 livepatch_sample: disabled\n    vmlinux/cmdline_proc_show,1 -> livepatch_cmdline_proc_show\n" +
+		"2 test_klp_state2: disabled [replace]\n    state 1 version 2\n"
+	if rc != 0 || !strings.HasPrefix(out, want) {
+		t.Fatalf("list: %d\n%s\nwant it to start with\n%s", rc, out, want)
+	}
+	rc, out, _ = runPatch(sock, "list", "--json")
+	var st struct {
+		Patches []map[string]json.RawMessage `json:"patches"`
+	}
+	if rc != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Patches) != 2 {
+		t.Fatalf("list --json: %d %q", rc, out)
+	}
+	if _, ok := st.Patches[0]["states"]; ok {
+		t.Errorf("states for a patch without any: %s", st.Patches[0]["states"])
+	}
+	if got := string(st.Patches[1]["states"]); strings.Join(strings.Fields(got), "") != `[{"id":1,"version":2}]` {
+		t.Errorf("states %s", got)
+	}
+}
+
 func TestPatchFlagsAnywhere(t *testing.T) {
 	sock := patchServer(t)
 	steps := [][]string{

@@ -34,18 +34,48 @@ struct seq_file;
 int seq_printf(struct seq_file *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int seq_puts(struct seq_file *m, const char *s);
 
-/* Kernel log: console (COM1) and the dmesg ring buffer. Returns bytes. */
+/*
+ * Kernel log: the dmesg ring buffer and the console (COM1). Returns bytes.
+ * As in Linux, a format may start with a log level (KERN_ERR "..."): the
+ * ring keeps every message, the console shows those whose level is below
+ * console_loglevel; a message without one has default_message_loglevel.
+ */
 int printk(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+#define KERN_SOH "\001"
+#define KERN_EMERG KERN_SOH "0"
+#define KERN_ALERT KERN_SOH "1"
+#define KERN_CRIT KERN_SOH "2"
+#define KERN_ERR KERN_SOH "3"
+#define KERN_WARNING KERN_SOH "4"
+#define KERN_NOTICE KERN_SOH "5"
+#define KERN_INFO KERN_SOH "6"
+#define KERN_DEBUG KERN_SOH "7"
+
 /*
- * pr_info/pr_err: printk with the caller's pr_fmt prefix, as in Linux: a
- * file that wants one defines pr_fmt(fmt) before including this header.
+ * Linux's console_printk[]: console_loglevel, default_message_loglevel,
+ * minimum_console_loglevel, default_console_loglevel, as
+ * /proc/sys/kernel/printk shows them (and sets them, by a write).
+ */
+extern int console_printk[4];
+#define console_loglevel (console_printk[0])
+#define default_message_loglevel (console_printk[1])
+#define minimum_console_loglevel (console_printk[2])
+#define default_console_loglevel (console_printk[3])
+#define CONSOLE_LOGLEVEL_DEFAULT 7     /* anything more serious than KERN_DEBUG */
+#define CONSOLE_LOGLEVEL_MOTORMOUTH 15 /* everything */
+#define MESSAGE_LOGLEVEL_DEFAULT 4
+
+/*
+ * pr_info/pr_err: printk at KERN_INFO/KERN_ERR with the caller's pr_fmt
+ * prefix, as in Linux: a file that wants one defines pr_fmt(fmt) before
+ * including this header.
  */
 #ifndef pr_fmt
 #define pr_fmt(fmt) fmt
 #endif
-#define pr_info(fmt, ...) printk(pr_fmt(fmt), ##__VA_ARGS__)
-#define pr_err(fmt, ...) printk(pr_fmt(fmt), ##__VA_ARGS__)
+#define pr_info(fmt, ...) printk(KERN_INFO pr_fmt(fmt), ##__VA_ARGS__)
+#define pr_err(fmt, ...) printk(KERN_ERR pr_fmt(fmt), ##__VA_ARGS__)
 
 /* Sleep (scheduled out) for at least ms milliseconds. */
 void msleep(unsigned int ms);

@@ -2,10 +2,10 @@
 /*
  * klp_abi.h: the guest kernel's introspection ABI for the klp-kvm host.
  *
- * Two structures live in guest memory at the addresses of the ELF symbols of
- * the same name. Both are statically initialised (.data), so the host can
+ * Three structures live in guest memory at the addresses of the ELF symbols
+ * of the same name. All are statically initialised (.data), so the host can
  * read their header from the ELF file before the guest has run a single
- * instruction, and both carry magic, version and size: the host must check
+ * instruction, and all carry magic, version and size: the host must check
  * all three and refuse anything else. Everything the host reads through them
  * is untrusted guest data: bound every count by the capacity in the header
  * and every pointer by the task's stack bounds.
@@ -57,6 +57,21 @@
  * [first_obj, first_obj+nr_objs), object j owns funcs [first_func,
  * first_func+nr_funcs). Names are NUL-terminated within their arrays
  * (a name that fills its array is cut by the guest at the array's end).
+ *
+ * 3. struct klp_patch_list (symbol "klp_patch_list", written by the host)
+ *
+ * Linux's klp_patches list and klp_transition_patch, for the state API
+ * (kernel/state.c: klp_get_prev_state). The host lists the patches Linux
+ * would have on klp_patches, oldest first: the enabled ones, the one whose
+ * enable or disable is in progress from its start (before pre_patch or
+ * pre_unpatch) to its end (after post_patch or post_unpatch), and, until
+ * the end of an atomic replace, the patches it replaces. Each entry gives
+ * the guest addresses of the patch's struct klp_patch and of its klp_state
+ * array (0: the patch has none); both lie in the patch area. transition is
+ * 1 + the index of klp_transition_patch, 0 when no transition is in
+ * progress. Same seqlock as klp_sysfs_state; the guest clamps nr_patches
+ * to max_patches. (Linux's sysfs shows no states, and neither does
+ * /sys/kernel/livepatch: this list is for the state API only.)
  * ---------------------------------------------------------------------------
  */
 #ifndef KLP_ABI_H
@@ -67,6 +82,9 @@
 
 #define KLP_SYSFS_MAGIC 0x53465359534c504bULL /* "KLPSYSFS" little endian */
 #define KLP_SYSFS_VERSION 1
+
+#define KLP_PATCH_LIST_MAGIC 0x5453494c50504c4bULL /* "KLPPLIST" little endian */
+#define KLP_PATCH_LIST_VERSION 1
 
 #define KLP_MAX_CPUS 16
 #define KLP_MAX_TASKS 128
@@ -172,8 +190,25 @@ struct klp_sysfs_state {
 	struct klp_sysfs_func funcs[KLP_SYSFS_MAX_FUNCS];
 };
 
+struct klp_patch_list_entry {
+	uint64_t patch;  /* 0: its struct klp_patch */
+	uint64_t states; /* 8: its klp_state array (klp_patch.states), 0 if none */
+};
+
+struct klp_patch_list {
+	uint64_t magic;       /*  0: KLP_PATCH_LIST_MAGIC (set by the guest image) */
+	uint32_t version;     /*  8: KLP_PATCH_LIST_VERSION */
+	uint32_t size;        /* 12: sizeof(struct klp_patch_list) */
+	uint32_t seq;         /* 16: seqlock sequence, odd while the host writes */
+	uint32_t max_patches; /* 20: KLP_SYSFS_MAX_PATCHES */
+	uint32_t nr_patches;  /* 24 */
+	uint32_t transition;  /* 28: 1 + index of klp_transition_patch, 0 if none */
+	struct klp_patch_list_entry patches[KLP_SYSFS_MAX_PATCHES]; /* 32 */
+};
+
 extern struct klp_guest_abi klp_guest_abi;
 extern struct klp_sysfs_state klp_sysfs_state;
+extern struct klp_patch_list klp_patch_list;
 #endif /* __ASSEMBLER__ */
 
 #endif /* KLP_ABI_H */

@@ -5,8 +5,9 @@
  *
  * A patch is an ET_REL object compiled with the guest kernel's flags. It
  * defines struct klp_func[] and struct klp_object[] (both ended by an
- * all-zero entry) and one struct klp_patch, exactly like a Linux livepatch
- * module, and then names them to the host:
+ * all-zero entry), optionally struct klp_state[] (ended by a zero id), and
+ * one struct klp_patch, exactly like a Linux livepatch module, and then
+ * names them to the host:
  *
  *	KLP_MODULE_NAME("livepatch_sample");	(optional, see below)
  *	KLP_PATCH(patch);			(replaces module_init + klp_enable_patch)
@@ -91,24 +92,61 @@ struct klp_object {
 };
 
 /*
+ * struct klp_state - state of the system modified by the livepatch
+ * @id:		system state identifier (non-zero)
+ * @version:	version of the change
+ * @data:	custom data
+ *
+ * A patch lists the system states it modifies in klp_patch.states, an
+ * array ended by an entry whose id is 0, exactly as in Linux
+ * (Documentation/livepatch/system-state.rst). With atomic replace, the
+ * host refuses to enable a patch that does not know every state of the
+ * patches it would replace, in at least their version (EINVAL, Linux's
+ * klp_is_patch_compatible). The callbacks find the states with
+ * klp_get_state() and klp_get_prev_state() (below); see
+ * docs/states.md.
+ */
+struct klp_state {
+	unsigned long id;
+	unsigned int version;
+	void *data;
+};
+
+/*
  * struct klp_patch - patch structure for live patching
  * @mod:	THIS_MODULE (ignored by the host)
  * @objs:	object entries for kernel objects to be patched
+ * @states:	system states that can get modified (NULL: none)
  * @replace:	replace all actively used patches (atomic replace)
  */
 struct klp_patch {
 	struct module *mod;
 	struct klp_object *objs;
+	struct klp_state *states;
 	bool replace;
 };
+
+/*
+ * The layout of these structures, as KLP_PATCH records it for the host
+ * (KLP_PATCH_ABI, below). 1 was the layout before klp_state: a
+ * struct klp_patch of 24 bytes { mod, objs, replace }, and .klp.patch
+ * holding just the pointer. The host still loads such objects, as
+ * patches without states.
+ */
+#define KLP_PATCH_ABI 2
 
 /* The host's decoder depends on these exact offsets (elfpatch/abi.go). */
 _Static_assert(sizeof(struct klp_func) == 24, "klp_func layout");
 _Static_assert(sizeof(struct klp_callbacks) == 32, "klp_callbacks layout");
 _Static_assert(sizeof(struct klp_object) == 48, "klp_object layout");
 _Static_assert(__builtin_offsetof(struct klp_object, callbacks) == 16, "klp_object layout");
-_Static_assert(sizeof(struct klp_patch) == 24, "klp_patch layout");
-_Static_assert(__builtin_offsetof(struct klp_patch, replace) == 16, "klp_patch layout");
+_Static_assert(sizeof(struct klp_state) == 24, "klp_state layout");
+_Static_assert(__builtin_offsetof(struct klp_state, version) == 8, "klp_state layout");
+_Static_assert(__builtin_offsetof(struct klp_state, data) == 16, "klp_state layout");
+_Static_assert(sizeof(struct klp_patch) == 32, "klp_patch layout");
+_Static_assert(__builtin_offsetof(struct klp_patch, objs) == 8, "klp_patch layout");
+_Static_assert(__builtin_offsetof(struct klp_patch, states) == 16, "klp_patch layout");
+_Static_assert(__builtin_offsetof(struct klp_patch, replace) == 24, "klp_patch layout");
 
 #define KLP_STRINGIFY_(x) #x
 #define KLP_STRINGIFY(x) KLP_STRINGIFY_(x)
@@ -126,12 +164,34 @@ _Static_assert(__builtin_offsetof(struct klp_patch, replace) == 16, "klp_patch l
 		__attribute__((used, section(".klp.modname"), aligned(1))) = str
 
 /*
- * KLP_PATCH(patch): names the patch's struct klp_patch to the host by an
- * 8-byte pointer in section .klp.patch (exactly one per object).
+ * KLP_PATCH(patch): names the patch's struct klp_patch to the host, and
+ * the layout it was compiled with: a struct klp_patch_ref (a pointer, then
+ * KLP_PATCH_ABI) in section .klp.patch, exactly one per object. (An object
+ * of the first layout has only the 8-byte pointer there.)
  */
+struct klp_patch_ref {
+	struct klp_patch *patch;
+	unsigned long abi;
+};
+_Static_assert(sizeof(struct klp_patch_ref) == 16, "klp_patch_ref layout");
+
 #define KLP_PATCH(p)                                                          \
-	static struct klp_patch *const __klp_patch_ptr                        \
-		__attribute__((used, section(".klp.patch"), aligned(8))) = &(p)
+	static const struct klp_patch_ref __klp_patch_ref                     \
+		__attribute__((used, section(".klp.patch"), aligned(8))) =    \
+			{ &(p), KLP_PATCH_ABI }
+
+/*
+ * System states (Linux's kernel/livepatch/state.c; the guest kernel's
+ * kernel/state.c), for the callbacks and the new code:
+ *
+ * klp_get_state(patch, id): patch's struct klp_state of that id, or NULL.
+ * klp_get_prev_state(id): the struct klp_state of that id of the latest
+ *	already installed patch that has one (the patches below the one in
+ *	transition), or NULL. Only during a transition, that is from the
+ *	callbacks: outside one it WARNs and returns NULL, as in Linux.
+ */
+struct klp_state *klp_get_state(struct klp_patch *patch, unsigned long id);
+struct klp_state *klp_get_prev_state(unsigned long id);
 
 /* Shadow variables: klp_shadow_get, klp_shadow_alloc, ... (klp_shadow.h). */
 #include "klp_shadow.h"

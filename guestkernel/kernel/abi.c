@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * abi.c: the two structures the host finds by symbol (include/klp_abi.h).
- * Both are initialised statically so the host can validate them in the ELF
- * file before boot.
+ * abi.c: the structures the host finds by symbol (include/klp_abi.h). All
+ * are initialised statically so the host can validate them in the ELF file
+ * before boot.
  */
 #include "kernel.h"
 
@@ -44,4 +44,11 @@ struct klp_sysfs_state klp_sysfs_state = {
 	.max_patches = KLP_SYSFS_MAX_PATCHES,
 	.max_objs = KLP_SYSFS_MAX_OBJS,
 	.max_funcs = KLP_SYSFS_MAX_FUNCS,
+};
+
+struct klp_patch_list klp_patch_list = {
+	.magic = KLP_PATCH_LIST_MAGIC,
+	.version = KLP_PATCH_LIST_VERSION,
+	.size = sizeof(struct klp_patch_list),
+	.max_patches = KLP_SYSFS_MAX_PATCHES,
 };

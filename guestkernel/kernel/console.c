@@ -19,6 +19,13 @@ static uint64_t log_head; /* total bytes ever logged */
 static spinlock_t console_lock = SPINLOCK_INIT;
 static volatile int oops_in_progress;
 
+int console_printk[4] = {
+	CONSOLE_LOGLEVEL_DEFAULT, /* console_loglevel */
+	MESSAGE_LOGLEVEL_DEFAULT, /* default_message_loglevel */
+	1,                        /* minimum_console_loglevel */
+	CONSOLE_LOGLEVEL_DEFAULT, /* default_console_loglevel */
+};
+
 notrace void uart_init(uint16_t port)
 {
 	outb(port + UART_IER, 0x00); /* polled: no UART interrupts */
@@ -86,13 +93,22 @@ int vprintk(const char *fmt, va_list ap)
 	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
 	if (n > (int)sizeof(buf) - 1)
 		n = sizeof(buf) - 1;
+	/* the log level, if the message starts with one (KERN_*) */
+	const char *text = buf;
+	int level = READ_ONCE(default_message_loglevel);
+	if (n >= 2 && buf[0] == KERN_SOH[0] && buf[1] >= '0' && buf[1] <= '7') {
+		level = buf[1] - '0';
+		text += 2;
+		n -= 2;
+	}
 	uint64_t f = 0;
 	if (!oops_in_progress)
 		f = spin_lock_irqsave(&console_lock);
 	for (int i = 0; i < n; i++)
-		log_buf[(log_head + i) % LOG_BUF_SIZE] = buf[i];
+		log_buf[(log_head + i) % LOG_BUF_SIZE] = text[i];
 	log_head += n;
-	console_emit(buf, n);
+	if (level < READ_ONCE(console_loglevel) || oops_in_progress)
+		console_emit(text, n);
 	if (!oops_in_progress)
 		spin_unlock_irqrestore(&console_lock, f);
 	return n;
@@ -141,4 +157,38 @@ notrace __noreturn void panic(const char *fmt, ...)
 	console_emit(buf, strlen(buf));
 	console_emit("\n", 1);
 	power_off(100);
+}
+
+/* /proc/sys/kernel/printk: console_printk[], tab-separated, as in Linux */
+int printk_sysctl_show(struct seq_file *m, void *v)
+{
+	(void)v;
+	seq_printf(m, "%d\t%d\t%d\t%d\n", READ_ONCE(console_printk[0]), READ_ONCE(console_printk[1]),
+		   READ_ONCE(console_printk[2]), READ_ONCE(console_printk[3]));
+	return 0;
+}
+
+/* a write sets the first values given (1 to 4 numbers), as Linux's does */
+int printk_sysctl_write(const char *data, size_t n)
+{
+	int v[4], nv = 0;
+	size_t i = 0;
+	while (i < n) {
+		while (i < n && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n'))
+			i++;
+		size_t start = i;
+		while (i < n && data[i] != ' ' && data[i] != '\t' && data[i] != '\n')
+			i++;
+		if (i == start)
+			break;
+		uint64_t x;
+		if (nv == 4 || parse_u64(data + start, i - start, &x) || x > 0x7fffffff)
+			return -EINVAL;
+		v[nv++] = (int)x;
+	}
+	if (!nv)
+		return -EINVAL;
+	for (int k = 0; k < nv; k++)
+		WRITE_ONCE(console_printk[k], v[k]);
+	return 0;
 }

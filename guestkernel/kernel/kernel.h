@@ -297,6 +297,8 @@ int uart_getc(uint16_t port); /* -1 if no byte is waiting */
 void console_write(const char *s, size_t n);
 int vprintk(const char *fmt, va_list ap);
 void dmesg_read(void (*emit)(void *ctx, const char *s, size_t n), void *ctx);
+int printk_sysctl_show(struct seq_file *m, void *v);  /* /proc/sys/kernel/printk */
+int printk_sysctl_write(const char *data, size_t n);
 __noreturn void panic(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- string/format ---- */

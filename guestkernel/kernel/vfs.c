@@ -150,6 +150,7 @@ static const struct proc_entry proc_entries[] = {
 	{ "klp_selftest", proc_selftest_show, NULL },
 	{ "klp_shadow", shadow_mod_show, shadow_mod_write },
 	{ "stat", proc_stat_show, NULL },
+	{ "sys/kernel/printk", printk_sysctl_show, printk_sysctl_write },
 	{ "tasks", tasks_show, NULL },
 	{ "uptime", uptime_show, NULL },
 	{ "version", version_show, NULL },
@@ -307,7 +308,7 @@ int vfs_is_dir(const char *in)
 	if (normalize(in, path))
 		return 0;
 	if (!strcmp(path, "/") || !strcmp(path, "/proc") || !strcmp(path, "/sys") || !strcmp(path, "/sys/kernel") ||
-	    !strcmp(path, "/tmp"))
+	    !strcmp(path, "/tmp") || !strcmp(path, "/proc/sys") || !strcmp(path, "/proc/sys/kernel"))
 		return 1;
 	if ((rel = under(path, LP_DIR)))
 		return lp_sysfs_is_dir(rel);
@@ -413,9 +414,15 @@ int vfs_list(const char *in, struct seq_file *m)
 		spin_unlock_irqrestore(&tmp_lock, f);
 		return 0;
 	}
+	if (!strcmp(path, "/proc/sys"))
+		return seq_puts(m, "kernel/\n"), 0;
+	if (!strcmp(path, "/proc/sys/kernel"))
+		return seq_puts(m, "printk\n"), 0;
 	if (!strcmp(path, "/proc")) {
 		for (size_t i = 0; i < ARRAY_SIZE(proc_entries); i++)
-			seq_printf(m, "%s\n", proc_entries[i].name);
+			if (!strchr(proc_entries[i].name, '/'))
+				seq_printf(m, "%s\n", proc_entries[i].name);
+		seq_puts(m, "sys/\n");
 		for (unsigned int i = 0; i < KLP_MAX_TASKS; i++) {
 			struct task *t = &task_table[i];
 			uint32_t st = READ_ONCE(t->state);

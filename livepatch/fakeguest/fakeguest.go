@@ -8,9 +8,11 @@
 package fakeguest
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -222,20 +224,45 @@ func (g *Guest) RegsOf(id int) engine.Regs {
 }
 
 // Hash covers the loaded kernel image (text and data) and the patch area,
-// all but the sysfs seqlock counter and generation: a rolled-back
-// transition showed transition=1 and must move them so that guest readers
-// notice.
+// all but the seqlock counters of klp_sysfs_state and klp_patch_list and
+// the sysfs generation: a rolled-back transition showed transition=1 (and
+// listed its patch for klp_get_prev_state) and must move them so that
+// guest readers notice.
 func (g *Guest) Hash() [32]byte {
+	type span struct{ lo, hi uint64 }
 	st := g.Sym("klp_sysfs_state") - layout.KernelMapVirt
+	skip := []span{{st + 16, st + 20}, {st + 44, st + 48}} // seq, generation
+	if pl := g.Sym("klp_patch_list"); pl != 0 {
+		pl -= layout.KernelMapVirt
+		skip = append(skip, span{pl + 16, pl + 20}) // seq
+	}
+	slices.SortFunc(skip, func(a, b span) int { return cmp.Compare(a.lo, b.lo) })
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	h := sha256.New()
-	h.Write(g.ram[0x1000000 : st+16]) // the kernel image up to seq
-	h.Write(g.ram[st+20 : st+44])     // up to generation
-	h.Write(g.ram[st+48:])
+	at := uint64(0x1000000) // the kernel image, then everything above it
+	for _, s := range skip {
+		h.Write(g.ram[at:s.lo])
+		at = s.hi
+	}
+	h.Write(g.ram[at:])
 	var out [32]byte
 	copy(out[:], h.Sum(nil))
 	return out
+}
+
+// PatchList decodes klp_patch_list: the installed patches the guest's
+// klp_get_prev_state would walk, and the one in transition.
+func (g *Guest) PatchList() (guestkernel.PatchList, error) {
+	buf := make([]byte, guestkernel.PatchListSize)
+	if err := g.ReadVirt(g.Sym("klp_patch_list"), buf); err != nil {
+		return guestkernel.PatchList{}, err
+	}
+	l, seq, err := guestkernel.DecodePatchList(buf)
+	if err == nil && seq%2 != 0 {
+		err = fmt.Errorf("klp_patch_list: seq %d is odd (a write in progress)", seq)
+	}
+	return l, err
 }
 
 // Sysfs decodes what the guest would show in /sys/kernel/livepatch.
