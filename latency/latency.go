@@ -5,7 +5,7 @@
 // measured in the same run on the same guest; of each the median, the
 // 99th percentile and the max; and, apart from those cycles, the patch's
 // first enable, which also loads its image (see Measure). `klp-kvm bench`
-// and the e2e benchmarks use it.
+// and the e2e benchmarks use it; WriteSVG draws the rows.
 package latency
 
 import (

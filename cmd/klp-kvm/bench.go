@@ -29,7 +29,7 @@ func cmdBench(args []string, stdout, stderr io.Writer) int {
 	funcList := fs.String("funcs", "1,10,100,1024", "comma-separated patch sizes (1..1024 functions)")
 	iters := fs.Int("iterations", 100, "measured enable/disable cycles per point, after the first (cold) one")
 	cmdline := fs.String("cmdline", "", "guest kernel command line (klp.workers=0: idle workers; klp.worker_sleep_ms=0: busy ones)")
-	out := fs.String("out", "", "directory to write bench.json and bench.txt to")
+	out := fs.String("out", "", "directory to write bench.json, bench.txt and bench.svg to")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -113,6 +113,7 @@ func writeBench(dir string, rows []latency.Row) error {
 	}
 	for name, write := range map[string]func(io.Writer) error{
 		"bench.txt": func(w io.Writer) error { benchTable(w, rows); return nil },
+		"bench.svg": func(w io.Writer) error { return latency.WriteSVG(w, rows) },
 	} {
 		f, err := os.Create(filepath.Join(dir, name))
 		if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"encoding/xml"
 	"fmt"
 	"io"
 	"os"
@@ -59,6 +60,36 @@ func TestBenchCommand(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "bench.json")); err != nil {
 		t.Fatal(err)
+	}
+	// bench.svg: well-formed, with the series of the one vCPU count.
+	svg, err := os.ReadFile(filepath.Join(dir, "bench.svg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := map[string]bool{}
+	d := xml.NewDecoder(bytes.NewReader(svg))
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("bench.svg is not well-formed: %v", err)
+		}
+		if se, ok := tok.(xml.StartElement); ok {
+			attr := map[string]string{}
+			for _, a := range se.Attr {
+				attr[a.Name.Local] = a.Value
+			}
+			if attr["class"] == "series" {
+				series[attr["data-quantity"]+"/"+attr["data-stat"]+"/"+attr["data-cpus"]] = true
+			}
+		}
+	}
+	for _, k := range []string{"pause_window/p50/1", "bare_pause_resume/p50/1", "enable/p50/1", "enable/max/1", "first_enable/first/1"} {
+		if !series[k] {
+			t.Errorf("bench.svg has no series %s (has %v)", k, series)
+		}
 	}
 	for _, bad := range [][]string{{"bench", "--cpus", "0"}, {"bench", "--funcs", "2000"}, {"bench", "--iterations", "0"}} {
 		if code := dispatch(bad, &out, &errb); code != 2 {
