@@ -1,13 +1,18 @@
 // Package latency measures what a live-patch switch costs on a running
 // guest: the pause window of an enable (every vCPU stopped until every vCPU
-// resumed, with the stack check and the text pokes inside it) and its end-to-
-// end latency, next to the bare Pause+Resume round trip measured in the same
-// run on the same guest. `klp-kvm bench` and the e2e benchmarks use it.
+// resumed, with the stack check and the text pokes inside it), its end-to-
+// end latency and the disable's, next to the bare Pause+Resume round trip
+// measured in the same run on the same guest; of each the median, the
+// 99th percentile and the max; and, apart from those cycles, the patch's
+// first enable, which also loads its image (see Measure). `klp-kvm bench`
+// and the e2e benchmarks use it; WriteSVG draws the rows.
 package latency
 
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
+	"runtime"
 	"sort"
 	"time"
 
@@ -22,12 +27,40 @@ type Config struct {
 	Engine     string // auto, kvm or emu
 	CPUs       []int  // vCPU counts, one booted guest each
 	Funcs      []int  // patch sizes, 1..1024 (livepatch-bench cut down)
-	Iterations int    // enable/disable cycles per point
-	// Progress, if set, is told about each point as it starts.
-	Progress func(cpus, funcs int)
+	Iterations int    // measured enable/disable cycles per point
+	// Cmdline is the guest kernel's command line: e.g. klp.workers=0 for
+	// a guest whose workers stay idle, klp.worker_sleep_ms=0 for workers
+	// that never sleep (they call the patched functions all the time).
+	Cmdline string
+	// Progress, if set, is told where the campaign is: at each boot, at
+	// the start of each point and after each cycle.
+	Progress func(Progress)
 }
 
-// Row is the medians of one (vCPUs, functions) point.
+// Progress is where a campaign is, for a progress display.
+type Progress struct {
+	Point  int    // the point being measured, from 0
+	Points int    // points in the campaign: len(CPUs) * len(Funcs)
+	CPUs   int    // the point's vCPU count
+	Funcs  int    // the point's function count
+	Phase  string // PhaseBoot, PhaseRegister, PhaseCycles or PhaseDone
+	Cycle  int    // cycles done at this point (the first, cold enable is one)
+	Cycles int    // cycles per point: Iterations + 1
+}
+
+// The phases of a point, in order.
+const (
+	PhaseBoot     = "boot"     // booting the guest for the point's vCPU count
+	PhaseRegister = "register" // registering the patch
+	PhaseCycles   = "cycles"   // the first (cold) enable and the measured cycles
+	PhaseDone     = "done"     // the whole campaign
+)
+
+// Row is one (vCPUs, functions) point: of each measured quantity the
+// median (the fields without a suffix, as before p99 and max were
+// added), the 99th percentile (nearest rank: with fewer than 100 cycles
+// it is the max) and the max over the measured cycles; and, apart from
+// them, the patch's register and its first, cold enable.
 type Row struct {
 	Engine     string        `json:"engine"`
 	CPUs       int           `json:"cpus"`
@@ -39,7 +72,32 @@ type Row struct {
 	Check      time.Duration `json:"check_ns"`
 	Poke       time.Duration `json:"poke_ns"`
 	Total      time.Duration `json:"enable_ns"`
-	Ratio      float64       `json:"window_over_bare"`
+	Ratio      float64       `json:"window_over_bare"` // of the medians
+
+	BareP99    time.Duration `json:"bare_pause_resume_p99_ns"`
+	BareMax    time.Duration `json:"bare_pause_resume_max_ns"`
+	WindowP99  time.Duration `json:"pause_window_p99_ns"`
+	WindowMax  time.Duration `json:"pause_window_max_ns"`
+	StopP99    time.Duration `json:"stop_p99_ns"`
+	StopMax    time.Duration `json:"stop_max_ns"`
+	CheckP99   time.Duration `json:"check_p99_ns"`
+	CheckMax   time.Duration `json:"check_max_ns"`
+	PokeP99    time.Duration `json:"poke_p99_ns"`
+	PokeMax    time.Duration `json:"poke_max_ns"`
+	TotalP99   time.Duration `json:"enable_p99_ns"`
+	TotalMax   time.Duration `json:"enable_max_ns"`
+	Disable    time.Duration `json:"disable_ns"` // end to end, like Total
+	DisableP99 time.Duration `json:"disable_p99_ns"`
+	DisableMax time.Duration `json:"disable_max_ns"`
+
+	// Register is the patch's register (parse, dry-run layout, sysfs).
+	Register time.Duration `json:"register_ns"`
+	// FirstEnable is the patch's first enable, end to end, measured
+	// apart from the cycles: it also loads the image into the patch area
+	// (lays it out against the kernel and writes it), which later enables
+	// find there. FirstWindow is its pause window.
+	FirstEnable time.Duration `json:"first_enable_ns"`
+	FirstWindow time.Duration `json:"first_pause_window_ns"`
 }
 
 // Run boots a guest per vCPU count and measures every patch size on it.
@@ -47,32 +105,52 @@ func Run(cfg Config) ([]Row, error) {
 	if cfg.Iterations <= 0 {
 		cfg.Iterations = 50
 	}
+	pr := Progress{Points: len(cfg.CPUs) * len(cfg.Funcs), Cycles: cfg.Iterations + 1}
+	tell := func(phase string, cycle int) {
+		if cfg.Progress != nil {
+			pr.Phase, pr.Cycle = phase, cycle
+			cfg.Progress(pr)
+		}
+	}
 	var rows []Row
 	for _, cpus := range cfg.CPUs {
-		s, err := vmm.Boot(vmm.Config{Engine: cfg.Engine, CPUs: cpus})
+		pr.CPUs, pr.Funcs = cpus, 0
+		tell(PhaseBoot, 0)
+		s, err := vmm.Boot(vmm.Config{Engine: cfg.Engine, CPUs: cpus, Cmdline: cfg.Cmdline})
 		if err != nil {
 			return rows, fmt.Errorf("boot %d vCPUs: %w", cpus, err)
 		}
 		for _, n := range cfg.Funcs {
-			if cfg.Progress != nil {
-				cfg.Progress(cpus, n)
-			}
-			r, err := Measure(s, n, cfg.Iterations)
+			pr.Funcs = n
+			tell(PhaseRegister, 0)
+			r, err := measure(s, n, cfg.Iterations, func(cycle int) { tell(PhaseCycles, cycle) })
 			if err != nil {
 				s.Close()
 				return rows, fmt.Errorf("%d vCPUs, %d functions: %w", cpus, n, err)
 			}
 			rows = append(rows, r)
+			pr.Point++
 		}
 		s.Close()
 	}
+	pr.Point = pr.Points
+	tell(PhaseDone, 0)
 	return rows, nil
 }
 
-// Measure enables and disables livepatch-bench cut down to n functions
-// iters times on a booted guest, with a bare Pause+Resume before each
-// enable, and returns the medians.
+// Measure registers livepatch-bench cut down to n functions on a booted
+// guest, enables and disables it once (the first, cold enable, which
+// loads the image: Row.FirstEnable), then iters times more with a bare
+// Pause+Resume before each enable, and returns the statistics of those
+// iters cycles. A GC runs before the first enable and before the cycles,
+// as the testing package does before a benchmark: the garbage of the
+// register and of the image's layout is not collected inside them.
 func Measure(s *vmm.VMM, n, iters int) (Row, error) {
+	return measure(s, n, iters, nil)
+}
+
+// measure is Measure, telling cycle (if set) how many cycles are done.
+func measure(s *vmm.VMM, n, iters int, cycle func(int)) (Row, error) {
 	full, err := guestkernel.Patch("livepatch-bench")
 	if err != nil {
 		return Row{}, err
@@ -81,15 +159,31 @@ func Measure(s *vmm.VMM, n, iters int) (Row, error) {
 	if err != nil {
 		return Row{}, err
 	}
+	t0 := time.Now()
 	p, err := s.Manager.Register(o, "livepatch-bench.o")
 	if err != nil {
 		return Row{}, err
 	}
+	register := time.Since(t0)
 	defer s.Manager.Unregister(p.Name)
 	if got := len(p.Objects[0].Funcs); got != n {
 		return Row{}, fmt.Errorf("truncated patch has %d functions, want %d", got, n)
 	}
-	var windows, totals, bare, stops, checks, pokes []time.Duration
+	r := Row{Engine: s.Machine.EngineName(), CPUs: s.Machine.NumCPUs(), Funcs: n, Iterations: iters, Register: register}
+	runtime.GC()
+	first, err := s.Manager.Enable(p.Name, livepatch.Options{})
+	if err != nil {
+		return Row{}, fmt.Errorf("first enable: %w", err)
+	}
+	r.FirstEnable, r.FirstWindow = first.Total, first.PauseWindow
+	if _, err := s.Manager.Disable(p.Name, livepatch.Options{}); err != nil {
+		return Row{}, fmt.Errorf("first disable: %w", err)
+	}
+	if cycle != nil {
+		cycle(1)
+	}
+	runtime.GC()
+	var windows, totals, bare, stops, checks, pokes, disables []time.Duration
 	for i := 0; i < iters; i++ {
 		t0 := time.Now()
 		if err := s.Machine.Pause(); err != nil {
@@ -108,26 +202,60 @@ func Measure(s *vmm.VMM, n, iters int) (Row, error) {
 		checks = append(checks, res.Check)
 		pokes = append(pokes, res.Poke)
 		totals = append(totals, res.Total)
-		if _, err := s.Manager.Disable(p.Name, livepatch.Options{}); err != nil {
+		dis, err := s.Manager.Disable(p.Name, livepatch.Options{})
+		if err != nil {
 			return Row{}, err
 		}
+		disables = append(disables, dis.Total)
+		if cycle != nil {
+			cycle(i + 2)
+		}
 	}
-	r := Row{Engine: s.Machine.EngineName(), CPUs: s.Machine.NumCPUs(), Funcs: n, Iterations: iters, Bare: Median(bare), Window: Median(windows), Stop: Median(stops),
-		Check: Median(checks), Poke: Median(pokes), Total: Median(totals)}
+	r.Bare, r.BareP99, r.BareMax = stats(bare)
+	r.Window, r.WindowP99, r.WindowMax = stats(windows)
+	r.Stop, r.StopP99, r.StopMax = stats(stops)
+	r.Check, r.CheckP99, r.CheckMax = stats(checks)
+	r.Poke, r.PokeP99, r.PokeMax = stats(pokes)
+	r.Total, r.TotalP99, r.TotalMax = stats(totals)
+	r.Disable, r.DisableP99, r.DisableMax = stats(disables)
 	if r.Bare > 0 {
 		r.Ratio = float64(r.Window) / float64(r.Bare)
 	}
 	return r, nil
 }
 
-// Median returns the median of d (0 for none).
+// stats returns the median, the 99th percentile and the max of d.
+func stats(d []time.Duration) (p50, p99, max time.Duration) {
+	return Median(d), Percentile(d, 99), Percentile(d, 100)
+}
+
+// Median returns the median of d (0 for none); of an even count, the
+// upper of the two middle values.
 func Median(d []time.Duration) time.Duration {
 	if len(d) == 0 {
 		return 0
 	}
+	s := sorted(d)
+	return s[len(s)/2]
+}
+
+// Percentile returns the p-th percentile of d by nearest rank (the
+// smallest value with at least p% of d at or below it; 0 for none):
+// Percentile(d, 100) is the max, and with fewer than 100 values
+// Percentile(d, 99) is the max too.
+func Percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := sorted(d)
+	i := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+func sorted(d []time.Duration) []time.Duration {
 	s := append([]time.Duration(nil), d...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
+	return s
 }
 
 // TruncatePatch keeps the first n entries of a patch object's funcs[]

@@ -42,3 +42,26 @@ func TestMedian(t *testing.T) {
 		t.Fatalf("median of none %v", m)
 	}
 }
+
+func TestPercentile(t *testing.T) {
+	var d []time.Duration
+	for i := 100; i >= 1; i-- {
+		d = append(d, time.Duration(i))
+	}
+	for p, want := range map[float64]time.Duration{99: 99, 100: 100, 50: 50, 1: 1, 0: 1} {
+		if got := Percentile(d, p); got != want {
+			t.Errorf("p%v of 1..100 = %v, want %v", p, got, want)
+		}
+	}
+	fifty := d[50:] // 50..1
+	if got := Percentile(fifty, 99); got != 50 {
+		t.Errorf("p99 of 50 values = %v, want their max", got)
+	}
+	if got := Percentile(nil, 99); got != 0 {
+		t.Errorf("p99 of none = %v", got)
+	}
+	p50, p99, mx := stats([]time.Duration{3, 1, 2})
+	if p50 != 2 || p99 != 3 || mx != 3 {
+		t.Errorf("stats: %v %v %v", p50, p99, mx)
+	}
+}

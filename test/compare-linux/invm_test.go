@@ -1,0 +1,234 @@
+//go:build comparelinux
+
+package comparelinux
+
+// The in-VM half: run by the nested tier's /init (test/nested/vminit) as
+// one of its test binaries, with -test.run=^TestInVM.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"klp-kvm/latency"
+)
+
+// Where the host's initramfs puts the module, and what Linux calls it.
+const (
+	modulePath = "/klp-compare/livepatch-sample.ko"
+	moduleName = "livepatch_sample"
+	patchDir   = "/sys/kernel/livepatch/" + moduleName
+	patched    = "this has been live patched\n"
+)
+
+func inVM(t *testing.T) {
+	if os.Getenv("KLP_COMPARE_INVM") != "1" {
+		t.Skip("runs in the VM that TestCompareLinux boots (KLP_COMPARE_INVM=1)")
+	}
+}
+
+func emit(r result) { fmt.Println(r.line()) }
+
+// TestInVMLinuxLivepatch loads, enables, disables and unloads
+// livepatch-sample.ko KLP_COMPARE_CYCLES times (default 20) idle, then
+// as many times busy (a task per CPU reading /proc/cmdline, the patched
+// function, in a loop), and prints the samples.
+func TestInVMLinuxLivepatch(t *testing.T) {
+	inVM(t)
+	cycles := envInt("KLP_COMPARE_CYCLES", 20)
+	orig, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uts unix.Utsname
+	unix.Uname(&uts)
+	emit(result{Kind: "info", Info: fmt.Sprintf("Linux %s, %d CPUs, livepatch-sample.ko, %d cycles per mode",
+		unix.ByteSliceToString(uts.Release[:]), runtime.NumCPU(), cycles)})
+	for _, mode := range modes {
+		r := result{Kind: "linux", Mode: mode}
+		var stop func()
+		if mode == modeBusy {
+			stop = startHogs(t, runtime.NumCPU())
+		}
+		for i := 0; i < cycles; i++ {
+			if err := linuxCycle(&r, orig); err != nil {
+				if stop != nil {
+					stop()
+				}
+				t.Fatalf("%s cycle %d: %v", mode, i, err)
+			}
+		}
+		if stop != nil {
+			stop()
+		}
+		emit(r)
+	}
+}
+
+// linuxCycle is one insmod, enable transition, disable transition and
+// rmmod, timed (see result).
+func linuxCycle(r *result, orig []byte) error {
+	f, err := os.Open(modulePath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	t0 := time.Now()
+	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil {
+		return fmt.Errorf("finit_module %s: %w", modulePath, err)
+	}
+	t1 := time.Now()
+	if err := waitTransition(false); err != nil {
+		return fmt.Errorf("enable: %w", err)
+	}
+	t2 := time.Now()
+	if got, _ := os.ReadFile("/proc/cmdline"); string(got) != patched {
+		return fmt.Errorf("enabled, but /proc/cmdline reads %q", got)
+	}
+	t3 := time.Now()
+	if err := os.WriteFile(patchDir+"/enabled", []byte("0"), 0); err != nil {
+		return fmt.Errorf("disable: %w", err)
+	}
+	if err := waitTransition(true); err != nil {
+		return fmt.Errorf("disable: %w", err)
+	}
+	t4 := time.Now()
+	if got, _ := os.ReadFile("/proc/cmdline"); !bytes.Equal(got, orig) {
+		return fmt.Errorf("disabled, but /proc/cmdline reads %q", got)
+	}
+	if err := unload(); err != nil {
+		return err
+	}
+	t5 := time.Now()
+	r.Load = append(r.Load, int64(t1.Sub(t0)))
+	r.Enable = append(r.Enable, int64(t2.Sub(t0)))
+	r.Transition = append(r.Transition, int64(t2.Sub(t1)))
+	r.Disable = append(r.Disable, int64(t4.Sub(t3)))
+	r.Unload = append(r.Unload, int64(t5.Sub(t4)))
+	return nil
+}
+
+// waitTransition polls <patch>/transition until it reads 0: at once,
+// then every 100 µs doubling to 2 ms (well under the transitions'
+// times, which Linux's retry every second dominates). After a disable
+// the patch's directory goes when the transition completes (the patch
+// is freed): gone counts as done then, and so does ENODEV, which a read
+// gets while the directory is being removed.
+func waitTransition(goneOK bool) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for wait := 100 * time.Microsecond; ; wait = min(2*wait, 2*time.Millisecond) {
+		b, err := os.ReadFile(patchDir + "/transition")
+		gone := errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENODEV)
+		switch {
+		case err == nil && strings.TrimSpace(string(b)) == "0":
+			return nil
+		case gone && goneOK:
+			return nil
+		case err != nil && !gone:
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s/transition not 0 after 60 s (%q, %v)", patchDir, b, err)
+		}
+		time.Sleep(wait)
+	}
+}
+
+// unload removes the module once the disabled patch is freed (its
+// directory gone; until then delete_module says EBUSY or EAGAIN).
+func unload() error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := unix.DeleteModule(moduleName, unix.O_NONBLOCK)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
+			return fmt.Errorf("delete_module %s: %w", moduleName, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// startHogs starts n processes (this binary again, TestInVMHog) that
+// read /proc/cmdline in a loop, and returns what stops them.
+func startHogs(t *testing.T, n int) func() {
+	var cmds []*exec.Cmd
+	for i := 0; i < n; i++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestInVMHog$", "-test.timeout=0")
+		cmd.Env = append(os.Environ(), "KLP_COMPARE_HOG=1", "GOMAXPROCS=1")
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start hog: %v", err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	// The hogs are running once they have read the file a few times:
+	// their own start costs ~100 ms under TCG; a second is ample.
+	time.Sleep(time.Second)
+	return func() {
+		for _, c := range cmds {
+			c.Process.Kill()
+			c.Wait()
+		}
+	}
+}
+
+// TestInVMHog is a busy task of the busy mode: it reads /proc/cmdline
+// (cmdline_proc_show, the function patched) until it is killed.
+func TestInVMHog(t *testing.T) {
+	if os.Getenv("KLP_COMPARE_HOG") != "1" {
+		t.Skip("a hog of TestInVMLinuxLivepatch's busy mode (KLP_COMPARE_HOG=1)")
+	}
+	for {
+		os.ReadFile("/proc/cmdline")
+	}
+}
+
+// TestInVMKlpKvmBench runs `klp-kvm bench --engine kvm --cpus 2 --funcs
+// 1` in each mode: once with KLP_COMPARE_ITERATIONS measured cycles
+// (default 100), once with KLP_COMPARE_COLD points of one cycle (default
+// 4) for more first enables; and prints the rows.
+func TestInVMKlpKvmBench(t *testing.T) {
+	inVM(t)
+	bin := os.Getenv("KLP_KVM_BIN")
+	if bin == "" {
+		t.Fatal("no KLP_KVM_BIN: the host did not put klp-kvm into the VM")
+	}
+	iters := envInt("KLP_COMPARE_ITERATIONS", 100)
+	cold := envInt("KLP_COMPARE_COLD", 4)
+	cpus := fmt.Sprint(runtime.NumCPU())
+	for _, mode := range modes {
+		r := result{Kind: "klp-kvm", Mode: mode}
+		r.Warm = bench(t, bin, "--cpus", cpus, "--funcs", "1", "--iterations", fmt.Sprint(iters), "--cmdline", benchCmdline[mode])
+		r.Cold = bench(t, bin, "--cpus", cpus, "--funcs", strings.TrimSuffix(strings.Repeat("1,", cold), ","), "--iterations", "1", "--cmdline", benchCmdline[mode])
+		emit(r)
+	}
+}
+
+func bench(t *testing.T, bin string, args ...string) []latency.Row {
+	args = append([]string{"bench", "--engine", "kvm", "--json"}, args...)
+	cmd := exec.Command(bin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	fmt.Printf("klp-kvm %s: %v\n%s", strings.Join(args, " "), time.Since(start).Round(time.Millisecond), errb.String())
+	if err != nil {
+		t.Fatalf("klp-kvm %s: %v\n%s", strings.Join(args, " "), err, errb.String())
+	}
+	var rows []latency.Row
+	if err := json.Unmarshal(out.Bytes(), &rows); err != nil {
+		t.Fatalf("klp-kvm bench --json: %v\n%s", err, out.String())
+	}
+	return rows
+}
