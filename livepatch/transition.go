@@ -837,6 +837,9 @@ func (m *Manager) layoutImage(op string, p *Patch) (uint64, *elfpatch.Image, err
 	if err != nil {
 		return 0, nil, &Error{Op: op, Patch: p.Name, Errno: syscall.ENOMEM, Err: err}
 	}
+	if p.dry != nil && p.dry.Base == addr {
+		return addr, p.dry, nil // register's layout, at this very address
+	}
 	im, err := p.parsed.Layout(addr, m.kernel)
 	if err != nil {
 		return 0, nil, m.freeSpace(addr, &Error{Op: op, Patch: p.Name, Errno: syscall.EINVAL, Err: err})
