@@ -159,8 +159,8 @@ type Patch struct {
 	// enable that gets the same address uses it instead of laying the
 	// patch out again (the cost behind the slow first enable: 2-3 ms at
 	// 1024 functions).
-	dry   *elfpatch.Image
-	saved []byte // patch-area bytes the image overwrote (restored on failure)
+	dry    *elfpatch.Image
+	saved  []byte // patch-area bytes the image overwrote (restored on failure)
 	target bool   // while Transition: the state the transition goes to (klp_target_state)
 	// cbPending: a callback call into this image failed (it timed out,
 	// the agent went away): the guest may still run it.
