@@ -387,14 +387,14 @@ func TestStateStatus(t *testing.T) {
 	}
 }
 
-// Patch objects built before klp_state (guestkernel/testdata/abi1: the
+// Patch objects built before klp_state (test/e2e/testdata/abi1: the
 // samples as committed then) register, enable with their callbacks,
 // stack, show no states, are listed without a states array, and may be
 // replaced by a state patch (they have no state to hand over).
 func TestABI1Objects(t *testing.T) {
 	_, m, r := newStateManager(t)
 	read := func(name string) []byte {
-		b, err := os.ReadFile("../guestkernel/testdata/abi1/" + name + ".o")
+		b, err := os.ReadFile("../test/e2e/testdata/abi1/" + name + ".o")
 		if err != nil {
 			t.Fatal(err)
 		}

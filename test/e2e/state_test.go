@@ -2,8 +2,8 @@ package e2e
 
 import (
 	"context"
+	"embed"
 	"errors"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -263,14 +263,20 @@ func TestStateIncompatible(t *testing.T) {
 		"test_klp_state2: free_loglevel_state: freeing space for the stored console_loglevel")
 }
 
-// Patch objects built before klp_state (guestkernel/testdata/abi1: the
+// abi1Objects are embedded, not read from the tree: the nested tier runs
+// this test binary inside a VM without the sources.
+//
+//go:embed testdata/abi1/*.o
+var abi1Objects embed.FS
+
+// Patch objects built before klp_state (testdata/abi1: the
 // samples as committed then, the first struct klp_patch layout) load,
 // run and stack in today's guest, and a state patch replaces them.
 func TestStateABI1Objects(t *testing.T) {
 	s := stateGuest(t)
 	orig := sh(t, s, "cat /proc/cmdline")
 	for _, name := range []string{"livepatch-sample", "livepatch-callbacks"} {
-		b, err := os.ReadFile("../../guestkernel/testdata/abi1/" + name + ".o")
+		b, err := abi1Objects.ReadFile("testdata/abi1/" + name + ".o")
 		if err != nil {
 			t.Fatal(err)
 		}
