@@ -146,6 +146,7 @@ type Txn struct {
 	oldTramps []uint64 // released by sites going back to NOP (freed by Finish)
 	before    []Site   // the changed sites' states before
 	after     []Site
+	live      []*Site // the site table's entries of before/after, resolved ahead of the pause
 	committed bool
 	done      bool
 }
@@ -216,6 +217,7 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 		}
 		x.before = append(x.before, *s)
 		x.after = append(x.after, nu)
+		x.live = append(x.live, s)
 	}
 	// Trampolines and slots before the sites that jump to them (all under
 	// one pause, but a consistent order costs nothing).
@@ -226,8 +228,16 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 }
 
 // group sorts and clusters the pokes ahead of the pause, which then pays
-// only for reads, compares and writes.
-func (x *Txn) group() { x.cl, x.clErr = clusters(x.pokes) }
+// only for reads, compares and writes, and snapshots each cluster's
+// bytes as the commit expects to find them and as it will write them
+// (expect), so that a commit whose clusters are unchanged since pays one
+// compare and one write per cluster.
+func (x *Txn) group() {
+	x.cl, x.clErr = clusters(x.pokes)
+	if x.clErr == nil {
+		expect(x.t.mem, x.cl)
+	}
+}
 
 // Stage writes the fresh trampolines now, while the guest runs: no site
 // jumps to them before Commit, so nothing can execute them, and the pause
@@ -290,8 +300,8 @@ func (x *Txn) Commit() error {
 	if err := applyClusters(x.t.mem, x.cl); err != nil {
 		return err
 	}
-	for _, s := range x.after {
-		*x.t.sites[s.Addr] = s
+	for i, s := range x.after {
+		*x.live[i] = s
 	}
 	x.committed = true
 	return nil
@@ -306,8 +316,8 @@ func (x *Txn) Rollback() error {
 	if err := Apply(x.t.mem, Invert(x.pokes)); err != nil {
 		return err
 	}
-	for _, s := range x.before {
-		*x.t.sites[s.Addr] = s
+	for i, s := range x.before {
+		*x.live[i] = s
 	}
 	x.committed = false
 	x.unstage()
