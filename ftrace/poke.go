@@ -191,7 +191,9 @@ func clusters(pokes []Poke) ([]cluster, error) {
 	}
 	sorted := append([]Poke(nil), pokes...)
 	sort.Slice(sorted, func(a, b int) bool { return sorted[a].Addr < sorted[b].Addr })
+	// A cluster's pokes are a run of sorted: its subslice, not a copy.
 	var out []cluster
+	start := 0
 	for i, p := range sorted {
 		end := p.Addr + uint64(len(p.New))
 		if i > 0 {
@@ -203,11 +205,12 @@ func clusters(pokes []Poke) ([]cluster, error) {
 			c := &out[n-1]
 			if p.Addr <= c.hi+clusterGap && max(end, c.hi)-c.lo <= maxCluster {
 				c.hi = max(c.hi, end)
-				c.pokes = append(c.pokes, p)
+				c.pokes = sorted[start : i+1 : i+1]
 				continue
 			}
 		}
-		out = append(out, cluster{lo: p.Addr, hi: end, pokes: []Poke{p}})
+		start = i
+		out = append(out, cluster{lo: p.Addr, hi: end, pokes: sorted[i : i+1 : i+1]})
 	}
 	return out, nil
 }
