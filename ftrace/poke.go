@@ -61,7 +61,23 @@ func applyClusters(mem Memory, cl []cluster) error {
 	// Verify everything first.
 	for i := range cl {
 		c := &cl[i]
-		c.cur = make([]byte, c.hi-c.lo)
+		if c.want != nil {
+			// The snapshot taken ahead of the pause (expect): one read
+			// and one compare of the whole cluster. Equal, every poke
+			// finds its Old bytes and the bytes between them are as
+			// read now: c.next is what the poke-by-poke path below
+			// would write. Not equal (the guest changed something in
+			// the cluster since), the poke-by-poke path decides.
+			c.cur = c.buf[:c.hi-c.lo]
+			if mem.ReadVirt(c.lo, c.cur) == nil && bytes.Equal(c.cur, c.want) {
+				c.fast, c.split = true, false
+				continue
+			}
+			c.fast = false
+		} else {
+			c.cur = make([]byte, c.hi-c.lo)
+		}
+		c.split = false
 		if err := mem.ReadVirt(c.lo, c.cur); err != nil {
 			// The cluster may span an unmapped hole: fall back to one
 			// read per poke so the error names the poke that faults.
@@ -85,9 +101,14 @@ func applyClusters(mem Memory, cl []cluster) error {
 	for i := range cl {
 		c := &cl[i]
 		if !c.split {
-			buf := append([]byte(nil), c.cur...)
-			for _, p := range c.pokes {
-				copy(buf[p.Addr-c.lo:], p.New)
+			var buf []byte
+			if c.fast {
+				buf = c.next
+			} else {
+				buf = append([]byte(nil), c.cur...)
+				for _, p := range c.pokes {
+					copy(buf[p.Addr-c.lo:], p.New)
+				}
 			}
 			if err := mem.WriteVirt(c.lo, buf); err != nil {
 				undo(mem, done)
@@ -127,6 +148,35 @@ type cluster struct {
 	pokes  []Poke
 	cur    []byte
 	split  bool
+
+	// Ahead of the pause (expect): want is the cluster as read then,
+	// with every poke's Old bytes in place, next the same with the New
+	// bytes; buf is room for the read inside the pause. nil when the
+	// cluster could not be read then. fast: the read inside the pause
+	// equalled want.
+	want, next, buf []byte
+	fast            bool
+}
+
+// expect snapshots each cluster (the guest may be running: the snapshot
+// is only a guess, checked against a fresh read inside the pause). A
+// cluster that does not read in one piece gets no snapshot.
+func expect(mem Memory, cl []cluster) {
+	for i := range cl {
+		c := &cl[i]
+		n := c.hi - c.lo
+		b := make([]byte, 3*n)
+		want, next, buf := b[:n:n], b[n:2*n:2*n], b[2*n:]
+		if mem.ReadVirt(c.lo, want) != nil {
+			continue
+		}
+		copy(next, want)
+		for _, p := range c.pokes {
+			copy(want[p.Addr-c.lo:], p.Old)
+			copy(next[p.Addr-c.lo:], p.New)
+		}
+		c.want, c.next, c.buf = want, next, buf
+	}
 }
 
 // clusters checks pokes and groups them by address; overlapping pokes
@@ -141,7 +191,9 @@ func clusters(pokes []Poke) ([]cluster, error) {
 	}
 	sorted := append([]Poke(nil), pokes...)
 	sort.Slice(sorted, func(a, b int) bool { return sorted[a].Addr < sorted[b].Addr })
+	// A cluster's pokes are a run of sorted: its subslice, not a copy.
 	var out []cluster
+	start := 0
 	for i, p := range sorted {
 		end := p.Addr + uint64(len(p.New))
 		if i > 0 {
@@ -153,11 +205,12 @@ func clusters(pokes []Poke) ([]cluster, error) {
 			c := &out[n-1]
 			if p.Addr <= c.hi+clusterGap && max(end, c.hi)-c.lo <= maxCluster {
 				c.hi = max(c.hi, end)
-				c.pokes = append(c.pokes, p)
+				c.pokes = sorted[start : i+1 : i+1]
 				continue
 			}
 		}
-		out = append(out, cluster{lo: p.Addr, hi: end, pokes: []Poke{p}})
+		start = i
+		out = append(out, cluster{lo: p.Addr, hi: end, pokes: sorted[i : i+1 : i+1]})
 	}
 	return out, nil
 }

@@ -146,6 +146,7 @@ type Txn struct {
 	oldTramps []uint64 // released by sites going back to NOP (freed by Finish)
 	before    []Site   // the changed sites' states before
 	after     []Site
+	live      []*Site // the site table's entries of before/after, resolved ahead of the pause
 	committed bool
 	done      bool
 }
@@ -156,9 +157,14 @@ type Txn struct {
 // bytes.
 func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 	const op = "prepare"
-	x := &Txn{t: t}
-	seen := map[uint64]bool{}
-	var trampPokes, slotPokes, sitePokes []Poke
+	x := &Txn{t: t, before: make([]Site, 0, len(updates)), after: make([]Site, 0, len(updates)),
+		live: make([]*Site, 0, len(updates))}
+	seen := make(map[uint64]bool, len(updates))
+	trampPokes := make([]Poke, 0, len(updates))
+	sitePokes := make([]Poke, 0, len(updates))
+	var slotPokes []Poke
+	// The fresh trampolines' expected bytes, one allocation for all.
+	curs := make([]byte, 0, TrampSize*len(updates))
 	for _, u := range updates {
 		s, ok := t.sites[u.Site]
 		if !ok {
@@ -204,7 +210,8 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 				x.Abort()
 				return nil, &Error{Op: op, Kind: ErrRange, Addr: s.Addr, Site: s.Where(), Err: err}
 			}
-			cur := make([]byte, TrampSize)
+			cur := curs[len(curs) : len(curs)+TrampSize : len(curs)+TrampSize]
+			curs = curs[:len(curs)+TrampSize]
 			if err := t.mem.ReadVirt(tr, cur); err != nil {
 				x.Abort()
 				return nil, &Error{Op: op, Kind: ErrMemory, Addr: tr, Site: s.Where(), Err: err}
@@ -216,18 +223,27 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 		}
 		x.before = append(x.before, *s)
 		x.after = append(x.after, nu)
+		x.live = append(x.live, s)
 	}
 	// Trampolines and slots before the sites that jump to them (all under
 	// one pause, but a consistent order costs nothing).
 	x.tramps = trampPokes
-	x.pokes = append(append(append([]Poke(nil), trampPokes...), slotPokes...), sitePokes...)
-	x.group()
-	return x, nil
+	x.pokes = append(append(append(make([]Poke, 0, len(trampPokes)+len(slotPokes)+len(sitePokes)), trampPokes...), slotPokes...), sitePokes...)
+	return x, nil // grouped by Stage, or else by Commit
 }
 
-// group sorts and clusters the pokes ahead of the pause, which then pays
-// only for reads, compares and writes.
-func (x *Txn) group() { x.cl, x.clErr = clusters(x.pokes) }
+// group sorts and clusters the pokes ahead of the pause (Stage; a Txn
+// that is not staged is grouped by its Commit), which then pays
+// only for reads, compares and writes, and snapshots each cluster's
+// bytes as the commit expects to find them and as it will write them
+// (expect), so that a commit whose clusters are unchanged since pays one
+// compare and one write per cluster.
+func (x *Txn) group() {
+	x.cl, x.clErr = clusters(x.pokes)
+	if x.clErr == nil {
+		expect(x.t.mem, x.cl)
+	}
+}
 
 // Stage writes the fresh trampolines now, while the guest runs: no site
 // jumps to them before Commit, so nothing can execute them, and the pause
@@ -284,14 +300,17 @@ func (x *Txn) Commit() error {
 	if x.done || x.committed {
 		return errorf("commit", ErrState, 0, "transaction already committed or ended")
 	}
+	if x.cl == nil && x.clErr == nil {
+		x.cl, x.clErr = clusters(x.pokes) // not staged: no snapshot (expect) to take now
+	}
 	if x.clErr != nil {
 		return x.clErr
 	}
 	if err := applyClusters(x.t.mem, x.cl); err != nil {
 		return err
 	}
-	for _, s := range x.after {
-		*x.t.sites[s.Addr] = s
+	for i, s := range x.after {
+		*x.live[i] = s
 	}
 	x.committed = true
 	return nil
@@ -306,8 +325,8 @@ func (x *Txn) Rollback() error {
 	if err := Apply(x.t.mem, Invert(x.pokes)); err != nil {
 		return err
 	}
-	for _, s := range x.before {
-		*x.t.sites[s.Addr] = s
+	for i, s := range x.before {
+		*x.live[i] = s
 	}
 	x.committed = false
 	x.unstage()

@@ -375,6 +375,11 @@ func (m *Manager) tryCompleteTransition(t *transition) (*blocker, error) {
 	t.res.Attempts++
 	t.attempts.Store(int32(t.res.Attempts))
 	force := t.o.Force || t.forceReq.Load()
+	// No GC cycle inside the pause window (gchold.go): the hold waits
+	// for one in progress before the pause is asked for, and ends once
+	// the guest runs again (every return below follows a Resume, or a
+	// Pause that failed).
+	defer holdGC()()
 	t0 := time.Now()
 	if err := m.g.Pause(); err != nil {
 		return &blocker{who: "the guest", what: "could not be stopped: " + err.Error()}, nil
