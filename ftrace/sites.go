@@ -82,11 +82,16 @@ type Tracer struct {
 	mem   Memory
 	alloc *Allocator
 	sites map[uint64]*Site
+	// jmp holds the sites in StateJmp as of the last Redirected; changed
+	// lists the committed or rolled back transactions since, whose sites
+	// Redirected re-reads (so that the pause only appends a pointer).
+	jmp     map[uint64]*Site
+	changed []*Txn
 }
 
 // New builds the site table from the kernel's fentry sites (all NOP).
 func New(mem Memory, alloc *Allocator, sites []elfpatch.Site) *Tracer {
-	t := &Tracer{mem: mem, alloc: alloc, sites: make(map[uint64]*Site, len(sites))}
+	t := &Tracer{mem: mem, alloc: alloc, sites: make(map[uint64]*Site, len(sites)), jmp: map[uint64]*Site{}}
 	for _, s := range sites {
 		t.sites[s.Addr] = &Site{Addr: s.Addr, Func: s.Func, FuncOff: s.Offset, Nop: s.Bytes}
 	}
@@ -113,14 +118,32 @@ func (t *Tracer) NumSites() int { return len(t.sites) }
 
 // Redirected returns the sites in StateJmp, by address.
 func (t *Tracer) Redirected() []Site {
+	t.sync()
 	var out []Site
-	for _, s := range t.sites {
-		if s.State == StateJmp {
-			out = append(out, *s)
-		}
+	if len(t.jmp) > 0 {
+		out = make([]Site, 0, len(t.jmp))
+	}
+	for _, s := range t.jmp {
+		out = append(out, *s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
 	return out
+}
+
+// sync brings jmp up to date with the transactions committed or rolled
+// back since the last call.
+func (t *Tracer) sync() {
+	for _, x := range t.changed {
+		for _, s := range x.live {
+			if s.State == StateJmp {
+				t.jmp[s.Addr] = s
+			} else {
+				delete(t.jmp, s.Addr)
+			}
+		}
+	}
+	clear(t.changed)
+	t.changed = t.changed[:0]
 }
 
 // Update asks for a site's new target: a function address, or 0 to put
@@ -157,6 +180,7 @@ type Txn struct {
 // bytes.
 func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 	const op = "prepare"
+	t.sync() // bounds changed to the transactions of one Prepare's lifetime
 	x := &Txn{t: t, before: make([]Site, 0, len(updates)), after: make([]Site, 0, len(updates)),
 		live: make([]*Site, 0, len(updates))}
 	seen := make(map[uint64]bool, len(updates))
@@ -312,6 +336,7 @@ func (x *Txn) Commit() error {
 	for i, s := range x.after {
 		*x.live[i] = s
 	}
+	x.t.changed = append(x.t.changed, x)
 	x.committed = true
 	return nil
 }
@@ -328,6 +353,7 @@ func (x *Txn) Rollback() error {
 	for i, s := range x.before {
 		*x.live[i] = s
 	}
+	x.t.changed = append(x.t.changed, x)
 	x.committed = false
 	x.unstage()
 	return nil
