@@ -486,3 +486,54 @@ func TestRedirectedIncremental(t *testing.T) {
 		}
 	}
 }
+
+// AllocN puts its blocks where successive Allocs would, or allocates
+// nothing when they do not all fit.
+func TestAllocNMatchesAlloc(t *testing.T) {
+	rnd := uint64(7)
+	next := func(n uint64) uint64 { rnd = rnd*6364136223846793005 + 1442695040888963407; return (rnd >> 33) % n }
+	for round := 0; round < 2000; round++ {
+		a, _ := NewAllocator(0x10000+next(8), 0x400+next(0x200))
+		b, _ := NewAllocator(a.Base(), a.Size())
+		var live []uint64
+		for k := next(12); k > 0; k-- { // a fragmented area
+			sz, al := 1+next(0x40), uint64(1)<<next(6)
+			x, errA := a.Alloc(sz, al)
+			y, errB := b.Alloc(sz, al)
+			if (errA == nil) != (errB == nil) || x != y {
+				t.Fatal("allocators diverged")
+			}
+			if errA == nil {
+				live = append(live, x)
+			}
+		}
+		for _, x := range live {
+			if next(2) == 0 {
+				a.Free(x)
+				b.Free(x)
+			}
+		}
+		n, sz, al := int(next(40)), 1+next(0x30), uint64(1)<<next(6)
+		got, err := a.AllocN(n, sz, al)
+		var want []uint64
+		var werr error
+		before := fmt.Sprint(b.used)
+		for i := 0; i < n; i++ {
+			x, err := b.Alloc(sz, al)
+			if err != nil {
+				werr = err
+				break
+			}
+			want = append(want, x)
+		}
+		if werr != nil {
+			if !errors.Is(err, ErrNoMem) || got != nil || fmt.Sprint(a.used) != before {
+				t.Fatalf("round %d: AllocN(%d, %d, %d) = %v, %v; want ENOMEM and no change", round, n, sz, al, got, err)
+			}
+			continue
+		}
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(want) || fmt.Sprint(a.used) != fmt.Sprint(b.used) {
+			t.Fatalf("round %d: AllocN(%d, %d, %d) = %v, %v\nwant %v\nused %v\nwant %v", round, n, sz, al, got, err, want, a.used, b.used)
+		}
+	}
+}

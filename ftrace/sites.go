@@ -189,6 +189,21 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 	var slotPokes []Poke
 	// The fresh trampolines' expected bytes, one allocation for all.
 	curs := make([]byte, 0, TrampSize*len(updates))
+	// The fresh trampolines, allocated in one walk of the patch area (at
+	// the addresses one Alloc each would give). They are x.newTramps from
+	// the start, so any error below frees them all. If they do not all
+	// fit, each is allocated in turn, so the error is the one it would be.
+	nNew := 0
+	for _, u := range updates {
+		if s, ok := t.sites[u.Site]; ok && u.Target != 0 && s.State == StateNop {
+			nNew++
+		}
+	}
+	pool, err := t.alloc.AllocN(nNew, TrampSize, TrampAlign)
+	if err != nil {
+		pool = nil
+	}
+	x.newTramps = pool
 	for _, u := range updates {
 		s, ok := t.sites[u.Site]
 		if !ok {
@@ -223,12 +238,17 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 			slotPokes = append(slotPokes, Poke{Addr: s.Tramp + TrampSlotOff, Old: o[:], New: n[:], Where: s.Where() + " slot"})
 			nu.Target = u.Target
 		default:
-			tr, err := t.alloc.Alloc(TrampSize, TrampAlign)
-			if err != nil {
-				x.Abort()
-				return nil, err
+			var tr uint64
+			if len(pool) > 0 {
+				tr, pool = pool[0], pool[1:]
+			} else {
+				var err error
+				if tr, err = t.alloc.Alloc(TrampSize, TrampAlign); err != nil {
+					x.Abort()
+					return nil, err
+				}
+				x.newTramps = append(x.newTramps, tr)
 			}
-			x.newTramps = append(x.newTramps, tr)
 			jmp, err := JmpRel32(s.Addr, tr)
 			if err != nil {
 				x.Abort()
