@@ -64,6 +64,62 @@ func (a *Allocator) Alloc(size, align uint64) (uint64, error) {
 		size, align, a.InUse(), a.size)
 }
 
+// AllocN allocates n blocks of size bytes aligned to align, each where n
+// successive Allocs would put it (lowest address first), in one walk of
+// the used blocks rather than one per block. All or nothing: if the n
+// blocks do not fit, nothing is allocated (ENOMEM-kind error).
+func (a *Allocator) AllocN(n int, size, align uint64) ([]uint64, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	if n == 1 {
+		at, err := a.Alloc(size, align)
+		if err != nil {
+			return nil, err
+		}
+		return []uint64{at}, nil
+	}
+	if align == 0 {
+		align = 1
+	}
+	if size == 0 || align&(align-1) != 0 || size > a.size {
+		_, err := a.Alloc(size, align) // the same checks, the same errors; allocates nothing
+		return nil, err
+	}
+	out := make([]uint64, 0, n)
+	merged := make([]block, 0, len(a.used)+n)
+	cur := a.base
+	end := a.base + a.size
+	// fill fills the gap [cur, hi) from its start, as successive first-fit
+	// Allocs would: a gap that could not take a block before cannot
+	// later, and alignment padding left before a block is shorter than
+	// align, so it can hold no aligned block.
+	fill := func(hi uint64) {
+		for len(out) < n {
+			at := (cur + align - 1) &^ (align - 1)
+			if at < cur || at > hi || hi-at < size {
+				return
+			}
+			out = append(out, at)
+			merged = append(merged, block{at, size})
+			cur = at + size
+		}
+	}
+	i := 0
+	for ; i < len(a.used) && len(out) < n; i++ {
+		fill(a.used[i].addr)
+		merged = append(merged, a.used[i])
+		cur = a.used[i].addr + a.used[i].size
+	}
+	fill(end)
+	if len(out) < n {
+		return nil, errorf("alloc", ErrNoMem, 0, "no room for %d blocks of %d bytes aligned to %d (%d of %d bytes in use)",
+			n, size, align, a.InUse(), a.size)
+	}
+	a.used = append(merged, a.used[i:]...)
+	return out, nil
+}
+
 func (a *Allocator) insert(i int, b block) {
 	a.used = append(a.used, block{})
 	copy(a.used[i+1:], a.used[i:])

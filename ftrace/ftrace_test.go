@@ -421,3 +421,119 @@ func TestCommitAfterGuestChange(t *testing.T) {
 		})
 	}
 }
+
+// redirectedSlow is Redirected by a scan of the whole site table.
+func redirectedSlow(tr *Tracer) []Site {
+	var out []Site
+	for a := uint64(textBase); a < textBase+4096; a += 64 {
+		if s, ok := tr.Site(a); ok && s.State == StateJmp {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Redirected tracks commits, rollbacks and aborts, read at any point.
+func TestRedirectedIncremental(t *testing.T) {
+	m, tr := setup(t, 64)
+	m.paused = true
+	rnd := uint64(1)
+	next := func(n uint64) uint64 { rnd = rnd*6364136223846793005 + 1442695040888963407; return (rnd >> 33) % n }
+	for round := 0; round < 300; round++ {
+		var ups []Update
+		seen := map[uint64]bool{}
+		for k := next(8) + 1; k > 0; k-- {
+			a := textBase + 64*next(64)
+			if seen[a] {
+				continue
+			}
+			seen[a] = true
+			tgt := uint64(0)
+			if next(3) != 0 {
+				tgt = 0xffffffffa0000000 + 16*next(4)
+			}
+			ups = append(ups, Update{a, tgt})
+		}
+		x, err := tr.Prepare(ups)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch next(4) {
+		case 0:
+			x.Abort()
+		case 1:
+			if err := x.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if next(2) == 0 {
+				_ = tr.Redirected() // read between commit and rollback
+			}
+			if err := x.Rollback(); err != nil {
+				t.Fatal(err)
+			}
+			x.Finish()
+		default:
+			if err := x.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			x.Finish()
+		}
+		if next(3) == 0 {
+			continue // read after several transactions
+		}
+		if got, want := fmt.Sprint(tr.Redirected()), fmt.Sprint(redirectedSlow(tr)); got != want {
+			t.Fatalf("round %d: Redirected %s, want %s", round, got, want)
+		}
+	}
+}
+
+// AllocN puts its blocks where successive Allocs would, or allocates
+// nothing when they do not all fit.
+func TestAllocNMatchesAlloc(t *testing.T) {
+	rnd := uint64(7)
+	next := func(n uint64) uint64 { rnd = rnd*6364136223846793005 + 1442695040888963407; return (rnd >> 33) % n }
+	for round := 0; round < 2000; round++ {
+		a, _ := NewAllocator(0x10000+next(8), 0x400+next(0x200))
+		b, _ := NewAllocator(a.Base(), a.Size())
+		var live []uint64
+		for k := next(12); k > 0; k-- { // a fragmented area
+			sz, al := 1+next(0x40), uint64(1)<<next(6)
+			x, errA := a.Alloc(sz, al)
+			y, errB := b.Alloc(sz, al)
+			if (errA == nil) != (errB == nil) || x != y {
+				t.Fatal("allocators diverged")
+			}
+			if errA == nil {
+				live = append(live, x)
+			}
+		}
+		for _, x := range live {
+			if next(2) == 0 {
+				a.Free(x)
+				b.Free(x)
+			}
+		}
+		n, sz, al := int(next(40)), 1+next(0x30), uint64(1)<<next(6)
+		got, err := a.AllocN(n, sz, al)
+		var want []uint64
+		var werr error
+		before := fmt.Sprint(b.used)
+		for i := 0; i < n; i++ {
+			x, err := b.Alloc(sz, al)
+			if err != nil {
+				werr = err
+				break
+			}
+			want = append(want, x)
+		}
+		if werr != nil {
+			if !errors.Is(err, ErrNoMem) || got != nil || fmt.Sprint(a.used) != before {
+				t.Fatalf("round %d: AllocN(%d, %d, %d) = %v, %v; want ENOMEM and no change", round, n, sz, al, got, err)
+			}
+			continue
+		}
+		if err != nil || fmt.Sprint(got) != fmt.Sprint(want) || fmt.Sprint(a.used) != fmt.Sprint(b.used) {
+			t.Fatalf("round %d: AllocN(%d, %d, %d) = %v, %v\nwant %v\nused %v\nwant %v", round, n, sz, al, got, err, want, a.used, b.used)
+		}
+	}
+}

@@ -82,11 +82,16 @@ type Tracer struct {
 	mem   Memory
 	alloc *Allocator
 	sites map[uint64]*Site
+	// jmp holds the sites in StateJmp as of the last Redirected; changed
+	// lists the committed or rolled back transactions since, whose sites
+	// Redirected re-reads (so that the pause only appends a pointer).
+	jmp     map[uint64]*Site
+	changed []*Txn
 }
 
 // New builds the site table from the kernel's fentry sites (all NOP).
 func New(mem Memory, alloc *Allocator, sites []elfpatch.Site) *Tracer {
-	t := &Tracer{mem: mem, alloc: alloc, sites: make(map[uint64]*Site, len(sites))}
+	t := &Tracer{mem: mem, alloc: alloc, sites: make(map[uint64]*Site, len(sites)), jmp: map[uint64]*Site{}}
 	for _, s := range sites {
 		t.sites[s.Addr] = &Site{Addr: s.Addr, Func: s.Func, FuncOff: s.Offset, Nop: s.Bytes}
 	}
@@ -113,14 +118,32 @@ func (t *Tracer) NumSites() int { return len(t.sites) }
 
 // Redirected returns the sites in StateJmp, by address.
 func (t *Tracer) Redirected() []Site {
+	t.sync()
 	var out []Site
-	for _, s := range t.sites {
-		if s.State == StateJmp {
-			out = append(out, *s)
-		}
+	if len(t.jmp) > 0 {
+		out = make([]Site, 0, len(t.jmp))
+	}
+	for _, s := range t.jmp {
+		out = append(out, *s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
 	return out
+}
+
+// sync brings jmp up to date with the transactions committed or rolled
+// back since the last call.
+func (t *Tracer) sync() {
+	for _, x := range t.changed {
+		for _, s := range x.live {
+			if s.State == StateJmp {
+				t.jmp[s.Addr] = s
+			} else {
+				delete(t.jmp, s.Addr)
+			}
+		}
+	}
+	clear(t.changed)
+	t.changed = t.changed[:0]
 }
 
 // Update asks for a site's new target: a function address, or 0 to put
@@ -157,6 +180,7 @@ type Txn struct {
 // bytes.
 func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 	const op = "prepare"
+	t.sync() // bounds changed to the transactions of one Prepare's lifetime
 	x := &Txn{t: t, before: make([]Site, 0, len(updates)), after: make([]Site, 0, len(updates)),
 		live: make([]*Site, 0, len(updates))}
 	seen := make(map[uint64]bool, len(updates))
@@ -165,6 +189,21 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 	var slotPokes []Poke
 	// The fresh trampolines' expected bytes, one allocation for all.
 	curs := make([]byte, 0, TrampSize*len(updates))
+	// The fresh trampolines, allocated in one walk of the patch area (at
+	// the addresses one Alloc each would give). They are x.newTramps from
+	// the start, so any error below frees them all. If they do not all
+	// fit, each is allocated in turn, so the error is the one it would be.
+	nNew := 0
+	for _, u := range updates {
+		if s, ok := t.sites[u.Site]; ok && u.Target != 0 && s.State == StateNop {
+			nNew++
+		}
+	}
+	pool, err := t.alloc.AllocN(nNew, TrampSize, TrampAlign)
+	if err != nil {
+		pool = nil
+	}
+	x.newTramps = pool
 	for _, u := range updates {
 		s, ok := t.sites[u.Site]
 		if !ok {
@@ -199,12 +238,17 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 			slotPokes = append(slotPokes, Poke{Addr: s.Tramp + TrampSlotOff, Old: o[:], New: n[:], Where: s.Where() + " slot"})
 			nu.Target = u.Target
 		default:
-			tr, err := t.alloc.Alloc(TrampSize, TrampAlign)
-			if err != nil {
-				x.Abort()
-				return nil, err
+			var tr uint64
+			if len(pool) > 0 {
+				tr, pool = pool[0], pool[1:]
+			} else {
+				var err error
+				if tr, err = t.alloc.Alloc(TrampSize, TrampAlign); err != nil {
+					x.Abort()
+					return nil, err
+				}
+				x.newTramps = append(x.newTramps, tr)
 			}
-			x.newTramps = append(x.newTramps, tr)
 			jmp, err := JmpRel32(s.Addr, tr)
 			if err != nil {
 				x.Abort()
@@ -312,6 +356,7 @@ func (x *Txn) Commit() error {
 	for i, s := range x.after {
 		*x.live[i] = s
 	}
+	x.t.changed = append(x.t.changed, x)
 	x.committed = true
 	return nil
 }
@@ -328,6 +373,7 @@ func (x *Txn) Rollback() error {
 	for i, s := range x.before {
 		*x.live[i] = s
 	}
+	x.t.changed = append(x.t.changed, x)
 	x.committed = false
 	x.unstage()
 	return nil

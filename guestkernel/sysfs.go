@@ -54,6 +54,12 @@ func checkName(kind, name string, size int) error {
 // EncodeSysfsState lays out patches as the body of struct klp_sysfs_state
 // (everything from nr_patches on, SysfsStateSize-offSSNrPatches bytes).
 func EncodeSysfsState(patches []SysfsPatch) ([]byte, error) {
+	return encodeSysfs(nil, patches)
+}
+
+// encodeSysfs is EncodeSysfsState into st, a whole struct image
+// (SysfsStateSize bytes) that may hold a previous encoding; nil allocates.
+func encodeSysfs(st []byte, patches []SysfsPatch) ([]byte, error) {
 	const op = "encode sysfs state"
 	nObj, nFunc := 0, 0
 	for _, p := range patches {
@@ -70,7 +76,22 @@ func EncodeSysfsState(patches []SysfsPatch) ([]byte, error) {
 	case nFunc > SysfsMaxFuncs:
 		return nil, errorf(op, ErrCapacity, 0, "%d functions, the guest holds %d", nFunc, SysfsMaxFuncs)
 	}
-	st := make([]byte, SysfsStateSize)
+	if st == nil {
+		st = make([]byte, SysfsStateSize)
+	}
+	return encodeSysfsState(st, patches, nObj, nFunc)
+}
+
+// encodeSysfsState fills st (SysfsStateSize bytes, possibly holding a
+// previous encoding) after EncodeSysfsState's checks of the counts. Only
+// the entries in use are cleared and written: the body's unused entries
+// are never read (Write sends the used part of each table, the guest
+// clamps by count).
+func encodeSysfsState(st []byte, patches []SysfsPatch, nObj, nFunc int) ([]byte, error) {
+	const op = "encode sysfs state"
+	clear(st[offSSPatches : offSSPatches+len(patches)*SysfsPatchSize])
+	clear(st[offSSObjs : offSSObjs+nObj*SysfsObjSize])
+	clear(st[offSSFuncs : offSSFuncs+nFunc*SysfsFuncSize])
 	le := binary.LittleEndian
 	le.PutUint32(st[offSSNrPatches:], uint32(len(patches)))
 	le.PutUint32(st[offSSNrObjs:], uint32(nObj))
@@ -197,6 +218,7 @@ type SysfsWriter struct {
 	mem        MemoryWriter
 	addr       uint64
 	generation uint32
+	buf        []byte // the encoding, reused by each Write (a 139 KB image)
 }
 
 // NewSysfsWriter checks the header of the klp_sysfs_state at addr.
@@ -226,7 +248,10 @@ func NewSysfsWriterSym(mem MemoryWriter, syms *Symbols) (*SysfsWriter, error) {
 // fit. A previous writer that died mid-update (odd seq) is recovered.
 func (w *SysfsWriter) Write(patches []SysfsPatch) error {
 	const op = "write sysfs state"
-	body, err := EncodeSysfsState(patches)
+	if w.buf == nil {
+		w.buf = make([]byte, SysfsStateSize)
+	}
+	body, err := encodeSysfs(w.buf, patches)
 	if err != nil {
 		return err
 	}

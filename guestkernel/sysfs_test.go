@@ -162,3 +162,41 @@ func FuzzDecodeSysfsState(f *testing.F) {
 		}
 	})
 }
+
+// TestSysfsWriterReusesBuffer: a Write after a longer one leaves no trace
+// of it in the entries it sends (the writer reuses its encoding buffer).
+func TestSysfsWriterReusesBuffer(t *testing.T) {
+	mem, addr := newSysfsMem(t)
+	w, err := NewSysfsWriter(mem, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := samplePatches()
+	long[0].Name = strings.Repeat("p", SysfsNameLen-1)
+	long[0].Enabled, long[0].StackOrder = true, 9
+	long[0].Objects[0].Name = strings.Repeat("o", SysfsNameLen-1)
+	long[0].Objects[0].Funcs[0].Name = strings.Repeat("f", SysfsFuncNameLen-1)
+	long[0].Objects[0].Funcs[0].Sympos = 7
+	if err := w.Write(long); err != nil {
+		t.Fatal(err)
+	}
+	short := []SysfsPatch{{Name: "a", Objects: []SysfsObject{{Name: "b", Funcs: []SysfsFunc{{Name: "c"}}}}}}
+	if err := w.Write(short); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := EncodeSysfsState(short)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := mem.regions[addr]
+	for _, r := range [][2]int{{offSSPatches, SysfsPatchSize}, {offSSObjs, SysfsObjSize}, {offSSFuncs, SysfsFuncSize}} {
+		got := img[r[0] : r[0]+r[1]]
+		want := fresh[r[0]-offSSNrPatches : r[0]-offSSNrPatches+r[1]]
+		if string(got) != string(want) {
+			t.Fatalf("entry at %#x:\n got % x\nwant % x", r[0], got, want)
+		}
+	}
+	if got, _, _ := DecodeSysfsState(img); !reflect.DeepEqual(got, short) {
+		t.Fatalf("decoded %+v, want %+v", got, short)
+	}
+}
