@@ -51,21 +51,14 @@ func cmdBuild(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "JSON output")
 	verbose := fs.Bool("v", false, "progress on stderr")
 	keep := fs.Bool("keep", false, "keep the scratch directory")
-	var pos []string
-	for rest := args; ; {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fmt.Fprint(stdout, buildUsage)
-				return 0
-			}
-			fmt.Fprintf(stderr, "klp-kvm build: %v\n%s", err, buildUsage)
-			return 2
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
+	pos, err := parseInterleaved(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, buildUsage)
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "klp-kvm build: %v\n%s", err, buildUsage)
+		return 2
 	}
 	if len(pos) != 1 {
 		fmt.Fprintf(stderr, "klp-kvm build: want exactly one diff\n%s", buildUsage)
@@ -81,7 +74,6 @@ func cmdBuild(args []string, stdout, stderr io.Writer) int {
 	}
 	diffPath := pos[0]
 	var diff []byte
-	var err error
 	if diffPath == "-" {
 		diff, err = io.ReadAll(io.LimitReader(os.Stdin, 64<<20))
 		diffPath = "stdin.diff"

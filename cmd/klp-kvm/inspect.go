@@ -74,23 +74,14 @@ func cmdInspect(args []string, stdout, stderr io.Writer) int {
 	kernel := fs.String("kernel", "", "kernel to resolve a patch against")
 	asJSON := fs.Bool("json", false, "JSON output")
 	base := fs.Uint64("base", layout.PatchAreaVirt, "virtual base to lay a patch out at")
-	var pos []string
-	// Flags may come before or after the file (flag stops at the first
-	// positional argument, so parse the rest again).
-	for rest := args; ; {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fmt.Fprint(stdout, inspectUsage)
-				return 0
-			}
-			fmt.Fprintf(stderr, "klp-kvm inspect: %v\n%s", err, inspectUsage)
-			return 2
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
+	pos, err := parseInterleaved(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, inspectUsage)
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "klp-kvm inspect: %v\n%s", err, inspectUsage)
+		return 2
 	}
 	if len(pos) != 1 {
 		fmt.Fprintf(stderr, "klp-kvm inspect: want exactly one ELF file\n%s", inspectUsage)
