@@ -67,14 +67,36 @@ func kmallocObjects(t *testing.T, s *vmm.VMM) uint64 {
 	return readShadow(t, s)["kmalloc_objects"]
 }
 
+// statePatched is what patch p's callbacks print when it is enabled: it saves
+// and changes console_loglevel, or, with takeOver, takes over the change
+// an earlier patch made (test_klp_state*.c, as in Linux).
+func statePatched(p string, takeOver bool) []string {
+	alloc, fix := "allocating space to store console_loglevel", "fixing console_loglevel"
+	if takeOver {
+		alloc, fix = "space to store console_loglevel already allocated", "taking over the console_loglevel change"
+	}
+	return []string{p + ": pre_patch_callback: vmlinux", p + ": allocate_loglevel_state: " + alloc,
+		p + ": post_patch_callback: vmlinux", p + ": fix_console_loglevel: " + fix}
+}
+
+// stateUnpatched is what patch p's callbacks print when it is disabled and
+// restores console_loglevel.
+func stateUnpatched(p string) []string {
+	return []string{p + ": pre_unpatch_callback: vmlinux", p + ": restore_console_loglevel: restoring console_loglevel",
+		p + ": post_unpatch_callback: vmlinux", p + ": free_loglevel_state: freeing space for the stored console_loglevel"}
+}
+
 // stateMessages are the test patches' lines of the guest's kernel log.
 func stateMessages(t *testing.T, s *vmm.VMM) []string {
 	t.Helper()
 	return stateMsgRE.FindAllString(sh(t, s, "dmesg"), -1)
 }
 
-func wantMessages(t *testing.T, s *vmm.VMM, want ...string) {
+// wantMessages checks the patches' lines against groups of them, in
+// order (statePatched, stateUnpatched).
+func wantMessages(t *testing.T, s *vmm.VMM, groups ...[]string) {
 	t.Helper()
+	want := slices.Concat(groups...)
 	if got := stateMessages(t, s); !slices.Equal(got, want) {
 		t.Fatalf("the patches' messages:\n%s\nwant (test-state.sh):\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
@@ -139,14 +161,8 @@ func TestStateModification(t *testing.T) {
 	unregister(t, s, "test_klp_state")
 	checkState(t, s, "disabled", stateLoglevel, base, 0)
 	wantMessages(t, s,
-		"test_klp_state: pre_patch_callback: vmlinux",
-		"test_klp_state: allocate_loglevel_state: allocating space to store console_loglevel",
-		"test_klp_state: post_patch_callback: vmlinux",
-		"test_klp_state: fix_console_loglevel: fixing console_loglevel",
-		"test_klp_state: pre_unpatch_callback: vmlinux",
-		"test_klp_state: restore_console_loglevel: restoring console_loglevel",
-		"test_klp_state: post_unpatch_callback: vmlinux",
-		"test_klp_state: free_loglevel_state: freeing space for the stored console_loglevel")
+		statePatched("test_klp_state", false),
+		stateUnpatched("test_klp_state"))
 }
 
 // TEST: taking over system state modification
@@ -167,18 +183,9 @@ func TestStateTakeOver(t *testing.T) {
 	// Restored and freed by the patch that took it over.
 	checkState(t, s, "disabled", stateLoglevel, base, 0)
 	wantMessages(t, s,
-		"test_klp_state: pre_patch_callback: vmlinux",
-		"test_klp_state: allocate_loglevel_state: allocating space to store console_loglevel",
-		"test_klp_state: post_patch_callback: vmlinux",
-		"test_klp_state: fix_console_loglevel: fixing console_loglevel",
-		"test_klp_state2: pre_patch_callback: vmlinux",
-		"test_klp_state2: allocate_loglevel_state: space to store console_loglevel already allocated",
-		"test_klp_state2: post_patch_callback: vmlinux",
-		"test_klp_state2: fix_console_loglevel: taking over the console_loglevel change",
-		"test_klp_state2: pre_unpatch_callback: vmlinux",
-		"test_klp_state2: restore_console_loglevel: restoring console_loglevel",
-		"test_klp_state2: post_unpatch_callback: vmlinux",
-		"test_klp_state2: free_loglevel_state: freeing space for the stored console_loglevel")
+		statePatched("test_klp_state", false),
+		statePatched("test_klp_state2", true),
+		stateUnpatched("test_klp_state2"))
 }
 
 // TEST: compatible cumulative livepatches
@@ -195,22 +202,10 @@ func TestStateCompatible(t *testing.T) {
 	rmmodReplaced(t, s, "test_klp_state3")
 	checkState(t, s, "disabled", stateLoglevel, base, 0)
 	wantMessages(t, s,
-		"test_klp_state2: pre_patch_callback: vmlinux",
-		"test_klp_state2: allocate_loglevel_state: allocating space to store console_loglevel",
-		"test_klp_state2: post_patch_callback: vmlinux",
-		"test_klp_state2: fix_console_loglevel: fixing console_loglevel",
-		"test_klp_state3: pre_patch_callback: vmlinux",
-		"test_klp_state3: allocate_loglevel_state: space to store console_loglevel already allocated",
-		"test_klp_state3: post_patch_callback: vmlinux",
-		"test_klp_state3: fix_console_loglevel: taking over the console_loglevel change",
-		"test_klp_state2: pre_patch_callback: vmlinux",
-		"test_klp_state2: allocate_loglevel_state: space to store console_loglevel already allocated",
-		"test_klp_state2: post_patch_callback: vmlinux",
-		"test_klp_state2: fix_console_loglevel: taking over the console_loglevel change",
-		"test_klp_state2: pre_unpatch_callback: vmlinux",
-		"test_klp_state2: restore_console_loglevel: restoring console_loglevel",
-		"test_klp_state2: post_unpatch_callback: vmlinux",
-		"test_klp_state2: free_loglevel_state: freeing space for the stored console_loglevel")
+		statePatched("test_klp_state2", false),
+		statePatched("test_klp_state3", true),
+		statePatched("test_klp_state2", true),
+		stateUnpatched("test_klp_state2"))
 }
 
 // TEST: incompatible cumulative livepatches. The refusal is EINVAL, with
@@ -253,14 +248,8 @@ func TestStateIncompatible(t *testing.T) {
 	checkState(t, s, "disabled", stateLoglevel, base, 0)
 	// Nothing of test_klp_state ran.
 	wantMessages(t, s,
-		"test_klp_state2: pre_patch_callback: vmlinux",
-		"test_klp_state2: allocate_loglevel_state: allocating space to store console_loglevel",
-		"test_klp_state2: post_patch_callback: vmlinux",
-		"test_klp_state2: fix_console_loglevel: fixing console_loglevel",
-		"test_klp_state2: pre_unpatch_callback: vmlinux",
-		"test_klp_state2: restore_console_loglevel: restoring console_loglevel",
-		"test_klp_state2: post_unpatch_callback: vmlinux",
-		"test_klp_state2: free_loglevel_state: freeing space for the stored console_loglevel")
+		statePatched("test_klp_state2", false),
+		stateUnpatched("test_klp_state2"))
 }
 
 // abi1Objects are embedded, not read from the tree: the nested tier runs
@@ -301,8 +290,5 @@ func TestStateABI1Objects(t *testing.T) {
 		t.Fatalf("/proc/cmdline after the replace: %q, want %q", out, orig)
 	}
 	wantMessages(t, s,
-		"test_klp_state2: pre_patch_callback: vmlinux",
-		"test_klp_state2: allocate_loglevel_state: allocating space to store console_loglevel",
-		"test_klp_state2: post_patch_callback: vmlinux",
-		"test_klp_state2: fix_console_loglevel: fixing console_loglevel")
+		statePatched("test_klp_state2", false))
 }
