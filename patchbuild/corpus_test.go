@@ -117,14 +117,8 @@ func checkSpec(t *testing.T, spec *FixSpec, plan *Plan, obj []byte, err error) {
 // TestStaticLocalIsTheKernels: the patched cmd_dispatch uses the kernel's
 // static local eo (through .klp.sym.vmlinux.eo.N,POS), never a copy.
 func TestStaticLocalIsTheKernels(t *testing.T) {
-	diff, err := os.ReadFile(filepath.Join(corpusDir, "07-exec-output-newline.diff"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, obj, err := buildDiff(t, "07.diff", diff)
-	if err != nil {
-		t.Fatal(err)
-	}
+	diff := readCorpus(t, "07-exec-output-newline.diff")
+	plan, obj := mustBuild(t, "07.diff", diff)
 	if len(plan.Data) != 0 {
 		t.Fatalf("the patch carries data: %+v", plan.Data)
 	}
@@ -154,16 +148,30 @@ func TestStaticLocalIsTheKernels(t *testing.T) {
 	}
 }
 
+// readCorpus reads one diff of the corpus.
+func readCorpus(t *testing.T, name string) []byte {
+	t.Helper()
+	diff, err := os.ReadFile(filepath.Join(corpusDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return diff
+}
+
+// mustBuild is buildDiff that fails the test on an error.
+func mustBuild(t *testing.T, name string, diff []byte) (*Plan, []byte) {
+	t.Helper()
+	plan, obj, err := buildDiff(t, name, diff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return plan, obj
+}
+
 // TestReproducible: one diff built twice gives the same bytes.
 func TestReproducible(t *testing.T) {
-	diff, err := os.ReadFile(filepath.Join(corpusDir, "13-proc-loadavg.diff"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, a, err := buildDiff(t, "13.diff", diff)
-	if err != nil {
-		t.Fatal(err)
-	}
+	diff := readCorpus(t, "13-proc-loadavg.diff")
+	_, a := mustBuild(t, "13.diff", diff)
 	_, b, err := Build(diff, Options{Src: "../guestkernel", Kernel: guestKernel(t), KernelName: "k", DiffName: "13.diff"})
 	if err != nil {
 		t.Fatal(err)
@@ -177,14 +185,8 @@ func TestReproducible(t *testing.T) {
 // .rodata.json_str; the patch's copy of it must send every case into the
 // new json_str, never into the kernel's.
 func TestJumpTableIntoNewCode(t *testing.T) {
-	diff, err := os.ReadFile(filepath.Join(corpusDir, "15-json-reject-nul.diff"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, obj, err := buildDiff(t, "15.diff", diff)
-	if err != nil {
-		t.Fatal(err)
-	}
+	diff := readCorpus(t, "15-json-reject-nul.diff")
+	_, obj := mustBuild(t, "15.diff", diff)
 	p, err := elfpatch.ParsePatch(obj)
 	if err != nil {
 		t.Fatal(err)
@@ -217,11 +219,7 @@ func TestJumpTableIntoNewCode(t *testing.T) {
 // (a/kernel/x.c, patch -p1) or without (kernel/x.c, -p0), builds the same
 // object; a file outside the tree is refused by name.
 func TestPathForms(t *testing.T) {
-	diff, err := os.ReadFile(filepath.Join(corpusDir, "06-ps-header-command.diff"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo := string(diff)
+	repo := string(readCorpus(t, "06-ps-header-command.diff"))
 	p1 := strings.NewReplacer("a/guestkernel/", "a/", "b/guestkernel/", "b/").Replace(repo)
 	p0 := strings.NewReplacer("diff --git a/guestkernel/kernel/vfs.c b/guestkernel/kernel/vfs.c\n", "",
 		"a/guestkernel/", "", "b/guestkernel/", "").Replace(repo)
