@@ -32,7 +32,7 @@ func TestSwitchedButCallbackFailed(t *testing.T) {
 		}
 		return 0, nil
 	}
-	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: layout.PatchAreaVirt,
+	lm, err := livepatch.New(livepatch.Config{Guest: g, Kernel: g.Kernel(), PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: fakeguest.PatchSize, Callbacks: cb, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"klp-kvm/api"
-	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
 	"klp-kvm/livepatch"
 	"klp-kvm/livepatch/fakeguest"
@@ -26,7 +25,7 @@ func NewManager(tb testing.TB, cpus int) (*livepatch.Manager, *fakeguest.Guest) 
 	if err != nil {
 		tb.Fatal(err)
 	}
-	lm, err := livepatch.New(livepatch.Config{Guest: g, Vmlinux: guestkernel.Vmlinux(), PatchArea: layout.PatchAreaVirt,
+	lm, err := livepatch.New(livepatch.Config{Guest: g, Kernel: g.Kernel(), PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: fakeguest.PatchSize})
 	if err != nil {
 		tb.Fatal(err)

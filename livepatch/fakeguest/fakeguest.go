@@ -392,3 +392,7 @@ func (g *Guest) SetTaskCPU(slot int, cpu int32) error {
 	binary.LittleEndian.PutUint32(b[:], uint32(cpu))
 	return g.WriteVirt(a.TaskTable+uint64(slot)*uint64(a.TaskStride)+uint64(a.OffOnCPU), b[:])
 }
+
+// Kernel is the guest kernel the fake was loaded from, parsed once: hand
+// it to livepatch.Config.Kernel rather than parsing the image again.
+func (g *Guest) Kernel() *elfpatch.Kernel { return g.syms.Kernel() }
