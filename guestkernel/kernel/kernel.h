@@ -272,6 +272,8 @@ uint64_t klp_shadow_count(unsigned long id); /* variables of that id */
 /* called, when set, between a new variable's allocation and the search under the lock (self-test) */
 extern void (*volatile klp_shadow_race_hook)(void *obj, unsigned long id);
 int shadow_selftest(void); /* shadow_selftest.c: failures */
+int selftest_report(int ok, const char *prefix, const char *name, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5))); /* selftest.c: 1 if !ok */
 /* the shadow-variable demo (shadow_mod.c, include/shadow_mod.h): /proc/klp_shadow */
 void shadow_mod_init(void);
 int shadow_mod_show(struct seq_file *m, void *v);

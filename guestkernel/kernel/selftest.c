@@ -8,18 +8,23 @@
 
 static int failures;
 
-static void check(int ok, const char *name, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void check(int ok, const char *name, const char *fmt, ...)
+/*
+ * selftest_report prints one check's line, "selftest: <prefix><name>:
+ * ok|FAIL <details>", and returns 1 when it failed: the one body of every
+ * self-test's check() (this file's and shadow_selftest.c's).
+ */
+int selftest_report(int ok, const char *prefix, const char *name, const char *fmt, ...)
 {
 	char buf[200];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	printk("selftest: %s: %s %s\n", name, ok ? "ok" : "FAIL", buf);
-	if (!ok)
-		failures++;
+	printk("selftest: %s%s: %s %s\n", prefix, name, ok ? "ok" : "FAIL", buf);
+	return !ok;
 }
+
+#define check(ok, name, ...) (failures += selftest_report(ok, "", name, __VA_ARGS__))
 
 /* bench_expect: what bench_fn_i must return (see scripts/genbench) */
 static unsigned long bench_expect(unsigned int i, unsigned long x)

@@ -33,18 +33,7 @@
 
 static int failures;
 
-static void check(int ok, const char *name, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void check(int ok, const char *name, const char *fmt, ...)
-{
-	char buf[200];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	printk("selftest: shadow-%s: %s %s\n", name, ok ? "ok" : "FAIL", buf);
-	if (!ok)
-		failures++;
-}
+#define check(ok, name, ...) (failures += selftest_report(ok, "shadow-", name, __VA_ARGS__))
 
 /* the objects shadowed: any address will do, these are never dereferenced */
 static char objs[64];
