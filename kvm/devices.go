@@ -13,6 +13,7 @@ import (
 // the vCPUs start and only read afterwards, except the atomic counters.
 type bus struct {
 	com1, com2   *UART
+	pc           *pcDevices    // the PC platform of a Linux guest; nil for klp-kvm's own
 	unknownPorts atomic.Uint64 // accesses to ports nobody serves
 	ioExits      atomic.Uint64
 }
@@ -26,6 +27,7 @@ const (
 	actHalt                       // the vCPU halted for good (IF=0)
 	actFail                       // the guest cannot go on (err set)
 	actPause                      // the run was interrupted by a kick
+	actReset                      // a Linux guest reset the machine (err says how): it stops
 )
 
 // handleExit decides what one exit means. It is a free function over the
@@ -54,6 +56,11 @@ func handleExit(b *bus, ex *engine.Exit, sym func(uint64) string) (act exitActio
 		}
 		return actContinue, 0, nil
 	case engine.ExitShutdown:
+		if b.pc != nil {
+			// Linux's last resort to reboot (reboot=t, or every other
+			// method failed) is a triple fault: a reset, like the i8042's.
+			return actReset, 0, errorf("run", ErrReset, "triple fault (KVM_EXIT_SHUTDOWN) at RIP %#x: %s", ex.RIP, ex.Message)
+		}
 		return actFail, 0, errorf("run", ErrGuest, "shutdown (triple fault) at RIP %#x%s: %s", ex.RIP, symSuffix(sym, ex.RIP), ex.Message)
 	case engine.ExitInternalError:
 		return actFail, 0, errorf("run", ErrGuest, "engine internal error at RIP %#x%s: %s", ex.RIP, symSuffix(sym, ex.RIP), ex.Message)
@@ -96,6 +103,14 @@ func (b *bus) portIO(io *engine.IOExit) (exitAction, int, error) {
 				v = binary.LittleEndian.Uint32(d)
 			}
 			return actPowerOff, int(int32(v)), nil
+		}
+		if u == nil && b.pc != nil {
+			switch b.pc.io(io.Port, io.Out, d) {
+			case pcNone:
+				continue
+			case pcReset:
+				return actReset, 0, errorf("run", ErrReset, "i8042 reset (command %#x to port %#x)", i8042CmdReset, portI8042Status)
+			}
 		}
 		switch {
 		case u == nil:

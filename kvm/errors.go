@@ -17,6 +17,10 @@ var (
 	ErrFault        = errors.New("guest memory access fault")
 	ErrGuest        = errors.New("guest stopped abnormally")
 	ErrStopped      = errors.New("machine is not running")
+	// ErrReset: a Linux guest reset the machine (reboot, or a panic with
+	// panic=-1); the machine stops as on klp-kvm's power-off port, and
+	// StopReason says which reset it was.
+	ErrReset = errors.New("guest reset")
 )
 
 // Error is the error type of package kvm, by the convention of package

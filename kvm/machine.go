@@ -24,6 +24,9 @@ type Config struct {
 	Console       io.Writer     // COM1 output; nil discards
 	ConsoleIn     io.Reader     // COM1 input; nil for none
 	PauseDeadline time.Duration // default 1 s
+	// Initrd is the initial ramdisk of a Linux guest (Kernel a bzImage);
+	// nil for none. klp-kvm's own kernel takes none.
+	Initrd []byte
 
 	// ParsedKernel is the kernel already parsed (by elfpatch.ParseKernel,
 	// ParseKernel or another Machine's Kernel), so that one parse serves the
@@ -44,6 +47,7 @@ type Machine struct {
 	bus    bus
 	agentQ *byteQueue
 	start  time.Time
+	linux  *linuxInfo // a Linux bzImage guest (linux.go); nil for klp-kvm's own kernel
 
 	// pauseMu serialises Pause/Resume; depth and window fields are
 	// guarded by it.
@@ -59,6 +63,7 @@ type Machine struct {
 	finished bool
 	exitCode int
 	exitErr  error
+	resetErr error // the guest reset the machine (Linux guests): how
 	nHalted  int
 	doneCh   chan struct{} // closed when the outcome is decided
 }
@@ -73,14 +78,20 @@ func New(cfg Config) (*Machine, error) {
 	if cfg.CPUs == 0 {
 		cfg.CPUs = 1
 	}
+	if cfg.PauseDeadline == 0 {
+		cfg.PauseDeadline = time.Second
+	}
+	if cfg.ParsedKernel == nil && IsLinuxKernel(cfg.Kernel) {
+		return newLinux(cfg)
+	}
+	if len(cfg.Initrd) > 0 {
+		return nil, errorf(op, ErrConfig, "an initrd is for a Linux bzImage kernel; klp-kvm's own kernel takes none")
+	}
 	if cfg.MemMiB == 0 {
 		cfg.MemMiB = 128
 	}
 	if cfg.PatchAreaMiB == 0 {
 		cfg.PatchAreaMiB = layout.DefaultPatchAreaSize >> 20
-	}
-	if cfg.PauseDeadline == 0 {
-		cfg.PauseDeadline = time.Second
 	}
 	switch {
 	case cfg.CPUs < 1 || cfg.CPUs > 64:
@@ -245,7 +256,18 @@ func (m *Machine) finish(code int, err error) {
 }
 
 func (m *Machine) powerOff(code int) { m.finish(code, nil) }
-func (m *Machine) fail(err error)    { m.finish(-1, err) }
+
+// reset ends the machine after a Linux guest's reset, like a power-off
+// with code 0; StopReason returns how (an ErrReset error).
+func (m *Machine) reset(how error) {
+	m.mu.Lock()
+	if !m.finished {
+		m.resetErr = how
+	}
+	m.mu.Unlock()
+	m.finish(0, nil)
+}
+func (m *Machine) fail(err error) { m.finish(-1, err) }
 
 // halted records a vCPU halted for good; when all are, the machine is dead.
 func (m *Machine) halted(id int) {
@@ -275,6 +297,8 @@ func (m *Machine) StopReason() error {
 		return nil
 	case m.exitErr != nil:
 		return m.exitErr
+	case m.resetErr != nil:
+		return m.resetErr
 	case m.exitCode != 0:
 		return errorf("run", ErrGuest, "guest powered off with code %d", m.exitCode)
 	}
@@ -479,7 +503,13 @@ func (m *Machine) Layout() Layout { return m.layout }
 // Kernel returns the guest kernel the machine booted, as parsed by elfpatch:
 // hand it to livepatch.Config.Kernel (or another machine's
 // Config.ParsedKernel) instead of parsing the image again.
-func (m *Machine) Kernel() *elfpatch.Kernel { return m.kernel.elf }
+// It is nil for a Linux bzImage guest (IsLinux).
+func (m *Machine) Kernel() *elfpatch.Kernel {
+	if m.kernel == nil {
+		return nil
+	}
+	return m.kernel.elf
+}
 
 // EngineName is the engine's name ("kvm" or "emu").
 func (m *Machine) EngineName() string { return m.cfg.Engine.Name() }

@@ -110,6 +110,10 @@ func (v *vcpu) runUntil(r *runReq) error {
 			v.m.powerOff(code)
 			break
 		}
+		if act == actReset {
+			v.m.reset(herr)
+			break
+		}
 		if act == actFail {
 			v.m.fail(fmt.Errorf("vCPU %d: %w", v.id, herr))
 			err = herr

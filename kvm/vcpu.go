@@ -103,6 +103,9 @@ func (v *vcpu) running() stateFn {
 		case actPowerOff:
 			v.m.powerOff(code)
 			return v.stopped
+		case actReset:
+			v.m.reset(err)
+			return v.stopped
 		case actHalt:
 			v.m.halted(v.id)
 			return v.halted

@@ -21,6 +21,16 @@ func (v *VMM) Handler() http.Handler {
 	api.GuestRoutes(routes, v.Agent)
 	if v.Manager != nil {
 		api.LivepatchRoutes(routes, v.Manager, v.Machine)
+	} else {
+		// A guest without live patching (a Linux guest, a kernel without
+		// klp_guest_abi) answers the patch routes with why, not a 404.
+		for _, r := range api.Routes {
+			if strings.HasPrefix(r.Pattern, "/patches") {
+				routes.HandleFunc(r.String(), func(w http.ResponseWriter, _ *http.Request) {
+					api.WriteError(w, http.StatusNotImplemented, "EOPNOTSUPP", v.NoLivepatch)
+				})
+			}
+		}
 	}
 	mux := http.NewServeMux()
 	gated := v.gate(routes)

@@ -43,12 +43,17 @@ const DefaultBootTimeout = 120 * time.Second
 // stopTimeout bounds how long Close waits for a stopped guest's vCPUs.
 const stopTimeout = 10 * time.Second
 
+// ErrLinuxNoLivepatch is NoLivepatch for a Linux bzImage guest: the patch
+// routes answer it (501, EOPNOTSUPP).
+var ErrLinuxNoLivepatch = errors.New("live patching a Linux guest is not supported yet")
+
 // Config describes the guest to build.
 type Config struct {
 	Engine    string    // auto, kvm or emu ("" is auto)
 	CPUs      int       // vCPUs; 0 is kvm's default
 	MemMiB    int       // guest RAM; 0 is kvm's default
-	Kernel    []byte    // guest kernel ELF; nil is the embedded guest kernel
+	Kernel    []byte    // guest kernel: ELF, or a Linux bzImage; nil is the embedded guest kernel
+	Initrd    []byte    // initial ramdisk of a Linux guest; nil for none
 	Cmdline   string    // guest kernel command line
 	Console   io.Writer // COM1 output; nil discards
 	ConsoleIn io.Reader // COM1 input; nil for none
@@ -108,7 +113,7 @@ func New(cfg Config) (*VMM, error) {
 		return nil, err
 	}
 	console := &consoleTail{w: cfg.Console}
-	m, err := kvm.New(kvm.Config{Engine: eng, CPUs: cfg.CPUs, MemMiB: cfg.MemMiB, Kernel: cfg.Kernel,
+	m, err := kvm.New(kvm.Config{Engine: eng, CPUs: cfg.CPUs, MemMiB: cfg.MemMiB, Kernel: cfg.Kernel, Initrd: cfg.Initrd,
 		Cmdline: cfg.Cmdline, Console: console, ConsoleIn: cfg.ConsoleIn})
 	if err != nil {
 		return nil, err
@@ -123,6 +128,12 @@ func New(cfg Config) (*VMM, error) {
 	// event handler reads v.Manager, which is set before Start lets the
 	// guest run and so before any event can arrive.
 	v.Agent = agent.New(m.AgentPort(), agent.Options{OnEvent: v.event, Cause: v.GuestStopped})
+	if m.IsLinux() {
+		// The agent routes work through the same COM2 protocol; the
+		// livepatch manager needs klp-kvm's own kernel's ABI.
+		v.NoLivepatch = ErrLinuxNoLivepatch
+		return v, nil
+	}
 	lm, err := livepatch.New(livepatch.Config{Guest: m, Kernel: m.Kernel(), PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: m.Layout().PatchAreaSize, Callbacks: Callbacks(v.Agent),
 		SysfsBudget: sysfsBudget(cfg.Cmdline),

@@ -26,9 +26,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	engineName := fs.String("engine", "auto", "execution engine: auto, kvm or emu")
 	cpus := fs.Int("cpus", 2, "number of vCPUs")
-	mem := fs.Int("mem", 128, "guest RAM in MiB")
-	kernelPath := fs.String("kernel", "", "guest kernel ELF (default: the embedded guest kernel)")
-	cmdline := fs.String("cmdline", "console=ttyS0", "guest kernel command line")
+	mem := fs.Int("mem", 0, "guest RAM in MiB (default 128, 512 for a Linux bzImage)")
+	kernelPath := fs.String("kernel", "", "guest kernel: klp-kvm's ELF or a Linux bzImage (default: the embedded guest kernel)")
+	initrdPath := fs.String("initrd", "", "initial ramdisk of a Linux bzImage guest")
+	cmdline := fs.String("cmdline", "", "guest kernel command line (default console=ttyS0; for a Linux bzImage "+kvm.DefaultLinuxCmdline+")")
 	sock := fs.String("api", "", "control API socket (default $KLP_KVM_API, else ./klp-kvm.sock)")
 	console := fs.String("console", "stdio", "guest console: stdio, none, or a file to write it to")
 	if err := fs.Parse(args); err != nil {
@@ -43,7 +44,17 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "klp-kvm run: %v\n", err)
 		return 1 // README: a file that cannot be read is a failure, not usage
 	}
-	cfg := vmm.Config{Engine: *engineName, CPUs: *cpus, MemMiB: *mem, Kernel: image, Cmdline: *cmdline, Events: stderr}
+	var initrd []byte
+	if *initrdPath != "" {
+		if initrd, err = os.ReadFile(*initrdPath); err != nil {
+			fmt.Fprintf(stderr, "klp-kvm run: initrd: %v\n", err)
+			return 1
+		}
+	}
+	if *cmdline == "" && !kvm.IsLinuxKernel(image) {
+		*cmdline = "console=ttyS0" // a Linux guest's default is kvm's
+	}
+	cfg := vmm.Config{Engine: *engineName, CPUs: *cpus, MemMiB: *mem, Kernel: image, Initrd: initrd, Cmdline: *cmdline, Events: stderr}
 	var quit chan struct{}
 	switch *console {
 	case "stdio":

@@ -271,3 +271,21 @@ const (
 	MSRX2APICTDCR    = 0x83e
 	MSRX2APICSelfIPI = 0x83f
 )
+
+// PCPlatform is implemented by a VM that can present the PC platform an
+// unmodified Linux kernel expects, next to klp-kvm's own boot protocol:
+//
+//   - a PIT (Linux calibrates against it and checks the IOAPIC timer);
+//   - vCPUs created after EnablePCPlatform start with their LAPIC at its
+//     reset state (xAPIC mode at the default base, BSP on vCPU 0), and
+//     every vCPU but 0 waits for INIT/SIPI from the bootstrap processor
+//     (KVM_MP_STATE_UNINITIALIZED; Run blocks until then, a Kick still
+//     interrupts it);
+//   - ISA interrupt lines the VMM's devices drive (SetIRQLine).
+type PCPlatform interface {
+	// EnablePCPlatform must be called before the first NewVCPU.
+	EnablePCPlatform() error
+	// SetIRQLine drives ISA interrupt line irq (0-15: the PIC input and
+	// the IOAPIC pin of that number) to level. Safe from any goroutine.
+	SetIRQLine(irq int, level bool) error
+}

@@ -185,6 +185,7 @@ type vm struct {
 	vcpus  map[int]*vcpu
 	closed bool
 	tscKHz uint64 // the guest TSC rate every vCPU gets; 0 until the first vCPU
+	pc     bool   // EnablePCPlatform: PIT, xAPIC at reset, APs wait for SIPI
 }
 
 func (v *vm) setup() error {
@@ -231,7 +232,7 @@ func (v *vm) NewVCPU(id int) (engine.VCPU, error) {
 	if err != nil {
 		return nil, ioctlErr("KVM_CREATE_VCPU", err)
 	}
-	c := &vcpu{id: id, fd: int(fd), mem: v.mem, syncRegs: v.e.syncRegs, clockCtrl: v.e.clockCtrl, softExcSkips: v.e.softExcSkips, guestDebug: v.e.debug}
+	c := &vcpu{id: id, fd: int(fd), mem: v.mem, pc: v.pc, syncRegs: v.e.syncRegs, clockCtrl: v.e.clockCtrl, softExcSkips: v.e.softExcSkips, guestDebug: v.e.debug}
 	if err := c.setup(v.e, id); err != nil {
 		c.Close()
 		return nil, err
@@ -303,6 +304,7 @@ func (v *vm) Close() error {
 type vcpu struct {
 	id  int
 	fd  int
+	pc  bool   // created on a PC-platform VM (EnablePCPlatform)
 	mem []byte // guest RAM from physical 0 (the VM's slot 0)
 	// softExcSkips: see kvmEngine.softExcSkips and bpEntryRIP.
 	softExcSkips bool
@@ -345,9 +347,12 @@ func (c *vcpu) setup(e *kvmEngine, id int) error {
 	}
 	// With the in-kernel LAPIC, KVM starts every vCPU but 0 in
 	// wait-for-SIPI, where KVM_RUN blocks. klp-kvm's boot protocol starts
-	// every vCPU at the kernel entry, so all are made runnable.
-	if err := retryIntr0(func() error { return kvm.SetMPState(uintptr(c.fd), &kvm.MPState{State: kvm.MPStateRunnable}) }); err != nil {
-		return ioctlErr("KVM_SET_MP_STATE", err)
+	// every vCPU at the kernel entry, so all are made runnable; on the PC
+	// platform Linux starts its APs itself with INIT/SIPI.
+	if !c.pc || id == 0 {
+		if err := retryIntr0(func() error { return kvm.SetMPState(uintptr(c.fd), &kvm.MPState{State: kvm.MPStateRunnable}) }); err != nil {
+			return ioctlErr("KVM_SET_MP_STATE", err)
+		}
 	}
 	cpuid := vcpuCPUID(e.cpuid, id)
 	if err := retryIntr0(func() error {
@@ -356,7 +361,11 @@ func (c *vcpu) setup(e *kvmEngine, id int) error {
 		return ioctlErr("KVM_SET_CPUID2", err)
 	}
 	// After SET_CPUID2: KVM accepts EXTD only once the guest's CPUID has
-	// x2APIC.
+	// x2APIC. A PC-platform vCPU keeps the LAPIC's reset state (xAPIC);
+	// Linux switches to x2APIC itself when it wants to.
+	if c.pc {
+		return nil
+	}
 	if err := c.SetMSRs([]engine.MSR{{Index: engine.MSRApicBase, Data: x2apicBase(id)}}); err != nil {
 		return err
 	}

@@ -27,7 +27,7 @@ import (
 // KLP_KVM_ENGINE=kvm.
 var (
 	basePackages     = []string{"./kvm/hw"}
-	optionalPackages = []string{"./test/e2e", "./test/guest"}
+	optionalPackages = []string{"./test/e2e", "./test/guest", "./test/linux"}
 )
 
 // extraArgs are flags for one package's binary in the VM: kvm/hw also runs
@@ -91,7 +91,7 @@ func TestNestedKVM(t *testing.T) {
 			defer func() { t.Logf("%s tier took %v", tp.Name, time.Since(start).Round(time.Millisecond)) }()
 			switch tp.Name {
 			case tierDirect:
-				runDirect(t, root, bins, klp)
+				runDirect(t, root, bins, klp, kernel)
 			case tierNested:
 				runNested(t, root, work, kernel, bins, klp)
 			}
@@ -262,15 +262,28 @@ func filterBench(args []string) []string {
 
 // runDirect runs the binaries on this host's /dev/kvm, reporting exactly
 // as for the VM, under a subtest named after the host's KVM flavour.
-func runDirect(t *testing.T, root string, bins []testBinary, klp string) {
+func runDirect(t *testing.T, root string, bins []testBinary, klp string, k *kernelCache) {
 	flavour := manifest.HostFlavour()
 	var uts unix.Utsname
 	unix.Uname(&uts)
 	t.Logf("direct tier: the KVM-engine tests on this host's /dev/kvm, KVM flavour %s (kernel %s)", flavour, unix.ByteSliceToString(uts.Release[:]))
-	t.Run(flavour, func(t *testing.T) { runDirectBins(t, root, bins, klp) })
+	var env []string
+	if k != nil {
+		// test/linux boots the same Debian kernel as a klp-kvm guest.
+		env = append(env, linuxKernelEnv+"="+k.Vmlinuz)
+	}
+	t.Run(flavour, func(t *testing.T) { runDirectBins(t, root, bins, klp, env) })
 }
 
-func runDirectBins(t *testing.T, root string, bins []testBinary, klp string) {
+// linuxKernelEnv names the Linux kernel test/linux boots as a guest; both
+// tiers set it to the Debian kernel the nested tier boots (in the VM, a
+// copy inside its initramfs).
+const (
+	linuxKernelEnv  = "KLP_E2E_LINUX_KERNEL"
+	linuxKernelInVM = "/klp-nested/linux/vmlinuz"
+)
+
+func runDirectBins(t *testing.T, root string, bins []testBinary, klp string, env []string) {
 	for _, b := range bins {
 		// Inside go test's own deadline, so that a hang is reported per
 		// binary, with its stacks, not by go test's panic.
@@ -281,7 +294,7 @@ func runDirectBins(t *testing.T, root string, bins []testBinary, klp string) {
 		args := append([]string{"-test.v=test2json", "-test.count=1", "-test.timeout=" + timeout.Round(time.Second).String()}, runArgs(b.Pkg)...)
 		cmd := exec.Command(b.Path, args...)
 		cmd.Dir = filepath.Join(root, b.Pkg)
-		cmd.Env = append(os.Environ(), "KLP_KVM_ENGINE=kvm")
+		cmd.Env = append(append(os.Environ(), "KLP_KVM_ENGINE=kvm"), env...)
 		if klp != "" {
 			cmd.Env = append(cmd.Env, "KLP_KVM_BIN="+klp)
 		}
@@ -422,6 +435,10 @@ func buildInitramfs(t *testing.T, root, work string, k *kernelCache, bins []test
 		must(a.AddFile("klp-nested/bin/klp-kvm", klp))
 		man.Env = append(man.Env, "KLP_KVM_BIN=/klp-nested/bin/klp-kvm")
 	}
+	if usesLinuxKernel(bins) {
+		must(a.AddFile(strings.TrimPrefix(linuxKernelInVM, "/"), k.Vmlinuz))
+		man.Env = append(man.Env, linuxKernelEnv+"="+linuxKernelInVM)
+	}
 	// The e2e suites' own knobs (e.g. KLP_E2E_PAIR_CYCLES) reach the VM.
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, "KLP_E2E_") {
@@ -449,6 +466,17 @@ func buildInitramfs(t *testing.T, root, work string, k *kernelCache, bins []test
 	must(err)
 	must(f.Close())
 	return st.Size()
+}
+
+// usesLinuxKernel: one of the binaries boots Linux guests (test/linux), so
+// the VM needs the kernel (8 MiB more to load under TCG otherwise).
+func usesLinuxKernel(bins []testBinary) bool {
+	for _, b := range bins {
+		if b.Pkg == "./test/linux" {
+			return true
+		}
+	}
+	return false
 }
 
 func isDir(p string) bool {

@@ -1,0 +1,231 @@
+package linux
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"klp-kvm/kvm"
+	"klp-kvm/test/nested/initramfs"
+)
+
+// bootTimeout bounds one boot: Debian's kernel boots to init in seconds on
+// kvm_amd nested under QEMU TCG; minutes means it is not coming.
+const bootTimeout = 4 * time.Minute
+
+// Where Debian's kernel goes without KASLR: physical pref_address
+// (16 MiB) and the default virtual base.
+const (
+	defaultText = "ffffffff81000000"
+	defaultPhys = "01000000"
+)
+
+func kernelImage(t *testing.T) []byte {
+	t.Helper()
+	p := os.Getenv("KLP_E2E_LINUX_KERNEL")
+	if p == "" {
+		t.Skip("KLP_E2E_LINUX_KERNEL is unset: no Linux kernel to boot (test/nested sets it to Debian's vmlinuz)")
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("KLP_E2E_LINUX_KERNEL: %v", err)
+	}
+	return b
+}
+
+// selfInitramfs packs this test binary as /init.
+func selfInitramfs(t *testing.T) []byte {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := initramfs.New()
+	if err := a.AddFile("init", exe); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.AddCharDev("dev/console", 0o600, 5, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.AddCharDev("dev/kmsg", 0o600, 1, 11); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := a.Write(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// engineName is the engine the tiers ask for ($KLP_KVM_ENGINE).
+func engineName() string {
+	if e := os.Getenv("KLP_KVM_ENGINE"); e != "" {
+		return e
+	}
+	return "auto"
+}
+
+// skipOnPVM skips where the Linux boot is known not to finish: kvm_pvm
+// runs an unmodified kernel's ring-0 code in KVM's instruction emulator
+// (docs/linux-guests.md).
+func skipOnPVM(t *testing.T, m *kvm.Machine) {
+	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil && m.EngineName() == "kvm" {
+		t.Skip("kvm_pvm: an unmodified Linux kernel runs in KVM's instruction emulator there and does not reach init in minutes (docs/linux-guests.md)")
+	}
+}
+
+// syncBuffer is the console: written by the vCPU thread, read by the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type bootResult struct {
+	console string
+	reason  error
+	toInit  time.Duration // Run to the init's start marker
+	total   time.Duration
+	machine kvm.Info
+}
+
+// boot runs one Linux guest to its end.
+func boot(t *testing.T, cpus int, cmdline string) bootResult {
+	t.Helper()
+	kernel := kernelImage(t)
+	eng, why, err := kvm.SelectEngine(engineName())
+	if err != nil {
+		t.Fatal(err)
+	}
+	con := &syncBuffer{}
+	m, err := kvm.New(kvm.Config{Engine: eng, CPUs: cpus, Kernel: kernel, Initrd: selfInitramfs(t), Cmdline: cmdline, Console: con})
+	if err != nil {
+		t.Fatalf("%s: %v", why, err)
+	}
+	defer m.Close()
+	skipOnPVM(t, m)
+	t.Logf("%s: booting %s", why, m.LinuxVersion())
+	start := time.Now()
+	var toInit time.Duration
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-m.Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+				if toInit == 0 && strings.Contains(con.String(), markerStart) {
+					toInit = time.Since(start)
+				}
+			}
+		}
+	}()
+	timer := time.AfterFunc(bootTimeout, m.Stop)
+	code, err := m.Run()
+	timer.Stop()
+	<-done
+	r := bootResult{console: con.String(), reason: m.StopReason(), toInit: toInit, total: time.Since(start), machine: m.Info()}
+	if toInit == 0 && strings.Contains(r.console, markerStart) {
+		r.toInit = r.total // the marker arrived in the last poll interval
+	}
+	if err != nil || code != 0 {
+		t.Fatalf("Run = %d, %v\nconsole tail:\n%s", code, err, tail(r.console, 40))
+	}
+	t.Logf("boot to init %v, whole run %v, %d I/O exits, %d unknown-port accesses", r.toInit.Round(time.Millisecond), r.total.Round(time.Millisecond), r.machine.IOExits, r.machine.UnknownPorts)
+	return r
+}
+
+func tail(s string, n int) string {
+	l := strings.Split(s, "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+// field returns the value the guest init printed after key.
+func field(t *testing.T, console, key string) string {
+	t.Helper()
+	re := regexp.MustCompile(regexp.QuoteMeta(key) + `([^\r\n]*)`)
+	mm := re.FindStringSubmatch(console)
+	if mm == nil {
+		t.Fatalf("the guest init printed no %q line; console tail:\n%s", key, tail(console, 40))
+	}
+	return strings.TrimSpace(mm[1])
+}
+
+func checkReset(t *testing.T, r bootResult) {
+	t.Helper()
+	if !errors.Is(r.reason, kvm.ErrReset) || !strings.Contains(r.reason.Error(), "i8042") {
+		t.Errorf("stop reason %v, want the i8042 reset (reboot=k)", r.reason)
+	}
+	if !strings.Contains(r.console, markerEnd) {
+		t.Errorf("no %q on the console", markerEnd)
+	}
+}
+
+// TestLinuxBootSMP boots two vCPUs with KASLR on (the default) and a
+// command line of our own, and checks what the guest's init saw.
+func TestLinuxBootSMP(t *testing.T) {
+	cmdline := kvm.DefaultLinuxCmdline + " quiet klp.token=smp-4711"
+	r := boot(t, 2, cmdline)
+	checkReset(t, r)
+	if got := field(t, r.console, keyCmdline); got != cmdline {
+		t.Errorf("guest /proc/cmdline %q, want %q", got, cmdline)
+	}
+	if got := field(t, r.console, keyCPUs); got != "0-1" {
+		t.Errorf("guest CPUs online %q, want 0-1", got)
+	}
+	text, phys := field(t, r.console, keyText), field(t, r.console, keyKernel)
+	t.Logf("KASLR on: _text %s, kernel code at physical %s", text, phys)
+	if text == defaultText && phys == defaultPhys {
+		t.Errorf("KASLR on, yet the kernel is at its default virtual (%s) and physical (%s) address", text, phys)
+	}
+}
+
+// TestLinuxBootNoKASLR boots one vCPU with nokaslr: the kernel runs at its
+// link-time addresses.
+func TestLinuxBootNoKASLR(t *testing.T) {
+	cmdline := kvm.DefaultLinuxCmdline + " quiet nokaslr"
+	r := boot(t, 1, cmdline)
+	checkReset(t, r)
+	if got := field(t, r.console, keyCmdline); got != cmdline {
+		t.Errorf("guest /proc/cmdline %q, want %q", got, cmdline)
+	}
+	if got := field(t, r.console, keyCPUs); got != "0" {
+		t.Errorf("guest CPUs online %q, want 0", got)
+	}
+	if text, phys := field(t, r.console, keyText), field(t, r.console, keyKernel); text != defaultText || phys != defaultPhys {
+		t.Errorf("nokaslr: _text %s at physical %s, want %s at %s", text, phys, defaultText, defaultPhys)
+	}
+}
+
+// TestLinuxOnEmu: the software engine refuses a bzImage with a clear error.
+func TestLinuxOnEmu(t *testing.T) {
+	kernel := kernelImage(t)
+	eng, _, err := kvm.SelectEngine("emu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = kvm.New(kvm.Config{Engine: eng, Kernel: kernel})
+	if !errors.Is(err, kvm.ErrConfig) || !strings.Contains(err.Error(), "use --engine kvm") {
+		t.Fatalf("New on emu = %v, want the refusal naming --engine kvm", err)
+	}
+}
