@@ -115,6 +115,9 @@ func (b *bus) portIO(io *engine.IOExit) (exitAction, int, error) {
 		switch {
 		case u == nil:
 			b.unknownPorts.Add(1)
+			if b.pc != nil {
+				b.pc.noteUnknown(io.Port)
+			}
 			if !io.Out {
 				for j := range d {
 					d[j] = 0xff

@@ -59,7 +59,7 @@ const (
 // into a reboot and reboot=k makes every reboot (and the poweroff that
 // falls back to it without ACPI) go through the i8042 reset line, which
 // stops the machine; see docs/linux-guests.md for the measured rest.
-const DefaultLinuxCmdline = "console=ttyS0 reboot=k panic=-1"
+const DefaultLinuxCmdline = "console=ttyS0 reboot=k panic=-1 pci=off"
 
 // ErrEngineNoLinux is the detail of the error New returns for a bzImage on
 // an engine without engine.PCPlatform (emu).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,7 +50,7 @@ func TestPlanLinux(t *testing.T) {
 	if string(p.cmdline) != "console=ttyS0\x00" {
 		t.Errorf("cmdline %q", p.cmdline)
 	}
-	want := []bzimage.E820Entry{{0, 0x9fc00, 1}, {0x9fc00, 0x60400, 2}, {0x100000, ram - 0x100000, 1}}
+	want := []bzimage.E820Entry{{Addr: 0, Size: 0x9fc00, Type: 1}, {Addr: 0x9fc00, Size: 0x60400, Type: 2}, {Addr: 0x100000, Size: ram - 0x100000, Type: 1}}
 	if len(p.e820) != len(want) {
 		t.Fatalf("e820 %v", p.e820)
 	}
@@ -170,5 +171,25 @@ func TestPCDevices(t *testing.T) {
 	own := &bus{com1: b.com1, com2: b.com2}
 	if act, _, _ := handleExit(own, &engine.Exit{Reason: engine.ExitShutdown}, nil); act != actFail {
 		t.Errorf("own guest shutdown: %v", act)
+	}
+}
+
+// TestLinuxOnEmuRefused: emu has no engine.PCPlatform, and says to use kvm.
+func TestLinuxOnEmuRefused(t *testing.T) {
+	eng, _, err := SelectEngine("emu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(Config{Engine: eng, Kernel: fakeBzImage(0x10000), MemMiB: 128})
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), errEngineNoLinux) {
+		t.Fatalf("New(bzImage) on emu = %v, want %q", err, errEngineNoLinux)
+	}
+	// An initrd is refused for klp-kvm's own kernel.
+	if _, err := New(Config{Engine: eng, Kernel: []byte("\x7fELF"), Initrd: []byte{1}}); !errors.Is(err, ErrConfig) {
+		t.Errorf("initrd with an ELF kernel: %v", err)
+	}
+	// Too much RAM for a Linux guest.
+	if _, err := New(Config{Engine: eng, Kernel: fakeBzImage(0x10000), MemMiB: 4096}); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "PCI hole") {
+		t.Errorf("4 GiB Linux guest: %v", err)
 	}
 }

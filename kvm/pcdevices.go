@@ -23,6 +23,36 @@ const (
 type pcDevices struct {
 	rtc       *rtc
 	postDelay atomic.Uint64 // port 0x80 writes
+
+	mu      sync.Mutex
+	unknown map[uint16]uint64 // accesses to ports nobody serves, by port
+}
+
+// noteUnknown counts an access to a port nobody serves: what a Linux guest
+// probes and finds absent (docs/linux-guests.md lists the usual ones).
+func (p *pcDevices) noteUnknown(port uint16) {
+	p.mu.Lock()
+	if p.unknown == nil {
+		p.unknown = map[uint16]uint64{}
+	}
+	p.unknown[port]++
+	p.mu.Unlock()
+}
+
+// UnknownPorts returns, for a Linux guest, how often each port nobody
+// serves was accessed; nil for klp-kvm's own guest.
+func (m *Machine) UnknownPorts() map[uint16]uint64 {
+	p := m.bus.pc
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[uint16]uint64, len(p.unknown))
+	for k, v := range p.unknown {
+		out[k] = v
+	}
+	return out
 }
 
 // pcAction is what a PC device access asks of the machine.

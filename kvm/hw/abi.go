@@ -25,6 +25,7 @@ const (
 	sizeofKvmMsrEntry = 16  // struct kvm_msr_entry
 	sizeofVCPUEvents  = 64  // struct kvm_vcpu_events (x86)
 	sizeofTranslation = 24  // struct kvm_translation
+	sizeofPITConfig   = 64  // struct kvm_pit_config
 )
 
 // The ioctls we issue ourselves, built with gokvm's _IO/_IOWR helpers from
@@ -41,7 +42,20 @@ var (
 	ioctlTranslate    = kvm.IIOWR(0x85, sizeofTranslation) // KVM_TRANSLATE
 	ioctlGetVCPUEvts  = kvm.IIOR(0x9f, sizeofVCPUEvents)   // KVM_GET_VCPU_EVENTS
 	ioctlSetVCPUEvts  = kvm.IIOW(0xa0, sizeofVCPUEvents)   // KVM_SET_VCPU_EVENTS
+	ioctlCreatePIT2   = kvm.IIOW(0x77, sizeofPITConfig)    // KVM_CREATE_PIT2 (VM)
 )
+
+// pitConfig mirrors struct kvm_pit_config (64 bytes). gokvm's CreatePIT2
+// passes flags 0, which leaves port 0x61 (the PIT's channel-2 gate and
+// output, which Linux's PIT calibration polls) to user space;
+// KVM_PIT_SPEAKER_DUMMY makes KVM serve it.
+type pitConfig struct {
+	Flags uint32
+	Pad   [15]uint32
+}
+
+// KVM_PIT_SPEAKER_DUMMY: KVM emulates the speaker port 0x61 itself.
+const kvmPITSpeakerDummy = 1
 
 // vcpuEvents mirrors struct kvm_vcpu_events (arch/x86/include/uapi/asm/
 // kvm.h) field for field, 64 bytes; abi_unsafe_test.go checks the size and

@@ -247,3 +247,12 @@ func FuzzDecodeExit(f *testing.F) {
 		}
 	})
 }
+
+func TestPCCPUID(t *testing.T) {
+	sup := []kvm.CPUIDEntry2{{Function: 1, Ecx: 1}, {Function: 0x40000000, Ebx: 0x4b4d564b}}
+	got := vcpuCPUID(sup, 1)
+	pcCPUID(got)
+	if got[0].Ecx != 1|cpuidX2APIC|cpuidHypervisor || got[1] != sup[1] {
+		t.Errorf("PC CPUID: leaf 1 ECX %#x, leaf 0x40000000 %+v", got[0].Ecx, got[1])
+	}
+}

@@ -29,6 +29,7 @@ func TestStructSizes(t *testing.T) {
 		{"sizeofVCPUEvents", sizeofVCPUEvents, 64},
 		{"translation (struct kvm_translation)", unsafe.Sizeof(translation{}), 24},
 		{"sizeofTranslation", sizeofTranslation, 24},
+		{"pitConfig (struct kvm_pit_config)", unsafe.Sizeof(pitConfig{}), sizeofPITConfig},
 	} {
 		if c.got != c.want {
 			t.Errorf("sizeof %s = %d, kernel has %d", c.name, c.got, c.want)
@@ -127,6 +128,7 @@ func TestIoctlNumbers(t *testing.T) {
 		got, want uintptr
 	}{
 		{"KVM_RUN", ioctlRun, 0xae80},
+		{"KVM_CREATE_PIT2", ioctlCreatePIT2, 0x4040ae77},
 		{"KVM_GET_MSRS", ioctlGetMSRs, 0xc008ae88},
 		{"KVM_SET_MSRS", ioctlSetMSRs, 0x4008ae89},
 		{"KVM_KVMCLOCK_CTRL", ioctlKVMClockCtrl, 0xaead},

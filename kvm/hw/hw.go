@@ -355,6 +355,9 @@ func (c *vcpu) setup(e *kvmEngine, id int) error {
 		}
 	}
 	cpuid := vcpuCPUID(e.cpuid, id)
+	if c.pc {
+		pcCPUID(cpuid)
+	}
 	if err := retryIntr0(func() error {
 		return kvm.SetCPUID2(uintptr(c.fd), &kvm.CPUID{Nent: uint32(len(cpuid)), Entries: cpuid})
 	}); err != nil {

@@ -99,3 +99,9 @@ func translateIoctl(fd int, t *translation) unix.Errno {
 	_, errno := ioctl(fd, ioctlTranslate, uintptr(unsafe.Pointer(t)))
 	return errno
 }
+
+// createPIT2 issues KVM_CREATE_PIT2 with cfg.
+func createPIT2(fd int, cfg *pitConfig) unix.Errno {
+	_, errno := ioctl(fd, ioctlCreatePIT2, uintptr(unsafe.Pointer(cfg)))
+	return errno
+}

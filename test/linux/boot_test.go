@@ -16,7 +16,7 @@ import (
 
 // bootTimeout bounds one boot: Debian's kernel boots to init in seconds on
 // kvm_amd nested under QEMU TCG; minutes means it is not coming.
-const bootTimeout = 4 * time.Minute
+const bootTimeout = 3 * time.Minute
 
 // Where Debian's kernel goes without KASLR: physical pref_address
 // (16 MiB) and the default virtual base.
@@ -80,14 +80,28 @@ func skipOnPVM(t *testing.T, m *kvm.Machine) {
 }
 
 // syncBuffer is the console: written by the vCPU thread, read by the test.
+// Each line also goes to log as it completes, so a slow or stuck boot
+// shows how far it got.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu   sync.Mutex
+	b    bytes.Buffer
+	line []byte
+	log  func(format string, args ...any)
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.log != nil {
+		for _, c := range p {
+			if c == '\n' {
+				s.log("console: %s", strings.TrimRight(string(s.line), "\r"))
+				s.line = s.line[:0]
+			} else {
+				s.line = append(s.line, c)
+			}
+		}
+	}
 	return s.b.Write(p)
 }
 
@@ -113,7 +127,7 @@ func boot(t *testing.T, cpus int, cmdline string) bootResult {
 	if err != nil {
 		t.Fatal(err)
 	}
-	con := &syncBuffer{}
+	con := &syncBuffer{log: t.Logf}
 	m, err := kvm.New(kvm.Config{Engine: eng, CPUs: cpus, Kernel: kernel, Initrd: selfInitramfs(t), Cmdline: cmdline, Console: con})
 	if err != nil {
 		t.Fatalf("%s: %v", why, err)
@@ -137,13 +151,26 @@ func boot(t *testing.T, cpus int, cmdline string) bootResult {
 			}
 		}
 	}()
-	timer := time.AfterFunc(bootTimeout, m.Stop)
+	timer := time.AfterFunc(bootTimeout, func() {
+		// Where the guest is stuck, before stopping it.
+		if err := m.Pause(); err == nil {
+			for i := 0; i < m.NumCPUs(); i++ {
+				r, err := m.Regs(i)
+				t.Logf("boot timeout: vCPU %d at RIP %#x RSP %#x RFLAGS %#x (%v)", i, r.RIP, r.RSP, r.RFLAGS, err)
+			}
+			m.Resume()
+		}
+		m.Stop()
+	})
 	code, err := m.Run()
 	timer.Stop()
 	<-done
 	r := bootResult{console: con.String(), reason: m.StopReason(), toInit: toInit, total: time.Since(start), machine: m.Info()}
 	if toInit == 0 && strings.Contains(r.console, markerStart) {
 		r.toInit = r.total // the marker arrived in the last poll interval
+	}
+	if len(m.UnknownPorts()) > 0 {
+		t.Logf("unknown ports (port: accesses): %v", m.UnknownPorts())
 	}
 	if err != nil || code != 0 {
 		t.Fatalf("Run = %d, %v\nconsole tail:\n%s", code, err, tail(r.console, 40))
@@ -203,7 +230,7 @@ func TestLinuxBootSMP(t *testing.T) {
 // TestLinuxBootNoKASLR boots one vCPU with nokaslr: the kernel runs at its
 // link-time addresses.
 func TestLinuxBootNoKASLR(t *testing.T) {
-	cmdline := kvm.DefaultLinuxCmdline + " quiet nokaslr"
+	cmdline := kvm.DefaultLinuxCmdline + " nokaslr"
 	r := boot(t, 1, cmdline)
 	checkReset(t, r)
 	if got := field(t, r.console, keyCmdline); got != cmdline {
