@@ -294,11 +294,16 @@ func skipNested(t *testing.T) {
 // fails, noxsave keeps Linux on FXSAVE there; and QEMU's -cpu max offers
 // 5-level paging, with which the boot stalls even earlier, no5lvl keeps
 // Linux on 4 levels.
+// $KLP_E2E_LINUX_CMDLINE_EXTRA is appended, for investigations.
 func platformArgs() string {
-	if underQEMUTCG() && !onPVM() {
-		return " noxsave no5lvl"
+	extra := ""
+	if e := os.Getenv("KLP_E2E_LINUX_CMDLINE_EXTRA"); e != "" {
+		extra = " " + e
 	}
-	return ""
+	if underQEMUTCG() && !onPVM() {
+		return " noxsave no5lvl" + extra
+	}
+	return extra
 }
 
 // TestLinuxBootSMP boots two vCPUs with KASLR on (the default) and a
