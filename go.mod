@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/bobuhiro11/gokvm v0.0.8-0.20231003020000-f53faca69d28
+	github.com/cilium/ebpf v0.22.0
 	github.com/u-root/u-root v0.16.0
 	golang.org/x/arch v0.33.0
 	golang.org/x/sys v0.50.0
