@@ -125,7 +125,7 @@ func memberSize(spec *btf.Spec, name, path string) (uint64, error) {
 // from the kernel's own BTF.
 type TaskLayout struct {
 	Tasks, Pid, Tgid, Comm, State, ExitState, Stack, ThreadSP, OnCPU, CPU uint64
-	CommLen                                                            uint64
+	CommLen                                                               uint64
 	// PcpuHotCurrent is pcpu_hot.current_task's offset (Linux >= 6.2),
 	// -1 when the kernel has the per-CPU variable current_task instead.
 	PcpuHotCurrent int64
@@ -141,7 +141,7 @@ func taskLayout(spec *btf.Spec) (*TaskLayout, error) {
 	}{
 		{&l.Tasks, "tasks"}, {&l.Pid, "pid"}, {&l.Tgid, "tgid"}, {&l.Comm, "comm"},
 		{&l.State, "__state"}, {&l.ExitState, "exit_state"}, {&l.Stack, "stack"},
-		{&l.ThreadSP, "thread.sp"}, {&l.OnCPU, "on_cpu"}, {&l.CPU, "cpu"},
+		{&l.ThreadSP, "thread.sp"}, {&l.OnCPU, "on_cpu"},
 	} {
 		o, err := memberOffset(spec, "task_struct", f.path)
 		if err != nil {
@@ -149,6 +149,15 @@ func taskLayout(spec *btf.Spec) (*TaskLayout, error) {
 		}
 		*f.dst = o
 	}
+	// The task's CPU: thread_info.cpu since 5.16 (THREAD_INFO_IN_TASK),
+	// task_struct.cpu before.
+	o, err := memberOffset(spec, "task_struct", "thread_info.cpu")
+	if err != nil {
+		if o, err = memberOffset(spec, "task_struct", "cpu"); err != nil {
+			return nil, err
+		}
+	}
+	l.CPU = o
 	n, err := memberSize(spec, "task_struct", "comm")
 	if err != nil {
 		return nil, err

@@ -18,18 +18,18 @@ const (
 
 // Task is one task on the kernel's task list.
 type Task struct {
-	Addr       uint64 `json:"addr"` // the task_struct
-	Pid        int32  `json:"pid"`
-	Tgid       int32  `json:"tgid"`
-	Comm       string `json:"comm"`
-	State      string `json:"state"` // /proc letter: R S D T t X Z P I
-	RawState   uint32 `json:"raw_state"`
-	CPU        int    `json:"cpu"`         // the CPU it runs or last ran on (task->cpu)
-	RunningOn  int    `json:"running_on"`  // the CPU whose current task it is, -1 if none
-	StackBase  uint64 `json:"stack_base"`  // task->stack
-	StackTop   uint64 `json:"stack_top"`   // task->stack + THREAD_SIZE
-	SavedSP    uint64 `json:"saved_sp"`    // thread.sp (switch_to's saved RSP)
-	SPInStack  bool   `json:"sp_in_stack"` // SavedSP within [StackBase, StackTop)
+	Addr      uint64 `json:"addr"` // the task_struct
+	Pid       int32  `json:"pid"`
+	Tgid      int32  `json:"tgid"`
+	Comm      string `json:"comm"`
+	State     string `json:"state"` // /proc letter: R S D T t X Z P I
+	RawState  uint32 `json:"raw_state"`
+	CPU       int    `json:"cpu"`         // the CPU it runs or last ran on (task->cpu)
+	RunningOn int    `json:"running_on"`  // the CPU whose current task it is, -1 if none
+	StackBase uint64 `json:"stack_base"`  // task->stack
+	StackTop  uint64 `json:"stack_top"`   // task->stack + THREAD_SIZE
+	SavedSP   uint64 `json:"saved_sp"`    // thread.sp (switch_to's saved RSP)
+	SPInStack bool   `json:"sp_in_stack"` // SavedSP within [StackBase, StackTop)
 }
 
 // stateLetter is task_state_index (include/linux/sched.h, 6.1) mapped to
