@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"klp-kvm/api"
 	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
 	"klp-kvm/klperr"
@@ -68,6 +69,9 @@ type VMM struct {
 	// why.
 	Manager     *livepatch.Manager
 	NoLivepatch error
+	// Kernel serves POST /kernel for a Linux guest
+	// (LinuxKernelInspector); nil otherwise (the route answers ENOENT).
+	Kernel api.KernelInspector
 	// EngineWhy says which engine runs the guest and why it was chosen.
 	EngineWhy string
 
