@@ -101,3 +101,30 @@ func FuzzPageWalk(f *testing.F) {
 		as.Read(va, make([]byte, n%8192))
 	})
 }
+
+// FuzzHostileGuest corrupts the synthetic guest at fuzzed places (page
+// tables, vmcoreinfo, kallsyms tables, BTF, tasks, per-CPU data) and runs
+// the whole pipeline: errors are fine, panics and hangs are not.
+func FuzzHostileGuest(f *testing.F) {
+	pristine := newSynKernel(f)
+	work := make(BytesMem, len(pristine.mem))
+	// Seeds aim at each structure.
+	f.Add(uint32(synPML4+511*8), []byte{0x07, 0xa0})                   // kernel PML4 entry
+	f.Add(uint32(synVMCoreInf+10), []byte("\n\n"))                     // vmcoreinfo
+	f.Add(uint32(synImagePA+0x181008), []byte{0xff, 0xff, 0x00, 0x00}) // kallsyms_num_syms
+	f.Add(uint32(synImagePA+0x181010), []byte{0x80, 0xff})             // a 2-byte name length
+	f.Add(uint32(synImagePA+0x110000+8), []byte{0xff, 0xff, 0xff})     // BTF header
+	f.Add(uint32(synImagePA+0x100000+tsTasks), []byte{0x28, 0, 0x10})  // init_task.tasks.next
+	f.Add(uint32(synImagePA+0x102000), []byte{0, 0, 0, 1})             // nr_cpu_ids
+	f.Fuzz(func(t *testing.T, off uint32, val []byte) {
+		copy(work, pristine.mem)
+		copy(work[int(off)%len(work):], val)
+		k, err := Open(work, Options{})
+		if err != nil {
+			return
+		}
+		k.Tasks()
+		k.Fentry("cmdline_proc_show")
+		k.Report([]string{"traced_fn", "weird_fn"})
+	})
+}
