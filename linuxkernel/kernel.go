@@ -28,7 +28,8 @@ type Options struct {
 	// /boot/System.map-<release>.
 	SystemMap io.Reader
 	// KASLROffset is used with SystemMap when vmcoreinfo (KERNELOFFSET)
-	// is absent; 0 is right for a kernel booted with nokaslr.
+	// is absent and no vCPU's LSTAR is known; 0 is right for a kernel
+	// booted with nokaslr.
 	KASLROffset uint64
 	// ThreadSize overrides x86-64's 16 KiB THREAD_SIZE (32 KiB with
 	// CONFIG_KASAN).
@@ -52,6 +53,7 @@ type Kernel struct {
 	Release     string
 	KASLROffset uint64
 	Source      string // SourceKallsyms or SourceSystemMap
+	KASLRSource string // where KASLROffset came from
 	Symbols     *Symbols
 	BTF         *btf.Spec   // nil if BTFErr
 	BTFTypes    int         // number of BTF types
@@ -89,7 +91,7 @@ func Open(mem PhysMem, opt Options) (*Kernel, error) {
 		if err != nil {
 			return nil, err
 		}
-		k.KASLROffset = off
+		k.KASLROffset, k.KASLRSource = off, "vmcoreinfo KERNELOFFSET"
 		var t *KallsymsTables
 		if t, symErr = readKallsyms(k.AS, vi, !opt.NotAbsolutePercpu); symErr == nil {
 			var syms []Symbol
@@ -99,15 +101,25 @@ func Open(mem PhysMem, opt Options) (*Kernel, error) {
 		}
 	} else {
 		symErr = viErr
-		k.KASLROffset = opt.KASLROffset
+		k.KASLROffset, k.KASLRSource = opt.KASLROffset, "option"
 	}
 	if k.Symbols == nil {
 		if opt.SystemMap == nil {
 			return nil, wrap("open", ErrNotFound, symErr, "no kallsyms from vmcoreinfo and no System.map")
 		}
-		syms, err := ParseSystemMap(opt.SystemMap, k.KASLROffset)
+		syms, err := ParseSystemMap(opt.SystemMap, 0)
 		if err != nil {
 			return nil, err
+		}
+		if vi == nil {
+			if err := k.offsetFromLSTAR(syms, opt.CPUs); err != nil {
+				return nil, err
+			}
+		}
+		for i := range syms {
+			if t := syms[i].Type; t != 'A' && t != 'a' {
+				syms[i].Addr += k.KASLROffset
+			}
 		}
 		k.Symbols, k.Source = NewSymbols(syms), SourceSystemMap
 	}
@@ -124,6 +136,39 @@ func Open(mem PhysMem, opt Options) (*Kernel, error) {
 		k.Layout, k.BTFErr = taskLayout(k.BTF)
 	}
 	return k, nil
+}
+
+// offsetFromLSTAR takes the KASLR offset from a vCPU's MSR_LSTAR, which
+// Linux points at entry_SYSCALL_64 (syscall_init), against System.map's
+// link-time address of it. The offset must be a multiple of
+// CONFIG_PHYSICAL_ALIGN's 2 MiB (x86-64 KASLR's granularity).
+func (k *Kernel) offsetFromLSTAR(syms []Symbol, cpus []CPU) error {
+	var lstar uint64
+	for _, c := range cpus {
+		if c.LSTAR != 0 {
+			lstar = c.LSTAR
+			break
+		}
+	}
+	if lstar == 0 {
+		return nil
+	}
+	var entry uint64
+	for _, s := range syms {
+		if s.Name == "entry_SYSCALL_64" {
+			entry = s.Addr
+			break
+		}
+	}
+	if entry == 0 {
+		return errf("open", ErrNotFound, "System.map has no entry_SYSCALL_64 to place MSR_LSTAR %#x", lstar)
+	}
+	off := lstar - entry
+	if lstar < entry || off%(2<<20) != 0 || off >= 1<<30 {
+		return errf("open", ErrFormat, "MSR_LSTAR %#x against entry_SYSCALL_64 %#x: offset %#x is not a KASLR offset", lstar, entry, off)
+	}
+	k.KASLROffset, k.KASLRSource = off, "MSR_LSTAR vs System.map entry_SYSCALL_64"
+	return nil
 }
 
 // pageTables picks the page-table root: the kernel's own init_top_pgt

@@ -17,9 +17,12 @@ type PhysMem interface {
 // CPU is what this package wants of one paused vCPU. CR3 and CR4 are
 // optional (the kernel's own init_top_pgt from vmcoreinfo serves when CR3
 // is 0, and is preferred: with PTI a vCPU in user mode has a CR3 that
-// maps almost none of the kernel). RIP, RSP and GSBase are reported.
+// maps almost none of the kernel). LSTAR (MSR 0xc0000082, the kernel's
+// entry_SYSCALL_64) gives the KASLR offset when symbols come from a
+// System.map. RIP, RSP and GSBase are reported.
 type CPU struct {
 	CR3, CR4         uint64
+	LSTAR            uint64
 	RIP, RSP, GSBase uint64
 }
 

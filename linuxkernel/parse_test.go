@@ -87,8 +87,23 @@ func TestSystemMapFallback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if kern.Source != SourceSystemMap || kern.VMCoreInfo != nil || kern.AS.Root != synPML4 || kern.KASLROffset != synKASLR {
-		t.Errorf("source %s root %#x offset %#x", kern.Source, kern.AS.Root, kern.KASLROffset)
+	if kern.Source != SourceSystemMap || kern.VMCoreInfo != nil || kern.AS.Root != synPML4 || kern.KASLROffset != synKASLR || kern.KASLRSource != "option" {
+		t.Errorf("source %s root %#x offset %#x (%s)", kern.Source, kern.AS.Root, kern.KASLROffset, kern.KASLRSource)
+	}
+	// The offset from MSR_LSTAR (entry_SYSCALL_64 at run time), no option.
+	kern, err = Open(k.mem, Options{SystemMap: strings.NewReader(sm.String()), CPUs: []CPU{{CR3: synPML4, LSTAR: synKernelVA + 0x1600}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kern.KASLROffset != synKASLR || !strings.HasPrefix(kern.KASLRSource, "MSR_LSTAR") {
+		t.Errorf("offset from LSTAR %#x (%s)", kern.KASLROffset, kern.KASLRSource)
+	}
+	if a, _ := kern.Symbols.Addr("cmdline_proc_show"); a != synKernelVA+0x1000 {
+		t.Errorf("cmdline_proc_show at %#x", a)
+	}
+	// An LSTAR that is no KASLR offset away from entry_SYSCALL_64.
+	if _, err := Open(k.mem, Options{SystemMap: strings.NewReader(sm.String()), CPUs: []CPU{{CR3: synPML4, LSTAR: synKernelVA + 0x1601}}}); !isKind(err, ErrFormat) {
+		t.Errorf("odd LSTAR: %v", err)
 	}
 	tasks, err := kern.Tasks()
 	if err != nil || len(tasks) != 3 {

@@ -13,6 +13,7 @@ import (
 type Report struct {
 	Release        string       `json:"release"`
 	KASLROffset    uint64       `json:"kaslr_offset"`
+	KASLRSource    string       `json:"kaslr_source"`
 	SymbolSource   string       `json:"symbol_source"` // SourceKallsyms or SourceSystemMap
 	VMCoreInfoPhys uint64       `json:"vmcoreinfo_phys,omitempty"`
 	PageTableRoot  uint64       `json:"page_table_root"`
@@ -30,7 +31,7 @@ type Report struct {
 // that fails is reported in its *Error field; the rest still is.
 func (k *Kernel) Report(funcs []string) *Report {
 	r := &Report{
-		Release: k.Release, KASLROffset: k.KASLROffset, SymbolSource: k.Source,
+		Release: k.Release, KASLROffset: k.KASLROffset, KASLRSource: k.KASLRSource, SymbolSource: k.Source,
 		PageTableRoot: k.AS.Root, Symbols: k.Symbols.Len(), BTFTypes: k.BTFTypes,
 		ThreadSize: k.ThreadSize, Tasks: []Task{}, Fentry: []FentrySite{},
 	}
@@ -115,7 +116,7 @@ func (r *Report) OK() bool {
 func (r *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "kernel %s\n", r.Release)
-	fmt.Fprintf(&b, "KASLR offset %#x\n", r.KASLROffset)
+	fmt.Fprintf(&b, "KASLR offset %#x (%s)\n", r.KASLROffset, r.KASLRSource)
 	fmt.Fprintf(&b, "symbols: %d from %s", r.Symbols, r.SymbolSource)
 	if r.VMCoreInfoPhys != 0 {
 		fmt.Fprintf(&b, " (vmcoreinfo at phys %#x)", r.VMCoreInfoPhys)

@@ -174,6 +174,7 @@ func newSynKernel(t testing.TB) *synKernel {
 		{'T', "weird_fn", K + 0x1300},
 		{'t', "dup", K + 0x1400},
 		{'t', "dup", K + 0x1500},
+		{'T', "entry_SYSCALL_64", K + 0x1600},
 		{'D', "init_task", K + 0x100000},
 		{'D', "__per_cpu_offset", K + 0x101000},
 		{'D', "nr_cpu_ids", K + 0x102000},

@@ -3,6 +3,7 @@ package vmm
 import (
 	"klp-kvm/api"
 	"klp-kvm/kvm"
+	kvmengine "klp-kvm/kvm/engine"
 	"klp-kvm/linuxkernel"
 )
 
@@ -12,6 +13,9 @@ import (
 func LinuxKernelInspector(m *kvm.Machine, opt linuxkernel.Options) api.KernelInspector {
 	return &linuxkernel.Inspector{Live: machineLive{m}, Options: opt}
 }
+
+// msrLSTAR is IA32_LSTAR, the 64-bit SYSCALL entry point.
+const msrLSTAR = 0xc0000082
 
 // machineLive is a kvm.Machine as linuxkernel.Live.
 type machineLive struct{ m *kvm.Machine }
@@ -34,7 +38,13 @@ func (l machineLive) CPUs() ([]linuxkernel.CPU, error) {
 		if err != nil {
 			return nil, err
 		}
-		cpus[i] = linuxkernel.CPU{CR3: s.CR3, CR4: s.CR4, RIP: r.RIP, RSP: r.RSP, GSBase: s.GS.Base}
+		// MSR_LSTAR places System.map symbols when there is no
+		// vmcoreinfo; an engine that cannot read it leaves it 0.
+		lstar := []kvmengine.MSR{{Index: msrLSTAR}}
+		if l.m.OnVCPU(i, func(c kvmengine.VCPU) error { return c.GetMSRs(lstar) }) != nil {
+			lstar[0].Data = 0
+		}
+		cpus[i] = linuxkernel.CPU{CR3: s.CR3, CR4: s.CR4, LSTAR: lstar[0].Data, RIP: r.RIP, RSP: r.RSP, GSBase: s.GS.Base}
 	}
 	return cpus, nil
 }
