@@ -93,18 +93,24 @@ func (in *Inspector) InspectKernel(ctx context.Context, funcs []string) (*Report
 		return nil, wrap("inspect", ErrInvalid, err, "pausing the guest")
 	}
 	defer in.Live.Resume()
-	if in.k == nil {
-		opt := in.Options
-		if cpus, err := in.Live.CPUs(); err == nil {
-			opt.CPUs = cpus
+	// A kernel opened before is reused; if its tasks no longer read (the
+	// guest rebooted: new KASLR offset, new tables), it is opened again.
+	if in.k != nil {
+		if r := in.k.Report(funcs); r.TasksError == "" {
+			return r, nil
 		}
-		k, err := Open(in.Live, opt)
-		if err != nil {
-			return nil, err
-		}
-		in.k = k
+		in.k = nil
 	}
-	return in.k.Report(funcs), nil
+	opt := in.Options
+	if cpus, err := in.Live.CPUs(); err == nil {
+		opt.CPUs = cpus
+	}
+	k, err := Open(in.Live, opt)
+	if err != nil {
+		return nil, err
+	}
+	in.k = k
+	return k.Report(funcs), nil
 }
 
 // OK reports whether every part of the report was read.

@@ -52,3 +52,24 @@ func TestInspectorReport(t *testing.T) {
 		t.Errorf("second report: %+v %v (pause depth %d)", r, err, live.depth)
 	}
 }
+
+// After a "reboot" (the kernel moved), the cached kernel's tasks no longer
+// read and the Inspector opens the kernel again.
+func TestInspectorReopens(t *testing.T) {
+	k := newSynKernel(t)
+	live := &synLive{BytesMem: k.mem}
+	in := &Inspector{Live: live}
+	if _, err := in.InspectKernel(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	first := in.k
+	// Break the task list of the opened kernel: its walk now fails.
+	k.put64(k.tasks[0]+tsTasks, 0xffff888700000000)
+	r, err := in.InspectKernel(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.k == first || r.TasksError == "" {
+		t.Errorf("not reopened (same kernel %v), tasks error %q", in.k == first, r.TasksError)
+	}
+}
