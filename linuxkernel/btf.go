@@ -126,6 +126,10 @@ func memberSize(spec *btf.Spec, name, path string) (uint64, error) {
 type TaskLayout struct {
 	Tasks, Pid, Tgid, Comm, State, ExitState, Stack, ThreadSP, OnCPU, CPU uint64
 	CommLen                                                               uint64
+	// Threads: task_struct.signal, task_struct.thread_node and
+	// signal_struct.thread_head (every thread of a process hangs on its
+	// signal_struct's thread_head).
+	Signal, ThreadNode, SignalThreadHead uint64
 	// PcpuHotCurrent is pcpu_hot.current_task's offset (Linux >= 6.2),
 	// -1 when the kernel has the per-CPU variable current_task instead.
 	PcpuHotCurrent int64
@@ -142,6 +146,7 @@ func taskLayout(spec *btf.Spec) (*TaskLayout, error) {
 		{&l.Tasks, "tasks"}, {&l.Pid, "pid"}, {&l.Tgid, "tgid"}, {&l.Comm, "comm"},
 		{&l.State, "__state"}, {&l.ExitState, "exit_state"}, {&l.Stack, "stack"},
 		{&l.ThreadSP, "thread.sp"}, {&l.OnCPU, "on_cpu"},
+		{&l.Signal, "signal"}, {&l.ThreadNode, "thread_node"},
 	} {
 		o, err := memberOffset(spec, "task_struct", f.path)
 		if err != nil {
@@ -158,6 +163,9 @@ func taskLayout(spec *btf.Spec) (*TaskLayout, error) {
 		}
 	}
 	l.CPU = o
+	if l.SignalThreadHead, err = memberOffset(spec, "signal_struct", "thread_head"); err != nil {
+		return nil, err
+	}
 	n, err := memberSize(spec, "task_struct", "comm")
 	if err != nil {
 		return nil, err

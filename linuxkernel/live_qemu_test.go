@@ -85,6 +85,11 @@ func guestInit() {
 		}
 		fmt.Fprintf(out, "%s task %s %s %q\n", liveMarker, strings.TrimSpace(s[:l]), s[r+2:r+3], s[l+1:r])
 	}
+	if ents, err := os.ReadDir("/proc/1/task"); err == nil {
+		for _, e := range ents {
+			fmt.Fprintf(out, "%s thread %s\n", liveMarker, e.Name())
+		}
+	}
 	fmt.Fprintf(out, "%s ready\n", liveMarker)
 	for {
 		time.Sleep(time.Hour)
@@ -92,10 +97,11 @@ func guestInit() {
 }
 
 type guestReport struct {
-	syms  map[string][2]string // name -> address, type
-	nsyms int
-	tasks map[int32]string // pid -> comm
-	state map[int32]string
+	syms    map[string][2]string // name -> address, type
+	nsyms   int
+	tasks   map[int32]string // pid -> comm
+	state   map[int32]string
+	threads []int32 // /proc/1/task
 }
 
 func liveKernelCache(t *testing.T) string {
@@ -208,6 +214,9 @@ func bootLive(t *testing.T, cache, extraCmdline string) (PhysMem, []CPU, *guestR
 				comm, _ := strconv.Unquote(strings.Join(f[3:], " "))
 				rep.tasks[int32(pid)] = comm
 				rep.state[int32(pid)] = f[2]
+			case len(f) == 2 && f[0] == "thread":
+				tid, _ := strconv.Atoi(f[1])
+				rep.threads = append(rep.threads, int32(tid))
 			case len(f) == 1 && f[0] == "ready":
 				ready <- nil
 				io.Copy(io.Discard, stdout)
@@ -391,6 +400,26 @@ func testLive(t *testing.T, nokaslr bool) {
 		t.Errorf("pid 1 (/init) is %+v", got)
 	}
 	t.Logf("%d tasks walked, %d in the guest's /proc; running: %v", len(tasks), len(rep.tasks), running)
+	// Threads: /init's (the Go runtime's) as /proc/1/task lists them.
+	threads, err := k.Threads()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ofInit := map[int32]bool{}
+	for _, th := range threads {
+		if th.Tgid == 1 {
+			ofInit[th.Pid] = true
+		}
+	}
+	if len(rep.threads) < 2 {
+		t.Errorf("guest reported threads %v of /init", rep.threads)
+	}
+	for _, tid := range rep.threads {
+		if !ofInit[tid] {
+			t.Errorf("/proc/1/task has %d; walked threads of pid 1: %v", tid, ofInit)
+		}
+	}
+	t.Logf("%d threads in all; /init's: %d walked, %d in /proc/1/task", len(threads), len(ofInit), len(rep.threads))
 }
 
 func TestLiveQEMUKASLR(t *testing.T)   { testLive(t, false) }

@@ -22,6 +22,7 @@ type Report struct {
 	BTFError       string       `json:"btf_error,omitempty"`
 	ThreadSize     uint64       `json:"thread_size"`
 	Tasks          []Task       `json:"tasks"`
+	Threads        int          `json:"threads"` // every thread of every task
 	TasksError     string       `json:"tasks_error,omitempty"`
 	Fentry         []FentrySite `json:"fentry"`
 	FentryErrors   []string     `json:"fentry_errors,omitempty"`
@@ -45,6 +46,11 @@ func (k *Kernel) Report(funcs []string) *Report {
 		r.TasksError = err.Error()
 	} else {
 		r.Tasks = tasks
+		if th, err := k.Threads(); err != nil {
+			r.TasksError = err.Error()
+		} else {
+			r.Threads = len(th)
+		}
 	}
 	for _, f := range funcs {
 		sites, err := k.Fentry(f)
@@ -136,7 +142,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	if r.TasksError != "" {
 		fmt.Fprintf(&b, "tasks: %s\n", r.TasksError)
 	} else {
-		fmt.Fprintf(&b, "tasks: %d (kernel stacks of %d KiB)\n", len(r.Tasks), r.ThreadSize>>10)
+		fmt.Fprintf(&b, "tasks: %d, threads: %d (kernel stacks of %d KiB)\n", len(r.Tasks), r.Threads, r.ThreadSize>>10)
 		fmt.Fprintf(&b, "  %7s %7s %-16s %s %4s %-7s %s\n", "PID", "TGID", "COMM", "S", "CPU", "RUNNING", "STACK")
 		for _, t := range r.Tasks {
 			running := "-"

@@ -53,7 +53,10 @@ const (
 	tsComm          = 64
 	tsExitState     = 80
 	tsThreadSP      = 96 + 8
+	tsSignal        = 88
+	tsThreadNode    = 112
 	tsSize          = 128
+	sigThreadHead   = 8
 )
 
 func synBTF(t testing.TB) []byte {
@@ -65,6 +68,7 @@ func synBTF(t testing.TB) []byte {
 	lh.Members = []btf.Member{{Name: "next", Type: &btf.Pointer{Target: lh}}, {Name: "prev", Type: &btf.Pointer{Target: lh}, Offset: 64}}
 	ti := &btf.Struct{Name: "thread_info", Size: 16, Members: []btf.Member{{Name: "flags", Type: u64}, {Name: "cpu", Type: u32, Offset: 64}}}
 	th := &btf.Struct{Name: "thread_struct", Size: 16, Members: []btf.Member{{Name: "sp0", Type: u64}, {Name: "sp", Type: u64, Offset: 64}}}
+	sig := &btf.Struct{Name: "signal_struct", Size: 24, Members: []btf.Member{{Name: "sigcnt", Type: &btf.Int{Name: "int", Size: 4, Encoding: btf.Signed}}, {Name: "thread_head", Type: lh, Offset: sigThreadHead * 8}}}
 	ids := &btf.Struct{Size: 8, Members: []btf.Member{{Name: "pid", Type: i32}, {Name: "tgid", Type: i32, Offset: 32}}}
 	ts := &btf.Struct{Name: "task_struct", Size: tsSize, Members: []btf.Member{
 		{Name: "thread_info", Type: ti},
@@ -76,6 +80,8 @@ func synBTF(t testing.TB) []byte {
 		{Name: "comm", Type: &btf.Array{Index: u32, Type: char, Nelems: 16}, Offset: tsComm * 8},
 		{Name: "exit_state", Type: i32, Offset: tsExitState * 8},
 		{Name: "thread", Type: th, Offset: 96 * 8},
+		{Name: "signal", Type: &btf.Pointer{Target: sig}, Offset: tsSignal * 8},
+		{Name: "thread_node", Type: lh, Offset: tsThreadNode * 8},
 	}}
 	b, err := btf.NewBuilder([]btf.Type{ts}, nil)
 	if err != nil {
@@ -240,6 +246,30 @@ func newSynKernel(t testing.TB) *synKernel {
 		k.put64(ta+tsStack, stack)
 		k.put64(ta+tsThreadSP, stack+0x3f00)
 	}
+	// Threads: init (pid 1) has a second thread, tid 3, off the task
+	// list; the others are alone in their signal_struct.
+	thread := D + 0x3000
+	k.put32(thread+tsPid, 3)
+	k.put32(thread+tsTgid, 1)
+	k.put(thread+tsComm, []byte("init-worker\x00"))
+	k.put64(thread+tsStack, D+0x40000)
+	k.put64(thread+tsThreadSP, D+0x40000+0x3f00)
+	for i, ta := range k.tasks {
+		sig := D + 0x8000 + uint64(i)*0x100
+		k.put64(ta+tsSignal, sig)
+		members := []uint64{ta}
+		if i == 1 {
+			members = append(members, thread)
+			k.put64(thread+tsSignal, sig)
+		}
+		// head -> members... -> head
+		prev := sig + sigThreadHead
+		for _, m := range members {
+			k.put64(prev, m+tsThreadNode)
+			prev = m + tsThreadNode
+		}
+		k.put64(prev, sig+sigThreadHead)
+	}
 	k.current = []uint64{k.tasks[1], k.tasks[2]}
 	k.put32(K+0x102000, 2)
 	for cpu, cur := range k.current {
@@ -319,6 +349,30 @@ func TestSyntheticPipeline(t *testing.T) {
 }
 
 // isKind: err is an *Error of this package and has kind in its chain.
+func TestSyntheticThreads(t *testing.T) {
+	k := newSynKernel(t)
+	kern, err := Open(k.mem, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	th, err := kern.Threads()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, x := range th {
+		got = append(got, fmt.Sprintf("%d/%d %s", x.Tgid, x.Pid, x.Comm))
+	}
+	if want := "0/0 swapper/0,1/1 init,1/3 init-worker,2/2 kthreadd"; strings.Join(got, ",") != want {
+		t.Errorf("threads %s, want %s", strings.Join(got, ","), want)
+	}
+	// A thread list that loops without returning to its head.
+	k.put64(k.tasks[1]+tsThreadNode, k.tasks[1]+tsThreadNode)
+	if _, err := kern.Threads(); !isKind(err, ErrFormat) {
+		t.Errorf("looping thread list: %v", err)
+	}
+}
+
 func isKind(err, kind error) bool {
 	var e *Error
 	return errors.As(err, &e) && errors.Is(err, kind)

@@ -194,3 +194,58 @@ func (k *Kernel) readTask(t uint64, current []uint64) (Task, error) {
 	}
 	return task, nil
 }
+
+// Threads walks every thread of every process: the task list gives the
+// processes (thread-group leaders, as /proc lists them), and each one's
+// signal_struct.thread_head list (over task_struct.thread_node) its
+// threads, leader included. Bounded by maxTasks in all, cycles detected.
+func (k *Kernel) Threads() ([]Task, error) {
+	procs, err := k.Tasks()
+	if err != nil {
+		return nil, err
+	}
+	current, err := k.currentTasks()
+	if err != nil {
+		return nil, err
+	}
+	l := k.Layout
+	seen := map[uint64]bool{}
+	var out []Task
+	for _, p := range procs {
+		sig, err := k.AS.U64(p.Addr + l.Signal)
+		if err != nil {
+			return nil, wrap("threads", ErrBounds, err, "signal of task %#x", p.Addr)
+		}
+		if sig == 0 { // init_task's is set; a dead task's may not be
+			out = append(out, p)
+			continue
+		}
+		head := sig + l.SignalThreadHead
+		next, err := k.AS.U64(head)
+		if err != nil {
+			return nil, wrap("threads", ErrBounds, err, "signal_struct.thread_head at %#x", head)
+		}
+		for next != head {
+			if len(out) >= maxTasks {
+				return nil, errf("threads", ErrLimit, "more than %d threads", maxTasks)
+			}
+			if next < l.ThreadNode {
+				return nil, errf("threads", ErrFormat, "thread_node %#x in the threads of %#x", next, p.Addr)
+			}
+			t := next - l.ThreadNode
+			if seen[t] {
+				return nil, errf("threads", ErrFormat, "thread list of task %#x cycles at %#x", p.Addr, t)
+			}
+			seen[t] = true
+			task, err := k.readTask(t, current)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, task)
+			if next, err = k.AS.U64(t + l.ThreadNode); err != nil {
+				return nil, wrap("threads", ErrBounds, err, "thread_node.next of task %#x", t)
+			}
+		}
+	}
+	return out, nil
+}

@@ -18,7 +18,7 @@ type fakeKernel struct{ funcs []string }
 
 func (f *fakeKernel) InspectKernel(ctx context.Context, funcs []string) (*linuxkernel.Report, error) {
 	f.funcs = funcs
-	r := &linuxkernel.Report{Release: "6.1.0-57-amd64", KASLROffset: 0x1c000000, SymbolSource: linuxkernel.SourceKallsyms, Symbols: 94266, BTFTypes: 100811, ThreadSize: 16 << 10,
+	r := &linuxkernel.Report{Release: "6.1.0-57-amd64", KASLROffset: 0x1c000000, KASLRSource: "vmcoreinfo KERNELOFFSET", SymbolSource: linuxkernel.SourceKallsyms, Symbols: 94266, BTFTypes: 100811, ThreadSize: 16 << 10, Threads: 1,
 		Tasks: []linuxkernel.Task{{Pid: 1, Tgid: 1, Comm: "init", State: "S", CPU: 1, RunningOn: -1, StackBase: 0xffffc90000010000, StackTop: 0xffffc90000014000}}}
 	for _, fn := range funcs {
 		site := linuxkernel.FentrySite{Func: fn, Addr: 0xffffffff9d4a1230, Site: 0xffffffff9d4a1230, Kind: linuxkernel.FentryNop, Bytes: "0f1f440000"}
@@ -42,8 +42,8 @@ func TestInspectLive(t *testing.T) {
 	if !reflect.DeepEqual(fk.funcs, []string{"cmdline_proc_show"}) {
 		t.Errorf("default funcs %q", fk.funcs)
 	}
-	for _, want := range []string{"kernel 6.1.0-57-amd64\n", "KASLR offset 0x1c000000\n", "symbols: 94266 from vmcoreinfo+kallsyms", "BTF: 100811 types",
-		"tasks: 1 (kernel stacks of 16 KiB)", "      1       1 init             S    1 -       0xffffc90000010000-0xffffc90000014000",
+	for _, want := range []string{"kernel 6.1.0-57-amd64\n", "KASLR offset 0x1c000000 (vmcoreinfo KERNELOFFSET)\n", "symbols: 94266 from vmcoreinfo+kallsyms", "BTF: 100811 types",
+		"tasks: 1, threads: 1 (kernel stacks of 16 KiB)", "      1       1 init             S    1 -       0xffffc90000010000-0xffffc90000014000",
 		"fentry cmdline_proc_show at 0xffffffff9d4a1230: nop (0f1f440000)"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
