@@ -111,11 +111,7 @@ func liveKernelCache(t *testing.T) string {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Skip("no qemu-system-x86_64 (test/nested/prepare.sh installs it)")
 	}
-	dir := os.Getenv("KLP_KVM_NESTED_CACHE")
-	if dir == "" {
-		home, _ := os.UserHomeDir()
-		dir = filepath.Join(home, ".cache/klp-kvm/nested/current")
-	}
+	dir := nestedKernelDir()
 	if _, err := os.Stat(filepath.Join(dir, "vmlinuz")); err != nil {
 		t.Skipf("no kernel cache (%v): run test/nested/prepare.sh", err)
 	}
@@ -424,3 +420,20 @@ func testLive(t *testing.T, nokaslr bool) {
 
 func TestLiveQEMUKASLR(t *testing.T)   { testLive(t, false) }
 func TestLiveQEMUNoKASLR(t *testing.T) { testLive(t, true) }
+
+// nestedKernelDir is the nested tier's current cached kernel, where
+// test/nested/prepare.sh puts it (the same rules as test/nested's
+// cacheDir: $KLP_KVM_NESTED_CACHE, else $XDG_CACHE_HOME or ~/.cache,
+// then klp-kvm/nested).
+func nestedKernelDir() string {
+	base := os.Getenv("KLP_KVM_NESTED_CACHE")
+	if base == "" {
+		xdg := os.Getenv("XDG_CACHE_HOME")
+		if xdg == "" {
+			home, _ := os.UserHomeDir()
+			xdg = filepath.Join(home, ".cache")
+		}
+		base = filepath.Join(xdg, "klp-kvm", "nested")
+	}
+	return filepath.Join(base, "current")
+}

@@ -54,11 +54,7 @@ func vmlinuxFromBzImage(t testing.TB, bz []byte) []byte {
 }
 
 func TestDebianVmlinuxBTF(t *testing.T) {
-	home, _ := os.UserHomeDir()
-	dir := os.Getenv("KLP_KVM_NESTED_CACHE")
-	if dir == "" {
-		dir = filepath.Join(home, ".cache/klp-kvm/nested/current")
-	}
+	dir := nestedKernelDir()
 	bz, err := os.ReadFile(filepath.Join(dir, "vmlinuz"))
 	if err != nil {
 		t.Skipf("no cached Debian kernel (%v): run test/nested/prepare.sh", err)
