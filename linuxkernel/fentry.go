@@ -30,7 +30,8 @@ type FentrySite struct {
 	Kind   string `json:"kind"`
 	Bytes  string `json:"bytes"`            // the 5 bytes, hex
 	Target uint64 `json:"target,omitempty"` // call target
-	// TargetSym is the call target as symbol+offset.
+	// TargetSym is the call target as symbol+offset; empty outside the
+	// kernel image (a trampoline ftrace allocated, a BPF program).
 	TargetSym string `json:"target_sym,omitempty"`
 }
 
@@ -75,7 +76,14 @@ func classifyFentry(addr uint64, b [9]byte, syms *Symbols) FentrySite {
 	case site[0] == 0xe8:
 		f.Kind = FentryCall
 		f.Target = f.Site + 5 + uint64(int64(int32(binary.LittleEndian.Uint32(site[1:]))))
+		// Name the target only inside the kernel image: beyond _end
+		// (module space: ftrace's per-ops trampolines, BPF) the nearest
+		// symbol below would be a wrong name.
+		end, err := uint64(0), error(nil)
 		if syms != nil {
+			end, err = syms.Addr("_end")
+		}
+		if syms != nil && (err != nil || f.Target < end) {
 			if s, off, ok := syms.At(f.Target); ok {
 				f.TargetSym = s.Name
 				if off != 0 {

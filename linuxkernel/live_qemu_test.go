@@ -16,7 +16,6 @@ import (
 	"debug/elf"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,14 +25,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"klp-kvm/test/nested/initramfs"
 )
 
 const liveMarker = "KLPLIVE"
 
 // kallsymsProbe are the symbols the guest reports from /proc/kallsyms.
 var kallsymsProbe = []string{"_text", "_stext", "cmdline_proc_show", "init_task", "schedule", "__per_cpu_offset", "current_task", "__start_BTF", "nr_cpu_ids", "ftrace_caller"}
+
+// tracedFunc is traced by the guest's function tracer during the test.
+const tracedFunc = "version_proc_show"
 
 func TestMain(m *testing.M) {
 	if os.Getpid() == 1 && os.Getenv("KLP_LIVE_GUEST") == "1" {
@@ -48,6 +48,23 @@ func guestInit() {
 	out := os.Stdout
 	if err := syscall.Mount("proc", "/proc", "proc", 0, ""); err != nil {
 		fmt.Fprintf(out, "%s error mount /proc: %v\n", liveMarker, err)
+	}
+	// Trace one function, so that its fentry site is a call (ftrace's
+	// trampoline) while cmdline_proc_show's stays a NOP.
+	trace := func() error {
+		if err := syscall.Mount("sysfs", "/sys", "sysfs", 0, ""); err != nil {
+			return err
+		}
+		if err := syscall.Mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
+			return err
+		}
+		if err := os.WriteFile("/sys/kernel/tracing/set_ftrace_filter", []byte(tracedFunc+"\n"), 0); err != nil {
+			return err
+		}
+		return os.WriteFile("/sys/kernel/tracing/current_tracer", []byte("function\n"), 0)
+	}
+	if err := trace(); err != nil {
+		fmt.Fprintf(out, "%s error tracing %s: %v\n", liveMarker, tracedFunc, err)
 	}
 	if f, err := os.Open("/proc/kallsyms"); err == nil {
 		want := map[string]bool{}
@@ -102,6 +119,7 @@ type guestReport struct {
 	tasks   map[int32]string // pid -> comm
 	state   map[int32]string
 	threads []int32 // /proc/1/task
+	errors  []string
 }
 
 func liveKernelCache(t *testing.T) string {
@@ -142,24 +160,19 @@ func selfStatic(t *testing.T) string {
 func bootLive(t *testing.T, cache, extraCmdline string) (PhysMem, []CPU, *guestReport) {
 	exe := selfStatic(t)
 	tmp := t.TempDir()
-	a := initramfs.New()
-	for _, d := range []string{"dev", "proc"} {
-		if err := a.AddDir(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := a.AddCharDev("dev/console", 0o600, 5, 1); err != nil {
+	self, err := os.ReadFile(exe)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.AddFile("init", exe); err != nil {
-		t.Fatal(err)
-	}
-	var ird bytes.Buffer
-	if err := a.Write(&ird); err != nil {
-		t.Fatal(err)
-	}
+	ird := newcArchive([]newcEntry{
+		{name: "dev", mode: 0o40755},
+		{name: "proc", mode: 0o40755},
+		{name: "sys", mode: 0o40755},
+		{name: "dev/console", mode: 0o20600, rdev: [2]uint32{5, 1}},
+		{name: "init", mode: 0o100755, data: self},
+	})
 	initrd := filepath.Join(tmp, "initrd")
-	if err := os.WriteFile(initrd, ird.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(initrd, ird, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	const ramSize = 512 << 20
@@ -213,6 +226,8 @@ func bootLive(t *testing.T, cache, extraCmdline string) (PhysMem, []CPU, *guestR
 			case len(f) == 2 && f[0] == "thread":
 				tid, _ := strconv.Atoi(f[1])
 				rep.threads = append(rep.threads, int32(tid))
+			case len(f) >= 1 && f[0] == "error":
+				rep.errors = append(rep.errors, strings.Join(f[1:], " "))
 			case len(f) == 1 && f[0] == "ready":
 				ready <- nil
 				io.Copy(io.Discard, stdout)
@@ -246,19 +261,27 @@ func bootLive(t *testing.T, cache, extraCmdline string) (PhysMem, []CPU, *guestR
 	return ReaderAtMem{R: f, Size: ramSize}, cpus, rep
 }
 
-// monitor sends commands to the QEMU human monitor and returns what it
-// printed.
+// monitor sends commands to the QEMU human monitor and returns what the
+// last one printed. The socket is opened with syscall rather than package
+// net so that the test binary stays static with cgo enabled (it is the
+// guest's /init).
 func monitor(t *testing.T, sock string, cmds ...string) string {
-	var c net.Conn
-	var err error
-	for i := 0; i < 50; i++ {
-		if c, err = net.Dial("unix", sock); err == nil {
-			break
+	var c *os.File
+	for i := 0; i < 50 && c == nil; i++ {
+		fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		if err := syscall.Connect(fd, &syscall.SockaddrUnix{Name: sock}); err != nil {
+			syscall.Close(fd)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		syscall.SetNonblock(fd, true) // pollable: read deadlines work
+		c = os.NewFile(uintptr(fd), sock)
 	}
-	if err != nil {
-		t.Fatal(err)
+	if c == nil {
+		t.Fatalf("cannot connect to the QEMU monitor at %s", sock)
 	}
 	defer c.Close()
 	var out bytes.Buffer
@@ -344,6 +367,20 @@ func testLive(t *testing.T, nokaslr bool) {
 		if f.Kind != FentryNop {
 			t.Errorf("cmdline_proc_show fentry %+v", f)
 		}
+	}
+	// The traced function's site calls into ftrace.
+	if len(rep.errors) != 0 {
+		t.Fatalf("guest errors: %q", rep.errors)
+	}
+	fs, err = k.Fentry(tracedFunc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fs {
+		if f.Kind != FentryCall || f.Target == 0 {
+			t.Errorf("%s (traced) fentry %+v, want a call", tracedFunc, f)
+		}
+		t.Logf("%s (traced): %s -> %#x %q", tracedFunc, f.Bytes, f.Target, f.TargetSym)
 	}
 	// Tasks: the walk matches /proc (kernel workers may come and go).
 	tasks, err := k.Tasks()
@@ -436,4 +473,40 @@ func nestedKernelDir() string {
 		base = filepath.Join(xdg, "klp-kvm", "nested")
 	}
 	return filepath.Join(base, "current")
+}
+
+// newcEntry is one file of an initramfs.
+type newcEntry struct {
+	name string
+	mode uint32    // S_IF* | permissions
+	rdev [2]uint32 // major, minor of a device node
+	data []byte
+}
+
+// newcArchive writes a cpio "newc" archive, the initramfs format
+// (Documentation/driver-api/early-userspace/buffer-format.rst). The test
+// writes its own rather than use test/nested/initramfs: that package's
+// u-root cpio pulls in os/user, which links with cgo, and this binary
+// must be static to run as the guest's /init under a plain `go test`.
+func newcArchive(entries []newcEntry) []byte {
+	var b bytes.Buffer
+	pad := func() {
+		for b.Len()%4 != 0 {
+			b.WriteByte(0)
+		}
+	}
+	write := func(ino int, e newcEntry) {
+		fmt.Fprintf(&b, "070701%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x",
+			ino, e.mode, 0, 0, 1, 0, len(e.data), 0, 0, e.rdev[0], e.rdev[1], len(e.name)+1, 0)
+		b.WriteString(e.name)
+		b.WriteByte(0)
+		pad()
+		b.Write(e.data)
+		pad()
+	}
+	for i, e := range entries {
+		write(i+1, e)
+	}
+	write(0, newcEntry{name: "TRAILER!!!"})
+	return b.Bytes()
 }

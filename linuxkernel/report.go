@@ -161,6 +161,8 @@ func (r *Report) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, ", call %#x", f.Target)
 			if f.TargetSym != "" {
 				fmt.Fprintf(&b, " %s", f.TargetSym)
+			} else {
+				b.WriteString(", outside the kernel image: an ftrace trampoline?")
 			}
 		}
 		b.WriteString(")\n")

@@ -35,7 +35,7 @@ func TestInspectorReport(t *testing.T) {
 	if err := r.WriteText(&text); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"kernel 6.1.0-synthetic\n", "KASLR offset 0x200000 (vmcoreinfo KERNELOFFSET)\n", "symbols: 14 from vmcoreinfo+kallsyms", "tasks: 3, threads: 4 (kernel stacks of 16 KiB)",
+	for _, want := range []string{"kernel 6.1.0-synthetic\n", "KASLR offset 0x200000 (vmcoreinfo KERNELOFFSET)\n", "symbols: 16 from vmcoreinfo+kallsyms", "tasks: 3, threads: 4 (kernel stacks of 16 KiB)",
 		"       1       1 init             S    1 cpu0", "fentry cmdline_proc_show at 0xffffffff81201000: nop (0f1f440000)", `fentry: linuxkernel: fentry: not found: no symbol "missing_fn"`} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, text.String())

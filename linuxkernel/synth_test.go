@@ -181,6 +181,8 @@ func newSynKernel(t testing.TB) *synKernel {
 		{'t', "dup", K + 0x1400},
 		{'t', "dup", K + 0x1500},
 		{'T', "entry_SYSCALL_64", K + 0x1600},
+		{'T', "tramp_fn", K + 0x1700},
+		{'B', "_end", K + 0x1ff000},
 		{'D', "init_task", K + 0x100000},
 		{'D', "__per_cpu_offset", K + 0x101000},
 		{'D', "nr_cpu_ids", K + 0x102000},
@@ -193,6 +195,9 @@ func newSynKernel(t testing.TB) *synKernel {
 	binary.LittleEndian.PutUint32(call[5:], uint32(int32(int64(K+0x1200)-int64(K+0x1100+4+5))))
 	k.put(K+0x1100, call)
 	k.put(K+0x1300, []byte{0xcc, 0x1f, 0x44, 0, 0})
+	tramp := []byte{0xe8, 0, 0, 0, 0}
+	binary.LittleEndian.PutUint32(tramp[1:], uint32(uint64(0xffffffffc0001000)-(K+0x1700+5)))
+	k.put(K+0x1700, tramp)
 	k.put(K+0x110000, btfRaw)
 
 	// Kallsyms tables.
@@ -324,6 +329,10 @@ func TestSyntheticPipeline(t *testing.T) {
 	fs, err = kern.Fentry("weird_fn")
 	if err != nil || fs[0].Kind != FentryUnknown || fs[0].Bytes != "cc1f440000" {
 		t.Errorf("weird_fn: %+v %v", fs, err)
+	}
+	fs, err = kern.Fentry("tramp_fn")
+	if err != nil || fs[0].Kind != FentryCall || fs[0].Target != 0xffffffffc0001000 || fs[0].TargetSym != "" {
+		t.Errorf("tramp_fn (a call beyond _end): %+v %v", fs, err)
 	}
 	if _, err := kern.Fentry("nope"); !isKind(err, ErrNotFound) {
 		t.Errorf("Fentry(nope) = %v", err)
