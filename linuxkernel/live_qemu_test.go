@@ -13,6 +13,7 @@ package linuxkernel
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"debug/elf"
 	"fmt"
 	"io"
@@ -157,7 +158,7 @@ func selfStatic(t *testing.T) string {
 // bootLive boots the cached kernel with this binary as /init and RAM in a
 // shared file, waits for the report, stops the VM and returns the RAM
 // file, the vCPUs' registers and the report.
-func bootLive(t *testing.T, cache, extraCmdline string) (PhysMem, []CPU, *guestReport) {
+func bootLive(t *testing.T, cache, extraCmdline string) (*qemuLive, []CPU, *guestReport) {
 	exe := selfStatic(t)
 	tmp := t.TempDir()
 	self, err := os.ReadFile(exe)
@@ -258,8 +259,21 @@ func bootLive(t *testing.T, cache, extraCmdline string) (PhysMem, []CPU, *guestR
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	return ReaderAtMem{R: f, Size: ramSize}, cpus, rep
+	return &qemuLive{ReaderAtMem: ReaderAtMem{R: f, Size: ramSize}, t: t, mon: mon}, cpus, rep
 }
+
+// qemuLive is the QEMU guest as Live: its RAM file, paused and resumed
+// through the monitor (QEMU's stop/cont do not nest; the test pauses only
+// through the Inspector).
+type qemuLive struct {
+	ReaderAtMem
+	t   *testing.T
+	mon string
+}
+
+func (q *qemuLive) Pause() error         { monitor(q.t, q.mon, "stop"); return nil }
+func (q *qemuLive) Resume() error        { monitor(q.t, q.mon, "cont"); return nil }
+func (q *qemuLive) CPUs() ([]CPU, error) { return nil, nil }
 
 // monitor sends commands to the QEMU human monitor and returns what the
 // last one printed. The socket is opened with syscall rather than package
@@ -317,8 +331,8 @@ func testLive(t *testing.T, nokaslr bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("Open: %v; release %s, KASLR offset %#x, %d symbols (%s), %d BTF types, vmcoreinfo at %#x",
-		time.Since(start).Round(time.Millisecond), k.Release, k.KASLROffset, k.Symbols.Len(), k.Source, k.BTFTypes, k.VMCoreInfo.Phys)
+	t.Logf("Open: %v; release %s, KASLR offset %#x, %d symbols (%s), %d BTF types, vmcoreinfo at %#x, 5-level paging %v",
+		time.Since(start).Round(time.Millisecond), k.Release, k.KASLROffset, k.Symbols.Len(), k.Source, k.BTFTypes, k.VMCoreInfo.Phys, k.AS.LA57)
 	if k.BTFErr != nil {
 		t.Fatal(k.BTFErr)
 	}
@@ -453,6 +467,22 @@ func testLive(t *testing.T, nokaslr bool) {
 		}
 	}
 	t.Logf("%d threads in all; /init's: %d walked, %d in /proc/1/task", len(threads), len(ofInit), len(rep.threads))
+
+	// The Inspector (what POST /kernel serves) on the running guest: it
+	// pauses the VM, opens the kernel from scratch, reports, resumes.
+	mem.Resume()
+	in := &Inspector{Live: mem}
+	r, err := in.InspectKernel(context.Background(), []string{"cmdline_proc_show", tracedFunc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.OK() || r.KASLROffset != k.KASLROffset || r.Symbols != k.Symbols.Len() || len(r.Tasks) < len(rep.tasks) || r.Threads < len(r.Tasks) ||
+		len(r.Fentry) != 2 || r.Fentry[0].Kind != FentryNop || r.Fentry[1].Kind != FentryCall {
+		t.Errorf("Inspector report %+v", r)
+	}
+	var printed strings.Builder
+	r.WriteText(&printed)
+	t.Logf("klp-kvm inspect --live would print:\n%s", printed.String())
 }
 
 func TestLiveQEMUKASLR(t *testing.T)   { testLive(t, false) }
