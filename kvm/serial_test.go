@@ -524,3 +524,60 @@ func TestUARTConcurrent(t *testing.T) {
 	}
 	t.Logf("%d bytes in, %d out, %d interrupts", n, txN, len(calls)/2)
 }
+
+// FuzzUART drives the UART with arbitrary guest accesses and host input
+// (the guest is untrusted): it must never panic, and the interrupt output
+// must follow the registers: calls alternate, and the level is the pending
+// condition gated by OUT2 and loopback. Each input byte pair is an access:
+// op&0x0f picks the register and reads or writes, op>>4==0xf pushes.
+func FuzzUART(f *testing.F) {
+	f.Add([]byte{0x11, 0x0f, 0x14, 0x08, 0xf0, 'a', 0x02, 0, 0x00, 0})
+	f.Add([]byte{0x14, 0x1a, 0x06, 0, 0x12, 0x01, 0x10, 'x', 0x10, 'y', 0x05, 0})
+	f.Add([]byte{0x12, 0xc1, 0x11, 0x01, 0x14, 0x08, 0xf0, '1', 0xf0, '2', 0x02, 0, 0x00, 0})
+	f.Fuzz(func(t *testing.T, script []byte) {
+		var calls []bool
+		u := NewUART(func(byte) {}, 32)
+		u.SetIRQ(func(level bool) { calls = append(calls, level) })
+		for i := 0; i+1 < len(script); i += 2 {
+			op, v := script[i], script[i+1]
+			reg := uint16(op & 7)
+			switch {
+			case op>>4 == 0xf:
+				// Push waits while the buffer is full or the guest is
+				// in loopback: push only when it would not.
+				u.mu.Lock()
+				room := len(u.rx) < u.rxMax && u.mcr&mcrLoop == 0
+				u.mu.Unlock()
+				if room {
+					u.Push([]byte{v})
+				}
+			case op&0x10 != 0:
+				u.Write(reg, v)
+			default:
+				got := u.Read(reg)
+				switch {
+				case reg == uartIIR && got&0x30 != 0:
+					t.Fatalf("IIR %#x: bits 5:4 set", got)
+				case reg == uartLSR && got&(lsrTHRE|lsrTEMT) != lsrTHRE|lsrTEMT:
+					t.Fatalf("LSR %#x: transmitter not empty", got)
+				case reg == uartMCR && got > 0x1f:
+					t.Fatalf("MCR %#x", got)
+				case reg == uartIER && u.Read(uartLCR)&lcrDLAB == 0 && got > 0x0f:
+					t.Fatalf("IER %#x", got)
+				}
+			}
+			u.mu.Lock()
+			want := u.pending() != iirNoInt && u.mcr&mcrOUT2 != 0 && u.mcr&mcrLoop == 0
+			line := u.line
+			u.mu.Unlock()
+			if line != want {
+				t.Fatalf("access %d: line %v, pending %v", i/2, line, want)
+			}
+		}
+		for i, c := range calls {
+			if c != (i%2 == 0) {
+				t.Fatalf("line calls %v do not alternate", calls)
+			}
+		}
+	})
+}
