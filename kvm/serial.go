@@ -13,7 +13,9 @@ import "sync"
 // (LSR.THRE and LSR.TEMT always set, and a THRE interrupt is due again after
 // every THR write). Received data that sits below the FIFO's trigger level
 // reports the character timeout interrupt at once, as if the four character
-// times had passed.
+// times had passed. No line errors or breaks are ever received (LSR's PE,
+// FE, BI and bit 7 stay 0; LCR's break bit is kept but sends nothing); OE
+// comes only from loopback.
 //
 // It is pure: the host feeds input with Push and is handed output through
 // the out callback and the interrupt line through the callback set with
@@ -129,8 +131,10 @@ func NewUART(out func(byte), rxMax int) *UART {
 // pending while MCR.OUT2 is set (and the UART is not in loopback, where the
 // OUT2 pin is forced inactive), false when that no longer holds. It is
 // level-triggered at this boundary: one call per change, never two calls
-// with the same level in a row, never a glitch inside one register access.
-// If the line is already high, irq(true) is called before SetIRQ returns.
+// with the same level in a row. The only pulse inside one register access
+// is the hardware's own: a THR write while THRE alone holds the line up
+// lowers and raises it (see Write). If the line is already high,
+// irq(true) is called before SetIRQ returns.
 //
 // irq is called with the UART's mutex held, from whichever goroutine made
 // the change (a vCPU thread in Read or Write, a host goroutine in Push), so
@@ -222,7 +226,14 @@ func (u *UART) Write(reg uint16, v byte) {
 			return
 		}
 		// Writing THR clears the THRE interrupt; the byte leaves at once
-		// and THR is empty again, which sets it again.
+		// and THR is empty again, which sets it again. The line shows
+		// that pulse as real INTR does (low, then high, if THRE was all
+		// that held it up): with the PC's edge-triggered ISA IRQs every
+		// refill of THR then re-arms the interrupt, so a driver that
+		// leaves its handler with THRE pending (Linux's PASS_LIMIT) is
+		// interrupted again rather than stalled.
+		u.thri = false
+		u.updateLine()
 		if u.mcr&mcrLoop != 0 {
 			u.loopback(v)
 		} else if u.out != nil {
@@ -364,7 +375,7 @@ func (u *UART) pending() byte {
 // updateLine recomputes the interrupt output after a change and tells irq
 // if its level changed. On a PC the UART's INTR reaches the interrupt
 // controller only through a buffer enabled by the OUT2 pin, which loopback
-// forces inactive. Called with mu held, once at the end of every access.
+// forces inactive. Called with mu held, at the end of every access (and inside a THR write).
 func (u *UART) updateLine() {
 	level := u.pending() != iirNoInt && u.mcr&(mcrOUT2|mcrLoop) == mcrOUT2
 	if level == u.line {

@@ -764,12 +764,15 @@ func TestLinuxInterruptTX(t *testing.T) {
 	if want := (len(msg) + 15) / 16; passes != want {
 		t.Fatalf("%d passes for %d bytes, want %d", passes, len(msg), want)
 	}
-	// Each pass: the IIR read clears THRE (line down), the THR writes set
-	// it again (up); the last pass's stop_tx leaves it down.
-	var want []bool
-	want = append(want, true)
-	for range passes {
+	// Each pass: the IIR read clears THRE (line down), the first THR
+	// write sets it again (up), each further write pulses it (down, up);
+	// the last pass's stop_tx leaves it down.
+	want := []bool{true}
+	for left := len(msg); left > 0; left -= 16 {
 		want = append(want, false, true)
+		for range min(left, 16) - 1 {
+			want = append(want, false, true)
+		}
 	}
 	want = append(want, false)
 	l.want(t, "transmit", want...)

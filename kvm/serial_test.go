@@ -327,14 +327,22 @@ func TestUARTInterruptTHRE(t *testing.T) {
 		t.Fatalf("IIR after clear %#x", iir)
 	}
 	// A THR write clears THRE and, the byte gone at once, sets it again:
-	// one rising edge, and no glitch within the write.
+	// a rising edge.
 	u.Write(uartRBR, 'a')
 	l.want(t, "THR write", true, false, true)
+	// With THRE pending, the write's clear and set show as a pulse: a
+	// fresh edge for an edge-triggered interrupt controller.
 	u.Write(uartRBR, 'b')
-	l.want(t, "THR write while pending", true, false, true)
+	l.want(t, "THR write while pending", true, false, true, false, true)
+	// No pulse while another source holds the line up.
+	u.Write(uartIER, ierETBEI|ierERBFI)
+	u.Push([]byte("r"))
+	u.Write(uartRBR, 'c')
+	l.want(t, "THR write with RX pending", true, false, true, false, true)
+	u.Read(uartRBR)
 	u.Write(uartIER, 0)
-	l.want(t, "ETBEI off", true, false, true, false)
-	if string(out) != "ab" {
+	l.want(t, "ETBEI off", true, false, true, false, true, false)
+	if string(out) != "abc" {
 		t.Fatalf("out %q", out)
 	}
 }
