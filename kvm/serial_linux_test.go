@@ -820,3 +820,38 @@ func (f *fcr64) out(off int, v byte) bool {
 	}
 	return true
 }
+
+// BenchmarkUARTLinuxTX is the model's cost per byte a Linux driver sends
+// through THRE interrupts (register accesses and line calls, no exits).
+func BenchmarkUARTLinuxTX(b *testing.B) {
+	u := NewUART(func(byte) {}, 4096)
+	up := &lnxPort{p: uartPort{u}}
+	up.autoconfig()
+	up.startup()
+	up.setTermios()
+	calls := 0
+	u.SetIRQ(func(bool) { calls++ })
+	chunk := strings.Repeat("x", 4096)
+	b.SetBytes(int64(len(chunk)))
+	for b.Loop() {
+		up.startTx(chunk)
+		for up.handleIRQ() {
+		}
+	}
+	b.ReportMetric(float64(calls)/float64(b.N)/float64(len(chunk)), "linecalls/byte")
+}
+
+// BenchmarkUARTPolledTX is klp-kvm's guest's path: an LSR poll per 16
+// bytes, then THR writes, interrupts off.
+func BenchmarkUARTPolledTX(b *testing.B) {
+	u := NewUART(func(byte) {}, 4096)
+	u.Write(uartIIR, 0x07)
+	b.SetBytes(16)
+	for b.Loop() {
+		if u.Read(uartLSR)&lsrTHRE != 0 {
+			for range 16 {
+				u.Write(uartRBR, 'x')
+			}
+		}
+	}
+}
