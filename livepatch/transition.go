@@ -422,8 +422,9 @@ func (m *Manager) switchPaused(t *transition, force bool, t0, tp time.Time) erro
 	m.sitesChanged = true
 	t2 := time.Now()
 	rerr := m.g.Resume()
-	t.res.PauseWindow = time.Since(t0)
-	t.res.Stop, t.res.Check, t.res.Poke = tp.Sub(t0), t1.Sub(tp), t2.Sub(t1)
+	t3 := time.Now()
+	t.res.PauseWindow = t3.Sub(t0)
+	t.res.Stop, t.res.Check, t.res.Poke, t.res.Resume = tp.Sub(t0), t1.Sub(tp), t2.Sub(t1), t3.Sub(t2)
 	if err != nil {
 		errno := syscall.EIO
 		if errors.Is(err, ftrace.ErrMismatch) {
