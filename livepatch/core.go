@@ -240,8 +240,9 @@ type Manager struct {
 
 	// Guarded by mu (and the tracer's sites, the guest's sysfs mirror and
 	// the patches' fields with them).
-	tracer *ftrace.Tracer
-	sysfs  *guestkernel.SysfsWriter
+	tracer  *ftrace.Tracer
+	scratch checkScratch // the consistency check's working memory (check.go)
+	sysfs   *guestkernel.SysfsWriter
 	// klp_patch_list, the guest's view of Linux's klp_patches and
 	// klp_transition_patch for the state API (state.go); nil for a guest
 	// kernel from before klp_state. plistOpen: a transition published it
