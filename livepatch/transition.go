@@ -100,7 +100,7 @@ type transition struct {
 	idx    *spanIndex  // what no stack may be inside at the switch
 	res    *Result
 
-	busySince time.Time // when this goroutine last slept (settle)
+	busySince time.Time // when this goroutine last slept (napBeforePause)
 
 	deadline time.Duration // how long blocked attempts are retried
 	end      time.Time     // when that time is up
@@ -383,7 +383,7 @@ func (m *Manager) tryCompleteTransition(t *transition) (*blocker, error) {
 	// the guest runs again (every return below follows a Resume, or a
 	// Pause that failed).
 	defer holdGC()()
-	settle(t)
+	napBeforePause(t)
 	t0 := time.Now()
 	if err := m.g.Pause(); err != nil {
 		return &blocker{who: "the guest", what: "could not be stopped: " + err.Error()}, nil
@@ -412,15 +412,18 @@ func (m *Manager) tryCompleteTransition(t *transition) (*blocker, error) {
 // (emu's APIC ticks are Go timers) and the OS scheduler's view of a
 // thread that has been running for milliseconds. So an attempt whose
 // goroutine has not slept for napAfter sleeps napFor before the pause:
-// with the 1024-function switch's 1-3 ms enable, a few percent.
+// with the 1024-function switch's 1-3 ms enable, a few percent. Measured
+// with and without it, alternating (emu, 1024 functions, 5-6 runs each):
+// the stop phase 25 -> 17 us at 1 vCPU, 54-73 -> 38-54 us at 2, neutral at
+// 4 (where the stop is the vCPU threads waiting for a host core).
 const (
 	napAfter = 200 * time.Microsecond
 	napFor   = 20 * time.Microsecond
 )
 
-// settle sleeps napFor before a pause when the transition's goroutine
-// has been busy for napAfter or longer (see napAfter).
-func settle(t *transition) {
+// napBeforePause sleeps napFor before a pause when the transition's
+// goroutine has been busy for napAfter or longer (see napAfter).
+func napBeforePause(t *transition) {
 	if time.Since(t.busySince) >= napAfter {
 		time.Sleep(napFor)
 		t.busySince = time.Now()
