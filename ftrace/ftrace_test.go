@@ -590,3 +590,30 @@ func TestCommitAllocatesNothing(t *testing.T) {
 		t.Fatalf("20 commits allocated %d times", allocs)
 	}
 }
+
+// Sites close together are verified and written as one cluster: 64
+// sites in one page of text cost one write inside the pause (on kvm.Machine
+// one translation and one CodeChanged per page), not 64.
+func TestCommitWritesOncePerCluster(t *testing.T) {
+	m, tr := setup(t, 64)
+	var ups []Update
+	for i := 0; i < 64; i++ {
+		ups = append(ups, Update{textBase + uint64(i*64), 0xffffffffa0000100})
+	}
+	x, err := tr.Prepare(ups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Stage(); err != nil {
+		t.Fatal(err)
+	}
+	m.paused = true
+	before := m.writes
+	if err := x.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.writes - before; n != 1 {
+		t.Fatalf("a commit of 64 sites in one page wrote %d times, want 1", n)
+	}
+	x.Finish()
+}
