@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -45,6 +46,9 @@ func emit(r result) { fmt.Println(r.line()) }
 // function, in a loop), and prints the samples.
 func TestInVMLinuxLivepatch(t *testing.T) {
 	inVM(t)
+	if !sides()["linux"] {
+		t.Skip("KLP_COMPARE_SIDES leaves Linux out")
+	}
 	cycles := envInt("KLP_COMPARE_CYCLES", 20)
 	orig, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
@@ -55,7 +59,7 @@ func TestInVMLinuxLivepatch(t *testing.T) {
 	emit(result{Kind: "info", Info: fmt.Sprintf("Linux %s, %d CPUs, livepatch-sample.ko, %d cycles per mode",
 		unix.ByteSliceToString(uts.Release[:]), runtime.NumCPU(), cycles)})
 	for _, mode := range modes {
-		r := result{Kind: "linux", Mode: mode}
+		r := result{Kind: "linux", Mode: mode, CPUs: runtime.NumCPU()}
 		var stop func()
 		if mode == modeBusy {
 			stop = startHogs(t, runtime.NumCPU())
@@ -106,6 +110,15 @@ func linuxCycle(r *result, orig []byte) error {
 	if got, _ := os.ReadFile("/proc/cmdline"); !bytes.Equal(got, orig) {
 		return fmt.Errorf("disabled, but /proc/cmdline reads %q", got)
 	}
+	var k [5]int64
+	for i, name := range []string{"t_init", "t_pre_patch", "t_post_patch", "t_pre_unpatch", "t_post_unpatch"} {
+		if k[i], err = moduleParam(name); err != nil {
+			return err
+		}
+	}
+	if !(k[0] <= k[1] && k[1] <= k[2] && k[2] <= k[3] && k[3] <= k[4]) || k[0] == 0 {
+		return fmt.Errorf("the module's timestamps are out of order (init, pre_patch, post_patch, pre_unpatch, post_unpatch: %v): not our livepatch-sample.ko?", k)
+	}
 	if err := unload(); err != nil {
 		return err
 	}
@@ -115,7 +128,23 @@ func linuxCycle(r *result, orig []byte) error {
 	r.Transition = append(r.Transition, int64(t2.Sub(t1)))
 	r.Disable = append(r.Disable, int64(t4.Sub(t3)))
 	r.Unload = append(r.Unload, int64(t5.Sub(t4)))
+	r.KEnable = append(r.KEnable, k[2]-k[0])
+	r.KTransition = append(r.KTransition, k[2]-k[1])
+	r.KDisable = append(r.KDisable, k[4]-k[3])
 	return nil
+}
+
+// moduleParam reads one of the module's timestamps (ns of ktime_get_ns).
+func moduleParam(name string) (int64, error) {
+	b, err := os.ReadFile("/sys/module/" + moduleName + "/parameters/" + name)
+	if err != nil {
+		return 0, fmt.Errorf("the module's timestamp %s: %w", name, err)
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("the module's timestamp %s: %q: %w", name, b, err)
+	}
+	return v, nil
 }
 
 // waitTransition polls <patch>/transition until it reads 0: at once,
@@ -194,12 +223,16 @@ func TestInVMHog(t *testing.T) {
 	}
 }
 
-// TestInVMKlpKvmBench runs `klp-kvm bench --engine kvm --cpus 2 --funcs
-// 1` in each mode: once with KLP_COMPARE_ITERATIONS measured cycles
+// TestInVMKlpKvmBench runs `klp-kvm bench --engine kvm --cpus N --funcs
+// 1`, N the VM's CPU count (its guest has as many vCPUs as the VM that
+// Linux's side ran in), in each mode: once with KLP_COMPARE_ITERATIONS measured cycles
 // (default 100), once with KLP_COMPARE_COLD points of one cycle (default
 // 4) for more first enables; and prints the rows.
 func TestInVMKlpKvmBench(t *testing.T) {
 	inVM(t)
+	if !sides()["klp-kvm"] {
+		t.Skip("KLP_COMPARE_SIDES leaves klp-kvm out")
+	}
 	bin := os.Getenv("KLP_KVM_BIN")
 	if bin == "" {
 		t.Fatal("no KLP_KVM_BIN: the host did not put klp-kvm into the VM")
@@ -208,7 +241,10 @@ func TestInVMKlpKvmBench(t *testing.T) {
 	cold := envInt("KLP_COMPARE_COLD", 4)
 	cpus := fmt.Sprint(runtime.NumCPU())
 	for _, mode := range modes {
-		r := result{Kind: "klp-kvm", Mode: mode}
+		if _, ok := benchCmdline[mode]; !ok {
+			t.Fatalf("KLP_COMPARE_MODES: no mode %q (idle, busy)", mode)
+		}
+		r := result{Kind: "klp-kvm", Mode: mode, CPUs: runtime.NumCPU()}
 		r.Warm = bench(t, bin, "--cpus", cpus, "--funcs", "1", "--iterations", fmt.Sprint(iters), "--cmdline", benchCmdline[mode])
 		r.Cold = bench(t, bin, "--cpus", cpus, "--funcs", strings.TrimSuffix(strings.Repeat("1,", cold), ","), "--iterations", "1", "--cmdline", benchCmdline[mode])
 		emit(r)
