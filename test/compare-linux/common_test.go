@@ -51,6 +51,9 @@ type result struct {
 	Mode string `json:"mode,omitempty"`
 	Info string `json:"info,omitempty"`
 	CPUs int    `json:"cpus,omitempty"` // the VM's CPUs (Linux) = the guest's vCPUs (klp-kvm)
+	// Kind "file": a file the host writes into its output directory
+	// (Info is its name): TestInVMTrace's profiles.
+	Data []byte `json:"data,omitempty"`
 
 	// Linux, one sample per cycle (ns): Load is finit_module's duration
 	// (load, relocate, klp_enable_patch up to the first try of the
@@ -81,6 +84,16 @@ type result struct {
 	// first enables (every row's FirstEnable and Register count).
 	Warm []latency.Row `json:"warm,omitempty"`
 	Cold []latency.Row `json:"cold,omitempty"`
+
+	// klp-kvm, one sample per cycle of livepatch-sample, the counterpart
+	// of Linux's cycle (TestInVMKlpKvmSample): SampleLoad is
+	// Manager.Load (register: parse, symbols, dry layout; then the
+	// enable, which lays the image out and writes it: Linux's
+	// finit_module to transition 0); SampleEnable its enable's Result.Total;
+	// SampleUnload is Manager.Unload (disable and unregister).
+	SampleLoad   []int64 `json:"sample_load_ns,omitempty"`
+	SampleEnable []int64 `json:"sample_enable_ns,omitempty"`
+	SampleUnload []int64 `json:"sample_unload_ns,omitempty"`
 }
 
 func (r result) line() string {

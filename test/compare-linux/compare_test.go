@@ -121,6 +121,7 @@ func TestCompareLinux(t *testing.T) {
 		all.Info = append(all.Info, res.Info...)
 		all.Linux = append(all.Linux, res.Linux...)
 		all.KlpKvm = append(all.KlpKvm, res.KlpKvm...)
+		all.Files = append(all.Files, res.Files...)
 	}
 	var txt bytes.Buffer
 	report(&txt, all, k, flavour)
@@ -130,7 +131,11 @@ func TestCompareLinux(t *testing.T) {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for name, b := range map[string][]byte{"compare.txt": txt.Bytes(), "compare.json": append(js, '\n')} {
+	files := map[string][]byte{"compare.txt": txt.Bytes(), "compare.json": append(js, '\n')}
+	for _, f := range all.Files {
+		files[filepath.Base(f.Info)] = f.Data
+	}
+	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(out, name), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -207,7 +212,7 @@ func buildInitramfs(t *testing.T, k *kernel, initBin, self, klp, mod, out string
 	must(a.AddFile(strings.TrimPrefix(modulePath, "/"), mod))
 	env := []string{"KLP_KVM_BIN=/klp-nested/bin/klp-kvm", "KLP_COMPARE_INVM=1"}
 	for _, kv := range os.Environ() {
-		for _, p := range []string{"KLP_COMPARE_CYCLES=", "KLP_COMPARE_ITERATIONS=", "KLP_COMPARE_COLD=", "KLP_COMPARE_SIDES=", "KLP_COMPARE_MODES="} {
+		for _, p := range []string{"KLP_COMPARE_CYCLES=", "KLP_COMPARE_ITERATIONS=", "KLP_COMPARE_COLD=", "KLP_COMPARE_SIDES=", "KLP_COMPARE_MODES=", "KLP_COMPARE_TRACE="} {
 			if strings.HasPrefix(kv, p) {
 				env = append(env, kv)
 			}
@@ -320,6 +325,7 @@ type collected struct {
 	Info   []string `json:"info"`
 	Linux  []result `json:"linux"`
 	KlpKvm []result `json:"klp_kvm"`
+	Files  []result `json:"-"` // written into the output directory
 }
 
 // collect reads the result channel: the control lines of vminit (the KVM
@@ -332,7 +338,7 @@ func collect(raw []byte) (*collected, string, error) {
 	var failed []string
 	var output strings.Builder
 	sc := bufio.NewScanner(bytes.NewReader(raw))
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	sc.Buffer(make([]byte, 64<<10), 64<<20) // TestInVMTrace's files
 	for sc.Scan() {
 		line := sc.Text()
 		if ev, err := manifest.ParseLine(line); err == nil {
@@ -371,6 +377,8 @@ func collect(raw []byte) (*collected, string, error) {
 			c.Linux = append(c.Linux, r)
 		case "klp-kvm":
 			c.KlpKvm = append(c.KlpKvm, r)
+		case "file":
+			c.Files = append(c.Files, r)
 		}
 	}
 	want := func(side string) int {
@@ -433,26 +441,27 @@ func report(w io.Writer, c *collected, k *kernel, flavour string) {
 	for _, x := range cfgs {
 		l, kk := find(c.Linux, x), find(c.KlpKvm, x)
 		var warm latency.Row
-		var cold []time.Duration
 		if len(kk.Warm) > 0 {
 			warm = kk.Warm[0]
-			for _, r := range append(append([]latency.Row(nil), kk.Warm...), kk.Cold...) {
-				cold = append(cold, r.Register+r.FirstEnable)
-			}
 		}
 		line := func(what string, lin []int64, kd dist, kn int) {
 			ld := distOf(lin)
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\t\n", x.cpus, x.mode, what, fmtDur(ld.p50), fmtDur(ld.max), len(lin),
 				fmtDur(kd.p50), fmtDur(kd.max), kn, ratio(ld.p50, kd.p50), ratio(ld.max, kd.max))
 		}
+		var unload []int64
+		for i := range min(len(l.Disable), len(l.Unload)) {
+			unload = append(unload, l.Disable[i]+l.Unload[i])
+		}
 		line("enable: pre_patch..post_patch | enable", l.KTransition, dist{warm.Total, warm.TotalMax}, warm.Iterations)
 		line("disable: pre_unpatch..post_unpatch | disable", l.KDisable, dist{warm.Disable, warm.DisableMax}, warm.Iterations)
-		line("load+enable: insmod..transition 0 | register+first enable", l.Enable,
-			dist{latency.Median(cold), latency.Percentile(cold, 100)}, len(cold))
+		line("load: insmod..transition 0 | Load", l.Enable, distOf(kk.SampleLoad), len(kk.SampleLoad))
+		line("unload: enabled=0..rmmod | Unload", unload, distOf(kk.SampleUnload), len(kk.SampleUnload))
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "ratio: Linux's time / klp-kvm's (>1: klp-kvm is faster). Linux's enable and disable are timed in the kernel by the")
-	fmt.Fprintln(w, "module's klp callbacks; klp-kvm's are end to end (livepatch.Result.Total). Also measured:")
+	fmt.Fprintln(w, "ratio: Linux's time / klp-kvm's (>1: klp-kvm is faster). enable, disable: Linux's timed in the kernel by the")
+	fmt.Fprintln(w, "module's klp callbacks, klp-kvm's end to end (livepatch.Result.Total, `klp-kvm bench --funcs 1`). load, unload:")
+	fmt.Fprintln(w, "livepatch-sample on both sides, Linux's insmod and disable+rmmod, klp-kvm's Manager.Load and Unload. Also measured:")
 	for _, x := range cfgs {
 		l, kk := find(c.Linux, x), find(c.KlpKvm, x)
 		fmt.Fprintf(w, "  %s, %s:", plural(x.cpus, "CPU", "CPUs"), x.mode)
@@ -463,8 +472,14 @@ func report(w io.Writer, c *collected, k *kernel, flavour string) {
 		}
 		if len(kk.Warm) > 0 {
 			r := kk.Warm[0]
-			fmt.Fprintf(w, " klp-kvm pause window %s (p99 %s, max %s: stop %s, check %s, poke %s), bare pause+resume %s (max %s)",
-				fmtDur(r.Window), fmtDur(r.WindowP99), fmtDur(r.WindowMax), fmtDur(r.Stop), fmtDur(r.Check), fmtDur(r.Poke), fmtDur(r.Bare), fmtDur(r.BareMax))
+			var cold []time.Duration
+			for _, c := range append(append([]latency.Row(nil), kk.Warm...), kk.Cold...) {
+				cold = append(cold, c.Register+c.FirstEnable)
+			}
+			se := distOf(kk.SampleEnable)
+			fmt.Fprintf(w, " klp-kvm pause window %s (p99 %s, max %s: stop %s, check %s, poke %s), bare pause+resume %s (max %s), livepatch-sample's enable in its Load %s (max %s), bench register+first enable %s (max %s)",
+				fmtDur(r.Window), fmtDur(r.WindowP99), fmtDur(r.WindowMax), fmtDur(r.Stop), fmtDur(r.Check), fmtDur(r.Poke), fmtDur(r.Bare), fmtDur(r.BareMax),
+				fmtDur(se.p50), fmtDur(se.max), fmtDur(latency.Median(cold)), fmtDur(latency.Percentile(cold, 100)))
 		}
 		fmt.Fprintln(w)
 	}

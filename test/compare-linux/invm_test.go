@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,7 +23,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"klp-kvm/guestkernel"
 	"klp-kvm/latency"
+	"klp-kvm/livepatch"
+	"klp-kvm/vmm"
 )
 
 // Where the host's initramfs puts the module, and what Linux calls it.
@@ -239,6 +244,7 @@ func TestInVMKlpKvmBench(t *testing.T) {
 	}
 	iters := envInt("KLP_COMPARE_ITERATIONS", 100)
 	cold := envInt("KLP_COMPARE_COLD", 4)
+	cycles := envInt("KLP_COMPARE_CYCLES", 20)
 	cpus := fmt.Sprint(runtime.NumCPU())
 	for _, mode := range modes {
 		if _, ok := benchCmdline[mode]; !ok {
@@ -247,7 +253,52 @@ func TestInVMKlpKvmBench(t *testing.T) {
 		r := result{Kind: "klp-kvm", Mode: mode, CPUs: runtime.NumCPU()}
 		r.Warm = bench(t, bin, "--cpus", cpus, "--funcs", "1", "--iterations", fmt.Sprint(iters), "--cmdline", benchCmdline[mode])
 		r.Cold = bench(t, bin, "--cpus", cpus, "--funcs", strings.TrimSuffix(strings.Repeat("1,", cold), ","), "--iterations", "1", "--cmdline", benchCmdline[mode])
+		sampleCycles(t, &r, mode, cycles)
 		emit(r)
+	}
+}
+
+// sampleCycles is Linux's cycle on klp-kvm, in this process: on a guest
+// of the mode with as many vCPUs as the VM has CPUs, cycles times load
+// livepatch-sample (register and enable: Linux's insmod), check that the
+// guest's /proc/cmdline reads patched, unload it (disable and
+// unregister: Linux's disable and rmmod), check /proc/cmdline again.
+func sampleCycles(t *testing.T, r *result, mode string, cycles int) {
+	obj, err := guestkernel.Patch("livepatch-sample")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := vmm.Boot(vmm.Config{Engine: "kvm", CPUs: runtime.NumCPU(), Cmdline: benchCmdline[mode]})
+	if err != nil {
+		t.Fatalf("%s: boot: %v", mode, err)
+	}
+	defer s.Close()
+	orig, err := s.Exec("cat /proc/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	for i := 0; i < cycles; i++ {
+		t0 := time.Now()
+		p, res, err := s.Manager.Load(obj, "livepatch-sample.o", livepatch.Options{})
+		if err != nil {
+			t.Fatalf("%s: cycle %d: load livepatch-sample: %v", mode, i, err)
+		}
+		t1 := time.Now()
+		if got, err := s.Exec("cat /proc/cmdline"); err != nil || got != patched {
+			t.Fatalf("%s: cycle %d: enabled, but /proc/cmdline reads %q (%v)", mode, i, got, err)
+		}
+		t2 := time.Now()
+		if _, err := s.Manager.Unload(p.Name, livepatch.Options{}); err != nil {
+			t.Fatalf("%s: cycle %d: unload: %v", mode, i, err)
+		}
+		t3 := time.Now()
+		if got, err := s.Exec("cat /proc/cmdline"); err != nil || got != orig {
+			t.Fatalf("%s: cycle %d: unloaded, but /proc/cmdline reads %q, want %q (%v)", mode, i, got, orig, err)
+		}
+		r.SampleLoad = append(r.SampleLoad, int64(t1.Sub(t0)))
+		r.SampleEnable = append(r.SampleEnable, int64(res.Total))
+		r.SampleUnload = append(r.SampleUnload, int64(t3.Sub(t2)))
 	}
 }
 
@@ -267,4 +318,41 @@ func bench(t *testing.T, bin string, args ...string) []latency.Row {
 		t.Fatalf("klp-kvm bench --json: %v\n%s", err, out.String())
 	}
 	return rows
+}
+
+// TestInVMTrace, with KLP_COMPARE_TRACE=1, runs klp-kvm's benchmark in
+// this process (latency.Run, as `klp-kvm bench --engine kvm --funcs 1`
+// does, on a guest with as many vCPUs as the VM has CPUs, in each mode)
+// under Go's execution tracer and CPU profiler, and sends both to the
+// host (trace-<CPUs>cpu-<mode>.out, cpu-<CPUs>cpu-<mode>.prof in the
+// output directory; go tool trace / go tool pprof read them). It is how
+// to see where an enable's time goes on this platform: the vCPU
+// threads' syscalls, their wake-ups and the VMM's goroutines, with their
+// times, around each pause.
+func TestInVMTrace(t *testing.T) {
+	inVM(t)
+	if os.Getenv("KLP_COMPARE_TRACE") != "1" {
+		t.Skip("KLP_COMPARE_TRACE=1 asks for it")
+	}
+	iters := envInt("KLP_COMPARE_ITERATIONS", 100)
+	for _, mode := range modes {
+		var tr, prof bytes.Buffer
+		if err := trace.Start(&tr); err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(&prof); err != nil {
+			t.Fatal(err)
+		}
+		rows, err := latency.Run(latency.Config{Engine: "kvm", CPUs: []int{runtime.NumCPU()}, Funcs: []int{1}, Iterations: iters,
+			Cmdline: benchCmdline[mode]})
+		pprof.StopCPUProfile()
+		trace.Stop()
+		if err != nil {
+			t.Fatalf("%s: %v", mode, err)
+		}
+		b, _ := json.Marshal(rows)
+		fmt.Printf("traced %s: %s\n", mode, b)
+		emit(result{Kind: "file", Info: fmt.Sprintf("trace-%dcpu-%s.out", runtime.NumCPU(), mode), Data: tr.Bytes()})
+		emit(result{Kind: "file", Info: fmt.Sprintf("cpu-%dcpu-%s.prof", runtime.NumCPU(), mode), Data: prof.Bytes()})
+	}
 }
