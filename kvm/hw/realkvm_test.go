@@ -496,6 +496,7 @@ func TestKVMSyncedRegs(t *testing.T) {
 	c := g.vcpus[0]
 	hc := c.(*vcpu)
 	r := startRunner(t, c)
+	t.Logf("KVM_CAP_SYNC_REGS: %v (false: Regs always uses KVM_GET_REGS)", hc.syncRegs)
 	ioctlRegs := func() engine.Regs {
 		t.Helper()
 		k, err := kvm.GetRegs(uintptr(hc.fd))

@@ -230,9 +230,11 @@ func TestInVMHog(t *testing.T) {
 
 // TestInVMKlpKvmBench runs `klp-kvm bench --engine kvm --cpus N --funcs
 // 1`, N the VM's CPU count (its guest has as many vCPUs as the VM that
-// Linux's side ran in), in each mode: once with KLP_COMPARE_ITERATIONS measured cycles
-// (default 100), once with KLP_COMPARE_COLD points of one cycle (default
-// 4) for more first enables; and prints the rows.
+// Linux's side ran in), in each mode: once with KLP_COMPARE_ITERATIONS
+// measured cycles (default KLP_COMPARE_CYCLES, Linux's count: a max is
+// compared with a max over as many samples), once with KLP_COMPARE_COLD
+// points of one cycle (default 4) for more first enables; then Linux's
+// cycle with livepatch-sample (sampleCycles); and prints the rows.
 func TestInVMKlpKvmBench(t *testing.T) {
 	inVM(t)
 	if !sides()["klp-kvm"] {
@@ -242,9 +244,9 @@ func TestInVMKlpKvmBench(t *testing.T) {
 	if bin == "" {
 		t.Fatal("no KLP_KVM_BIN: the host did not put klp-kvm into the VM")
 	}
-	iters := envInt("KLP_COMPARE_ITERATIONS", 100)
-	cold := envInt("KLP_COMPARE_COLD", 4)
 	cycles := envInt("KLP_COMPARE_CYCLES", 20)
+	iters := envInt("KLP_COMPARE_ITERATIONS", cycles)
+	cold := envInt("KLP_COMPARE_COLD", 4)
 	cpus := fmt.Sprint(runtime.NumCPU())
 	for _, mode := range modes {
 		if _, ok := benchCmdline[mode]; !ok {
