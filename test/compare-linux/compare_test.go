@@ -212,7 +212,7 @@ func buildInitramfs(t *testing.T, k *kernel, initBin, self, klp, mod, out string
 	must(a.AddFile(strings.TrimPrefix(modulePath, "/"), mod))
 	env := []string{"KLP_KVM_BIN=/klp-nested/bin/klp-kvm", "KLP_COMPARE_INVM=1"}
 	for _, kv := range os.Environ() {
-		for _, p := range []string{"KLP_COMPARE_CYCLES=", "KLP_COMPARE_ITERATIONS=", "KLP_COMPARE_COLD=", "KLP_COMPARE_SIDES=", "KLP_COMPARE_MODES=", "KLP_COMPARE_TRACE="} {
+		for _, p := range []string{"KLP_COMPARE_CYCLES=", "KLP_COMPARE_ITERATIONS=", "KLP_COMPARE_COLD=", "KLP_COMPARE_SIDES=", "KLP_COMPARE_MODES=", "KLP_COMPARE_TRACE=", "KLP_COMPARE_WARMUP="} {
 			if strings.HasPrefix(kv, p) {
 				env = append(env, kv)
 			}

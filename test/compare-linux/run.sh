@@ -13,7 +13,8 @@
 #    prints both side by side (OUTDIR/compare.txt, compare.json).
 #
 # Knobs: KLP_COMPARE_CPUS (the VM sizes, one VM each: "1 2"),
-# KLP_COMPARE_CYCLES (cycles per mode on each side, 20),
+# KLP_COMPARE_CYCLES (cycles per mode on each side, 20), KLP_COMPARE_WARMUP
+# (uncounted cycles before them on each side, 1),
 # KLP_COMPARE_ITERATIONS (klp-kvm bench's measured cycles, as many),
 # KLP_COMPARE_COLD (klp-kvm extra cold enables, 4), KLP_COMPARE_MODES
 # ("idle busy"), KLP_COMPARE_SIDES ("linux klp-kvm"; one alone for working
