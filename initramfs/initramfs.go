@@ -5,6 +5,7 @@
 package initramfs
 
 import (
+	"compress/gzip"
 	"errors"
 	"fmt"
 	"io"
@@ -110,6 +111,33 @@ func (a *Archive) AddDir(name string, perm uint64) error {
 // must exist before /init runs for it to have a stdin/stdout at all.
 func (a *Archive) AddCharDev(name string, perm, major, minor uint64) error {
 	return a.add("add device", cpio.CharDev(name, perm&0o7777, major, minor))
+}
+
+// AddSymlink adds a symbolic link name -> target (e.g. bin/cat -> ../init
+// for a multi-call binary). The target is stored as given: the kernel does
+// not resolve it when unpacking.
+func (a *Archive) AddSymlink(name, target string) error {
+	if target == "" {
+		return &Error{Op: "add symlink", Path: name, Err: fs.ErrInvalid}
+	}
+	return a.add("add symlink", cpio.Symlink(name, target))
+}
+
+// WriteGzip writes the archive gzip-compressed, as the kernel unpacks it
+// (CONFIG_RD_GZIP is in every distribution kernel). The gzip header has no
+// name and no time, so the output still depends only on the contents.
+func (a *Archive) WriteGzip(w io.Writer) error {
+	zw, err := gzip.NewWriterLevel(w, gzip.BestCompression)
+	if err != nil {
+		return &Error{Op: "gzip", Path: "", Err: err}
+	}
+	if err := a.Write(zw); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return &Error{Op: "gzip", Path: "", Err: err}
+	}
+	return nil
 }
 
 // Write writes the archive: every path's parents first, then the path, in
