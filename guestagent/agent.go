@@ -89,16 +89,14 @@ func New(opts Options) *Agent {
 
 // Serve reads requests from r and writes replies to w until r ends or ctx
 // is done, then waits for the requests still running. It returns nil at
-// EOF or when ctx ends, else the read error.
+// EOF or when ctx ends, else the read error. Requests still running at EOF
+// finish and reply (a host that hung up has its replies dropped by the
+// port); ctx ending stops them.
 func (a *Agent) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 	a.writeMu.Lock()
 	a.w = w
 	a.writeMu.Unlock()
-	ctx, cancel := context.WithCancel(ctx)
-	defer func() {
-		cancel()
-		a.wg.Wait()
-	}()
+	defer a.wg.Wait()
 	br := bufio.NewReaderSize(r, LineMax)
 	var line []byte
 	tooLarge := false

@@ -119,7 +119,7 @@ type Info struct {
 }
 
 func (a *Agent) info() Info {
-	in := Info{Version: release() + " " + Version, CPUs: onlineCPUs(), Requests: a.requests.Load(),
+	in := Info{Version: Release() + " " + Version, CPUs: onlineCPUs(), Requests: a.requests.Load(),
 		Errors: a.errors.Load(), SupportedCommands: Commands}
 	if b, err := os.ReadFile(a.opts.Proc + "/uptime"); err == nil {
 		if f := strings.Fields(string(b)); len(f) > 0 {
@@ -140,8 +140,8 @@ func (a *Agent) info() Info {
 	return in
 }
 
-// release is uname -r.
-func release() string {
+// Release is uname -r.
+func Release() string {
 	var u unix.Utsname
 	if unix.Uname(&u) != nil {
 		return "unknown"
