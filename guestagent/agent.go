@@ -34,10 +34,10 @@ const Version = "klp-agent 1"
 
 // Limits, agent.c's where it has one.
 const (
-	LineMax         = 8192      // request line buffer, newline included
-	FileReadMax     = 64 << 10  // guest-file-read returns at most this much
-	ExecOutputMax   = 32 << 10  // guest-exec output cap (stdout+stderr)
-	DefaultMaxJobs  = 32        // requests running at once
+	LineMax         = 8192     // request line buffer, newline included
+	FileReadMax     = 64 << 10 // guest-file-read returns at most this much
+	ExecOutputMax   = 32 << 10 // guest-exec output cap (stdout+stderr)
+	DefaultMaxJobs  = 32       // requests running at once
 	DefaultExecTime = time.Minute
 	idMax           = 64 // longest "id" echoed, as agent.c
 )

@@ -40,6 +40,7 @@ func Shell(ctx context.Context, env *Env, script string, params ...string) int {
 		interp.StdIO(env.Stdin, env.Stdout, env.Stderr),
 		interp.Env(expand.ListEnviron(vars...)),
 		interp.ExecHandlers(appletHandler(env.Proc), interpTimeoutKill),
+		interp.CallHandler(overrideBuiltins),
 	}
 	if env.Dir != "" {
 		opts = append(opts, interp.Dir(env.Dir))
@@ -66,13 +67,24 @@ func Shell(ctx context.Context, env *Env, script string, params ...string) int {
 	return 1
 }
 
+// overrideBuiltins sends the interpreter's builtins that it does not
+// implement on Linux (kill) to the applet instead: a path is never a
+// builtin name, so the call goes to the exec handlers.
+func overrideBuiltins(_ context.Context, args []string) ([]string, error) {
+	if len(args) > 0 && args[0] == "kill" {
+		args = append([]string{"/bin/kill"}, args[1:]...)
+	}
+	return args, nil
+}
+
 // appletHandler runs applets in-process with the shell's current
 // directory, environment and stdio.
 func appletHandler(proc string) func(interp.ExecHandlerFunc) interp.ExecHandlerFunc {
 	return func(next interp.ExecHandlerFunc) interp.ExecHandlerFunc {
 		return func(ctx context.Context, args []string) error {
-			f, ok := registry[args[0]]
-			if !ok {
+			f, ok := Lookup(args[0])
+			if !ok || (strings.Contains(args[0], "/") && !strings.HasPrefix(args[0], "/bin/") &&
+				!strings.HasPrefix(args[0], "/sbin/")) {
 				return next(ctx, args)
 			}
 			hc := interp.HandlerCtx(ctx)

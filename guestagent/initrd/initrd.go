@@ -53,8 +53,8 @@ type Error struct {
 
 // Kinds of Error.
 var (
-	ErrCorrupt = errors.New("archive corrupt")   // the embedded or given archive does not read
-	ErrInvalid = errors.New("invalid argument")  // bad Options
+	ErrCorrupt = errors.New("archive corrupt")    // the embedded or given archive does not read
+	ErrInvalid = errors.New("invalid argument")   // bad Options
 	ErrBuild   = errors.New("agent build failed") // the go toolchain failed
 )
 
