@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -73,6 +74,11 @@ func SetupInit() error {
 			first = wrap("init", ErrSetup, "mount "+m.dir, err)
 		}
 	}
+	if b, err := os.ReadFile("/etc/hostname"); err == nil {
+		if h := strings.TrimSpace(string(b)); h != "" {
+			unix.Sethostname([]byte(h))
+		}
+	}
 	if fd, err := unix.Open("/dev/console", unix.O_RDWR|unix.O_NOCTTY, 0); err == nil {
 		for _, to := range []int{0, 1, 2} {
 			unix.Dup2(fd, to)
@@ -99,12 +105,18 @@ func RunInit(argv []string, logf func(string, ...any)) error {
 	signal.Notify(sigs, syscall.SIGCHLD)
 	var agentPID int
 	var started time.Time
+	// by its own path (/init), not /proc/self/exe: ps shows the name the
+	// kernel took from the path
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "/proc/self/exe"
+	}
 	spawn := func() {
 		if d := time.Second - time.Since(started); d > 0 {
 			time.Sleep(d)
 		}
 		started = time.Now()
-		p, err := os.StartProcess("/proc/self/exe", argv, &os.ProcAttr{Files: []*os.File{os.Stdin, os.Stdout, os.Stderr}})
+		p, err := os.StartProcess(exe, argv, &os.ProcAttr{Files: []*os.File{os.Stdin, os.Stdout, os.Stderr}})
 		if err != nil {
 			logf("klp-agent: start agent: %v", err)
 			agentPID = 0

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +15,24 @@ import (
 
 	"klp-kvm/kvm/agent"
 )
+
+// lockedBuf is the agent's stderr, read while the process still writes.
+type lockedBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
 
 // build compiles klp-agent as the initramfs has it (static).
 func build(t *testing.T) string {
@@ -58,8 +77,8 @@ func TestServeOnPTY(t *testing.T) {
 	master, slave := openPTY(t)
 	defer master.Close()
 	cmd := exec.Command(bin, "serve", "--port", slave)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	stderr := &lockedBuf{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

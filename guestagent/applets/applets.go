@@ -7,7 +7,7 @@
 //
 // File commands (cat, ls, cp, mkdir, mv, rm, chmod, touch) are u-root's
 // importable pkg/core commands; the rest (ps, dmesg, uname, grep, head,
-// kill, mount, sleep, echo, poweroff, reboot, ...) are small here, written
+// kill, mount, sleep, echo, tail, wc, poweroff, reboot, ...) are small here, written
 // for the flags people type: u-root ships those only as main packages.
 package applets
 

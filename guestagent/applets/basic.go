@@ -365,3 +365,126 @@ func syncApplet(context.Context, *Env, []string) int {
 	unix.Sync()
 	return 0
 }
+
+func init() {
+	register(tail, "tail")
+	register(wc, "wc")
+}
+
+// tail [-n N | -N] [FILE]: the last N lines (10).
+func tail(_ context.Context, env *Env, args []string) int {
+	n := 10
+	var files []string
+	for i := 1; i < len(args); i++ {
+		a := args[i]
+		var err error
+		switch {
+		case a == "-n" && i+1 < len(args):
+			i++
+			n, err = strconv.Atoi(args[i])
+		case strings.HasPrefix(a, "-n"):
+			n, err = strconv.Atoi(a[2:])
+		case len(a) > 1 && a[0] == '-' && a[1] >= '0' && a[1] <= '9':
+			n, err = strconv.Atoi(a[1:])
+		case a != "-" && strings.HasPrefix(a, "-"):
+			return env.usage("tail", "unsupported option %q (-n N)", a)
+		default:
+			files = append(files, a)
+		}
+		if err != nil || n < 0 {
+			return env.usage("tail", "invalid number of lines in %q", a)
+		}
+	}
+	if len(files) > 1 {
+		return env.usage("tail", "one file at a time")
+	}
+	if len(files) == 0 {
+		files = []string{"-"}
+	}
+	r, err := env.open(files[0])
+	if err != nil {
+		return env.errorf("tail", "cannot open '%s' for reading: %v", files[0], unwrapPath(err))
+	}
+	defer r.Close()
+	ring := make([]string, 0, n)
+	br := bufio.NewReader(r)
+	for n > 0 {
+		l, err := br.ReadString('\n')
+		if l != "" {
+			if len(ring) == n {
+				ring = append(ring[:0], ring[1:]...)
+			}
+			ring = append(ring, l)
+		}
+		if err != nil {
+			break
+		}
+	}
+	for _, l := range ring {
+		io.WriteString(env.Stdout, l)
+	}
+	return 0
+}
+
+// wc [-lwc] [FILE...]: lines, words, bytes, as coreutils prints them.
+func wc(_ context.Context, env *Env, args []string) int {
+	var show []byte
+	var files []string
+	for _, a := range args[1:] {
+		if len(a) > 1 && a[0] == '-' {
+			for _, c := range []byte(a[1:]) {
+				if c != 'l' && c != 'w' && c != 'c' {
+					return env.usage("wc", "invalid option -- '%c'", c)
+				}
+				show = append(show, c)
+			}
+			continue
+		}
+		files = append(files, a)
+	}
+	if len(show) == 0 {
+		show = []byte("lwc")
+	}
+	named := len(files) > 0
+	if !named {
+		files = []string{"-"}
+	}
+	st := 0
+	for _, f := range files {
+		r, err := env.open(f)
+		if err != nil {
+			st = env.errorf("wc", "%s: %v", f, unwrapPath(err))
+			continue
+		}
+		var lines, words, bytes int
+		inWord := false
+		br := bufio.NewReader(r)
+		for {
+			c, err := br.ReadByte()
+			if err != nil {
+				break
+			}
+			bytes++
+			if c == '\n' {
+				lines++
+			}
+			space := c == ' ' || c == '\n' || c == '\t' || c == '\r' || c == '\v' || c == '\f'
+			if !space && !inWord {
+				words++
+			}
+			inWord = !space
+		}
+		r.Close()
+		var out []string
+		for _, k := range "lwc" {
+			if strings.IndexByte(string(show), byte(k)) >= 0 {
+				out = append(out, strconv.Itoa(map[rune]int{'l': lines, 'w': words, 'c': bytes}[k]))
+			}
+		}
+		if named {
+			out = append(out, f)
+		}
+		fmt.Fprintln(env.Stdout, strings.Join(out, " "))
+	}
+	return st
+}
