@@ -126,7 +126,19 @@ func RunInit(argv []string, logf func(string, ...any)) error {
 		p.Release() // this loop waits for it with wait4(-1)
 	}
 	spawn()
-	for s := range sigs {
+	// a failed start raises no SIGCHLD: retry on a timer too
+	retry := time.NewTicker(5 * time.Second)
+	defer retry.Stop()
+	for {
+		var s os.Signal
+		select {
+		case s = <-sigs:
+		case <-retry.C:
+			if agentPID == 0 {
+				spawn()
+			}
+			continue
+		}
 		if mode, ok := ShutdownSignals[s]; ok {
 			logf("klp-agent: %v: %s", s, mode)
 			return Shutdown(mode)
@@ -146,7 +158,6 @@ func RunInit(argv []string, logf func(string, ...any)) error {
 			spawn()
 		}
 	}
-	return nil
 }
 
 func exitString(ws unix.WaitStatus) string {
