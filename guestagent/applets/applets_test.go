@@ -82,7 +82,7 @@ func TestApplets(t *testing.T) {
 		{"tail -n 2 " + f, "gamma\nalphabet\n", 0},
 		{"cat " + f + " | tail -1", "alphabet\n", 0},
 		{"wc -l " + f, "4 " + f + "\n", 0},
-		{"echo one two | wc", "1 2 8\n", 0},
+		{"echo one two | wc", "      1       2       8\n", 0},
 		{"true && false || echo or", "or\n", 0},
 		{"sleep 0.01 && echo slept", "slept\n", 0},
 		{"sleep x", "sleep: invalid time interval \"x\"\n", 2},

@@ -2,6 +2,7 @@ package applets
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -206,13 +207,13 @@ func unwrapPath(err error) error {
 	return err
 }
 
-// grep [-ivcnqlhHEFw] [-e PATTERN]... [PATTERN] [FILE...]: Go's RE2
+// grep [-ivcnqslhHEFwx] [-e PATTERN]... [PATTERN] [FILE...]: Go's RE2
 // syntax, which is POSIX extended syntax without back-references; -E is
 // accepted and changes nothing, -F matches fixed strings. Exit status 0:
 // a line matched, 1: none, 2: an error.
 func grep(_ context.Context, env *Env, args []string) int {
 	var pats, files []string
-	var ign, inv, count, num, quiet, list, fixed, word bool
+	var ign, inv, count, num, quiet, silent, list, fixed, word, whole bool
 	showName := -1
 	opts := true
 	for i := 1; i < len(args); i++ {
@@ -235,8 +236,12 @@ func grep(_ context.Context, env *Env, args []string) int {
 				count = true
 			case 'n':
 				num = true
-			case 'q', 's':
-				quiet = quiet || a[j] == 'q'
+			case 'q':
+				quiet = true
+			case 's':
+				silent = true
+			case 'x':
+				whole = true
 			case 'l':
 				list = true
 			case 'h':
@@ -278,6 +283,9 @@ func grep(_ context.Context, env *Env, args []string) int {
 			if word {
 				l = `\b(?:` + l + `)\b`
 			}
+			if whole {
+				l = `^(?:` + l + `)$`
+			}
 			alts = append(alts, "(?:"+l+")")
 		}
 	}
@@ -302,7 +310,7 @@ func grep(_ context.Context, env *Env, args []string) int {
 	for _, f := range files {
 		r, err := env.open(f)
 		if err != nil {
-			if !quiet {
+			if !quiet && !silent {
 				env.errorf("grep", "%s: %v", f, unwrapPath(err))
 			}
 			failed = true
@@ -426,7 +434,10 @@ func tail(_ context.Context, env *Env, args []string) int {
 	return 0
 }
 
-// wc [-lwc] [FILE...]: lines, words, bytes, as coreutils prints them.
+// wc [-lwc] [FILE...]: lines, words, bytes, in coreutils' layout: one
+// field alone for one input unpadded, else right-aligned to the width of
+// the regular files' total size (7 when stdin or a pipe is among them),
+// and a total line for several files.
 func wc(_ context.Context, env *Env, args []string) int {
 	var show []byte
 	var files []string
@@ -436,7 +447,9 @@ func wc(_ context.Context, env *Env, args []string) int {
 				if c != 'l' && c != 'w' && c != 'c' {
 					return env.usage("wc", "invalid option -- '%c'", c)
 				}
-				show = append(show, c)
+				if bytes.IndexByte(show, c) < 0 {
+					show = append(show, c)
+				}
 			}
 			continue
 		}
@@ -449,6 +462,45 @@ func wc(_ context.Context, env *Env, args []string) int {
 	if !named {
 		files = []string{"-"}
 	}
+	width, size := 1, int64(0)
+	if len(show) > 1 || len(files) > 1 {
+		for _, f := range files {
+			var st os.FileInfo
+			var err error
+			if f == "-" {
+				// a redirection from a file (wc < f) is sized like a file
+				if in, ok := env.Stdin.(*os.File); ok {
+					st, err = in.Stat()
+				} else {
+					err = os.ErrInvalid
+				}
+			} else {
+				st, err = os.Stat(env.path(f))
+			}
+			if err != nil || !st.Mode().IsRegular() {
+				size = -1
+				break
+			}
+			size += st.Size()
+		}
+		width = len(strconv.FormatInt(size, 10))
+		if size < 0 {
+			width = 7
+		}
+	}
+	var total [3]int
+	print := func(c [3]int, name string) {
+		var out []string
+		for i, k := range "lwc" {
+			if bytes.IndexByte(show, byte(k)) >= 0 {
+				out = append(out, fmt.Sprintf("%*d", width, c[i]))
+			}
+		}
+		if name != "" {
+			out = append(out, name)
+		}
+		fmt.Fprintln(env.Stdout, strings.Join(out, " "))
+	}
 	st := 0
 	for _, f := range files {
 		r, err := env.open(f)
@@ -456,35 +508,36 @@ func wc(_ context.Context, env *Env, args []string) int {
 			st = env.errorf("wc", "%s: %v", f, unwrapPath(err))
 			continue
 		}
-		var lines, words, bytes int
+		var c [3]int
 		inWord := false
 		br := bufio.NewReader(r)
 		for {
-			c, err := br.ReadByte()
+			b, err := br.ReadByte()
 			if err != nil {
 				break
 			}
-			bytes++
-			if c == '\n' {
-				lines++
+			c[2]++
+			if b == '\n' {
+				c[0]++
 			}
-			space := c == ' ' || c == '\n' || c == '\t' || c == '\r' || c == '\v' || c == '\f'
+			space := b == ' ' || b == '\n' || b == '\t' || b == '\r' || b == '\v' || b == '\f'
 			if !space && !inWord {
-				words++
+				c[1]++
 			}
 			inWord = !space
 		}
 		r.Close()
-		var out []string
-		for _, k := range "lwc" {
-			if strings.IndexByte(string(show), byte(k)) >= 0 {
-				out = append(out, strconv.Itoa(map[rune]int{'l': lines, 'w': words, 'c': bytes}[k]))
-			}
+		for i := range c {
+			total[i] += c[i]
 		}
-		if named {
-			out = append(out, f)
+		name := f
+		if !named {
+			name = ""
 		}
-		fmt.Fprintln(env.Stdout, strings.Join(out, " "))
+		print(c, name)
+	}
+	if len(files) > 1 {
+		print(total, "total")
 	}
 	return st
 }
