@@ -47,7 +47,7 @@ func start(t *testing.T, opts Options) (*agent.Client, io.Writer, *bufio.Reader)
 	return nil, toGuestW, bufio.NewReader(toHostR)
 }
 
-func client(t *testing.T, opts Options) *agent.Client {
+func client(t testing.TB, opts Options) *agent.Client {
 	toGuestR, toGuestW := io.Pipe()
 	toHostR, toHostW := io.Pipe()
 	a := New(opts)
