@@ -54,6 +54,11 @@ type Options struct {
 	// "halt") after the reply is written; nil refuses the command (tests,
 	// and the agent running as a service that must not stop its machine).
 	Shutdown func(mode string)
+	// Ready makes Serve start with the event {"event": "agent-ready",
+	// "data": {"version": RELEASE + " " + Version}}: the host learns the
+	// agent is up without polling (the project's own kernel has no such
+	// event; a host that does not know it just logs it).
+	Ready bool
 	// Log gets one line per notable event (lines dropped, write errors).
 	Log func(format string, args ...any)
 }
@@ -97,6 +102,9 @@ func (a *Agent) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 	a.w = w
 	a.writeMu.Unlock()
 	defer a.wg.Wait()
+	if a.opts.Ready {
+		a.Event("agent-ready", map[string]string{"version": Release() + " " + Version})
+	}
 	br := bufio.NewReaderSize(r, LineMax)
 	var line []byte
 	tooLarge := false

@@ -303,3 +303,23 @@ func TestBusy(t *testing.T) {
 		t.Errorf("first request: %+v", reps[1])
 	}
 }
+
+func TestReadyEvent(t *testing.T) {
+	toGuestR, toGuestW := io.Pipe()
+	toHostR, toHostW := io.Pipe()
+	events := make(chan agent.Event, 4)
+	c := agent.New(&pipeRW{Reader: toHostR, Writer: toGuestW, closers: []io.Closer{toGuestW}},
+		agent.Options{OnEvent: func(ev agent.Event) { events <- ev }})
+	done := make(chan error, 1)
+	go func() { done <- New(Options{Ready: true}).Serve(context.Background(), toGuestR, toHostW); toHostW.Close() }()
+	defer func() { c.Close(); <-done }()
+	ev := <-events
+	var data struct{ Version string }
+	if err := json.Unmarshal(ev.Data, &data); err != nil || ev.Name != "agent-ready" ||
+		!strings.HasSuffix(data.Version, " "+Version) {
+		t.Errorf("event %s %s (%v)", ev.Name, ev.Data, err)
+	}
+	if err := c.Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -74,7 +74,7 @@ func serve(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	opts := guestagent.Options{Log: logf}
+	opts := guestagent.Options{Log: logf, Ready: !*stdio}
 	if *initChild {
 		opts.Shutdown = func(mode string) {
 			logf("klp-agent: guest-shutdown: %s", mode)
