@@ -311,7 +311,10 @@ func TestReadyEvent(t *testing.T) {
 	c := agent.New(&pipeRW{Reader: toHostR, Writer: toGuestW, closers: []io.Closer{toGuestW}},
 		agent.Options{OnEvent: func(ev agent.Event) { events <- ev }})
 	done := make(chan error, 1)
-	go func() { done <- New(Options{Ready: true}).Serve(context.Background(), toGuestR, toHostW); toHostW.Close() }()
+	go func() {
+		done <- New(Options{Ready: true}).Serve(context.Background(), toGuestR, toHostW)
+		toHostW.Close()
+	}()
 	defer func() { c.Close(); <-done }()
 	ev := <-events
 	var data struct{ Version string }
