@@ -326,3 +326,28 @@ func TestReadyEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// An in-process applet blocked where ctx cannot reach it (opening a FIFO
+// nobody writes) must not hold the reply past the timeout, nor stop
+// the agent answering.
+func TestExecTimeoutBlockedApplet(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skip(err)
+	}
+	c := client(t, Options{ExecTimeout: 300 * time.Millisecond})
+	r, err := c.Exec(context.Background(), "echo start; cat "+fifo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Status != 124 || !strings.HasPrefix(r.Output, "start\n") {
+		t.Errorf("blocked applet: %+v", r)
+	}
+	if err := c.Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// release the abandoned cat so the test leaves no blocked goroutine
+	if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+		f.Close()
+	}
+}

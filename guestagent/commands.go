@@ -235,14 +235,21 @@ type ExecResult struct {
 
 // capped collects at most max bytes and says if more came; writers never
 // see an error, so a chatty command is not killed by EPIPE.
+//
+// Once ctx ends, writes fail: an in-process applet the script abandoned
+// (see applets.Shell) then stops at its next write instead of running on.
 type capped struct {
 	mu    sync.Mutex
 	buf   bytes.Buffer
 	max   int
 	trunc bool
+	ctx   context.Context
 }
 
 func (c *capped) Write(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	room := c.max - c.buf.Len()
@@ -258,14 +265,14 @@ func (c *capped) Write(p []byte) (int, error) {
 func (a *Agent) exec(ctx context.Context, cmd string) ExecResult {
 	ctx, cancel := context.WithTimeout(ctx, a.opts.ExecTimeout)
 	defer cancel()
-	out := &capped{max: ExecOutputMax}
+	out := &capped{max: ExecOutputMax, ctx: ctx}
 	env := &applets.Env{Stdin: strings.NewReader(""), Stdout: out, Stderr: out, Dir: "/", Proc: a.opts.Proc}
 	st := applets.Shell(ctx, env, cmd)
-	if ctx.Err() == context.DeadlineExceeded {
-		fmt.Fprintf(out, "klp-agent: command timed out after %v\n", a.opts.ExecTimeout)
-		st = 124
-	}
 	out.mu.Lock()
 	defer out.mu.Unlock()
+	if ctx.Err() == context.DeadlineExceeded {
+		fmt.Fprintf(&out.buf, "klp-agent: command timed out after %v\n", a.opts.ExecTimeout)
+		st = 124
+	}
 	return ExecResult{Output: out.buf.String(), Status: st, Truncated: out.trunc}
 }

@@ -15,6 +15,10 @@ import (
 
 func init() { register(shApplet, "sh") }
 
+// abandonAfter is how long a script whose context ended still waits for
+// an in-process applet (the grace an external program gets is a second).
+const abandonAfter = 200 * time.Millisecond
+
 // DefaultPath is the shell's PATH in the guest.
 const DefaultPath = "/bin:/sbin:/usr/bin:/usr/sbin"
 
@@ -97,7 +101,24 @@ func appletHandler(proc string) func(interp.ExecHandlerFunc) interp.ExecHandlerF
 					v := hc.Env.Get(k)
 					return v.String(), v.IsSet()
 				}}
-			if st := f(ctx, env, args); st != 0 {
+			// An applet runs in this process, so it cannot be killed: one
+			// blocked in a read or open that ignores ctx (cat of a FIFO
+			// nobody writes) would hold the script, and the agent's reply,
+			// forever. So the script stops waiting for it when ctx ends;
+			// the goroutine is left to finish (or stay blocked) alone.
+			done := make(chan int, 1)
+			go func() { done <- f(ctx, env, args) }()
+			var st int
+			select {
+			case st = <-done:
+			case <-ctx.Done():
+				select {
+				case st = <-done:
+				case <-time.After(abandonAfter):
+					return ctx.Err()
+				}
+			}
+			if st != 0 {
 				return interp.ExitStatus(uint8(st))
 			}
 			return nil
