@@ -33,7 +33,7 @@ func TestLikeCoreutils(t *testing.T) {
 		"grep nothing f; echo $?", "grep -q two g; echo $?", "grep -e one -e two g", "grep -s x missing; echo $?",
 		"echo a   b", "echo -n x", "printf 'a\\nb\\n' | grep -c .",
 		"uname -s", "uname -r", "uname -m", "uname -srm",
-		"ls", "ls f g", "mkdir -p x/y && ls x", "cp g h && cat h && rm h && ls", "touch t && ls t",
+		"ls", "ls f g", "ls nothing >/dev/null 2>&1; echo $?", "ls f nothing 2>/dev/null; echo $?", "mkdir -p x/y && ls x", "cp g h && cat h && rm h && ls", "touch t && ls t",
 		"sleep 0.01; echo $?", "true; echo $?", "false; echo $?",
 	} {
 		host := exec.Command("sh", "-c", cmd)
