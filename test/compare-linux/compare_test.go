@@ -26,8 +26,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"klp-kvm/initramfs"
 	"klp-kvm/latency"
-	"klp-kvm/test/nested/initramfs"
 	"klp-kvm/test/nested/manifest"
 )
 
