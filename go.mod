@@ -8,7 +8,8 @@ require (
 	github.com/u-root/u-root v0.16.0
 	golang.org/x/arch v0.33.0
 	golang.org/x/sys v0.50.0
-	golang.org/x/term v0.37.0
+	golang.org/x/term v0.45.0
+	mvdan.cc/sh/v3 v3.14.1
 )
 
 require (
