@@ -469,14 +469,16 @@ func testLive(t *testing.T, nokaslr bool) {
 	t.Logf("%d threads in all; /init's: %d walked, %d in /proc/1/task", len(threads), len(ofInit), len(rep.threads))
 
 	// The Inspector (what POST /kernel serves) on the running guest: it
-	// pauses the VM, opens the kernel from scratch, reports, resumes.
+	// pauses the VM, opens the kernel from scratch, reports, resumes. The
+	// guest ran in between, so tasks are compared loosely here (exactly
+	// above, on the stopped VM).
 	mem.Resume()
 	in := &Inspector{Live: mem}
 	r, err := in.InspectKernel(context.Background(), []string{"cmdline_proc_show", tracedFunc})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !r.OK() || r.KASLROffset != k.KASLROffset || r.Symbols != k.Symbols.Len() || len(r.Tasks) < len(rep.tasks) || r.Threads < len(r.Tasks) ||
+	if !r.OK() || r.KASLROffset != k.KASLROffset || r.Symbols != k.Symbols.Len() || len(r.Tasks) < len(tasks)/2 || r.Threads < len(r.Tasks) ||
 		len(r.Fentry) != 2 || r.Fentry[0].Kind != FentryNop || r.Fentry[1].Kind != FentryCall {
 		t.Errorf("Inspector report %+v", r)
 	}
