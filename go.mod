@@ -4,10 +4,12 @@ go 1.26.0
 
 require (
 	github.com/bobuhiro11/gokvm v0.0.8-0.20231003020000-f53faca69d28
+	github.com/cilium/ebpf v0.22.0
 	github.com/u-root/u-root v0.16.0
 	golang.org/x/arch v0.33.0
 	golang.org/x/sys v0.50.0
-	golang.org/x/term v0.37.0
+	golang.org/x/term v0.45.0
+	mvdan.cc/sh/v3 v3.14.1
 )
 
 require (

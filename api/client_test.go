@@ -23,6 +23,7 @@ func TestRoutesServed(t *testing.T) {
 	api.MachineRoutes(mux, nil)
 	api.GuestRoutes(mux, nil)
 	api.LivepatchRoutes(mux, lm, nil)
+	api.KernelRoutes(mux, nil)
 	for _, r := range api.Routes {
 		var args []string
 		if strings.Contains(r.Pattern, "{name}") {

@@ -39,6 +39,7 @@ var (
 	RoutePatchUnload    = Route{"POST", "/patches/{name}/unload", MaxControlBody}     // OpRequest (optional) -> OpReply
 	RoutePatchUnreg     = Route{"POST", "/patches/{name}/unregister", MaxControlBody} // -> OpReply
 	RouteStatus         = Route{"GET", "/status", MaxControlBody}                     // -> StatusReply
+	RouteKernel         = Route{"POST", "/kernel", MaxGuestBody}                      // KernelRequest -> linuxkernel.Report
 	routePatchUnknownOp = Route{"POST", "/patches/{name}/{op}", MaxControlBody}       // ENOENT naming the operation
 )
 
@@ -48,7 +49,7 @@ var Routes = []Route{
 	RouteMachine, RouteMachinePause, RouteMachineResume, RouteMachineStop,
 	RouteGuestInfo, RouteGuestExec, RouteGuestFileRead, RouteGuestFileWrite,
 	RoutePatches, RoutePatchAdd, RoutePatchEnable, RoutePatchDisable, RoutePatchUnload, RoutePatchUnreg,
-	RouteStatus,
+	RouteStatus, RouteKernel,
 }
 
 // String is the route as a ServeMux pattern: "POST /patches/{name}/enable".

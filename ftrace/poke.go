@@ -48,12 +48,14 @@ func Apply(mem Memory, pokes []Poke) error {
 	if err != nil {
 		return err
 	}
-	return applyClusters(mem, cl)
+	return applyClusters(mem, cl, nil)
 }
 
 // applyClusters is Apply on pokes already checked and grouped (a Txn
-// groups its pokes before the pause).
-func applyClusters(mem Memory, cl []cluster) error {
+// groups its pokes before the pause). done is room for the undo list
+// (nil: allocated as needed); with room for every poke and every
+// cluster snapshotted (expect) and unchanged, it allocates nothing.
+func applyClusters(mem Memory, cl []cluster, done []Poke) error {
 	const op = "poke"
 	if !mem.Paused() {
 		return errorf(op, ErrNotPaused, 0, "text pokes need every vCPU stopped")
@@ -97,7 +99,7 @@ func applyClusters(mem Memory, cl []cluster) error {
 		}
 	}
 	// Then write.
-	var done []Poke // what to undo if a later write fails
+	done = done[:0] // what to undo if a later write fails
 	for i := range cl {
 		c := &cl[i]
 		if !c.split {

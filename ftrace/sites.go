@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 
 	"klp-kvm/elfpatch"
@@ -87,6 +88,25 @@ type Tracer struct {
 	// Redirected re-reads (so that the pause only appends a pointer).
 	jmp     map[uint64]*Site
 	changed []*Txn
+	// unsettled lists the transactions committed since their sites'
+	// states were last brought up to date (settle): a Commit inside the
+	// pause only writes the guest's text and appends here, and the site
+	// table (1024 Site copies at 1024 functions, cache misses included)
+	// is updated after the guest runs again, before anything reads it.
+	unsettled []*Txn
+}
+
+// settle brings the site table up to date with the commits since the
+// last call, in commit order. Every method that reads a site's state
+// calls it first.
+func (t *Tracer) settle() {
+	for _, x := range t.unsettled {
+		for i, s := range x.after {
+			*x.live[i] = s
+		}
+	}
+	clear(t.unsettled)
+	t.unsettled = t.unsettled[:0]
 }
 
 // New builds the site table from the kernel's fentry sites (all NOP).
@@ -106,6 +126,7 @@ func (t *Tracer) Memory() Memory { return t.mem }
 
 // Site returns a copy of the site at addr.
 func (t *Tracer) Site(addr uint64) (Site, bool) {
+	t.settle()
 	s, ok := t.sites[addr]
 	if !ok {
 		return Site{}, false
@@ -133,6 +154,7 @@ func (t *Tracer) Redirected() []Site {
 // sync brings jmp up to date with the transactions committed or rolled
 // back since the last call.
 func (t *Tracer) sync() {
+	t.settle()
 	for _, x := range t.changed {
 		for _, s := range x.live {
 			if s.State == StateJmp {
@@ -170,6 +192,7 @@ type Txn struct {
 	before    []Site   // the changed sites' states before
 	after     []Site
 	live      []*Site // the site table's entries of before/after, resolved ahead of the pause
+	undoBuf   []Poke  // room for applyClusters' undo list, allocated ahead of the pause
 	committed bool
 	done      bool
 }
@@ -287,6 +310,10 @@ func (x *Txn) group() {
 	if x.clErr == nil {
 		expect(x.t.mem, x.cl)
 	}
+	// Room for what Commit records inside the pause.
+	x.undoBuf = make([]Poke, 0, len(x.pokes))
+	x.t.unsettled = slices.Grow(x.t.unsettled, 1)
+	x.t.changed = slices.Grow(x.t.changed, 1)
 }
 
 // Stage writes the fresh trampolines now, while the guest runs: no site
@@ -346,16 +373,17 @@ func (x *Txn) Commit() error {
 	}
 	if x.cl == nil && x.clErr == nil {
 		x.cl, x.clErr = clusters(x.pokes) // not staged: no snapshot (expect) to take now
+		x.undoBuf = make([]Poke, 0, len(x.pokes))
 	}
 	if x.clErr != nil {
 		return x.clErr
 	}
-	if err := applyClusters(x.t.mem, x.cl); err != nil {
+	if err := applyClusters(x.t.mem, x.cl, x.undoBuf); err != nil {
 		return err
 	}
-	for i, s := range x.after {
-		*x.live[i] = s
-	}
+	// The sites' states follow outside the pause (settle); both lists
+	// have room reserved ahead of it (Stage), so this allocates nothing.
+	x.t.unsettled = append(x.t.unsettled, x)
 	x.t.changed = append(x.t.changed, x)
 	x.committed = true
 	return nil
@@ -367,6 +395,7 @@ func (x *Txn) Rollback() error {
 	if !x.committed || x.done {
 		return errorf("rollback", ErrState, 0, "transaction not committed")
 	}
+	x.t.settle()
 	if err := Apply(x.t.mem, Invert(x.pokes)); err != nil {
 		return err
 	}

@@ -71,6 +71,7 @@ type Row struct {
 	Stop       time.Duration `json:"stop_ns"`
 	Check      time.Duration `json:"check_ns"`
 	Poke       time.Duration `json:"poke_ns"`
+	Resume     time.Duration `json:"resume_ns"` // the window's last part: restarting every vCPU
 	Total      time.Duration `json:"enable_ns"`
 	Ratio      float64       `json:"window_over_bare"` // of the medians
 
@@ -89,6 +90,12 @@ type Row struct {
 	Disable    time.Duration `json:"disable_ns"` // end to end, like Total
 	DisableP99 time.Duration `json:"disable_p99_ns"`
 	DisableMax time.Duration `json:"disable_max_ns"`
+	ResumeP99  time.Duration `json:"resume_p99_ns"`
+	ResumeMax  time.Duration `json:"resume_max_ns"`
+	// The bare Pause+Resume's two parts (medians), to set against the
+	// window's stop and resume: the same two calls.
+	BarePause  time.Duration `json:"bare_pause_ns"`
+	BareResume time.Duration `json:"bare_resume_ns"`
 
 	// Register is the patch's register (parse, dry-run layout, sysfs).
 	Register time.Duration `json:"register_ns"`
@@ -183,17 +190,19 @@ func measure(s *vmm.VMM, n, iters int, cycle func(int)) (Row, error) {
 		cycle(1)
 	}
 	runtime.GC()
-	var windows, totals, bare, stops, checks, pokes, disables []time.Duration
+	var windows, totals, bare, barePauses, bareResumes, stops, checks, pokes, resumes, disables []time.Duration
 	for i := 0; i < iters; i++ {
 		time.Sleep(settle)
 		t0 := time.Now()
 		if err := s.Machine.Pause(); err != nil {
 			return Row{}, err
 		}
+		t1 := time.Now()
 		if err := s.Machine.Resume(); err != nil {
 			return Row{}, err
 		}
-		bare = append(bare, time.Since(t0))
+		t2 := time.Now()
+		bare, barePauses, bareResumes = append(bare, t2.Sub(t0)), append(barePauses, t1.Sub(t0)), append(bareResumes, t2.Sub(t1))
 		time.Sleep(settle)
 		res, err := s.Manager.Enable(p.Name, livepatch.Options{})
 		if err != nil {
@@ -203,6 +212,7 @@ func measure(s *vmm.VMM, n, iters int, cycle func(int)) (Row, error) {
 		stops = append(stops, res.Stop)
 		checks = append(checks, res.Check)
 		pokes = append(pokes, res.Poke)
+		resumes = append(resumes, res.Resume)
 		totals = append(totals, res.Total)
 		dis, err := s.Manager.Disable(p.Name, livepatch.Options{})
 		if err != nil {
@@ -218,6 +228,8 @@ func measure(s *vmm.VMM, n, iters int, cycle func(int)) (Row, error) {
 	r.Stop, r.StopP99, r.StopMax = stats(stops)
 	r.Check, r.CheckP99, r.CheckMax = stats(checks)
 	r.Poke, r.PokeP99, r.PokeMax = stats(pokes)
+	r.Resume, r.ResumeP99, r.ResumeMax = stats(resumes)
+	r.BarePause, r.BareResume = Median(barePauses), Median(bareResumes)
 	r.Total, r.TotalP99, r.TotalMax = stats(totals)
 	r.Disable, r.DisableP99, r.DisableMax = stats(disables)
 	if r.Bare > 0 {

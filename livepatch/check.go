@@ -83,19 +83,22 @@ func (m *Manager) check(idx *spanIndex, conservative bool) *verdict {
 		return v
 	}
 	regs, errs := m.vcpuRegs()
-	tasks, current, b := m.guestTasks()
+	tasks, b := m.guestTasks()
 	if b != nil {
 		v.first, v.sleeping = b, true
 		return v
 	}
-	stacks, live := liveStacks(regs, errs, tasks)
+	stacks, live := m.scratch.liveStacks(regs, errs, tasks)
 	switching := switchingTasks(tasks, live, len(regs))
-	if b := m.checkTasks(tasks, live, conservative, idx.hit); b != nil {
+	if b := m.checkTasks(tasks, live, conservative, idx); b != nil {
 		v.first, v.sleeping = b, true
 		return v
 	}
 	for cpu := range regs {
-		if b, stop := m.checkVCPU(cpu, regs[cpu], errs[cpu], stacks[cpu], vcpuName(cpu, tasks, current), idx, conservative); b != nil {
+		if b, stop := m.checkVCPU(regs[cpu], errs[cpu], stacks[cpu], idx, conservative); b != nil {
+			// Named only when it blocks: no formatting on the way to a
+			// switch.
+			b.who = m.vcpuName(cpu, tasks)
 			v.blockRunning(cpu, b, stop)
 		}
 	}
@@ -112,42 +115,53 @@ func (m *Manager) check(idx *spanIndex, conservative bool) *verdict {
 	return v
 }
 
-// guestTasks reads the guest's tasks and the task each vCPU runs (none
-// without klp_guest_abi). A task table that cannot be read blocks like a
-// sleeping task (only time can change it); a failed read of the vCPUs'
-// current tasks does not, as they only name the vCPUs in a blocker
-// (vcpuName). m.mu must be held.
-func (m *Manager) guestTasks() ([]guestkernel.Task, []uint64, *blocker) {
+// guestTasks reads the guest's tasks (none without klp_guest_abi). A
+// task table that cannot be read blocks like a sleeping task (only time
+// can change it). m.mu must be held.
+func (m *Manager) guestTasks() ([]guestkernel.Task, *blocker) {
 	if m.intro == nil {
-		return nil, nil, nil
+		return nil, nil
 	}
 	tasks, err := m.intro.Tasks()
 	if err != nil {
-		return nil, nil, &blocker{who: "guest task table", what: "unreadable: " + err.Error()}
+		return nil, &blocker{who: "guest task table", what: "unreadable: " + err.Error()}
 	}
-	current, _ := m.intro.CPUCurrent()
-	return tasks, current, nil
+	return tasks, nil
+}
+
+// checkScratch is the check's working memory, kept by the Manager from
+// one check to the next (every check runs under m.mu), so that a check
+// in the pause window does not allocate it again.
+type checkScratch struct {
+	live   []bool // by index in the tasks: live on a vCPU (or being switched)
+	stacks []liveStack
+	chain  []guestkernel.Frame // checkVCPU's chain
+	regs   []engine.Regs       // vcpuRegs'
+	errs   []error
+	stack  []byte   // readStack's
+	words  [16]byte // rawWords'
 }
 
 // liveStacks finds the stack each vCPU runs on and the tasks live on a
-// vCPU. A task is live on a vCPU when that vCPU's RSP lies in its stack;
+// vCPU (live[i] for tasks[i]; both slices are the scratch's, valid until
+// the next check). A task is live on a vCPU when that vCPU's RSP lies in its stack;
 // every other task is walked from its saved state. The guest's own
 // on_cpu field is not trusted for this: schedule() marks next as on_cpu
 // before the stack switch, and a vCPU paused in that window runs prev
 // while next's saved frames (possibly inside a changing function) would
 // be skipped.
-func liveStacks(regs []engine.Regs, errs []error, tasks []guestkernel.Task) ([]liveStack, map[uint64]bool) {
-	live := make(map[uint64]bool)
-	stacks := make([]liveStack, len(regs))
+func (sc *checkScratch) liveStacks(regs []engine.Regs, errs []error, tasks []guestkernel.Task) ([]liveStack, []bool) {
+	live := reuse(&sc.live, len(tasks))
+	stacks := reuse(&sc.stacks, len(regs))
 	for cpu := range regs {
 		rsp := regs[cpu].RSP
 		stacks[cpu] = liveStack{lo: rsp &^ 7, hi: (rsp &^ 7) + maxVCPUStack}
 		if errs[cpu] != nil {
 			continue
 		}
-		for _, t := range tasks {
+		for i, t := range tasks {
 			if lo, hi, ok := onTaskStack(t, rsp); ok {
-				live[t.Addr] = true
+				live[i] = true
 				stacks[cpu] = liveStack{lo: lo, hi: hi, known: true}
 			}
 		}
@@ -155,17 +169,30 @@ func liveStacks(regs []engine.Regs, errs []error, tasks []guestkernel.Task) ([]l
 	return stacks, live
 }
 
+// reuse returns *buf cut or grown to n zero values.
+func reuse[T any](buf *[]T, n int) []T {
+	if cap(*buf) < n {
+		*buf = make([]T, n)
+	}
+	*buf = (*buf)[:n]
+	clear(*buf)
+	return *buf
+}
+
 // switchingTasks finds, for each of the ncpu vCPUs, a task the guest
 // marks running on it whose stack that vCPU is not on: it is being
 // switched in or out there right now, a transient state of that running
 // vCPU, not a sleeping task. Such tasks are marked in live (not walked
 // as sleeping); the blocker returned for their vCPU names the first.
-func switchingTasks(tasks []guestkernel.Task, live map[uint64]bool, ncpu int) map[int]*blocker {
-	switching := map[int]*blocker{}
-	for _, t := range tasks {
+func switchingTasks(tasks []guestkernel.Task, live []bool, ncpu int) map[int]*blocker {
+	var switching map[int]*blocker // nil (no allocation) while no switch is in flight
+	for i, t := range tasks {
 		cpu := int(t.OnCPU)
-		if !live[t.Addr] && t.OnCPU >= 0 && cpu < ncpu && switching[cpu] == nil {
-			live[t.Addr] = true // not walked as sleeping
+		if !live[i] && t.OnCPU >= 0 && cpu < ncpu && switching[cpu] == nil {
+			live[i] = true // not walked as sleeping
+			if switching == nil {
+				switching = map[int]*blocker{}
+			}
 			switching[cpu] = &blocker{who: fmt.Sprintf("CPU %d (pid %d %s)", cpu, t.PID, t.Name), what: "a context switch"}
 		}
 	}
@@ -189,8 +216,8 @@ func (v *verdict) blockRunning(cpu int, b *blocker, stop []uint64) {
 // concurrently. m.mu must be held.
 func (m *Manager) vcpuRegs() ([]engine.Regs, []error) {
 	n := m.g.NumCPUs()
-	regs := make([]engine.Regs, n)
-	errs := make([]error, n)
+	regs := reuse(&m.scratch.regs, n)
+	errs := reuse(&m.scratch.errs, n)
 	if snap, ok := m.g.(PausedRegser); ok {
 		all, err := snap.PausedRegs()
 		for cpu := 0; cpu < n; cpu++ {
@@ -242,8 +269,14 @@ type liveStack struct {
 	known  bool
 }
 
-// vcpuName names a vCPU by the task the guest says it runs.
-func vcpuName(cpu int, tasks []guestkernel.Task, current []uint64) string {
+// vcpuName names a vCPU by the task the guest says it runs (its
+// cpu_current, read only for a vCPU that blocks: a failed read only
+// leaves the name shorter). m.mu must be held.
+func (m *Manager) vcpuName(cpu int, tasks []guestkernel.Task) string {
+	var current []uint64
+	if m.intro != nil {
+		current, _ = m.intro.CPUCurrent()
+	}
 	for _, t := range tasks {
 		if cpu < len(current) && t.Addr == current[cpu] {
 			return fmt.Sprintf("CPU %d (pid %d %s)", cpu, t.PID, t.Name)
@@ -253,29 +286,29 @@ func vcpuName(cpu int, tasks []guestkernel.Task, current []uint64) string {
 }
 
 // checkVCPU checks the live stack of one vCPU. It returns the innermost
-// blocker and the address where the vCPU leaves the changing code: the
-// return address of the outermost frame inside a changing function (nil
-// when not known). m.mu must be held.
-func (m *Manager) checkVCPU(cpu int, r engine.Regs, rerr error, st liveStack, who string,
-	idx *spanIndex, conservative bool) (*blocker, []uint64) {
+// blocker, without its who (the caller names the vCPU), and the address
+// where the vCPU leaves the changing code: the return address of the
+// outermost frame inside a changing function (nil when not known). m.mu
+// must be held.
+func (m *Manager) checkVCPU(r engine.Regs, rerr error, st liveStack, idx *spanIndex, conservative bool) (*blocker, []uint64) {
 	if rerr != nil {
-		return &blocker{who: who, what: "registers unreadable: " + rerr.Error()}, nil
+		return &blocker{what: "registers unreadable: " + rerr.Error()}, nil
 	}
 	lo, hi := st.lo, st.hi
 	if m.intro != nil && m.intro.InSwitch(r.RIP) {
-		return &blocker{who: who, what: "a context switch", pc: r.RIP}, nil
+		return &blocker{what: "a context switch", pc: r.RIP}, nil
 	}
 	if m.intro != nil && m.intro.InEntry(r.RIP) {
 		// Between the hardware interrupt frame and the frame record
 		// isr_common pushes (or after it is popped), the interrupted
 		// function is missing from the RBP chain.
-		return &blocker{who: who, what: "interrupt entry", pc: r.RIP}, nil
+		return &blocker{what: "interrupt entry", pc: r.RIP}, nil
 	}
 	if conservative || m.intro == nil {
 		if s := idx.hit(r.RIP, true); s != nil {
-			return &blocker{who: who, what: s.name, pc: r.RIP}, nil
+			return &blocker{what: s.name, pc: r.RIP}, nil
 		}
-		return m.scanWords(r.RSP&^7, hi, who, idx.hit), nil
+		return m.scanWords(r.RSP&^7, hi, idx), nil
 	}
 	frames, err := m.intro.WalkLive(r.RIP, r.RSP, r.RBP, lo, hi, 0)
 	if len(frames) == 0 {
@@ -284,16 +317,17 @@ func (m *Manager) checkVCPU(cpu int, r engine.Regs, rerr error, st liveStack, wh
 	// The top function's frame may not be pushed yet (at its entry, right
 	// after push %rbp, or at its ret): the words at RSP name its caller,
 	// which the chain skips. They go in right after the top frame.
-	chain := append([]guestkernel.Frame{frames[0]}, m.rawWords(r.RSP)...)
+	chain := append(m.scratch.chain[:0], frames[0])
+	chain = m.rawWords(chain, r.RSP)
 	chain = append(chain, frames[1:]...)
-	first, outer := scanChain(chain, idx.hit)
+	m.scratch.chain = chain
+	first, outer := scanChain(chain, idx)
 	if first == nil {
 		if err != nil && st.known {
-			return &blocker{who: who, what: "unreliable stack: " + err.Error()}, nil
+			return &blocker{what: "unreliable stack: " + err.Error()}, nil
 		}
 		return nil, nil
 	}
-	first.who = who
 	return first, exitAddrs(chain, outer)
 }
 
@@ -316,20 +350,19 @@ func exitAddrs(chain []guestkernel.Frame, outer int) []uint64 {
 	return stops
 }
 
-// rawWords returns the two words at sp as conservative frames, whatever
-// they point to: the check compares them with the changing spans itself
+// rawWords appends the two words at sp to chain as conservative frames,
+// whatever they point to: the check compares them with the changing spans itself
 // and does not depend on them being known kernel text (a return address
 // into a patch's new function is not). m.mu must be held.
-func (m *Manager) rawWords(sp uint64) []guestkernel.Frame {
-	var w [16]byte
+func (m *Manager) rawWords(chain []guestkernel.Frame, sp uint64) []guestkernel.Frame {
+	w := m.scratch.words[:] // a local array would escape through the interface call
 	sp &^= 7
-	if sp == 0 || m.g.ReadVirt(sp, w[:]) != nil {
-		return nil
+	if sp == 0 || m.g.ReadVirt(sp, w) != nil {
+		return chain
 	}
-	return []guestkernel.Frame{
-		{PC: binary.LittleEndian.Uint64(w[0:]), FP: sp, Conservative: true},
-		{PC: binary.LittleEndian.Uint64(w[8:]), FP: sp + 8, Conservative: true},
-	}
+	return append(chain,
+		guestkernel.Frame{PC: binary.LittleEndian.Uint64(w[0:]), FP: sp, Conservative: true},
+		guestkernel.Frame{PC: binary.LittleEndian.Uint64(w[8:]), FP: sp + 8, Conservative: true})
 }
 
 // scanChain checks a walked chain (innermost first): the top frame and
@@ -339,12 +372,12 @@ func (m *Manager) rawWords(sp uint64) []guestkernel.Frame {
 // conservative frames, patch-area addresses included (Guest.AddText). It
 // returns the innermost blocker and the index in chain of the outermost
 // frame inside a changing function.
-func scanChain(chain []guestkernel.Frame, hit func(uint64, bool) *span) (*blocker, int) {
+func scanChain(chain []guestkernel.Frame, idx *spanIndex) (*blocker, int) {
 	var first *blocker
 	outer := -1
 	for i, f := range chain {
 		exact := (i == 0 || f.Interrupted) && !f.Conservative
-		s := hit(f.PC, exact)
+		s := idx.hit(f.PC, exact)
 		if s == nil {
 			continue
 		}
@@ -362,25 +395,24 @@ func scanChain(chain []guestkernel.Frame, hit func(uint64, bool) *span) (*blocke
 
 // checkTasks walks the saved stacks of the tasks not live on a vCPU. It
 // runs inside a transition: m.mu must be held.
-func (m *Manager) checkTasks(tasks []guestkernel.Task, live map[uint64]bool, conservative bool, hit func(uint64, bool) *span) *blocker {
-	for _, t := range tasks {
-		if live[t.Addr] {
+func (m *Manager) checkTasks(tasks []guestkernel.Task, live []bool, conservative bool, idx *spanIndex) *blocker {
+	for i, t := range tasks {
+		if live[i] {
 			continue // its live stack is walked with its vCPU
 		}
-		who := fmt.Sprintf("pid %d (%s)", t.PID, t.Name)
+		var b *blocker
 		if conservative {
-			if b := m.scanTask(t, who, hit); b != nil {
-				return b
+			b = m.scanTask(t, idx)
+		} else {
+			frames, err := m.intro.WalkTask(t, 0)
+			if b, _ = scanChain(frames, idx); b == nil && err != nil {
+				b = &blocker{what: "unreliable stack: " + err.Error()}
 			}
-			continue
 		}
-		frames, err := m.intro.WalkTask(t, 0)
-		if b, _ := scanChain(frames, hit); b != nil {
-			b.who = who
+		if b != nil {
+			// Named only when it blocks: no formatting per task.
+			b.who = fmt.Sprintf("pid %d (%s)", t.PID, t.Name)
 			return b
-		}
-		if err != nil {
-			return &blocker{who: who, what: "unreliable stack: " + err.Error()}
 		}
 	}
 	return nil
@@ -389,21 +421,21 @@ func (m *Manager) checkTasks(tasks []guestkernel.Task, live map[uint64]bool, con
 // scanTask is the conservative check of a sleeping task: its saved RIP
 // exactly, then every word from its saved RSP to the top of its stack.
 // m.mu must be held.
-func (m *Manager) scanTask(t guestkernel.Task, who string, hit func(uint64, bool) *span) *blocker {
-	if s := hit(t.SavedRIP, true); s != nil {
-		return &blocker{who: who, what: s.name, pc: t.SavedRIP}
+func (m *Manager) scanTask(t guestkernel.Task, idx *spanIndex) *blocker {
+	if s := idx.hit(t.SavedRIP, true); s != nil {
+		return &blocker{what: s.name, pc: t.SavedRIP}
 	}
 	_, hi, ok := onTaskStack(t, t.SavedRSP)
 	if !ok {
-		return &blocker{who: who, what: "unreliable stack: saved RSP outside its stack"}
+		return &blocker{what: "unreliable stack: saved RSP outside its stack"}
 	}
-	return m.scanWords(t.SavedRSP&^7, hi, who, hit)
+	return m.scanWords(t.SavedRSP&^7, hi, idx)
 }
 
 // scanWords checks every 8-byte word of [lo, hi) as a return address (the
 // conservative, Ksplice-style check: any word that looks like a pointer
 // into a changing function blocks). m.mu must be held.
-func (m *Manager) scanWords(lo, hi uint64, who string, hit func(uint64, bool) *span) *blocker {
+func (m *Manager) scanWords(lo, hi uint64, idx *spanIndex) *blocker {
 	buf := m.readStack(lo, hi)
 	for off := 0; off+8 <= len(buf); off += 8 {
 		v := binary.LittleEndian.Uint64(buf[off:])
@@ -412,12 +444,12 @@ func (m *Manager) scanWords(lo, hi uint64, who string, hit func(uint64, bool) *s
 		// cannot tell which, so it takes both. Matched only at v-1, a
 		// task preempted on a trampoline's single instruction, or at a
 		// function's first byte, slipped through.
-		s := hit(v, false)
+		s := idx.hit(v, false)
 		if s == nil {
-			s = hit(v, true)
+			s = idx.hit(v, true)
 		}
 		if s != nil {
-			return &blocker{who: who, what: s.name + " (stack word)", pc: v}
+			return &blocker{what: s.name + " (stack word)", pc: v}
 		}
 	}
 	return nil
@@ -431,7 +463,7 @@ func (m *Manager) readStack(lo, hi uint64) []byte {
 	if hi <= lo || hi-lo > maxScanBytes {
 		return nil
 	}
-	buf := make([]byte, hi-lo)
+	buf := reuse(&m.scratch.stack, int(hi-lo))
 	if m.g.ReadVirt(lo, buf) == nil {
 		return buf
 	}

@@ -209,6 +209,7 @@ type Result struct {
 	Stop        time.Duration `json:"stop_ns"`                  // in the window: stopping every vCPU (Pause)
 	Check       time.Duration `json:"check_ns"`                 // in the window: the stack checks
 	Poke        time.Duration `json:"poke_ns"`                  // in the window: the verified text pokes
+	Resume      time.Duration `json:"resume_ns"`                // in the window: restarting every vCPU (Resume)
 	Steps       int           `json:"steps,omitempty"`          // progress rounds: blocking vCPUs let run out of the changing code
 	StepTime    time.Duration `json:"step_ns,omitempty"`        // time spent in them (inside pause windows)
 	ResumeErr   string        `json:"resume_error,omitempty"`   // the guest did not restart after the switch (which stands)
@@ -239,8 +240,9 @@ type Manager struct {
 
 	// Guarded by mu (and the tracer's sites, the guest's sysfs mirror and
 	// the patches' fields with them).
-	tracer *ftrace.Tracer
-	sysfs  *guestkernel.SysfsWriter
+	tracer  *ftrace.Tracer
+	scratch checkScratch // the consistency check's working memory (check.go)
+	sysfs   *guestkernel.SysfsWriter
 	// klp_patch_list, the guest's view of Linux's klp_patches and
 	// klp_transition_patch for the state API (state.go); nil for a guest
 	// kernel from before klp_state. plistOpen: a transition published it

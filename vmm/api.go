@@ -19,6 +19,7 @@ func (v *VMM) Handler() http.Handler {
 	routes := http.NewServeMux()
 	api.MachineRoutes(routes, v.Machine)
 	api.GuestRoutes(routes, v.Agent)
+	api.KernelRoutes(routes, v.Kernel)
 	if v.Manager != nil {
 		api.LivepatchRoutes(routes, v.Manager, v.Machine)
 	} else {

@@ -27,6 +27,8 @@ import (
 	"syscall"
 	"time"
 
+	"klp-kvm/api"
+	"klp-kvm/guestagent/initrd"
 	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
 	"klp-kvm/klperr"
@@ -53,7 +55,7 @@ type Config struct {
 	CPUs      int       // vCPUs; 0 is kvm's default
 	MemMiB    int       // guest RAM; 0 is kvm's default
 	Kernel    []byte    // guest kernel: ELF, or a Linux bzImage; nil is the embedded guest kernel
-	Initrd    []byte    // initial ramdisk of a Linux guest; nil for none
+	Initrd    []byte    // initial ramdisk of a Linux guest; nil is the embedded agent initramfs (guestagent/initrd)
 	Cmdline   string    // guest kernel command line
 	Console   io.Writer // COM1 output; nil discards
 	ConsoleIn io.Reader // COM1 input; nil for none
@@ -73,6 +75,9 @@ type VMM struct {
 	// why.
 	Manager     *livepatch.Manager
 	NoLivepatch error
+	// Kernel serves POST /kernel for a Linux guest
+	// (LinuxKernelInspector); nil otherwise (the route answers ENOENT).
+	Kernel api.KernelInspector
 	// EngineWhy says which engine runs the guest and why it was chosen.
 	EngineWhy string
 
@@ -107,6 +112,14 @@ func New(cfg Config) (*VMM, error) {
 	}
 	if cfg.Kernel == nil {
 		cfg.Kernel = guestkernel.Vmlinux()
+	}
+	if cfg.Initrd == nil && kvm.IsLinuxKernel(cfg.Kernel) {
+		// A Linux guest's agent lives in its initramfs: klp-kvm's own.
+		rd, err := initrd.Default()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Initrd = rd
 	}
 	eng, why, err := kvm.SelectEngine(cfg.Engine)
 	if err != nil {

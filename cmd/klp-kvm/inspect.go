@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -9,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 
+	"klp-kvm/api"
 	"klp-kvm/elfpatch"
 	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
+	"klp-kvm/linuxkernel"
 )
 
 // inspectDefaultKernel returns the kernel `inspect PATCH.o` resolves against
@@ -55,6 +58,7 @@ func repoPrebuiltKernel() string {
 
 const inspectUsage = `usage: klp-kvm inspect KERNEL [--symbol NAME] [--json]
        klp-kvm inspect PATCH.o [--kernel KERNEL] [--base ADDR] [--json]
+       klp-kvm inspect --live [--func NAME]... [--api SOCK] [--json]
 
 Without --kernel a patch is resolved against the repository's
 guestkernel/prebuilt/vmlinux, else the guest kernel built into klp-kvm.
@@ -63,6 +67,11 @@ Offline: reads a guest kernel ELF (patchable functions, fentry sites, why
 others are not patchable) or a livepatch object (name, objects, funcs with
 their resolved old functions, layout in the patch area, relocation plan,
 problems). Exit status: 0 ok, 1 problems found, 2 usage.
+
+--live: the running Linux guest's kernel behind the API socket, read by the
+host from guest memory alone: release, KASLR offset, symbol source and
+count, BTF types, the task list (pid, comm, state, cpu, kernel stack) and
+the fentry site of each --func (default cmdline_proc_show).
 `
 
 // cmdInspect implements `klp-kvm inspect`. The logic is elfpatch's
@@ -74,6 +83,13 @@ func cmdInspect(args []string, stdout, stderr io.Writer) int {
 	kernel := fs.String("kernel", "", "kernel to resolve a patch against")
 	asJSON := fs.Bool("json", false, "JSON output")
 	base := fs.Uint64("base", layout.PatchAreaVirt, "virtual base to lay a patch out at")
+	live := fs.Bool("live", false, "the running Linux guest's kernel")
+	sock := fs.String("api", "", "control API socket (with --live)")
+	var funcs []string
+	fs.Func("func", "function whose fentry site to check (with --live; repeatable)", func(v string) error {
+		funcs = append(funcs, v)
+		return nil
+	})
 	pos, err := parseInterleaved(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stdout, inspectUsage)
@@ -81,6 +97,17 @@ func cmdInspect(args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "klp-kvm inspect: %v\n%s", err, inspectUsage)
+		return 2
+	}
+	if *live {
+		if len(pos) != 0 || *symbol != "" || *kernel != "" {
+			fmt.Fprintf(stderr, "klp-kvm inspect: --live takes no file, --symbol or --kernel\n%s", inspectUsage)
+			return 2
+		}
+		return inspectLive(funcs, *sock, *asJSON, stdout, stderr)
+	}
+	if len(funcs) != 0 || *sock != "" {
+		fmt.Fprintf(stderr, "klp-kvm inspect: --func and --api apply to --live\n%s", inspectUsage)
 		return 2
 	}
 	if len(pos) != 1 {
@@ -173,4 +200,19 @@ func readInput(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %d bytes is too large for an ELF image here", path, st.Size())
 	}
 	return os.ReadFile(path)
+}
+
+// inspectLive is `klp-kvm inspect --live`: POST /kernel, printed.
+func inspectLive(funcs []string, sock string, asJSON bool, stdout, stderr io.Writer) int {
+	if len(funcs) == 0 {
+		funcs = []string{"cmdline_proc_show"}
+	}
+	var rep *linuxkernel.Report
+	if code := call(stderr, sock, func(ctx context.Context, c *api.Client) (err error) {
+		rep, err = c.Kernel(ctx, funcs)
+		return err
+	}); code != 0 {
+		return code
+	}
+	return emit(rep, rep.OK(), asJSON, stdout, stderr)
 }

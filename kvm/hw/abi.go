@@ -152,6 +152,22 @@ const (
 	kvmExitIOOut = 1 // KVM_EXIT_IO_OUT
 )
 
+// syncedRegs reads struct kvm_regs from kvm_run's sync area (s.regs,
+// which KVM fills at each exit when kvm_valid_regs has KVM_SYNC_X86_REGS);
+// ok is false for a mapping too small to hold it.
+func syncedRegs(run []byte) (r engine.Regs, ok bool) {
+	if len(run) < runSyncRegs+sizeofKvmRegs {
+		return r, false
+	}
+	le := binary.LittleEndian
+	f := []*uint64{&r.RAX, &r.RBX, &r.RCX, &r.RDX, &r.RSI, &r.RDI, &r.RSP, &r.RBP,
+		&r.R8, &r.R9, &r.R10, &r.R11, &r.R12, &r.R13, &r.R14, &r.R15, &r.RIP, &r.RFLAGS}
+	for i, p := range f {
+		*p = le.Uint64(run[runSyncRegs+8*i:])
+	}
+	return r, true
+}
+
 // Byte offsets into struct kvm_run (the mmap'd vCPU page). The exit union
 // starts at 32; the members we read are listed individually because the
 // page is parsed from bytes rather than cast, so a wrong kernel value can

@@ -248,6 +248,30 @@ func FuzzDecodeExit(f *testing.F) {
 	})
 }
 
+// TestSyncedRegs: the registers come from kvm_run's s.regs in struct
+// kvm_regs order; a mapping too small for them is refused.
+func TestSyncedRegs(t *testing.T) {
+	run := make([]byte, runMinSize)
+	for i := 0; i < 18; i++ {
+		binary.LittleEndian.PutUint64(run[runSyncRegs+8*i:], uint64(i+1)*0x101)
+	}
+	r, ok := syncedRegs(run)
+	if !ok {
+		t.Fatal("a kvm_run-sized mapping refused")
+	}
+	want := engine.Regs{RAX: 0x101, RBX: 0x202, RCX: 0x303, RDX: 0x404, RSI: 0x505, RDI: 0x606, RSP: 0x707, RBP: 0x808,
+		R8: 0x909, R9: 0xa0a, R10: 0xb0b, R11: 0xc0c, R12: 0xd0d, R13: 0xe0e, R14: 0xf0f, R15: 0x1010, RIP: 0x1111, RFLAGS: 0x1212}
+	if r != want {
+		t.Errorf("syncedRegs %+v, want %+v", r, want)
+	}
+	if r.RIP != binary.LittleEndian.Uint64(run[runSyncRIP:]) {
+		t.Errorf("RIP %#x is not the word at runSyncRIP", r.RIP)
+	}
+	if _, ok := syncedRegs(run[:runSyncRegs+sizeofKvmRegs-1]); ok {
+		t.Error("a mapping one byte short of s.regs accepted")
+	}
+}
+
 func TestPCCPUID(t *testing.T) {
 	sup := []kvm.CPUIDEntry2{{Function: 1, Ecx: 1}, {Function: 0x40000000, Ebx: 0x4b4d564b}}
 	got := vcpuCPUID(sup, 1)

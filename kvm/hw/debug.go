@@ -73,5 +73,6 @@ func (c *vcpu) SetBreakpoints(addrs []uint64) error {
 	if !c.guestDebug {
 		return &Error{Op: "KVM_SET_GUEST_DEBUG", Kind: ErrUnsupported, Detail: "KVM_CAP_SET_GUEST_DEBUG is missing"}
 	}
+	c.syncFresh = false // KVM may rewrite RFLAGS as KVM_GET_REGS shows it (kvm_set_rflags)
 	return ioctlErr("KVM_SET_GUEST_DEBUG", setGuestDebug(c.fd, &d))
 }

@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 	"golang.org/x/sys/unix"
@@ -310,8 +311,16 @@ type vcpu struct {
 	softExcSkips bool
 	tscKHz       uint64 // guest TSC rate (setupTSC), 0 if KVM cannot say
 	syncRegs     bool
-	clockCtrl    bool
-	guestDebug   bool // KVM_CAP_SET_GUEST_DEBUG: SetBreakpoints works
+	// syncFresh: kvm_run's sync area holds the registers as KVM_GET_REGS
+	// would read them (set when KVM_RUN returns with syncRegs, cleared
+	// when KVM_RUN is entered and by every setter). Only the thread that
+	// owns the vCPU (Run and the register accessors) touches it.
+	syncFresh bool
+	clockCtrl bool
+	// pausedAt is when the last kick stopped KVM_RUN (zero once the
+	// guest was told, or when nothing stopped it): see clockResume.
+	pausedAt   time.Time
+	guestDebug bool // KVM_CAP_SET_GUEST_DEBUG: SetBreakpoints works
 
 	// run is the mmap'd struct kvm_run; word points at its first word
 	// (immediate_exit). mu guards them against Close while Kick runs from
@@ -382,7 +391,23 @@ func (c *vcpu) ID() int { return c.id }
 // has no KVM_CAP_GET_TSC_KHZ.
 func (c *vcpu) TSCHz() (uint64, error) { return c.tscKHz * 1000, nil }
 
+// Regs returns the registers. Right after an exit (until SetRegs, or
+// anything else that may change what KVM_GET_REGS reads) they are the
+// copy KVM stored into kvm_run's sync area at that exit (store_regs, on
+// every return of KVM_RUN when kvm_valid_regs asks for the registers,
+// the -EINTR of a kick included): the same __get_regs() as
+// KVM_GET_REGS, without the ioctl. The pause reads every vCPU's
+// registers at the pause point, and on nested KVM each ioctl is a
+// vcpu_load/vcpu_put in an emulated L1.
 func (c *vcpu) Regs() (engine.Regs, error) {
+	if c.syncFresh {
+		c.mu.RLock()
+		r, ok := syncedRegs(c.run)
+		c.mu.RUnlock()
+		if ok {
+			return r, nil
+		}
+	}
 	r, err := kvm.GetRegs(uintptr(c.fd))
 	if err != nil {
 		return engine.Regs{}, ioctlErr("KVM_GET_REGS", err)
@@ -393,6 +418,7 @@ func (c *vcpu) Regs() (engine.Regs, error) {
 }
 
 func (c *vcpu) SetRegs(r engine.Regs) error {
+	c.syncFresh = false
 	k := kvm.Regs(r)
 	return ioctlErr("KVM_SET_REGS", kvm.SetRegs(uintptr(c.fd), &k))
 }
@@ -406,6 +432,7 @@ func (c *vcpu) Sregs() (engine.Sregs, error) {
 }
 
 func (c *vcpu) SetSregs(s engine.Sregs) error {
+	c.syncFresh = false // conservatively: only KVM_SET_REGS changes what Regs reads
 	k := toKvmSregs(&s)
 	return ioctlErr("KVM_SET_SREGS", kvm.SetSregs(uintptr(c.fd), &k))
 }
@@ -416,6 +443,7 @@ func (c *vcpu) SetMSRs(m []engine.MSR) error { return c.msrs("KVM_SET_MSRS", ioc
 // msrs checks the processed count, which KVM returns instead of an error:
 // it stops at the first MSR it does not know or refuses.
 func (c *vcpu) msrs(op string, req uintptr, m []engine.MSR) error {
+	c.syncFresh = false // conservatively, as SetSregs
 	if len(m) == 0 {
 		return nil
 	}
@@ -454,13 +482,18 @@ func (c *vcpu) Run() (*engine.Exit, error) {
 		c.locked = true
 	}
 	c.tid.Store(int32(unix.Gettid()))
+	c.clockResume()
 	for {
+		c.syncFresh = false
 		errno := runIoctl(c.fd)
+		c.syncFresh = c.syncRegs && (errno == 0 || errno == unix.EINTR)
 		if errno == unix.EINTR || (errno == 0 && binary.LittleEndian.Uint32(c.run[runExitReason:]) == kvmExitIntr) {
 			if !clearImmediateExit(c.word) {
 				continue
 			}
-			c.paused()
+			if c.clockCtrl {
+				c.pausedAt = time.Now()
+			}
 			c.exits.Add(1)
 			c.byReason.Count(engine.ExitIntr)
 			c.exit = engine.Exit{Reason: engine.ExitIntr}
@@ -573,15 +606,29 @@ func (c *vcpu) fetch(gva uint64, n int) ([]byte, error) {
 	return out, nil
 }
 
-// paused runs at the pause point: KVM_KVMCLOCK_CTRL tells a guest using
-// kvmclock that it was stopped by the host, so its soft-lockup watchdog
-// does not fire after a long pause. EINVAL means the guest has no kvmclock
-// page: nothing to tell.
-func (c *vcpu) paused() {
-	if !c.clockCtrl {
+// clockLongPause is how long the guest must have been stopped for Run
+// to tell it so (clockResume).
+const clockLongPause = 100 * time.Millisecond
+
+// clockResume runs before the guest is entered again after a kick: when
+// it was stopped for clockLongPause or more, KVM_KVMCLOCK_CTRL tells a
+// guest using kvmclock that the host stopped it (PVCLOCK_GUEST_STOPPED,
+// which the guest sees at its next clock update), so that its
+// soft-lockup watchdog does not fire; QEMU does the same when a VM is
+// continued. A short pause (a live-patch switch: microseconds to
+// milliseconds) is far below any watchdog and skips the ioctl, which on
+// nested KVM costs a vcpu_load/vcpu_put in an emulated L1 (it was issued
+// at every kick before). EINVAL means the guest has no kvmclock page:
+// nothing to tell.
+func (c *vcpu) clockResume() {
+	if c.pausedAt.IsZero() {
 		return
 	}
-	_, _ = ioctl(c.fd, ioctlKVMClockCtrl, 0) // best effort; EINVAL is the usual answer for our guest
+	long := time.Since(c.pausedAt) >= clockLongPause
+	c.pausedAt = time.Time{}
+	if long {
+		_, _ = ioctl(c.fd, ioctlKVMClockCtrl, 0) // best effort; EINVAL is the usual answer for our guest
+	}
 }
 
 // Kick makes a Run in progress return ExitIntr, or the next Run if none is.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bobuhiro11/gokvm/kvm"
 	"golang.org/x/sys/unix"
 
 	"klp-kvm/kvm/engine"
@@ -484,4 +485,69 @@ func TestKVMTSCRate(t *testing.T) {
 		t.Fatalf("TSC rates %v Hz: want one nonzero rate", rates)
 	}
 	t.Logf("guest TSC %d Hz (KVM_CAP_TSC_CONTROL %v)", rates[0], e.tscControl)
+}
+
+// TestKVMSyncedRegs: after an exit (a kick's ExitIntr, an OUT), Regs
+// reads what KVM_GET_REGS reads, from kvm_run's sync area when KVM has
+// KVM_CAP_SYNC_REGS; after SetRegs it reads the registers set, not the
+// copy of the last exit; and the next exit's registers replace them.
+func TestKVMSyncedRegs(t *testing.T) {
+	g := newTestGuest(t, 1, entryLoop)
+	c := g.vcpus[0]
+	hc := c.(*vcpu)
+	r := startRunner(t, c)
+	t.Logf("KVM_CAP_SYNC_REGS: %v (false: Regs always uses KVM_GET_REGS)", hc.syncRegs)
+	ioctlRegs := func() engine.Regs {
+		t.Helper()
+		k, err := kvm.GetRegs(uintptr(hc.fd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return engine.Regs(*k)
+	}
+	for i := 0; i < 3; i++ {
+		r.start()
+		r.idle(20 * time.Millisecond)
+		c.Kick()
+		if ex := r.wait(t); ex.Reason != engine.ExitIntr {
+			t.Fatalf("round %d: %v, want intr", i, ex.Reason)
+		}
+		if hc.syncRegs && !hc.syncFresh {
+			t.Errorf("round %d: KVM has sync regs, but Regs would not read them after the kick", i)
+		}
+		got, err := c.Regs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := ioctlRegs(); got != want {
+			t.Fatalf("round %d: Regs after a kick %+v, KVM_GET_REGS %+v", i, got, want)
+		}
+		if got.RAX == 0 {
+			t.Errorf("round %d: the loop's counter RAX is 0: registers not read", i)
+		}
+		set := got
+		set.RAX, set.RBX = 7, 0x1234
+		if err := c.SetRegs(set); err != nil {
+			t.Fatal(err)
+		}
+		after, err := c.Regs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after != set || after != ioctlRegs() {
+			t.Fatalf("round %d: Regs after SetRegs %+v, want %+v", i, after, set)
+		}
+	}
+	// The next exit's registers, not those set: the loop counted on from 7.
+	r.start()
+	r.idle(20 * time.Millisecond)
+	c.Kick()
+	r.wait(t)
+	got, err := c.Regs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := ioctlRegs(); got != want || got.RAX <= 7 || got.RBX != 0x1234 {
+		t.Fatalf("Regs after the last exit %+v, KVM_GET_REGS %+v (want RAX > 7, RBX 0x1234)", got, want)
+	}
 }

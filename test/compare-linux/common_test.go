@@ -34,7 +34,13 @@ const (
 	modeBusy = "busy" // Linux: a task per CPU reads /proc/cmdline in a loop; klp-kvm: workers that never sleep (klp.worker_sleep_ms=0)
 )
 
-var modes = []string{modeIdle, modeBusy}
+// modes are the modes measured: KLP_COMPARE_MODES (default "idle busy").
+var modes = func() []string {
+	if v := strings.Fields(os.Getenv("KLP_COMPARE_MODES")); len(v) > 0 {
+		return v
+	}
+	return []string{modeIdle, modeBusy}
+}()
 
 // benchCmdline is the klp-kvm guest's command line for each mode.
 var benchCmdline = map[string]string{modeIdle: "klp.workers=0", modeBusy: "klp.worker_sleep_ms=0"}
@@ -44,6 +50,10 @@ type result struct {
 	Kind string `json:"kind"` // "linux", "klp-kvm" or "info"
 	Mode string `json:"mode,omitempty"`
 	Info string `json:"info,omitempty"`
+	CPUs int    `json:"cpus,omitempty"` // the VM's CPUs (Linux) = the guest's vCPUs (klp-kvm)
+	// Kind "file": a file the host writes into its output directory
+	// (Info is its name): TestInVMTrace's profiles.
+	Data []byte `json:"data,omitempty"`
 
 	// Linux, one sample per cycle (ns): Load is finit_module's duration
 	// (load, relocate, klp_enable_patch up to the first try of the
@@ -58,11 +68,32 @@ type result struct {
 	Disable    []int64 `json:"disable_ns,omitempty"`
 	Unload     []int64 `json:"unload_ns,omitempty"`
 
+	// Linux, timed inside the kernel by the module's callbacks
+	// (module/livepatch-sample.c): KTransition from pre_patch (before
+	// klp_patch_object, the ftrace registration) to post_patch
+	// (klp_complete_transition), the enable transition with its text
+	// change; KEnable from the module's init (before klp_enable_patch:
+	// klp_init_patch's sysfs and symbol lookup too) to post_patch;
+	// KDisable from pre_unpatch to post_unpatch.
+	KTransition []int64 `json:"k_transition_ns,omitempty"`
+	KEnable     []int64 `json:"k_enable_ns,omitempty"`
+	KDisable    []int64 `json:"k_disable_ns,omitempty"`
+
 	// klp-kvm: `klp-kvm bench --json` rows: Warm, one point of the
 	// measured cycles; Cold, more points of one cycle each, for their
 	// first enables (every row's FirstEnable and Register count).
 	Warm []latency.Row `json:"warm,omitempty"`
 	Cold []latency.Row `json:"cold,omitempty"`
+
+	// klp-kvm, one sample per cycle of livepatch-sample, the counterpart
+	// of Linux's cycle (TestInVMKlpKvmSample): SampleLoad is
+	// Manager.Load (register: parse, symbols, dry layout; then the
+	// enable, which lays the image out and writes it: Linux's
+	// finit_module to transition 0); SampleEnable its enable's Result.Total;
+	// SampleUnload is Manager.Unload (disable and unregister).
+	SampleLoad   []int64 `json:"sample_load_ns,omitempty"`
+	SampleEnable []int64 `json:"sample_enable_ns,omitempty"`
+	SampleUnload []int64 `json:"sample_unload_ns,omitempty"`
 }
 
 func (r result) line() string {
@@ -82,6 +113,20 @@ func parseResult(line string) (r result, ok bool, err error) {
 	}
 	err = json.Unmarshal([]byte(strings.TrimSpace(line[i+len(marker):])), &r)
 	return r, err == nil, err
+}
+
+// sides are the sides KLP_COMPARE_SIDES asks for (default both: "linux
+// klp-kvm"); one side alone is for working on it, the comparison needs both.
+func sides() map[string]bool {
+	v := strings.Fields(os.Getenv("KLP_COMPARE_SIDES"))
+	if len(v) == 0 {
+		v = []string{"linux", "klp-kvm"}
+	}
+	m := map[string]bool{}
+	for _, s := range v {
+		m[s] = true
+	}
+	return m
 }
 
 func envInt(name string, def int) int {

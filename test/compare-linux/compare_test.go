@@ -18,23 +18,44 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"text/tabwriter"
 	"time"
 
+	"klp-kvm/initramfs"
 	"klp-kvm/latency"
-	"klp-kvm/test/nested/initramfs"
 	"klp-kvm/test/nested/manifest"
 )
+
+// cpuCounts is KLP_COMPARE_CPUS: the VM sizes to measure, one VM each
+// (default "1 2").
+func cpuCounts(t *testing.T) []int {
+	v := strings.Fields(strings.ReplaceAll(os.Getenv("KLP_COMPARE_CPUS"), ",", " "))
+	if len(v) == 0 {
+		return []int{1, 2}
+	}
+	var out []int
+	for _, f := range v {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 || n > 8 {
+			t.Fatalf("KLP_COMPARE_CPUS=%q: want CPU counts from 1 to 8", os.Getenv("KLP_COMPARE_CPUS"))
+		}
+		out = append(out, n)
+	}
+	return out
+}
 
 // TestCompareLinux needs KLP_COMPARE_MODULE, the livepatch-sample.ko
 // built against the headers of the cached kernel (run.sh builds it).
 // KLP_COMPARE_OUT is where compare.txt and compare.json go (default: a
 // temporary directory, named in the log); KLP_COMPARE_TIMEOUT bounds the
 // VM (default 30m); KLP_COMPARE_CYCLES, KLP_COMPARE_ITERATIONS and
-// KLP_COMPARE_COLD reach the VM (see the TestInVM* tests).
+// KLP_COMPARE_COLD and KLP_COMPARE_SIDES reach the VM (see the TestInVM*
+// tests); KLP_COMPARE_CPUS is the VM sizes, one VM each (cpuCounts).
 func TestCompareLinux(t *testing.T) {
 	if os.Getenv("KLP_COMPARE_INVM") == "1" {
 		t.Skip("the host half")
@@ -78,30 +99,43 @@ func TestCompareLinux(t *testing.T) {
 	if dl, ok := t.Deadline(); ok && time.Until(dl)-30*time.Second < timeout {
 		timeout = max(time.Until(dl)-30*time.Second, time.Minute)
 	}
-	resultsPath := filepath.Join(work, "results.txt")
-	start := time.Now()
-	why := bootVM(t, qemu, k, initrd, resultsPath, timeout)
-	t.Logf("VM ran for %v", time.Since(start).Round(time.Second))
-	raw, err := os.ReadFile(resultsPath)
-	if err != nil {
-		t.Fatalf("result channel: %v", err)
-	}
-	res, flavour, err := collect(raw)
-	if err != nil {
-		t.Fatalf("%v (%s)", err, why)
-	}
-	if why != "" {
-		t.Fatal(why)
+	all := &collected{}
+	flavour := ""
+	for _, n := range cpuCounts(t) {
+		resultsPath := filepath.Join(work, fmt.Sprintf("results-%d.txt", n))
+		start := time.Now()
+		why := bootVM(t, qemu, k, initrd, resultsPath, n, timeout)
+		t.Logf("the %s VM ran for %v", plural(n, "CPU", "CPUs"), time.Since(start).Round(time.Second))
+		raw, err := os.ReadFile(resultsPath)
+		if err != nil {
+			t.Fatalf("result channel: %v", err)
+		}
+		res, fl, err := collect(raw)
+		if err != nil {
+			t.Fatalf("%d CPUs: %v (%s)", n, err, why)
+		}
+		if why != "" {
+			t.Fatal(why)
+		}
+		flavour = fl
+		all.Info = append(all.Info, res.Info...)
+		all.Linux = append(all.Linux, res.Linux...)
+		all.KlpKvm = append(all.KlpKvm, res.KlpKvm...)
+		all.Files = append(all.Files, res.Files...)
 	}
 	var txt bytes.Buffer
-	report(&txt, res, k, flavour)
+	report(&txt, all, k, flavour)
 	t.Logf("\n%s", txt.String())
 	fmt.Print(txt.String())
-	js, _ := json.MarshalIndent(res, "", "  ")
+	js, _ := json.MarshalIndent(all, "", "  ")
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for name, b := range map[string][]byte{"compare.txt": txt.Bytes(), "compare.json": append(js, '\n')} {
+	files := map[string][]byte{"compare.txt": txt.Bytes(), "compare.json": append(js, '\n')}
+	for _, f := range all.Files {
+		files[filepath.Base(f.Info)] = f.Data
+	}
+	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(out, name), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -178,7 +212,7 @@ func buildInitramfs(t *testing.T, k *kernel, initBin, self, klp, mod, out string
 	must(a.AddFile(strings.TrimPrefix(modulePath, "/"), mod))
 	env := []string{"KLP_KVM_BIN=/klp-nested/bin/klp-kvm", "KLP_COMPARE_INVM=1"}
 	for _, kv := range os.Environ() {
-		for _, p := range []string{"KLP_COMPARE_CYCLES=", "KLP_COMPARE_ITERATIONS=", "KLP_COMPARE_COLD="} {
+		for _, p := range []string{"KLP_COMPARE_CYCLES=", "KLP_COMPARE_ITERATIONS=", "KLP_COMPARE_COLD=", "KLP_COMPARE_SIDES=", "KLP_COMPARE_MODES=", "KLP_COMPARE_TRACE=", "KLP_COMPARE_WARMUP="} {
 			if strings.HasPrefix(kv, p) {
 				env = append(env, kv)
 			}
@@ -199,10 +233,10 @@ func buildInitramfs(t *testing.T, k *kernel, initBin, self, klp, mod, out string
 }
 
 // qemuArgs are the nested tier's (test/nested's qemuArgs, which lives in
-// that package's test file): TCG with SVM emulated, single-threaded, 2
-// vCPUs, 1 GiB; console on stdio, the result channel in a file. The
+// that package's test file): TCG with SVM emulated, single-threaded, 1
+// GiB; but cpus vCPUs; console on stdio, the result channel in a file. The
 // nested tier's KLP_KVM_NESTED_CPU and KLP_KVM_NESTED_ACCEL apply.
-func qemuArgs(k *kernel, initrd, results string) []string {
+func qemuArgs(k *kernel, initrd, results string, cpus int) []string {
 	accel, cpu := "tcg,thread=single", "max"
 	if a := os.Getenv("KLP_KVM_NESTED_ACCEL"); a != "" {
 		accel = a
@@ -210,7 +244,7 @@ func qemuArgs(k *kernel, initrd, results string) []string {
 	if c := os.Getenv("KLP_KVM_NESTED_CPU"); c != "" {
 		cpu = c
 	}
-	return []string{"-accel", accel, "-cpu", cpu, "-smp", "2", "-m", "1024", "-display", "none", "-monitor", "none",
+	return []string{"-accel", accel, "-cpu", cpu, "-smp", strconv.Itoa(cpus), "-m", "1024", "-display", "none", "-monitor", "none",
 		"-serial", "stdio", "-serial", "file:" + results, "-nic", "none", "-no-reboot",
 		"-kernel", k.vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 quiet panic=-1"}
 }
@@ -218,7 +252,7 @@ func qemuArgs(k *kernel, initrd, results string) []string {
 // bootVM runs QEMU until it powers off, streaming the console into the
 // log; it returns why it was stopped early ("" if it was not): the
 // timeout, or no heartbeat from /init for two minutes (a frozen VM).
-func bootVM(t *testing.T, qemu string, k *kernel, initrd, results string, timeout time.Duration) string {
+func bootVM(t *testing.T, qemu string, k *kernel, initrd, results string, cpus int, timeout time.Duration) string {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var beat atomic.Int64
@@ -242,7 +276,7 @@ func bootVM(t *testing.T, qemu string, k *kernel, initrd, results string, timeou
 			}
 		}
 	}()
-	args := qemuArgs(k, initrd, results)
+	args := qemuArgs(k, initrd, results, cpus)
 	cmd := exec.CommandContext(ctx, qemu, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -291,6 +325,7 @@ type collected struct {
 	Info   []string `json:"info"`
 	Linux  []result `json:"linux"`
 	KlpKvm []result `json:"klp_kvm"`
+	Files  []result `json:"-"` // written into the output directory
 }
 
 // collect reads the result channel: the control lines of vminit (the KVM
@@ -303,7 +338,7 @@ func collect(raw []byte) (*collected, string, error) {
 	var failed []string
 	var output strings.Builder
 	sc := bufio.NewScanner(bytes.NewReader(raw))
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	sc.Buffer(make([]byte, 64<<10), 64<<20) // TestInVMTrace's files
 	for sc.Scan() {
 		line := sc.Text()
 		if ev, err := manifest.ParseLine(line); err == nil {
@@ -342,9 +377,17 @@ func collect(raw []byte) (*collected, string, error) {
 			c.Linux = append(c.Linux, r)
 		case "klp-kvm":
 			c.KlpKvm = append(c.KlpKvm, r)
+		case "file":
+			c.Files = append(c.Files, r)
 		}
 	}
-	if len(failed) > 0 || len(c.Linux) != len(modes) || len(c.KlpKvm) != len(modes) {
+	want := func(side string) int {
+		if sides()[side] {
+			return len(modes)
+		}
+		return 0
+	}
+	if len(failed) > 0 || len(c.Linux) != want("linux") || len(c.KlpKvm) != want("klp-kvm") {
 		return nil, "", fmt.Errorf("the VM's run failed (%s; %d Linux and %d klp-kvm results of %d modes); its output:\n%s",
 			strings.Join(failed, "; "), len(c.Linux), len(c.KlpKvm), len(modes), output.String())
 	}
@@ -362,55 +405,83 @@ func distOf(ns []int64) dist {
 	return dist{latency.Median(d), latency.Percentile(d, 100)}
 }
 
-// report prints the comparison: per mode, each Linux quantity next to
-// klp-kvm's counterpart, and how many times longer Linux took.
+// report prints the comparison: per VM size and mode, each Linux
+// quantity next to klp-kvm's counterpart, and how many times longer
+// Linux took (of the medians and of the maxes).
 func report(w io.Writer, c *collected, k *kernel, flavour string) {
 	fmt.Fprintf(w, "Linux livepatch vs klp-kvm, in the nested tier's QEMU TCG VM (kernel %s, klp-kvm on nested %s)\n", k.version, flavour)
 	for _, s := range c.Info {
 		fmt.Fprintf(w, "  %s\n", s)
 	}
-	byMode := func(rs []result, mode string) result {
+	type cfg struct {
+		cpus int
+		mode string
+	}
+	var cfgs []cfg
+	seen := map[cfg]bool{}
+	for _, r := range append(append([]result(nil), c.Linux...), c.KlpKvm...) {
+		for _, m := range modes {
+			if x := (cfg{r.CPUs, m}); !seen[x] {
+				seen[x] = true
+				cfgs = append(cfgs, x)
+			}
+		}
+	}
+	sort.SliceStable(cfgs, func(i, j int) bool { return cfgs[i].cpus < cfgs[j].cpus })
+	find := func(rs []result, x cfg) result {
 		for _, r := range rs {
-			if r.Mode == mode {
+			if r.Mode == x.mode && r.CPUs == x.cpus {
 				return r
 			}
 		}
 		return result{}
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tquantity: Linux | klp-kvm\tLinux p50\tLinux max\tn\tklp-kvm p50\tklp-kvm max\tn\tratio p50\tratio max\t")
-	for _, mode := range modes {
-		l, kk := byMode(c.Linux, mode), byMode(c.KlpKvm, mode)
-		if len(kk.Warm) == 0 {
-			continue
+	fmt.Fprintln(tw, "CPUs\tmode\tquantity: Linux | klp-kvm\tLinux p50\tLinux max\tn\tklp-kvm p50\tklp-kvm max\tn\tratio p50\tratio max\t")
+	for _, x := range cfgs {
+		l, kk := find(c.Linux, x), find(c.KlpKvm, x)
+		var warm latency.Row
+		if len(kk.Warm) > 0 {
+			warm = kk.Warm[0]
 		}
-		warm := kk.Warm[0]
-		var cold []time.Duration
-		for _, r := range append(append([]latency.Row(nil), kk.Warm...), kk.Cold...) {
-			cold = append(cold, r.Register+r.FirstEnable)
-		}
-		coldD := dist{latency.Median(cold), latency.Percentile(cold, 100)}
 		line := func(what string, lin []int64, kd dist, kn int) {
 			ld := distOf(lin)
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\t\n", mode, what, fmtDur(ld.p50), fmtDur(ld.max), len(lin),
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\t\n", x.cpus, x.mode, what, fmtDur(ld.p50), fmtDur(ld.max), len(lin),
 				fmtDur(kd.p50), fmtDur(kd.max), kn, ratio(ld.p50, kd.p50), ratio(ld.max, kd.max))
 		}
-		line("switch: transition 1->0 | enable", l.Transition, dist{warm.Total, warm.TotalMax}, warm.Iterations)
-		line("load+switch: insmod..transition 0 | register+first enable", l.Enable, coldD, len(cold))
-		line("disable: enabled=0..transition 0 | disable", l.Disable, dist{warm.Disable, warm.DisableMax}, warm.Iterations)
+		var unload []int64
+		for i := range min(len(l.Disable), len(l.Unload)) {
+			unload = append(unload, l.Disable[i]+l.Unload[i])
+		}
+		line("enable: pre_patch..post_patch | enable", l.KTransition, dist{warm.Total, warm.TotalMax}, warm.Iterations)
+		line("disable: pre_unpatch..post_unpatch | disable", l.KDisable, dist{warm.Disable, warm.DisableMax}, warm.Iterations)
+		line("load: insmod..transition 0 | Load", l.Enable, distOf(kk.SampleLoad), len(kk.SampleLoad))
+		line("unload: enabled=0..rmmod | Unload", unload, distOf(kk.SampleUnload), len(kk.SampleUnload))
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "ratio: Linux's time / klp-kvm's. Also measured:")
-	for _, mode := range modes {
-		l, kk := byMode(c.Linux, mode), byMode(c.KlpKvm, mode)
-		if len(kk.Warm) == 0 {
-			continue
+	fmt.Fprintln(w, "ratio: Linux's time / klp-kvm's (>1: klp-kvm is faster). enable, disable: Linux's timed in the kernel by the")
+	fmt.Fprintln(w, "module's klp callbacks, klp-kvm's end to end (livepatch.Result.Total, `klp-kvm bench --funcs 1`). load, unload:")
+	fmt.Fprintln(w, "livepatch-sample on both sides, Linux's insmod and disable+rmmod, klp-kvm's Manager.Load and Unload. Also measured:")
+	for _, x := range cfgs {
+		l, kk := find(c.Linux, x), find(c.KlpKvm, x)
+		fmt.Fprintf(w, "  %s, %s:", plural(x.cpus, "CPU", "CPUs"), x.mode)
+		if len(l.Load) > 0 {
+			ld, lu, lt, lk, lx := distOf(l.Load), distOf(l.Unload), distOf(l.Transition), distOf(l.KEnable), distOf(l.Disable)
+			fmt.Fprintf(w, " Linux finit_module %s (max %s), init..post_patch %s (max %s), finit_module's return..transition 0 %s (max %s), enabled=0..transition 0 %s (max %s), rmmod %s (max %s);",
+				fmtDur(ld.p50), fmtDur(ld.max), fmtDur(lk.p50), fmtDur(lk.max), fmtDur(lt.p50), fmtDur(lt.max), fmtDur(lx.p50), fmtDur(lx.max), fmtDur(lu.p50), fmtDur(lu.max))
 		}
-		warm := kk.Warm[0]
-		ld, lu := distOf(l.Load), distOf(l.Unload)
-		fmt.Fprintf(w, "  %s: Linux finit_module %s (max %s), rmmod after the disable %s (max %s); klp-kvm pause window %s (p99 %s, max %s), bare pause+resume %s (max %s), %s\n",
-			mode, fmtDur(ld.p50), fmtDur(ld.max), fmtDur(lu.p50), fmtDur(lu.max), fmtDur(warm.Window), fmtDur(warm.WindowP99), fmtDur(warm.WindowMax),
-			fmtDur(warm.Bare), fmtDur(warm.BareMax), plural(warm.CPUs, "vCPU", "vCPUs"))
+		if len(kk.Warm) > 0 {
+			r := kk.Warm[0]
+			var cold []time.Duration
+			for _, c := range append(append([]latency.Row(nil), kk.Warm...), kk.Cold...) {
+				cold = append(cold, c.Register+c.FirstEnable)
+			}
+			se := distOf(kk.SampleEnable)
+			fmt.Fprintf(w, " klp-kvm pause window %s (p99 %s, max %s: stop %s, check %s, poke %s), bare pause+resume %s (max %s), livepatch-sample's enable in its Load %s (max %s), bench register+first enable %s (max %s)",
+				fmtDur(r.Window), fmtDur(r.WindowP99), fmtDur(r.WindowMax), fmtDur(r.Stop), fmtDur(r.Check), fmtDur(r.Poke), fmtDur(r.Bare), fmtDur(r.BareMax),
+				fmtDur(se.p50), fmtDur(se.max), fmtDur(latency.Median(cold)), fmtDur(latency.Percentile(cold, 100)))
+		}
+		fmt.Fprintln(w)
 	}
 }
 

@@ -31,9 +31,11 @@ func TestReport(t *testing.T) {
 	ch.WriteString(manifest.Event{Event: manifest.EventBegin, Name: "compare-linux.test"}.Line() + "\n")
 	ch.WriteString("\x16=== RUN   TestInVMLinuxLivepatch\n")
 	for _, m := range modes {
-		ch.WriteString(result{Kind: "linux", Mode: m, Load: ms(5, 6), Enable: ms(1000, 1200, 1100), Transition: ms(990, 1190, 1000),
-			Disable: ms(1000, 2000, 1500), Unload: ms(3, 4)}.line() + "\n")
-		ch.WriteString(result{Kind: "klp-kvm", Mode: m, Warm: []latency.Row{row}, Cold: []latency.Row{row, row}}.line() + "\n")
+		ch.WriteString(result{Kind: "linux", Mode: m, CPUs: 2, Load: ms(5, 6), Enable: ms(1000, 1200, 1100), Transition: ms(990, 1190, 1000),
+			Disable: ms(1000, 2000, 1500), Unload: ms(3, 4, 4), KTransition: ms(1000, 1190, 1010), KEnable: ms(1001, 1191, 1011),
+			KDisable: ms(1000, 2000, 1500)}.line() + "\n")
+		ch.WriteString(result{Kind: "klp-kvm", Mode: m, CPUs: 2, Warm: []latency.Row{row}, Cold: []latency.Row{row, row},
+			SampleLoad: ms(100, 100, 50), SampleEnable: ms(3, 4, 5), SampleUnload: ms(2, 2, 4)}.line() + "\n")
 	}
 	good := ch.String() + manifest.Event{Event: manifest.EventEnd, Name: "compare-linux.test"}.Line() + "\n"
 	c, flavour, err := collect([]byte(good))
@@ -43,9 +45,12 @@ func TestReport(t *testing.T) {
 	var out bytes.Buffer
 	report(&out, c, &kernel{version: "6.1.0-57-amd64"}, flavour)
 	txt := out.String()
-	// transition p50 1000 ms / enable 2 ms = 500x; max 1190 / 10 = 119x;
-	// insmod..0 p50 1100 / (90+10) = 11x; disable 1500/1 = 1500x, 2000/5 = 400x.
-	for _, want := range []string{"kvm_amd", "6.1.0-57-amd64", "500x", "119x", "11x", "1500x", "400x", "idle", "busy", "1.00 s", "2.00 ms"} {
+	// pre_patch..post_patch p50 1010 ms / enable 2 ms = 505x; max 1190 /
+	// 10 = 119x; insmod..0 p50 1100 / Load 100 = 11x, max 1200 / 100 =
+	// 12x; disable 1500/1 = 1500x, 2000/5 = 400x; disable+rmmod p50
+	// 1504 / Unload 2 = 752x, max 2004 / 4 = 501x.
+	for _, want := range []string{"kvm_amd", "6.1.0-57-amd64", "505x", "119x", "11x", "12x", "1500x", "400x", "752x", "501x",
+		"idle", "busy", "1.01 s", "2.00 ms"} {
 		if !strings.Contains(txt, want) {
 			t.Errorf("report has no %q:\n%s", want, txt)
 		}

@@ -12,10 +12,15 @@
 #    measures Linux's livepatch and runs klp-kvm bench --engine kvm, and
 #    prints both side by side (OUTDIR/compare.txt, compare.json).
 #
-# Knobs: KLP_COMPARE_CYCLES (Linux cycles per mode, 20),
-# KLP_COMPARE_ITERATIONS (klp-kvm measured cycles, 100), KLP_COMPARE_COLD
-# (klp-kvm extra cold enables, 4), KLP_COMPARE_TIMEOUT (the VM, 30m), and
-# the nested tier's KLP_KVM_NESTED_CACHE, _CPU, _ACCEL.
+# Knobs: KLP_COMPARE_CPUS (the VM sizes, one VM each: "1 2"),
+# KLP_COMPARE_CYCLES (cycles per mode on each side, 20), KLP_COMPARE_WARMUP
+# (uncounted cycles before them on each side, 1),
+# KLP_COMPARE_ITERATIONS (klp-kvm bench's measured cycles, as many),
+# KLP_COMPARE_COLD (klp-kvm extra cold enables, 4), KLP_COMPARE_MODES
+# ("idle busy"), KLP_COMPARE_SIDES ("linux klp-kvm"; one alone for working
+# on it), KLP_COMPARE_TRACE=1 (an execution trace and CPU profile of
+# klp-kvm's bench in the VM, into OUTDIR), KLP_COMPARE_TIMEOUT (each VM,
+# 30m), and the nested tier's KLP_KVM_NESTED_CACHE, _CPU, _ACCEL.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"klp-kvm/kvm"
-	"klp-kvm/test/nested/initramfs"
+	"klp-kvm/initramfs"
 )
 
 // bootTimeout bounds one boot: Debian's kernel boots to init in seconds on

@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"klp-kvm/test/nested/initramfs"
+	"klp-kvm/initramfs"
 	"klp-kvm/test/nested/manifest"
 )
 

@@ -43,8 +43,11 @@ fi
 
 # 2. The kernel. A complete cached kernel is kept (any Debian kernel with
 # kvm modules does), so that a warm run costs no apt look-up; set
-# KLP_KVM_NESTED_REFRESH=1 to move to the current one.
-if [ -z "${KLP_KVM_NESTED_REFRESH:-}" ] && [ -f "$cache/current/.complete" ]; then
+# KLP_KVM_NESTED_REFRESH=1 to move to the current one. A cache from before
+# System.map and config were kept counts as incomplete and is refilled
+# (package linuxkernel's tests read both).
+complete() { [ -f "$1/.complete" ] && [ -f "$1/System.map" ] && [ -f "$1/config" ]; }
+if [ -z "${KLP_KVM_NESTED_REFRESH:-}" ] && complete "$cache/current"; then
 	echo "prepare.sh: qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), kernel $(cat "$cache/current/version") cached in $cache/current"
 	exit 0
 fi
@@ -58,7 +61,7 @@ if [ -z "$image" ]; then
 fi
 kver=${image#linux-image-}
 dest="$cache/$kver"
-if [ -f "$dest/.complete" ]; then
+if complete "$dest"; then
 	ln -sfn "$kver" "$cache/current"
 	echo "prepare.sh: qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), kernel $kver cached in $dest"
 	exit 0
@@ -78,6 +81,10 @@ mod="$tmp/root/lib/modules/$kver"
 rm -rf "$dest.partial"
 mkdir -p "$dest.partial/modules"
 cp "$tmp/root/boot/vmlinuz-$kver" "$dest.partial/vmlinuz"
+# The symbol map and the build config of the same package: the fallback
+# symbol source and the CONFIG_ answers of package linuxkernel.
+cp "$tmp/root/boot/System.map-$kver" "$dest.partial/System.map"
+cp "$tmp/root/boot/config-$kver" "$dest.partial/config"
 
 # The package ships no modules.dep (depmod makes it at install time), so
 # resolve dependencies from each module's own .modinfo "depends=" string.

@@ -2,6 +2,7 @@ package initramfs
 
 import (
 	"bytes"
+	"compress/gzip"
 	"errors"
 	"io"
 	"os"
@@ -93,12 +94,61 @@ func TestArchiveRejects(t *testing.T) {
 		t.Errorf("duplicate: %v", err)
 	}
 	for _, bad := range []string{"", ".", "..", "../etc/x"} {
-		if err := a.AddBytes(bad, nil, 0o644); err == nil {
-			t.Errorf("AddBytes(%q) accepted", bad)
+		if err := a.AddBytes(bad, nil, 0o644); !errors.Is(err, ErrInvalid) {
+			t.Errorf("AddBytes(%q): %v, want ErrInvalid", bad, err)
 		}
 	}
 	var e *Error
-	if err := a.AddFile("x", "/nonexistent/file"); !errors.As(err, &e) || !errors.Is(err, os.ErrNotExist) {
+	if err := a.AddSymlink("bin/x", ""); !errors.Is(err, ErrInvalid) {
+		t.Errorf("symlink without target: %v", err)
+	}
+	if err := a.AddFile("x", "/nonexistent/file"); !errors.As(err, &e) || !errors.Is(err, os.ErrNotExist) ||
+		!errors.Is(err, ErrIO) {
 		t.Errorf("missing host file: %v", err)
+	}
+}
+
+func TestSymlinkAndGzip(t *testing.T) {
+	a := New()
+	if err := a.AddBytes("init", []byte("ELF"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.AddSymlink("bin/cat", "/init"); err != nil {
+		t.Fatal(err)
+	}
+	var plain, z1, z2 bytes.Buffer
+	if err := a.Write(&plain); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.WriteGzip(&z1); err != nil {
+		t.Fatal(err)
+	}
+	a.WriteGzip(&z2)
+	if !bytes.Equal(z1.Bytes(), z2.Bytes()) {
+		t.Error("two gzip writes differ")
+	}
+	zr, err := gzip.NewReader(&z1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !zr.ModTime.IsZero() || zr.Name != "" {
+		t.Errorf("gzip header has time %v name %q", zr.ModTime, zr.Name)
+	}
+	un, err := io.ReadAll(zr)
+	if err != nil || !bytes.Equal(un, plain.Bytes()) {
+		t.Fatalf("gzip does not unpack to the plain archive: %v", err)
+	}
+	recs := readBack(t, un)
+	var link *cpio.Record
+	for i := range recs {
+		if recs[i].Name == "bin/cat" {
+			link = &recs[i]
+		}
+	}
+	if link == nil || link.Mode&cpio.S_IFMT != cpio.S_IFLNK {
+		t.Fatalf("bin/cat: %+v", link)
+	}
+	if target, _ := io.ReadAll(io.NewSectionReader(link, 0, int64(link.FileSize))); string(target) != "/init" {
+		t.Errorf("bin/cat -> %q", target)
 	}
 }

@@ -5,8 +5,8 @@
 package initramfs
 
 import (
+	"compress/gzip"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -14,23 +14,46 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/u-root/u-root/pkg/cpio"
+
+	"klp-kvm/klperr"
 )
 
-// ErrDuplicate: a path was added twice.
-var ErrDuplicate = errors.New("path already in the archive")
+// Kinds of Error.
+var (
+	ErrDuplicate = errors.New("path already in the archive") // a path was added twice
+	ErrInvalid   = errors.New("invalid argument")            // an empty, absolute-escaping or otherwise bad name
+	ErrIO        = errors.New("i/o error")                   // reading a host file or writing the archive failed
+)
 
-// Error is the package's one error type: the operation, the archive path
-// and the cause (ErrDuplicate, an fs error, or a cpio write error).
+// Error is the package's one error type, by the convention of package
+// klperr: the operation, the kind, the archive or host path as Detail, and
+// the cause.
 type Error struct {
-	Op   string
-	Path string
-	Err  error
+	Op     string
+	Kind   error
+	Errno  syscall.Errno
+	Detail string // the path concerned
+	Err    error
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("initramfs: %s %s: %v", e.Op, e.Path, e.Err) }
+func (e *Error) Error() string {
+	return klperr.Format("initramfs", e.Op, "", e.Kind, e.Errno, e.Detail, e.Err)
+}
+
+// Is matches the kind or the errno.
+func (e *Error) Is(target error) bool { return klperr.Match(target, e.Kind, e.Errno) }
+
+// As gives the errno to errors.As(err, &errno).
+func (e *Error) As(target any) bool { return klperr.AsErrno(target, e.Errno) }
+
 func (e *Error) Unwrap() error { return e.Err }
+
+func fail(op string, kind error, path string, err error) *Error {
+	return &Error{Op: op, Kind: kind, Detail: path, Errno: klperr.Errno(err), Err: err}
+}
 
 // Archive collects records; Write emits them with every parent directory
 // before its children (the kernel's unpacker does not create missing
@@ -46,10 +69,10 @@ func New() *Archive { return &Archive{names: map[string]bool{}} }
 func (a *Archive) add(op string, r cpio.Record) error {
 	name := cpio.Normalize(r.Name)
 	if name == "" || name == "." || strings.HasPrefix(name, "../") || name == ".." {
-		return &Error{Op: op, Path: r.Name, Err: fs.ErrInvalid}
+		return fail(op, ErrInvalid, r.Name, nil)
 	}
 	if a.names[name] {
-		return &Error{Op: op, Path: name, Err: ErrDuplicate}
+		return fail(op, ErrDuplicate, name, nil)
 	}
 	a.names[name] = true
 	r.Name = name
@@ -66,11 +89,11 @@ func (a *Archive) AddBytes(name string, data []byte, perm uint64) error {
 func (a *Archive) AddFile(name, hostPath string) error {
 	data, err := os.ReadFile(hostPath)
 	if err != nil {
-		return &Error{Op: "read", Path: hostPath, Err: err}
+		return fail("read", ErrIO, hostPath, err)
 	}
 	st, err := os.Stat(hostPath)
 	if err != nil {
-		return &Error{Op: "stat", Path: hostPath, Err: err}
+		return fail("stat", ErrIO, hostPath, err)
 	}
 	return a.AddBytes(name, data, uint64(st.Mode().Perm()))
 }
@@ -81,11 +104,11 @@ func (a *Archive) AddFile(name, hostPath string) error {
 func (a *Archive) AddTree(name, hostDir string) error {
 	return filepath.WalkDir(hostDir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			return &Error{Op: "walk", Path: p, Err: err}
+			return fail("walk", ErrIO, p, err)
 		}
 		rel, err := filepath.Rel(hostDir, p)
 		if err != nil {
-			return &Error{Op: "walk", Path: p, Err: err}
+			return fail("walk", ErrIO, p, err)
 		}
 		dst := path.Join(name, filepath.ToSlash(rel))
 		switch {
@@ -112,6 +135,33 @@ func (a *Archive) AddCharDev(name string, perm, major, minor uint64) error {
 	return a.add("add device", cpio.CharDev(name, perm&0o7777, major, minor))
 }
 
+// AddSymlink adds a symbolic link name -> target (e.g. bin/cat -> ../init
+// for a multi-call binary). The target is stored as given: the kernel does
+// not resolve it when unpacking.
+func (a *Archive) AddSymlink(name, target string) error {
+	if target == "" {
+		return fail("add symlink", ErrInvalid, name, nil)
+	}
+	return a.add("add symlink", cpio.Symlink(name, target))
+}
+
+// WriteGzip writes the archive gzip-compressed, as the kernel unpacks it
+// (CONFIG_RD_GZIP is in every distribution kernel). The gzip header has no
+// name and no time, so the output still depends only on the contents.
+func (a *Archive) WriteGzip(w io.Writer) error {
+	zw, err := gzip.NewWriterLevel(w, gzip.BestCompression)
+	if err != nil {
+		return fail("gzip", ErrIO, "", err)
+	}
+	if err := a.Write(zw); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return fail("gzip", ErrIO, "", err)
+	}
+	return nil
+}
+
 // Write writes the archive: every path's parents first, then the path, in
 // sorted order so the output depends only on the contents, then the
 // trailer.
@@ -131,7 +181,7 @@ func (a *Archive) Write(w io.Writer) error {
 			}
 			written[d] = true
 			if err := rw.WriteRecord(cpio.MakeReproducible(cpio.Directory(d, 0o755))); err != nil {
-				return &Error{Op: "write", Path: d, Err: err}
+				return fail("write", ErrIO, d, err)
 			}
 		}
 		if written[r.Name] {
@@ -139,11 +189,11 @@ func (a *Archive) Write(w io.Writer) error {
 		}
 		written[r.Name] = true
 		if err := rw.WriteRecord(r); err != nil {
-			return &Error{Op: "write", Path: r.Name, Err: err}
+			return fail("write", ErrIO, r.Name, err)
 		}
 	}
 	if err := cpio.WriteTrailer(rw); err != nil {
-		return &Error{Op: "write", Path: cpio.Trailer, Err: err}
+		return fail("write", ErrIO, cpio.Trailer, err)
 	}
 	return nil
 }

@@ -1,0 +1,62 @@
+package livepatch
+
+import (
+	"testing"
+)
+
+// The consistency check inside the pause window allocates nothing of its
+// own on the way to a switch: its working memory is the Manager's
+// (checkScratch), and names (pid 7 (worker), CPU 1 ...) are formatted
+// only for a blocker. What it still allocates is the guest's reads
+// (guestkernel's task table and stack walks, the machine's register
+// snapshot): the check may allocate at most one more object than those
+// reads alone (the verdict).
+func TestCheckAllocatesOnlyGuestReads(t *testing.T) {
+	fg := newFakeGuest(t, 2)
+	g := &snapGuest{fakeGuest: fg}
+	m, err := newChecked(Config{Guest: g, Vmlinux: vmlinuxForTest(), PatchArea: patchVirt, PatchAreaSize: fakePatch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 6; i++ {
+		fg.fakeTask(t, m, i, uint32(10+i), "worker", fg.sym(t, "_start")+1)
+	}
+	p, err := m.Register(patchObj(t, "livepatch-bench"), "livepatch-bench.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, err := m.loadImage("enable", p); err != nil {
+		t.Fatal(err)
+	}
+	idx := newSpanIndex(m.planEnable(p).spans)
+	if len(idx.spans) != 1024 {
+		t.Fatalf("%d spans, want the 1024 functions' old code", len(idx.spans))
+	}
+	if err := g.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer g.Resume()
+	if v := m.check(idx, false); v.first != nil {
+		t.Fatalf("the fake guest blocks: %v", v.first)
+	}
+	reads := testing.AllocsPerRun(50, func() {
+		regs, errs := m.vcpuRegs()
+		tasks, _ := m.guestTasks()
+		stacks, live := m.scratch.liveStacks(regs, errs, tasks)
+		for i, tk := range tasks {
+			if !live[i] {
+				_, _ = m.intro.WalkTask(tk, 0)
+			}
+		}
+		for cpu, r := range regs {
+			_, _ = m.intro.WalkLive(r.RIP, r.RSP, r.RBP, stacks[cpu].lo, stacks[cpu].hi, 0)
+		}
+	})
+	check := testing.AllocsPerRun(50, func() { m.check(idx, false) })
+	t.Logf("check: %.0f allocations, the guest's reads alone: %.0f", check, reads)
+	if check > reads+1 {
+		t.Fatalf("the check allocates %.0f times, the guest's reads %.0f: more than the verdict of its own", check, reads)
+	}
+}
