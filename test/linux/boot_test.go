@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"klp-kvm/kvm"
 	"klp-kvm/initramfs"
+	"klp-kvm/kvm"
 )
 
 // bootTimeout bounds one boot: Debian's kernel boots to init in seconds on
