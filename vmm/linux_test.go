@@ -49,6 +49,9 @@ func TestLinuxGuestWithoutLivepatch(t *testing.T) {
 	if !v.Machine.IsLinux() || v.Manager != nil || !errors.Is(v.NoLivepatch, ErrLinuxNoLivepatch) {
 		t.Fatalf("Linux guest: IsLinux %v, Manager %v, NoLivepatch %v", v.Machine.IsLinux(), v.Manager, v.NoLivepatch)
 	}
+	if v.Kernel == nil {
+		t.Error("Linux guest: no kernel inspector (POST /kernel would answer ENOENT)")
+	}
 	rec := do(t, v.Handler(), api.RoutePatches, nil)
 	var reply api.ErrorReply
 	json.NewDecoder(rec.Body).Decode(&reply)

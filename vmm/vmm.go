@@ -34,6 +34,7 @@ import (
 	"klp-kvm/klperr"
 	"klp-kvm/kvm"
 	"klp-kvm/kvm/agent"
+	"klp-kvm/linuxkernel"
 	"klp-kvm/livepatch"
 )
 
@@ -145,6 +146,9 @@ func New(cfg Config) (*VMM, error) {
 		// The agent routes work through the same COM2 protocol; the
 		// livepatch manager needs klp-kvm's own kernel's ABI.
 		v.NoLivepatch = ErrLinuxNoLivepatch
+		// Its kernel is read from the host, with no help from the guest
+		// (POST /kernel, klp-kvm inspect --live).
+		v.Kernel = LinuxKernelInspector(m, linuxkernel.Options{})
 		return v, nil
 	}
 	lm, err := livepatch.New(livepatch.Config{Guest: m, Kernel: m.Kernel(), PatchArea: layout.PatchAreaVirt,
