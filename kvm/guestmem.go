@@ -69,3 +69,22 @@ func (m *Machine) WriteVirtCR3(cr3, va uint64, b []byte) error {
 func (m *Machine) Translate(va uint64) (Translation, error) {
 	return Walk(m.ram, m.layout.CR3, va)
 }
+
+// VirtPhys translates va through the boot page tables: its guest-physical
+// address and the bytes from there to the end of its page (both inside
+// RAM). With the guest paused the answer holds until it resumes, so a
+// host that touches many small places of one page (the ftrace sites of a
+// 1024-function patch) walks the tables once per page, not per place,
+// and reads and writes them with ReadPhys and WritePhys.
+func (m *Machine) VirtPhys(va uint64) (pa, n uint64, err error) {
+	t, err := Walk(m.ram, m.layout.CR3, va)
+	if err != nil {
+		return 0, 0, err
+	}
+	n = t.PageSize - t.Phys&(t.PageSize-1)
+	if t.Phys >= uint64(len(m.ram)) {
+		return 0, 0, physRange(m.ram, t.Phys, 1)
+	}
+	n = min(n, uint64(len(m.ram))-t.Phys)
+	return t.Phys, n, nil
+}
