@@ -375,19 +375,13 @@ func TestStage(t *testing.T) {
 // the pause: a changed site is a mismatch (nothing written), a changed
 // byte between sites is kept (written back as read in the pause).
 func TestCommitAfterGuestChange(t *testing.T) {
-	for _, phys := range []bool{false, true} {
-		t.Run(map[bool]string{false: "virt", true: "phys"}[phys], func(t *testing.T) { testCommitAfterGuestChange(t, phys) })
-	}
-}
-
-func testCommitAfterGuestChange(t *testing.T, phys bool) {
 	for _, tc := range []struct {
 		name string
 		off  int // in text, changed after Prepare
 		ok   bool
 	}{{"unchanged", -1, true}, {"gap byte", 64 + 20, true}, {"site byte", 128 + 1, false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			m, tr, _ := setupAs(t, 3, phys)
+			m, tr := setup(t, 3)
 			x, err := tr.Prepare([]Update{{textBase, 0x1234}, {textBase + 128, 0x5678}})
 			if err != nil {
 				t.Fatal(err)
@@ -550,13 +544,7 @@ func TestAllocNMatchesAlloc(t *testing.T) {
 // is brought up to date afterwards (settle). Redirect and restore every
 // site, measuring only the Commits.
 func TestCommitAllocatesNothing(t *testing.T) {
-	for _, phys := range []bool{false, true} {
-		t.Run(map[bool]string{false: "virt", true: "phys"}[phys], func(t *testing.T) { testCommitAllocatesNothing(t, phys) })
-	}
-}
-
-func testCommitAllocatesNothing(t *testing.T, phys bool) {
-	m, tr, _ := setupAs(t, 64, phys)
+	m, tr := setup(t, 64)
 	var ups, downs []Update
 	for i := 0; i < 64; i++ {
 		ups = append(ups, Update{textBase + uint64(i*64), 0xffffffffa0000100})

@@ -15,18 +15,6 @@ type Memory interface {
 	Paused() bool
 }
 
-// physMemory is a Memory that also reaches guest-physical memory
-// (kvm.Machine): VirtPhys translates through the page tables once, and
-// gives the bytes left in that page, so a commit inside the pause walks
-// the tables once per page of text and touches only the sites' own
-// bytes (a 1024-function patch: a dozen walks and 1024 five-byte
-// compares and writes, not three passes over 45 KB).
-type physMemory interface {
-	VirtPhys(va uint64) (pa, n uint64, err error)
-	ReadPhys(pa uint64, b []byte) error
-	WritePhys(pa uint64, b []byte) error
-}
-
 // Poke is one verified text write: Old must be at Addr before New is
 // written. Where names the place for error messages (symbol+offset).
 type Poke struct {
@@ -71,11 +59,6 @@ func applyClusters(mem Memory, cl []cluster, done []Poke) error {
 	const op = "poke"
 	if !mem.Paused() {
 		return errorf(op, ErrNotPaused, 0, "text pokes need every vCPU stopped")
-	}
-	if pm, ok := mem.(physMemory); ok {
-		if handled, err := applyPhys(mem, pm, cl, done); handled {
-			return err
-		}
 	}
 	// Verify everything first.
 	for i := range cl {
@@ -147,62 +130,6 @@ func applyClusters(mem Memory, cl []cluster, done []Poke) error {
 	return nil
 }
 
-// applyPhys is applyClusters through guest-physical memory: every page
-// the pokes touch is translated inside the pause (the guest cannot
-// change its page tables while stopped, and a translation made before
-// the pause is never trusted), every poke's Old bytes are compared at
-// their physical place, then every New is written there. It proves what
-// the virtual path proves: each poke finds exactly its Old bytes before
-// anything is written. handled is false when something could not be
-// done this way (an unmapped page, a poke across a page boundary): then
-// nothing was written and the virtual path decides, naming the poke.
-// With the clusters' room reserved at Stage it allocates nothing.
-func applyPhys(mem Memory, pm physMemory, cl []cluster, done []Poke) (handled bool, err error) {
-	const op = "poke"
-	// [pageVA, pageVA+pageN) maps to [pagePA, pagePA+pageN): the last
-	// translation; pokes are sorted, so each page is walked once
-	var pageVA, pagePA, pageN uint64
-	have := false
-	for i := range cl {
-		c := &cl[i]
-		if len(c.pas) < len(c.pokes) {
-			c.pas = make([]uint64, len(c.pokes))
-		}
-		for j, p := range c.pokes {
-			n := uint64(len(p.Old))
-			if !have || p.Addr < pageVA || p.Addr-pageVA >= pageN || pageN-(p.Addr-pageVA) < n {
-				pa, pn, err := pm.VirtPhys(p.Addr)
-				if err != nil || pn < n {
-					return false, nil
-				}
-				pageVA, pagePA, pageN, have = p.Addr, pa, pn, true
-			}
-			pa := pagePA + (p.Addr - pageVA)
-			got := c.got[:n]
-			if pm.ReadPhys(pa, got) != nil {
-				return false, nil
-			}
-			if !bytes.Equal(got, p.Old) {
-				return true, &Error{Op: op, Kind: ErrMismatch, Addr: p.Addr, Site: p.Where,
-					Detail: fmt.Sprintf("found % x, expected % x", got, p.Old)}
-			}
-			c.pas[j] = pa
-		}
-	}
-	done = done[:0]
-	for i := range cl {
-		c := &cl[i]
-		for j, p := range c.pokes {
-			if err := pm.WritePhys(c.pas[j], p.New); err != nil {
-				undo(mem, done)
-				return true, &Error{Op: op, Kind: ErrMemory, Addr: p.Addr, Site: p.Where, Err: err}
-			}
-			done = append(done, p)
-		}
-	}
-	return true, nil
-}
-
 // undo writes back the old bytes of written pokes, newest first. These
 // addresses were just read and written, so it can only fail if the
 // guest's memory vanished.
@@ -231,11 +158,6 @@ type cluster struct {
 	// equalled want.
 	want, next, buf []byte
 	fast            bool
-
-	// applyPhys': each poke's guest-physical address (reserved at
-	// expect) and room for reading one poke's bytes
-	pas []uint64
-	got [maxPoke]byte
 }
 
 // expect snapshots each cluster (the guest may be running: the snapshot
@@ -244,7 +166,6 @@ type cluster struct {
 func expect(mem Memory, cl []cluster) {
 	for i := range cl {
 		c := &cl[i]
-		c.pas = make([]uint64, len(c.pokes))
 		n := c.hi - c.lo
 		b := make([]byte, 3*n)
 		want, next, buf := b[:n:n], b[n:2*n:2*n], b[2*n:]
