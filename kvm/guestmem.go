@@ -88,3 +88,21 @@ func (m *Machine) VirtPhys(va uint64) (pa, n uint64, err error) {
 	n = min(n, uint64(len(m.ram))-t.Phys)
 	return t.Phys, n, nil
 }
+
+// EqualVirt reports whether guest-virtual [va, va+len(b)) holds b,
+// comparing in place (no copy): ftrace verifies a 45 KB text cluster
+// against its snapshot inside the pause window with it. An unmapped
+// byte is an error, not a difference.
+func (m *Machine) EqualVirt(va uint64, b []byte) (bool, error) {
+	eq := true
+	err := virtChunks(m.ram, m.layout.CR3, va, len(b), func(pa uint64, off, n int) error {
+		if eq && string(m.ram[pa:pa+uint64(n)]) != string(b[off:off+n]) {
+			eq = false
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	return eq, nil
+}
