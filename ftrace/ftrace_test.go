@@ -375,13 +375,19 @@ func TestStage(t *testing.T) {
 // the pause: a changed site is a mismatch (nothing written), a changed
 // byte between sites is kept (written back as read in the pause).
 func TestCommitAfterGuestChange(t *testing.T) {
+	for _, inPlace := range []bool{false, true} {
+		t.Run(map[bool]string{false: "read", true: "in-place"}[inPlace], func(t *testing.T) { testCommitAfterGuestChange(t, inPlace) })
+	}
+}
+
+func testCommitAfterGuestChange(t *testing.T, inPlace bool) {
 	for _, tc := range []struct {
 		name string
 		off  int // in text, changed after Prepare
 		ok   bool
 	}{{"unchanged", -1, true}, {"gap byte", 64 + 20, true}, {"site byte", 128 + 1, false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			m, tr := setup(t, 3)
+			m, tr, _ := setupAs(t, 3, inPlace)
 			x, err := tr.Prepare([]Update{{textBase, 0x1234}, {textBase + 128, 0x5678}})
 			if err != nil {
 				t.Fatal(err)
@@ -544,7 +550,13 @@ func TestAllocNMatchesAlloc(t *testing.T) {
 // is brought up to date afterwards (settle). Redirect and restore every
 // site, measuring only the Commits.
 func TestCommitAllocatesNothing(t *testing.T) {
-	m, tr := setup(t, 64)
+	for _, inPlace := range []bool{false, true} {
+		t.Run(map[bool]string{false: "read", true: "in-place"}[inPlace], func(t *testing.T) { testCommitAllocatesNothing(t, inPlace) })
+	}
+}
+
+func testCommitAllocatesNothing(t *testing.T, inPlace bool) {
+	m, tr, _ := setupAs(t, 64, inPlace)
 	var ups, downs []Update
 	for i := 0; i < 64; i++ {
 		ups = append(ups, Update{textBase + uint64(i*64), 0xffffffffa0000100})

@@ -15,6 +15,13 @@ type Memory interface {
 	Paused() bool
 }
 
+// equalVirt is optionally implemented by a Memory that compares guest
+// memory in place (kvm.Machine): inside the pause a cluster is then
+// compared with its snapshot without being copied out first.
+type equalVirt interface {
+	EqualVirt(va uint64, b []byte) (bool, error)
+}
+
 // Poke is one verified text write: Old must be at Addr before New is
 // written. Where names the place for error messages (symbol+offset).
 type Poke struct {
@@ -71,10 +78,18 @@ func applyClusters(mem Memory, cl []cluster, done []Poke) error {
 			// would write. Not equal (the guest changed something in
 			// the cluster since), the poke-by-poke path decides.
 			c.cur = c.buf[:c.hi-c.lo]
-			if mem.ReadVirt(c.lo, c.cur) == nil && bytes.Equal(c.cur, c.want) {
+			if ev, ok := mem.(equalVirt); ok {
+				if eq, err := ev.EqualVirt(c.lo, c.want); err == nil && eq {
+					// c.cur (the undo's old bytes) is c.want
+					c.cur = c.want
+					c.fast, c.split = true, false
+					continue
+				}
+			} else if mem.ReadVirt(c.lo, c.cur) == nil && bytes.Equal(c.cur, c.want) {
 				c.fast, c.split = true, false
 				continue
 			}
+			c.cur = c.buf[:c.hi-c.lo]
 			c.fast = false
 		} else {
 			c.cur = make([]byte, c.hi-c.lo)

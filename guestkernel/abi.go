@@ -204,23 +204,33 @@ const (
 
 // DecodeGuestABI parses and validates a klp_guest_abi image read at addr.
 func DecodeGuestABI(p []byte, addr uint64) (*GuestABI, error) {
+	a := new(GuestABI)
+	if err := decodeGuestABI(p, addr, a); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// decodeGuestABI is DecodeGuestABI into *out (a View's, reused: no
+// allocation); *out is written only when the image is valid.
+func decodeGuestABI(p []byte, addr uint64, out *GuestABI) error {
 	const op = "decode klp_guest_abi"
 	if len(p) < GuestABISize {
-		return nil, errorf(op, ErrFormat, addr, "%d bytes, want %d", len(p), GuestABISize)
+		return errorf(op, ErrFormat, addr, "%d bytes, want %d", len(p), GuestABISize)
 	}
 	le := binary.LittleEndian
 	u32 := func(o int) uint32 { return le.Uint32(p[o:]) }
 	u64 := func(o int) uint64 { return le.Uint64(p[o:]) }
 	if m := u64(offABIMagic); m != GuestABIMagic {
-		return nil, errorf(op, ErrFormat, addr, "magic %#x, want %#x", m, uint64(GuestABIMagic))
+		return errorf(op, ErrFormat, addr, "magic %#x, want %#x", m, uint64(GuestABIMagic))
 	}
 	if v := u32(offABIVersion); v != GuestABIVersion {
-		return nil, errorf(op, ErrFormat, addr, "version %d, this host knows %d", v, GuestABIVersion)
+		return errorf(op, ErrFormat, addr, "version %d, this host knows %d", v, GuestABIVersion)
 	}
 	if s := u32(offABISize); s < GuestABISize {
-		return nil, errorf(op, ErrFormat, addr, "size %d, want >= %d", s, GuestABISize)
+		return errorf(op, ErrFormat, addr, "size %d, want >= %d", s, GuestABISize)
 	}
-	a := &GuestABI{
+	a := GuestABI{
 		Addr: addr, Version: u32(offABIVersion), TaskTable: u64(offABITaskTable), TaskStride: u32(offABITaskStride),
 		TaskCapacity: u32(offABITaskCapacity), NrTasks: u32(offABINrTasks), NameLen: u32(offABINameLen),
 		OffState: u32(offABIOffState), OffPid: u32(offABIOffPid), OffName: u32(offABIOffName),
@@ -232,7 +242,7 @@ func DecodeGuestABI(p []byte, addr uint64) (*GuestABI, error) {
 		BootNS: u64(offABIBootNS), Ticks: u64(offABITicks),
 	}
 	if err := a.validate(); err != nil {
-		return nil, &Error{Op: op, Kind: ErrFormat, Addr: addr, Detail: err.Error()}
+		return &Error{Op: op, Kind: ErrFormat, Addr: addr, Detail: err.Error()}
 	}
 	if a.NrTasks > a.TaskCapacity {
 		a.NrTasks = a.TaskCapacity
@@ -240,7 +250,8 @@ func DecodeGuestABI(p []byte, addr uint64) (*GuestABI, error) {
 	if a.NrCPUs > a.MaxCPUs {
 		a.NrCPUs = a.MaxCPUs
 	}
-	return a, nil
+	*out = a
+	return nil
 }
 
 func (a *GuestABI) validate() error {

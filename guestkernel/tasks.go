@@ -1,6 +1,7 @@
 package guestkernel
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 )
@@ -25,6 +26,10 @@ type Guest struct {
 	// addresses may point into (the patch area's new functions); zero if
 	// none was declared.
 	extraLo, extraHi uint64
+
+	// Set only in a View's copy of the Guest (see view.go): the view's
+	// reusable buffers, nil in a Guest shared by callers.
+	view *View
 }
 
 // AddText declares [lo, hi) as code outside the kernel's symbols (the
@@ -100,6 +105,17 @@ func Open(mem Memory, syms *Symbols) (*Guest, error) {
 }
 
 func (g *Guest) readABI(addr uint64) error {
+	if v := g.view; v != nil {
+		// a View's copy: into its own buffer and value
+		if err := g.mem.ReadVirt(addr, v.abiBuf[:]); err != nil {
+			return &Error{Op: "read klp_guest_abi", Kind: ErrMemory, Addr: addr, Err: err}
+		}
+		if err := decodeGuestABI(v.abiBuf[:], addr, &v.abi); err != nil {
+			return err
+		}
+		g.abi = &v.abi
+		return nil
+	}
 	buf := make([]byte, GuestABISize)
 	if err := g.mem.ReadVirt(addr, buf); err != nil {
 		return &Error{Op: "read klp_guest_abi", Kind: ErrMemory, Addr: addr, Err: err}
@@ -124,6 +140,12 @@ func (g *Guest) Symbols() *Symbols { return g.syms }
 // Tasks reads the task table and returns the live tasks (running,
 // runnable or sleeping), refreshing the ABI's live fields first.
 func (g *Guest) Tasks() ([]Task, error) {
+	return g.tasks(nil, nil, nil)
+}
+
+// tasks is Tasks appending to out[:0], reading into raw when it has room
+// and taking names from names (a View's buffers; all nil: fresh ones).
+func (g *Guest) tasks(out []Task, raw []byte, names map[string]string) ([]Task, error) {
 	const op = "read tasks"
 	if err := g.Refresh(); err != nil {
 		return nil, err
@@ -133,18 +155,24 @@ func (g *Guest) Tasks() ([]Task, error) {
 	if n == 0 {
 		return nil, nil
 	}
-	buf := make([]byte, int(n)*int(a.TaskStride))
+	size := int(n) * int(a.TaskStride)
+	if cap(raw) < size {
+		raw = make([]byte, size)
+	}
+	buf := raw[:size]
+	if g.view != nil {
+		g.view.raw = raw
+	}
 	if err := g.mem.ReadVirt(a.TaskTable, buf); err != nil {
 		return nil, &Error{Op: op, Kind: ErrMemory, Addr: a.TaskTable, Err: err}
 	}
 	le := binary.LittleEndian
-	var out []Task
+	out = out[:0]
 	for i := 0; i < int(n); i++ {
 		p := buf[i*int(a.TaskStride) : (i+1)*int(a.TaskStride)]
 		t := Task{
 			Slot: i, Addr: a.TaskTable + uint64(i)*uint64(a.TaskStride),
 			State: le.Uint32(p[a.OffState:]), PID: le.Uint32(p[a.OffPid:]),
-			Name:     sanitizeName(p[a.OffName : a.OffName+a.NameLen]),
 			OnCPU:    int32(le.Uint32(p[a.OffOnCPU:])),
 			CPU:      le.Uint32(p[a.OffCPU:]),
 			SavedRSP: le.Uint64(p[a.OffSavedRSP:]), SavedRBP: le.Uint64(p[a.OffSavedRBP:]),
@@ -153,6 +181,7 @@ func (g *Guest) Tasks() ([]Task, error) {
 		}
 		switch t.State {
 		case TaskRunning, TaskSleeping:
+			t.Name = internName(names, p[a.OffName:a.OffName+a.NameLen])
 			out = append(out, t)
 		case TaskUnused, TaskDead:
 		default:
@@ -160,6 +189,30 @@ func (g *Guest) Tasks() ([]Task, error) {
 		}
 	}
 	return out, nil
+}
+
+// maxNames bounds a View's name memo: the names come from the guest.
+const maxNames = 1024
+
+// internName is sanitizeName through the memo names (nil: none): a name
+// seen before is the same string, not a new one.
+func internName(names map[string]string, p []byte) string {
+	if names == nil {
+		return sanitizeName(p)
+	}
+	raw := p
+	if i := bytes.IndexByte(p, 0); i >= 0 {
+		raw = p[:i]
+	}
+	if s, ok := names[string(raw)]; ok { // no allocation for the lookup
+		return s
+	}
+	s := sanitizeName(p)
+	if len(names) >= maxNames {
+		clear(names)
+	}
+	names[string(raw)] = s
+	return s
 }
 
 // sanitizeName keeps a guest name printable: cut at NUL, non-printable
@@ -251,7 +304,7 @@ func (g *Guest) WalkFrom(rip, rbp, lo, hi uint64, maxDepth int) ([]Frame, error)
 	if hi <= lo || hi-lo > maxStackSize {
 		return nil, errorf("walk stack", ErrBounds, lo, "stack [%#x, %#x)", lo, hi)
 	}
-	return g.walkChain([]Frame{{PC: rip}}, rbp, lo, hi, maxDepth)
+	return g.walkChain(g.firstFrame(rip), rbp, lo, hi, maxDepth)
 }
 
 // WalkLive walks a running vCPU's stack from its registers. It is WalkFrom
@@ -270,39 +323,47 @@ func (g *Guest) WalkLive(rip, rsp, rbp, lo, hi uint64, maxDepth int) ([]Frame, e
 	}
 	marker := g.abi.IRQFrameRet
 	if marker != 0 && rsp >= lo && rsp <= hi-16 && rsp&7 == 0 && rbp != 0 {
-		var w [16]byte
-		if err := g.mem.ReadVirt(rsp, w[:]); err == nil {
+		w := g.word16()
+		if err := g.mem.ReadVirt(rsp, w); err == nil {
 			w0, w1 := binary.LittleEndian.Uint64(w[0:]), binary.LittleEndian.Uint64(w[8:])
 			at := rsp
 			if w0 != marker && w1 == marker && w0 == rbp {
 				at = rsp + 8
 			}
 			if w0 == marker || at != rsp {
-				frames := []Frame{{PC: rip}, {PC: marker, FP: at}}
+				frames := append(g.firstFrame(rip), Frame{PC: marker, FP: at})
 				f, extra, err := g.irqFrame(rbp, lo, hi)
 				if err != nil {
+					g.keepFrames(frames)
 					return frames, err
 				}
 				frames = append(frames, f)
 				frames = append(frames, extra...)
 				fp := f.Regs.RBP
 				if fp != 0 && fp <= rbp {
+					g.keepFrames(frames)
 					return frames, errorf(op, ErrBounds, fp, "interrupted frame pointer below the interrupt frame")
 				}
 				return g.walkChain(frames, fp, lo, hi, maxDepth)
 			}
 		}
 	}
-	return g.walkChain([]Frame{{PC: rip}}, rbp, lo, hi, maxDepth)
+	return g.walkChain(g.firstFrame(rip), rbp, lo, hi, maxDepth)
 }
 
 // walkChain follows the frame pointers from fp, appending to frames.
 func (g *Guest) walkChain(frames []Frame, fp, lo, hi uint64, maxDepth int) ([]Frame, error) {
+	frames, err := g.followChain(frames, fp, lo, hi, maxDepth)
+	g.keepFrames(frames)
+	return frames, err
+}
+
+func (g *Guest) followChain(frames []Frame, fp, lo, hi uint64, maxDepth int) ([]Frame, error) {
 	const op = "walk stack"
 	if maxDepth <= 0 {
 		maxDepth = DefaultMaxDepth
 	}
-	var w [16]byte
+	w := g.word16()
 	for fp != 0 {
 		if len(frames) >= maxDepth {
 			return frames, errorf(op, ErrBounds, fp, "more than %d frames", maxDepth)
@@ -310,7 +371,7 @@ func (g *Guest) walkChain(frames []Frame, fp, lo, hi uint64, maxDepth int) ([]Fr
 		if fp < lo || fp > hi-16 || fp&7 != 0 {
 			return frames, errorf(op, ErrBounds, fp, "frame pointer outside the stack [%#x, %#x) or misaligned", lo, hi)
 		}
-		if err := g.mem.ReadVirt(fp, w[:]); err != nil {
+		if err := g.mem.ReadVirt(fp, w); err != nil {
 			return frames, &Error{Op: op, Kind: ErrMemory, Addr: fp, Err: err}
 		}
 		next := binary.LittleEndian.Uint64(w[0:])
@@ -359,8 +420,8 @@ func (g *Guest) irqFrame(rec, lo, hi uint64) (Frame, []Frame, error) {
 	// the function had not pushed its frame yet
 	var extra []Frame
 	if r.RSP >= lo && r.RSP <= hi-16 && r.RSP&7 == 0 {
-		var w [16]byte
-		if err := g.mem.ReadVirt(r.RSP, w[:]); err == nil {
+		w := g.word16()
+		if err := g.mem.ReadVirt(r.RSP, w); err == nil {
 			for i := 0; i < 2; i++ {
 				v := binary.LittleEndian.Uint64(w[i*8:])
 				if g.isText(v) {

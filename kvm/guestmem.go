@@ -69,3 +69,40 @@ func (m *Machine) WriteVirtCR3(cr3, va uint64, b []byte) error {
 func (m *Machine) Translate(va uint64) (Translation, error) {
 	return Walk(m.ram, m.layout.CR3, va)
 }
+
+// VirtPhys translates va through the boot page tables: its guest-physical
+// address and the bytes from there to the end of its page (both inside
+// RAM). With the guest paused the answer holds until it resumes, so a
+// host that touches many small places of one page (the ftrace sites of a
+// 1024-function patch) walks the tables once per page, not per place,
+// and reads and writes them with ReadPhys and WritePhys.
+func (m *Machine) VirtPhys(va uint64) (pa, n uint64, err error) {
+	t, err := Walk(m.ram, m.layout.CR3, va)
+	if err != nil {
+		return 0, 0, err
+	}
+	n = t.PageSize - t.Phys&(t.PageSize-1)
+	if t.Phys >= uint64(len(m.ram)) {
+		return 0, 0, physRange(m.ram, t.Phys, 1)
+	}
+	n = min(n, uint64(len(m.ram))-t.Phys)
+	return t.Phys, n, nil
+}
+
+// EqualVirt reports whether guest-virtual [va, va+len(b)) holds b,
+// comparing in place (no copy): ftrace verifies a 45 KB text cluster
+// against its snapshot inside the pause window with it. An unmapped
+// byte is an error, not a difference.
+func (m *Machine) EqualVirt(va uint64, b []byte) (bool, error) {
+	eq := true
+	err := virtChunks(m.ram, m.layout.CR3, va, len(b), func(pa uint64, off, n int) error {
+		if eq && string(m.ram[pa:pa+uint64(n)]) != string(b[off:off+n]) {
+			eq = false
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	return eq, nil
+}

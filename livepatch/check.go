@@ -82,6 +82,9 @@ func (m *Manager) check(idx *spanIndex, conservative bool) *verdict {
 	if len(idx.spans) == 0 {
 		return v
 	}
+	if v := m.checkView(); v != nil {
+		v.Reset() // the guest may have run since the last check
+	}
 	regs, errs := m.vcpuRegs()
 	tasks, b := m.guestTasks()
 	if b != nil {
@@ -122,11 +125,24 @@ func (m *Manager) guestTasks() ([]guestkernel.Task, *blocker) {
 	if m.intro == nil {
 		return nil, nil
 	}
-	tasks, err := m.intro.Tasks()
+	tasks, err := m.checkView().Tasks()
 	if err != nil {
 		return nil, &blocker{who: "guest task table", what: "unreadable: " + err.Error()}
 	}
 	return tasks, nil
+}
+
+// checkView is the check's view of the guest (nil without
+// klp_guest_abi): its reads remember page translations within a check
+// and reuse their buffers. m.mu must be held.
+func (m *Manager) checkView() *guestkernel.View {
+	if m.intro == nil {
+		return nil
+	}
+	if m.scratch.view == nil {
+		m.scratch.view = m.intro.NewView()
+	}
+	return m.scratch.view
 }
 
 // checkScratch is the check's working memory, kept by the Manager from
@@ -140,6 +156,7 @@ type checkScratch struct {
 	errs   []error
 	stack  []byte   // readStack's
 	words  [16]byte // rawWords'
+	view   *guestkernel.View
 }
 
 // liveStacks finds the stack each vCPU runs on and the tasks live on a
@@ -310,7 +327,7 @@ func (m *Manager) checkVCPU(r engine.Regs, rerr error, st liveStack, idx *spanIn
 		}
 		return m.scanWords(r.RSP&^7, hi, idx), nil
 	}
-	frames, err := m.intro.WalkLive(r.RIP, r.RSP, r.RBP, lo, hi, 0)
+	frames, err := m.checkView().Guest().WalkLive(r.RIP, r.RSP, r.RBP, lo, hi, 0)
 	if len(frames) == 0 {
 		frames = []guestkernel.Frame{{PC: r.RIP}}
 	}
@@ -357,7 +374,11 @@ func exitAddrs(chain []guestkernel.Frame, outer int) []uint64 {
 func (m *Manager) rawWords(chain []guestkernel.Frame, sp uint64) []guestkernel.Frame {
 	w := m.scratch.words[:] // a local array would escape through the interface call
 	sp &^= 7
-	if sp == 0 || m.g.ReadVirt(sp, w) != nil {
+	var mem interface{ ReadVirt(uint64, []byte) error } = m.g
+	if v := m.checkView(); v != nil {
+		mem = v
+	}
+	if sp == 0 || mem.ReadVirt(sp, w) != nil {
 		return chain
 	}
 	return append(chain,
@@ -404,7 +425,7 @@ func (m *Manager) checkTasks(tasks []guestkernel.Task, live []bool, conservative
 		if conservative {
 			b = m.scanTask(t, idx)
 		} else {
-			frames, err := m.intro.WalkTask(t, 0)
+			frames, err := m.checkView().Guest().WalkTask(t, 0)
 			if b, _ = scanChain(frames, idx); b == nil && err != nil {
 				b = &blocker{what: "unreliable stack: " + err.Error()}
 			}
