@@ -39,6 +39,13 @@ func (g *Guest) AllStacks(regs CPURegs, maxDepth int) ([]TaskStack, error) {
 	}
 	out := make([]TaskStack, 0, len(tasks))
 	seen := map[int]bool{}
+	// Every task is checked for a switch in progress before any stack is
+	// walked: schedule() makes next the CPU's current task a few
+	// instructions before klp_switch_to moves RSP/RBP, and a CPU paused
+	// there runs on prev's stack while next is current. prev (still
+	// marked on that CPU) shows it; found only after walking next with
+	// next's stack bounds, it would come too late, as a frame pointer
+	// outside the stack instead of ErrBusy.
 	for _, t := range tasks {
 		cpu, isCur := running[t.Addr]
 		switch {
@@ -47,6 +54,8 @@ func (g *Guest) AllStacks(regs CPURegs, maxDepth int) ([]TaskStack, error) {
 		case t.OnCPU < 0 && isCur:
 			return nil, errorf(op, ErrBusy, t.Addr, "task %d (%s) is CPU %d's current task but switched out: switch in progress", t.PID, t.Name, cpu)
 		}
+	}
+	for _, t := range tasks {
 		if t.OnCPU < 0 {
 			frames, err := g.WalkTask(t, maxDepth)
 			if err != nil {

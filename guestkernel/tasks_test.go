@@ -420,6 +420,16 @@ func TestAllStacksAndScan(t *testing.T) {
 	if _, err := gst.AllStacks(regs, 0); !IsBusy(err) {
 		t.Fatalf("inconsistent on_cpu: %v", err)
 	}
+	// CPU 0 paused in schedule() after it made task 0 current but before
+	// klp_switch_to moved RSP/RBP: its registers are on the parker's
+	// stack, and the parker is still marked on CPU 0. A switch in
+	// progress (busy), although task 0, listed first, would fail its
+	// stack bounds with these registers (the CI flake of
+	// test/guest's TestIntrospection on kvm_pvm).
+	midSwitch := func(int) (uint64, uint64, uint64, error) { return fnAddr(t, s, "schedule", 0x40), rbp - 48, rbp, nil }
+	if _, err := gst.AllStacks(midSwitch, 0); !IsBusy(err) {
+		t.Fatalf("CPU between making next current and klp_switch_to: %v", err)
+	}
 	// a broken chain is an error, not an idle task
 	g.setTask(2, TaskSleeping, 7, "parker", -1, rbp-48, stackBase+3, 0, stackBase, StackSize)
 	if _, err := gst.AllStacks(regs, 0); !errors.Is(err, ErrBounds) {
