@@ -2,8 +2,6 @@ package kvm
 
 import (
 	"encoding/binary"
-	"io"
-	"runtime"
 	"time"
 
 	"klp-kvm/kvm/bzimage"
@@ -228,19 +226,8 @@ func newLinux(cfg Config) (*Machine, error) {
 		return fail(err)
 	}
 	m.bus.pc = &pcDevices{rtc: newRTC(time.Now)}
-	console := cfg.Console
-	if console == nil {
-		console = io.Discard
-	}
-	var one [1]byte
-	m.bus.com1 = NewUART(func(c byte) { one[0] = c; console.Write(one[:]) }, 4096)
-	m.agentQ = newByteQueue(1 << 20)
-	m.bus.com2 = NewUART(m.agentQ.put, 64<<10)
-	if want := runtime.NumCPU() + cfg.CPUs; runtime.GOMAXPROCS(0) < want {
-		runtime.GOMAXPROCS(want)
-	}
-	if m.vm, err = cfg.Engine.NewVM(ram); err != nil {
-		return fail(&Error{Op: op, Kind: ErrConfig, Detail: "create VM on " + cfg.Engine.Name(), Err: err})
+	if err := m.newVM(op); err != nil {
+		return fail(err)
 	}
 	pc, ok := m.vm.(engine.PCPlatform)
 	if !ok {
@@ -251,12 +238,8 @@ func newLinux(cfg Config) (*Machine, error) {
 	}
 	wireIRQ(m.bus.com1, pc, irqCOM1, &m.linux.irqErrs)
 	wireIRQ(m.bus.com2, pc, irqCOM2, &m.linux.irqErrs)
-	for i := 0; i < cfg.CPUs; i++ {
-		c, err := m.vm.NewVCPU(i)
-		if err != nil {
-			return fail(&Error{Op: op, Kind: ErrConfig, Detail: "create vCPU " + itoa(i), Err: err})
-		}
-		m.vcpus = append(m.vcpus, &vcpu{id: i, cpu: c, m: m, events: make(chan event, 8), done: make(chan struct{})})
+	if err := m.newVCPUs(op); err != nil {
+		return fail(err)
 	}
 	// Only the bootstrap processor gets a state: the others wait for the
 	// INIT/SIPI Linux sends them through the LAPIC.

@@ -120,7 +120,33 @@ func New(cfg Config) (*Machine, error) {
 	if err := k.load(ram, l); err != nil {
 		return fail(err)
 	}
-	console := cfg.Console
+	if err := m.newVM(op); err != nil {
+		return fail(err)
+	}
+	if err := m.newVCPUs(op); err != nil {
+		return fail(err)
+	}
+	for i, v := range m.vcpus {
+		if err := initVCPU(v.cpu, k.elf.Entry, i); err != nil {
+			return fail(&Error{Op: op, Kind: ErrConfig, Detail: "set up vCPU " + itoa(i), Err: err})
+		}
+	}
+	// After the vCPUs: the guest's TSC rate is the engine's, known per vCPU.
+	tscHz, err := guestTSCHz(m.vcpus[0].cpu)
+	if err != nil {
+		return fail(&Error{Op: op, Kind: ErrConfig, Detail: "guest TSC rate", Err: err})
+	}
+	if err := setupBoot(ram, l, cfg.CPUs, cfg.Cmdline, tscHz); err != nil {
+		return fail(err)
+	}
+	return m, nil
+}
+
+// newVM gives the machine its devices (COM1 to cfg.Console, COM2 to the
+// agent queue) and creates its VM on cfg.Engine over m.ram: what both
+// kinds of guest, klp-kvm's own and Linux, share before their vCPUs.
+func (m *Machine) newVM(op string) error {
+	console := m.cfg.Console
 	if console == nil {
 		console = io.Discard
 	}
@@ -135,32 +161,28 @@ func New(cfg Config) (*Machine, error) {
 	// give every vCPU a P of its own on top of the host's, and let the OS
 	// scheduler share the cores. Harmless on KVM, where KVM_RUN releases
 	// its P.
-	if want := runtime.NumCPU() + cfg.CPUs; runtime.GOMAXPROCS(0) < want {
+	if want := runtime.NumCPU() + m.cfg.CPUs; runtime.GOMAXPROCS(0) < want {
 		runtime.GOMAXPROCS(want)
 	}
-	if m.vm, err = cfg.Engine.NewVM(ram); err != nil {
-		return fail(&Error{Op: op, Kind: ErrConfig, Detail: "create VM on " + cfg.Engine.Name(), Err: err})
+	vm, err := m.cfg.Engine.NewVM(m.ram)
+	if err != nil {
+		return &Error{Op: op, Kind: ErrConfig, Detail: "create VM on " + m.cfg.Engine.Name(), Err: err}
 	}
-	for i := 0; i < cfg.CPUs; i++ {
+	m.vm = vm
+	return nil
+}
+
+// newVCPUs creates the machine's cfg.CPUs vCPUs, without any state: the
+// boot of each kind of guest sets what its protocol needs.
+func (m *Machine) newVCPUs(op string) error {
+	for i := 0; i < m.cfg.CPUs; i++ {
 		c, err := m.vm.NewVCPU(i)
 		if err != nil {
-			return fail(&Error{Op: op, Kind: ErrConfig, Detail: "create vCPU " + itoa(i), Err: err})
+			return &Error{Op: op, Kind: ErrConfig, Detail: "create vCPU " + itoa(i), Err: err}
 		}
-		v := &vcpu{id: i, cpu: c, m: m, events: make(chan event, 8), done: make(chan struct{})}
-		m.vcpus = append(m.vcpus, v)
-		if err := initVCPU(c, k.elf.Entry, i); err != nil {
-			return fail(&Error{Op: op, Kind: ErrConfig, Detail: "set up vCPU " + itoa(i), Err: err})
-		}
+		m.vcpus = append(m.vcpus, &vcpu{id: i, cpu: c, m: m, events: make(chan event, 8), done: make(chan struct{})})
 	}
-	// After the vCPUs: the guest's TSC rate is the engine's, known per vCPU.
-	tscHz, err := guestTSCHz(m.vcpus[0].cpu)
-	if err != nil {
-		return fail(&Error{Op: op, Kind: ErrConfig, Detail: "guest TSC rate", Err: err})
-	}
-	if err := setupBoot(ram, l, cfg.CPUs, cfg.Cmdline, tscHz); err != nil {
-		return fail(err)
-	}
-	return m, nil
+	return nil
 }
 
 // initVCPU puts a vCPU in the boot protocol's entry state.
