@@ -216,7 +216,7 @@ func newLinux(cfg Config) (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{cfg: cfg, ram: ram, layout: Layout{RAMSize: size, CR3: linuxPML4}, doneCh: make(chan struct{}),
+	m := &Machine{cfg: cfg, ram: ram, layout: Layout{RAMSize: size, CR3: linuxPML4}, doneCh: make(chan struct{}), ranCh: make(chan struct{}),
 		linux: &linuxInfo{version: img.Version}}
 	fail := func(err error) (*Machine, error) {
 		m.Close()

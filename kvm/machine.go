@@ -66,6 +66,7 @@ type Machine struct {
 	resetErr error // the guest reset the machine (Linux guests): how
 	nHalted  int
 	doneCh   chan struct{} // closed when the outcome is decided
+	ranCh    chan struct{} // closed when Run has returned (Close waits for it)
 }
 
 // New builds a machine: RAM, kernel, boot structures, VM and vCPUs. It does
@@ -112,7 +113,7 @@ func New(cfg Config) (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{cfg: cfg, ram: ram, layout: l, kernel: k, doneCh: make(chan struct{})}
+	m := &Machine{cfg: cfg, ram: ram, layout: l, kernel: k, doneCh: make(chan struct{}), ranCh: make(chan struct{})}
 	fail := func(err error) (*Machine, error) {
 		m.Close()
 		return nil, err
@@ -213,6 +214,7 @@ func (m *Machine) Run() (int, error) {
 	m.started = true
 	m.start = time.Now()
 	m.mu.Unlock()
+	defer close(m.ranCh)
 	if m.cfg.ConsoleIn != nil {
 		go func() {
 			buf := make([]byte, 256)
@@ -336,10 +338,11 @@ func (m *Machine) Close() error {
 	started := m.started
 	m.mu.Unlock()
 	if started {
+		// Run reads m.vcpus until it returns: wait for Run itself, not
+		// only for the vCPU threads (a race the detector caught when a
+		// failed test's deferred Close met a Run still finishing).
 		m.Stop()
-		for _, v := range m.vcpus {
-			<-v.done
-		}
+		<-m.ranCh
 	}
 	var err error
 	for _, v := range m.vcpus {
