@@ -27,6 +27,9 @@ var (
 	// ErrInvalid: the caller passed something unusable (no memory, a bad
 	// option).
 	ErrInvalid = errors.New("invalid argument")
+	// ErrUnsupported: the guest kernel uses a format this package does
+	// not know (e.g. the ORC entry layout of Linux >= 6.3).
+	ErrUnsupported = errors.New("unsupported kernel format")
 )
 
 // Error is the one error type of package linuxkernel, by the convention of
