@@ -23,6 +23,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -108,13 +109,63 @@ func guestInit() {
 			fmt.Fprintf(out, "%s thread %s\n", liveMarker, e.Name())
 		}
 	}
+	dumpStacks(out, 1)
 	fmt.Fprintf(out, "%s ready\n", liveMarker)
+	// The host asks for more dumps of the kernel stacks over the console
+	// ("stacks N"), to tell tasks that did not move from those that did.
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		var gen int
+		if _, err := fmt.Sscanf(sc.Text(), "stacks %d", &gen); err == nil {
+			dumpStacks(out, gen)
+			fmt.Fprintf(out, "%s stacksdone %d\n", liveMarker, gen)
+		}
+	}
 	for {
 		time.Sleep(time.Hour)
 	}
 }
 
+// dumpStacks prints every thread's /proc/<pid>/task/<tid>/stack (the
+// guest's own ORC unwind, as root) as "stack <gen> <tid> f1;f2;...",
+// each frame "sym+0xoff/0xsize". The thread doing the dump is left out
+// (its stack is this very read).
+func dumpStacks(out *os.File, gen int) {
+	self := strconv.Itoa(syscall.Gettid())
+	pids, _ := os.ReadDir("/proc")
+	for _, p := range pids {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		tids, _ := os.ReadDir("/proc/" + p.Name() + "/task")
+		for _, tid := range tids {
+			if tid.Name() == self {
+				continue
+			}
+			b, err := os.ReadFile("/proc/" + p.Name() + "/task/" + tid.Name() + "/stack")
+			if err != nil {
+				continue // the thread exited
+			}
+			var frames []string
+			for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+				l = strings.TrimSpace(strings.TrimPrefix(l, "[<0>]"))
+				if l != "" {
+					frames = append(frames, strings.ReplaceAll(l, " ", "_"))
+				}
+			}
+			fmt.Fprintf(out, "%s stack %d %s %s\n", liveMarker, gen, tid.Name(), strings.Join(frames, ";"))
+		}
+	}
+}
+
 type guestReport struct {
+	// stacks[gen][tid] are the guest's /proc/<pid>/task/<tid>/stack
+	// frames of dump gen (guarded by mu: the console reader adds dumps
+	// while the test runs); stacksDone gets gen when a dump is complete.
+	mu         sync.Mutex
+	stacks     map[int]map[int32][]string
+	stacksDone chan int
+
 	syms    map[string][2]string // name -> address, type
 	nsyms   int
 	tasks   map[int32]string // pid -> comm
@@ -192,13 +243,18 @@ func bootLive(t *testing.T, cache, extraCmdline string) (*qemuLive, []CPU, *gues
 	if err != nil {
 		t.Fatal(err)
 	}
+	console, err := cmd.StdinPipe() // the guest's console input (-serial stdio)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd.Stderr = os.Stderr
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	rep := &guestReport{syms: map[string][2]string{}, tasks: map[int32]string{}, state: map[int32]string{}}
+	rep := &guestReport{syms: map[string][2]string{}, tasks: map[int32]string{}, state: map[int32]string{},
+		stacks: map[int]map[int32][]string{}, stacksDone: make(chan int, 8)}
 	ready := make(chan error, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -227,15 +283,34 @@ func bootLive(t *testing.T, cache, extraCmdline string) (*qemuLive, []CPU, *gues
 			case len(f) == 2 && f[0] == "thread":
 				tid, _ := strconv.Atoi(f[1])
 				rep.threads = append(rep.threads, int32(tid))
+			case len(f) >= 3 && f[0] == "stack":
+				gen, _ := strconv.Atoi(f[1])
+				tid, _ := strconv.Atoi(f[2])
+				var frames []string
+				if len(f) >= 4 {
+					frames = strings.Split(f[3], ";")
+				}
+				rep.mu.Lock()
+				if rep.stacks[gen] == nil {
+					rep.stacks[gen] = map[int32][]string{}
+				}
+				rep.stacks[gen][int32(tid)] = frames
+				rep.mu.Unlock()
+			case len(f) == 2 && f[0] == "stacksdone":
+				gen, _ := strconv.Atoi(f[1])
+				rep.stacksDone <- gen
 			case len(f) >= 1 && f[0] == "error":
+				rep.mu.Lock()
 				rep.errors = append(rep.errors, strings.Join(f[1:], " "))
+				rep.mu.Unlock()
 			case len(f) == 1 && f[0] == "ready":
 				ready <- nil
-				io.Copy(io.Discard, stdout)
-				return
 			}
 		}
-		ready <- fmt.Errorf("console ended before %s ready; last lines:\n%s", liveMarker, strings.Join(tail, "\n"))
+		select {
+		case ready <- fmt.Errorf("console ended before %s ready; last lines:\n%s", liveMarker, strings.Join(tail, "\n")):
+		default:
+		}
 	}()
 	select {
 	case err := <-ready:
@@ -259,7 +334,7 @@ func bootLive(t *testing.T, cache, extraCmdline string) (*qemuLive, []CPU, *gues
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	return &qemuLive{ReaderAtMem: ReaderAtMem{R: f, Size: ramSize}, t: t, mon: mon}, cpus, rep
+	return &qemuLive{ReaderAtMem: ReaderAtMem{R: f, Size: ramSize}, t: t, mon: mon, regs: regs, console: console}, cpus, rep
 }
 
 // qemuLive is the QEMU guest as Live: its RAM file, paused and resumed
@@ -267,8 +342,10 @@ func bootLive(t *testing.T, cache, extraCmdline string) (*qemuLive, []CPU, *gues
 // through the Inspector).
 type qemuLive struct {
 	ReaderAtMem
-	t   *testing.T
-	mon string
+	t       *testing.T
+	mon     string
+	regs    string         // "info registers -a" when the VM stopped after the report
+	console io.WriteCloser // the guest's console input
 }
 
 func (q *qemuLive) Pause() error         { monitor(q.t, q.mon, "stop"); return nil }
@@ -467,6 +544,10 @@ func testLive(t *testing.T, nokaslr bool) {
 		}
 	}
 	t.Logf("%d threads in all; /init's: %d walked, %d in /proc/1/task", len(threads), len(ofInit), len(rep.threads))
+	// Every thread's kernel stack unwound with the guest's ORC tables
+	// while the VM is stopped; compared with the guest's own
+	// /proc/<pid>/stack at the end.
+	host := orcUnwindLive(t, k, mem, threads)
 
 	// The Inspector (what POST /kernel serves) on the running guest: it
 	// pauses the VM, opens the kernel from scratch, reports, resumes. The
@@ -485,6 +566,7 @@ func testLive(t *testing.T, nokaslr bool) {
 	var printed strings.Builder
 	r.WriteText(&printed)
 	t.Logf("klp-kvm inspect --live would print:\n%s", printed.String())
+	orcCompareLive(t, k, mem, rep, host)
 }
 
 func TestLiveQEMUKASLR(t *testing.T)   { testLive(t, false) }

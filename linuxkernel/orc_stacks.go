@@ -36,9 +36,13 @@ func (k *Kernel) NewUnwinder() (*Unwinder, error) {
 		return nil, err
 	}
 	u := &Unwinder{ORC: orc, Mem: k.AS, Symbols: k.Symbols, k: k, TaskFrame: defaultTaskFrame}
-	stext, _ := k.Symbols.Addr("_stext")
-	etext, _ := k.Symbols.Addr("_etext")
-	u.Text = []AddrRange{{stext, etext}} // ReadORC checked both exist
+	// The text a return address may point into: the kernel's, and its
+	// init text. Linux's __kernel_text_address stops accepting init text
+	// once it is freed, which ends its unwind of the boot CPU's idle task
+	// at start_kernel's frames (unreliable); the ORC table still covers
+	// them and nothing can be patched there, so the host continues to
+	// the end of that stack instead.
+	u.Text = orc.Covered // [_stext, _etext), [_sinittext, _einittext)
 	if a, err := k.Symbols.Addr("ret_from_fork"); err == nil {
 		u.RetFromFork = a
 	}
@@ -174,7 +178,12 @@ func (u *Unwinder) CPUStacks(t Task, buf []StackRange) ([]StackRange, error) {
 		}
 		if base != 0 {
 			for i, r := range p.estack {
+				// The #VC stacks are mapped only for SEV-ES guests: a
+				// stack that is not mapped holds nothing.
 				if r.End > r.Start && base+r.End > base {
+					if _, _, err := k.AS.Translate(base + r.Start); err != nil {
+						continue
+					}
 					out = append(out, StackRange{Kind: StackException + StackKind(i), Start: base + r.Start, End: base + r.End})
 				}
 			}

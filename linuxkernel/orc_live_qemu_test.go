@@ -1,0 +1,254 @@
+package linuxkernel
+
+// The ORC unwinder on the live Debian guest of live_qemu_test.go: every
+// thread's kernel stack unwound from the host while QEMU is stopped,
+// compared with what the guest's own unwinder prints in
+// /proc/<pid>/task/<tid>/stack. The guest dumps its stacks once before
+// the host stops it and once after; a thread whose two dumps agree did
+// not move in between (the host's view lies between them), and only
+// those are compared: a mismatch there fails the test.
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// parseQEMURegs parses the monitor's "info registers -a": one register
+// set per CPU, in CPU order.
+func parseQEMURegs(text string) []PtRegs {
+	reg := regexp.MustCompile(`\b(R[A-Z0-9]+)\s*=([0-9a-f]+)`)
+	cs := regexp.MustCompile(`\bCS\s*=([0-9a-f]{4})`)
+	var out []PtRegs
+	for _, block := range strings.Split(text, "CPU#")[1:] {
+		v := map[string]uint64{}
+		for _, m := range reg.FindAllStringSubmatch(block, -1) {
+			n, _ := strconv.ParseUint(m[2], 16, 64)
+			v[m[1]] = n
+		}
+		r := PtRegs{R15: v["R15"], R14: v["R14"], R13: v["R13"], R12: v["R12"], BP: v["RBP"], BX: v["RBX"],
+			R11: v["R11"], R10: v["R10"], R9: v["R9"], R8: v["R8"], AX: v["RAX"], CX: v["RCX"], DX: v["RDX"],
+			SI: v["RSI"], DI: v["RDI"], IP: v["RIP"], Flags: v["RFL"], SP: v["RSP"]}
+		if m := cs.FindStringSubmatch(block); m != nil {
+			c, _ := strconv.ParseUint(m[1], 16, 16)
+			r.CS = c
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+type liveUnwinds struct {
+	u       *Unwinder
+	stacks  map[int32]Stack
+	running map[int32]int // tid -> CPU
+	comm    map[int32]string
+}
+
+// orcUnwindLive unwinds every thread of the stopped guest and measures
+// what the consistency check's pause would cost.
+func orcUnwindLive(t *testing.T, k *Kernel, mem *qemuLive, threads []Task) liveUnwinds {
+	start := time.Now()
+	u, err := k.NewUnwinder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("ORC: %d entries and orc_lookup read from guest memory and validated in %v", len(u.ORC.IPs), time.Since(start).Round(time.Millisecond))
+	regs := parseQEMURegs(mem.regs)
+	res := liveUnwinds{u: u, stacks: map[int32]Stack{}, running: map[int32]int{}, comm: map[int32]string{}}
+	stops := map[string]int{}
+	for _, th := range threads {
+		var st Stack
+		if th.RunningOn >= 0 {
+			if th.RunningOn >= len(regs) {
+				t.Fatalf("thread %d runs on CPU %d; QEMU gave registers of %d CPUs", th.Pid, th.RunningOn, len(regs))
+			}
+			u.UnwindRunning(th, regs[th.RunningOn], &st)
+			res.running[th.Pid] = th.RunningOn
+			t.Logf("CPU %d runs %d %q (RIP %#x CS %#x): %s, %v", th.RunningOn, th.Pid, th.Comm, regs[th.RunningOn].IP, regs[th.RunningOn].CS, st.Why, st.Frames)
+			if !st.Reliable {
+				t.Errorf("running vCPU %d: unreliable unwind: %s", th.RunningOn, st.Why)
+			}
+		} else {
+			u.UnwindTask(th, &st)
+			if !st.Reliable {
+				t.Errorf("sleeping thread %d %q: %s; frames %v; scan has %d text addresses", th.Pid, th.Comm, st.Why, st.Frames, len(st.Scan))
+			}
+		}
+		stops[st.Stop.String()]++
+		res.stacks[th.Pid] = st
+		res.comm[th.Pid] = th.Comm
+	}
+	t.Logf("%d threads unwound from the host: %v", len(threads), stops)
+
+	// The pause budget: all threads unwound again and again with one
+	// Unwinder, over the QEMU RAM file (a pread per page-table level) and
+	// over the same RAM mapped into this process (memory copies, as
+	// kvm.Machine's ReadPhys), the median of 21 rounds.
+	f := mem.R.(*os.File)
+	mapped, err := syscall.Mmap(int(f.Fd()), 0, int(mem.Size), syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(mapped)
+	asMapped := &AddressSpace{Mem: BytesMem(mapped), Root: k.AS.Root, LA57: k.AS.LA57}
+	var sleeping []Task
+	for _, th := range threads {
+		if th.RunningOn < 0 {
+			sleeping = append(sleeping, th)
+		}
+	}
+	for _, m := range []struct {
+		name string
+		mem  VirtReader
+	}{{"QEMU RAM file (pread)", k.AS}, {"RAM mapped (memcpy)", asMapped}} {
+		u.Mem = m.mem
+		var st Stack
+		var per []time.Duration
+		for range 21 {
+			t0 := time.Now()
+			for _, th := range sleeping {
+				u.UnwindTask(th, &st)
+			}
+			per = append(per, time.Since(t0)/time.Duration(len(sleeping)))
+		}
+		slices.Sort(per)
+		allocs := testing.AllocsPerRun(5, func() {
+			for _, th := range sleeping {
+				u.UnwindTask(th, &st)
+			}
+		})
+		t.Logf("unwinding %d sleeping threads, %s: median %v per thread (min %v, max %v), %.1f allocations per thread",
+			len(sleeping), m.name, per[len(per)/2], per[0], per[len(per)-1], allocs/float64(len(sleeping)))
+	}
+	u.Mem = k.AS
+	return res
+}
+
+// guestFrameMatches: the guest printed name+0xoff/0xsize (%pB) for
+// addr.
+func guestFrameMatches(syms *Symbols, guest string, addr uint64) bool {
+	plus := strings.LastIndexByte(guest, '+')
+	slash := strings.LastIndexByte(guest, '/')
+	if plus <= 0 || slash < plus {
+		return false
+	}
+	off, err := strconv.ParseUint(strings.TrimPrefix(guest[plus+1:slash], "0x"), 16, 64)
+	if err != nil {
+		return false
+	}
+	for _, s := range syms.Lookup(guest[:plus]) {
+		if s.Addr+off == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// firstDiff is "" when the host's frames are the guest's, else the
+// first difference. /proc/<pid>/stack of another task leaves out the
+// scheduler's own functions (stack_trace_consume_entry_nosched: the
+// .sched.text section, __schedule, schedule, do_nanosleep, ...) and
+// prints at most MAX_STACK_TRACE_DEPTH (64) frames; the host's list is
+// filtered the same way here (the consistency check uses all of it).
+func firstDiff(syms *Symbols, sched AddrRange, host Stack, guest []string) string {
+	var frames []Frame
+	for _, f := range host.Frames {
+		if !sched.Contains(f.Addr) {
+			frames = append(frames, f)
+		}
+	}
+	host.Frames = frames
+	n := min(len(host.Frames), 64)
+	for i := 0; i < max(n, len(guest)); i++ {
+		switch {
+		case i >= n:
+			return fmt.Sprintf("frame %d: host ends (%s), guest has %s", i, host.Why, guest[i])
+		case i >= len(guest):
+			return fmt.Sprintf("frame %d: guest ends, host has %v", i, host.Frames[i])
+		case !guestFrameMatches(syms, guest[i], host.Frames[i].Addr):
+			return fmt.Sprintf("frame %d: host %v (%#x), guest %s", i, host.Frames[i], host.Frames[i].Addr, guest[i])
+		}
+	}
+	return ""
+}
+
+// orcCompareLive asks the running guest for its second dump and
+// compares the stable threads.
+func orcCompareLive(t *testing.T, k *Kernel, mem *qemuLive, rep *guestReport, host liveUnwinds) {
+	if _, err := fmt.Fprintf(mem.console, "stacks 2\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case gen := <-rep.stacksDone:
+		if gen != 2 {
+			t.Fatalf("guest finished stack dump %d, want 2", gen)
+		}
+	case <-time.After(3 * time.Minute):
+		t.Fatal("the guest did not dump its stacks a second time within 3 minutes")
+	}
+	rep.mu.Lock()
+	g1, g2 := rep.stacks[1], rep.stacks[2]
+	rep.mu.Unlock()
+	var sched AddrRange
+	var err error
+	if sched.Start, err = k.Symbols.Addr("__sched_text_start"); err != nil {
+		t.Fatal(err)
+	}
+	if sched.End, err = k.Symbols.Addr("__sched_text_end"); err != nil {
+		t.Fatal(err)
+	}
+	var compared, exact, unstable, absent, empty, userEnd, kthreadEnd int
+	var mismatches []string
+	tids := make([]int32, 0, len(host.stacks))
+	for tid := range host.stacks {
+		tids = append(tids, tid)
+	}
+	sort.Slice(tids, func(i, j int) bool { return tids[i] < tids[j] })
+	for _, tid := range tids {
+		hs := host.stacks[tid]
+		if _, ok := host.running[tid]; ok {
+			continue
+		}
+		a, ok1 := g1[tid]
+		b, ok2 := g2[tid]
+		switch {
+		case !ok1 || !ok2:
+			absent++ // swapper (pid 0 has no /proc entry), the dumping thread, threads born or gone
+			continue
+		case !slices.Equal(a, b):
+			unstable++
+			continue
+		case len(a) == 0:
+			empty++ // the guest's unwind gave nothing: the thread ran on another CPU as it read
+			continue
+		}
+		compared++
+		if d := firstDiff(host.u.Symbols, sched, hs, a); d == "" {
+			exact++
+			switch hs.Stop {
+			case StopUserRegs:
+				userEnd++
+			case StopEnd:
+				kthreadEnd++
+			}
+		} else {
+			mismatches = append(mismatches, fmt.Sprintf("thread %d %q: %s\n\thost:  %v\n\tguest: %v", tid, host.comm[tid], d, hs.Frames, a))
+		}
+	}
+	t.Logf("host ORC unwind vs the guest's /proc/<pid>/task/<tid>/stack: %d threads compared (stable across both guest dumps), %d exact (%d ending at user pt_regs, %d at an end-of-stack entry), %d mismatches; skipped: %d running on a vCPU, %d moved between the dumps, %d not in both dumps, %d empty in the guest",
+		compared, exact, userEnd, kthreadEnd, len(mismatches), len(host.running), unstable, absent, empty)
+	for _, m := range mismatches {
+		t.Errorf("mismatch: %s", m)
+	}
+	if compared < 20 || userEnd == 0 || kthreadEnd == 0 {
+		t.Errorf("too little compared: %d threads (%d user, %d kernel threads)", compared, userEnd, kthreadEnd)
+	}
+}
