@@ -41,6 +41,9 @@ func TestMain(m *testing.M) {
 	if os.Getpid() == 1 && os.Getenv("KLP_LIVE_GUEST") == "1" {
 		guestInit()
 	}
+	if c := os.Getenv("KLP_LIVE_CHILD"); c != "" && os.Getenv("KLP_LIVE_GUEST") == "1" {
+		liveChild(c) // a process /init starts in the guest: blocks in a syscall
+	}
 	os.Exit(m.Run())
 }
 
@@ -51,6 +54,7 @@ func guestInit() {
 	if err := syscall.Mount("proc", "/proc", "proc", 0, ""); err != nil {
 		fmt.Fprintf(out, "%s error mount /proc: %v\n", liveMarker, err)
 	}
+	startLiveChildren(out)
 	// Trace one function, so that its fentry site is a call (ftrace's
 	// trampoline) while cmdline_proc_show's stays a NOP.
 	trace := func() error {

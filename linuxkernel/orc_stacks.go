@@ -214,3 +214,26 @@ func (u *Unwinder) UnwindRunning(t Task, regs PtRegs, out *Stack) {
 		out.Why += "; the CPU's other stacks: " + err.Error()
 	}
 }
+
+// UnwindCPU unwinds what vCPU cpu runs, from its registers (read while
+// it is paused): its current task, found through the per-CPU
+// current_task (the idle tasks of secondary CPUs are on no task list,
+// so a caller walking Threads would miss them).
+func (u *Unwinder) UnwindCPU(cpu int, regs PtRegs, out *Stack) error {
+	if u.k == nil {
+		return errf("unwind", ErrInvalid, "no kernel to find CPU %d's task in", cpu)
+	}
+	cur, err := u.k.currentTasks()
+	if err != nil {
+		return err
+	}
+	if cpu < 0 || cpu >= len(cur) || cur[cpu] == 0 {
+		return errf("unwind", ErrInvalid, "CPU %d has no current task (%d CPUs)", cpu, len(cur))
+	}
+	t, err := u.k.readTask(cur[cpu], cur)
+	if err != nil {
+		return err
+	}
+	u.UnwindRunning(t, regs, out)
+	return nil
+}
