@@ -243,6 +243,7 @@ type Unwinder struct {
 	stacks  [2 + stackKinds]stackBuf
 	nstacks int
 	scratch [ptRegsSize]byte
+	pte     [8]byte // page-table entries, when Mem is an *AddressSpace
 	one     [1]StackRange
 }
 
@@ -291,7 +292,13 @@ func (u *Unwinder) load(i int) error {
 		b.data = make([]byte, n)
 	}
 	b.data = b.data[:n]
-	if err := u.Mem.Read(b.r.Start, b.data); err != nil {
+	var err error
+	if as, ok := u.Mem.(*AddressSpace); ok {
+		err = as.read(b.r.Start, b.data, u.pte[:])
+	} else {
+		err = u.Mem.Read(b.r.Start, b.data)
+	}
+	if err != nil {
 		return wrap("unwind", ErrBounds, err, "%s stack [%#x, %#x)", b.r.Kind, b.r.Start, b.r.End)
 	}
 	b.loaded = true

@@ -24,6 +24,15 @@ type AddressSpace struct {
 // Translate gives the guest-physical address of va and the size of the
 // page that maps it.
 func (as *AddressSpace) Translate(va uint64) (pa, size uint64, err error) {
+	var e [8]byte
+	return as.translate(va, e[:])
+}
+
+// translate is Translate with the caller's 8-byte buffer for the table
+// entries (they escape through PhysMem's ReadPhys: a buffer on the
+// caller's heap object keeps a hot path, the unwinder's, from
+// allocating one per walk).
+func (as *AddressSpace) translate(va uint64, e []byte) (pa, size uint64, err error) {
 	levels := 4
 	if as.LA57 {
 		levels = 5
@@ -34,14 +43,14 @@ func (as *AddressSpace) Translate(va uint64) (pa, size uint64, err error) {
 		return 0, 0, errf("page walk", ErrBounds, "%#x is not canonical for %d-level paging", va, levels)
 	}
 	table := as.Root & pteAddr
-	var e [8]byte
+	e = e[:8]
 	for level := levels; level >= 1; level-- {
 		shift := uint(12 + 9*(level-1))
 		idx := (va >> shift) & 0x1ff
-		if err := readPhys(as.Mem, table+idx*8, e[:]); err != nil {
+		if err := readPhys(as.Mem, table+idx*8, e); err != nil {
 			return 0, 0, wrap("page walk", ErrBounds, err, "level-%d table at %#x for %#x", level, table, va)
 		}
-		pte := le64(e[:])
+		pte := le64(e)
 		if pte&pteP == 0 {
 			return 0, 0, errf("page walk", ErrBounds, "%#x not mapped (level-%d entry %#x at %#x)", va, level, pte, table+idx*8)
 		}
@@ -65,11 +74,17 @@ func (as *AddressSpace) Translate(va uint64) (pa, size uint64, err error) {
 // Read copies guest-virtual [va, va+len(b)) into b, page by page (the
 // range may cross pages mapped anywhere in RAM).
 func (as *AddressSpace) Read(va uint64, b []byte) error {
+	var e [8]byte
+	return as.read(va, b, e[:])
+}
+
+// read is Read with the caller's buffer for page-table entries.
+func (as *AddressSpace) read(va uint64, b, e []byte) error {
 	if uint64(len(b)) > 0 && va+uint64(len(b))-1 < va {
 		return errf("read virt", ErrBounds, "[%#x, +%#x) wraps around", va, len(b))
 	}
 	for off := 0; off < len(b); {
-		pa, size, err := as.Translate(va + uint64(off))
+		pa, size, err := as.translate(va+uint64(off), e)
 		if err != nil {
 			return err
 		}
