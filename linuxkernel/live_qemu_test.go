@@ -55,6 +55,7 @@ func guestInit() {
 		fmt.Fprintf(out, "%s error mount /proc: %v\n", liveMarker, err)
 	}
 	startLiveChildren(out)
+	loadLiveModule(out)
 	// Trace one function, so that its fentry site is a call (ftrace's
 	// trampoline) while cmdline_proc_show's stays a NOP.
 	trace := func() error {
@@ -220,13 +221,13 @@ func bootLive(t *testing.T, cache, extraCmdline string) (*qemuLive, []CPU, *gues
 	if err != nil {
 		t.Fatal(err)
 	}
-	ird := newcArchive([]newcEntry{
+	ird := newcArchive(append([]newcEntry{
 		{name: "dev", mode: 0o40755},
 		{name: "proc", mode: 0o40755},
 		{name: "sys", mode: 0o40755},
 		{name: "dev/console", mode: 0o20600, rdev: [2]uint32{5, 1}},
 		{name: "init", mode: 0o100755, data: self},
-	})
+	}, liveModuleEntry(cache)...))
 	initrd := filepath.Join(tmp, "initrd")
 	if err := os.WriteFile(initrd, ird, 0o644); err != nil {
 		t.Fatal(err)

@@ -9,9 +9,12 @@ package linuxkernel
 // those are compared: a mismatch there fails the test.
 
 import (
+	"bytes"
+	"debug/elf"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -20,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // parseQEMURegs parses the monitor's "info registers -a": one register
@@ -63,6 +68,7 @@ func orcUnwindLive(t *testing.T, k *Kernel, mem *qemuLive, threads []Task) liveU
 		t.Fatal(err)
 	}
 	t.Logf("ORC: %d entries and orc_lookup read from guest memory and validated in %v", len(u.ORC.IPs), time.Since(start).Round(time.Millisecond))
+	checkLiveModule(t, u)
 	regs := parseQEMURegs(mem.regs)
 	res := liveUnwinds{u: u, stacks: map[int32]Stack{}, running: map[int32]int{}, comm: map[int32]string{}, tgid: map[int32]int32{}}
 	stops := map[string]int{}
@@ -336,4 +342,69 @@ func liveChild(kind string) {
 	for {
 		time.Sleep(time.Hour)
 	}
+}
+
+// liveModule is a small module of the cached kernel (no dependencies)
+// that /init loads, so that the host reads a module's ORC table.
+const liveModule = "irqbypass.ko"
+
+// liveModuleEntry puts the module into the initramfs when the cache has
+// it.
+func liveModuleEntry(cache string) []newcEntry {
+	b, err := os.ReadFile(filepath.Join(cache, "modules", liveModule))
+	if err != nil {
+		return nil
+	}
+	return []newcEntry{{name: liveModule, mode: 0o100644, data: b}}
+}
+
+// loadLiveModule loads it with finit_module(2).
+func loadLiveModule(out *os.File) {
+	f, err := os.Open("/" + liveModule)
+	if err != nil {
+		return // not in this initramfs
+	}
+	defer f.Close()
+	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil {
+		fmt.Fprintf(out, "%s error finit_module %s: %v\n", liveMarker, liveModule, err)
+	}
+}
+
+// checkLiveModule: the host found the loaded module and its table has
+// the .ko's number of ORC entries.
+func checkLiveModule(t *testing.T, u *Unwinder) {
+	b, err := os.ReadFile(filepath.Join(nestedKernelDir(), "modules", liveModule))
+	if err != nil {
+		t.Logf("no %s in the cache: module ORC not checked", liveModule)
+		return
+	}
+	if u.ModulesErr != nil {
+		t.Fatalf("module list: %v", u.ModulesErr)
+	}
+	ko, err := elf.NewFile(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec := ko.Section(".orc_unwind_ip")
+	if sec == nil {
+		t.Fatalf("%s has no .orc_unwind_ip", liveModule)
+	}
+	name := strings.TrimSuffix(liveModule, ".ko")
+	for _, m := range u.Modules {
+		if m.Name != name {
+			continue
+		}
+		t.Logf("module %s: text %#x-%#x, %d ORC entries (the .ko has %d)", m.Name, m.Text.Start, m.Text.End, len(m.ORC.IPs), sec.Size/4)
+		if m.ORC == nil || uint64(len(m.ORC.IPs)) != sec.Size/4 {
+			t.Errorf("module %s: %d ORC entries read, the .ko has %d", m.Name, len(m.ORC.IPs), sec.Size/4)
+		}
+		for _, ip := range m.ORC.IPs {
+			if !m.Text.Contains(ip) && !m.Init.Contains(ip) && ip != m.Text.End {
+				t.Errorf("module %s: ORC IP %#x outside its text %+v and init %+v", m.Name, ip, m.Text, m.Init)
+				break
+			}
+		}
+		return
+	}
+	t.Errorf("loaded module %s not among %+v", name, u.Modules)
 }

@@ -78,6 +78,7 @@ func (k *Kernel) NewUnwinder() (*Unwinder, error) {
 			p.entryStackOff = o
 		}
 	}
+	u.ModulesErr = u.RefreshModules()
 	p.perCPUOffset, _ = k.Symbols.Addr("__per_cpu_offset")
 	p.hardirqStackPtr, _ = k.Symbols.Addr("hardirq_stack_ptr")
 	p.ceaExceptionStacks, _ = k.Symbols.Addr("cea_exception_stacks")

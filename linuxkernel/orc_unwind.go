@@ -232,8 +232,14 @@ type Unwinder struct {
 	// Replaced are return_to_handler and arch_rethook_trampoline: a
 	// return address the function-graph tracer or a kretprobe swapped
 	// for its trampoline (the original is kept off the stack).
-	Replaced  []uint64
-	TaskFrame TaskFrameLayout
+	Replaced []uint64
+	// Modules are the loaded modules' text and ORC tables
+	// (RefreshModules); their text counts as kernel text.
+	Modules []ModuleORC
+	// ModulesErr is why the module list could not be read (then a
+	// return address in a module stops the unwind: unreliable).
+	ModulesErr error
+	TaskFrame  TaskFrameLayout
 	// MaxFrames bounds an unwind (default 256; /proc/<pid>/stack shows
 	// 64).
 	MaxFrames int
@@ -409,10 +415,10 @@ func (u *Unwinder) next(st *unwindState) error {
 	var orc ORCEntry
 	if lookup == 0 {
 		orc = nullORC
-	} else if e, ok := u.ORC.Find(lookup); ok {
+	} else if e, ok := u.find(lookup); ok {
 		orc = e
 	} else {
-		return errf("unwind", ErrNotFound, "no ORC entry for %s (module, BPF or trampoline code?)", u.name(st.ip, !st.signal))
+		return errf("unwind", ErrNotFound, "no ORC entry for %s (BPF or trampoline code, or a module not read?)", u.name(st.ip, !st.signal))
 	}
 	if orc.SPReg == ORCRegUndefined {
 		if !orc.End {
@@ -534,12 +540,25 @@ func (u *Unwinder) name(addr uint64, ret bool) string {
 }
 
 func (u *Unwinder) symbolize(f Frame, ret bool) Frame {
-	if u.Symbols == nil {
-		return f
-	}
 	a := f.Addr
 	if ret && a > 0 {
 		a--
+	}
+	if m := u.moduleOf(a); m != nil {
+		// Module symbols live in the module's own kallsyms, not read:
+		// named by the module and the offset in its text.
+		base := m.Text.Start
+		if !m.Text.Contains(a) {
+			base = m.Init.Start
+		}
+		f.Func, f.Offset = m.label, f.Addr-base
+		if f.Func == "" {
+			f.Func = "[" + m.Name + "]"
+		}
+		return f
+	}
+	if u.Symbols == nil {
+		return f
 	}
 	if s, _, ok := u.Symbols.At(a); ok {
 		f.Func, f.Offset = s.Name, f.Addr-s.Addr
@@ -553,7 +572,7 @@ func (u *Unwinder) isText(a uint64) bool {
 			return true
 		}
 	}
-	return false
+	return u.moduleOf(a) != nil
 }
 
 func (u *Unwinder) maxFrames() int {
