@@ -262,8 +262,8 @@ func TestUnwindKernelRegsAndIret(t *testing.T) {
 		t.Fatalf("stack %+v\nwant %#x", st, want)
 	}
 	// pt_regs IPs are named as themselves, not by the byte before.
-	if st.Frames[1].String() != "fc+0x8" {
-		t.Errorf("frame 1 %v", st.Frames[1])
+	if st.Frames[1].String() != "fc+0x8" || !st.Frames[1].Interrupted || !st.Frames[3].Interrupted || st.Frames[2].Interrupted {
+		t.Errorf("frames %+v", st.Frames)
 	}
 }
 
@@ -617,4 +617,17 @@ func synUnwindGuest(b testing.TB, n int) (*Unwinder, []Task) {
 		b.Fatalf("%+v", st)
 	}
 	return u, tasks
+}
+
+// A vCPU stopped on a function's first instruction: the frame is that
+// function (+0), and its entry's sp+8 finds the caller.
+func TestUnwindRunningAtFunctionEntry(t *testing.T) {
+	f := newUnwindFixture(t)
+	sp := f.top - 0x200
+	f.mem.put(sp, tRFF+0x10)
+	var st Stack
+	f.u.Unwind(UnwindStart{Regs: &PtRegs{IP: tFB, SP: sp, CS: 0x10}, Stacks: []StackRange{{StackTask, tStack, f.top}}}, &st)
+	if want := []uint64{tFB, tRFF + 0x10}; !st.Reliable || !sameAddrs(frameAddrs(st.Frames), want) || st.Frames[0].String() != "fb+0x0" {
+		t.Fatalf("%+v", st)
+	}
 }

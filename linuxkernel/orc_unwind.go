@@ -147,8 +147,11 @@ type Frame struct {
 	// SP is the stack pointer just above the return address (the
 	// caller's SP); for a scan, where the word was found.
 	SP uint64 `json:"sp"`
+	// Interrupted: Addr is the instruction a vCPU or an entry's pt_regs
+	// was stopped at (to be executed next), not a return address.
+	Interrupted bool `json:"interrupted,omitempty"`
 	// Func and Offset name the code: the symbol containing Addr-1 for a
-	// return address (as %pB prints it), Addr for a vCPU's RIP.
+	// return address (as %pB prints it), Addr for an interrupted one.
 	Func   string `json:"func,omitempty"`
 	Offset uint64 `json:"offset"`
 }
@@ -600,10 +603,10 @@ func (u *Unwinder) Unwind(start UnwindStart, out *Stack) {
 		}
 	}
 	for i := range out.Frames {
-		out.Frames[i] = u.symbolize(out.Frames[i], !(i == 0 && start.Regs != nil))
+		out.Frames[i] = u.symbolize(out.Frames[i], !out.Frames[i].Interrupted)
 	}
 	for i := range out.Scan {
-		out.Scan[i] = u.symbolize(out.Scan[i], !(i == 0 && start.Regs != nil))
+		out.Scan[i] = u.symbolize(out.Scan[i], !out.Scan[i].Interrupted)
 	}
 }
 
@@ -653,7 +656,7 @@ func (u *Unwinder) unwind(start UnwindStart, out *Stack) error {
 	if start.Regs != nil {
 		// arch_stack_walk reports regs->ip, then __unwind_start skips
 		// the regs frame.
-		out.Frames = append(out.Frames, Frame{Addr: st.ip, SP: st.sp})
+		out.Frames = append(out.Frames, Frame{Addr: st.ip, SP: st.sp, Interrupted: true})
 		if !u.isText(st.ip) {
 			return errf("unwind", ErrFormat, "vCPU RIP %#x is not kernel text", st.ip)
 		}
@@ -677,7 +680,7 @@ func (u *Unwinder) unwind(start UnwindStart, out *Stack) error {
 				return errf("unwind", ErrUnsupported, "return address %s was replaced by a tracer's trampoline (the original is kept off the stack)", u.name(st.ip, false))
 			}
 		}
-		out.Frames = append(out.Frames, Frame{Addr: st.ip, SP: st.sp})
+		out.Frames = append(out.Frames, Frame{Addr: st.ip, SP: st.sp, Interrupted: st.signal})
 		if err := u.next(&st); err != nil {
 			return err
 		}
@@ -698,7 +701,7 @@ func (u *Unwinder) scan(start UnwindStart, out *Stack) error {
 	switch {
 	case start.Regs != nil:
 		sp = start.Regs.SP
-		out.Scan = append(out.Scan, Frame{Addr: start.Regs.IP, SP: sp})
+		out.Scan = append(out.Scan, Frame{Addr: start.Regs.IP, SP: sp, Interrupted: true})
 	case start.TaskFrame != 0:
 		sp = start.TaskFrame
 	}
