@@ -196,3 +196,80 @@ func TestReadModuleORC(t *testing.T) {
 		})
 	}
 }
+
+// A vCPU's stacks from the per-CPU variables of the synthetic guest
+// (per-CPU areas at __per_cpu_offset[cpu]), and UnwindCPU finding the
+// CPU's current task.
+func TestCPUStacks(t *testing.T) {
+	k := newSynKernel(t)
+	kern, err := Open(k.mem, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	D := uint64(synDirectVA + synDirectPA)
+	kern.Symbols = NewSymbols(append(kern.Symbols.All(),
+		Symbol{Name: "hardirq_stack_ptr", Addr: 0x2000, Type: 'D'},
+		Symbol{Name: "cea_exception_stacks", Addr: 0x2008, Type: 'D'},
+		Symbol{Name: "cpu_entry_area", Addr: 0x2010, Type: 'D'}))
+	u := &Unwinder{ORC: &ORC{}, Mem: kern.AS, k: kern}
+	u.initPerCPU(kern)
+	const cpu = 1
+	base := D + 0x100000 + cpu*0x10000 // newSynKernel's per-CPU area of CPU 1
+	irqTop := uint64(0xffffc90000204000 - 8)
+	cea := D + 0x30000 // mapped: the estacks are found
+	entry := D + 0x60000
+	k.put64(base+0x2000, irqTop)
+	k.put64(base+0x2008, cea)
+	k.put64(base+0x2010, entry)
+	tasks, err := kern.Tasks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	task := tasks[2] // runs on CPU 1
+	if task.RunningOn != cpu {
+		t.Fatalf("task %+v", task)
+	}
+	got, err := u.CPUStacks(task, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []StackRange{
+		{StackTask, task.StackBase, task.StackTop},
+		{StackIRQ, irqTop + 8 - 16<<10, irqTop + 8},
+	}
+	for i := range nExceptionStacks {
+		s := cea + pageSize + uint64(i)*(pageSize+8<<10)
+		want = append(want, StackRange{StackException + StackKind(i), s, s + 8<<10})
+	}
+	want = append(want, StackRange{StackEntry, entry + pageSize, entry + 2*pageSize})
+	if len(got) != len(want) {
+		t.Fatalf("stacks %+v\nwant %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("stack %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	// UnwindCPU finds CPU 1's current task through current_task; in
+	// user mode there is nothing to unwind.
+	var st Stack
+	if err := u.UnwindCPU(cpu, PtRegs{IP: 0x401000, CS: 0x33}, &st); err != nil || !st.Reliable || st.Stop != StopUserMode {
+		t.Errorf("UnwindCPU: %v %+v", err, st)
+	}
+	if err := u.UnwindCPU(7, PtRegs{}, &st); !isKind(err, ErrInvalid) {
+		t.Errorf("UnwindCPU(7): %v", err)
+	}
+	// Hostile per-CPU values.
+	k.put64(base+0x2000, irqTop+3)
+	if _, err := u.CPUStacks(task, nil); !isKind(err, ErrFormat) {
+		t.Errorf("misaligned hardirq_stack_ptr: %v", err)
+	}
+	k.put64(base+0x2000, 0x100) // below IRQ_STACK_SIZE: would wrap
+	if _, err := u.CPUStacks(task, nil); !isKind(err, ErrFormat) {
+		t.Errorf("tiny hardirq_stack_ptr: %v", err)
+	}
+	task.RunningOn = 5
+	if _, err := u.CPUStacks(task, nil); !isKind(err, ErrInvalid) {
+		t.Errorf("CPU 5 of 2: %v", err)
+	}
+}

@@ -56,6 +56,14 @@ func (k *Kernel) NewUnwinder() (*Unwinder, error) {
 			return nil, err
 		}
 	}
+	u.ModulesErr = u.RefreshModules()
+	u.initPerCPU(k)
+	return u, nil
+}
+
+// initPerCPU finds the per-CPU variables and layouts that locate each
+// CPU's IRQ, exception and entry stacks.
+func (u *Unwinder) initPerCPU(k *Kernel) {
 	p := &u.percpu
 	p.irqStackSize = k.ThreadSize
 	p.entryStackOff, p.entryStackSize = pageSize, pageSize // after the GDT page
@@ -78,7 +86,6 @@ func (k *Kernel) NewUnwinder() (*Unwinder, error) {
 			p.entryStackOff = o
 		}
 	}
-	u.ModulesErr = u.RefreshModules()
 	p.perCPUOffset, _ = k.Symbols.Addr("__per_cpu_offset")
 	p.hardirqStackPtr, _ = k.Symbols.Addr("hardirq_stack_ptr")
 	p.ceaExceptionStacks, _ = k.Symbols.Addr("cea_exception_stacks")
@@ -88,7 +95,6 @@ func (k *Kernel) NewUnwinder() (*Unwinder, error) {
 			p.nrCPUs = n
 		}
 	}
-	return u, nil
 }
 
 // btfLayouts takes inactive_task_frame from the kernel's BTF and checks
