@@ -511,9 +511,10 @@ func testLive(t *testing.T, nokaslr bool) {
 	for pid, comm := range rep.tasks {
 		got, ok := byPid[pid]
 		// /proc shows a kernel thread's full name (task->comm is cut at
-		// 15 bytes) and a worker's current workqueue after a '-'.
+		// 15 bytes) and a worker's workqueue after a '-' (its last) or a
+		// '+' (the one it is running now: wq_worker_comm).
 		sameComm := comm == got.Comm || got.Comm != "" && strings.HasPrefix(comm, got.Comm) &&
-			(len(got.Comm) == int(k.Layout.CommLen)-1 || comm[len(got.Comm)] == '-')
+			(len(got.Comm) == int(k.Layout.CommLen)-1 || (comm[len(got.Comm)] == '-' || comm[len(got.Comm)] == '+'))
 		if !ok || !sameComm {
 			t.Errorf("guest /proc has %d %q; walk has %+v", pid, comm, got)
 		}
