@@ -631,3 +631,24 @@ func TestUnwindRunningAtFunctionEntry(t *testing.T) {
 		t.Fatalf("%+v", st)
 	}
 }
+
+// A vCPU in an NMI handler: it runs on the NMI (IST) stack, whose entry
+// pt_regs hold the interrupted task-stack state; the unwind crosses over
+// through them and finishes on the task stack.
+func TestUnwindRunningOnExceptionStack(t *testing.T) {
+	f := newUnwindFixture(t)
+	const nmi = 0xfffffe0000010000 // an IST stack of the cpu_entry_area
+	f.mem[nmi] = make([]byte, 8<<10)
+	nmiSP := uint64(nmi + 8<<10 - ptRegsSize - 56)
+	f.mem.put(nmiSP+48, tEntry+0x10) // fC returns into the NMI entry code
+	taskSP := f.top - 0x300
+	f.mem.putRegs(nmiSP+56, PtRegs{IP: tFA + 0x8, CS: 0x10, SP: taskSP})
+	f.mem.put(taskSP+16, tRFF+0x10) // fA's frame on the task stack
+	stacks := []StackRange{{StackTask, tStack, f.top}, {StackException + 1, nmi, nmi + 8<<10}}
+	var st Stack
+	f.u.Unwind(UnwindStart{Regs: &PtRegs{IP: tFC + 0x20, SP: nmiSP, CS: 0x10}, Stacks: stacks}, &st)
+	want := []uint64{tFC + 0x20, tEntry + 0x10, tFA + 0x8, tRFF + 0x10}
+	if !st.Reliable || !sameAddrs(frameAddrs(st.Frames), want) || st.Frames[2].SP != taskSP || StackKind(StackException+1).String() != "NMI" {
+		t.Fatalf("stack %+v\nwant %#x", st, want)
+	}
+}
