@@ -10,11 +10,15 @@ import (
 // stacktrace.c: arch_stack_walk and arch_stack_walk_reliable), run over
 // guest memory. It differs from the kernel's only where the host cannot
 // do what the kernel does, and each difference makes the result
-// unreliable rather than wrong: an IP without an ORC entry (module
-// code, BPF, ftrace trampolines) stops the unwind (the kernel guesses a
-// frame pointer), and a return address replaced by the function-graph
-// tracer or a kretprobe (return_to_handler, arch_rethook_trampoline) is
-// reported as such (the kernel recovers the original from the task).
+// unreliable rather than wrong: an IP without an ORC entry (BPF, ftrace
+// trampolines; modules' tables are read, orc_modules.go) stops the
+// unwind (the kernel guesses a frame pointer), and a return address
+// replaced by the function-graph tracer or a kretprobe
+// (return_to_handler, arch_rethook_trampoline) is reported as such (the
+// kernel recovers the original from the task). One difference goes the
+// other way: init text counts as text, so the boot CPU's idle task is
+// unwound to its end where the kernel stops at start_kernel's freed
+// frames.
 // Every stack read is checked against the stacks the unwind may use,
 // each stack is visited once (get_stack_info's visit mask), the stack
 // pointer must grow within a stack, and the frame count is bounded, so
@@ -227,7 +231,9 @@ type Unwinder struct {
 	ORC     *ORC
 	Mem     VirtReader
 	Symbols *Symbols // names frames (optional)
-	// Text is what __kernel_text_address accepts: [_stext, _etext).
+	// Text is the kernel text a return address may point into (besides
+	// Modules'): NewUnwinder sets [_stext, _etext) and the init text
+	// (see docs/linux-guests.md on why init text counts).
 	Text []AddrRange
 	// RetFromFork is ret_from_fork: a new task's first IP, looked up as
 	// is (state->signal).
