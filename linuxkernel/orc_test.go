@@ -652,3 +652,41 @@ func TestUnwindRunningOnExceptionStack(t *testing.T) {
 		t.Fatalf("stack %+v\nwant %#x", st, want)
 	}
 }
+
+// Hit answers from the exact frames of a reliable unwind and from the
+// scan of an unreliable one.
+func TestStackHit(t *testing.T) {
+	f := newUnwindFixture(t)
+	sp := f.top - 0x400
+	f.kthreadChain(sp, tRFF+0x10)
+	f.mem.put(sp-0x100, tFC+0x99) // dead, below the saved frame
+	var st Stack
+	task := Task{StackBase: tStack, StackTop: f.top, SavedSP: sp - 56}
+	f.u.UnwindTask(task, &st)
+	fb := AddrRange{tFB, tFB + 0x100}
+	if h, ok := st.Hit([]AddrRange{fb}); !ok || h.Addr != tFB+0x10 {
+		t.Errorf("Hit(fb) = %+v %v", h, ok)
+	}
+	if _, ok := st.Hit([]AddrRange{{tLoop, tLoop + 0x100}}); ok {
+		t.Error("Hit of a function not on the stack")
+	}
+	// fB's return address one past its range does not count: a return
+	// address is compared as is.
+	if _, ok := st.Hit([]AddrRange{{tFB, tFB + 0x10}}); ok {
+		t.Error("Hit at the range's end")
+	}
+	// Unreliable: a word above the stack pointer that the unwind never
+	// reached counts; one below it does not.
+	f.mem.put(sp-8, tNoORC+0x10)
+	f.mem.put(f.top-16, tIRQ+0x44)
+	f.u.UnwindTask(task, &st)
+	if st.Reliable {
+		t.Fatal("want an unreliable unwind")
+	}
+	if h, ok := st.Hit([]AddrRange{{tIRQ, tIRQ + 0x100}}); !ok || h.SP != f.top-16 {
+		t.Errorf("scan Hit = %+v %v", h, ok)
+	}
+	if _, ok := st.Hit([]AddrRange{{tFC + 0x90, tFC + 0xa0}}); ok {
+		t.Error("scan Hit below the stack pointer")
+	}
+}

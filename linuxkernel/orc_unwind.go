@@ -732,3 +732,23 @@ func (u *Unwinder) scan(start UnwindStart, out *Stack) error {
 	}
 	return firstErr
 }
+
+// Hit is the first address on the stack inside one of funcs: from
+// Frames when the unwind is reliable, else from the conservative Scan.
+// Addresses are compared as Linux's klp_check_stack_func compares them
+// (func_addr <= address < func_addr + func_size, the raw return
+// address). ok is false when none is.
+func (s *Stack) Hit(funcs []AddrRange) (f Frame, ok bool) {
+	list := s.Frames
+	if !s.Reliable {
+		list = s.Scan
+	}
+	for _, f := range list {
+		for _, r := range funcs {
+			if r.Contains(f.Addr) {
+				return f, true
+			}
+		}
+	}
+	return Frame{}, false
+}
