@@ -414,6 +414,13 @@ func TestUnwindHostile(t *testing.T) {
 	if st.Reliable || !isKind(st.Err, ErrBounds) {
 		t.Errorf("inactive_task_frame past the stack top: %+v", st)
 	}
+	// A caller's frame layout whose fields lie outside the frame.
+	f.u.TaskFrame = TaskFrameLayout{Size: 16, BP: 40, RetAddr: 48}
+	f.u.UnwindTask(Task{StackBase: tStack, StackTop: f.top, SavedSP: f.top - 16}, &st)
+	if st.Reliable || !isKind(st.Err, ErrBounds) {
+		t.Errorf("TaskFrame fields beyond its size: %+v", st)
+	}
+	f.u.TaskFrame = TaskFrameLayout{}
 	f.u.MaxFrames = 3
 	sp := f.top - 0x400
 	f.kthreadChain(sp, tRFF+0x10)

@@ -368,6 +368,9 @@ func (u *Unwinder) accessOK(st *unwindState, addr, n uint64) bool {
 // read copies [addr, addr+len(b)) from the current stack, which
 // accessOK has just checked holds it.
 func (u *Unwinder) read(st *unwindState, addr uint64, b []byte) error {
+	if !u.onStack(st.cur, addr, uint64(len(b))) {
+		return errf("unwind", ErrBounds, "[%#x, +%d) is not on the %s stack", addr, len(b), u.kind(st.cur))
+	}
 	if err := u.load(st.cur); err != nil {
 		return err
 	}
