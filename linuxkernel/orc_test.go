@@ -300,6 +300,11 @@ func TestUnwindRunningIRQStackSwitch(t *testing.T) {
 	if st.Reliable || !isKind(st.Err, ErrBounds) {
 		t.Errorf("IRQ stack not allowed: %+v", st)
 	}
+	// Its scan (the stack pointer on none of the allowed stacks, as for
+	// a vCPU in a context switch): the RIP, then the whole task stack.
+	if got := frameAddrs(st.Scan); !sameAddrs(got, []uint64{tFC + 0x20, tFA + 0x10, tRFF + 0x10}) || !st.Scan[0].Interrupted {
+		t.Errorf("scan %#x", got)
+	}
 	m.put(tos, tIRQS+0x100)
 	m.put(tIRQS+0x108, tFA+0x10)
 	f.u.Unwind(UnwindStart{Regs: &PtRegs{IP: tFC + 0x20, SP: irqSP, CS: 0x10}, Stacks: stacks}, &st)
