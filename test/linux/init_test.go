@@ -37,8 +37,11 @@ func guestInit() {
 	if err != nil {
 		kmsg = os.Stdout // /dev/console
 	}
+	// KERN_ERR ("<3>"): the boots run with "quiet", whose console shows
+	// only levels below 4, and a /dev/kmsg line without a level has the
+	// default, 4.
 	say := func(format string, args ...any) {
-		fmt.Fprintf(kmsg, format+"\n", args...)
+		fmt.Fprintf(kmsg, "<3>"+format+"\n", args...)
 	}
 	say("%s pid %d", markerStart, os.Getpid())
 	for _, m := range []struct{ dir, fs string }{{"/proc", "proc"}, {"/sys", "sysfs"}} {

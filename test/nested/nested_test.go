@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -315,7 +316,34 @@ func runDirectBins(t *testing.T, root string, bins []testBinary, klp string, env
 }
 
 func runNested(t *testing.T, root, work string, k *kernelCache, bins []testBinary, klp string) {
-	initrd := filepath.Join(work, "initrd.cpio")
+	// Linux guests get a VM of their own with one CPU. Measured on this
+	// platform (QEMU 7.2 and 10.0 TCG, Debian 6.1's kvm_amd in L1): with
+	// two L1 CPUs an L2 Linux boot stalls at a random point with an
+	// interrupt delivered inside an interrupts-off section, QEMU's own
+	// VMM as the L2's VMM as much as ours (4 of 8 QEMU boots stalled, none
+	// of ours reached init); with one L1 CPU, 3 of 3 QEMU boots and every
+	// one of ours reached init (docs/linux-guests.md). klp-kvm's own
+	// guest keeps two L1 CPUs, so its multi-vCPU pauses stay real.
+	var own, linux []testBinary
+	for _, b := range bins {
+		if usesLinuxKernel([]testBinary{b}) {
+			linux = append(linux, b)
+		} else {
+			own = append(own, b)
+		}
+	}
+	if len(own) > 0 {
+		runNestedVM(t, root, work, k, own, klp, 2, "")
+	}
+	if len(linux) > 0 {
+		runNestedVM(t, root, work, k, linux, klp, 1, "_1cpu")
+	}
+}
+
+// runNestedVM boots one VM with smp CPUs, runs bins in it and reports
+// them under the KVM flavour's subtest (+ suffix).
+func runNestedVM(t *testing.T, root, work string, k *kernelCache, bins []testBinary, klp string, smp int, suffix string) {
+	initrd := filepath.Join(work, "initrd"+suffix+".cpio")
 	t0 := time.Now()
 	size := buildInitramfs(t, root, work, k, bins, klp, initrd)
 	t.Logf("initramfs %.1f MiB built in %v (kernel %s)", float64(size)/(1<<20), time.Since(t0).Round(time.Millisecond), k.Version)
@@ -343,10 +371,10 @@ func runNested(t *testing.T, root, work string, k *kernelCache, bins []testBinar
 	// freeze: the heartbeat goes on and the in-VM timeouts report it.
 	var resultsPath, hung string
 	for attempt := 1; ; attempt++ {
-		resultsPath = filepath.Join(work, fmt.Sprintf("results-%d.txt", attempt))
+		resultsPath = filepath.Join(work, fmt.Sprintf("results%s-%d.txt", suffix, attempt))
 		var frozen bool
 		var elapsed time.Duration
-		hung, frozen, elapsed = bootVM(t, k, initrd, resultsPath, timeout)
+		hung, frozen, elapsed = bootVM(t, k, smp, initrd, resultsPath, timeout)
 		t.Logf("VM ran for %v", elapsed.Round(time.Millisecond))
 		if !frozen || attempt == 2 {
 			break
@@ -386,7 +414,7 @@ func runNested(t *testing.T, root, work string, k *kernelCache, bins []testBinar
 		flavour = manifest.UnknownFlavour
 	}
 	t.Logf("nested tier: the KVM-engine tests in the VM, KVM flavour %s", flavour)
-	t.Run(flavour, func(t *testing.T) { reportNested(t, res, bins, hung) })
+	t.Run(flavour+suffix, func(t *testing.T) { reportNested(t, res, bins, hung) })
 }
 
 // reportNested turns the VM's results into one subtest per binary.
@@ -486,11 +514,11 @@ func isDir(p string) bool {
 
 // qemuArgs is the VM: TCG with SVM emulated, 2 vCPUs (so multi-vCPU pause
 // is real), the console on stdio, the result channel on a file.
-func qemuArgs(k *kernelCache, initrd, results string) []string {
+func qemuArgs(k *kernelCache, smp int, initrd, results string) []string {
 	return []string{
 		"-accel", qemuAccel(),
 		"-cpu", qemuCPU(),
-		"-smp", "2",
+		"-smp", strconv.Itoa(smp),
 		"-m", "1024",
 		"-display", "none",
 		"-monitor", "none",
@@ -529,7 +557,7 @@ func qemuCPU() string {
 // bootVM runs QEMU until it exits or the timeout, streaming the console to
 // the test log line by line. It returns why the VM was stopped early ("" if
 // it powered off by itself) and how long it ran.
-func bootVM(t *testing.T, k *kernelCache, initrd, results string, timeout time.Duration) (hung string, frozen bool, elapsed time.Duration) {
+func bootVM(t *testing.T, k *kernelCache, smp int, initrd, results string, timeout time.Duration) (hung string, frozen bool, elapsed time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	// Freeze watchdog: /init's heartbeat must arrive every freezeAfter; the
@@ -556,7 +584,7 @@ func bootVM(t *testing.T, k *kernelCache, initrd, results string, timeout time.D
 			}
 		}
 	}()
-	cmd := exec.CommandContext(ctx, k.QEMU, qemuArgs(k, initrd, results)...)
+	cmd := exec.CommandContext(ctx, k.QEMU, qemuArgs(k, smp, initrd, results)...)
 	cmd.Stdin = nil
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -569,7 +597,7 @@ func bootVM(t *testing.T, k *kernelCache, initrd, results string, timeout time.D
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", k.QEMU, err)
 	}
-	t.Logf("booting: %s %s", k.QEMU, strings.Join(qemuArgs(k, initrd, results), " "))
+	t.Logf("booting: %s %s", k.QEMU, strings.Join(qemuArgs(k, smp, initrd, results), " "))
 	sc := bufio.NewScanner(stdout)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
