@@ -61,10 +61,10 @@ type Module struct {
 	OwnBTF bool
 
 	classes   []class
-	fentry    []Loc            // call __fentry__ sites in placed code
-	fentryRel map[relKey]bool  // the relocations those NOPs replace
-	isKlpRela map[int]string   // .klp.rela section index -> its object
-	normal    map[int][]relocK // per target section, normal relocations (not .klp.rela)
+	fentry    []Loc             // call __fentry__ sites in placed code
+	fentryRel map[relKey]bool   // the relocations those NOPs replace
+	isKlpRela map[int]string    // .klp.rela section index -> its object
+	normal    map[int][]relocK  // per target section, normal relocations (not .klp.rela)
 	names     map[relKey]string // symbols by the place they start
 }
 
@@ -95,10 +95,10 @@ func (l Loc) String() string {
 
 // Object is one struct klp_object.
 type Object struct {
-	Name      string    // "vmlinux" for klp_object.name NULL
-	Loc       Loc       // the struct klp_object
-	Funcs     []Func    // funcs[] up to the sentinel
-	Callbacks [4]*Loc   // CallbackNames order; nil = none
+	Name      string  // "vmlinux" for klp_object.name NULL
+	Loc       Loc     // the struct klp_object
+	Funcs     []Func  // funcs[] up to the sentinel
+	Callbacks [4]*Loc // CallbackNames order; nil = none
 }
 
 // Func is one struct klp_func.
