@@ -10,6 +10,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 
 	"klp-kvm/elfpatch"
@@ -222,4 +224,56 @@ func setRelocType(t testing.TB, data []byte, target string, off uint64, typ uint
 	}
 	t.Fatalf("no relocation at %s+%#x", target, off)
 	return nil
+}
+
+// fuzzSeed reads a []byte corpus file of the fuzzer.
+func fuzzSeed(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.TrimSpace(strings.TrimPrefix(string(b), "go test fuzz v1\n"))
+	s = strings.TrimSuffix(strings.TrimPrefix(s, "[]byte("), ")")
+	u, err := strconv.Unquote(s)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return []byte(u)
+}
+
+// setRelocSym points the normal relocation at offset off of section
+// target at symbol sym.
+func setRelocSym(t testing.TB, data []byte, target string, off uint64, sym int) []byte {
+	t.Helper()
+	o := mustObj(t, data)
+	ti := sectionIndex(t, o, target)
+	data = append([]byte{}, data...)
+	for _, s := range o.Sections() {
+		if s.Type != elfpatch.SHT_RELA || int(s.Info) != ti {
+			continue
+		}
+		for e := s.Offset; e < s.Offset+s.Size; e += 24 {
+			if le.Uint64(data[e:]) == off {
+				info := le.Uint64(data[e+8:])
+				le.PutUint64(data[e+8:], info&0xffffffff|uint64(sym)<<32)
+				return data
+			}
+		}
+	}
+	t.Fatalf("no relocation at %s+%#x", target, off)
+	return nil
+}
+
+// sectionSymbol is the index of section name's STT_SECTION symbol.
+func sectionSymbol(t testing.TB, o *elfpatch.ObjectFile, name string) int {
+	t.Helper()
+	idx := sectionIndex(t, o, name)
+	for i, s := range o.Symbols() {
+		if s.Type == elfpatch.TypeSection && s.Section == idx {
+			return i
+		}
+	}
+	t.Fatalf("no section symbol for %s", name)
+	return -1
 }

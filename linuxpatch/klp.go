@@ -95,6 +95,10 @@ func (m *Module) element(p ptr, i int, size uint64, what string) (uint64, error)
 	return off, nil
 }
 
+// maxCandidates bounds the places findPatch tries: a livepatch module
+// holds THIS_MODULE in its klp_patch and perhaps a few file_operations.
+const maxCandidates = 32
+
 // findPatch finds the module's struct klp_patch without running code:
 // a place in the module's data with an R_X86_64_64 relocation against
 // the module's own struct module (THIS_MODULE) at
@@ -118,6 +122,9 @@ func (m *Module) findPatch() error {
 			if r.Type != elfpatch.R_X86_64_64 || s.Section <= 0 || s.Section >= len(m.classes) ||
 				m.classes[s.Section] != classThisModule || s.Value+uint64(r.Addend) != 0 || r.Offset < l.PatchMod {
 				continue
+			}
+			if len(cands) == maxCandidates {
+				return errf("klp", ErrRange, "more than %d places hold THIS_MODULE", maxCandidates).at(m.secName(t), r.Offset)
 			}
 			cands = append(cands, cand{t, r.Offset - l.PatchMod})
 		}

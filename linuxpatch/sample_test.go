@@ -366,3 +366,80 @@ func TestNotALivepatchModule(t *testing.T) {
 		t.Errorf("no THIS_MODULE: %v", err)
 	}
 }
+
+func TestStrippedModule(t *testing.T) {
+	// Without debug sections (objcopy --strip-debug, as the fuzz seeds):
+	// the same image.
+	for _, path := range []string{"testdata/fuzz/FuzzModule/livepatch-sample-stripped", "testdata/fuzz/FuzzModule/klp-static-stripped"} {
+		data := fuzzSeed(t, path)
+		m, err := Parse(data, testSpec(t))
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if _, err := m.Link(Config{Base: testBase, Resolve: mapResolver(kernelSyms, nil)}); err != nil {
+			t.Errorf("%s: %v", path, err)
+		}
+	}
+}
+
+func TestFentryWithoutMcountLoc(t *testing.T) {
+	// With __mcount_loc made an init section (not loaded, not read), the
+	// calls to __fentry__ are still found by their relocations and made
+	// NOPs.
+	data := renameSection(t, readKo(t, sampleKo), "__mcount_loc", ".init.mcount")
+	m, err := Parse(data, testSpec(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := m.Link(Config{Base: testBase, Resolve: mapResolver(kernelSyms, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(im.FentrySites) != 3 {
+		t.Fatalf("sites %x", im.FentrySites)
+	}
+	for _, s := range im.FentrySites {
+		if b := readImage(t, im, s, 5); !bytes.Equal(b, nop5[:]) {
+			t.Errorf("%#x: % x", s, b)
+		}
+	}
+}
+
+func TestReferenceToUnloadedSection(t *testing.T) {
+	// The strings moved to an init section: the code's relocations
+	// against them cannot be applied.
+	data := renameSection(t, readKo(t, sampleKo), ".rodata.str1.1", ".init.rodata")
+	_, err := Parse(data, testSpec(t))
+	if err == nil {
+		t.Fatal("parsed")
+	}
+	// objs[0].funcs[0].old_name points there too: the klp walk refuses
+	// first.
+	if !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), ".init.rodata") {
+		t.Errorf("%v", err)
+	}
+	// The call to seq_printf made a reference to .modinfo, which is
+	// read by the host but not loaded.
+	data = readKo(t, sampleKo)
+	data = setRelocSym(t, data, ".text", 0x44, sectionSymbol(t, mustObj(t, data), ".modinfo"))
+	e := linkErr(t, data, mapResolver(kernelSyms, nil), testBase)
+	if !errors.Is(e, ErrUnsupported) || e.Section != ".text" || e.Offset != 0x44 || !strings.Contains(e.Error(), "not loaded") {
+		t.Errorf("%v", e)
+	}
+}
+
+func TestDuplicateFunc(t *testing.T) {
+	// klp-static's loadavg_proc_show,1 renamed version_proc_show: with
+	// funcs[0] (sympos 0, which names the same "version_proc_show,1"
+	// sysfs directory) Linux's kobject_add fails with EEXIST.
+	data := append([]byte{}, readKo(t, staticKo)...)
+	i := bytes.Index(data, []byte("loadavg_proc_show\x00"))
+	if i < 0 {
+		t.Fatal("no loadavg_proc_show string")
+	}
+	copy(data[i:], "version_proc_show\x00")
+	_, err := Parse(data, testSpec(t))
+	if !errors.Is(err, ErrFormat) || !errors.Is(err, syscall.EEXIST) {
+		t.Errorf("%v", err)
+	}
+}
