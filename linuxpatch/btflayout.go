@@ -44,10 +44,9 @@ func LayoutFromBTF(spec *btf.Spec) (*Layout, error) {
 	}
 	l := &Layout{PatchStates: -1}
 	type field struct {
-		dst        *uint64
-		path       string
-		size       uint64
-		wantSigned int // 0 don't care
+		dst  *uint64
+		path string
+		size uint64
 	}
 	get := func(strct string, fields []field) (uint64, error) {
 		s, err := structByName(spec, strct)
@@ -70,17 +69,17 @@ func LayoutFromBTF(spec *btf.Spec) (*Layout, error) {
 		return uint64(s.Size), nil
 	}
 	var err error
-	if l.PatchSize, err = get("klp_patch", []field{{&l.PatchMod, "mod", 8, 0}, {&l.PatchObjs, "objs", 8, 0}, {&l.PatchReplace, "replace", 1, 0}}); err != nil {
+	if l.PatchSize, err = get("klp_patch", []field{{&l.PatchMod, "mod", 8}, {&l.PatchObjs, "objs", 8}, {&l.PatchReplace, "replace", 1}}); err != nil {
 		return nil, err
 	}
 	if l.ObjectSize, err = get("klp_object", []field{
-		{&l.ObjectName, "name", 8, 0}, {&l.ObjectFuncs, "funcs", 8, 0},
-		{&l.ObjectCallbacks[0], "callbacks.pre_patch", 8, 0}, {&l.ObjectCallbacks[1], "callbacks.post_patch", 8, 0},
-		{&l.ObjectCallbacks[2], "callbacks.pre_unpatch", 8, 0}, {&l.ObjectCallbacks[3], "callbacks.post_unpatch", 8, 0},
+		{&l.ObjectName, "name", 8}, {&l.ObjectFuncs, "funcs", 8},
+		{&l.ObjectCallbacks[0], "callbacks.pre_patch", 8}, {&l.ObjectCallbacks[1], "callbacks.post_patch", 8},
+		{&l.ObjectCallbacks[2], "callbacks.pre_unpatch", 8}, {&l.ObjectCallbacks[3], "callbacks.post_unpatch", 8},
 	}); err != nil {
 		return nil, err
 	}
-	if l.FuncSize, err = get("klp_func", []field{{&l.FuncOldName, "old_name", 8, 0}, {&l.FuncNewFunc, "new_func", 8, 0}, {&l.FuncOldSympos, "old_sympos", 8, 0}}); err != nil {
+	if l.FuncSize, err = get("klp_func", []field{{&l.FuncOldName, "old_name", 8}, {&l.FuncNewFunc, "new_func", 8}, {&l.FuncOldSympos, "old_sympos", 8}}); err != nil {
 		return nil, err
 	}
 	// klp_state and klp_patch.states arrived together (Linux 5.5).
@@ -93,7 +92,7 @@ func LayoutFromBTF(spec *btf.Spec) (*Layout, error) {
 			return nil, errf("btf", ErrFormat, "klp_patch.states is %d bytes, want 8", size)
 		}
 		l.PatchStates = int64(off)
-		if l.StateSize, err = get("klp_state", []field{{&l.StateID, "id", 8, 0}, {&l.StateVersion, "version", 4, 0}}); err != nil {
+		if l.StateSize, err = get("klp_state", []field{{&l.StateID, "id", 8}, {&l.StateVersion, "version", 4}}); err != nil {
 			return nil, err
 		}
 	}
