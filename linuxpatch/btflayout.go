@@ -61,7 +61,7 @@ func LayoutFromBTF(spec *btf.Spec) (*Layout, error) {
 			if size != f.size {
 				return 0, errf("btf", ErrFormat, "%s.%s is %d bytes, want %d", strct, f.path, size, f.size)
 			}
-			if off+size > uint64(s.Size) {
+			if off > uint64(s.Size) || size > uint64(s.Size)-off {
 				return 0, errf("btf", ErrFormat, "%s.%s at %d+%d lies outside the struct (%d bytes)", strct, f.path, off, size, s.Size)
 			}
 			*f.dst = off
@@ -100,7 +100,7 @@ func LayoutFromBTF(spec *btf.Spec) (*Layout, error) {
 		name string
 		size uint64
 	}{{"klp_patch", l.PatchSize}, {"klp_object", l.ObjectSize}, {"klp_func", l.FuncSize}, {"klp_state", l.StateSize}} {
-		if c.size > maxStructSize || (c.size == 0 && c.name != "klp_state") {
+		if c.size > maxStructSize || (c.size == 0 && (c.name != "klp_state" || l.PatchStates >= 0)) {
 			return nil, errf("btf", ErrFormat, "struct %s is %d bytes (1..%d)", c.name, c.size, maxStructSize)
 		}
 	}

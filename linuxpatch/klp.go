@@ -298,6 +298,7 @@ func (m *Module) readFuncs(o *Object, funcs ptr, oi int, total *int) error {
 			return errf("klp", ErrFormat, "%s.new_func points past the end of %s", what, m.secName(newFunc.sec)).at(m.secName(funcs.sec), ef+l.FuncNewFunc).sym(newFunc.sym)
 		}
 		f.NewFunc = m.loc(newFunc.sec, newFunc.off)
+		f.NewSize = m.sizes[relKey{newFunc.sec, newFunc.off}]
 		// The func's sysfs directory is "<old_name>,<sympos or 1>": a
 		// second one of the same name fails kobject_add with EEXIST.
 		key := fmt.Sprintf("%s,%d", f.OldName, max(f.OldSympos, 1))

@@ -1,6 +1,7 @@
 package linuxpatch
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -87,7 +88,16 @@ type PatchFunc struct {
 	OldName   string `json:"old_name"`
 	OldSympos int    `json:"old_sympos"`
 	NewAddr   uint64 `json:"new_addr"`
+	NewSize   uint64 `json:"new_size"` // 0 if no function symbol starts at NewAddr
 	NewName   string `json:"new_name,omitempty"`
+}
+
+// ImageSym is a function of the module in the guest: what a stack walk
+// that meets the module's code names it by.
+type ImageSym struct {
+	Name string `json:"name"`
+	Addr uint64 `json:"addr"`
+	Size uint64 `json:"size"`
 }
 
 // ImageObject is a klp_object of the placed module.
@@ -143,9 +153,24 @@ type Image struct {
 	Funcs       []PatchFunc     `json:"funcs"` // every object's, in order
 	States      []ImageState    `json:"states,omitempty"`
 	FentrySites []uint64        `json:"fentry_sites"` // now 5-byte NOPs
+	Functions   []ImageSym      `json:"functions"`    // the module's loaded functions, by address
 	ORC         ORC             `json:"orc"`
 	Relocs      []Reloc         `json:"relocs"`
 	Skipped     []SectionUse    `json:"skipped"`
+}
+
+// FuncAt names the module function holding addr (for stack walks that
+// meet the new code): its name and the offset into it.
+func (im *Image) FuncAt(addr uint64) (name string, off uint64, ok bool) {
+	i, _ := slices.BinarySearchFunc(im.Functions, addr+1, func(s ImageSym, a uint64) int { return cmp.Compare(s.Addr, a) })
+	if i == 0 {
+		return "", 0, false
+	}
+	s := im.Functions[i-1]
+	if addr-s.Addr >= s.Size {
+		return "", 0, false
+	}
+	return s.Name, addr - s.Addr, true
 }
 
 // Size is the total size of the regions (page-rounded each).
@@ -541,7 +566,7 @@ func (lk *linker) describe() {
 			}
 		}
 		for _, f := range o.Funcs {
-			pf := PatchFunc{Object: o.Name, OldName: f.OldName, OldSympos: f.OldSympos, NewAddr: at(f.NewFunc), NewName: f.NewFunc.Symbol}
+			pf := PatchFunc{Object: o.Name, OldName: f.OldName, OldSympos: f.OldSympos, NewAddr: at(f.NewFunc), NewSize: f.NewSize, NewName: f.NewFunc.Symbol}
 			io.Funcs = append(io.Funcs, pf)
 			im.Funcs = append(im.Funcs, pf)
 		}
@@ -550,6 +575,13 @@ func (lk *linker) describe() {
 	for _, s := range m.States {
 		im.States = append(im.States, ImageState{ID: s.ID, Version: s.Version})
 	}
+	for _, s := range m.obj.Symbols() {
+		if s.Type == elfpatch.TypeFunc && s.Name != "" && s.Section > 0 && s.Section < len(m.classes) &&
+			m.classes[s.Section] == classText && m.names[relKey{s.Section, s.Value}] == s.Name {
+			im.Functions = append(im.Functions, ImageSym{Name: s.Name, Addr: lk.addr[s.Section] + s.Value, Size: s.Size})
+		}
+	}
+	slices.SortFunc(im.Functions, func(a, b ImageSym) int { return cmp.Compare(a.Addr, b.Addr) })
 	for _, u := range m.Sections {
 		if u.Use == "skipped" {
 			im.Skipped = append(im.Skipped, u)

@@ -66,6 +66,7 @@ type Module struct {
 	isKlpRela map[int]string    // .klp.rela section index -> its object
 	normal    map[int][]relocK  // per target section, normal relocations (not .klp.rela)
 	names     map[relKey]string // symbols by the place they start
+	sizes     map[relKey]uint64 // their sizes
 }
 
 type relKey struct {
@@ -104,9 +105,10 @@ type Object struct {
 // Func is one struct klp_func.
 type Func struct {
 	OldName   string
-	OldSympos int // 0: the name must be unique in its object
-	NewFunc   Loc // the replacement, in the module's code
-	Loc       Loc // the struct klp_func
+	OldSympos int    // 0: the name must be unique in its object
+	NewFunc   Loc    // the replacement, in the module's code
+	NewSize   uint64 // its symbol's size, 0 if no function symbol starts there
+	Loc       Loc    // the struct klp_func
 }
 
 // State is one struct klp_state.
@@ -459,6 +461,7 @@ func (m *Module) findFentry() error {
 func (m *Module) indexSymbols() {
 	rank := map[relKey]int{}
 	m.names = map[relKey]string{}
+	m.sizes = map[relKey]uint64{}
 	for _, s := range m.obj.Symbols() {
 		if s.Name == "" || s.Section <= 0 || s.Section >= len(m.obj.Sections()) {
 			continue
@@ -476,7 +479,7 @@ func (m *Module) indexSymbols() {
 		}
 		k := relKey{s.Section, s.Value}
 		if r > rank[k] {
-			rank[k], m.names[k] = r, s.Name
+			rank[k], m.names[k], m.sizes[k] = r, s.Name, s.Size
 		}
 	}
 }

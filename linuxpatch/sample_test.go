@@ -443,3 +443,33 @@ func TestDuplicateFunc(t *testing.T) {
 		t.Errorf("%v", err)
 	}
 }
+
+func TestImageFunctions(t *testing.T) {
+	m := parseSample(t)
+	im, err := m.Link(Config{Base: testBase, Resolve: mapResolver(kernelSyms, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf := im.Funcs[0]
+	if pf.NewSize != 31 {
+		t.Errorf("new function size %d, want 31 (its symbol's)", pf.NewSize)
+	}
+	// cleanup_module and init_module are module aliases of the local
+	// livepatch_exit and livepatch_init: the local names win.
+	var names []string
+	for _, f := range im.Functions {
+		names = append(names, f.Name)
+	}
+	if strings.Join(names, " ") != "livepatch_exit livepatch_init livepatch_cmdline_proc_show" {
+		t.Errorf("functions %v", names)
+	}
+	if n, off, ok := im.FuncAt(pf.NewAddr + 0x13); !ok || n != "livepatch_cmdline_proc_show" || off != 0x13 {
+		t.Errorf("FuncAt: %q+%#x %v", n, off, ok)
+	}
+	if _, _, ok := im.FuncAt(pf.NewAddr + 31); ok {
+		t.Error("FuncAt past the end of the last function")
+	}
+	if _, _, ok := im.FuncAt(testBase - 1); ok {
+		t.Error("FuncAt below the module")
+	}
+}
