@@ -5,7 +5,7 @@ package linuxpatch
 // klp_patch, klp_object, klp_func, klp_callbacks and klp_state with every
 // member at its offset, pointers as void *, integers as they are, and
 // every other member type (kobject, list_head, ...) as a byte array of its
-// size. TestCommittedBTFMatchesKernel rebuilds it from the kernel the
+// size; and struct module by its size alone. TestCommittedBTFMatchesKernel rebuilds it from the kernel the
 // nested tier caches and fails if it differs (KLP_KVM_UPDATE_BTF=1
 // rewrites it).
 
@@ -85,6 +85,15 @@ func minimalBTF(full *btf.Spec) ([]byte, error) {
 		if _, err := b.Add(c); err != nil {
 			return nil, err
 		}
+	}
+	// struct module by its size only: the loader's check of
+	// .gnu.linkonce.this_module.
+	var mod *btf.Struct
+	if err := full.TypeByName("module", &mod); err != nil {
+		return nil, err
+	}
+	if _, err := b.Add(&btf.Struct{Name: "module", Size: mod.Size}); err != nil {
+		return nil, err
 	}
 	return b.Marshal(nil, &btf.MarshalOptions{Order: binary.LittleEndian})
 }
@@ -198,11 +207,12 @@ func TestLayoutFromBTF(t *testing.T) {
 	// Linux 6.1 x86-64 (include/linux/livepatch.h): mod and objs lead
 	// klp_patch; name and funcs lead klp_object; old_name, new_func,
 	// old_sympos lead klp_func. The struct sizes are those of the
-	// sample's patch, objs[2] and funcs[2] symbols (200, 2*168, 2*152).
+	// sample's patch, objs[2] and funcs[2] symbols (200, 2*168, 2*152),
+	// struct module its .gnu.linkonce.this_module (0x380).
 	want := Layout{PatchSize: 200, PatchMod: 0, PatchObjs: 8, PatchStates: 16, PatchReplace: 24,
 		ObjectSize: 168, ObjectName: 0, ObjectFuncs: 8, ObjectCallbacks: [4]uint64{16, 24, 32, 40},
 		FuncSize: 152, FuncOldName: 0, FuncNewFunc: 8, FuncOldSympos: 16,
-		StateSize: 24, StateID: 0, StateVersion: 8}
+		StateSize: 24, StateID: 0, StateVersion: 8, ModuleSize: 0x380}
 	if *l != want {
 		t.Errorf("layout %+v, want %+v", *l, want)
 	}

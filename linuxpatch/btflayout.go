@@ -24,6 +24,10 @@ type Layout struct {
 	FuncSize, FuncOldName, FuncNewFunc, FuncOldSympos uint64
 
 	StateSize, StateID, StateVersion uint64 // StateSize 0 with PatchStates -1
+
+	// ModuleSize is sizeof(struct module), 0 if the BTF lacks it: Linux's
+	// loader refuses a module whose .gnu.linkonce.this_module differs.
+	ModuleSize uint64
 }
 
 // CallbackNames are the klp_callbacks members, in Layout.ObjectCallbacks
@@ -95,6 +99,9 @@ func LayoutFromBTF(spec *btf.Spec) (*Layout, error) {
 		if l.StateSize, err = get("klp_state", []field{{&l.StateID, "id", 8}, {&l.StateVersion, "version", 4}}); err != nil {
 			return nil, err
 		}
+	}
+	if mod, err := structByName(spec, "module"); err == nil {
+		l.ModuleSize = uint64(mod.Size)
 	}
 	for _, c := range []struct {
 		name string

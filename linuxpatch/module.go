@@ -228,6 +228,11 @@ func (m *Module) classify() error {
 			if s.Size > 1<<20 {
 				return errf("parse", ErrRange, "struct module of %d bytes", s.Size).at(s.Name, 0)
 			}
+			// load_module: "section size must match the kernel's built
+			// struct module size at run time".
+			if m.layout.ModuleSize != 0 && s.Size != m.layout.ModuleSize {
+				return errf("parse", ErrVersion, "struct module is %d bytes here, %d in the kernel: built for another kernel or configuration", s.Size, m.layout.ModuleSize).at(s.Name, 0).errno(syscall.ENOEXEC)
+			}
 		}
 		if c != classSkip {
 			a := s.Align

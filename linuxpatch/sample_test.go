@@ -473,3 +473,17 @@ func TestImageFunctions(t *testing.T) {
 		t.Error("FuncAt below the module")
 	}
 }
+
+func TestStructModuleSize(t *testing.T) {
+	// .gnu.linkonce.this_module 8 bytes longer than the kernel's struct
+	// module: built for another configuration, as load_module says.
+	data := append([]byte{}, readKo(t, sampleKo)...)
+	o := mustObj(t, data)
+	h := shdr(data, sectionIndex(t, o, ".gnu.linkonce.this_module"))
+	le.PutUint64(data[h+32:], le.Uint64(data[h+32:])+8)
+	_, err := Parse(data, testSpec(t))
+	var e *Error
+	if !errors.As(err, &e) || !errors.Is(err, ErrVersion) || !errors.Is(err, syscall.ENOEXEC) || e.Section != ".gnu.linkonce.this_module" {
+		t.Errorf("%v", err)
+	}
+}
