@@ -1,8 +1,12 @@
 package linuxpatch
 
 import (
+	"bytes"
 	"errors"
+	"os"
 	"testing"
+
+	"github.com/cilium/ebpf/btf"
 )
 
 // FuzzModule parses and links arbitrary bytes: an *Error or an image,
@@ -41,6 +45,35 @@ func FuzzModule(f *testing.F) {
 		}
 		if total > m.Size() {
 			t.Fatalf("regions of %d bytes, Size %d", total, m.Size())
+		}
+	})
+}
+
+// FuzzLayoutFromBTF: the klp layouts from arbitrary BTF (the guest's own
+// is untrusted) are an *Error or a layout whose fields lie inside their
+// structs, never a panic.
+func FuzzLayoutFromBTF(f *testing.F) {
+	raw, err := os.ReadFile(committedBTF)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(raw)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		spec, err := btf.LoadSpecFromReader(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		l, err := LayoutFromBTF(spec)
+		if err != nil {
+			var e *Error
+			if !errors.As(err, &e) {
+				t.Fatalf("not an *Error: %v", err)
+			}
+			return
+		}
+		if l.PatchMod+8 > l.PatchSize || l.PatchObjs+8 > l.PatchSize || l.PatchReplace >= l.PatchSize ||
+			l.FuncOldSympos+8 > l.FuncSize || l.ObjectFuncs+8 > l.ObjectSize {
+			t.Fatalf("layout outside its structs: %+v", *l)
 		}
 	})
 }

@@ -41,6 +41,9 @@ func (p Prot) String() string {
 	return "Prot(" + strconv.Itoa(int(p)) + ")"
 }
 
+// MarshalText renders a Prot as its String ("r-x") in JSON.
+func (p Prot) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
 // PageSize is the granularity of protections: each region starts on a
 // page of its own.
 const PageSize = 4096

@@ -2,6 +2,7 @@ package linuxpatch
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"strings"
 	"syscall"
@@ -485,5 +486,21 @@ func TestStructModuleSize(t *testing.T) {
 	var e *Error
 	if !errors.As(err, &e) || !errors.Is(err, ErrVersion) || !errors.Is(err, syscall.ENOEXEC) || e.Section != ".gnu.linkonce.this_module" {
 		t.Errorf("%v", err)
+	}
+}
+
+func TestImageJSON(t *testing.T) {
+	im, err := parseSample(t).Link(Config{Base: testBase, Resolve: mapResolver(kernelSyms, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(im)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"prot":"r-x"`, `"old_name":"cmdline_proc_show"`, `"module":"livepatch_sample"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("JSON lacks %s", want)
+		}
 	}
 }
