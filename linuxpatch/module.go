@@ -245,6 +245,16 @@ func (m *Module) classify() error {
 		}
 		m.Sections = append(m.Sections, use)
 	}
+	n := 0
+	for _, c := range m.classes {
+		if c == classThisModule {
+			n++
+		}
+	}
+	if n != 1 {
+		// load_module: "No module found in object".
+		return errf("parse", ErrFormat, "%d .gnu.linkonce.this_module sections, want 1 (the module's struct module)", n).errno(syscall.ENOEXEC)
+	}
 	return nil
 }
 

@@ -504,3 +504,10 @@ func TestImageJSON(t *testing.T) {
 		}
 	}
 }
+
+func TestNoStructModule(t *testing.T) {
+	data := renameSection(t, readKo(t, sampleKo), ".gnu.linkonce.this_module", ".data.this_module")
+	if _, err := Parse(data, testSpec(t)); !errors.Is(err, ErrFormat) || !errors.Is(err, syscall.ENOEXEC) || !strings.Contains(err.Error(), "this_module") {
+		t.Errorf("%v", err)
+	}
+}
