@@ -63,6 +63,13 @@ type Config struct {
 	// KernelRelease, when set, must be the release vermagic names (the
 	// guest's `uname -r`, e.g. "6.1.0-57-amd64", or its linux_banner).
 	KernelRelease string
+	// Loaded, when set, says which module objects the guest has loaded.
+	// As in Linux, the .klp.rela sections of an object that is not loaded
+	// are left unapplied (their places stay zero) and its functions must
+	// not be redirected (ImageObject.Loaded false); Linux would apply them
+	// when the module loads. nil: every object counts as loaded, and the
+	// resolver decides. vmlinux is always loaded.
+	Loaded func(obj string) bool
 }
 
 // Region is a run of placed sections with one protection: Bytes go to
@@ -107,6 +114,8 @@ type ImageSym struct {
 type ImageObject struct {
 	Name string `json:"name"`
 	Addr uint64 `json:"addr"` // its struct klp_object (the callbacks' argument)
+	// Loaded: its .klp.rela sections were applied (Config.Loaded).
+	Loaded bool `json:"loaded"`
 	// Callbacks are the pre_patch, post_patch, pre_unpatch, post_unpatch
 	// functions' addresses (0: none). Linux runs them in the guest; the
 	// caller decides what to do with them.
@@ -375,6 +384,9 @@ func (lk *linker) apply(t int, r relocK) error {
 	if m.fentryRel[relKey{t, r.Offset}] && !klp {
 		return nil // the call becomes a NOP
 	}
+	if klp && !lk.loaded(klpObj) {
+		return nil // applied by Linux when that module loads; here never
+	}
 	var width uint64
 	switch r.Type {
 	case elfpatch.R_X86_64_NONE:
@@ -445,6 +457,10 @@ func (lk *linker) apply(t int, r relocK) error {
 }
 
 const rX86_64_PC64 = 24
+
+func (lk *linker) loaded(obj string) bool {
+	return obj == VmlinuxObject || lk.cfg.Loaded == nil || lk.cfg.Loaded(obj)
+}
 
 // resolve gives a relocation symbol's address S: Linux's simplify_symbols
 // for normal relocations, klp_resolve_symbols for .klp.rela ones.
@@ -562,7 +578,7 @@ func (lk *linker) describe() {
 	at := func(l Loc) uint64 { return lk.addr[l.Section] + l.Offset }
 	im.PatchAddr = at(m.Patch)
 	for _, o := range m.Objects {
-		io := ImageObject{Name: o.Name, Addr: at(o.Loc), Funcs: []PatchFunc{}}
+		io := ImageObject{Name: o.Name, Addr: at(o.Loc), Funcs: []PatchFunc{}, Loaded: lk.loaded(o.Name)}
 		for k, cb := range o.Callbacks {
 			if cb != nil {
 				io.Callbacks[k] = at(*cb)

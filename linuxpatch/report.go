@@ -25,7 +25,11 @@ func (im *Image) Report() string {
 	}
 	b.WriteString("objects:\n")
 	for _, o := range im.Objects {
-		fmt.Fprintf(&b, "  %s (struct klp_object at %#x)\n", o.Name, o.Addr)
+		nl := ""
+		if !o.Loaded {
+			nl = ", not loaded in the guest: its .klp.rela relocations are not applied"
+		}
+		fmt.Fprintf(&b, "  %s (struct klp_object at %#x%s)\n", o.Name, o.Addr, nl)
 		for k, cb := range o.Callbacks {
 			if cb != 0 {
 				fmt.Fprintf(&b, "    callback %s %#x\n", CallbackNames[k], cb)

@@ -1,6 +1,7 @@
 package linuxpatch
 
 import (
+	"bytes"
 	"errors"
 	"slices"
 	"strings"
@@ -165,5 +166,40 @@ func TestTwoPatches(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "klp_two_fops") {
 		t.Errorf("file_operations taken for a klp_patch: %v", err)
+	}
+}
+
+func TestObjectNotLoaded(t *testing.T) {
+	// A .klp.rela.nfsd section while the guest has no nfsd: left
+	// unapplied, as Linux leaves it until nfsd loads; the nfsd object is
+	// marked not loaded. The same module with nfsd "loaded" asks the
+	// resolver, which knows no nfsd.
+	m, err := Parse(staticKlp(t, ".klp.sym.nfsd.nfsd_show,1", "nfsd"), testSpec(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls []call
+	im, err := m.Link(Config{Base: testBase, Resolve: mapResolver(kernelSyms, &calls), Loaded: func(obj string) bool { return obj != "nfsd" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range calls {
+		if c.obj == "nfsd" {
+			t.Errorf("resolved %+v of an object that is not loaded", c)
+		}
+	}
+	if !im.Objects[0].Loaded || im.Objects[1].Loaded || im.Objects[1].Name != "nfsd" {
+		t.Errorf("objects %+v", im.Objects)
+	}
+	// The jmp's rel32 stays zero (never run: nfsd's functions are not
+	// redirected).
+	if b := readImage(t, im, im.Objects[0].Funcs[0].NewAddr+0x22, 4); !bytes.Equal(b, []byte{0, 0, 0, 0}) {
+		t.Errorf("unapplied relocation holds % x", b)
+	}
+	if !strings.Contains(im.Report(), "nfsd (struct klp_object at") || !strings.Contains(im.Report(), "not loaded in the guest") {
+		t.Errorf("report:\n%s", im.Report())
+	}
+	if _, err := m.Link(Config{Base: testBase, Resolve: mapResolver(kernelSyms, nil), Loaded: func(string) bool { return true }}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("nfsd loaded: %v", err)
 	}
 }
