@@ -38,7 +38,8 @@ type Module struct {
 	obj    *elfpatch.ObjectFile
 	layout *Layout
 
-	// Name is the module's name (modinfo "name", else the file's).
+	// Name is the module's name, modinfo "name" (modpost writes it; the
+	// guest's livepatch would call the patch that).
 	Name string
 	// Vermagic is modinfo "vermagic": the kernel release it was built for,
 	// then its build features ("6.1.0-57-amd64 SMP preempt mod_unload
@@ -298,6 +299,9 @@ func (m *Module) readModinfo() error {
 	m.Name, _ = m.Info("name")
 	if lp, _ := m.Info("livepatch"); lp != "Y" {
 		return errf("modinfo", ErrFormat, "no MODULE_INFO(livepatch, \"Y\"): not a livepatch module").errno(syscall.EINVAL)
+	}
+	if m.Name == "" || len(m.Name) >= moduleNameLn || strings.ContainsAny(m.Name, "/ ") {
+		return errf("modinfo", ErrFormat, "module name %q: want modpost's name=, 1..%d characters", m.Name, moduleNameLn-1).errno(syscall.ENOEXEC)
 	}
 	if m.Vermagic == "" {
 		return errf("modinfo", ErrFormat, "no vermagic").errno(syscall.ENOEXEC)
