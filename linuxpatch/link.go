@@ -63,6 +63,11 @@ type Config struct {
 	// KernelRelease, when set, must be the release vermagic names (the
 	// guest's `uname -r`, e.g. "6.1.0-57-amd64", or its linux_banner).
 	KernelRelease string
+	// Exported, when set, is the kernel's export table: a plain undefined
+	// symbol must be in it, as Linux's loader resolves those among
+	// exports only (a module reaches other symbols through .klp.sym).
+	// VmlinuxExports reads it from kallsyms.
+	Exported func(name string) bool
 	// Loaded, when set, says which module objects the guest has loaded.
 	// As in Linux, the .klp.rela sections of an object that is not loaded
 	// are left unapplied (their places stay zero) and its functions must
@@ -522,6 +527,13 @@ func (lk *linker) resolveUncached(idx int, klp bool, secObj string) resolvedSym 
 	}
 	if strings.HasPrefix(s.Name, ".klp.sym.") {
 		return bad(ErrSymbol, "undefined .klp.sym symbol used outside a .klp.rela section")
+	}
+	if lk.cfg.Exported != nil && !lk.cfg.Exported(s.Name) {
+		if s.Bind == elfpatch.BindWeak {
+			return resolvedSym{v: 0, source: "weak"}
+		}
+		return resolvedSym{err: &Error{Op: "relocate", Kind: ErrSymbol, Errno: syscall.ENOENT,
+			Detail: "not exported by the kernel: Linux's loader would refuse it (a .klp.sym relocation reaches unexported symbols)"}}
 	}
 	v, err := lk.cfg.Resolve(VmlinuxObject, s.Name, 0)
 	if err != nil {

@@ -13,10 +13,9 @@ import (
 // address count as one). Other objects are not found: the guest's
 // modules are not in its core kallsyms.
 //
-// A plain undefined symbol goes through the same rule with sympos 0.
-// Linux's loader would look it up among the exported symbols only; a
-// module that uses an unexported kernel symbol without a .klp.sym
-// relocation is accepted here (kallsyms does not say what is exported).
+// A plain undefined symbol goes through the same rule with sympos 0;
+// Config.Exported (VmlinuxExports) adds Linux's rule that it must be
+// exported.
 func VmlinuxResolver(syms *linuxkernel.Symbols) Resolver {
 	return func(obj, name string, sympos int) (uint64, error) {
 		if obj != VmlinuxObject {
@@ -41,5 +40,15 @@ func VmlinuxResolver(syms *linuxkernel.Symbols) Resolver {
 			}
 		}
 		return list[0].Addr, nil
+	}
+}
+
+// VmlinuxExports is the kernel's export table as kallsyms shows it:
+// EXPORT_SYMBOL(x) leaves the kernel_symbol entry __ksymtab_x (Debian
+// 6.1's kallsyms has them, e.g. "r __ksymtab_seq_printf"). For
+// Config.Exported.
+func VmlinuxExports(syms *linuxkernel.Symbols) func(name string) bool {
+	return func(name string) bool {
+		return syms != nil && len(syms.Lookup("__ksymtab_"+name)) > 0
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/arch/x86/x86asm"
+
+	"klp-kvm/linuxkernel"
 )
 
 // staticKlp is klp-static.ko with its call to the static
@@ -201,5 +203,42 @@ func TestObjectNotLoaded(t *testing.T) {
 	}
 	if _, err := m.Link(Config{Base: testBase, Resolve: mapResolver(kernelSyms, nil), Loaded: func(string) bool { return true }}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("nfsd loaded: %v", err)
+	}
+}
+
+func TestExported(t *testing.T) {
+	// The kernel's kallsyms as Debian 6.1 shows it: exported functions
+	// have a __ksymtab_ entry, static ones (cmdline_proc_show) do not.
+	var list []linuxkernel.Symbol
+	for k, v := range kernelSyms {
+		list = append(list, linuxkernel.Symbol{Name: k, Addr: v, Type: 'T'})
+		if k != "cmdline_proc_show" {
+			list = append(list, linuxkernel.Symbol{Name: "__ksymtab_" + k, Addr: 0xffffffff82400000 + v&0xfff0, Type: 'r'})
+		}
+	}
+	syms := linuxkernel.NewSymbols(list)
+	cfg := Config{Base: testBase, Resolve: VmlinuxResolver(syms), Exported: VmlinuxExports(syms)}
+	// The sample uses exported symbols only.
+	if _, err := parseSample(t).Link(cfg); err != nil {
+		t.Errorf("sample: %v", err)
+	}
+	// klp-static as built calls the static cmdline_proc_show through a
+	// plain relocation: Linux's loader would refuse it.
+	m, err := Parse(readKo(t, staticKo), testSpec(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Link(cfg)
+	var e *Error
+	if !errors.As(err, &e) || !errors.Is(err, ErrSymbol) || e.Symbol != "cmdline_proc_show" || e.Offset != 0xb2 || !strings.Contains(err.Error(), "not exported") {
+		t.Errorf("plain static: %v", err)
+	}
+	// Rewritten as kpatch-build does, it links.
+	m, err = Parse(staticKlp(t, ".klp.sym.vmlinux.cmdline_proc_show,1", VmlinuxObject), testSpec(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Link(cfg); err != nil {
+		t.Errorf(".klp.sym: %v", err)
 	}
 }
