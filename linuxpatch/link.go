@@ -68,6 +68,13 @@ type Config struct {
 	// exports only (a module reaches other symbols through .klp.sym).
 	// VmlinuxExports reads it from kallsyms.
 	Exported func(name string) bool
+	// ReturnThunk, when set, is the return thunk the guest kernel chose
+	// (the value of its x86_return_thunk, where the retbleed/SRSO
+	// mitigations put e.g. srso_return_thunk): the module's
+	// "jmp __x86_return_thunk" returns jump there instead, as
+	// apply_returns would make them. 0: __x86_return_thunk as built (a
+	// plain return in 6.1, valid, but without the CPU's mitigation).
+	ReturnThunk uint64
 	// Loaded, when set, says which module objects the guest has loaded.
 	// As in Linux, the .klp.rela sections of an object that is not loaded
 	// are left unapplied (their places stay zero) and its functions must
@@ -527,6 +534,9 @@ func (lk *linker) resolveUncached(idx int, klp bool, secObj string) resolvedSym 
 	}
 	if strings.HasPrefix(s.Name, ".klp.sym.") {
 		return bad(ErrSymbol, "undefined .klp.sym symbol used outside a .klp.rela section")
+	}
+	if s.Name == "__x86_return_thunk" && lk.cfg.ReturnThunk != 0 {
+		return resolvedSym{v: lk.cfg.ReturnThunk, source: VmlinuxObject}
 	}
 	if lk.cfg.Exported != nil && !lk.cfg.Exported(s.Name) {
 		if s.Bind == elfpatch.BindWeak {

@@ -511,3 +511,31 @@ func TestNoStructModule(t *testing.T) {
 		t.Errorf("%v", err)
 	}
 }
+
+func TestReturnThunk(t *testing.T) {
+	// The guest chose another return thunk (e.g. srso_return_thunk):
+	// every return of the module jumps there.
+	const srso = 0xffffffff81e00400
+	im, err := parseSample(t).Link(Config{Base: testBase, Resolve: mapResolver(kernelSyms, nil), ReturnThunk: srso})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range im.Relocs {
+		if r.Symbol == "__x86_return_thunk" {
+			n++
+			if r.Target != srso {
+				t.Errorf("%s+%#x jumps to %#x", r.Section, r.Offset, r.Target)
+			}
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d returns, want 2 (.return_sites has 2)", n)
+	}
+	// The new function's last instruction: jmp rel32 to the thunk.
+	fn := im.Funcs[0].NewAddr
+	b := readImage(t, im, fn+0x1a, 5)
+	if b[0] != 0xe9 || fn+0x1f+uint64(int64(int32(le.Uint32(b[1:])))) != srso {
+		t.Errorf("return: % x", b)
+	}
+}
