@@ -117,10 +117,15 @@ func testSpec(t testing.TB) *btf.Spec {
 // filter is not in Go's xz packages), or a skip.
 func kernelBTF(t testing.TB) []byte {
 	t.Helper()
+	// Where test/nested/prepare.sh caches it.
 	dir := os.Getenv("KLP_KVM_NESTED_CACHE")
 	if dir == "" {
-		home, _ := os.UserHomeDir()
-		dir = filepath.Join(home, ".cache", "klp-kvm", "nested")
+		xdg := os.Getenv("XDG_CACHE_HOME")
+		if xdg == "" {
+			home, _ := os.UserHomeDir()
+			xdg = filepath.Join(home, ".cache")
+		}
+		dir = filepath.Join(xdg, "klp-kvm", "nested")
 	}
 	bz, err := os.ReadFile(filepath.Join(dir, "current", "vmlinuz"))
 	if err != nil {
