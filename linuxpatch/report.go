@@ -59,3 +59,35 @@ func (im *Image) Report() string {
 	}
 	return b.String()
 }
+
+// Report is the module in words before it is placed: what it patches,
+// where its klp structures are, and what becomes of each section.
+func (m *Module) Report() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "module %s, vermagic %s\n", m.Name, strings.TrimSpace(m.Vermagic))
+	fmt.Fprintf(&b, "struct klp_patch at %s, replace %v\n", m.Patch, m.Replace)
+	for _, o := range m.Objects {
+		fmt.Fprintf(&b, "object %s (struct klp_object at %s)\n", o.Name, o.Loc)
+		for k, cb := range o.Callbacks {
+			if cb != nil {
+				fmt.Fprintf(&b, "  callback %s %s\n", CallbackNames[k], cb)
+			}
+		}
+		for _, f := range o.Funcs {
+			fmt.Fprintf(&b, "  %s,%d -> %s (%d bytes)\n", f.OldName, f.OldSympos, f.NewFunc, f.NewSize)
+		}
+	}
+	for _, s := range m.States {
+		fmt.Fprintf(&b, "state id %d version %d\n", s.ID, s.Version)
+	}
+	fmt.Fprintf(&b, "fentry calls to make NOPs: %d; size when placed: %#x\n", len(m.fentry), m.Size())
+	b.WriteString("sections:\n")
+	for _, s := range m.Sections {
+		why := ""
+		if s.Why != "" {
+			why = ": " + s.Why
+		}
+		fmt.Fprintf(&b, "  %-8s %s (%d bytes)%s\n", s.Use, s.Name, s.Size, why)
+	}
+	return b.String()
+}

@@ -242,3 +242,27 @@ func TestExported(t *testing.T) {
 		t.Errorf(".klp.sym: %v", err)
 	}
 }
+
+func TestModuleReport(t *testing.T) {
+	m, err := Parse(staticKlp(t, ".klp.sym.vmlinux.cmdline_proc_show,1", VmlinuxObject), testSpec(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := m.Report()
+	for _, want := range []string{
+		"module klp_static, vermagic 6.1.0-57-amd64",
+		"struct klp_patch at patch (.data+",
+		"replace true",
+		"object nfsd",
+		"callback pre_patch pre_patch (.text+",
+		"loadavg_proc_show,1 -> livepatch_loadavg_proc_show (.text+0x70) (24 bytes)",
+		"state id 1 version 2",
+		"fentry calls to make NOPs: 7",
+		"zeroed   .gnu.linkonce.this_module (896 bytes)",
+		"skipped  .return_sites",
+	} {
+		if !strings.Contains(rep, want) {
+			t.Errorf("report lacks %q:\n%s", want, rep)
+		}
+	}
+}
