@@ -75,6 +75,13 @@ type Config struct {
 	// apply_returns would make them. 0: __x86_return_thunk as built (a
 	// plain return in 6.1, valid, but without the CPU's mitigation).
 	ReturnThunk uint64
+	// PlainReturns: the guest kernel runs without X86_FEATURE_RETHUNK
+	// (its CPU needs no return thunk, e.g. /sys/devices/system/cpu/
+	// vulnerabilities/retbleed and spec_rstack_overflow say "Not
+	// affected"): each return listed in .return_sites becomes
+	// "ret; int3; int3; int3; int3", as apply_returns makes it. Not with
+	// ReturnThunk.
+	PlainReturns bool
 	// Loaded, when set, says which module objects the guest has loaded.
 	// As in Linux, the .klp.rela sections of an object that is not loaded
 	// are left unapplied (their places stay zero) and its functions must
@@ -281,6 +288,9 @@ func (m *Module) Link(cfg Config) (*Image, error) {
 	if cfg.Resolve == nil {
 		return nil, errf("link", ErrSymbol, "no resolver")
 	}
+	if cfg.PlainReturns && cfg.ReturnThunk != 0 {
+		return nil, errf("link", ErrRange, "PlainReturns and ReturnThunk both set: a kernel either has a return thunk or not")
+	}
 	if err := m.CheckRelease(cfg.KernelRelease); err != nil {
 		return nil, err
 	}
@@ -293,6 +303,11 @@ func (m *Module) Link(cfg Config) (*Image, error) {
 		return nil, err
 	}
 	lk.nopFentry()
+	if cfg.PlainReturns {
+		for _, r := range m.returns {
+			copy(lk.bytes[r.Section][r.Offset:], []byte{0xc3, 0xcc, 0xcc, 0xcc, 0xcc})
+		}
+	}
 	lk.describe()
 	return lk.im, nil
 }
@@ -392,6 +407,9 @@ func (lk *linker) apply(t int, r relocK) error {
 	klpObj, klp := m.isKlpRela[r.RelaSection]
 	fail := func(kind error, format string, args ...any) error {
 		return errf("relocate", kind, format, args...).at(secName, r.Offset).sym(name).errno(syscall.ENOEXEC)
+	}
+	if lk.cfg.PlainReturns && m.returnRel[relKey{t, r.Offset}] && !klp {
+		return nil // the jmp becomes a ret
 	}
 	if m.fentryRel[relKey{t, r.Offset}] && !klp {
 		return nil // the call becomes a NOP

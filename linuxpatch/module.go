@@ -63,6 +63,8 @@ type Module struct {
 	classes   []class
 	fentry    []Loc             // call __fentry__ sites in placed code
 	fentryRel map[relKey]bool   // the relocations those NOPs replace
+	returns   []Loc             // jmp __x86_return_thunk sites in placed code (.return_sites)
+	returnRel map[relKey]bool   // their relocations
 	isKlpRela map[int]string    // .klp.rela section index -> its object
 	normal    map[int][]relocK  // per target section, normal relocations (not .klp.rela)
 	names     map[relKey]string // symbols by the place they start
@@ -140,7 +142,7 @@ func Parse(data []byte, spec *btf.Spec) (*Module, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Module{obj: obj, layout: layout, fentryRel: map[relKey]bool{}, isKlpRela: map[int]string{}, normal: map[int][]relocK{}}
+	m := &Module{obj: obj, layout: layout, fentryRel: map[relKey]bool{}, returnRel: map[relKey]bool{}, isKlpRela: map[int]string{}, normal: map[int][]relocK{}}
 	m.indexSymbols()
 	if err := m.classify(); err != nil {
 		return nil, err
@@ -152,6 +154,9 @@ func Parse(data []byte, spec *btf.Spec) (*Module, error) {
 		return nil, err
 	}
 	if err := m.findFentry(); err != nil {
+		return nil, err
+	}
+	if err := m.findReturns(); err != nil {
 		return nil, err
 	}
 	if err := m.findPatch(); err != nil {
@@ -520,4 +525,55 @@ func (m *Module) Layout() Layout { return *m.layout }
 func le64(b []byte) uint64 {
 	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
 		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+}
+
+// findReturns reads .return_sites: each entry (an R_X86_64_PC32 to the
+// site) must be a "jmp __x86_return_thunk" in code, which Link leaves as
+// built, points at Config.ReturnThunk or makes a plain return
+// (Config.PlainReturns), as apply_returns would.
+func (m *Module) findReturns() error {
+	syms := m.obj.Symbols()
+	secs := m.obj.Sections()
+	for i := range secs {
+		if secs[i].Name != ".return_sites" {
+			continue
+		}
+		if secs[i].Size%4 != 0 {
+			return errf("returns", ErrFormat, "size %#x is not a multiple of 4", secs[i].Size).at(".return_sites", 0)
+		}
+		for off := uint64(0); off+4 <= secs[i].Size; off += 4 {
+			r, err := m.normalAt(i, off)
+			if err != nil {
+				return err
+			}
+			if r == nil || r.Type != elfpatch.R_X86_64_PC32 {
+				return errf("returns", ErrFormat, "entry is not an R_X86_64_PC32 relocation").at(".return_sites", off)
+			}
+			s := &syms[r.Symbol]
+			if s.Section <= 0 || s.Section >= len(secs) {
+				return errf("returns", ErrFormat, "entry points outside the module").at(".return_sites", off).sym(m.symName(r.Symbol))
+			}
+			sec, site := s.Section, s.Value+uint64(r.Addend)
+			if !m.placed(sec) {
+				continue // init or exit code
+			}
+			code := m.obj.SectionData(sec)
+			if m.classes[sec] != classText || site > uint64(len(code)) || uint64(len(code))-site < 5 || code[site] != 0xe9 {
+				return errf("returns", ErrFormat, ".return_sites+%#x: not a 5-byte jmp in the module's code", off).at(m.secName(sec), site)
+			}
+			jr, err := m.normalAt(sec, site+1)
+			if err != nil {
+				return err
+			}
+			if jr == nil || (jr.Type != elfpatch.R_X86_64_PLT32 && jr.Type != elfpatch.R_X86_64_PC32) || jr.Addend != -4 ||
+				syms[jr.Symbol].Name != "__x86_return_thunk" || syms[jr.Symbol].Section != shnUndef {
+				return errf("returns", ErrFormat, ".return_sites+%#x: the jmp is not relocated against __x86_return_thunk", off).at(m.secName(sec), site)
+			}
+			if k := (relKey{sec, site + 1}); !m.returnRel[k] {
+				m.returnRel[k] = true
+				m.returns = append(m.returns, Loc{Section: sec, SectionName: m.secName(sec), Offset: site})
+			}
+		}
+	}
+	return nil
 }

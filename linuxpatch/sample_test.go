@@ -539,3 +539,24 @@ func TestReturnThunk(t *testing.T) {
 		t.Errorf("return: % x", b)
 	}
 }
+
+func TestPlainReturns(t *testing.T) {
+	// A CPU that needs no return thunk: apply_returns makes each
+	// "jmp __x86_return_thunk" a "ret; int3 x4"; so does PlainReturns.
+	im, err := parseSample(t).Link(Config{Base: testBase, Resolve: mapResolver(kernelSyms, nil), PlainReturns: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn := im.Funcs[0].NewAddr
+	if b := readImage(t, im, fn+0x1a, 5); !bytes.Equal(b, []byte{0xc3, 0xcc, 0xcc, 0xcc, 0xcc}) {
+		t.Errorf("return: % x", b)
+	}
+	for _, r := range im.Relocs {
+		if r.Symbol == "__x86_return_thunk" {
+			t.Errorf("return thunk relocated at %s+%#x", r.Section, r.Offset)
+		}
+	}
+	if _, err := parseSample(t).Link(Config{Base: testBase, Resolve: mapResolver(kernelSyms, nil), PlainReturns: true, ReturnThunk: 1}); !errors.Is(err, ErrRange) {
+		t.Errorf("both: %v", err)
+	}
+}

@@ -27,7 +27,7 @@ var skipSections = map[string]string{
 	".modinfo":          "module metadata, read by the host (name, vermagic, livepatch=Y); Linux's loader drops it from memory too",
 	"__versions":        "modversions CRCs; Linux's loader drops it from memory; klp-kvm checks vermagic's release and links against the live kernel's own symbols instead",
 	"__mcount_loc":      "fentry call sites: each one is made a 5-byte NOP here, as ftrace_module_init would in the guest, so the new code never calls into the guest's ftrace",
-	".return_sites":     "'jmp __x86_return_thunk' as built is a valid return; apply_returns only swaps in the CPU's preferred return thunk (Config.ReturnThunk does that here)",
+	".return_sites":     "read, not loaded: its returns stay 'jmp __x86_return_thunk' (valid as built), or jump to Config.ReturnThunk, or become 'ret' (Config.PlainReturns), as apply_returns would make them",
 	".retpoline_sites":  "calls through __x86_indirect_thunk_* as built are valid; apply_retpolines only turns them into plainer indirect calls",
 	".parainstructions": "paravirt sites as built call through pv_ops, which is valid on any platform; apply_paravirt only inlines them",
 	".smp_locks":        "LOCK prefixes as built are correct on SMP and UP alike; the list only lets a UP kernel drop them",
