@@ -23,6 +23,10 @@ type ObjectReloc struct {
 	Type   uint32
 	Symbol int // index into Symbols()
 	Addend int64
+	// RelaSection is the SHT_RELA section the entry came from: a target
+	// can have several (Linux's .rela.text and .klp.rela.vmlinux.text),
+	// which a module loader applies at different times.
+	RelaSection int
 }
 
 // ParseObjectFile parses a relocatable object held in data (kept by the
@@ -68,7 +72,7 @@ func ParseObjectFile(data []byte) (*ObjectFile, error) {
 				return nil, &Error{Op: f.op, Section: target.Name, Offset: r.Off,
 					Err: kindf(ErrFormat, "relocation from %s beyond the end of its section (%#x bytes)", s.Name, target.Size)}
 			}
-			o.relocs[int(s.Info)] = append(o.relocs[int(s.Info)], ObjectReloc{Offset: r.Off, Type: uint32(r.Info), Symbol: int(sym), Addend: r.Addend})
+			o.relocs[int(s.Info)] = append(o.relocs[int(s.Info)], ObjectReloc{Offset: r.Off, Type: uint32(r.Info), Symbol: int(sym), Addend: r.Addend, RelaSection: i})
 		}
 	}
 	for t, list := range o.relocs {
