@@ -42,6 +42,12 @@ const (
 	// LinuxDefaultMemMiB holds Debian's kernel (its init_size is ~64 MiB
 	// above 16 MiB) plus a modest initramfs, unpacked.
 	LinuxDefaultMemMiB = 512
+	// LinuxDefaultPatchAreaMiB is the RAM at the top of a Linux guest's
+	// memory that the guest does not own (Config.PatchAreaMiB): the e820
+	// map calls it reserved, so Linux neither allocates nor direct-maps
+	// it, and the host puts live patches and their page-table pages
+	// there (package linuxlive). 16 MiB holds hundreds of small patches.
+	LinuxDefaultPatchAreaMiB = 16
 
 	linuxSelCode = 0x10 // __BOOT_CS
 	linuxSelData = 0x18 // __BOOT_DS
@@ -75,13 +81,21 @@ type linuxPlan struct {
 	initrd     uint64 // 0 without one
 	initrdSize uint64
 	cmdline    []byte // NUL-terminated
+	patchArea  uint64 // start of the host's patch area (its end is the end of RAM)
 	e820       []bzimage.E820Entry
 	zeroPage   [bzimage.ZeroPageSize]byte
 }
 
-func planLinux(img *bzimage.Image, ramSize uint64, cmdline string, initrdSize uint64) (*linuxPlan, error) {
+func planLinux(img *bzimage.Image, ramSize, patchArea uint64, cmdline string, initrdSize uint64) (*linuxPlan, error) {
 	const op = "boot linux"
 	p := &linuxPlan{img: img, initrdSize: initrdSize}
+	if patchArea%(2<<20) != 0 || patchArea > ramSize/4 {
+		return nil, errorf(op, ErrConfig, "patch area of %#x bytes: want a multiple of 2 MiB, at most a quarter of RAM", patchArea)
+	}
+	// The guest's RAM ends where the host's patch area starts; 2 MiB
+	// aligned, so Linux's direct map of its RAM never reaches into it.
+	guestRAM := ramSize - patchArea
+	p.patchArea = guestRAM
 	max := uint64(img.Header.CmdlineSize)
 	if max > linuxCmdMax-1 {
 		max = linuxCmdMax - 1
@@ -92,12 +106,12 @@ func planLinux(img *bzimage.Image, ramSize uint64, cmdline string, initrdSize ui
 	p.cmdline = append([]byte(cmdline), 0)
 	p.load = img.LoadAddr(linuxHighRAM)
 	kend := p.load + uint64(img.Header.InitSize)
-	if p.load < linuxHighRAM || kend > ramSize {
-		return nil, errorf(op, ErrConfig, "the kernel needs %#x-%#x (init_size %d MiB at %#x) inside the %d MiB of RAM",
-			p.load, kend, img.Header.InitSize>>20, p.load, ramSize>>20)
+	if p.load < linuxHighRAM || kend > guestRAM {
+		return nil, errorf(op, ErrConfig, "the kernel needs %#x-%#x (init_size %d MiB at %#x) inside the %d MiB of guest RAM",
+			p.load, kend, img.Header.InitSize>>20, p.load, guestRAM>>20)
 	}
 	if initrdSize > 0 {
-		top := ramSize
+		top := guestRAM
 		if lim := uint64(img.Header.InitrdAddrMax) + 1; lim < top {
 			top = lim
 		}
@@ -113,7 +127,10 @@ func planLinux(img *bzimage.Image, ramSize uint64, cmdline string, initrdSize ui
 	p.e820 = []bzimage.E820Entry{
 		{Addr: 0, Size: linuxLowRAMEnd, Type: bzimage.E820RAM},
 		{Addr: linuxLowRAMEnd, Size: linuxHighRAM - linuxLowRAMEnd, Type: bzimage.E820Reserved},
-		{Addr: linuxHighRAM, Size: ramSize - linuxHighRAM, Type: bzimage.E820RAM},
+		{Addr: linuxHighRAM, Size: guestRAM - linuxHighRAM, Type: bzimage.E820RAM},
+	}
+	if patchArea > 0 {
+		p.e820 = append(p.e820, bzimage.E820Entry{Addr: guestRAM, Size: patchArea, Type: bzimage.E820Reserved})
 	}
 	zp, err := img.ZeroPage(bzimage.BootParams{CmdLinePtr: linuxCmdline, RamdiskImage: p.initrd, RamdiskSize: initrdSize, E820: p.e820})
 	if err != nil {
@@ -201,14 +218,20 @@ func newLinux(cfg Config) (*Machine, error) {
 	if cfg.Cmdline == "" {
 		cfg.Cmdline = DefaultLinuxCmdline
 	}
+	if cfg.PatchAreaMiB == 0 {
+		cfg.PatchAreaMiB = LinuxDefaultPatchAreaMiB
+	}
 	switch {
 	case cfg.CPUs < 1 || cfg.CPUs > 64:
 		return nil, errorf(op, ErrConfig, "%d vCPUs: want 1..64", cfg.CPUs)
 	case cfg.MemMiB < 64 || uint64(cfg.MemMiB)<<20 > LinuxMaxRAM:
 		return nil, errorf(op, ErrConfig, "%d MiB of RAM for a Linux guest: want 64..%d (RAM must end below the PCI hole)", cfg.MemMiB, LinuxMaxRAM>>20)
 	}
+	if cfg.PatchAreaMiB < 0 {
+		cfg.PatchAreaMiB = 0 // none: the whole RAM is the guest's
+	}
 	size := uint64(cfg.MemMiB) << 20
-	plan, err := planLinux(img, size, cfg.Cmdline, uint64(len(cfg.Initrd)))
+	plan, err := planLinux(img, size, uint64(cfg.PatchAreaMiB)<<20, cfg.Cmdline, uint64(len(cfg.Initrd)))
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +240,7 @@ func newLinux(cfg Config) (*Machine, error) {
 		return nil, err
 	}
 	m := &Machine{cfg: cfg, ram: ram, layout: Layout{RAMSize: size, CR3: linuxPML4}, doneCh: make(chan struct{}), ranCh: make(chan struct{}),
-		linux: &linuxInfo{version: img.Version}}
+		linux: &linuxInfo{version: img.Version, patchArea: plan.patchArea}}
 	fail := func(err error) (*Machine, error) {
 		m.Close()
 		return nil, err
@@ -278,7 +301,8 @@ func wireIRQ(u *UART, pc engine.PCPlatform, irq int, errs *countErr) {
 
 // linuxInfo is what a Linux-guest machine knows about its kernel.
 type linuxInfo struct {
-	version string
+	version   string
+	patchArea uint64 // guest-physical start of the patch area (to the end of RAM)
 	irqErrs countErr // failed KVM_IRQ_LINE calls (none expected)
 }
 
@@ -293,3 +317,15 @@ func (m *Machine) LinuxVersion() string {
 
 // IsLinux reports whether the machine boots a Linux bzImage.
 func (m *Machine) IsLinux() bool { return m.linux != nil }
+
+// LinuxPatchArea is the guest-physical range [base, base+size) at the top
+// of a Linux guest's RAM that its e820 map leaves out (reserved): the
+// memslot covers it, so the host reads and writes it, but Linux never
+// allocates or direct-maps it. Size 0 for klp-kvm's own kernel, or when
+// Config.PatchAreaMiB was negative.
+func (m *Machine) LinuxPatchArea() (base, size uint64) {
+	if m.linux == nil {
+		return 0, 0
+	}
+	return m.linux.patchArea, m.layout.RAMSize - m.linux.patchArea
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -37,7 +38,7 @@ func TestPlanLinux(t *testing.T) {
 		t.Fatal(err)
 	}
 	const ram = 512 << 20
-	p, err := planLinux(img, ram, "console=ttyS0", 0x123456)
+	p, err := planLinux(img, ram, 0, "console=ttyS0", 0x123456)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +67,7 @@ func TestPlanLinux(t *testing.T) {
 
 	// The initrd goes under initrd_addr_max when RAM reaches above it.
 	img.Header.InitrdAddrMax = 0x0fffffff
-	if p, err = planLinux(img, ram, "x", 0x1000); err != nil || p.initrd != 0x0ffff000 {
+	if p, err = planLinux(img, ram, 0, "x", 0x1000); err != nil || p.initrd != 0x0ffff000 {
 		t.Errorf("initrd under initrd_addr_max: %#x, %v", p.initrd, err)
 	}
 	img.Header.InitrdAddrMax = 0x7fffffff
@@ -74,16 +75,58 @@ func TestPlanLinux(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		ram     uint64
+		patch   uint64
 		cmdline string
 		initrd  uint64
 	}{
-		{"kernel beyond RAM", 64 << 20, "x", 0},
-		{"initrd over the kernel", 128 << 20, "x", 100 << 20},
-		{"long cmdline", ram, string(make([]byte, 2048)), 0},
+		{"kernel beyond RAM", 64 << 20, 0, "x", 0},
+		{"initrd over the kernel", 128 << 20, 0, "x", 100 << 20},
+		{"long cmdline", ram, 0, string(make([]byte, 2048)), 0},
+		{"patch area not 2 MiB aligned", ram, 3 << 20, "x", 0},
+		{"patch area over a quarter of RAM", ram, 130 << 20, "x", 0},
+		{"kernel in the patch area", 96 << 20, 24 << 20, "x", 0},
 	} {
-		if _, err := planLinux(img, c.ram, c.cmdline, c.initrd); !errors.Is(err, ErrConfig) {
+		if _, err := planLinux(img, c.ram, c.patch, c.cmdline, c.initrd); !errors.Is(err, ErrConfig) {
 			t.Errorf("%s: %v, want ErrConfig", c.name, err)
 		}
+	}
+}
+
+// TestPlanLinuxPatchArea: the patch area is the top of RAM, reserved in
+// the e820 map (the guest never allocates or direct-maps it), and the
+// initrd goes below it.
+func TestPlanLinuxPatchArea(t *testing.T) {
+	img, err := bzimage.Parse(fakeBzImage(0x10000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ram, area = 512 << 20, 16 << 20
+	p, err := planLinux(img, ram, area, "x", 0x5000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.patchArea != ram-area {
+		t.Errorf("patch area at %#x, want %#x", p.patchArea, ram-area)
+	}
+	want := []bzimage.E820Entry{{Addr: 0, Size: 0x9fc00, Type: 1}, {Addr: 0x9fc00, Size: 0x60400, Type: 2},
+		{Addr: 0x100000, Size: ram - area - 0x100000, Type: 1}, {Addr: ram - area, Size: area, Type: 2}}
+	if fmt.Sprint(p.e820) != fmt.Sprint(want) {
+		t.Errorf("e820 %+v, want %+v", p.e820, want)
+	}
+	for _, e := range p.e820 {
+		if e.Type == bzimage.E820RAM && e.Addr+e.Size > ram-area {
+			t.Errorf("RAM entry %+v reaches into the patch area", e)
+		}
+	}
+	if p.initrd+0x5000 > ram-area || ram-area-(p.initrd+0x5000) >= 4096 {
+		t.Errorf("initrd at %#x: want page-aligned just below the patch area %#x", p.initrd, ram-area)
+	}
+	if le := binary.LittleEndian; le.Uint32(p.zeroPage[0x218:]) != uint32(p.initrd) {
+		t.Errorf("zero page ramdisk_image %#x, want %#x", le.Uint32(p.zeroPage[0x218:]), p.initrd)
+	}
+	// The zero page's e820 table is what Linux reads: count and last entry.
+	if n := p.zeroPage[0x1e8]; n != 4 {
+		t.Errorf("e820_entries %d, want 4", n)
 	}
 }
 
@@ -94,7 +137,7 @@ func TestLinuxWrite(t *testing.T) {
 	}
 	ram := make([]byte, 128<<20)
 	initrd := bytes.Repeat([]byte{0xa5}, 5000)
-	p, err := planLinux(img, uint64(len(ram)), "quiet", uint64(len(initrd)))
+	p, err := planLinux(img, uint64(len(ram)), 0, "quiet", uint64(len(initrd)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ type Config struct {
 	Engine        engine.Engine
 	CPUs          int           // default 1
 	MemMiB        int           // default 128
-	PatchAreaMiB  int           // default layout.DefaultPatchAreaSize; reserved at the top of RAM
+	PatchAreaMiB  int           // default layout.DefaultPatchAreaSize (a Linux guest: LinuxDefaultPatchAreaMiB, negative for none); reserved at the top of RAM
 	Kernel        []byte        // ELF64 x86-64 image
 	Cmdline       string        // copied into boot_info
 	Console       io.Writer     // COM1 output; nil discards
