@@ -72,6 +72,19 @@ const MaxPatchName = 63
 // MaxFileName caps PatchRequest.Name (a file name, NAME_MAX).
 const MaxFileName = 255
 
+// Patcher is what the livepatch routes drive: *livepatch.Manager for
+// klp-kvm's own kernel, linuxlive.Manager for a Linux guest. Its errors
+// carry a Linux errno (klperr), which the routes answer with.
+type Patcher interface {
+	Register(data []byte, nameHint string) (*livepatch.Patch, error)
+	Load(data []byte, nameHint string, o livepatch.Options) (*livepatch.Patch, *livepatch.Result, error)
+	Enable(name string, o livepatch.Options) (*livepatch.Result, error)
+	Disable(name string, o livepatch.Options) (*livepatch.Result, error)
+	Unload(name string, o livepatch.Options) (*livepatch.Result, error)
+	Unregister(name string) error
+	Status() livepatch.Status
+}
+
 // LivepatchRoutes registers the livepatch routes on mux:
 //
 //	GET  /patches                          livepatch.Status
@@ -85,7 +98,7 @@ const MaxFileName = 255
 // A refused operation answers with the Linux errno name: 409 for EBUSY,
 // EEXIST, ENOMEM, ENODEV; 400 for EINVAL; 404 for ENOENT. m may be nil
 // (no machine section in /status).
-func LivepatchRoutes(mux *http.ServeMux, lm *livepatch.Manager, m Machine) {
+func LivepatchRoutes(mux *http.ServeMux, lm Patcher, m Machine) {
 	uploads := make(chan struct{}, MaxConcurrentUploads)
 	handle(mux, RoutePatches, nil, func(w http.ResponseWriter, r *http.Request, body []byte) {
 		if noBody(w, body) {
@@ -228,18 +241,17 @@ func WriteLivepatchError(w http.ResponseWriter, err error) { writeLivepatchError
 func writeLivepatchError(w http.ResponseWriter, op string, err error) {
 	var le *livepatch.Error
 	if !errors.As(err, &le) {
-		WriteError(w, http.StatusInternalServerError, "EIO", err)
+		// Another Patcher's error (linuxlive's): its errno decides, as
+		// for livepatch's own.
+		var errno syscall.Errno
+		if !errors.As(err, &errno) || errno == 0 {
+			WriteError(w, http.StatusInternalServerError, "EIO", err)
+			return
+		}
+		WriteError(w, errnoStatus(errno), unix.ErrnoName(errno), err)
 		return
 	}
-	status := http.StatusConflict
-	switch le.Errno {
-	case syscall.EINVAL:
-		status = http.StatusBadRequest
-	case syscall.ENOENT:
-		status = http.StatusNotFound
-	case syscall.EIO:
-		status = http.StatusInternalServerError
-	}
+	status := errnoStatus(le.Errno)
 	c := *le
 	if op == "unload" {
 		c.Op = op
@@ -250,4 +262,19 @@ func writeLivepatchError(w http.ResponseWriter, op string, err error) {
 		msg = strings.ReplaceAll(msg, c.Patch, clip(c.Patch))
 	}
 	WriteError(w, status, unix.ErrnoName(le.Errno), errors.New(msg))
+}
+
+// errnoStatus is the HTTP status of a refused livepatch operation.
+func errnoStatus(errno syscall.Errno) int {
+	switch errno {
+	case syscall.EINVAL:
+		return http.StatusBadRequest
+	case syscall.ENOENT:
+		return http.StatusNotFound
+	case syscall.EIO:
+		return http.StatusInternalServerError
+	case syscall.EOPNOTSUPP:
+		return http.StatusNotImplemented
+	}
+	return http.StatusConflict
 }

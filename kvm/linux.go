@@ -302,8 +302,8 @@ func wireIRQ(u *UART, pc engine.PCPlatform, irq int, errs *countErr) {
 // linuxInfo is what a Linux-guest machine knows about its kernel.
 type linuxInfo struct {
 	version   string
-	patchArea uint64 // guest-physical start of the patch area (to the end of RAM)
-	irqErrs countErr // failed KVM_IRQ_LINE calls (none expected)
+	patchArea uint64   // guest-physical start of the patch area (to the end of RAM)
+	irqErrs   countErr // failed KVM_IRQ_LINE calls (none expected)
 }
 
 // LinuxVersion is the booted bzImage's kernel_version string, "" for

@@ -20,9 +20,12 @@ func (v *VMM) Handler() http.Handler {
 	api.MachineRoutes(routes, v.Machine)
 	api.GuestRoutes(routes, v.Agent)
 	api.KernelRoutes(routes, v.Kernel)
-	if v.Manager != nil {
+	switch {
+	case v.Manager != nil:
 		api.LivepatchRoutes(routes, v.Manager, v.Machine)
-	} else {
+	case v.Linux != nil:
+		api.LivepatchRoutes(routes, v.Linux, v.Machine)
+	default:
 		// A guest without live patching (a Linux guest, a kernel without
 		// klp_guest_abi) answers the patch routes with why, not a 404.
 		for _, r := range api.Routes {

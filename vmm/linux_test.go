@@ -34,10 +34,12 @@ func tinyBzImage() []byte {
 	return b
 }
 
-// TestLinuxGuestWithoutLivepatch: a Linux guest's VMM has no livepatch
-// manager, says why, and its patch routes answer 501 EOPNOTSUPP instead
-// of 404. Linux guests need engine.PCPlatform, i.e. /dev/kvm.
-func TestLinuxGuestWithoutLivepatch(t *testing.T) {
+// TestLinuxGuestLivepatch: a Linux guest's VMM live-patches it with
+// linuxlive (not livepatch.Manager): the patch routes answer from it
+// (an empty list before any patch), and a patch that is not a module is
+// refused with EINVAL, before the guest is ever read. Linux guests need
+// engine.PCPlatform, i.e. /dev/kvm.
+func TestLinuxGuestLivepatch(t *testing.T) {
 	v, err := New(Config{Engine: "kvm", Kernel: tinyBzImage()})
 	if errors.Is(err, kvm.ErrConfig) {
 		t.Skipf("no kvm engine here: %v", err)
@@ -46,11 +48,36 @@ func TestLinuxGuestWithoutLivepatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v.Close()
-	if !v.Machine.IsLinux() || v.Manager != nil || !errors.Is(v.NoLivepatch, ErrLinuxNoLivepatch) {
-		t.Fatalf("Linux guest: IsLinux %v, Manager %v, NoLivepatch %v", v.Machine.IsLinux(), v.Manager, v.NoLivepatch)
+	if !v.Machine.IsLinux() || v.Manager != nil || v.Linux == nil || v.NoLivepatch != nil {
+		t.Fatalf("Linux guest: IsLinux %v, Manager %v, Linux %v, NoLivepatch %v", v.Machine.IsLinux(), v.Manager, v.Linux, v.NoLivepatch)
 	}
 	if v.Kernel == nil {
 		t.Error("Linux guest: no kernel inspector (POST /kernel would answer ENOENT)")
+	}
+	base, size := v.Machine.LinuxPatchArea()
+	st := v.Linux.Status()
+	if size != kvm.LinuxDefaultPatchAreaMiB<<20 || st.PatchAreaBase != base || st.PatchAreaSize != size || len(st.Patches) != 0 {
+		t.Errorf("patch area [%#x, +%#x), status %+v", base, size, st)
+	}
+	rec := do(t, v.Handler(), api.RoutePatches, nil)
+	if rec.Code != http.StatusOK {
+		t.Errorf("GET /patches = %d %s, want 200", rec.Code, rec.Body)
+	}
+}
+
+// TestLinuxGuestWithoutPatchArea: with no patch area there is no live
+// patching; the patch routes answer 501 EOPNOTSUPP saying why, not 404.
+func TestLinuxGuestWithoutPatchArea(t *testing.T) {
+	v, err := New(Config{Engine: "kvm", Kernel: tinyBzImage(), PatchAreaMiB: -1})
+	if errors.Is(err, kvm.ErrConfig) {
+		t.Skipf("no kvm engine here: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if v.Linux != nil || !errors.Is(v.NoLivepatch, ErrLinuxNoLivepatch) {
+		t.Fatalf("Linux %v, NoLivepatch %v", v.Linux, v.NoLivepatch)
 	}
 	rec := do(t, v.Handler(), api.RoutePatches, nil)
 	var reply api.ErrorReply

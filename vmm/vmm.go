@@ -35,6 +35,7 @@ import (
 	"klp-kvm/kvm"
 	"klp-kvm/kvm/agent"
 	"klp-kvm/linuxkernel"
+	"klp-kvm/linuxlive"
 	"klp-kvm/livepatch"
 )
 
@@ -46,20 +47,25 @@ const DefaultBootTimeout = 120 * time.Second
 // stopTimeout bounds how long Close waits for a stopped guest's vCPUs.
 const stopTimeout = 10 * time.Second
 
-// ErrLinuxNoLivepatch is NoLivepatch for a Linux bzImage guest: the patch
-// routes answer it (501, EOPNOTSUPP).
-var ErrLinuxNoLivepatch = errors.New("live patching a Linux guest is not supported yet")
+// ErrLinuxNoLivepatch is NoLivepatch for a Linux bzImage guest whose
+// live-patch manager could not be made (no patch area: PatchAreaMiB
+// negative): the patch routes answer it (501, EOPNOTSUPP).
+var ErrLinuxNoLivepatch = errors.New("live patching this Linux guest is not possible")
 
 // Config describes the guest to build.
 type Config struct {
-	Engine    string    // auto, kvm or emu ("" is auto)
-	CPUs      int       // vCPUs; 0 is kvm's default
-	MemMiB    int       // guest RAM; 0 is kvm's default
-	Kernel    []byte    // guest kernel: ELF, or a Linux bzImage; nil is the embedded guest kernel
-	Initrd    []byte    // initial ramdisk of a Linux guest; nil is the embedded agent initramfs (guestagent/initrd)
-	Cmdline   string    // guest kernel command line
-	Console   io.Writer // COM1 output; nil discards
-	ConsoleIn io.Reader // COM1 input; nil for none
+	Engine string // auto, kvm or emu ("" is auto)
+	CPUs   int    // vCPUs; 0 is kvm's default
+	MemMiB int    // guest RAM; 0 is kvm's default
+	// PatchAreaMiB is the RAM at the top kept for live patches (kvm's
+	// default when 0; for a Linux guest, negative keeps none and turns
+	// live patching off).
+	PatchAreaMiB int
+	Kernel       []byte    // guest kernel: ELF, or a Linux bzImage; nil is the embedded guest kernel
+	Initrd       []byte    // initial ramdisk of a Linux guest; nil is the embedded agent initramfs (guestagent/initrd)
+	Cmdline      string    // guest kernel command line
+	Console      io.Writer // COM1 output; nil discards
+	ConsoleIn    io.Reader // COM1 input; nil for none
 	// Events receives one line per guest event the VMM does not handle
 	// itself (everything but sysfs-write); nil discards them.
 	Events io.Writer
@@ -72,9 +78,12 @@ type VMM struct {
 	Machine *kvm.Machine
 	Agent   *agent.Client
 	// Manager live-patches the guest; nil when its kernel cannot be live
-	// patched (a test guest without klp_guest_abi), and NoLivepatch says
-	// why.
-	Manager     *livepatch.Manager
+	// patched (a test guest without klp_guest_abi, a Linux guest), and
+	// NoLivepatch says why.
+	Manager *livepatch.Manager
+	// Linux live-patches a Linux guest (package linuxlive); nil for
+	// klp-kvm's own kernel.
+	Linux       *linuxlive.Manager
 	NoLivepatch error
 	// Kernel serves POST /kernel for a Linux guest
 	// (LinuxKernelInspector); nil otherwise (the route answers ENOENT).
@@ -127,7 +136,7 @@ func New(cfg Config) (*VMM, error) {
 		return nil, err
 	}
 	console := &consoleTail{w: cfg.Console}
-	m, err := kvm.New(kvm.Config{Engine: eng, CPUs: cfg.CPUs, MemMiB: cfg.MemMiB, Kernel: cfg.Kernel, Initrd: cfg.Initrd,
+	m, err := kvm.New(kvm.Config{Engine: eng, CPUs: cfg.CPUs, MemMiB: cfg.MemMiB, PatchAreaMiB: cfg.PatchAreaMiB, Kernel: cfg.Kernel, Initrd: cfg.Initrd,
 		Cmdline: cfg.Cmdline, Console: console, ConsoleIn: cfg.ConsoleIn})
 	if err != nil {
 		return nil, err
@@ -142,10 +151,18 @@ func New(cfg Config) (*VMM, error) {
 	// event handler reads v.Manager, which is set before Start lets the
 	// guest run and so before any event can arrive.
 	v.Agent = agent.New(m.AgentPort(), agent.Options{OnEvent: v.event, Cause: v.GuestStopped})
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(v.events, "klp-kvm: "+strings.TrimSuffix(format, "\n")+"\n", args...)
+	}
 	if m.IsLinux() {
-		// The agent routes work through the same COM2 protocol; the
-		// livepatch manager needs klp-kvm's own kernel's ABI.
-		v.NoLivepatch = ErrLinuxNoLivepatch
+		// The agent routes work through the same COM2 protocol; live
+		// patches go in from the host with linuxlive (the livepatch
+		// manager needs klp-kvm's own kernel's ABI).
+		if lm, err := LinuxPatcher(m, logf); err != nil {
+			v.NoLivepatch = fmt.Errorf("%w: %v", ErrLinuxNoLivepatch, err)
+		} else {
+			v.Linux = lm
+		}
 		// Its kernel is read from the host, with no help from the guest
 		// (POST /kernel, klp-kvm inspect --live).
 		v.Kernel = LinuxKernelInspector(m, linuxkernel.Options{})
@@ -153,10 +170,7 @@ func New(cfg Config) (*VMM, error) {
 	}
 	lm, err := livepatch.New(livepatch.Config{Guest: m, Kernel: m.Kernel(), PatchArea: layout.PatchAreaVirt,
 		PatchAreaSize: m.Layout().PatchAreaSize, Callbacks: Callbacks(v.Agent),
-		SysfsBudget: sysfsBudget(cfg.Cmdline),
-		Logf: func(format string, args ...any) {
-			fmt.Fprintf(v.events, "klp-kvm: "+strings.TrimSuffix(format, "\n")+"\n", args...)
-		}})
+		SysfsBudget: sysfsBudget(cfg.Cmdline), Logf: logf})
 	if err != nil {
 		v.NoLivepatch = err
 	} else {

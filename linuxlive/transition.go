@@ -1,0 +1,179 @@
+package linuxlive
+
+import (
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"klp-kvm/linuxkernel"
+	"klp-kvm/linuxpatch"
+	"klp-kvm/livepatch"
+)
+
+// siteSwitch is one fentry site's rewrite: the bytes it must hold, the
+// bytes it gets.
+type siteSwitch struct {
+	f        *fn
+	from, to [5]byte
+}
+
+// Backoff between blocked attempts, as livepatch's: short at first (a
+// task leaves a function soon), growing.
+const (
+	firstBackoff = time.Millisecond
+	maxBackoff   = 20 * time.Millisecond
+)
+
+// transition switches every site of sw in one pause once no task's and
+// no vCPU's stack holds an address in check (Linux's klp_check_stack:
+// the functions whose meaning changes), retrying until the deadline.
+// Every site is verified before any is written; a write that fails puts
+// back the sites written before it. Nothing is left half-switched.
+func (m *Manager) transition(op string, p *patch, sw []siteSwitch, check []linuxkernel.AddrRange, o livepatch.Options) (*livepatch.Result, error) {
+	deadline := o.Deadline
+	if deadline <= 0 {
+		deadline = DefaultDeadline
+	}
+	t0 := time.Now()
+	res := &livepatch.Result{Op: op, Patch: p.name, Funcs: len(sw), Forced: o.Force}
+	backoff := firstBackoff
+	blockedBy := map[string]int{}
+	for {
+		res.Attempts++
+		why, done, err := m.attempt(p, sw, check, o, res)
+		if err != nil {
+			return nil, withPatch(err, p.name)
+		}
+		if done {
+			res.Total = time.Since(t0)
+			return res, nil
+		}
+		blockedBy[why]++
+		if m.cfg.Logf != nil {
+			m.cfg.Logf("linuxlive: %s %s: attempt %d blocked: %s", op, p.name, res.Attempts, why)
+		}
+		if time.Since(t0)+backoff > deadline {
+			worst, n := "", 0
+			for w, c := range blockedBy {
+				if c > n || (c == n && w < worst) {
+					worst, n = w, c
+				}
+			}
+			return nil, errf(op, p.name, ErrBusy, "not switched after %d attempts in %v: %s (%d of them)",
+				res.Attempts, time.Since(t0).Round(time.Millisecond), worst, n)
+		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// attempt is one try: pause, check, verify, write, resume. It returns why
+// it was blocked (done false), or done.
+func (m *Manager) attempt(p *patch, sw []siteSwitch, check []linuxkernel.AddrRange, o livepatch.Options, res *livepatch.Result) (why string, done bool, err error) {
+	// No Go GC cycle while the guest is stopped (the window stays the
+	// guest's, not the collector's).
+	old := debug.SetGCPercent(-1)
+	defer debug.SetGCPercent(old)
+	t0 := time.Now()
+	if err := m.cfg.Machine.Pause(); err != nil {
+		return "", false, wrap("pause", "", ErrGuest, err, "")
+	}
+	tStop := time.Now()
+	resumed := false
+	resume := func() error {
+		if resumed {
+			return nil
+		}
+		resumed = true
+		return m.cfg.Machine.Resume()
+	}
+	defer func() {
+		if rerr := resume(); rerr != nil && err == nil {
+			err = wrap("resume", "", ErrGuest, rerr, "")
+		}
+	}()
+	if !o.Force {
+		why, err = m.blocked(check)
+		if err != nil || why != "" {
+			return why, false, err
+		}
+	}
+	tCheck := time.Now()
+	// Verify every site first: a site not as expected (the guest's
+	// ftrace or a kprobe took it meanwhile) fails the whole switch with
+	// nothing written.
+	for _, s := range sw {
+		var cur [5]byte
+		if err := m.cfg.Machine.ReadPhys(s.f.sitePA, cur[:]); err != nil {
+			return "", false, wrap("verify", "", ErrGuest, err, "%s's fentry site", s.f.name)
+		}
+		if cur != s.from {
+			return "", false, errf("verify", "", ErrSiteInUse, "%s's fentry site %#x holds % x, expected % x: the guest changed it (ftrace, kprobe, BPF); nothing written",
+				s.f.name, s.f.site, cur[:], s.from[:])
+		}
+	}
+	for i, s := range sw {
+		if err := m.cfg.Machine.WritePhys(s.f.sitePA, s.to[:]); err != nil {
+			for _, b := range sw[:i] {
+				_ = m.cfg.Machine.WritePhys(b.f.sitePA, b.from[:])
+			}
+			return "", false, wrap("poke", "", ErrGuest, err, "%s's fentry site %#x (the sites written before it were restored)", s.f.name, s.f.site)
+		}
+	}
+	tPoke := time.Now()
+	if err := resume(); err != nil {
+		res.ResumeErr = err.Error()
+	}
+	tEnd := time.Now()
+	res.PauseWindow, res.Stop, res.Check = tEnd.Sub(t0), tStop.Sub(t0), tCheck.Sub(tStop)
+	res.Poke, res.Resume = tPoke.Sub(tCheck), tEnd.Sub(tPoke)
+	return "", true, nil
+}
+
+// blocked unwinds every task and every vCPU (the machine is paused) and
+// names the first frame inside check, "" when none is.
+func (m *Manager) blocked(check []linuxkernel.AddrRange) (string, error) {
+	u := m.u
+	if err := u.RefreshModules(); err != nil {
+		u.ModulesErr = err
+	}
+	// The patches' own code counts as module text for the unwinder, so
+	// that a return address into it is kept by the conservative scan
+	// (its ORC is not used: an unwind through it is unreliable and
+	// falls back to the scan).
+	for _, q := range m.patches {
+		for _, r := range q.img.Regions {
+			if r.Prot == linuxpatch.ProtExec {
+				u.Modules = append(u.Modules, linuxkernel.ModuleORC{Name: "klp-kvm:" + q.name,
+					Text: linuxkernel.AddrRange{Start: r.Addr, End: r.Addr + r.Size}})
+			}
+		}
+	}
+	threads, err := m.k.Threads()
+	if err != nil {
+		return "", wrap("check", "", ErrGuest, err, "the guest's task list")
+	}
+	var st linuxkernel.Stack
+	for _, t := range threads {
+		if t.RunningOn >= 0 {
+			continue // its vCPU's unwind covers it
+		}
+		u.UnwindTask(t, &st)
+		if f, ok := st.Hit(check); ok {
+			return fmt.Sprintf("task %d (%s) at %s", t.Pid, t.Comm, f), nil
+		}
+	}
+	cpus, err := m.cfg.Machine.CPUs()
+	if err != nil {
+		return "", wrap("check", "", ErrGuest, err, "the vCPUs' registers")
+	}
+	for i, c := range cpus {
+		if err := u.UnwindCPU(i, c.Regs, &st); err != nil {
+			return fmt.Sprintf("vCPU %d: no stack to check (%v)", i, err), nil
+		}
+		if f, ok := st.Hit(check); ok {
+			return fmt.Sprintf("vCPU %d at %s", i, f), nil
+		}
+	}
+	return "", nil
+}
