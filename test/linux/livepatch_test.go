@@ -69,14 +69,15 @@ func TestLinuxLivepatch(t *testing.T) {
 	if v.Linux == nil {
 		t.Fatalf("no Linux live-patch manager: %v", v.NoLivepatch)
 	}
-	l, err := api.Listen(filepath.Join(t.TempDir(), "api.sock"))
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	l, err := api.Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: v.Handler()}
 	go srv.Serve(l)
 	defer srv.Close()
-	c := api.NewClient(l.Addr().String())
+	c := api.NewClient(sock)
 	if err := v.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -181,8 +182,11 @@ func TestLinuxLivepatch(t *testing.T) {
 	// A second patch stacked on the first: the newest wins; disabling
 	// it gives the first back.
 	second := variant(t, "name=livepatch_sample", "name=livepatch_stack2", patchedMsg, "this has been live patcheD")
-	if _, err := c.AddPatch(ctx, api.PatchRequest{Object: second, Name: "stack2.ko"}); err != nil {
+	t.Logf("loading a second patch on the same function")
+	if r, err := c.AddPatch(ctx, api.PatchRequest{Object: second, Name: "stack2.ko"}); err != nil {
 		t.Fatalf("load the stacked patch: %v", err)
+	} else {
+		t.Logf("stacked load: pause window %v", r.Result.PauseWindow)
 	}
 	if got := exec("cat /proc/cmdline"); got != "this has been live patcheD" {
 		t.Errorf("stacked: /proc/cmdline %q, want the second patch's", got)
