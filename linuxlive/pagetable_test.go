@@ -29,7 +29,7 @@ func (m fakeMem) WritePhys(pa uint64, b []byte) error {
 
 func (m fakeMem) PhysSize() uint64 { return uint64(len(m)) }
 
-func put(m fakeMem, pa, v uint64) { binary.LittleEndian.PutUint64(m[pa:], v) }
+func put(m fakeMem, pa, v uint64)     { binary.LittleEndian.PutUint64(m[pa:], v) }
 func get(m fakeMem, pa uint64) uint64 { return binary.LittleEndian.Uint64(m[pa:]) }
 
 // guestTables builds what a 4-level Linux kernel has around the module
