@@ -130,6 +130,22 @@ func TestLinuxLivepatch(t *testing.T) {
 	}
 	untouched("the klp-static load")
 
+	// The guest's own ftrace on the function: its fentry site is a call
+	// now, and the host refuses to take it (EBUSY), writing nothing.
+	exec("mount -t tracefs tracefs /sys/kernel/tracing")
+	exec("echo cmdline_proc_show > /sys/kernel/tracing/set_ftrace_filter")
+	exec("echo function > /sys/kernel/tracing/current_tracer")
+	if _, err := c.AddPatch(ctx, api.PatchRequest{Object: sampleKO, Name: "livepatch-sample.ko"}); !errors.Is(err, syscall.EBUSY) {
+		t.Errorf("load while the guest traces cmdline_proc_show: %v, want EBUSY", err)
+	} else {
+		t.Logf("refused as it should be: %v", err)
+	}
+	untouched("the load over the guest's ftrace")
+	if tr := exec("cat /sys/kernel/tracing/trace"); !strings.Contains(tr, "cmdline_proc_show") {
+		t.Errorf("the guest's trace of cmdline_proc_show is empty:\n%s", tail(tr, 10))
+	}
+	exec("echo nop > /sys/kernel/tracing/current_tracer")
+
 	// Load = register + enable.
 	t0 := time.Now()
 	rep, err := c.AddPatch(ctx, api.PatchRequest{Object: sampleKO, Name: "livepatch-sample.ko"})
@@ -155,6 +171,20 @@ func TestLinuxLivepatch(t *testing.T) {
 		t.Errorf("new function at %#x, outside the module-area window", f.NewAddr)
 	}
 
+	// The guest's ftrace keeps working for other functions while a patch
+	// is on.
+	exec("echo version_proc_show > /sys/kernel/tracing/set_ftrace_filter")
+	exec("echo > /sys/kernel/tracing/trace")
+	exec("echo function > /sys/kernel/tracing/current_tracer")
+	exec("cat /proc/version")
+	if got := exec("cat /proc/cmdline"); got != patchedMsg {
+		t.Errorf("patched while the guest traces another function: /proc/cmdline %q", got)
+	}
+	if tr := exec("cat /sys/kernel/tracing/trace"); !strings.Contains(tr, "version_proc_show") {
+		t.Errorf("the guest's trace of version_proc_show while patched is empty:\n%s", tail(tr, 10))
+	}
+	exec("echo nop > /sys/kernel/tracing/current_tracer")
+
 	// Disable/enable cycles.
 	const cycles = 20
 	var windows, enables []time.Duration
@@ -178,6 +208,50 @@ func TestLinuxLivepatch(t *testing.T) {
 	}
 	t.Logf("%d enable/disable cycles: enable end to end median %v (min %v, max %v), pause window median %v (min %v, max %v)",
 		cycles, median(enables), slicesMin(enables), slicesMax(enables), median(windows), slicesMin(windows), slicesMax(windows))
+
+	// Busy: the guest reads /proc/cmdline in a loop (its agent's task
+	// runs cmdline_proc_show over and over) while the host switches: a
+	// check that finds the task inside the function retries, every read
+	// gives one of the two texts, none fails.
+	busyDone := make(chan string, 1)
+	go func() {
+		out, err := v.Exec(`i=0; while [ $i -lt 150 ]; do cat /proc/cmdline; i=$((i+1)); done`)
+		if err != nil {
+			out = "error: " + err.Error()
+		}
+		busyDone <- out
+	}()
+	attempts, busyCycles := 0, 0
+	for busy := true; busy; {
+		select {
+		case out := <-busyDone:
+			busy = false
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			seen := map[string]int{}
+			for _, l := range lines {
+				seen[l]++
+			}
+			if len(lines) < 100 || seen[original]+seen[patchedMsg] != len(lines) {
+				t.Errorf("busy loop: %d lines, %d original, %d patched; others: %q", len(lines), seen[original], seen[patchedMsg], tail(out, 5))
+			}
+			t.Logf("busy guest: %d reads (%d original, %d patched) during %d disable/enable cycles, %d switch attempts for %d switches",
+				len(lines), seen[original], seen[patchedMsg], busyCycles, attempts, 2*busyCycles)
+		default:
+			r, err := c.Disable(ctx, sampleName, api.OpRequest{})
+			if err != nil {
+				t.Fatalf("busy cycle %d: disable: %v", busyCycles, err)
+			}
+			attempts += r.Result.Attempts
+			if r, err = c.Enable(ctx, sampleName, api.OpRequest{}); err != nil {
+				t.Fatalf("busy cycle %d: enable: %v", busyCycles, err)
+			}
+			attempts += r.Result.Attempts
+			busyCycles++
+		}
+	}
+	if got := exec("cat /proc/cmdline"); got != patchedMsg {
+		t.Fatalf("after the busy cycles: /proc/cmdline %q", got)
+	}
 
 	// A second patch stacked on the first: the newest wins; disabling
 	// it gives the first back.
@@ -209,10 +283,10 @@ func TestLinuxLivepatch(t *testing.T) {
 	if st, err := c.Patches(ctx); err != nil || len(st.Patches) != 0 {
 		t.Errorf("after unload: %+v, %v", st.Patches, err)
 	}
-	// Again, after a full unload: the same module loads at a new place.
 	if _, err := v.Linux.Enable(sampleName, livepatch.Options{}); !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("enable after unload: %v, want ENOENT", err)
 	}
+
 	dmesg := exec("dmesg")
 	for _, bad := range []string{"WARNING:", "BUG:", "Oops", "general protection", "Call Trace"} {
 		if strings.Contains(dmesg, bad) {
