@@ -17,8 +17,6 @@ package linuxlive
 import (
 	"encoding/binary"
 	"fmt"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -87,10 +85,10 @@ type Manager struct {
 	mu     sync.Mutex
 	cfg    Config
 	area   *area
-	vaNext uint64 // the next patch goes below this (the window is used top down, never reused: see place)
+	vaNext uint64 // the next patch goes below this (the window is used top down, never reused: see register)
 
-	k       *linuxkernel.Kernel
-	u       *linuxkernel.Unwinder
+	open    func() (kernelView, error) // nil: openLive (the unit tests give a fake)
+	kv      kernelView
 	pt      *pageTables
 	nx      bool // the guest maps data NX
 	linkCfg linuxpatch.Config
@@ -151,93 +149,24 @@ func New(cfg Config) (*Manager, error) {
 	return m, nil
 }
 
-// physMem adapts Machine to linuxkernel.PhysMem.
-type physMem struct{ m Machine }
-
-func (p physMem) ReadPhys(pa uint64, b []byte) error { return p.m.ReadPhys(pa, b) }
-func (p physMem) PhysSize() uint64                   { return p.m.PhysSize() }
-
-// kernel opens the live kernel once: symbols, BTF, page tables, the
-// unwinder, and what linking needs (exports, release, return thunk).
-// m.mu must be held.
+// kernel opens the live kernel once (kernelView); m.mu must be held.
 func (m *Manager) kernel() error {
-	if m.k != nil {
+	if m.kv != nil {
 		return nil
 	}
-	open := m.cfg.Kernel
+	open := m.open
 	if open == nil {
-		open = func() (*linuxkernel.Kernel, error) {
-			return linuxkernel.Open(physMem{m.cfg.Machine}, linuxkernel.Options{})
-		}
+		open = func() (kernelView, error) { return openLive(m.cfg) }
 	}
-	k, err := open()
+	kv, err := open()
 	if err != nil {
-		return wrap("open kernel", "", ErrGuest, err, "reading the guest kernel")
+		return err
 	}
-	if k.BTF == nil {
-		return wrap("open kernel", "", ErrGuest, k.BTFErr, "the guest kernel has no BTF (the klp struct layouts come from it)")
-	}
-	u, err := k.NewUnwinder()
-	if err != nil {
-		return wrap("open kernel", "", ErrGuest, err, "the guest kernel's ORC tables")
-	}
-	levels := 4
-	if k.AS.LA57 {
-		levels = 5
-	}
-	m.pt = &pageTables{mem: m.cfg.Machine, root: k.AS.Root, levels: levels}
-	// The guest uses NX when its own data pages carry it: init_task is in
-	// .data, mapped __PAGE_KERNEL (NX) when EFER.NXE is on.
-	m.nx = false
-	if a, err := k.Symbols.Addr("init_task"); err == nil {
-		if ea, err := m.pt.entryFor(a, nil, nil); err == nil && ea != 0 {
-			if e, err := m.pt.read(ea); err == nil && e&pteNX != 0 {
-				m.nx = true
-			}
-		} else if err == nil {
-			// init_task in a 2 MiB page: the kernel's own mapping
-			m.nx = largeNX(m.pt, a)
-		}
-	}
-	m.linkCfg = linuxpatch.Config{
-		Resolve:       linuxpatch.VmlinuxResolver(k.Symbols),
-		KernelRelease: k.Release,
-		Exported:      linuxpatch.VmlinuxExports(k.Symbols),
-		Loaded:        func(obj string) bool { return obj == linuxpatch.VmlinuxObject },
-	}
-	// apply_returns' choice: the module's returns go where the kernel's
-	// go, x86_return_thunk's value when it is not the plain thunk.
-	if tv, err := k.Symbols.Addr("x86_return_thunk"); err == nil {
-		if v, err := k.AS.U64(tv); err == nil {
-			if plain, err := k.Symbols.Addr("__x86_return_thunk"); err == nil && v != plain && v != 0 {
-				if s, _, ok := k.Symbols.At(v); ok && strings.Contains(s.Name, "return_thunk") {
-					m.linkCfg.ReturnThunk = v
-				}
-			}
-		}
-	}
-	m.k, m.u = k, u
+	root, levels, nx := kv.Tables()
+	m.kv, m.nx = kv, nx
+	m.pt = &pageTables{mem: m.cfg.Machine, root: root, levels: levels}
+	m.linkCfg = kv.LinkConfig()
 	return nil
-}
-
-// largeNX reads the NX bit of the large page mapping a (the kernel's
-// image is mapped with 2 MiB pages).
-func largeNX(pt *pageTables, a uint64) bool {
-	table := pt.root &^ 0xfff
-	for level := pt.levels; level >= 1; level-- {
-		e, err := pt.read(table + index(a, level)*8)
-		if err != nil || e&ptePresent == 0 {
-			return false
-		}
-		if level == 1 || e&ptePS != 0 {
-			return e&pteNX != 0
-		}
-		table = e & pteAddr
-		if table+pageSize > pt.mem.PhysSize() {
-			return false
-		}
-	}
-	return false
 }
 
 func (m *Manager) find(name string) (int, *patch) {
@@ -267,7 +196,7 @@ func (m *Manager) register(data []byte, nameHint string) (*patch, error) {
 	if err := m.kernel(); err != nil {
 		return nil, err
 	}
-	mod, err := linuxpatch.Parse(data, m.k.BTF)
+	mod, err := linuxpatch.Parse(data, m.kv.BTF())
 	if err != nil {
 		return nil, wrap(op, nameHint, ErrModule, err, "")
 	}
@@ -323,13 +252,13 @@ func (m *Manager) register(data []byte, nameHint string) (*patch, error) {
 			return nil, wrap(op, name, ErrModule, err, "old function %s", f.OldName)
 		}
 		x := &fn{object: f.Object, name: f.OldName, sympos: f.OldSympos, old: old, newAddr: f.NewAddr, newSize: f.NewSize, newName: f.NewName, p: p}
-		x.oldSize = m.funcSize(old)
-		site, err := m.k.FentryAt(old)
+		x.oldSize = m.kv.FuncSize(old)
+		site, kind, err := m.kv.Site(old)
 		if err != nil {
 			return nil, wrap(op, name, ErrGuest, err, "fentry site of %s", f.OldName)
 		}
-		x.site = site.Site
-		pa, _, err := m.k.AS.Translate(x.site)
+		x.site = site
+		pa, err := m.kv.Translate(x.site)
 		if err != nil || (pa&0xfff) > pageSize-5 {
 			// a site across a page boundary would need two writes
 			return nil, wrap(op, name, ErrGuest, err, "fentry site of %s at %#x", f.OldName, x.site)
@@ -351,7 +280,7 @@ func (m *Manager) register(data []byte, nameHint string) (*patch, error) {
 		}
 		if cur != want && cur != fentryNop {
 			return nil, errf(op, name, ErrSiteInUse, "%s's fentry site %#x holds % x (%s), not the NOP: the guest's ftrace, a kprobe or BPF uses it",
-				f.OldName, x.site, cur[:], site.Kind)
+				f.OldName, x.site, cur[:], kind)
 		}
 		if cur != want {
 			return nil, errf(op, name, ErrSiteInUse, "%s's fentry site %#x holds % x, not the jump to the patch below it", f.OldName, x.site, cur[:])
@@ -372,17 +301,6 @@ func (m *Manager) register(data []byte, nameHint string) (*patch, error) {
 	m.vaNext = va - pageSize // a guard page below
 	m.patches = append(m.patches, p)
 	return p, nil
-}
-
-// funcSize is the old function's extent as kallsyms_lookup_size_offset
-// gives it: up to the next symbol's address.
-func (m *Manager) funcSize(addr uint64) uint64 {
-	all := m.k.Symbols.All()
-	i := sort.Search(len(all), func(i int) bool { return all[i].Addr > addr })
-	if i < len(all) {
-		return all[i].Addr - addr
-	}
-	return 1
 }
 
 // mapImage writes the image's regions to patch-area pages and maps them

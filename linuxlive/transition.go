@@ -1,7 +1,6 @@
 package linuxlive
 
 import (
-	"fmt"
 	"runtime/debug"
 	"time"
 
@@ -130,50 +129,16 @@ func (m *Manager) attempt(p *patch, sw []siteSwitch, check []linuxkernel.AddrRan
 	return "", true, nil
 }
 
-// blocked unwinds every task and every vCPU (the machine is paused) and
-// names the first frame inside check, "" when none is.
+// blocked asks the kernel view whether a stack holds an address in
+// check; the patches' own code counts as kernel text for the unwind.
 func (m *Manager) blocked(check []linuxkernel.AddrRange) (string, error) {
-	u := m.u
-	if err := u.RefreshModules(); err != nil {
-		u.ModulesErr = err
-	}
-	// The patches' own code counts as module text for the unwinder, so
-	// that a return address into it is kept by the conservative scan
-	// (its ORC is not used: an unwind through it is unreliable and
-	// falls back to the scan).
+	var code []linuxkernel.AddrRange
 	for _, q := range m.patches {
 		for _, r := range q.img.Regions {
 			if r.Prot == linuxpatch.ProtExec {
-				u.Modules = append(u.Modules, linuxkernel.ModuleORC{Name: "klp-kvm:" + q.name,
-					Text: linuxkernel.AddrRange{Start: r.Addr, End: r.Addr + r.Size}})
+				code = append(code, linuxkernel.AddrRange{Start: r.Addr, End: r.Addr + r.Size})
 			}
 		}
 	}
-	threads, err := m.k.Threads()
-	if err != nil {
-		return "", wrap("check", "", ErrGuest, err, "the guest's task list")
-	}
-	var st linuxkernel.Stack
-	for _, t := range threads {
-		if t.RunningOn >= 0 {
-			continue // its vCPU's unwind covers it
-		}
-		u.UnwindTask(t, &st)
-		if f, ok := st.Hit(check); ok {
-			return fmt.Sprintf("task %d (%s) at %s", t.Pid, t.Comm, f), nil
-		}
-	}
-	cpus, err := m.cfg.Machine.CPUs()
-	if err != nil {
-		return "", wrap("check", "", ErrGuest, err, "the vCPUs' registers")
-	}
-	for i, c := range cpus {
-		if err := u.UnwindCPU(i, c.Regs, &st); err != nil {
-			return fmt.Sprintf("vCPU %d: no stack to check (%v)", i, err), nil
-		}
-		if f, ok := st.Hit(check); ok {
-			return fmt.Sprintf("vCPU %d at %s", i, f), nil
-		}
-	}
-	return "", nil
+	return m.kv.Blocked(check, code)
 }
