@@ -565,27 +565,48 @@ func bootVM(t *testing.T, k *kernelCache, smp int, initrd, results string, timeo
 	// longer than the heartbeat.
 	var lastLine atomic.Int64
 	lastLine.Store(time.Now().UnixNano())
+	var alive atomic.Bool // a first heartbeat came: /init runs
 	var froze atomic.Bool
 	stopWatch := make(chan struct{})
 	defer close(stopWatch)
+	cmd := exec.CommandContext(ctx, k.QEMU, qemuArgs(k, smp, initrd, results)...)
+	// The console's input, for the nudge below.
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	var nudges atomic.Int32
 	go func() {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
+		var nudged time.Time
 		for {
 			select {
 			case <-stopWatch:
 				return
 			case <-tick.C:
-				if time.Since(time.Unix(0, lastLine.Load())) > freezeAfter {
+				late := time.Since(time.Unix(0, lastLine.Load()))
+				if late > freezeAfter {
 					froze.Store(true)
 					cancel()
 					return
 				}
+				// QEMU TCG sometimes loses the wake-up of a halted L1
+				// CPU: caught with its monitor, the CPU sat in HLT with
+				// IF=1 and the LAPIC timer's vector pending in IRR
+				// (deliverable: PPR 0x10), forever. Any new interrupt
+				// re-evaluates the APIC and wakes it: a byte on the
+				// console's serial line is one (docs/testing.md).
+				if alive.Load() && late > nudgeAfter && time.Since(nudged) > nudgeAfter {
+					nudged = time.Now()
+					n := nudges.Add(1)
+					t.Logf("no heartbeat for %v: nudging the VM's serial line (%d)", late.Round(time.Second), n)
+					stdin.Write([]byte("\r"))
+				}
 			}
 		}
 	}()
-	cmd := exec.CommandContext(ctx, k.QEMU, qemuArgs(k, smp, initrd, results)...)
-	cmd.Stdin = nil
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -606,6 +627,7 @@ func bootVM(t *testing.T, k *kernelCache, smp int, initrd, results string, timeo
 			// Only the heartbeat counts: a frozen L1 kernel still prints
 			// its soft-lockup reports.
 			lastLine.Store(time.Now().UnixNano())
+			alive.Store(true)
 			continue
 		}
 		if line = stripControl(line); line != "" {
@@ -629,6 +651,10 @@ func bootVM(t *testing.T, k *kernelCache, smp int, initrd, results string, timeo
 	}
 	return "", false, elapsed
 }
+
+// nudgeAfter is how long the heartbeat may stay away before the console
+// line gets a byte (three heartbeats missed).
+const nudgeAfter = 3 * manifest.HeartbeatInterval
 
 // freezeAfter is how long the heartbeat may stay away: longer than a
 // loaded machine needs to boot the kernel to /init under TCG (10-25 s

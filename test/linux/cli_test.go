@@ -1,0 +1,126 @@
+package linux
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"klp-kvm/kvm"
+	"klp-kvm/linuxkernel"
+)
+
+// klpKVM is a klp-kvm binary: $KLP_KVM_BIN (test/nested puts one into its
+// VM), else one built from this tree.
+func klpKVM(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("KLP_KVM_BIN"); p != "" {
+		return p
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go toolchain and no $KLP_KVM_BIN: cannot get a klp-kvm binary")
+	}
+	bin := filepath.Join(t.TempDir(), "klp-kvm")
+	if out, err := exec.Command(goBin, "build", "-o", bin, "klp-kvm/cmd/klp-kvm").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestLinuxCLI is the user's story with the binary: `klp-kvm run --kernel
+// vmlinuz` (no --initrd: klp-kvm's own initramfs), then exec, status,
+// inspect --live and stop against its API socket.
+func TestLinuxCLI(t *testing.T) {
+	skipNested(t)
+	kernelImage(t) // skips without a kernel
+	kernel := os.Getenv("KLP_E2E_LINUX_KERNEL")
+	bin := klpKVM(t)
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	cmdline := kvm.DefaultLinuxCmdline + " quiet klp.token=cli" + platformArgs()
+	var stderr bytes.Buffer
+	run := exec.Command(bin, "run", "--engine", "kvm", "--kernel", kernel, "--cpus", "2", "--mem", "384",
+		"--cmdline", cmdline, "--api", sock, "--console", "none")
+	run.Stderr = &stderr
+	start := time.Now()
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// exited is closed when run has exited, with its error in runErr.
+	exited := make(chan struct{})
+	var runErr error
+	go func() { runErr = run.Wait(); close(exited) }()
+	defer func() {
+		select {
+		case <-exited:
+		default:
+			run.Process.Kill()
+			<-exited
+		}
+	}()
+	klp := func(args ...string) (string, error) {
+		out, err := exec.Command(bin, append(args[:1:1], append([]string{"--api", sock}, args[1:]...)...)...).CombinedOutput()
+		return string(out), err
+	}
+	// exec answers once the agent does: until then the API refuses it.
+	var out string
+	var err error
+	for deadline := time.Now().Add(bootTimeout); ; {
+		if out, err = klp("exec", "--", "cat", "/proc/cmdline"); err == nil || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-exited:
+			t.Fatalf("klp-kvm run exited before its agent answered: %v\n%s", runErr, stderr.String())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		t.Fatalf("exec -- cat /proc/cmdline: %v\n%s\nrun's stderr:\n%s", err, out, stderr.String())
+	}
+	t.Logf("first exec answered %v after klp-kvm run started", time.Since(start).Round(time.Millisecond))
+	if strings.TrimSpace(out) != cmdline {
+		t.Errorf("exec -- cat /proc/cmdline = %q, want %q", out, cmdline)
+	}
+
+	out, err = klp("status", "--json")
+	var info kvm.Info
+	if err != nil || json.Unmarshal([]byte(out), &info) != nil || len(info.VCPUs) != 2 || info.MemMiB != 384 {
+		t.Errorf("status --json: %v\n%s", err, out)
+	}
+
+	out, err = klp("inspect", "--live", "--json", "--func", "cmdline_proc_show", "--func", "no_such_function_xyz")
+	var rep linuxkernel.Report
+	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil {
+		t.Fatalf("inspect --live --json: %v %v\n%s", err, jerr, out)
+	}
+	if rep.Release == "" || rep.SymbolSource != linuxkernel.SourceKallsyms || len(rep.Tasks) < 20 {
+		t.Errorf("inspect --live: release %q, symbols from %q, %d tasks", rep.Release, rep.SymbolSource, len(rep.Tasks))
+	}
+	if len(rep.Fentry) != 1 || rep.Fentry[0].Func != "cmdline_proc_show" || rep.Fentry[0].Kind != linuxkernel.FentryNop {
+		t.Errorf("inspect --live fentry %+v, want cmdline_proc_show's NOP", rep.Fentry)
+	}
+	if len(rep.FentryErrors) != 1 || !strings.Contains(rep.FentryErrors[0], "no_such_function_xyz") {
+		t.Errorf("inspect --live: an unknown --func must be reported, got %q", rep.FentryErrors)
+	}
+	if txt, err := klp("inspect", "--live"); err != nil || !strings.Contains(txt, "cmdline_proc_show") || !strings.Contains(txt, rep.Release) {
+		t.Errorf("inspect --live (text): %v\n%s", err, txt)
+	}
+
+	if out, err := klp("stop"); err != nil {
+		t.Fatalf("stop: %v\n%s", err, out)
+	}
+	select {
+	case <-exited:
+		if runErr != nil {
+			t.Errorf("klp-kvm run after stop: %v\n%s", runErr, stderr.String())
+		}
+		t.Logf("klp-kvm run exited after stop; its stderr:\n%s", stderr.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("klp-kvm run did not exit after stop\n%s", stderr.String())
+	}
+}
