@@ -64,6 +64,10 @@ func TestLinuxLivepatch(t *testing.T) {
 	}
 }
 
+// guestMemMiB is the patch tests' guest RAM: 256 MiB, half the default,
+// to leave the nested tier's L1 VM (1 GiB) memory to spare.
+const guestMemMiB = 256
+
 // patchGuest is a booted Linux guest with its control API.
 type patchGuest struct {
 	t        *testing.T
@@ -82,7 +86,7 @@ func bootPatchGuest(t *testing.T, cpus int) *patchGuest {
 	kernel := kernelImage(t)
 	cmdline := kvm.DefaultLinuxCmdline + " quiet klp.token=livepatch" + platformArgs()
 	con := &syncBuffer{log: t.Logf}
-	v, err := vmm.New(vmm.Config{Engine: engineName(), CPUs: cpus, Kernel: kernel, Cmdline: cmdline,
+	v, err := vmm.New(vmm.Config{Engine: engineName(), CPUs: cpus, MemMiB: guestMemMiB, Kernel: kernel, Cmdline: cmdline,
 		Console: con, BootTimeout: bootTimeout})
 	if err != nil {
 		t.Fatal(err)
