@@ -129,12 +129,44 @@ func TestShellContextEndsSleep(t *testing.T) {
 
 func TestLookupAndNames(t *testing.T) {
 	for _, n := range []string{"sh", "cat", "ls", "ps", "dmesg", "echo", "uname", "sleep", "grep", "head", "kill",
-		"mount", "poweroff", "reboot"} {
+		"mount", "poweroff", "reboot", "insmod", "rmmod", "lsmod"} {
 		if _, ok := Lookup("/bin/" + n); !ok {
 			t.Errorf("no applet %s", n)
 		}
 	}
 	if _, ok := Lookup("bogus"); ok {
 		t.Error("bogus applet found")
+	}
+}
+
+func TestModuleApplets(t *testing.T) {
+	proc := fakeProc(t)
+	os.WriteFile(filepath.Join(proc, "modules"), []byte(
+		"livepatch_sample 16384 1 - Live 0xffffffffc0a1c000 (K)\n"+
+			"klp_busy 16384 0 dep_a,dep_b, Live 0xffffffffc0a00000 (OE)\n"), 0o644)
+	out, st := sh(t, proc, "lsmod")
+	want := "Module                  Size  Used by\n" +
+		"livepatch_sample       16384  1 \n" +
+		"klp_busy               16384  0 dep_a,dep_b\n"
+	if st != 0 || out != want {
+		t.Errorf("lsmod: status %d\n%q\nwant\n%q", st, out, want)
+	}
+	// Errors name the module and the errno; nothing is loaded from a
+	// file that is not an ELF module (finit_module as an unprivileged or
+	// privileged user both refuse it).
+	junk := filepath.Join(t.TempDir(), "junk.ko")
+	os.WriteFile(junk, []byte("not a module"), 0o644)
+	for _, tc := range []struct{ script, want string }{
+		{"insmod", "usage"},
+		{"insmod /nonexistent.ko", "no such file"},
+		{"insmod " + junk, "could not insert module " + junk},
+		{"rmmod", "usage"},
+		{"rmmod -f", "usage"},
+		{"rmmod /x/klp_kvm_no_such_module.ko", "could not remove module klp_kvm_no_such_module"},
+	} {
+		out, st := sh(t, proc, tc.script)
+		if st == 0 || !strings.Contains(out, tc.want) {
+			t.Errorf("%s: status %d, output %q, want it to hold %q", tc.script, st, out, tc.want)
+		}
 	}
 }
