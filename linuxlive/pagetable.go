@@ -124,6 +124,12 @@ func (pt *pageTables) checkFree(va uint64) error {
 	if err != nil || ea == 0 {
 		return err
 	}
+	return pt.unused(va, ea)
+}
+
+// unused verifies that the PTE at ea, for va, is empty: the host never
+// writes over an entry the guest has.
+func (pt *pageTables) unused(va, ea uint64) error {
 	e, err := pt.read(ea)
 	if err != nil {
 		return err
@@ -140,12 +146,8 @@ func (pt *pageTables) mapPage(va, pa, bits uint64, alloc func() (uint64, error),
 	if err != nil {
 		return err
 	}
-	e, err := pt.read(ea)
-	if err != nil {
+	if err := pt.unused(va, ea); err != nil {
 		return err
-	}
-	if e != 0 {
-		return errf("map", "", ErrCollision, "%#x is mapped by the guest (PTE %#x at %#x)", va, e, ea)
 	}
 	return pt.write(ea, pa&pteAddr|bits)
 }
