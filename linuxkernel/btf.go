@@ -69,8 +69,14 @@ func memberOffset(spec *btf.Spec, name, path string) (uint64, error) {
 	return off, nil
 }
 
-// findMember searches typ's members for name, descending into anonymous
-// members (depth-limited: BTF comes from the guest).
+// FindMember searches typ's members for name, descending into anonymous
+// structs and unions (depth-limited: BTF comes from the guest or from a
+// module); the offset is the anonymous members' byte offset to add to
+// the member's own. linuxpatch reads klp_patch's layout with it too.
+func FindMember(typ btf.Type, name string) (btf.Member, uint64, bool) {
+	return findMember(typ, name, 0)
+}
+
 func findMember(typ btf.Type, name string, depth int) (btf.Member, uint64, bool) {
 	if depth > 8 {
 		return btf.Member{}, 0, false

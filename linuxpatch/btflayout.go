@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf/btf"
+
+	"klp-kvm/linuxkernel"
 )
 
 // Layout is where the fields klp-kvm reads live in Linux's struct
@@ -127,7 +129,7 @@ func structByName(spec *btf.Spec, name string) (*btf.Struct, error) {
 func member(s *btf.Struct, path string) (off, size uint64, err error) {
 	var typ btf.Type = s
 	for _, name := range strings.Split(path, ".") {
-		m, o, ok := findMember(typ, name, 0)
+		m, o, ok := linuxkernel.FindMember(typ, name)
 		if !ok {
 			return 0, 0, errf("btf", ErrFormat, "struct %s has no member %s", s.Name, path)
 		}
@@ -142,33 +144,4 @@ func member(s *btf.Struct, path string) (off, size uint64, err error) {
 		return 0, 0, &Error{Op: "btf", Kind: ErrFormat, Detail: fmt.Sprintf("size of %s.%s", s.Name, path), Err: serr}
 	}
 	return off, uint64(n), nil
-}
-
-func findMember(typ btf.Type, name string, depth int) (btf.Member, uint64, bool) {
-	if depth > 8 {
-		return btf.Member{}, 0, false
-	}
-	var members []btf.Member
-	switch t := btf.UnderlyingType(typ).(type) {
-	case *btf.Struct:
-		members = t.Members
-	case *btf.Union:
-		members = t.Members
-	default:
-		return btf.Member{}, 0, false
-	}
-	for _, m := range members {
-		if m.Name == name {
-			return m, 0, true
-		}
-	}
-	for _, m := range members {
-		if m.Name != "" {
-			continue
-		}
-		if inner, o, ok := findMember(m.Type, name, depth+1); ok {
-			return inner, o + uint64(m.Offset)/8, true
-		}
-	}
-	return btf.Member{}, 0, false
 }

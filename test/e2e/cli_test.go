@@ -13,33 +13,15 @@ import (
 	"time"
 
 	"klp-kvm/api"
+	"klp-kvm/internal/klpbin"
 	"klp-kvm/internal/poll"
 	"klp-kvm/kvm"
 )
 
-// klpKVM returns the path of a klp-kvm binary: $KLP_KVM_BIN (the nested
-// tier ships one), else one built from this tree.
-func klpKVM(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("KLP_KVM_BIN"); p != "" {
-		return p
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go toolchain and no $KLP_KVM_BIN: cannot get a klp-kvm binary")
-	}
-	bin := filepath.Join(t.TempDir(), "klp-kvm")
-	out, err := exec.Command(goBin, "build", "-o", bin, "klp-kvm/cmd/klp-kvm").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // TestRunCLI drives `klp-kvm run` as a user would: boot the test guest,
 // read its console, query and pause it through the API socket, stop it.
 func TestRunCLI(t *testing.T) {
-	bin := klpKVM(t)
+	bin := klpbin.Path(t)
 	dir := t.TempDir()
 	kernel := filepath.Join(dir, "bootguest")
 	if err := os.WriteFile(kernel, bootGuest, 0o644); err != nil {

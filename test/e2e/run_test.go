@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"klp-kvm/api"
+	"klp-kvm/internal/klpbin"
 	"klp-kvm/internal/poll"
 )
 
@@ -22,7 +23,7 @@ import (
 // guest agent is ready.
 func startRun(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer, *api.Client) {
 	t.Helper()
-	bin := klpKVM(t)
+	bin := klpbin.Path(t)
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	var stderr bytes.Buffer
 	cmd := exec.Command(bin, append([]string{"run", "--engine", EngineName(), "--console", "none", "--api", sock}, args...)...)

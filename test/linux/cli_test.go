@@ -10,27 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"klp-kvm/internal/klpbin"
 	"klp-kvm/kvm"
 	"klp-kvm/linuxkernel"
 )
-
-// klpKVM is a klp-kvm binary: $KLP_KVM_BIN (test/nested puts one into its
-// VM), else one built from this tree.
-func klpKVM(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("KLP_KVM_BIN"); p != "" {
-		return p
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go toolchain and no $KLP_KVM_BIN: cannot get a klp-kvm binary")
-	}
-	bin := filepath.Join(t.TempDir(), "klp-kvm")
-	if out, err := exec.Command(goBin, "build", "-o", bin, "klp-kvm/cmd/klp-kvm").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // TestLinuxCLI is the user's story with the binary: `klp-kvm run --kernel
 // vmlinuz` (no --initrd: klp-kvm's own initramfs), then exec, status,
@@ -39,7 +22,7 @@ func TestLinuxCLI(t *testing.T) {
 	skipNested(t)
 	kernelImage(t) // skips without a kernel
 	kernel := os.Getenv("KLP_E2E_LINUX_KERNEL")
-	bin := klpKVM(t)
+	bin := klpbin.Path(t)
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	cmdline := kvm.DefaultLinuxCmdline + " quiet klp.token=cli" + platformArgs()
 	var stderr bytes.Buffer
