@@ -17,7 +17,9 @@ import (
 
 // TestLinuxCLI is the user's story with the binary: `klp-kvm run --kernel
 // vmlinuz` (no --initrd: klp-kvm's own initramfs), then exec, status,
-// inspect --live and stop against its API socket.
+// inspect --live, the live patch story of issue 17 (patch load of
+// Linux's livepatch-sample.ko, list, disable, enable, unload) and stop
+// against its API socket.
 func TestLinuxCLI(t *testing.T) {
 	skipNested(t)
 	kernelImage(t) // skips without a kernel
@@ -94,6 +96,8 @@ func TestLinuxCLI(t *testing.T) {
 		t.Errorf("inspect --live (text): %v\n%s", err, txt)
 	}
 
+	cliLivepatch(t, klp, cmdline)
+
 	if out, err := klp("stop"); err != nil {
 		t.Fatalf("stop: %v\n%s", err, out)
 	}
@@ -105,5 +109,64 @@ func TestLinuxCLI(t *testing.T) {
 		t.Logf("klp-kvm run exited after stop; its stderr:\n%s", stderr.String())
 	case <-time.After(30 * time.Second):
 		t.Fatalf("klp-kvm run did not exit after stop\n%s", stderr.String())
+	}
+}
+
+// cliLivepatch is the sample story with the CLI, as docs/linux-guests.md
+// tells it: the .ko is an ordinary file the user has.
+func cliLivepatch(t *testing.T, klp func(...string) (string, error), cmdline string) {
+	t.Helper()
+	ko := filepath.Join(t.TempDir(), "livepatch-sample.ko")
+	if err := os.WriteFile(ko, sampleKO, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cat := func(want string) {
+		t.Helper()
+		out, err := klp("exec", "--", "cat", "/proc/cmdline")
+		if err != nil || strings.TrimSpace(out) != want {
+			t.Errorf("exec -- cat /proc/cmdline = %q (%v), want %q", out, err, want)
+		}
+	}
+	const patched = "this has been live patched"
+	var op struct {
+		Result struct {
+			PauseWindow time.Duration `json:"pause_window_ns"`
+		} `json:"result"`
+	}
+	out, err := klp("patch", "load", ko, "--json")
+	if err != nil || json.Unmarshal([]byte(out), &op) != nil {
+		t.Fatalf("patch load %s: %v\n%s", ko, err, out)
+	}
+	if op.Result.PauseWindow <= 0 {
+		t.Errorf("patch load --json: no pause window in %s", out)
+	}
+	t.Logf("patch load: %s", strings.TrimSpace(out))
+	cat(patched)
+	if out, err := klp("patch", "list"); err != nil || !strings.Contains(out, "livepatch_sample") {
+		t.Errorf("patch list: %v\n%s", err, out)
+	}
+	// Loading it again is refused with a clear error and the exit status 1.
+	if out, err := klp("patch", "load", ko); err == nil || !strings.Contains(out, "livepatch_sample") {
+		t.Errorf("a second load of the same patch: %v\n%s", err, out)
+	}
+	if out, err := klp("patch", "disable", "livepatch_sample"); err != nil {
+		t.Fatalf("patch disable: %v\n%s", err, out)
+	}
+	cat(cmdline)
+	if out, err := klp("patch", "enable", "livepatch_sample"); err != nil {
+		t.Fatalf("patch enable: %v\n%s", err, out)
+	}
+	cat(patched)
+	if out, err := klp("patch", "unload", "livepatch_sample"); err != nil {
+		t.Fatalf("patch unload: %v\n%s", err, out)
+	}
+	cat(cmdline)
+	var st struct {
+		Patches []json.RawMessage `json:"patches"`
+		InUse   *uint64           `json:"patch_area_in_use"`
+	}
+	out, err = klp("patch", "list", "--json")
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil || len(st.Patches) != 0 || st.InUse == nil || *st.InUse != 0 {
+		t.Errorf("patch list after unload: want no patch and nothing of the patch area in use: %v\n%s", err, out)
 	}
 }
