@@ -6,6 +6,7 @@ import (
 	"klp-kvm/kvm"
 	"klp-kvm/linuxkernel"
 	"klp-kvm/linuxlive"
+	"klp-kvm/livepatch"
 )
 
 // LinuxPatcher is the live-patch manager of a Linux guest: package
@@ -25,6 +26,8 @@ func (l liveMachine) WritePhys(pa uint64, b []byte) error { return l.m.WritePhys
 // guarantee lets the vCPUs that block a switch run out of the changing
 // code while the others stay paused (kvm.Machine.RunUntil: hardware
 // breakpoints on the kvm engine, bounded slices where they do not fire).
+var _ livepatch.Stepper = liveMachine{}
+
 func (l liveMachine) RunUntil(stops map[int][]uint64, budget time.Duration) (int, error) {
 	return l.m.RunUntil(stops, budget)
 }
