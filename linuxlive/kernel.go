@@ -29,9 +29,11 @@ type kernelView interface {
 	// whether the kernel maps its data NX.
 	Tables() (root uint64, levels int, nx bool)
 	// Blocked, with every vCPU paused, unwinds every task and vCPU and
-	// names the first frame inside check ("" when none); code is the
-	// patches' code, which counts as kernel text.
-	Blocked(check, code []linuxkernel.AddrRange) (string, error)
+	// says what holds an address in check: the first frame found, whether
+	// a sleeping task blocks, and each blocking vCPU's way out (verdict);
+	// code is the patches' code (text and ORC), which counts as kernel
+	// text and unwinds with the patches' own ORC tables.
+	Blocked(check []linuxkernel.AddrRange, code []linuxkernel.ModuleORC) (verdict, error)
 }
 
 // liveKernel is the kernelView of a running guest.
@@ -145,21 +147,21 @@ func (lk *liveKernel) Translate(va uint64) (uint64, error) {
 
 // Blocked unwinds every task not running (UnwindTask) and every vCPU
 // (UnwindCPU) with the guest's ORC tables; Stack.Hit falls back to the
-// conservative scan where the unwind is not reliable.
-func (lk *liveKernel) Blocked(check, code []linuxkernel.AddrRange) (string, error) {
+// conservative scan where the unwind is not reliable. Sleeping tasks
+// come first: when one blocks, the vCPUs do not matter for this attempt
+// (only time moves it). A vCPU that blocks gets its way out from an exact
+// unwind (exitStops), for the progress guarantee.
+func (lk *liveKernel) Blocked(check []linuxkernel.AddrRange, code []linuxkernel.ModuleORC) (verdict, error) {
 	u := lk.u
 	if err := u.RefreshModules(); err != nil {
 		u.ModulesErr = err
 	}
-	// The patches' code counts as module text, so that a return address
-	// into it is kept by the conservative scan (its ORC is not used: an
-	// unwind through it is unreliable and falls back to the scan).
-	for _, r := range code {
-		u.Modules = append(u.Modules, linuxkernel.ModuleORC{Name: "klp-kvm patch", Text: r})
-	}
+	// The patches' code counts as module text, with its own ORC tables
+	// (patchORC): a stack through it unwinds exactly.
+	u.Modules = append(u.Modules, code...)
 	threads, err := lk.k.Threads()
 	if err != nil {
-		return "", wrap("check", "", ErrGuest, err, "the guest's task list")
+		return verdict{}, wrap("check", "", ErrGuest, err, "the guest's task list")
 	}
 	var st linuxkernel.Stack
 	for _, t := range threads {
@@ -168,20 +170,23 @@ func (lk *liveKernel) Blocked(check, code []linuxkernel.AddrRange) (string, erro
 		}
 		u.UnwindTask(t, &st)
 		if f, ok := st.Hit(check); ok {
-			return fmt.Sprintf("task %d (%s) at %s", t.Pid, t.Comm, f), nil
+			return verdict{why: fmt.Sprintf("task %d (%s) at %s", t.Pid, t.Comm, f), sleeping: true}, nil
 		}
 	}
 	cpus, err := lk.m.CPUs()
 	if err != nil {
-		return "", wrap("check", "", ErrGuest, err, "the vCPUs' registers")
+		return verdict{}, wrap("check", "", ErrGuest, err, "the vCPUs' registers")
 	}
+	var v verdict
 	for i, c := range cpus {
 		if err := u.UnwindCPU(i, c.Regs, &st); err != nil {
-			return fmt.Sprintf("vCPU %d: no stack to check (%v)", i, err), nil
+			// Not a stack that running on would change: wait, as for a
+			// sleeping task.
+			return verdict{why: fmt.Sprintf("vCPU %d: no stack to check (%v)", i, err), sleeping: true}, nil
 		}
 		if f, ok := st.Hit(check); ok {
-			return fmt.Sprintf("vCPU %d at %s", i, f), nil
+			v.blockRunning(i, fmt.Sprintf("vCPU %d at %s", i, f), exitStops(&st, check))
 		}
 	}
-	return "", nil
+	return v, nil
 }

@@ -55,7 +55,8 @@ type CPU struct {
 
 // Machine is the guest as this package needs it: physical memory, the
 // whole-machine pause, and the paused vCPUs' registers. vmm implements it
-// over kvm.Machine.
+// over kvm.Machine. A Machine that is also a livepatch.Stepper (some
+// vCPUs run while the others stay paused) gets the progress guarantee.
 type Machine interface {
 	PhysMem
 	Pause() error
@@ -105,6 +106,7 @@ type Manager struct {
 type patch struct {
 	name    string
 	img     *linuxpatch.Image
+	orc     linuxkernel.ModuleORC // its code for the unwinder (patchORC)
 	funcs   []*fn
 	pages   []mapping
 	tables  []created
@@ -240,6 +242,9 @@ func (m *Manager) register(data []byte, nameHint string) (*patch, error) {
 		return nil, wrap(op, name, ErrModule, err, "")
 	}
 	p := &patch{name: name, img: img}
+	if p.orc, err = patchORC(name, img, cfg.KernelRelease); err != nil {
+		return nil, wrap(op, name, ErrModule, err, "its ORC tables")
+	}
 	// Resolve each old function as klp_find_object_symbol does, and
 	// check its fentry site: it must be the NOP, or our own jump (a
 	// patch stacked on another).

@@ -64,7 +64,10 @@ type fakeKernel struct {
 	spec    *btf.Spec
 	syms    *linuxkernel.Symbols
 	cmdline uint64 // cmdline_proc_show
-	block   string // Blocked's answer
+	block   string // a sleeping task blocks with this ("": none)
+	// running, when set and no task blocks, is the check of the vCPUs.
+	running func(check []linuxkernel.AddrRange) verdict
+	code    []linuxkernel.ModuleORC // the last check's patch code
 	checks  int
 }
 
@@ -91,12 +94,19 @@ func (k *fakeKernel) Translate(va uint64) (uint64, error) {
 	return textPage + va&0xfff, nil
 }
 func (k *fakeKernel) Tables() (uint64, int, bool) { return pml4, 4, true }
-func (k *fakeKernel) Blocked(check, code []linuxkernel.AddrRange) (string, error) {
+func (k *fakeKernel) Blocked(check []linuxkernel.AddrRange, code []linuxkernel.ModuleORC) (verdict, error) {
 	k.checks++
 	if k.g.depth == 0 {
 		k.g.t.Error("stack check while the guest runs")
 	}
-	return k.block, nil
+	k.code = code
+	if k.block != "" {
+		return verdict{why: k.block, sleeping: true}, nil
+	}
+	if k.running != nil {
+		return k.running(check), nil
+	}
+	return verdict{}, nil
 }
 
 func testdata(t *testing.T, name string) []byte {

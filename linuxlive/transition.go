@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"klp-kvm/linuxkernel"
-	"klp-kvm/linuxpatch"
 	"klp-kvm/livepatch"
 )
 
@@ -26,6 +25,8 @@ const (
 // transition switches every site of sw in one pause once no task's and
 // no vCPU's stack holds an address in check (Linux's klp_check_stack:
 // the functions whose meaning changes), retrying until the deadline.
+// When only running vCPUs block, they run on out of the changing code
+// inside the same pause first (progress.go), unless o.NoProgress.
 // Every site is verified before any is written; a write that fails puts
 // back the sites written before it. Nothing is left half-switched.
 func (m *Manager) transition(op string, p *patch, sw []siteSwitch, check []linuxkernel.AddrRange, o livepatch.Options) (*livepatch.Result, error) {
@@ -92,9 +93,12 @@ func (m *Manager) attempt(p *patch, sw []siteSwitch, check []linuxkernel.AddrRan
 		}
 	}()
 	if !o.Force {
-		why, err = m.blocked(check)
-		if err != nil || why != "" {
-			return why, false, err
+		v, err := m.blocked(check)
+		if err == nil && v.why != "" && !v.sleeping && !o.NoProgress {
+			v, err = m.progress(check, v, res)
+		}
+		if err != nil || v.why != "" {
+			return v.why, false, err
 		}
 	}
 	tCheck := time.Now()
@@ -130,14 +134,13 @@ func (m *Manager) attempt(p *patch, sw []siteSwitch, check []linuxkernel.AddrRan
 }
 
 // blocked asks the kernel view whether a stack holds an address in
-// check; the patches' own code counts as kernel text for the unwind.
-func (m *Manager) blocked(check []linuxkernel.AddrRange) (string, error) {
-	var code []linuxkernel.AddrRange
+// check; the patches' own code counts as kernel text for the unwind, with
+// its ORC tables.
+func (m *Manager) blocked(check []linuxkernel.AddrRange) (verdict, error) {
+	var code []linuxkernel.ModuleORC
 	for _, q := range m.patches {
-		for _, r := range q.img.Regions {
-			if r.Prot == linuxpatch.ProtExec {
-				code = append(code, linuxkernel.AddrRange{Start: r.Addr, End: r.Addr + r.Size})
-			}
+		if q.orc.Text.End > q.orc.Text.Start {
+			code = append(code, q.orc)
 		}
 	}
 	return m.kv.Blocked(check, code)

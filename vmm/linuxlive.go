@@ -1,9 +1,12 @@
 package vmm
 
 import (
+	"time"
+
 	"klp-kvm/kvm"
 	"klp-kvm/linuxkernel"
 	"klp-kvm/linuxlive"
+	"klp-kvm/livepatch"
 )
 
 // LinuxPatcher is the live-patch manager of a Linux guest: package
@@ -18,6 +21,16 @@ func LinuxPatcher(m *kvm.Machine, logf func(format string, args ...any)) (*linux
 type liveMachine struct{ machineLive }
 
 func (l liveMachine) WritePhys(pa uint64, b []byte) error { return l.m.WritePhys(pa, b) }
+
+// RunUntil makes liveMachine a livepatch.Stepper: linuxlive's progress
+// guarantee lets the vCPUs that block a switch run out of the changing
+// code while the others stay paused (kvm.Machine.RunUntil: hardware
+// breakpoints on the kvm engine, bounded slices where they do not fire).
+var _ livepatch.Stepper = liveMachine{}
+
+func (l liveMachine) RunUntil(stops map[int][]uint64, budget time.Duration) (int, error) {
+	return l.m.RunUntil(stops, budget)
+}
 
 // CPUs reads each paused vCPU's registers, as an interrupt frame for
 // the ORC unwind (CS and SS from the segment registers: CS's RPL says

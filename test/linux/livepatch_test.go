@@ -238,7 +238,8 @@ func testLinuxLivepatch(t *testing.T, cpus int) {
 		}
 		busyDone <- out
 	}()
-	attempts, busyCycles := 0, 0
+	attempts, steps, busyCycles := 0, 0, 0
+	var stepTime time.Duration
 	for busy := true; busy; {
 		select {
 		case out := <-busyDone:
@@ -251,18 +252,18 @@ func testLinuxLivepatch(t *testing.T, cpus int) {
 			if len(lines) < 100 || seen[original]+seen[patchedMsg] != len(lines) {
 				t.Errorf("busy loop: %d lines, %d original, %d patched; others: %q", len(lines), seen[original], seen[patchedMsg], tail(out, 5))
 			}
-			t.Logf("busy guest: %d reads (%d original, %d patched) during %d disable/enable cycles, %d switch attempts for %d switches",
-				len(lines), seen[original], seen[patchedMsg], busyCycles, attempts, 2*busyCycles)
+			t.Logf("busy guest: %d reads (%d original, %d patched) during %d disable/enable cycles, %d switch attempts for %d switches, %d progress steps (%v)",
+				len(lines), seen[original], seen[patchedMsg], busyCycles, attempts, 2*busyCycles, steps, stepTime)
 		default:
 			r, err := c.Disable(ctx, sampleName, api.OpRequest{})
 			if err != nil {
 				t.Fatalf("busy cycle %d: disable: %v", busyCycles, err)
 			}
-			attempts += r.Result.Attempts
+			attempts, steps, stepTime = attempts+r.Result.Attempts, steps+r.Result.Steps, stepTime+r.Result.StepTime
 			if r, err = c.Enable(ctx, sampleName, api.OpRequest{}); err != nil {
 				t.Fatalf("busy cycle %d: enable: %v", busyCycles, err)
 			}
-			attempts += r.Result.Attempts
+			attempts, steps, stepTime = attempts+r.Result.Attempts, steps+r.Result.Steps, stepTime+r.Result.StepTime
 			busyCycles++
 		}
 	}
