@@ -24,14 +24,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"klp-kvm/api"
 	"klp-kvm/guestagent/initrd"
 	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
-	"klp-kvm/klperr"
 	"klp-kvm/kvm"
 	"klp-kvm/kvm/agent"
 	"klp-kvm/linuxkernel"
@@ -109,6 +107,10 @@ type VMM struct {
 	// counts the ones being carried out (Drain waits for them).
 	draining atomic.Bool
 	inEvents sync.WaitGroup
+
+	// tree pushes a Linux guest's livepatch tree to its agent (sysfs.go);
+	// nil for klp-kvm's own guest and a Linux guest without live patching.
+	tree *treePusher
 }
 
 // New builds the machine, the agent client and the livepatch manager. The
@@ -162,6 +164,9 @@ func New(cfg Config) (*VMM, error) {
 			v.NoLivepatch = fmt.Errorf("%w: %v", ErrLinuxNoLivepatch, err)
 		} else {
 			v.Linux = lm
+			// The guest sees the patches as a tree its agent shows
+			// (sysfs.go), pushed after every change.
+			v.tree = newTreePusher(lm.Status, v.Agent.LivepatchTree, logf)
 		}
 		// Its kernel is read from the host, with no help from the guest
 		// (POST /kernel, klp-kvm inspect --live).
@@ -229,6 +234,9 @@ func (v *VMM) Start() error {
 		return errors.New("vmm: guest already started")
 	}
 	v.t0 = time.Now()
+	if v.tree != nil {
+		go v.tree.run()
+	}
 	go func() {
 		code, err := v.Machine.Run()
 		v.runCode, v.runErr = code, err
@@ -332,11 +340,17 @@ func Callbacks(c *agent.Client) livepatch.CallbackRunner {
 	}
 }
 
-// event handles one guest event: a sysfs write is carried out by the
-// manager and answered with its errno (ENODEV when the kernel cannot be
-// live patched); anything else is logged.
+// event handles one guest event: a sysfs write is carried out for
+// either guest kind (sysfsWrite: the livepatch manager of klp-kvm's own
+// guest, linuxlive for a Linux guest, ENODEV when the kernel cannot be
+// live patched) and answered with its errno; a refused one is logged.
+// A Linux guest's agent-ready gets the livepatch tree (a restarted agent
+// starts with an empty one). Anything else is logged.
 func (v *VMM) event(ev agent.Event) {
 	if ev.Name != "sysfs-write" {
+		if ev.Name == "agent-ready" && v.tree != nil {
+			v.tree.Kick()
+		}
 		fmt.Fprintf(v.events, "klp-kvm: guest event %s: %s\n", ev.Name, ev.Data)
 		return
 	}
@@ -347,14 +361,11 @@ func (v *VMM) event(ev agent.Event) {
 	}
 	v.inEvents.Add(1)
 	defer v.inEvents.Done()
-	errno := syscall.ENODEV
-	switch {
-	case v.draining.Load():
-		errno = syscall.ESHUTDOWN
-	case v.Manager != nil:
-		errno = klperr.Errno(v.Manager.SysfsWrite(w.Path, w.Value))
+	werr := v.sysfsWrite(w.Path, w.Value)
+	if werr != nil {
+		fmt.Fprintf(v.events, "klp-kvm: guest sysfs write %s=%q: %v\n", w.Path, w.Value, werr)
 	}
-	if err := v.Agent.SysfsReply(w.ID, int(errno)); err != nil {
+	if err := v.sysfsReply(w.ID, werr); err != nil {
 		fmt.Fprintf(v.events, "klp-kvm: sysfs-reply: %v\n", err)
 	}
 }
@@ -396,6 +407,9 @@ func (v *VMM) Exec(cmd string) (string, error) {
 // than once and returns the guest's stop error, if any.
 func (v *VMM) Close() error {
 	v.closeOnce.Do(func() {
+		if v.tree != nil {
+			v.tree.Stop()
+		}
 		v.Machine.Stop()
 		if v.started.Load() {
 			select {
