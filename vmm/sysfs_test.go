@@ -61,8 +61,8 @@ func TestLivepatchTree(t *testing.T) {
 
 // pushes records the trees a treePusher sends.
 type pushes struct {
-	mu    sync.Mutex
-	trees []agent.Tree
+	mu      sync.Mutex
+	trees   []agent.Tree
 	block   chan struct{} // when set, each push waits for it
 	entered chan struct{} // when set, told of each push as it starts
 	fail    error
