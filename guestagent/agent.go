@@ -111,10 +111,10 @@ func (a *Agent) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 	a.writeMu.Lock()
 	a.w = w
 	a.writeMu.Unlock()
-	defer a.wg.Wait()
 	if a.opts.LivepatchRoot != "" {
 		// Before agent-ready: a host that sends its tree on that event
-		// finds the root in place.
+		// finds the root in place. Closed after the requests in flight
+		// (deferred before the wait below), which may be using it.
 		if l, err := newLPTree(a.opts.LivepatchRoot, a.Event, a.opts.Kmsg, a.opts.Log); err != nil {
 			a.opts.Log("klp-agent: no livepatch tree: %v", err)
 		} else {
@@ -122,6 +122,7 @@ func (a *Agent) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 			defer func() { a.tree.Store(nil); l.close() }()
 		}
 	}
+	defer a.wg.Wait()
 	if a.opts.Ready {
 		a.Event("agent-ready", map[string]string{"version": Release() + " " + Version})
 	}

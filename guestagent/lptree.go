@@ -58,11 +58,12 @@ type lpTree struct {
 	kmsg  io.Writer // one kernel-log record per Write; nil logs nowhere
 	log   func(format string, args ...any)
 
-	mu   sync.Mutex // serialises replace and the watch table
-	ifd  int
-	inf  *os.File
-	wds  map[int32]string // inotify watch -> file path relative to root
-	last agent.Tree       // the tree shown (restored after a refused write)
+	mu     sync.Mutex // serialises replace and the watch table
+	closed bool       // close was called: ifd is no longer ours
+	ifd    int
+	inf    *os.File
+	wds    map[int32]string // inotify watch -> file path relative to root
+	last   agent.Tree       // the tree shown (restored after a refused write)
 
 	pmu     sync.Mutex
 	nextID  uint64
@@ -147,7 +148,10 @@ func (a *Agent) livepatchTree(args json.RawMessage) (any, func(), *reqError) {
 
 // close stops the watcher and gives up the writes in flight.
 func (l *lpTree) close() {
+	l.mu.Lock()
+	l.closed = true
 	l.inf.Close()
+	l.mu.Unlock()
 	l.pmu.Lock()
 	for id, w := range l.pending {
 		w.timer.Stop()
@@ -166,6 +170,9 @@ func (l *lpTree) replace(t agent.Tree) (err error) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.closed {
+		return &Error{Op: op, Kind: ErrIO, Detail: "the agent is stopping"}
+	}
 	if err := os.RemoveAll(l.stage); err != nil {
 		return wrap(op, ErrIO, "remove "+l.stage, err)
 	}
