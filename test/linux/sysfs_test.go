@@ -110,6 +110,7 @@ func TestLinuxSysfs(t *testing.T) {
 	})
 	t.Logf("guest's echo 0 > enabled: disabled on the host %v after the write returned", time.Since(t0).Round(time.Millisecond))
 	poll.Within(t, guestWait, "the guest's file to show 0", func() bool { return exec("cat "+dir+"/enabled") == "0" })
+	t.Logf("guest's echo 0 > enabled: the file shows the state reached %v after the write returned", time.Since(t0).Round(time.Millisecond))
 	if got := exec("cat /proc/cmdline"); got != g.original {
 		t.Errorf("/proc/cmdline after the guest disabled the patch: %q, want the original", got)
 	}
