@@ -77,6 +77,9 @@ func FuzzLivepatchTree(f *testing.F) {
 		a.tree.Store(l)
 		_, _, rerr := a.livepatchTree(args)
 		var want []string
+		if tp, _ := decodeTree(args); rerr == nil && tp.More {
+			return // a part: nothing shown yet
+		}
 		if rerr == nil {
 			tr, _ := decodeTree(args)
 			for _, d := range tr.Dirs {

@@ -65,6 +65,10 @@ type lpTree struct {
 	wds    map[int32]string // inotify watch -> file path relative to root
 	last   agent.Tree       // the tree shown (restored after a refused write)
 
+	partMu   sync.Mutex // the tree being received in parts
+	parts    agent.Tree
+	nextPart int
+
 	pmu     sync.Mutex
 	nextID  uint64
 	pending map[uint64]*lpWrite
@@ -107,9 +111,9 @@ func newLPTree(root string, event func(string, any), kmsg io.Writer, log func(st
 }
 
 // decodeTree decodes guest-livepatch-tree's arguments strictly (no
-// unknown field); Tree.Check comes in replace.
-func decodeTree(args json.RawMessage) (agent.Tree, *reqError) {
-	var t agent.Tree
+// unknown field); Tree.Check comes when the tree is whole.
+func decodeTree(args json.RawMessage) (agent.TreePart, *reqError) {
+	var t agent.TreePart
 	if args == nil {
 		return t, invalid(`guest-livepatch-tree: "dirs" and "files" required`)
 	}
@@ -123,16 +127,21 @@ func decodeTree(args json.RawMessage) (agent.Tree, *reqError) {
 
 // livepatchTree is guest-livepatch-tree: the tree shown becomes exactly
 // the one sent, or stays as it was (EINVAL for a tree that breaks
-// agent.Tree's bounds, the errno of the failing call else).
+// agent.Tree's bounds or parts out of order, the errno of the failing
+// call else). A tree in parts is kept aside until its last part.
 func (a *Agent) livepatchTree(args json.RawMessage) (any, func(), *reqError) {
 	l := a.tree.Load()
 	if l == nil {
 		return nil, nil, &reqError{class: "GenericError", errno: syscall.EOPNOTSUPP,
 			desc: "guest-livepatch-tree: this agent shows no livepatch tree"}
 	}
-	t, rerr := decodeTree(args)
+	tp, rerr := decodeTree(args)
 	if rerr != nil {
 		return nil, nil, rerr
+	}
+	t, whole, rerr := l.addPart(tp)
+	if rerr != nil || !whole {
+		return struct{}{}, nil, rerr
 	}
 	if err := l.replace(t); err != nil {
 		errno := syscall.EIO
@@ -144,6 +153,35 @@ func (a *Agent) livepatchTree(args json.RawMessage) (any, func(), *reqError) {
 		return nil, nil, &reqError{class: "GenericError", desc: "guest-livepatch-tree: " + err.Error(), errno: errno}
 	}
 	return struct{}{}, nil, nil
+}
+
+// addPart adds a part to the tree being received: the whole tree once its
+// last part came (whole), nothing before. Part 0 starts afresh; a part
+// out of order, or parts beyond the bounds, drop what was kept.
+func (l *lpTree) addPart(tp agent.TreePart) (agent.Tree, bool, *reqError) {
+	l.partMu.Lock()
+	defer l.partMu.Unlock()
+	if tp.Part == 0 {
+		l.parts, l.nextPart = agent.Tree{}, 0
+	}
+	if tp.Part != l.nextPart || tp.Part >= agent.TreeMaxParts {
+		want := l.nextPart
+		l.parts, l.nextPart = agent.Tree{}, 0
+		return agent.Tree{}, false, invalid(fmt.Sprintf("guest-livepatch-tree: part %d, expected %d (at most %d parts)", tp.Part, want, agent.TreeMaxParts))
+	}
+	if len(l.parts.Dirs)+len(l.parts.Files)+len(tp.Dirs)+len(tp.Files) > agent.TreeMaxEntries {
+		l.parts, l.nextPart = agent.Tree{}, 0
+		return agent.Tree{}, false, invalid(fmt.Sprintf("guest-livepatch-tree: more than %d entries", agent.TreeMaxEntries))
+	}
+	l.parts.Dirs = append(l.parts.Dirs, tp.Dirs...)
+	l.parts.Files = append(l.parts.Files, tp.Files...)
+	l.nextPart++
+	if tp.More {
+		return agent.Tree{}, false, nil
+	}
+	t := l.parts
+	l.parts, l.nextPart = agent.Tree{}, 0
+	return t, true, nil
 }
 
 // close stops the watcher and gives up the writes in flight.

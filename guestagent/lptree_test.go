@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -313,5 +314,54 @@ func TestLivepatchTreeWriteTooLong(t *testing.T) {
 	}
 	if w := nextWrite(t, events); w.Value != "0" {
 		t.Errorf("event after the restore: %+v", w)
+	}
+}
+
+// A tree larger than one request line arrives in parts and is shown
+// whole after the last; parts out of order are refused and the tree
+// shown stays; part 0 starts afresh.
+func TestLivepatchTreeParts(t *testing.T) {
+	c, root, _ := treeClient(t, nil)
+	ctx := context.Background()
+	var big agent.Tree
+	for i := 0; i < 60; i++ {
+		tr := sampleTree(fmt.Sprintf("livepatch_sample_%02d", i), "1")
+		big.Dirs = append(big.Dirs, tr.Dirs...)
+		big.Files = append(big.Files, tr.Files...)
+	}
+	if err := c.LivepatchTree(ctx, big); err != nil {
+		t.Fatal(err)
+	}
+	if got := listTree(t, root); len(got) != len(big.Dirs)+len(big.Files) {
+		t.Fatalf("%d entries shown, want %d", len(got), len(big.Dirs)+len(big.Files))
+	}
+	before := listTree(t, root)
+	part := func(n int, more bool, dirs ...string) error {
+		return c.Call(ctx, "guest-livepatch-tree", agent.TreePart{Tree: agent.Tree{Dirs: dirs, Files: []agent.TreeFile{}}, Part: n, More: more}, nil)
+	}
+	if err := part(0, true, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := part(2, false, "b"); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("part 2 after 0: %v, want EINVAL", err)
+	}
+	if err := part(1, false, "b"); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("part 1 after a refused sequence: %v, want EINVAL", err)
+	}
+	if got := listTree(t, root); strings.Join(got, "\n") != strings.Join(before, "\n") {
+		t.Error("refused parts changed the tree shown")
+	}
+	// an unfinished tree is dropped by the next part 0
+	if err := part(0, true, "stale"); err != nil {
+		t.Fatal(err)
+	}
+	if err := part(0, true, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := part(1, false, "y"); err != nil {
+		t.Fatal(err)
+	}
+	if got := listTree(t, root); strings.Join(got, " ") != "x/ y/" {
+		t.Errorf("after parts x, y: %q", got)
 	}
 }

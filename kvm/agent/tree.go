@@ -14,11 +14,12 @@ import (
 // agent (cmd/klp-agent) both take it from here.
 const LinuxLivepatchRoot = "/run/klp-kvm/livepatch"
 
-// Bounds of a Tree (guest-livepatch-tree). The whole request must fit
-// one line of the guest's buffer (DefaultMaxRequest); these bound what a
-// hostile or buggy host could make the agent create.
+// Bounds of a Tree (guest-livepatch-tree): what a hostile or buggy host
+// could make the agent create. A tree larger than one request line goes
+// in parts (TreePart).
 const (
-	TreeMaxEntries = 512 // directories + files
+	TreeMaxEntries = 2048 // directories + files: ~200 patches of one function
+	TreeMaxParts   = 64   // requests of one tree
 	TreeMaxDepth   = 3   // <patch>/<object>/<function,sympos>
 	TreeMaxName    = 255 // bytes of one path component (NAME_MAX)
 	TreeMaxData    = 64  // bytes of one file (an attribute value)
@@ -164,18 +165,68 @@ func (t Tree) Check() error {
 	return nil
 }
 
+// TreePart is the argument of guest-livepatch-tree on the wire: a tree,
+// or one part of it when it does not fit one request line. Part 0 starts
+// a tree (dropping any unfinished one), each next part must be the next
+// number, and the part with More false ends it: the agent then checks the
+// whole (the concatenation of the parts' Dirs and Files) and shows it.
+type TreePart struct {
+	Tree
+	Part int  `json:"part"`
+	More bool `json:"more"`
+}
+
 // LivepatchTree is guest-livepatch-tree: the agent of a Linux guest
-// replaces the tree it shows under LinuxLivepatchRoot with t. A tree
-// that does not fit one request is refused before sending (ErrTooLarge).
+// replaces the tree it shows under LinuxLivepatchRoot with t, sent in
+// as many parts as the request size needs (parents before children, as
+// t lists them). A tree that fails Check is refused before sending.
 func (c *Client) LivepatchTree(ctx context.Context, t Tree) error {
 	if err := t.Check(); err != nil {
 		return err
 	}
-	if t.Dirs == nil {
-		t.Dirs = []string{}
+	parts, err := splitTree(t, c.opts.MaxRequest)
+	if err != nil {
+		return err
 	}
-	if t.Files == nil {
-		t.Files = []TreeFile{}
+	for _, p := range parts {
+		if err := c.Call(ctx, "guest-livepatch-tree", p, nil); err != nil {
+			return err
+		}
 	}
-	return c.Call(ctx, "guest-livepatch-tree", t, nil)
+	return nil
+}
+
+// treeEnvelope bounds the request around a part's entries:
+// {"execute":"guest-livepatch-tree","arguments":{"dirs":[],"files":[],"part":NN,"more":false},"id":N}.
+const treeEnvelope = 160
+
+// splitTree cuts t into parts whose requests fit max bytes each.
+func splitTree(t Tree, max int) ([]TreePart, error) {
+	var parts []TreePart
+	cur := TreePart{Tree: Tree{Dirs: []string{}, Files: []TreeFile{}}}
+	size := treeEnvelope
+	add := func(n int) {
+		if size+n+1 > max && len(cur.Dirs)+len(cur.Files) > 0 {
+			cur.More = true
+			parts = append(parts, cur)
+			cur = TreePart{Tree: Tree{Dirs: []string{}, Files: []TreeFile{}}, Part: len(parts)}
+			size = treeEnvelope
+		}
+		size += n + 1
+	}
+	for _, d := range t.Dirs {
+		b, _ := json.Marshal(d)
+		add(len(b))
+		cur.Dirs = append(cur.Dirs, d)
+	}
+	for _, f := range t.Files {
+		b, _ := json.Marshal(f)
+		add(len(b))
+		cur.Files = append(cur.Files, f)
+	}
+	parts = append(parts, cur)
+	if len(parts) > TreeMaxParts || size > max {
+		return nil, errorf("guest-livepatch-tree", ErrTooLarge, "%d parts of at most %d bytes", len(parts), max)
+	}
+	return parts, nil
 }

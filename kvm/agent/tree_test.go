@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -61,11 +62,20 @@ func TestTreeCheck(t *testing.T) {
 	}
 }
 
-// A tree goes out as guest-livepatch-tree with the empty lists spelt
-// out; one that cannot be one request is refused before anything is
-// sent.
+// A tree goes out as guest-livepatch-tree, with the empty lists spelt
+// out; one larger than a request goes in numbered parts, each within the
+// request size, that add up to it; one that cannot be sent at all is
+// refused before anything is.
 func TestLivepatchTreeSend(t *testing.T) {
-	g, host := newFake(t, func(req map[string]any, w io.Writer) { sendReturn(w, req, "{}") })
+	var mu sync.Mutex
+	var sizes []int
+	g, host := newFake(t, func(req map[string]any, w io.Writer) {
+		b, _ := json.Marshal(req)
+		mu.Lock()
+		sizes = append(sizes, len(b))
+		mu.Unlock()
+		sendReturn(w, req, "{}")
+	})
 	c := New(host, Options{})
 	defer c.Close()
 	ctx := context.Background()
@@ -74,24 +84,48 @@ func TestLivepatchTreeSend(t *testing.T) {
 	}
 	tr := Tree{Dirs: []string{strings.Repeat("p", 200)}}
 	for i := 0; i < 100; i++ {
-		tr.Files = append(tr.Files, TreeFile{Path: tr.Dirs[0] + "/" + strings.Repeat("f", 20) + string(rune('a'+i%26)) + string(rune('a'+i/26)), Mode: 0o444})
+		tr.Files = append(tr.Files, TreeFile{Path: tr.Dirs[0] + "/" + strings.Repeat("f", 20) + string(rune('a'+i%26)) + string(rune('a'+i/26)), Data: "1\n", Mode: 0o444})
 	}
-	if err := tr.Check(); err != nil {
+	if err := c.LivepatchTree(ctx, tr); err != nil {
 		t.Fatal(err)
-	}
-	if err := c.LivepatchTree(ctx, tr); !errors.Is(err, ErrTooLarge) {
-		t.Errorf("a %d-entry tree of long names: %v, want ErrTooLarge", len(tr.Files)+1, err)
 	}
 	if err := c.LivepatchTree(ctx, Tree{Dirs: []string{".."}}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("an invalid tree: %v, want ErrInvalid", err)
 	}
+	small := New(host, Options{MaxRequest: 400})
+	defer small.Close()
+	if err := small.LivepatchTree(ctx, tr); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("%d parts: %v, want ErrTooLarge", len(tr.Files), err)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if len(g.seen) != 1 || g.seen[0]["execute"] != "guest-livepatch-tree" {
-		t.Fatalf("sent %v, want one guest-livepatch-tree", g.seen)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(g.seen) < 3 {
+		t.Fatalf("%d requests, want the empty tree and the big one in parts", len(g.seen))
 	}
 	b, _ := json.Marshal(g.seen[0]["arguments"])
-	if string(b) != `{"dirs":[],"files":[]}` {
+	if string(b) != `{"dirs":[],"files":[],"more":false,"part":0}` {
 		t.Errorf("arguments of an empty tree: %s", b)
+	}
+	var got Tree
+	for i, req := range g.seen[1:] {
+		if req["execute"] != "guest-livepatch-tree" || sizes[i+1] > DefaultMaxRequest {
+			t.Errorf("part %d: %v, %d bytes", i, req["execute"], sizes[i+1])
+		}
+		b, _ := json.Marshal(req["arguments"])
+		var p TreePart
+		if err := json.Unmarshal(b, &p); err != nil {
+			t.Fatal(err)
+		}
+		if p.Part != i || p.More != (i < len(g.seen)-2) {
+			t.Errorf("part %d: numbered %d, more %v", i, p.Part, p.More)
+		}
+		got.Dirs = append(got.Dirs, p.Dirs...)
+		got.Files = append(got.Files, p.Files...)
+	}
+	t.Logf("a %d-entry tree went in %d parts", len(tr.Dirs)+len(tr.Files), len(g.seen)-1)
+	if len(got.Dirs) != 1 || len(got.Files) != len(tr.Files) || got.Files[99] != tr.Files[99] {
+		t.Errorf("the parts add up to %d dirs and %d files", len(got.Dirs), len(got.Files))
 	}
 }
