@@ -20,9 +20,9 @@ const LinuxLivepatchRoot = "/run/klp-kvm/livepatch"
 const (
 	TreeMaxEntries = 2048 // directories + files: ~200 patches of one function
 	TreeMaxParts   = 64   // requests of one tree
-	TreeMaxDepth   = 3   // <patch>/<object>/<function,sympos>
-	TreeMaxName    = 255 // bytes of one path component (NAME_MAX)
-	TreeMaxData    = 64  // bytes of one file (an attribute value)
+	TreeMaxDepth   = 3    // <patch>/<object>/<function,sympos>
+	TreeMaxName    = 255  // bytes of one path component (NAME_MAX)
+	TreeMaxData    = 64   // bytes of one file (an attribute value)
 )
 
 // Tree is the argument of guest-livepatch-tree: the whole livepatch tree
