@@ -224,7 +224,7 @@ func TestLinuxSysfsEvent(t *testing.T) {
 		}
 		poll.Until(t, "the tree pushed after the write", func() bool { return pu.n() > before })
 	}
-	if !strings.Contains(events.String(), "guest sysfs write "+agent.LinuxLivepatchRoot+"/livepatch_sample/enabled=\"0\": linuxlive: sysfs write") {
+	if !strings.Contains(events.String(), `guest sysfs write "`+agent.LinuxLivepatchRoot+`/livepatch_sample/enabled"="0": linuxlive: sysfs write`) {
 		t.Errorf("host events: %q", events.String())
 	}
 	// a restarted agent gets the tree again

@@ -363,7 +363,8 @@ func (v *VMM) event(ev agent.Event) {
 	defer v.inEvents.Done()
 	werr := v.sysfsWrite(w.Path, w.Value)
 	if werr != nil {
-		fmt.Fprintf(v.events, "klp-kvm: guest sysfs write %s=%q: %v\n", w.Path, w.Value, werr)
+		// the guest's words, quoted and clipped
+		fmt.Fprintf(v.events, "klp-kvm: guest sysfs write %q=%q: %v\n", clip(w.Path), clip(w.Value), werr)
 	}
 	if err := v.sysfsReply(w.ID, werr); err != nil {
 		fmt.Fprintf(v.events, "klp-kvm: sysfs-reply: %v\n", err)
