@@ -83,6 +83,13 @@ func (c *Client) FileWrite(ctx context.Context, path, data string) error {
 	return c.do(ctx, RouteGuestFileWrite, nil, FileRequest{Path: path, Data: data}, nil)
 }
 
+// Sysfs is GET /guest/sysfs: where this guest shows its live patches
+// (the root relative `klp-kvm sysfs` paths are taken under).
+func (c *Client) Sysfs(ctx context.Context) (SysfsInfo, error) {
+	var res SysfsInfo
+	return res, c.do(ctx, RouteGuestSysfs, nil, nil, &res)
+}
+
 // Patches is GET /patches: the livepatch state.
 func (c *Client) Patches(ctx context.Context) (livepatch.Status, error) {
 	var st livepatch.Status

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -30,14 +31,35 @@ type FileReply struct {
 	Truncated bool   `json:"truncated"`
 }
 
-// SysfsRoot is where relative `klp-kvm sysfs` paths live in the guest.
+// SysfsRoot is where klp-kvm's own guest kernel shows its live patches:
+// Linux's /sys/kernel/livepatch. A guest whose agent shows them elsewhere
+// (a Linux guest: agent.LinuxLivepatchRoot) says so through SysfsRooter.
 const SysfsRoot = "/sys/kernel/livepatch"
+
+// SysfsInfo is the reply of GET /guest/sysfs: where the guest shows its
+// live patches, and the guest shell command that lists a directory of
+// them the way /sys/kernel/livepatch lists in klp-kvm's own guest
+// (directories marked with a trailing '/').
+type SysfsInfo struct {
+	Root string `json:"root"`
+	List string `json:"list"`
+}
+
+// SysfsRooter is an Agent that shows the live patches somewhere else
+// than SysfsRoot (vmm's agent of a Linux guest).
+type SysfsRooter interface {
+	Sysfs() SysfsInfo
+}
 
 // SysfsPath makes p absolute under SysfsRoot unless it already is
 // absolute, and cleans it.
-func SysfsPath(p string) string {
+func SysfsPath(p string) string { return SysfsPathUnder(SysfsRoot, p) }
+
+// SysfsPathUnder makes p absolute under root unless it already is
+// absolute, and cleans it.
+func SysfsPathUnder(root, p string) string {
 	if !strings.HasPrefix(p, "/") {
-		p = SysfsRoot + "/" + p
+		p = root + "/" + p
 	}
 	return path.Clean(p)
 }
@@ -57,7 +79,18 @@ type Agent interface {
 //	POST /guest/exec         {"cmd"} -> {"output","status","truncated"}
 //	POST /guest/file/read    {"path"} -> {"path","content","truncated"}
 //	POST /guest/file/write   {"path","data"} -> {} or an error with the guest's errno
+//	GET  /guest/sysfs        SysfsInfo: SysfsRoot and "ls", unless c is a SysfsRooter
 func GuestRoutes(mux *http.ServeMux, c Agent) {
+	handle(mux, RouteGuestSysfs, nil, func(w http.ResponseWriter, r *http.Request, body []byte) {
+		if !noBody(w, body) {
+			return
+		}
+		info := SysfsInfo{Root: SysfsRoot, List: "ls"}
+		if sr, ok := c.(SysfsRooter); ok {
+			info = sr.Sysfs()
+		}
+		WriteJSON(w, http.StatusOK, info)
+	})
 	handle(mux, RouteGuestInfo, nil, func(w http.ResponseWriter, r *http.Request, body []byte) {
 		if !noBody(w, body) {
 			return
@@ -116,9 +149,15 @@ func GuestRoutes(mux *http.ServeMux, c Agent) {
 
 // writeAgentError maps an agent failure: a guest-side errno is a refused
 // operation (409, errno name); a timeout or broken channel is 502/504.
+// An error of another package carrying an errno (klperr: a Linux guest's
+// livepatch write, which the host carries out itself) is refused the
+// same way.
 func writeAgentError(w http.ResponseWriter, err error) {
 	var ae *agent.Error
+	var errno syscall.Errno
 	switch {
+	case !errors.As(err, &ae) && errors.As(err, &errno) && errno > 0:
+		WriteError(w, http.StatusConflict, unix.ErrnoName(errno), err)
 	case errors.As(err, &ae) && ae.Errno > 0:
 		WriteError(w, http.StatusConflict, unix.ErrnoName(unix.Errno(ae.Errno)), err)
 	case errors.Is(err, agent.ErrGuest):

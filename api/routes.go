@@ -32,6 +32,7 @@ var (
 	RouteGuestExec      = Route{"POST", "/guest/exec", MaxGuestBody}                  // ExecRequest -> agent.ExecResult
 	RouteGuestFileRead  = Route{"POST", "/guest/file/read", MaxGuestBody}             // FileRequest -> FileReply
 	RouteGuestFileWrite = Route{"POST", "/guest/file/write", MaxGuestBody}            // FileRequest -> {}
+	RouteGuestSysfs     = Route{"GET", "/guest/sysfs", MaxControlBody}                // -> SysfsInfo
 	RoutePatches        = Route{"GET", "/patches", MaxControlBody}                    // -> livepatch.Status
 	RoutePatchAdd       = Route{"POST", "/patches", MaxPatchBody}                     // PatchRequest -> OpReply
 	RoutePatchEnable    = Route{"POST", "/patches/{name}/enable", MaxControlBody}     // OpRequest (optional) -> OpReply
@@ -47,7 +48,7 @@ var (
 // in docs/architecture.md.
 var Routes = []Route{
 	RouteMachine, RouteMachinePause, RouteMachineResume, RouteMachineStop,
-	RouteGuestInfo, RouteGuestExec, RouteGuestFileRead, RouteGuestFileWrite,
+	RouteGuestInfo, RouteGuestExec, RouteGuestFileRead, RouteGuestFileWrite, RouteGuestSysfs,
 	RoutePatches, RoutePatchAdd, RoutePatchEnable, RoutePatchDisable, RoutePatchUnload, RoutePatchUnreg,
 	RouteStatus, RouteKernel,
 }

@@ -61,6 +61,15 @@ type Options struct {
 	Ready bool
 	// Log gets one line per notable event (lines dropped, write errors).
 	Log func(format string, args ...any)
+	// LivepatchRoot, when set, is the directory where the agent shows
+	// the host's live patches of this guest (guest-livepatch-tree) and
+	// whose writes it forwards to the host (lptree.go); "" leaves the
+	// command refused with EOPNOTSUPP.
+	LivepatchRoot string
+	// Kmsg receives the outcome of each forwarded write as one kernel
+	// log record per Write ("<4>klp-kvm: ..."; /dev/kmsg in the guest);
+	// nil logs it through Log only.
+	Kmsg io.Writer
 }
 
 // Agent answers requests. Counters are for guest-info.
@@ -73,6 +82,7 @@ type Agent struct {
 	errors   atomic.Uint64
 	jobs     chan struct{}
 	wg       sync.WaitGroup
+	tree     atomic.Pointer[lpTree] // set while Serve runs with Options.LivepatchRoot
 }
 
 // New returns an agent; Serve runs it on a stream.
@@ -101,6 +111,17 @@ func (a *Agent) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 	a.writeMu.Lock()
 	a.w = w
 	a.writeMu.Unlock()
+	if a.opts.LivepatchRoot != "" {
+		// Before agent-ready: a host that sends its tree on that event
+		// finds the root in place. Closed after the requests in flight
+		// (deferred before the wait below), which may be using it.
+		if l, err := newLPTree(a.opts.LivepatchRoot, a.Event, a.opts.Kmsg, a.opts.Log); err != nil {
+			a.opts.Log("klp-agent: no livepatch tree: %v", err)
+		} else {
+			a.tree.Store(l)
+			defer func() { a.tree.Store(nil); l.close() }()
+		}
+	}
 	defer a.wg.Wait()
 	if a.opts.Ready {
 		a.Event("agent-ready", map[string]string{"version": Release() + " " + Version})
@@ -209,7 +230,10 @@ func (a *Agent) dispatch(ctx context.Context, line []byte, tooLarge bool) {
 		return
 	}
 	if req.Execute == "sysfs-reply" {
-		// the answer to a guest event; this agent raises none that wait
+		// the answer to a forwarded livepatch write (no reply to it)
+		if l := a.tree.Load(); l != nil {
+			l.reply(req.Arguments)
+		}
 		return
 	}
 	select {

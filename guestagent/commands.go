@@ -22,7 +22,7 @@ import (
 
 // Commands is what guest-info reports as supported_commands.
 var Commands = []string{"guest-ping", "guest-sync", "guest-info", "guest-file-read", "guest-file-write",
-	"guest-exec", "guest-shutdown", "sysfs-reply"}
+	"guest-exec", "guest-shutdown", "guest-livepatch-tree", "sysfs-reply"}
 
 func (a *Agent) args(req request, v any) *reqError {
 	if req.Arguments == nil {
@@ -100,6 +100,8 @@ func (a *Agent) run(ctx context.Context, req request) (any, func(), *reqError) {
 		}
 		mode := arg.Mode
 		return struct{}{}, func() { a.opts.Shutdown(mode) }, nil
+	case "guest-livepatch-tree":
+		return a.livepatchTree(req.Arguments)
 	case "guest-call":
 		return nil, nil, &reqError{class: "GenericError", errno: syscall.EOPNOTSUPP,
 			desc: "guest-call: a Linux guest has no klp-kvm patch area; patch callbacks run inside its own livepatch"}

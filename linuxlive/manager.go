@@ -18,6 +18,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"klp-kvm/linuxkernel"
@@ -100,6 +101,14 @@ type Manager struct {
 
 	snapMu sync.Mutex
 	snap   livepatch.Status
+
+	// inTransition is the name of the patch whose transition is retrying
+	// (Linux's klp_transition_patch), nil between transitions; set and
+	// cleared by transition with m.mu held, read without it by a guest's
+	// write to force. forceReq is that write: the transition's next
+	// attempt skips the check (Linux's klp_force_transition).
+	inTransition atomic.Pointer[string]
+	forceReq     atomic.Bool
 }
 
 // patch is one registered module.

@@ -38,7 +38,15 @@ func (m *Manager) transition(op string, p *patch, sw []siteSwitch, check []linux
 	res := &livepatch.Result{Op: op, Patch: p.name, Funcs: len(sw), Forced: o.Force}
 	backoff := firstBackoff
 	blockedBy := map[string]int{}
+	m.forceReq.Store(false)
+	m.inTransition.Store(&p.name)
+	defer m.inTransition.Store(nil)
 	for {
+		if m.forceReq.Swap(false) {
+			// A guest wrote 1 to <patch>/force while this transition
+			// retried: the attempts from now on switch unchecked.
+			o.Force, res.Forced = true, true
+		}
 		res.Attempts++
 		why, done, err := m.attempt(p, sw, check, o, res)
 		if err != nil {

@@ -18,13 +18,18 @@ import (
 func (v *VMM) Handler() http.Handler {
 	routes := http.NewServeMux()
 	api.MachineRoutes(routes, v.Machine)
-	api.GuestRoutes(routes, v.Agent)
+	if v.Machine.IsLinux() {
+		// a Linux guest's livepatch tree is its agent's (sysfs.go)
+		api.GuestRoutes(routes, linuxAgent{Agent: v.Agent, v: v})
+	} else {
+		api.GuestRoutes(routes, v.Agent)
+	}
 	api.KernelRoutes(routes, v.Kernel)
 	switch {
 	case v.Manager != nil:
 		api.LivepatchRoutes(routes, v.Manager, v.Machine)
 	case v.Linux != nil:
-		api.LivepatchRoutes(routes, v.Linux, v.Machine)
+		api.LivepatchRoutes(routes, linuxPatcher{Manager: v.Linux, tree: v.tree}, v.Machine)
 	default:
 		// A guest without live patching (a Linux guest, a kernel without
 		// klp_guest_abi) answers the patch routes with why, not a 404.

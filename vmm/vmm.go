@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,7 +32,6 @@ import (
 	"klp-kvm/guestagent/initrd"
 	"klp-kvm/guestkernel"
 	"klp-kvm/guestkernel/layout"
-	"klp-kvm/klperr"
 	"klp-kvm/kvm"
 	"klp-kvm/kvm/agent"
 	"klp-kvm/linuxkernel"
@@ -109,7 +109,23 @@ type VMM struct {
 	// counts the ones being carried out (Drain waits for them).
 	draining atomic.Bool
 	inEvents sync.WaitGroup
+
+	// tree pushes a Linux guest's livepatch tree to its agent (sysfs.go);
+	// nil for klp-kvm's own guest and a Linux guest without live patching.
+	tree *treePusher
+
+	// linuxWrites carries a Linux guest's sysfs writes but force, in
+	// order, to one worker (started by the first): linuxlive runs a
+	// transition within the write that started it, up to its deadline,
+	// and the agent's event loop must stay free meanwhile for a write
+	// of 1 to force, which only flags the transition in progress.
+	linuxWrites     chan agent.SysfsWrite
+	linuxWritesOnce sync.Once
 }
+
+// linuxWriteQueue is how many of a Linux guest's sysfs writes may wait
+// for the one in progress; beyond, a write is refused (EBUSY).
+const linuxWriteQueue = 64
 
 // New builds the machine, the agent client and the livepatch manager. The
 // guest does not run until Start.
@@ -162,6 +178,9 @@ func New(cfg Config) (*VMM, error) {
 			v.NoLivepatch = fmt.Errorf("%w: %v", ErrLinuxNoLivepatch, err)
 		} else {
 			v.Linux = lm
+			// The guest sees the patches as a tree its agent shows
+			// (sysfs.go), pushed after every change.
+			v.tree = newTreePusher(lm.Status, v.Agent.LivepatchTree, logf)
 		}
 		// Its kernel is read from the host, with no help from the guest
 		// (POST /kernel, klp-kvm inspect --live).
@@ -229,6 +248,9 @@ func (v *VMM) Start() error {
 		return errors.New("vmm: guest already started")
 	}
 	v.t0 = time.Now()
+	if v.tree != nil {
+		go v.tree.run()
+	}
 	go func() {
 		code, err := v.Machine.Run()
 		v.runCode, v.runErr = code, err
@@ -332,11 +354,17 @@ func Callbacks(c *agent.Client) livepatch.CallbackRunner {
 	}
 }
 
-// event handles one guest event: a sysfs write is carried out by the
-// manager and answered with its errno (ENODEV when the kernel cannot be
-// live patched); anything else is logged.
+// event handles one guest event: a sysfs write is carried out for
+// either guest kind (sysfsWrite: the livepatch manager of klp-kvm's own
+// guest, linuxlive for a Linux guest, ENODEV when the kernel cannot be
+// live patched) and answered with its errno; a refused one is logged.
+// A Linux guest's agent-ready gets the livepatch tree (a restarted agent
+// starts with an empty one). Anything else is logged.
 func (v *VMM) event(ev agent.Event) {
 	if ev.Name != "sysfs-write" {
+		if ev.Name == "agent-ready" && v.tree != nil {
+			v.tree.Kick()
+		}
 		fmt.Fprintf(v.events, "klp-kvm: guest event %s: %s\n", ev.Name, ev.Data)
 		return
 	}
@@ -346,15 +374,58 @@ func (v *VMM) event(ev agent.Event) {
 		return
 	}
 	v.inEvents.Add(1)
-	defer v.inEvents.Done()
-	errno := syscall.ENODEV
-	switch {
-	case v.draining.Load():
-		errno = syscall.ESHUTDOWN
-	case v.Manager != nil:
-		errno = klperr.Errno(v.Manager.SysfsWrite(w.Path, w.Value))
+	if v.Linux != nil && path.Base(path.Clean(w.Path)) != "force" {
+		v.linuxWritesOnce.Do(func() {
+			v.linuxWrites = make(chan agent.SysfsWrite, linuxWriteQueue)
+			go v.linuxWriter()
+		})
+		select {
+		case v.linuxWrites <- w:
+		default:
+			v.reply(w, fmt.Errorf("%d guest sysfs writes are waiting already: %w", linuxWriteQueue, syscall.EBUSY))
+			v.inEvents.Done()
+		}
+		return
 	}
-	if err := v.Agent.SysfsReply(w.ID, int(errno)); err != nil {
+	v.carryOut(w)
+}
+
+// linuxWriter carries out a Linux guest's queued sysfs writes in order
+// until the guest stops; the writes still queued then are answered
+// ESHUTDOWN (nobody is left to read the reply; Drain stops waiting).
+func (v *VMM) linuxWriter() {
+	for {
+		select {
+		case w := <-v.linuxWrites:
+			v.carryOut(w)
+		case <-v.stopped:
+			for {
+				select {
+				case w := <-v.linuxWrites:
+					v.reply(w, fmt.Errorf("the guest stopped: %w", syscall.ESHUTDOWN))
+					v.inEvents.Done()
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// carryOut does one guest sysfs write and answers it; the caller counted
+// it in v.inEvents.
+func (v *VMM) carryOut(w agent.SysfsWrite) {
+	defer v.inEvents.Done()
+	v.reply(w, v.sysfsWrite(w.Path, w.Value))
+}
+
+// reply answers a guest sysfs write with werr's errno, and logs a refusal.
+func (v *VMM) reply(w agent.SysfsWrite, werr error) {
+	if werr != nil {
+		// the guest's words, quoted and clipped
+		fmt.Fprintf(v.events, "klp-kvm: guest sysfs write %q=%q: %v\n", clip(w.Path), clip(w.Value), werr)
+	}
+	if err := v.sysfsReply(w.ID, werr); err != nil {
 		fmt.Fprintf(v.events, "klp-kvm: sysfs-reply: %v\n", err)
 	}
 }
@@ -396,6 +467,9 @@ func (v *VMM) Exec(cmd string) (string, error) {
 // than once and returns the guest's stop error, if any.
 func (v *VMM) Close() error {
 	v.closeOnce.Do(func() {
+		if v.tree != nil {
+			v.tree.Stop()
+		}
 		v.Machine.Stop()
 		if v.started.Load() {
 			select {

@@ -3,7 +3,9 @@
 // /init, its shell and its commands (package guestagent/applets).
 //
 //	/init                          PID 1: mounts, console, reaping; runs "serve" as a child
-//	klp-agent serve [--port PATH]  the agent on a serial port (default /dev/ttyS1)
+//	klp-agent serve [--port PATH]  the agent on a serial port (default /dev/ttyS1),
+//	                               showing the host's live patches under /run/klp-kvm/livepatch
+//	                               (--livepatch-root DIR, "" for none)
 //	klp-agent serve --stdio        the agent on stdin/stdout (tests)
 //	klp-agent APPLET [ARG...]      an applet; /bin/NAME links call it by name
 //
@@ -23,6 +25,7 @@ import (
 
 	"klp-kvm/guestagent"
 	"klp-kvm/guestagent/applets"
+	"klp-kvm/kvm/agent"
 )
 
 func main() { os.Exit(run(os.Args)) }
@@ -71,10 +74,20 @@ func serve(args []string) int {
 	port := fs.String("port", "/dev/ttyS1", "the agent's serial port")
 	stdio := fs.Bool("stdio", false, "serve on stdin/stdout instead of a port")
 	initChild := fs.Bool("init-child", false, "run under klp-agent's PID 1: guest-shutdown stops the machine")
+	lpRoot := fs.String("livepatch-root", agent.LinuxLivepatchRoot, `where to show the host's live patches ("" for nowhere)`)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	opts := guestagent.Options{Log: logf, Ready: !*stdio}
+	opts := guestagent.Options{Log: logf, Ready: !*stdio, LivepatchRoot: *lpRoot}
+	if *lpRoot != "" {
+		// the outcome of each forwarded write goes to the kernel log
+		if k, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+			defer k.Close()
+			opts.Kmsg = k
+		} else {
+			logf("klp-agent: %v (livepatch writes are logged on the console only)", err)
+		}
+	}
 	if *initChild {
 		opts.Shutdown = func(mode string) {
 			logf("klp-agent: guest-shutdown: %s", mode)

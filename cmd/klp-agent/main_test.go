@@ -76,7 +76,9 @@ func TestServeOnPTY(t *testing.T) {
 	bin := build(t)
 	master, slave := openPTY(t)
 	defer master.Close()
-	cmd := exec.Command(bin, "serve", "--port", slave)
+	// the livepatch tree in a temporary directory, not the host's /run
+	lpRoot := filepath.Join(t.TempDir(), "livepatch")
+	cmd := exec.Command(bin, "serve", "--port", slave, "--livepatch-root", lpRoot)
 	stderr := &lockedBuf{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
@@ -108,6 +110,13 @@ func TestServeOnPTY(t *testing.T) {
 	}
 	if err := c.Sync(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// the binary shows the host's livepatch tree where it is told
+	if err := c.LivepatchTree(ctx, agent.Tree{Dirs: []string{"p"}, Files: []agent.TreeFile{{Path: "p/enabled", Data: "1\n", Mode: 0o644}}}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(lpRoot, "p", "enabled")); err != nil || string(b) != "1\n" {
+		t.Errorf("livepatch tree: %q %v", b, err)
 	}
 	if g := c.Stats().Garbage; g != garbage {
 		t.Errorf("%d garbage lines after the port went raw (echo?)", g-garbage)

@@ -49,10 +49,12 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// cmdSysfs reads and writes the guest's /sys/kernel/livepatch:
+// cmdSysfs reads and writes the guest's livepatch sysfs tree:
 // klp-kvm sysfs ls [PATH] | cat PATH | write PATH VALUE [--api SOCK]
-// A relative PATH is taken under /sys/kernel/livepatch. Flags may stand
-// anywhere; after "--" everything is an argument.
+// A relative PATH is taken under the tree's root, which the server names
+// (GET /guest/sysfs): /sys/kernel/livepatch in klp-kvm's own guest,
+// /run/klp-kvm/livepatch in a Linux guest. Flags may stand anywhere;
+// after "--" everything is an argument.
 func cmdSysfs(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sysfs", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -73,13 +75,17 @@ func cmdSysfs(args []string, stdout, stderr io.Writer) int {
 	}
 	switch {
 	case a[0] == "ls" && len(a) <= 2:
-		p := api.SysfsRoot
-		if len(a) == 2 {
-			p = api.SysfsPath(a[1])
-		}
 		var res agent.ExecResult
-		if code := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
-			res, err = c.Exec(ctx, "ls "+p)
+		if code := call(stderr, *sock, func(ctx context.Context, c *api.Client) error {
+			where, err := c.Sysfs(ctx)
+			if err != nil {
+				return err
+			}
+			p := where.Root
+			if len(a) == 2 {
+				p = api.SysfsPathUnder(where.Root, a[1])
+			}
+			res, err = c.Exec(ctx, where.List+" "+p)
 			return err
 		}); code != 0 {
 			return code
@@ -91,8 +97,12 @@ func cmdSysfs(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case a[0] == "cat" && len(a) == 2:
 		var res api.FileReply
-		if code := call(stderr, *sock, func(ctx context.Context, c *api.Client) (err error) {
-			res, err = c.FileRead(ctx, api.SysfsPath(a[1]))
+		if code := call(stderr, *sock, func(ctx context.Context, c *api.Client) error {
+			where, err := c.Sysfs(ctx)
+			if err != nil {
+				return err
+			}
+			res, err = c.FileRead(ctx, api.SysfsPathUnder(where.Root, a[1]))
 			return err
 		}); code != 0 {
 			return code
@@ -101,7 +111,11 @@ func cmdSysfs(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case a[0] == "write" && len(a) == 3:
 		return call(stderr, *sock, func(ctx context.Context, c *api.Client) error {
-			return c.FileWrite(ctx, api.SysfsPath(a[1]), a[2])
+			where, err := c.Sysfs(ctx)
+			if err != nil {
+				return err
+			}
+			return c.FileWrite(ctx, api.SysfsPathUnder(where.Root, a[1]), a[2])
 		})
 	}
 	return usage()

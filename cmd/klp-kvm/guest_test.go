@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 
 	"klp-kvm/api"
@@ -59,4 +62,53 @@ func TestGuestCommands(t *testing.T) {
 func hasFile(a *apitest.Agent, path, want string) bool {
 	v, ok := a.File(path)
 	return ok && v == want
+}
+
+// linuxAgent is the agent of a Linux guest as vmm serves it: its tree
+// lives under /run/klp-kvm/livepatch, and a write there is carried out
+// by the host, whose refusal carries an errno of another package.
+type linuxAgent struct{ *apitest.Agent }
+
+func (linuxAgent) Sysfs() api.SysfsInfo {
+	return api.SysfsInfo{Root: "/run/klp-kvm/livepatch", List: "ls -F"}
+}
+
+func (a linuxAgent) FileWrite(ctx context.Context, path, data string) error {
+	if path == "/run/klp-kvm/livepatch/p/enabled" && data == "1" {
+		return fmt.Errorf("linuxlive: the patch is already enabled: %w", syscall.EINVAL)
+	}
+	return a.Agent.FileWrite(ctx, path, data)
+}
+
+// Against a Linux guest, relative paths are under the root the server
+// names, and a refused write exits 1 naming the errno.
+func TestSysfsLinuxGuest(t *testing.T) {
+	ag := linuxAgent{&apitest.Agent{}}
+	mux := http.NewServeMux()
+	api.GuestRoutes(mux, ag)
+	sock := apitest.ServeUnix(t, mux)
+	var out, errb bytes.Buffer
+	if rc := cmdSysfs([]string{"--api", sock, "write", "p/enabled", "0"}, &out, &errb); rc != 0 || !hasFile(ag.Agent, "/run/klp-kvm/livepatch/p/enabled", "0") {
+		t.Errorf("sysfs write: %d %q", rc, errb.String())
+	}
+	out.Reset()
+	if rc := cmdSysfs([]string{"--api", sock, "cat", "p/enabled"}, &out, &errb); rc != 0 || out.String() != "0" {
+		t.Errorf("sysfs cat: %d %q %q", rc, out.String(), errb.String())
+	}
+	out.Reset()
+	if rc := cmdSysfs([]string{"--api", sock, "ls", "p"}, &out, &errb); rc != 0 || out.String() != "ran ls -F /run/klp-kvm/livepatch/p\n" {
+		t.Errorf("sysfs ls: %d %q", rc, out.String())
+	}
+	out.Reset()
+	if rc := cmdSysfs([]string{"--api", sock, "ls"}, &out, &errb); rc != 0 || out.String() != "ran ls -F /run/klp-kvm/livepatch\n" {
+		t.Errorf("sysfs ls of the root: %d %q", rc, out.String())
+	}
+	errb.Reset()
+	if rc := cmdSysfs([]string{"--api", sock, "write", "p/enabled", "1"}, &out, &errb); rc != 1 || !strings.Contains(errb.String(), "EINVAL") {
+		t.Errorf("refused sysfs write: %d %q", rc, errb.String())
+	}
+	// Absolute paths stay as given: /sys/kernel/livepatch is Linux's own.
+	if rc := cmdSysfs([]string{"--api", sock, "write", "/sys/kernel/livepatch/x", "1"}, &out, &errb); rc != 0 || !hasFile(ag.Agent, "/sys/kernel/livepatch/x", "1") {
+		t.Errorf("absolute path: %d", rc)
+	}
 }

@@ -26,7 +26,7 @@ func commands() []command {
 		{"demo", "boot the embedded guest and live-patch it, start to finish", cmdDemo},
 		{"bench", "measure patch switch latency (pause window, end to end)", cmdBench},
 		{"exec", "run a guest shell command through the agent", cmdExec},
-		{"sysfs", "ls, cat or write the guest's /sys/kernel/livepatch", cmdSysfs},
+		{"sysfs", "ls, cat or write the guest's livepatch sysfs (a Linux guest's under /run/klp-kvm/livepatch)", cmdSysfs},
 		{"status", "show the running machine", cmdStatus},
 		{"stop", "stop the running machine", cmdStop},
 		{"inspect", "offline: kernel symbols, fentry sites, patch plan", cmdInspect},
