@@ -4,6 +4,8 @@ package comparelinux
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -58,5 +60,64 @@ func TestReport(t *testing.T) {
 	bad := ch.String() + "--- FAIL: TestInVMKlpKvmBench\n" + manifest.Event{Event: manifest.EventEnd, Name: "compare-linux.test", Exit: 1}.Line() + "\n"
 	if _, _, err := collect([]byte(bad)); err == nil || !strings.Contains(err.Error(), "--- FAIL: TestInVMKlpKvmBench") {
 		t.Errorf("a failed run: %v", err)
+	}
+}
+
+// TestGuestReport: result lines inside a nested-tier log (t.Log's
+// indentation, other output around them) give the Linux-guest table
+// with the ratios of the medians and the maxes; a log without them, or
+// with a broken one, is an error naming the problem.
+func TestGuestReport(t *testing.T) {
+	ms := func(v ...int) []int64 {
+		var out []int64
+		for _, x := range v {
+			out = append(out, int64(time.Duration(x)*time.Millisecond))
+		}
+		return out
+	}
+	var log strings.Builder
+	log.WriteString("=== RUN   TestNestedKVM\n    nested_test.go:401: VM: nudge (the 1-CPU VM was idle)\n")
+	for _, cpus := range []int{2, 1} {
+		for _, mode := range []string{"idle", "busy"} {
+			g := guestResult{CPUs: cpus, Mode: mode, Kernel: "6.1.0-57-amd64",
+				LinuxLoad: ms(5, 6, 7), LinuxEnable: ms(1000, 1200, 1100), LinuxDisable: ms(900, 2000, 1000), LinuxRmmod: ms(3, 3, 4),
+				LinuxKEnable: ms(990, 1190, 1090), LinuxKDisable: ms(800, 1900, 990),
+				KlpLoad: int64(80 * time.Millisecond), KlpEnable: ms(10, 20, 12), KlpEnableWindow: ms(5, 9, 6),
+				KlpDisable: ms(8, 40, 10), KlpDisableWindow: ms(4, 8, 5), KlpAttempts: 6}
+			b, _ := json.Marshal(g)
+			fmt.Fprintf(&log, "        compare_test.go:510: %s%s\n", guestMarker, b)
+		}
+	}
+	log.WriteString("        --- PASS: TestNestedKVM/nested/kvm_amd_1cpu/test-linux/TestLinuxCompare (300.00s)\n")
+	run, err := parseGuestLog("run 1", []byte(log.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(run.Results) != 4 || !run.Passed || run.Nudges != 1 {
+		t.Fatalf("parsed %d results, passed %v, %d nudges; want 4, true, 1", len(run.Results), run.Passed, run.Nudges)
+	}
+	var out bytes.Buffer
+	reportGuest(&out, run)
+	txt := out.String()
+	// enable: Linux p50 1100 / klp-kvm 12 = 92x, max 1200 / 20 = 60x;
+	// kernel's log 1090/12 = 91x, 1190/20 = 60x (again); disable 1000/10
+	// = 100x, max 2000/40 = 50x; kernel's 990/10 = 99x, 1900/40 = 48x.
+	for _, want := range []string{"6.1.0-57-amd64", "92x", "60x", "91x", "100x", "50x", "99x", "48x", "1.10 s", "12.0 ms",
+		"pause window enable 6.00 ms (max 9.00 ms)", "1 nudge line(s)", "passed: true"} {
+		if !strings.Contains(txt, want) {
+			t.Errorf("report has no %q:\n%s", want, txt)
+		}
+	}
+	if i, j := strings.Index(txt, " 1  idle "), strings.Index(txt, " 2  idle "); i < 0 || j < 0 || i > j {
+		t.Errorf("the 1-vCPU rows do not come first:\n%s", txt)
+	}
+	if _, err := parseGuestLog("empty", []byte("=== RUN TestNestedKVM\n--- FAIL\n")); err == nil || !strings.Contains(err.Error(), "no result lines") {
+		t.Errorf("a log without results: %v", err)
+	}
+	if _, err := parseGuestLog("broken", []byte("x: "+guestMarker+"{\"cpus\":1,\n")); err == nil || !strings.Contains(err.Error(), "result line") {
+		t.Errorf("a broken result line: %v", err)
+	}
+	if _, err := parseGuestLog("partial", []byte(guestMarker+`{"cpus":1,"mode":"idle"}`+"\n")); err == nil || !strings.Contains(err.Error(), "incomplete") {
+		t.Errorf("a result without samples: %v", err)
 	}
 }

@@ -1,0 +1,250 @@
+//go:build comparelinux
+
+package comparelinux
+
+// The Linux-guest comparison (run.sh --linux-guest): Linux's own
+// livepatch and klp-kvm on the same function of the same Debian guest,
+// in the same boot, on the nested tier's kvm_amd. The measuring is
+// test/linux's TestLinuxCompare, which the nested tier runs in its
+// 1-CPU VM for Linux guests; this side runs the nested tier (or reads
+// logs of earlier runs), takes the result lines out of its log and
+// prints them side by side.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"text/tabwriter"
+	"time"
+)
+
+// guestMarker starts TestLinuxCompare's result lines (test/linux's
+// compareMarker).
+const guestMarker = "@@klp-compare-guest "
+
+// guestResult is test/linux's compareResult (the wire format: its
+// comments say what each sample is).
+type guestResult struct {
+	CPUs             int     `json:"cpus"`
+	Mode             string  `json:"mode"`
+	Kernel           string  `json:"kernel"`
+	LinuxLoad        []int64 `json:"linux_load_ns"`
+	LinuxEnable      []int64 `json:"linux_enable_ns"`
+	LinuxDisable     []int64 `json:"linux_disable_ns"`
+	LinuxRmmod       []int64 `json:"linux_rmmod_ns"`
+	LinuxKEnable     []int64 `json:"linux_k_enable_ns,omitempty"`
+	LinuxKDisable    []int64 `json:"linux_k_disable_ns,omitempty"`
+	KlpLoad          int64   `json:"klp_load_ns"`
+	KlpEnable        []int64 `json:"klp_enable_ns"`
+	KlpEnableWindow  []int64 `json:"klp_enable_window_ns"`
+	KlpDisable       []int64 `json:"klp_disable_ns"`
+	KlpDisableWindow []int64 `json:"klp_disable_window_ns"`
+	KlpAttempts      int     `json:"klp_attempts"`
+}
+
+// guestRun is one nested-tier run: its results and what the runner said
+// about the L1 VM.
+type guestRun struct {
+	Name    string        `json:"name"`
+	Results []guestResult `json:"results"`
+	Nudges  int           `json:"nudges"`  // the runner nudged the 1-CPU VM
+	Reboots int           `json:"reboots"` // it froze and was booted again
+	Passed  bool          `json:"passed"`  // TestLinuxCompare passed in it
+}
+
+// parseGuestLog reads a nested-tier log (go test -v of test/nested):
+// the result lines wherever they sit in it (t.Log indentation), the
+// runner's nudges and reboots, and whether the test passed.
+func parseGuestLog(name string, raw []byte) (guestRun, error) {
+	r := guestRun{Name: name}
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.Contains(line, "nudge") {
+			r.Nudges++
+		}
+		if strings.Contains(line, "booting the VM once more") {
+			r.Reboots++
+		}
+		if strings.Contains(line, "--- PASS: TestNestedKVM/") && strings.Contains(line, "/TestLinuxCompare ") {
+			r.Passed = true
+		}
+		i := strings.Index(line, guestMarker)
+		if i < 0 {
+			continue
+		}
+		var g guestResult
+		if err := json.Unmarshal([]byte(strings.TrimSpace(line[i+len(guestMarker):])), &g); err != nil {
+			return r, fmt.Errorf("%s: result line %.80q...: %v", name, line[i:], err)
+		}
+		if g.CPUs < 1 || g.Mode == "" || len(g.LinuxEnable) == 0 || len(g.KlpEnable) == 0 {
+			return r, fmt.Errorf("%s: incomplete result line (%d vCPUs, mode %q, %d Linux and %d klp-kvm samples)",
+				name, g.CPUs, g.Mode, len(g.LinuxEnable), len(g.KlpEnable))
+		}
+		r.Results = append(r.Results, g)
+	}
+	if err := sc.Err(); err != nil {
+		return r, fmt.Errorf("%s: %v", name, err)
+	}
+	if len(r.Results) == 0 {
+		return r, fmt.Errorf("%s: no result lines (%s... in the log): did TestLinuxCompare run?", name, strings.TrimSpace(guestMarker))
+	}
+	return r, nil
+}
+
+// guestRow is one line of the table: a Linux quantity, klp-kvm's
+// counterpart.
+type guestRow struct {
+	what       string
+	linux, klp func(guestResult) []int64
+}
+
+var guestRows = []guestRow{
+	{"enable: insmod..transition 0 | enable (API request..reply)",
+		func(g guestResult) []int64 { return g.LinuxEnable }, func(g guestResult) []int64 { return g.KlpEnable }},
+	{"enable, kernel's log: enabling patch..completing transition | enable (API)",
+		func(g guestResult) []int64 { return g.LinuxKEnable }, func(g guestResult) []int64 { return g.KlpEnable }},
+	{"disable: enabled=0..transition done | disable (API)",
+		func(g guestResult) []int64 { return g.LinuxDisable }, func(g guestResult) []int64 { return g.KlpDisable }},
+	{"disable, kernel's log: initializing..completing | disable (API)",
+		func(g guestResult) []int64 { return g.LinuxKDisable }, func(g guestResult) []int64 { return g.KlpDisable }},
+}
+
+// reportGuest prints one run's table: per vCPU count and mode, each
+// Linux quantity next to klp-kvm's, and the ratios (Linux's time over
+// klp-kvm's) of the medians and of the maxes; then the pause windows
+// and the rest.
+func reportGuest(w io.Writer, run guestRun) {
+	res := append([]guestResult(nil), run.Results...)
+	sort.SliceStable(res, func(i, j int) bool { return res[i].CPUs < res[j].CPUs })
+	kernel := "?"
+	if len(res) > 0 {
+		kernel = res[0].Kernel
+	}
+	fmt.Fprintf(w, "%s: Linux livepatch vs klp-kvm on the same function of the same Debian guest (%s, 256 MiB), one boot per vCPU count, on nested kvm_amd in the nested tier's 1-CPU QEMU TCG VM\n",
+		run.Name, kernel)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "vCPUs\tmode\tquantity: Linux | klp-kvm\tLinux p50\tLinux max\tn\tklp-kvm p50\tklp-kvm max\tn\tratio p50\tratio max\t")
+	for _, g := range res {
+		for _, row := range guestRows {
+			l, k := row.linux(g), row.klp(g)
+			if len(l) == 0 {
+				continue // no kernel-log view in that boot
+			}
+			ld, kd := distOf(l), distOf(k)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\t\n", g.CPUs, g.Mode, row.what,
+				fmtDur(ld.p50), fmtDur(ld.max), len(l), fmtDur(kd.p50), fmtDur(kd.max), len(k), ratio(ld.p50, kd.p50), ratio(ld.max, kd.max))
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "ratio: Linux's time / klp-kvm's (>1: klp-kvm is faster). Linux: livepatch-sample.ko loaded inside the guest, timed there")
+	fmt.Fprintln(w, "(user space) and by its kernel log; klp-kvm: the same .ko loaded by the host through the API, disabled and enabled. Also:")
+	for _, g := range res {
+		ew, dw := distOf(g.KlpEnableWindow), distOf(g.KlpDisableWindow)
+		ll, lr := distOf(g.LinuxLoad), distOf(g.LinuxRmmod)
+		fmt.Fprintf(w, "  %s, %s: klp-kvm pause window enable %s (max %s), disable %s (max %s); %d switch attempts for %d switches; load (API) %s. Linux finit_module %s (max %s), rmmod %s (max %s)\n",
+			plural(g.CPUs, "vCPU", "vCPUs"), g.Mode, fmtDur(ew.p50), fmtDur(ew.max), fmtDur(dw.p50), fmtDur(dw.max),
+			g.KlpAttempts, len(g.KlpEnable)+len(g.KlpDisable), fmtDur(time.Duration(g.KlpLoad)), fmtDur(ll.p50), fmtDur(ll.max), fmtDur(lr.p50), fmtDur(lr.max))
+	}
+	fmt.Fprintf(w, "  the L1 VM: %d nudge line(s), %d reboot(s) after a freeze; TestLinuxCompare passed: %v\n", run.Nudges, run.Reboots, run.Passed)
+}
+
+// TestCompareLinuxGuest runs the nested tier's TestLinuxCompare
+// KLP_COMPARE_RUNS times (default 1), each a fresh L1 VM, and prints each
+// run's comparison (OUT/guest-compare.txt, the samples in
+// guest-compare.json, each run's log in guest-run-N.log). With
+// KLP_COMPARE_GUEST_LOGS (paths of such logs, space-separated) it only
+// reads them. KLP_E2E_LINUX_COMPARE_CYCLES (default 15) reaches the VM.
+func TestCompareLinuxGuest(t *testing.T) {
+	if os.Getenv("KLP_COMPARE_INVM") == "1" {
+		t.Skip("the host half")
+	}
+	out := os.Getenv("KLP_COMPARE_OUT")
+	if out == "" {
+		out = t.TempDir()
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var runs []guestRun
+	if logs := strings.Fields(os.Getenv("KLP_COMPARE_GUEST_LOGS")); len(logs) > 0 {
+		for _, p := range logs {
+			raw, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := parseGuestLog(filepath.Base(p), raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runs = append(runs, r)
+		}
+	} else {
+		root := moduleRoot(t)
+		for i := 1; i <= envInt("KLP_COMPARE_RUNS", 1); i++ {
+			logPath := filepath.Join(out, fmt.Sprintf("guest-run-%d.log", i))
+			start := time.Now()
+			err := runNestedCompare(root, logPath)
+			raw, rerr := os.ReadFile(logPath)
+			if rerr != nil {
+				t.Fatal(rerr)
+			}
+			t.Logf("run %d: the nested tier ran for %v (log %s)", i, time.Since(start).Round(time.Second), logPath)
+			if err != nil {
+				t.Fatalf("run %d: the nested tier failed: %v\n%s", i, err, tailLines(string(raw), 80))
+			}
+			r, err := parseGuestLog(fmt.Sprintf("run %d", i), raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runs = append(runs, r)
+		}
+	}
+	var txt bytes.Buffer
+	for _, r := range runs {
+		reportGuest(&txt, r)
+		txt.WriteString("\n")
+	}
+	fmt.Print(txt.String())
+	js, _ := json.MarshalIndent(runs, "", "  ")
+	for name, b := range map[string][]byte{"guest-compare.txt": txt.Bytes(), "guest-compare.json": append(js, '\n')} {
+		if err := os.WriteFile(filepath.Join(out, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("wrote guest-compare.txt and guest-compare.json to %s", out)
+}
+
+// runNestedCompare runs the nested tier for TestLinuxCompare alone: only
+// the nested tier, only test/linux (its 1-CPU VM), with the comparison
+// turned on and the time limits it needs.
+func runNestedCompare(root, logPath string) error {
+	f, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	cmd := exec.Command("go", "test", "-v", "-count=1", "-timeout", "60m", "-run", "^TestNestedKVM$", "./test/nested/")
+	cmd.Dir = root
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), "KLP_KVM_NESTED_DIRECT=0", "KLP_KVM_NESTED_PKGS=./test/linux", "KLP_KVM_NESTED_RUN=^TestLinuxCompare$",
+		"KLP_E2E_LINUX_COMPARE=1", "KLP_KVM_NESTED_TIMEOUT=50m", "KLP_KVM_NESTED_BIN_TIMEOUT=45m")
+	return cmd.Run()
+}
+
+func tailLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
