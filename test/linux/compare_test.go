@@ -241,12 +241,15 @@ func lcmpOneCycle(ko string) (lcmpCycle, error) {
 	if string(orig) == patchedMsg+"\n" {
 		return c, errors.New("/proc/cmdline is patched before the cycle")
 	}
-	kmsg, err := os.OpenFile("/dev/kmsg", os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	// A raw descriptor: os.File would put the character device into
+	// Go's poller, which turns the EAGAIN at the end of the log into a
+	// wait for the next record.
+	kmsg, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return c, err
+		return c, fmt.Errorf("/dev/kmsg: %w", err)
 	}
-	defer kmsg.Close()
-	if _, err := unix.Seek(int(kmsg.Fd()), 0, unix.SEEK_END); err != nil {
+	defer unix.Close(kmsg)
+	if _, err := unix.Seek(kmsg, 0, unix.SEEK_END); err != nil {
 		return c, fmt.Errorf("/dev/kmsg: %w", err)
 	}
 	f, err := os.Open(ko)
@@ -292,18 +295,18 @@ type kmsgRecord struct {
 	text string
 }
 
-// readKmsg reads the records available without blocking (at most 4096;
-// one read(2) is one record).
-func readKmsg(f *os.File) []kmsgRecord {
+// readKmsg reads the records available without blocking from fd, a
+// non-blocking /dev/kmsg (at most 4096; one read(2) is one record).
+func readKmsg(fd int) []kmsgRecord {
 	var out []kmsgRecord
 	buf := make([]byte, 8192)
 	for range 4096 {
-		n, err := f.Read(buf)
+		n, err := unix.Read(fd, buf)
 		if errors.Is(err, syscall.EPIPE) {
 			continue // overwritten records: the next read goes on
 		}
-		if err != nil || n == 0 {
-			break
+		if err != nil || n <= 0 {
+			break // EAGAIN: the end of the log
 		}
 		out = append(out, parseKmsg(string(buf[:n]))...)
 	}
