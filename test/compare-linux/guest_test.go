@@ -48,6 +48,31 @@ type guestResult struct {
 	KlpDisable       []int64 `json:"klp_disable_ns"`
 	KlpDisableWindow []int64 `json:"klp_disable_window_ns"`
 	KlpAttempts      int     `json:"klp_attempts"`
+	KlpLoads         []int64 `json:"klp_loads_ns"`
+	KlpLoadWindow    []int64 `json:"klp_load_window_ns"`
+	KlpUnloads       []int64 `json:"klp_unloads_ns"`
+}
+
+// linuxSwitch is Linux's enable as user space sees it, without the
+// module's load: from finit_module's return until transition reads 0
+// (with one CPU Linux completes the transition inside finit_module, so
+// this is the read that finds it done).
+func (g guestResult) linuxSwitch() []int64 {
+	var out []int64
+	for i := range min(len(g.LinuxEnable), len(g.LinuxLoad)) {
+		out = append(out, g.LinuxEnable[i]-g.LinuxLoad[i])
+	}
+	return out
+}
+
+// linuxUnload is Linux's disable and rmmod: from the write of 0 to
+// enabled until delete_module returns.
+func (g guestResult) linuxUnload() []int64 {
+	var out []int64
+	for i := range min(len(g.LinuxDisable), len(g.LinuxRmmod)) {
+		out = append(out, g.LinuxDisable[i]+g.LinuxRmmod[i])
+	}
+	return out
 }
 
 // guestRun is one nested-tier run: its results and what the runner said
@@ -109,14 +134,18 @@ type guestRow struct {
 }
 
 var guestRows = []guestRow{
-	{"enable: insmod..transition 0 | enable (API request..reply)",
-		func(g guestResult) []int64 { return g.LinuxEnable }, func(g guestResult) []int64 { return g.KlpEnable }},
-	{"enable, kernel's log: enabling patch..completing transition | enable (API)",
+	{"enable, kernel's log: enabling patch..completing transition | enable (API request..reply)",
 		func(g guestResult) []int64 { return g.LinuxKEnable }, func(g guestResult) []int64 { return g.KlpEnable }},
-	{"disable: enabled=0..transition done | disable (API)",
-		func(g guestResult) []int64 { return g.LinuxDisable }, func(g guestResult) []int64 { return g.KlpDisable }},
-	{"disable, kernel's log: initializing..completing | disable (API)",
+	{"enable, user space: finit_module's return..transition 0 | enable (API)",
+		guestResult.linuxSwitch, func(g guestResult) []int64 { return g.KlpEnable }},
+	{"disable, kernel's log: initializing..completing transition | disable (API)",
 		func(g guestResult) []int64 { return g.LinuxKDisable }, func(g guestResult) []int64 { return g.KlpDisable }},
+	{"disable, user space: enabled=0..transition done | disable (API)",
+		func(g guestResult) []int64 { return g.LinuxDisable }, func(g guestResult) []int64 { return g.KlpDisable }},
+	{"load: insmod..transition 0 | load (POST /patches)",
+		func(g guestResult) []int64 { return g.LinuxEnable }, func(g guestResult) []int64 { return g.KlpLoads }},
+	{"unload: enabled=0..rmmod done | unload (API)",
+		guestResult.linuxUnload, func(g guestResult) []int64 { return g.KlpUnloads }},
 }
 
 // reportGuest prints one run's table: per vCPU count and mode, each
@@ -137,8 +166,8 @@ func reportGuest(w io.Writer, run guestRun) {
 	for _, g := range res {
 		for _, row := range guestRows {
 			l, k := row.linux(g), row.klp(g)
-			if len(l) == 0 {
-				continue // no kernel-log view in that boot
+			if len(l) == 0 || len(k) == 0 {
+				continue // no kernel-log view in that boot, or no load cycles in that run
 			}
 			ld, kd := distOf(l), distOf(k)
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\t\n", g.CPUs, g.Mode, row.what,
@@ -149,10 +178,10 @@ func reportGuest(w io.Writer, run guestRun) {
 	fmt.Fprintln(w, "ratio: Linux's time / klp-kvm's (>1: klp-kvm is faster). Linux: livepatch-sample.ko loaded inside the guest, timed there")
 	fmt.Fprintln(w, "(user space) and by its kernel log; klp-kvm: the same .ko loaded by the host through the API, disabled and enabled. Also:")
 	for _, g := range res {
-		ew, dw := distOf(g.KlpEnableWindow), distOf(g.KlpDisableWindow)
+		ew, dw, lw := distOf(g.KlpEnableWindow), distOf(g.KlpDisableWindow), distOf(g.KlpLoadWindow)
 		ll, lr := distOf(g.LinuxLoad), distOf(g.LinuxRmmod)
-		fmt.Fprintf(w, "  %s, %s: klp-kvm pause window enable %s (max %s), disable %s (max %s); %d switch attempts for %d switches; load (API) %s. Linux finit_module %s (max %s), rmmod %s (max %s)\n",
-			plural(g.CPUs, "vCPU", "vCPUs"), g.Mode, fmtDur(ew.p50), fmtDur(ew.max), fmtDur(dw.p50), fmtDur(dw.max),
+		fmt.Fprintf(w, "  %s, %s: klp-kvm pause window enable %s (max %s), disable %s (max %s), load %s (max %s); %d switch attempts for %d switches; the mode's first load %s. Linux finit_module %s (max %s), rmmod %s (max %s)\n",
+			plural(g.CPUs, "vCPU", "vCPUs"), g.Mode, fmtDur(ew.p50), fmtDur(ew.max), fmtDur(dw.p50), fmtDur(dw.max), fmtDur(lw.p50), fmtDur(lw.max),
 			g.KlpAttempts, len(g.KlpEnable)+len(g.KlpDisable), fmtDur(time.Duration(g.KlpLoad)), fmtDur(ll.p50), fmtDur(ll.max), fmtDur(lr.p50), fmtDur(lr.max))
 	}
 	fmt.Fprintf(w, "  the L1 VM: %d nudge line(s), %d reboot(s) after a freeze; TestLinuxCompare passed: %v\n", run.Nudges, run.Reboots, run.Passed)

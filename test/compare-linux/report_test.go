@@ -83,7 +83,8 @@ func TestGuestReport(t *testing.T) {
 				LinuxLoad: ms(5, 6, 7), LinuxEnable: ms(1000, 1200, 1100), LinuxDisable: ms(900, 2000, 1000), LinuxRmmod: ms(3, 3, 4),
 				LinuxKEnable: ms(990, 1190, 1090), LinuxKDisable: ms(800, 1900, 990),
 				KlpLoad: int64(80 * time.Millisecond), KlpEnable: ms(10, 20, 12), KlpEnableWindow: ms(5, 9, 6),
-				KlpDisable: ms(8, 40, 10), KlpDisableWindow: ms(4, 8, 5), KlpAttempts: 6}
+				KlpDisable: ms(8, 40, 10), KlpDisableWindow: ms(4, 8, 5), KlpAttempts: 6,
+				KlpLoads: ms(50, 60, 100), KlpLoadWindow: ms(5, 5, 5), KlpUnloads: ms(20, 30, 25)}
 			b, _ := json.Marshal(g)
 			fmt.Fprintf(&log, "        compare_test.go:510: %s%s\n", guestMarker, b)
 		}
@@ -99,11 +100,13 @@ func TestGuestReport(t *testing.T) {
 	var out bytes.Buffer
 	reportGuest(&out, run)
 	txt := out.String()
-	// enable: Linux p50 1100 / klp-kvm 12 = 92x, max 1200 / 20 = 60x;
-	// kernel's log 1090/12 = 91x, 1190/20 = 60x (again); disable 1000/10
-	// = 100x, max 2000/40 = 50x; kernel's 990/10 = 99x, 1900/40 = 48x.
-	for _, want := range []string{"6.1.0-57-amd64", "92x", "60x", "91x", "100x", "50x", "99x", "48x", "1.10 s", "12.0 ms",
-		"pause window enable 6.00 ms (max 9.00 ms)", "1 nudge line(s)", "passed: true"} {
+	// enable: kernel's log 1090/12 = 91x, max 1190/20 = 60x; user space
+	// (enable - load: 995, 1194, 1093) 1093/12 = 91x, 1194/20 = 60x;
+	// disable 1000/10 = 100x, max 2000/40 = 50x; kernel's 990/10 = 99x,
+	// 1900/40 = 48x; load 1100/60 = 18x, 1200/100 = 12x; unload
+	// (disable + rmmod: 903, 2003, 1004) 1004/25 = 40x, 2003/30 = 67x.
+	for _, want := range []string{"6.1.0-57-amd64", "91x", "60x", "100x", "50x", "99x", "48x", "18x", "12x", "40x", "67x",
+		"1.09 s", "1.09 s", "12.0 ms", "2.00 s", "pause window enable 6.00 ms (max 9.00 ms)", "load 5.00 ms", "1 nudge line(s)", "passed: true"} {
 		if !strings.Contains(txt, want) {
 			t.Errorf("report has no %q:\n%s", want, txt)
 		}
