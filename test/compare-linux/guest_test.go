@@ -90,6 +90,7 @@ type guestRun struct {
 // runner's nudges and reboots, and whether the test passed.
 func parseGuestLog(name string, raw []byte) (guestRun, error) {
 	r := guestRun{Name: name}
+	seen := map[string]bool{}
 	sc := bufio.NewScanner(bytes.NewReader(raw))
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
@@ -107,8 +108,15 @@ func parseGuestLog(name string, raw []byte) (guestRun, error) {
 		if i < 0 {
 			continue
 		}
+		// The nested tier's log has each line twice: streamed from the
+		// VM's console, and again in the in-VM test's summary.
+		js := strings.TrimSpace(line[i+len(guestMarker):])
+		if seen[js] {
+			continue
+		}
+		seen[js] = true
 		var g guestResult
-		if err := json.Unmarshal([]byte(strings.TrimSpace(line[i+len(guestMarker):])), &g); err != nil {
+		if err := json.Unmarshal([]byte(js), &g); err != nil {
 			return r, fmt.Errorf("%s: result line %.80q...: %v", name, line[i:], err)
 		}
 		if g.CPUs < 1 || g.Mode == "" || len(g.LinuxEnable) == 0 || len(g.KlpEnable) == 0 {
@@ -134,11 +142,11 @@ type guestRow struct {
 }
 
 var guestRows = []guestRow{
-	{"enable, kernel's log: enabling patch..completing transition | enable (API request..reply)",
+	{"enable, kernel's log: enabling patch..patching complete | enable (API request..reply)",
 		func(g guestResult) []int64 { return g.LinuxKEnable }, func(g guestResult) []int64 { return g.KlpEnable }},
 	{"enable, user space: finit_module's return..transition 0 | enable (API)",
 		guestResult.linuxSwitch, func(g guestResult) []int64 { return g.KlpEnable }},
-	{"disable, kernel's log: initializing..completing transition | disable (API)",
+	{"disable, kernel's log: initializing..unpatching complete | disable (API)",
 		func(g guestResult) []int64 { return g.LinuxKDisable }, func(g guestResult) []int64 { return g.KlpDisable }},
 	{"disable, user space: enabled=0..transition done | disable (API)",
 		func(g guestResult) []int64 { return g.LinuxDisable }, func(g guestResult) []int64 { return g.KlpDisable }},
@@ -171,7 +179,7 @@ func reportGuest(w io.Writer, run guestRun) {
 			}
 			ld, kd := distOf(l), distOf(k)
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\t\n", g.CPUs, g.Mode, row.what,
-				fmtDur(ld.p50), fmtDur(ld.max), len(l), fmtDur(kd.p50), fmtDur(kd.max), len(k), ratio(ld.p50, kd.p50), ratio(ld.max, kd.max))
+				fmtDur(ld.p50), fmtDur(ld.max), len(l), fmtDur(kd.p50), fmtDur(kd.max), len(k), guestRatio(ld.p50, kd.p50), guestRatio(ld.max, kd.max))
 		}
 	}
 	tw.Flush()
@@ -276,4 +284,13 @@ func tailLines(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// guestRatio is ratio with two digits below 1 (klp-kvm slower), where
+// ratio's one would print 0.0x.
+func guestRatio(a, b time.Duration) string {
+	if b > 0 && a < b {
+		return fmt.Sprintf("%.2fx", float64(a)/float64(b))
+	}
+	return ratio(a, b)
 }

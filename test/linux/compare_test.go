@@ -54,11 +54,10 @@ type compareResult struct {
 	LinuxDisable []int64 `json:"linux_disable_ns"`
 	LinuxRmmod   []int64 `json:"linux_rmmod_ns"`
 	// Linux's own view, the kernel log's timestamps (µs resolution):
-	// KEnable from "enabling patch" to "completing patching transition"
-	// (the ftrace registration and the transition with its retries);
-	// KDisable from "initializing unpatching transition" to "completing
-	// unpatching transition". Empty when the guest's dynamic debug could
-	// not turn the pr_debug lines on.
+	// KEnable from "enabling patch" to "patching complete" (the ftrace
+	// registration and the transition with its retries); KDisable from
+	// "initializing unpatching transition" to "unpatching complete" (the
+	// transition and the ftrace unregistration); see kernelView.
 	LinuxKEnable  []int64 `json:"linux_k_enable_ns,omitempty"`
 	LinuxKDisable []int64 `json:"linux_k_disable_ns,omitempty"`
 	// klp-kvm, from the host through the API: KlpLoad is the mode's
@@ -335,18 +334,21 @@ func parseKmsg(s string) []kmsgRecord {
 }
 
 // kernelView is Linux's own timing of a cycle from its log (6.1's
-// kernel/livepatch: pr_notice "enabling patch", pr_debug
-// "initializing ... transition" and "completing ... transition"): the
-// enable from "enabling patch" to "completing patching transition", the
-// disable from "initializing unpatching transition" to "completing
-// unpatching transition"; 0 where a line is missing.
+// kernel/livepatch): the enable from pr_notice "enabling patch"
+// (klp_enable_patch, before the ftrace registration) to pr_notice
+// "patching complete" (the end of klp_complete_transition); the disable
+// from pr_debug "initializing unpatching transition" (or, without
+// dynamic debug, pr_notice "starting unpatching transition", a few µs
+// later) to "unpatching complete", which comes after the ftrace
+// unregistration (klp_unpatch_objects runs in klp_complete_transition,
+// after its "completing" line). 0 where a line is missing.
 func kernelView(recs []kmsgRecord) (enable, disable int64) {
+	q := "'" + sampleName + "': "
+	keys := []string{"enabling patch '" + sampleName + "'", q + "patching complete",
+		q + "initializing unpatching transition", q + "starting unpatching transition", q + "unpatching complete"}
 	at := map[string]int64{}
 	for _, r := range recs {
-		for _, k := range []string{"enabling patch '" + sampleName + "'",
-			"'" + sampleName + "': completing patching transition",
-			"'" + sampleName + "': initializing unpatching transition",
-			"'" + sampleName + "': completing unpatching transition"} {
+		for _, k := range keys {
 			if _, seen := at[k]; !seen && strings.Contains(r.text, k) {
 				at[k] = r.usec
 			}
@@ -360,8 +362,11 @@ func kernelView(recs []kmsgRecord) (enable, disable int64) {
 		}
 		return (tb - ta) * 1000
 	}
-	return span("enabling patch '"+sampleName+"'", "'"+sampleName+"': completing patching transition"),
-		span("'"+sampleName+"': initializing unpatching transition", "'"+sampleName+"': completing unpatching transition")
+	disStart := keys[2]
+	if _, ok := at[disStart]; !ok {
+		disStart = keys[3]
+	}
+	return span(keys[0], keys[1]), span(disStart, keys[4])
 }
 
 // compareCycles is KLP_E2E_LINUX_COMPARE_CYCLES (default 15): counted
@@ -599,20 +604,34 @@ func TestKernelView(t *testing.T) {
 		"7,101,1000100,-;livepatch: 'livepatch_sample': initializing patching transition\n",
 		"5,102,1000900,-;livepatch: 'livepatch_sample': starting patching transition\n",
 		"7,103,1012500,-;livepatch: 'livepatch_sample': completing patching transition\n",
-		"7,104,2000000,-;livepatch: 'livepatch_sample': initializing unpatching transition\n SUBSYSTEM=x\n",
-		"7,105,3001000,-;livepatch: 'livepatch_sample': completing unpatching transition\n",
+		"5,104,1013000,-;livepatch: 'livepatch_sample': patching complete\n",
+		"7,105,2000000,-;livepatch: 'livepatch_sample': initializing unpatching transition\n SUBSYSTEM=x\n",
+		"5,106,2000100,-;livepatch: 'livepatch_sample': starting unpatching transition\n",
+		"7,107,2001000,-;livepatch: 'livepatch_sample': completing unpatching transition\n",
+		"5,108,3001000,-;livepatch: 'livepatch_sample': unpatching complete\n",
 		"junk", "6,1,notanumber,-;x\n",
 	} {
 		recs = append(recs, parseKmsg(s)...)
 	}
-	if len(recs) != 6 {
-		t.Fatalf("%d records, want 6: %+v", len(recs), recs)
+	if len(recs) != 9 {
+		t.Fatalf("%d records, want 9: %+v", len(recs), recs)
 	}
 	en, dis := kernelView(recs)
-	if en != 12_500_000 || dis != 1_001_000_000 {
-		t.Errorf("enable %d ns, disable %d ns; want 12500000 and 1001000000", en, dis)
+	if en != 13_000_000 || dis != 1_001_000_000 {
+		t.Errorf("enable %d ns, disable %d ns; want 13000000 and 1001000000", en, dis)
 	}
-	if en, dis := kernelView(recs[:3]); en != 0 || dis != 0 {
-		t.Errorf("without the completing lines: %d, %d; want 0, 0", en, dis)
+	// Without dynamic debug (no pr_debug lines) the disable starts at
+	// "starting unpatching transition".
+	var notices []kmsgRecord
+	for _, r := range recs {
+		if !strings.Contains(r.text, "initializing") && !strings.Contains(r.text, "completing") {
+			notices = append(notices, r)
+		}
+	}
+	if en, dis := kernelView(notices); en != 13_000_000 || dis != 1_000_900_000 {
+		t.Errorf("notices only: enable %d, disable %d; want 13000000 and 1000900000", en, dis)
+	}
+	if en, dis := kernelView(recs[:4]); en != 0 || dis != 0 {
+		t.Errorf("without the complete lines: %d, %d; want 0, 0", en, dis)
 	}
 }
