@@ -577,7 +577,11 @@ func testLinuxCompare(t *testing.T, cpus int) {
 	if got := run("lsmod"); strings.Contains(got, sampleName) {
 		t.Errorf("after Linux's failed insmod: the module is loaded:\n%s", got)
 	}
-	t.Logf("the guest's log of it:\n%s", run(`dmesg | tail -n 40 | grep -e ftrace -e livepatch -e "Call Trace" -e WARNING || true`))
+	klog := run(`dmesg | grep -e "ftrace bug" -e "ftrace failed" -e "actual:" -e "expected:" -e "WARNING" -e "livepatch:" | tail -n 16`)
+	t.Logf("the guest's log of it:\n%s", klog)
+	if !strings.Contains(klog, "failed to register ftrace handler for function 'cmdline_proc_show'") {
+		t.Errorf("the guest's log does not say why Linux's insmod failed")
+	}
 	if _, err := c.Unload(ctx, sampleName, api.OpRequest{}); err != nil {
 		t.Fatalf("klp-kvm unload after Linux's failed insmod: %v", err)
 	}
