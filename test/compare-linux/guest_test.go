@@ -95,7 +95,7 @@ func parseGuestLog(name string, raw []byte) (guestRun, error) {
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if strings.Contains(line, "nudge") {
+		if strings.Contains(line, "nudging the VM's serial line") {
 			r.Nudges++
 		}
 		if strings.Contains(line, "booting the VM once more") {

@@ -77,7 +77,7 @@ func TestGuestReport(t *testing.T) {
 	}
 	var log strings.Builder
 	var summary []string
-	log.WriteString("=== RUN   TestNestedKVM\n    nested_test.go:401: VM: nudge (the 1-CPU VM was idle)\n")
+	log.WriteString("=== RUN   TestNestedKVM\n    nested_test.go:611: no heartbeat for 16s: nudging the VM's serial line (1)\n")
 	for _, cpus := range []int{2, 1} {
 		for _, mode := range []string{"idle", "busy"} {
 			g := guestResult{CPUs: cpus, Mode: mode, Kernel: "6.1.0-57-amd64",
