@@ -24,6 +24,8 @@ import (
 	"testing"
 	"text/tabwriter"
 	"time"
+
+	"klp-kvm/latency"
 )
 
 // guestMarker starts TestLinuxCompare's result lines (test/linux's
@@ -195,6 +197,59 @@ func reportGuest(w io.Writer, run guestRun) {
 	fmt.Fprintf(w, "  the L1 VM: %d nudge line(s), %d reboot(s) after a freeze; TestLinuxCompare passed: %v\n", run.Nudges, run.Reboots, run.Passed)
 }
 
+// reportGuestRuns prints, for more than one run, each row over the runs:
+// the median of the runs' medians and of their maxes (latency.Median:
+// the upper of two), the ratio of
+// those, and each run's own ratios.
+func reportGuestRuns(w io.Writer, runs []guestRun) {
+	if len(runs) < 2 {
+		return
+	}
+	type key struct {
+		cpus int
+		mode string
+	}
+	var keys []key
+	seen := map[key]bool{}
+	for _, r := range runs {
+		for _, g := range r.Results {
+			if k := (key{g.CPUs, g.Mode}); !seen[k] {
+				seen[k] = true
+				keys = append(keys, k)
+			}
+		}
+	}
+	sort.SliceStable(keys, func(i, j int) bool { return keys[i].cpus < keys[j].cpus })
+	fmt.Fprintf(w, "Over %d runs: the median of the runs' medians (p50) and of their maxes; the ratios of those, then each run's own\n", len(runs))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "vCPUs\tmode\tquantity: Linux | klp-kvm\tLinux p50\tLinux max\tklp-kvm p50\tklp-kvm max\tratio p50\tratio max\tratio p50 per run\tratio max per run\t")
+	for _, k := range keys {
+		for _, row := range guestRows {
+			var lp, lm, kp, km []time.Duration
+			var rp, rm []string
+			for _, r := range runs {
+				for _, g := range r.Results {
+					l, kk := row.linux(g), row.klp(g)
+					if g.CPUs != k.cpus || g.Mode != k.mode || len(l) == 0 || len(kk) == 0 {
+						continue
+					}
+					ld, kd := distOf(l), distOf(kk)
+					lp, lm, kp, km = append(lp, ld.p50), append(lm, ld.max), append(kp, kd.p50), append(km, kd.max)
+					rp, rm = append(rp, guestRatio(ld.p50, kd.p50)), append(rm, guestRatio(ld.max, kd.max))
+				}
+			}
+			if len(lp) == 0 {
+				continue
+			}
+			med := func(d []time.Duration) time.Duration { return latency.Median(d) }
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", k.cpus, k.mode, row.what,
+				fmtDur(med(lp)), fmtDur(med(lm)), fmtDur(med(kp)), fmtDur(med(km)),
+				guestRatio(med(lp), med(kp)), guestRatio(med(lm), med(km)), strings.Join(rp, " "), strings.Join(rm, " "))
+		}
+	}
+	tw.Flush()
+}
+
 // TestCompareLinuxGuest runs the nested tier's TestLinuxCompare
 // KLP_COMPARE_RUNS times (default 1), each a fresh L1 VM, and prints each
 // run's comparison (OUT/guest-compare.txt, the samples in
@@ -251,6 +306,7 @@ func TestCompareLinuxGuest(t *testing.T) {
 		reportGuest(&txt, r)
 		txt.WriteString("\n")
 	}
+	reportGuestRuns(&txt, runs)
 	fmt.Print(txt.String())
 	js, _ := json.MarshalIndent(runs, "", "  ")
 	for name, b := range map[string][]byte{"guest-compare.txt": txt.Bytes(), "guest-compare.json": append(js, '\n')} {

@@ -122,6 +122,31 @@ func TestGuestReport(t *testing.T) {
 	if i, j := strings.Index(txt, " 1  idle "), strings.Index(txt, " 2  idle "); i < 0 || j < 0 || i > j {
 		t.Errorf("the 1-vCPU rows do not come first:\n%s", txt)
 	}
+	// Over runs: the second run's klp-kvm enables twice as long; the
+	// median of two runs is the upper one (latency.Median).
+	run2 := run
+	run2.Results = nil
+	for _, g := range run.Results {
+		g.KlpEnable = append([]int64(nil), g.KlpEnable...)
+		for i := range g.KlpEnable {
+			g.KlpEnable[i] *= 2
+		}
+		run2.Results = append(run2.Results, g)
+	}
+	out.Reset()
+	reportGuestRuns(&out, []guestRun{run, run2})
+	txt = out.String()
+	// enable, kernel's log: Linux 1.09 s; klp-kvm 24 ms: 45x, per run
+	// 91x 45x; max 1.19 s / 40 ms: 30x, per run 60x 30x.
+	for _, want := range []string{"Over 2 runs", "24.0 ms", "45x", "91x 45x", "30x", "60x 30x"} {
+		if !strings.Contains(txt, want) {
+			t.Errorf("the runs' report has no %q:\n%s", want, txt)
+		}
+	}
+	out.Reset()
+	if reportGuestRuns(&out, []guestRun{run}); out.Len() != 0 {
+		t.Errorf("one run has a runs' report:\n%s", out.String())
+	}
 	if _, err := parseGuestLog("empty", []byte("=== RUN TestNestedKVM\n--- FAIL\n")); err == nil || !strings.Contains(err.Error(), "no result lines") {
 		t.Errorf("a log without results: %v", err)
 	}
