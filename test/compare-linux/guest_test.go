@@ -85,6 +85,9 @@ type guestRun struct {
 	Nudges  int           `json:"nudges"`  // the runner nudged the 1-CPU VM
 	Reboots int           `json:"reboots"` // it froze and was booted again
 	Passed  bool          `json:"passed"`  // TestLinuxCompare passed in it
+	// The guests' watchdog reports ("soft lockup - CPU#1 stuck for 27s!"),
+	// each once: a vCPU that did not run for over 20 s (README.md).
+	Lockups []string `json:"lockups,omitempty"`
 }
 
 // parseGuestLog reads a nested-tier log (go test -v of test/nested):
@@ -102,6 +105,14 @@ func parseGuestLog(name string, raw []byte) (guestRun, error) {
 		}
 		if strings.Contains(line, "booting the VM once more") {
 			r.Reboots++
+		}
+		if i := strings.Index(line, "soft lockup - "); i >= 0 {
+			// The guest's timestamp makes each report unique.
+			j := strings.LastIndex(line[:i], "[")
+			if l := strings.TrimSpace(line[max(j, 0):]); !seen[l] {
+				seen[l] = true
+				r.Lockups = append(r.Lockups, l)
+			}
 		}
 		if strings.Contains(line, "--- PASS: TestNestedKVM/") && strings.Contains(line, "/TestLinuxCompare ") {
 			r.Passed = true
@@ -195,6 +206,9 @@ func reportGuest(w io.Writer, run guestRun) {
 			g.KlpAttempts, len(g.KlpEnable)+len(g.KlpDisable), fmtDur(time.Duration(g.KlpLoad)), fmtDur(ll.p50), fmtDur(ll.max), fmtDur(lr.p50), fmtDur(lr.max))
 	}
 	fmt.Fprintf(w, "  the L1 VM: %d nudge line(s), %d reboot(s) after a freeze; TestLinuxCompare passed: %v\n", run.Nudges, run.Reboots, run.Passed)
+	for _, l := range run.Lockups {
+		fmt.Fprintf(w, "  the guest's watchdog: %s\n", l)
+	}
 }
 
 // reportGuestRuns prints, for more than one run, each row over the runs:

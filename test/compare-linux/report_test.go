@@ -97,13 +97,15 @@ func TestGuestReport(t *testing.T) {
 	}
 	// The in-VM test's summary repeats every line.
 	log.WriteString(strings.Join(summary, ""))
+	log.WriteString("    nested_test.go:641: [vm 328.63s]     boot_test.go:99: console: [  202.137742] watchdog: BUG: soft lockup - CPU#1 stuck for 27s! [klp-lcmp:196]\n")
+	log.WriteString("            [  202.137742] watchdog: BUG: soft lockup - CPU#1 stuck for 27s! [klp-lcmp:196]\n") // the same, from the guest's dmesg
 	log.WriteString("        --- PASS: TestNestedKVM/nested/kvm_amd_1cpu/test-linux/TestLinuxCompare (300.00s)\n")
 	run, err := parseGuestLog("run 1", []byte(log.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(run.Results) != 4 || !run.Passed || run.Nudges != 1 {
-		t.Fatalf("parsed %d results, passed %v, %d nudges; want 4, true, 1", len(run.Results), run.Passed, run.Nudges)
+	if len(run.Results) != 4 || !run.Passed || run.Nudges != 1 || len(run.Lockups) != 1 {
+		t.Fatalf("parsed %d results, passed %v, %d nudges, lockups %q; want 4, true, 1, one", len(run.Results), run.Passed, run.Nudges, run.Lockups)
 	}
 	var out bytes.Buffer
 	reportGuest(&out, run)
@@ -114,7 +116,8 @@ func TestGuestReport(t *testing.T) {
 	// 1900/40 = 48x; load 1100/60 = 18x, 1200/100 = 12x; unload
 	// (disable + rmmod: 903, 2003, 1004) 1004/25 = 40x, 2003/30 = 67x.
 	for _, want := range []string{"6.1.0-57-amd64", "91x", "60x", "100x", "50x", "99x", "48x", "18x", "12x", "40x", "67x",
-		"1.09 s", "12.0 ms", "2.00 s", "0.20x", "0.07x", "pause window enable 6.00 ms (max 9.00 ms)", "load 5.00 ms", "1 nudge line(s)", "passed: true"} {
+		"1.09 s", "12.0 ms", "2.00 s", "0.20x", "0.07x", "pause window enable 6.00 ms (max 9.00 ms)", "load 5.00 ms", "1 nudge line(s)", "passed: true",
+		"the guest's watchdog: [  202.137742] watchdog: BUG: soft lockup - CPU#1 stuck for 27s! [klp-lcmp:196]"} {
 		if !strings.Contains(txt, want) {
 			t.Errorf("report has no %q:\n%s", want, txt)
 		}
