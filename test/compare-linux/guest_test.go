@@ -288,7 +288,7 @@ func TestCompareLinuxGuest(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r, err := parseGuestLog(filepath.Base(p), raw)
+			r, err := parseGuestLog(p, raw)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -458,6 +458,10 @@ func testLinuxCompare(t *testing.T, cpus int) {
 			hogs = strings.Join(strings.Fields(run(fmt.Sprintf("%s hogs %d", lcmpHelper, cpus))), " ")
 			time.Sleep(time.Second) // the hogs' start under TCG
 		}
+		// The guest's uptime at each phase, to place what its log says
+		// (its watchdog's reports carry the same clock).
+		phase := func(what string) { t.Logf("%s, %s: guest uptime %s", mode, what, strings.Fields(run("cat /proc/uptime"))[0]) }
+		phase("Linux's cycles")
 		// Linux: a warm-up cycle, then the counted ones.
 		for i := -1; i < cycles; i++ {
 			var lc lcmpCycle
@@ -477,6 +481,7 @@ func testLinuxCompare(t *testing.T, cpus int) {
 			}
 		}
 		// klp-kvm: load, a warm-up cycle, the counted ones, unload.
+		phase("klp-kvm's disable/enable cycles")
 		t0 := time.Now()
 		if _, err := c.AddPatch(ctx, api.PatchRequest{Object: sampleKO, Name: "livepatch-sample.ko"}); err != nil {
 			t.Fatalf("%s: klp-kvm load: %v", mode, err)
@@ -514,6 +519,7 @@ func testLinuxCompare(t *testing.T, cpus int) {
 			t.Fatalf("%s: klp-kvm unload: %v", mode, err)
 		}
 		// klp-kvm: load/unload cycles, Linux's insmod and rmmod.
+		phase("klp-kvm's load/unload cycles")
 		for i := -1; i < cycles; i++ {
 			t1 := time.Now()
 			l, err := c.AddPatch(ctx, api.PatchRequest{Object: sampleKO, Name: "livepatch-sample.ko"})
@@ -538,6 +544,7 @@ func testLinuxCompare(t *testing.T, cpus int) {
 				r.KlpUnloads = append(r.KlpUnloads, int64(ut))
 			}
 		}
+		phase("done")
 		if hogs != "" {
 			run("kill " + hogs)
 		}
