@@ -460,7 +460,9 @@ func testLinuxCompare(t *testing.T, cpus int) {
 		}
 		// The guest's uptime at each phase, to place what its log says
 		// (its watchdog's reports carry the same clock).
-		phase := func(what string) { t.Logf("%s, %s: guest uptime %s", mode, what, strings.Fields(run("cat /proc/uptime"))[0]) }
+		phase := func(what string) {
+			t.Logf("%s, %s: guest uptime %s", mode, what, strings.Fields(run("cat /proc/uptime"))[0])
+		}
 		phase("Linux's cycles")
 		// Linux: a warm-up cycle, then the counted ones.
 		for i := -1; i < cycles; i++ {
