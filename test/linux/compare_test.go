@@ -461,7 +461,8 @@ func testLinuxCompare(t *testing.T, cpus int) {
 		// The guest's uptime at each phase, to place what its log says
 		// (its watchdog's reports carry the same clock).
 		phase := func(what string) {
-			t.Logf("%s, %s: guest uptime %s", mode, what, strings.Fields(run("cat /proc/uptime"))[0])
+			up, _, _ := strings.Cut(run("cat /proc/uptime"), " ")
+			t.Logf("%s, %s: guest uptime %s", mode, what, up)
 		}
 		phase("Linux's cycles")
 		// Linux: a warm-up cycle, then the counted ones.
