@@ -21,10 +21,29 @@
 # on it), KLP_COMPARE_TRACE=1 (an execution trace and CPU profile of
 # klp-kvm's bench in the VM, into OUTDIR), KLP_COMPARE_TIMEOUT (each VM,
 # 30m), and the nested tier's KLP_KVM_NESTED_CACHE, _CPU, _ACCEL.
+#
+# The Linux-guest mode (README.md, "Inside one Linux guest"):
+#
+#   test/compare-linux/run.sh --linux-guest [OUTDIR]
+#
+# runs test/linux's TestLinuxCompare in the nested tier's 1-CPU VM: a
+# Debian guest booted by klp-kvm on nested kvm_amd (1, then 2 vCPUs) in
+# which Linux's own livepatch (livepatch-sample.ko loaded inside it) and
+# klp-kvm (the same .ko, from the host) switch the same function; prints
+# both side by side (OUTDIR/guest-compare.txt, guest-compare.json,
+# guest-run-N.log). Needs no headers (the .ko is test/linux's). Knobs:
+# KLP_COMPARE_RUNS (fresh VMs one after the other, 1),
+# KLP_E2E_LINUX_COMPARE_CYCLES (cycles per side and mode, 15),
+# KLP_COMPARE_GUEST_LOGS (only report these earlier runs' logs).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+mode=vm
+if [ "${1:-}" = "--linux-guest" ]; then
+	mode=linux-guest
+	shift
+fi
 out=${1:-${TMPDIR:-/tmp}/klp-kvm-compare-linux}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -35,6 +54,19 @@ as_root() {
 say() { echo "run.sh: $*"; }
 
 start=$(date +%s)
+if [ "$mode" = linux-guest ]; then
+	[ -n "${KLP_COMPARE_GUEST_LOGS:-}" ] || bash "$root/test/nested/prepare.sh"
+	cd "$root"
+	KLP_COMPARE_OUT="$out" go test -tags comparelinux -run '^TestCompareLinuxGuest$' -count=1 -v -timeout 4h \
+		./test/compare-linux/ >"$out/test.log" 2>&1 || {
+		tail -60 "$out/test.log" >&2
+		say "failed after $(( $(date +%s) - start ))s; the whole log is $out/test.log" >&2
+		exit 1
+	}
+	cat "$out/guest-compare.txt"
+	say "done in $(( $(date +%s) - start ))s; logs: $out/test.log, $out/guest-run-*.log"
+	exit 0
+fi
 bash "$root/test/nested/prepare.sh"
 
 cache="${KLP_KVM_NESTED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/klp-kvm/nested}"

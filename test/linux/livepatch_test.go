@@ -82,12 +82,19 @@ type patchGuest struct {
 // serves its control API on a unix socket, as `klp-kvm run` does.
 func bootPatchGuest(t *testing.T, cpus int) *patchGuest {
 	t.Helper()
+	return bootPatchGuestInitrd(t, cpus, nil)
+}
+
+// bootPatchGuestInitrd is bootPatchGuest with an initramfs of the
+// caller's (nil: the agent's default one).
+func bootPatchGuestInitrd(t *testing.T, cpus int, initrd []byte) *patchGuest {
+	t.Helper()
 	skipNested(t)
 	kernel := kernelImage(t)
 	cmdline := kvm.DefaultLinuxCmdline + " quiet klp.token=livepatch" + platformArgs()
 	con := &syncBuffer{log: t.Logf}
-	v, err := vmm.New(vmm.Config{Engine: engineName(), CPUs: cpus, MemMiB: guestMemMiB, Kernel: kernel, Cmdline: cmdline,
-		Console: con, BootTimeout: bootTimeout})
+	v, err := vmm.New(vmm.Config{Engine: engineName(), CPUs: cpus, MemMiB: guestMemMiB, Kernel: kernel, Initrd: initrd,
+		Cmdline: cmdline, Console: con, BootTimeout: bootTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -458,7 +458,14 @@ func buildInitramfs(t *testing.T, root, work string, k *kernelCache, bins []test
 	for _, m := range k.Modules {
 		must(a.AddFile(path.Join(modDir, m), filepath.Join(k.Dir, "modules", m)))
 	}
-	man := manifest.Manifest{Modules: k.Modules, ModulesDir: modDir, TimeoutSecs: int((5 * time.Minute).Seconds())}
+	// Each binary's -test.timeout in the VM: 5 minutes, or
+	// KLP_KVM_NESTED_BIN_TIMEOUT (a Go duration) for longer runs
+	// (test/compare-linux's --linux-guest mode).
+	binTimeout := 5 * time.Minute
+	if d, err := time.ParseDuration(os.Getenv("KLP_KVM_NESTED_BIN_TIMEOUT")); err == nil && d > 0 {
+		binTimeout = d
+	}
+	man := manifest.Manifest{Modules: k.Modules, ModulesDir: modDir, TimeoutSecs: int(binTimeout.Seconds())}
 	if klp != "" {
 		must(a.AddFile("klp-nested/bin/klp-kvm", klp))
 		man.Env = append(man.Env, "KLP_KVM_BIN=/klp-nested/bin/klp-kvm")
