@@ -1,9 +1,13 @@
 package linux
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"regexp"
 	"sort"
 	"strconv"
@@ -387,5 +391,59 @@ func (g *patchGuest) checkDmesg() {
 	}
 	if bad := g.exec("grep -F" + args + " /tmp/dmesg.txt || true"); bad != "" {
 		g.t.Errorf("guest dmesg has warnings or oopses:\n%s\nits tail:\n%s", bad, g.exec("tail -n 80 /tmp/dmesg.txt"))
+	}
+}
+
+// TestBusyModuleCopy: the embedded klp-busy.ko is the one
+// linuxpatch/testdata/build.sh builds (skipped where the source tree is
+// absent, as in the nested tier's VM).
+func TestBusyModuleCopy(t *testing.T) {
+	src, err := os.ReadFile("../../linuxpatch/testdata/klp-busy/klp-busy.ko")
+	if errors.Is(err, fs.ErrNotExist) {
+		t.Skip("no source tree")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(src, busyKO) {
+		t.Errorf("test/linux/testdata/klp-busy.ko differs from linuxpatch/testdata/klp-busy/klp-busy.ko: copy it after build.sh")
+	}
+}
+
+// TestBusyHelpers checks the busy test's bookkeeping without a guest.
+func TestBusyHelpers(t *testing.T) {
+	ms := func(n ...int) []time.Duration {
+		var d []time.Duration
+		for _, x := range n {
+			d = append(d, time.Duration(x)*time.Millisecond)
+		}
+		return d
+	}
+	d := ms(10, 1, 9, 2, 8, 3, 7, 4, 6, 5)
+	for _, c := range []struct {
+		p    float64
+		want int
+	}{{0.5, 5}, {0.9, 9}, {1, 10}, {0, 1}} {
+		if got := percentile(d, c.p); got != time.Duration(c.want)*time.Millisecond {
+			t.Errorf("percentile(%v) = %v, want %dms", c.p, got, c.want)
+		}
+	}
+	if got := percentile(ms(7), 0.9); got != 7*time.Millisecond {
+		t.Errorf("percentile of one = %v", got)
+	}
+
+	var b blockLog
+	if b.String() != "none" {
+		t.Errorf("empty blockLog: %q", b.String())
+	}
+	fmt.Fprintf(&b, "klp-kvm: linuxlive: enable livepatch_sample: attempt 1 blocked: task 77 (klp_busy/0) in cmdline_proc_show\n")
+	fmt.Fprintf(&b, "klp-kvm: something else\nklp-kvm: linuxlive: disable livepatch_sample: attempt 2 blocked: ")
+	fmt.Fprintf(&b, "task 77 (klp_busy/0) in cmdline_proc_show\nklp-kvm: linuxlive: enable x: attempt 1 blocked: vCPU 1 in livepatch_cmdline_proc_show\n")
+	if want := "2x task 77 (klp_busy/0) in cmdline_proc_show; 1x vCPU 1 in livepatch_cmdline_proc_show"; b.String() != want {
+		t.Errorf("blockLog: %q, want %q", b.String(), want)
+	}
+
+	if got := shellQuote("it's"); got != `'it'\''s'` {
+		t.Errorf("shellQuote: %s", got)
 	}
 }
