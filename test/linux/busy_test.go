@@ -67,43 +67,69 @@ func (k kthreadCounts) String() string {
 		k.reads, k.original, k.patched, k.other, k.errors, k.threads)
 }
 
-// busyCounters reads klp-busy's counters in the guest.
-func (g *patchGuest) busyCounters() kthreadCounts {
+// busyWait is a guest script: wait (up to about 5 s) until klp-busy's
+// counter $1 exceeds $2, then print the counters. One short exec per
+// check: the agent's serial line costs a VM exit or two per byte, which
+// nested under QEMU TCG dominates a round trip, so the commands are kept
+// short and the waiting is done in the guest.
+const (
+	busyWaitPath = "/tmp/w"
+	busyWait     = `cd ` + busyParams + `
+i=0
+while [ $(cat $1) -le $2 ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
+cat threads reads_original reads_patched reads_other read_errors
+`
+)
+
+// busyCounters runs busyWait: klp-busy's counters once counter (a
+// parameter's name) exceeds above, or after the guest's wait.
+func (g *patchGuest) busyCounters(counter string, above int64) kthreadCounts {
 	g.t.Helper()
-	names := []string{"threads", "reads", "reads_original", "reads_patched", "reads_other", "read_errors"}
-	out := g.exec("cat " + busyParams + strings.Join(names, " "+busyParams))
+	out := g.exec(fmt.Sprintf("sh %s %s %d", busyWaitPath, counter, above))
 	f := strings.Fields(out)
-	if len(f) != len(names) {
-		g.t.Fatalf("klp_busy parameters: %q, want %d numbers", out, len(names))
+	if len(f) != 5 {
+		g.t.Fatalf("klp_busy parameters: %q, want 5 numbers", out)
 	}
-	var v [6]int64
+	var v [5]int64
 	for i, s := range f {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			g.t.Fatalf("klp_busy parameter %s: %q", names[i], s)
+			g.t.Fatalf("klp_busy parameters: %q", out)
 		}
 		v[i] = n
 	}
-	return kthreadCounts{v[0], v[1], v[2], v[3], v[4], v[5]}
+	// The module's own "reads" is left out: the files are read one after
+	// the other while the threads run, so the total is the classes' sum.
+	return kthreadCounts{threads: v[0], reads: v[1] + v[2] + v[3] + v[4], original: v[1], patched: v[2], other: v[3], errors: v[4]}
 }
 
-// waitKthreads polls klp-busy's counters until ok says the threads have
-// seen what they should, failing on any read that gave neither text.
-func (g *patchGuest) waitKthreads(what string, ok func(kthreadCounts) bool) kthreadCounts {
+// snapshot is klp-busy's counters as the guest prints them, or why not,
+// for a failure message.
+func (g *patchGuest) snapshot() string {
+	out, err := g.v.Exec("sh " + busyWaitPath + " threads 0")
+	if err != nil {
+		return err.Error()
+	}
+	return strings.Join(strings.Fields(out), " ") + " (threads, original, patched, other, errors)"
+}
+
+// waitKthreads waits until klp-busy's counter (reads_original or
+// reads_patched) exceeds above: the kernel threads have read that text
+// since. Any read that gave neither text fails the test.
+func (g *patchGuest) waitKthreads(what, counter string, above int64) kthreadCounts {
 	g.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
-		k := g.busyCounters()
+		k := g.busyCounters(counter, above)
 		if k.other != 0 || k.errors != 0 {
 			g.t.Fatalf("%s: klp_busy threads: %v", what, k)
 		}
-		if ok(k) {
+		if (counter == "reads_original" && k.original > above) || (counter == "reads_patched" && k.patched > above) {
 			return k
 		}
 		if time.Now().After(deadline) {
-			g.t.Fatalf("%s: klp_busy threads did not get there in 30 s: %v", what, k)
+			g.t.Fatalf("%s: klp_busy threads did not read %s in 60 s: %v", what, counter, k)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -262,8 +288,11 @@ func testLinuxLivepatchBusy(t *testing.T, cpus int) {
 	c, ctx := g.c, g.ctx
 
 	// The kernel threads, before any patch: they read the original.
+	if err := g.v.Agent.FileWrite(ctx, busyWaitPath, busyWait); err != nil {
+		t.Fatal(err)
+	}
 	g.exec("insmod " + busyPath)
-	k := g.waitKthreads("after insmod", func(k kthreadCounts) bool { return k.original > 0 })
+	k := g.waitKthreads("after insmod", "reads_original", 0)
 	if k.threads != int64(cpus) {
 		t.Fatalf("klp_busy runs %d threads, want one per vCPU (%d)", k.threads, cpus)
 	}
@@ -289,7 +318,7 @@ func testLinuxLivepatchBusy(t *testing.T, cpus int) {
 		t.Fatalf("load under load: %v; blocked attempts: %s", err, blocks)
 	}
 	t.Logf("load under load: pause window %v, %d attempt(s)", rep.Result.PauseWindow, rep.Result.Attempts)
-	k = g.waitKthreads("after the load", func(n kthreadCounts) bool { return n.patched > 0 })
+	k = g.waitKthreads("after the load", "reads_patched", 0)
 	_, ur0, _, _, _ := u.counts()
 
 	var enableE2E, enableWin, disableE2E, disableWin []time.Duration
@@ -307,23 +336,21 @@ func testLinuxLivepatchBusy(t *testing.T, cpus int) {
 		t0 := time.Now()
 		r, err := c.Disable(ctx, sampleName, api.OpRequest{})
 		if err != nil {
-			t.Fatalf("cycle %d: disable: %v\nblocked attempts so far: %s\nkernel threads: %v", i, err, blocks, g.busyCounters())
+			t.Fatalf("cycle %d: disable: %v\nblocked attempts so far: %s\nkernel threads: %v", i, err, blocks, g.snapshot())
 		}
 		disableE2E = append(disableE2E, time.Since(t0))
 		disableWin = append(disableWin, r.Result.PauseWindow)
 		count(&r)
-		prev := k
-		k = g.waitKthreads(fmt.Sprintf("cycle %d disabled", i), func(n kthreadCounts) bool { return n.original > prev.original })
+		k = g.waitKthreads(fmt.Sprintf("cycle %d disabled", i), "reads_original", k.original)
 
 		t0 = time.Now()
 		if r, err = c.Enable(ctx, sampleName, api.OpRequest{}); err != nil {
-			t.Fatalf("cycle %d: enable: %v\nblocked attempts so far: %s\nkernel threads: %v", i, err, blocks, g.busyCounters())
+			t.Fatalf("cycle %d: enable: %v\nblocked attempts so far: %s\nkernel threads: %v", i, err, blocks, g.snapshot())
 		}
 		enableE2E = append(enableE2E, time.Since(t0))
 		enableWin = append(enableWin, r.Result.PauseWindow)
 		count(&r)
-		prev = k
-		k = g.waitKthreads(fmt.Sprintf("cycle %d enabled", i), func(n kthreadCounts) bool { return n.patched > prev.patched })
+		k = g.waitKthreads(fmt.Sprintf("cycle %d enabled", i), "reads_patched", k.patched)
 	}
 	elapsed := time.Since(tCycles)
 	_, ur1, _, _, _ := u.counts()
@@ -360,8 +387,7 @@ func testLinuxLivepatchBusy(t *testing.T, cpus int) {
 	if _, err := c.Unload(ctx, sampleName, api.OpRequest{}); err != nil {
 		t.Fatalf("unload: %v; blocked attempts: %s", err, blocks)
 	}
-	prev := k
-	k = g.waitKthreads("after unload", func(n kthreadCounts) bool { return n.original > prev.original })
+	k = g.waitKthreads("after unload", "reads_original", k.original)
 	g.untouched("unload")
 	g.exec("rmmod klp_busy")
 	if lsmod := g.exec("lsmod"); strings.Contains(lsmod, "klp_busy") {
