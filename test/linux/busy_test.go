@@ -52,12 +52,12 @@ const (
 // texts, and the guest's dmesg must stay free of warnings and oopses.
 // Two vCPUs, then one.
 //
-// It takes 2.5-4 minutes per vCPU count in the nested tier, more than
+// It takes 2-3.5 minutes per vCPU count in the nested tier, more than
 // test/nested's 5-minute budget for the whole test/linux binary leaves,
 // so it runs only with KLP_E2E_LINUX_BUSY=1 (docs/linux-guests.md).
 func TestLinuxLivepatchBusy(t *testing.T) {
 	if os.Getenv("KLP_E2E_LINUX_BUSY") != "1" {
-		t.Skip("KLP_E2E_LINUX_BUSY=1 runs it (2.5-4 min per vCPU count in the nested tier)")
+		t.Skip("KLP_E2E_LINUX_BUSY=1 runs it (2-3.5 min per vCPU count in the nested tier)")
 	}
 	for _, cpus := range []int{2, 1} {
 		t.Run(fmt.Sprintf("%dcpu", cpus), func(t *testing.T) { testLinuxLivepatchBusy(t, cpus) })
