@@ -32,6 +32,7 @@ import (
 
 	"klp-kvm/api"
 	"klp-kvm/guestagent/initrd"
+	"klp-kvm/vmm"
 )
 
 // compareMarker starts each result line; test/compare-linux parses them
@@ -420,7 +421,7 @@ func testLinuxCompare(t *testing.T, cpus int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := bootPatchGuestInitrd(t, cpus, rd)
+	g := bootPatchGuestWith(t, cpus, func(c *vmm.Config) { c.Initrd = rd })
 	c, ctx, run, original := g.c, g.ctx, g.exec, g.original
 	kernel := run("uname -r")
 	if out, err := g.v.Exec(lcmpHelper + " setup"); err != nil {

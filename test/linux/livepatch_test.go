@@ -82,19 +82,23 @@ type patchGuest struct {
 // serves its control API on a unix socket, as `klp-kvm run` does.
 func bootPatchGuest(t *testing.T, cpus int) *patchGuest {
 	t.Helper()
-	return bootPatchGuestInitrd(t, cpus, nil)
+	return bootPatchGuestWith(t, cpus, nil)
 }
 
-// bootPatchGuestInitrd is bootPatchGuest with an initramfs of the
-// caller's (nil: the agent's default one).
-func bootPatchGuestInitrd(t *testing.T, cpus int, initrd []byte) *patchGuest {
+// bootPatchGuestWith is bootPatchGuest with the vmm.Config adjusted by
+// edit (another initramfs, an events writer) before the guest is built.
+func bootPatchGuestWith(t *testing.T, cpus int, edit func(*vmm.Config)) *patchGuest {
 	t.Helper()
 	skipNested(t)
 	kernel := kernelImage(t)
 	cmdline := kvm.DefaultLinuxCmdline + " quiet klp.token=livepatch" + platformArgs()
 	con := &syncBuffer{log: t.Logf}
-	v, err := vmm.New(vmm.Config{Engine: engineName(), CPUs: cpus, MemMiB: guestMemMiB, Kernel: kernel, Initrd: initrd,
-		Cmdline: cmdline, Console: con, BootTimeout: bootTimeout})
+	cfg := vmm.Config{Engine: engineName(), CPUs: cpus, MemMiB: guestMemMiB, Kernel: kernel, Cmdline: cmdline,
+		Console: con, BootTimeout: bootTimeout}
+	if edit != nil {
+		edit(&cfg)
+	}
+	v, err := vmm.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
