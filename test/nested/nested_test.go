@@ -41,6 +41,13 @@ var extraArgs = map[string][]string{
 // that a hang is reported by this test, with the console, not by a panic.
 const defaultTimeout = 8 * time.Minute
 
+// linuxBinTimeout and linuxVMTimeout are the per-binary and whole-run
+// bounds of the VM that runs test/linux (its Linux guests take longer).
+const (
+	linuxBinTimeout = 12 * time.Minute
+	linuxVMTimeout  = 14 * time.Minute
+)
+
 // TestNestedKVM runs the KVM-engine test binaries on every KVM tier this
 // machine has (see tiers_test.go): "direct" on the host's own /dev/kvm,
 // "nested" on the kvm_amd of a QEMU-TCG VM. Each tier's subtests carry the
@@ -349,6 +356,9 @@ func runNestedVM(t *testing.T, root, work string, k *kernelCache, bins []testBin
 	t.Logf("initramfs %.1f MiB built in %v (kernel %s)", float64(size)/(1<<20), time.Since(t0).Round(time.Millisecond), k.Version)
 
 	timeout := defaultTimeout
+	if usesLinuxKernel(bins) {
+		timeout = linuxVMTimeout
+	}
 	if s := os.Getenv("KLP_KVM_NESTED_TIMEOUT"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil {
@@ -462,6 +472,11 @@ func buildInitramfs(t *testing.T, root, work string, k *kernelCache, bins []test
 	// KLP_KVM_NESTED_BIN_TIMEOUT (a Go duration) for longer runs
 	// (test/compare-linux's --linux-guest mode).
 	binTimeout := 5 * time.Minute
+	if usesLinuxKernel(bins) {
+		// test/linux boots a dozen Linux guests and switches patches
+		// hundreds of times (TestLinuxLivepatchBusy): 5-8 minutes.
+		binTimeout = linuxBinTimeout
+	}
 	if d, err := time.ParseDuration(os.Getenv("KLP_KVM_NESTED_BIN_TIMEOUT")); err == nil && d > 0 {
 		binTimeout = d
 	}
