@@ -26,40 +26,21 @@ import (
 	"time"
 
 	"klp-kvm/latency"
+	"klp-kvm/test/linux"
 )
 
 // guestMarker starts TestLinuxCompare's result lines (test/linux's
 // compareMarker).
 const guestMarker = "@@klp-compare-guest "
 
-// guestResult is test/linux's compareResult (the wire format: its
-// comments say what each sample is).
-type guestResult struct {
-	CPUs             int     `json:"cpus"`
-	Mode             string  `json:"mode"`
-	Kernel           string  `json:"kernel"`
-	LinuxLoad        []int64 `json:"linux_load_ns"`
-	LinuxEnable      []int64 `json:"linux_enable_ns"`
-	LinuxDisable     []int64 `json:"linux_disable_ns"`
-	LinuxRmmod       []int64 `json:"linux_rmmod_ns"`
-	LinuxKEnable     []int64 `json:"linux_k_enable_ns,omitempty"`
-	LinuxKDisable    []int64 `json:"linux_k_disable_ns,omitempty"`
-	KlpLoad          int64   `json:"klp_load_ns"`
-	KlpEnable        []int64 `json:"klp_enable_ns"`
-	KlpEnableWindow  []int64 `json:"klp_enable_window_ns"`
-	KlpDisable       []int64 `json:"klp_disable_ns"`
-	KlpDisableWindow []int64 `json:"klp_disable_window_ns"`
-	KlpAttempts      int     `json:"klp_attempts"`
-	KlpLoads         []int64 `json:"klp_loads_ns"`
-	KlpLoadWindow    []int64 `json:"klp_load_window_ns"`
-	KlpUnloads       []int64 `json:"klp_unloads_ns"`
-}
+// guestResult is one result line of test/linux's TestLinuxCompare.
+type guestResult = linux.CompareResult
 
 // linuxSwitch is Linux's enable as user space sees it, without the
 // module's load: from finit_module's return until transition reads 0
 // (with one CPU Linux completes the transition inside finit_module, so
 // this is the read that finds it done).
-func (g guestResult) linuxSwitch() []int64 {
+func linuxSwitch(g guestResult) []int64 {
 	var out []int64
 	for i := range min(len(g.LinuxEnable), len(g.LinuxLoad)) {
 		out = append(out, g.LinuxEnable[i]-g.LinuxLoad[i])
@@ -69,7 +50,7 @@ func (g guestResult) linuxSwitch() []int64 {
 
 // linuxUnload is Linux's disable and rmmod: from the write of 0 to
 // enabled until delete_module returns.
-func (g guestResult) linuxUnload() []int64 {
+func linuxUnload(g guestResult) []int64 {
 	var out []int64
 	for i := range min(len(g.LinuxDisable), len(g.LinuxRmmod)) {
 		out = append(out, g.LinuxDisable[i]+g.LinuxRmmod[i])
@@ -158,7 +139,7 @@ var guestRows = []guestRow{
 	{"enable, kernel's log: enabling patch..patching complete | enable (API request..reply)",
 		func(g guestResult) []int64 { return g.LinuxKEnable }, func(g guestResult) []int64 { return g.KlpEnable }},
 	{"enable, user space: finit_module's return..transition 0 | enable (API)",
-		guestResult.linuxSwitch, func(g guestResult) []int64 { return g.KlpEnable }},
+		linuxSwitch, func(g guestResult) []int64 { return g.KlpEnable }},
 	{"disable, kernel's log: initializing..unpatching complete | disable (API)",
 		func(g guestResult) []int64 { return g.LinuxKDisable }, func(g guestResult) []int64 { return g.KlpDisable }},
 	{"disable, user space: enabled=0..transition done | disable (API)",
@@ -166,7 +147,7 @@ var guestRows = []guestRow{
 	{"load: insmod..transition 0 | load (POST /patches)",
 		func(g guestResult) []int64 { return g.LinuxEnable }, func(g guestResult) []int64 { return g.KlpLoads }},
 	{"unload: enabled=0..rmmod done | unload (API)",
-		guestResult.linuxUnload, func(g guestResult) []int64 { return g.KlpUnloads }},
+		linuxUnload, func(g guestResult) []int64 { return g.KlpUnloads }},
 }
 
 // reportGuest prints one run's table: per vCPU count and mode, each
