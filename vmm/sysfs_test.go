@@ -200,6 +200,7 @@ func TestLinuxSysfsEvent(t *testing.T) {
 		errno syscall.Errno
 	}{
 		{agent.LinuxLivepatchRoot + "/livepatch_sample/enabled", syscall.ENOENT},
+		{agent.LinuxLivepatchRoot + "/livepatch_sample/force", syscall.EINVAL}, // 0: handled at once, not queued
 		{agent.LinuxLivepatchRoot + "/../../sys/kernel/livepatch/p/enabled", syscall.EPERM},
 		{"/sys/kernel/livepatch/livepatch_sample/enabled", syscall.EPERM}, // Linux's own: never ours
 	} {
