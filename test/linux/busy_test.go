@@ -47,8 +47,9 @@ const (
 // patched function everywhere: klp-busy.ko's kernel threads (one bound
 // to each vCPU) and one user-space process per vCPU read /proc/cmdline in
 // loops. Every switch must succeed within the default deadline (blocked
-// attempts are retried and counted); after every switch the kernel
-// threads must read the new text, no read may give anything but the two
+// attempts are retried and counted); after the switches of every tenth
+// cycle (every cycle with KLP_E2E_LINUX_BUSY=all) the kernel threads
+// must read the new text, no read may give anything but the two
 // texts, and the guest's dmesg must stay free of warnings and oopses.
 // Two vCPUs by default (the nested tier, so CI, runs it); one vCPU too
 // with KLP_E2E_LINUX_BUSY=all; none with KLP_E2E_LINUX_BUSY=0. A vCPU
@@ -344,6 +345,14 @@ func testLinuxLivepatchBusy(t *testing.T, cpus int) {
 		}
 	}
 	kStart := k
+	// watch says whether the kernel threads must be seen reading the new
+	// text after cycle i's switches (an exec into the busy guest, about a
+	// second in the nested tier): after every cycle with
+	// KLP_E2E_LINUX_BUSY=all, else after every tenth and the last (CI's
+	// time); the texts and counters are checked at the end either way.
+	watch := func(i int) bool {
+		return os.Getenv("KLP_E2E_LINUX_BUSY") == "all" || i%10 == 0 || i == busyCycles-1
+	}
 	tCycles := time.Now()
 	for i := range busyCycles {
 		t0 := time.Now()
@@ -354,7 +363,9 @@ func testLinuxLivepatchBusy(t *testing.T, cpus int) {
 		disableE2E = append(disableE2E, time.Since(t0))
 		disableWin = append(disableWin, r.Result.PauseWindow)
 		count(&r)
-		k = g.waitKthreads(fmt.Sprintf("cycle %d disabled", i), "reads_original", k.original)
+		if watch(i) {
+			k = g.waitKthreads(fmt.Sprintf("cycle %d disabled", i), "reads_original", k.original)
+		}
 
 		t0 = time.Now()
 		if r, err = c.Enable(ctx, sampleName, api.OpRequest{}); err != nil {
@@ -363,7 +374,9 @@ func testLinuxLivepatchBusy(t *testing.T, cpus int) {
 		enableE2E = append(enableE2E, time.Since(t0))
 		enableWin = append(enableWin, r.Result.PauseWindow)
 		count(&r)
-		k = g.waitKthreads(fmt.Sprintf("cycle %d enabled", i), "reads_patched", k.patched)
+		if watch(i) {
+			k = g.waitKthreads(fmt.Sprintf("cycle %d enabled", i), "reads_patched", k.patched)
+		}
 		if (i+1)%10 == 0 {
 			t.Logf("%d cycles in %v, %d attempts; kernel threads: %v", i+1, time.Since(tCycles).Round(time.Millisecond), attempts, k)
 		}
