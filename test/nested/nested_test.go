@@ -675,7 +675,9 @@ func bootVM(t *testing.T, k *kernelCache, smp int, initrd, results string, timeo
 }
 
 // nudgeAfter is how long the heartbeat may stay away before the console
-// line gets a byte (three heartbeats missed).
+// line gets a byte (three heartbeats missed). It was 15 s with a 5 s
+// heartbeat: every lost wake-up then cost 15 s, most of TestLinuxSysfs's
+// 138 s in CI; a byte on the line is harmless, so it is sent early.
 const nudgeAfter = 3 * manifest.HeartbeatInterval
 
 // freezeAfter is how long the heartbeat may stay away: longer than a

@@ -56,7 +56,7 @@ const (
 )
 
 // HeartbeatInterval is how often /init sends EventAlive.
-const HeartbeatInterval = 5 * time.Second
+const HeartbeatInterval = time.Second
 
 // Event is one control line.
 type Event struct {
