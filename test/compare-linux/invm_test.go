@@ -8,7 +8,6 @@ package comparelinux
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,7 +16,6 @@ import (
 	"runtime/trace"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +24,7 @@ import (
 	"klp-kvm/guestkernel"
 	"klp-kvm/latency"
 	"klp-kvm/livepatch"
+	"klp-kvm/test/linux"
 	"klp-kvm/vmm"
 )
 
@@ -105,7 +104,7 @@ func linuxCycle(r *result, orig []byte) error {
 		return fmt.Errorf("finit_module %s: %w", modulePath, err)
 	}
 	t1 := time.Now()
-	if err := waitTransition(false); err != nil {
+	if err := linux.WaitTransition(patchDir, false, 60*time.Second); err != nil {
 		return fmt.Errorf("enable: %w", err)
 	}
 	t2 := time.Now()
@@ -116,7 +115,7 @@ func linuxCycle(r *result, orig []byte) error {
 	if err := os.WriteFile(patchDir+"/enabled", []byte("0"), 0); err != nil {
 		return fmt.Errorf("disable: %w", err)
 	}
-	if err := waitTransition(true); err != nil {
+	if err := linux.WaitTransition(patchDir, true, 60*time.Second); err != nil {
 		return fmt.Errorf("disable: %w", err)
 	}
 	t4 := time.Now()
@@ -132,7 +131,7 @@ func linuxCycle(r *result, orig []byte) error {
 	if !(k[0] <= k[1] && k[1] <= k[2] && k[2] <= k[3] && k[3] <= k[4]) || k[0] == 0 {
 		return fmt.Errorf("the module's timestamps are out of order (init, pre_patch, post_patch, pre_unpatch, post_unpatch: %v): not our livepatch-sample.ko?", k)
 	}
-	if err := unload(); err != nil {
+	if err := linux.DeleteModule(moduleName, 30*time.Second); err != nil {
 		return err
 	}
 	t5 := time.Now()
@@ -173,48 +172,6 @@ func moduleParam(name string) (int64, error) {
 		return 0, fmt.Errorf("the module's timestamp %s: %q: %w", name, b, err)
 	}
 	return v, nil
-}
-
-// waitTransition polls <patch>/transition until it reads 0: at once,
-// then every 100 µs doubling to 2 ms (well under the transitions'
-// times, which Linux's retry every second dominates). After a disable
-// the patch's directory goes when the transition completes (the patch
-// is freed): gone counts as done then, and so does ENODEV, which a read
-// gets while the directory is being removed.
-func waitTransition(goneOK bool) error {
-	deadline := time.Now().Add(60 * time.Second)
-	for wait := 100 * time.Microsecond; ; wait = min(2*wait, 2*time.Millisecond) {
-		b, err := os.ReadFile(patchDir + "/transition")
-		gone := errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENODEV)
-		switch {
-		case err == nil && strings.TrimSpace(string(b)) == "0":
-			return nil
-		case gone && goneOK:
-			return nil
-		case err != nil && !gone:
-			return err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s/transition not 0 after 60 s (%q, %v)", patchDir, b, err)
-		}
-		time.Sleep(wait)
-	}
-}
-
-// unload removes the module once the disabled patch is freed (its
-// directory gone; until then delete_module says EBUSY or EAGAIN).
-func unload() error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := unix.DeleteModule(moduleName, unix.O_NONBLOCK)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
-			return fmt.Errorf("delete_module %s: %w", moduleName, err)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 // startHogs starts n processes (this binary again, TestInVMHog) that

@@ -1,5 +1,60 @@
 package linux
 
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// WaitTransition polls dir/transition (a Linux livepatch's directory
+// under /sys/kernel/livepatch) until it reads 0: at once, then every
+// 100 µs doubling to 2 ms (well under the transitions' times, which
+// Linux's retry every second dominates). After a disable the directory
+// goes when the transition completes (the patch is freed): with goneOK,
+// gone counts as done, and so does ENODEV, which a read gets while the
+// directory is being removed. Both comparisons time Linux's livepatch
+// with it, in the L1 VM (test/compare-linux) and in a guest (here).
+func WaitTransition(dir string, goneOK bool, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for wait := 100 * time.Microsecond; ; wait = min(2*wait, 2*time.Millisecond) {
+		b, err := os.ReadFile(dir + "/transition")
+		gone := errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENODEV)
+		switch {
+		case err == nil && strings.TrimSpace(string(b)) == "0":
+			return nil
+		case gone && goneOK:
+			return nil
+		case err != nil && !gone:
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s/transition not 0 after %v (%q, %v)", dir, timeout, b, err)
+		}
+		time.Sleep(wait)
+	}
+}
+
+// DeleteModule removes module name once its disabled patch is freed
+// (until then delete_module says EBUSY or EAGAIN), within timeout.
+func DeleteModule(name string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := unix.DeleteModule(name, unix.O_NONBLOCK)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
+			return fmt.Errorf("delete_module %s: %w", name, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // CompareResult is one (vCPUs, mode) of TestLinuxCompare, every time in
 // ns, one sample per cycle: the wire format its result lines carry to
 // test/compare-linux's report (run.sh --linux-guest), which imports it.

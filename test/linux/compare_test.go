@@ -142,7 +142,7 @@ func lcmpInsmod(ko string) error {
 	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil {
 		return fmt.Errorf("finit_module %s: %w", ko, err)
 	}
-	return lcmpWait(false)
+	return WaitTransition(lcmpDir, false, 20*time.Second)
 }
 
 // lcmpDisable writes 0 to enabled, waits for the transition and removes
@@ -151,48 +151,10 @@ func lcmpDisable() error {
 	if err := os.WriteFile(lcmpDir+"/enabled", []byte("0"), 0); err != nil {
 		return fmt.Errorf("disable: %w", err)
 	}
-	if err := lcmpWait(true); err != nil {
+	if err := WaitTransition(lcmpDir, true, 20*time.Second); err != nil {
 		return err
 	}
-	return lcmpRmmod()
-}
-
-// lcmpWait polls transition until it reads 0: at once, then every 100 µs
-// doubling to 2 ms. After a disable the directory goes when the patch is
-// freed: gone (or ENODEV, while it goes) counts as done then.
-func lcmpWait(goneOK bool) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for wait := 100 * time.Microsecond; ; wait = min(2*wait, 2*time.Millisecond) {
-		b, err := os.ReadFile(lcmpDir + "/transition")
-		gone := errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENODEV)
-		switch {
-		case err == nil && strings.TrimSpace(string(b)) == "0":
-			return nil
-		case gone && goneOK:
-			return nil
-		case err != nil && !gone:
-			return err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s/transition not 0 after 20 s (%q, %v)", lcmpDir, b, err)
-		}
-		time.Sleep(wait)
-	}
-}
-
-// lcmpRmmod removes the module once the disabled patch is freed.
-func lcmpRmmod() error {
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := unix.DeleteModule(sampleName, unix.O_NONBLOCK)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
-			return fmt.Errorf("delete_module %s: %w", sampleName, err)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	return DeleteModule(sampleName, 20*time.Second)
 }
 
 // lcmpOneCycle is one timed cycle; the kernel log's records of it come
@@ -227,7 +189,7 @@ func lcmpOneCycle(ko string) (lcmpCycle, error) {
 		return c, fmt.Errorf("finit_module %s: %w", ko, err)
 	}
 	t1 := time.Now()
-	if err := lcmpWait(false); err != nil {
+	if err := WaitTransition(lcmpDir, false, 20*time.Second); err != nil {
 		return c, fmt.Errorf("enable: %w", err)
 	}
 	t2 := time.Now()
@@ -238,14 +200,14 @@ func lcmpOneCycle(ko string) (lcmpCycle, error) {
 	if err := os.WriteFile(lcmpDir+"/enabled", []byte("0"), 0); err != nil {
 		return c, fmt.Errorf("disable: %w", err)
 	}
-	if err := lcmpWait(true); err != nil {
+	if err := WaitTransition(lcmpDir, true, 20*time.Second); err != nil {
 		return c, fmt.Errorf("disable: %w", err)
 	}
 	t4 := time.Now()
 	if got, _ := os.ReadFile("/proc/cmdline"); !bytes.Equal(got, orig) {
 		return c, fmt.Errorf("disabled, but /proc/cmdline reads %q", got)
 	}
-	if err := lcmpRmmod(); err != nil {
+	if err := DeleteModule(sampleName, 20*time.Second); err != nil {
 		return c, err
 	}
 	t5 := time.Now()
