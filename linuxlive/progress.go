@@ -21,9 +21,9 @@ import (
 // time moves it): the guest resumes and the attempt is retried, as
 // before.
 
-// The budget of one attempt's progress, livepatch's (stepBudget,
-// stepRound, stepSlice): the time the blocking vCPUs may run in all, each
-// round capped at stepRound (where breakpoints do not fire, as on nested
+// The budget of one attempt's progress, livepatch's (StepBudget,
+// StepRound, StepSlice, its RoundBudget): the time the blocking vCPUs may run in all, each
+// round capped at StepRound (where breakpoints do not fire, as on nested
 // SVM under QEMU TCG, a round runs until its budget: bounded resumes with
 // a check after each instead of one long run), a slice for a vCPU with no
 // stop address. Unlike livepatch's, the budget counts only the time the
@@ -32,12 +32,7 @@ import (
 // tier, more than the whole of livepatch's budget, which would leave one
 // round. The checks are bounded by maxStepRounds instead, which bounds
 // what progress adds to a pause window: rounds x (round + check).
-const (
-	stepBudget    = 2 * time.Millisecond
-	stepRound     = 500 * time.Microsecond
-	stepSlice     = 100 * time.Microsecond
-	maxStepRounds = 4
-)
+const maxStepRounds = 4
 
 // orcEntrySize is sizeof(struct orc_entry) (__packed), Linux 6.1's.
 const orcEntrySize = 6
@@ -109,19 +104,13 @@ func (m *Manager) progress(check []linuxkernel.AddrRange, v verdict, res *livepa
 	defer func() { res.StepTime += time.Since(t0) }()
 	var ran time.Duration
 	for round := 0; v.why != "" && !v.sleeping && len(v.running) > 0 && round < maxStepRounds; round++ {
-		left := stepBudget - ran
+		left := livepatch.StepBudget - ran
 		if left <= 0 {
 			break
 		}
-		budget := min(left, stepRound)
-		for _, stops := range v.running {
-			if len(stops) == 0 {
-				budget = min(budget, stepSlice)
-			}
-		}
 		res.Steps++
 		t := time.Now()
-		_, err := st.RunUntil(v.running, budget)
+		_, err := st.RunUntil(v.running, livepatch.RoundBudget(left, v.running))
 		ran += time.Since(t)
 		if err != nil {
 			if m.cfg.Logf != nil {

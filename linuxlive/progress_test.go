@@ -94,8 +94,8 @@ func TestProgressRunsBlockingVCPUOut(t *testing.T) {
 	if res.Attempts != 1 || res.Steps != 1 || res.StepTime <= 0 || g.pauses-pauses != 1 {
 		t.Errorf("result %+v, %d pauses: want one attempt, one step, one pause", res, g.pauses-pauses)
 	}
-	if len(sg.calls) != 1 || !slices.Equal(sg.calls[0][0], []uint64{callerRet}) || len(sg.calls[0]) != 1 || sg.budgets[0] != stepRound {
-		t.Errorf("RunUntil calls %x budgets %v: want vCPU 0 alone to %#x for %v", sg.calls, sg.budgets, uint64(callerRet), stepRound)
+	if len(sg.calls) != 1 || !slices.Equal(sg.calls[0][0], []uint64{callerRet}) || len(sg.calls[0]) != 1 || sg.budgets[0] != livepatch.StepRound {
+		t.Errorf("RunUntil calls %x budgets %v: want vCPU 0 alone to %#x for %v", sg.calls, sg.budgets, uint64(callerRet), livepatch.StepRound)
 	}
 	if k.site()[0] != 0xe9 || k.checks != 2 {
 		t.Errorf("site % x after %d checks: want the jmp after two", k.site(), k.checks)
@@ -136,8 +136,8 @@ func TestProgressSlicesUnknownExit(t *testing.T) {
 		t.Errorf("result %+v: want one attempt, two steps", res)
 	}
 	for i, c := range sg.calls {
-		if a, ok := c[0]; !ok || len(a) != 0 || sg.budgets[i] != stepSlice {
-			t.Errorf("call %d: stops %x budget %v: want a slice of %v for vCPU 0", i, c, sg.budgets[i], stepSlice)
+		if a, ok := c[0]; !ok || len(a) != 0 || sg.budgets[i] != livepatch.StepSlice {
+			t.Errorf("call %d: stops %x budget %v: want a slice of %v for vCPU 0", i, c, sg.budgets[i], livepatch.StepSlice)
 		}
 	}
 }

@@ -15,7 +15,7 @@ import (
 // for the length of one attempt: debug.SetGCPercent(-1) first waits for a
 // cycle in progress to end (outside the window: the pause has not been
 // asked for yet), and no new cycle starts until the release, after the
-// guest resumed. An attempt is bounded (the check, at most stepBudget of
+// guest resumed. An attempt is bounded (the check, at most StepBudget of
 // progress, the pokes), so the heap grows by that attempt's allocations
 // at most; GOMEMLIMIT still applies. Nested holds (several Managers in one
 // process) share one: the percentage is put back by the last release.

@@ -75,17 +75,32 @@ const (
 
 // The progress guarantee: when only running vCPUs block a switch, they
 // alone run on, inside the same pause, until they return out of the
-// changing code (a breakpoint on the return address) or until stepBudget
+// changing code (a breakpoint on the return address) or until StepBudget
 // is spent; a vCPU whose way out is not known (mid context switch, in the
-// interrupt entry) runs in slices of stepSlice.
-// A round with breakpoints armed is capped at stepRound too: where they do
+// interrupt entry) runs in slices of StepSlice.
+// A round with breakpoints armed is capped at StepRound too: where they do
 // not fire (QEMU TCG's nested SVM), progress degrades to short bounded
 // resumes with a check after each, instead of one long run.
+// linuxlive's progress for Linux guests uses the same values and
+// RoundBudget.
 const (
-	stepBudget = 2 * time.Millisecond
-	stepRound  = 500 * time.Microsecond
-	stepSlice  = 100 * time.Microsecond
+	StepBudget = 2 * time.Millisecond
+	StepRound  = 500 * time.Microsecond
+	StepSlice  = 100 * time.Microsecond
 )
+
+// RoundBudget is how long one progress round may run the blocking vCPUs:
+// what is left of the budget, at most StepRound, and only StepSlice when
+// one of them has no stop address (its way out is unknown).
+func RoundBudget(left time.Duration, running map[int][]uint64) time.Duration {
+	budget := min(left, StepRound)
+	for _, stops := range running {
+		if len(stops) == 0 {
+			budget = min(budget, StepSlice)
+		}
+	}
+	return budget
+}
 
 // transition is one transition in progress: Linux's klp_transition_patch
 // and klp_target_state, with the prepared switch and the retry state. It
@@ -721,20 +736,14 @@ func (m *Manager) progress(idx *spanIndex, conservative bool, v *verdict, res *R
 		return v
 	}
 	t0 := time.Now()
-	end := t0.Add(stepBudget)
+	end := t0.Add(StepBudget)
 	for v.first != nil && !v.sleeping && len(v.running) > 0 {
 		left := time.Until(end)
 		if left <= 0 {
 			break
 		}
-		budget := min(left, stepRound)
-		for _, stop := range v.running {
-			if len(stop) == 0 {
-				budget = min(budget, stepSlice)
-			}
-		}
 		res.Steps++
-		if _, err := st.RunUntil(v.running, budget); err != nil {
+		if _, err := st.RunUntil(v.running, RoundBudget(left, v.running)); err != nil {
 			break
 		}
 		v = m.check(idx, conservative)

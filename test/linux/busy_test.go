@@ -350,9 +350,8 @@ func testLinuxLivepatchBusy(t *testing.T, cpus int) {
 	// second in the nested tier): after every cycle with
 	// KLP_E2E_LINUX_BUSY=all, else after every tenth and the last (CI's
 	// time); the texts and counters are checked at the end either way.
-	watch := func(i int) bool {
-		return os.Getenv("KLP_E2E_LINUX_BUSY") == "all" || i%10 == 0 || i == busyCycles-1
-	}
+	watchAll := os.Getenv("KLP_E2E_LINUX_BUSY") == "all"
+	watch := func(i int) bool { return watchAll || i%10 == 0 || i == busyCycles-1 }
 	tCycles := time.Now()
 	for i := range busyCycles {
 		t0 := time.Now()
