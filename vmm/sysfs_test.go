@@ -185,7 +185,8 @@ func linuxVMM(t *testing.T, events io.Writer) (*VMM, *bufio.Reader, *pushes) {
 	v.tree = newTreePusher(v.Linux.Status, pu.push, t.Logf)
 	go v.tree.run()
 	t.Cleanup(v.tree.Stop)
-	close(v.ready) // as if the agent had answered
+	go v.linuxWriter() // as Start does
+	close(v.ready)     // as if the agent had answered
 	return v, bufio.NewReader(toGuestR), pu
 }
 

@@ -115,12 +115,12 @@ type VMM struct {
 	tree *treePusher
 
 	// linuxWrites carries a Linux guest's sysfs writes but force, in
-	// order, to one worker (started by the first): linuxlive runs a
+	// order, to one worker (linuxWriter, from Start): linuxlive runs a
 	// transition within the write that started it, up to its deadline,
 	// and the agent's event loop must stay free meanwhile for a write
-	// of 1 to force, which only flags the transition in progress.
-	linuxWrites     chan agent.SysfsWrite
-	linuxWritesOnce sync.Once
+	// of 1 to force, which only flags the transition in progress. Nil
+	// for klp-kvm's own guest.
+	linuxWrites chan agent.SysfsWrite
 }
 
 // linuxWriteQueue is how many of a Linux guest's sysfs writes may wait
@@ -181,6 +181,7 @@ func New(cfg Config) (*VMM, error) {
 			// The guest sees the patches as a tree its agent shows
 			// (sysfs.go), pushed after every change.
 			v.tree = newTreePusher(lm.Status, v.Agent.LivepatchTree, logf)
+			v.linuxWrites = make(chan agent.SysfsWrite, linuxWriteQueue)
 		}
 		// Its kernel is read from the host, with no help from the guest
 		// (POST /kernel, klp-kvm inspect --live).
@@ -250,6 +251,9 @@ func (v *VMM) Start() error {
 	v.t0 = time.Now()
 	if v.tree != nil {
 		go v.tree.run()
+	}
+	if v.linuxWrites != nil {
+		go v.linuxWriter()
 	}
 	go func() {
 		code, err := v.Machine.Run()
@@ -374,11 +378,7 @@ func (v *VMM) event(ev agent.Event) {
 		return
 	}
 	v.inEvents.Add(1)
-	if v.Linux != nil && path.Base(path.Clean(w.Path)) != "force" {
-		v.linuxWritesOnce.Do(func() {
-			v.linuxWrites = make(chan agent.SysfsWrite, linuxWriteQueue)
-			go v.linuxWriter()
-		})
+	if v.linuxWrites != nil && path.Base(path.Clean(w.Path)) != "force" {
 		select {
 		case v.linuxWrites <- w:
 		default:
