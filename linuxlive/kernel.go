@@ -34,6 +34,13 @@ type kernelView interface {
 	// code is the patches' code (text and ORC), which counts as kernel
 	// text and unwinds with the patches' own ORC tables.
 	Blocked(check []linuxkernel.AddrRange, code []linuxkernel.ModuleORC) (verdict, error)
+	// FtraceRecord is the guest ftrace's record of the fentry site at
+	// site (ok false: its ftrace could not be read; linuxkernel's
+	// ErrNotFound: it has no record of the site). ftrace.go.
+	FtraceRecord(site uint64) (ftraceRec, error)
+	// FtraceBusy, with every vCPU paused: whether ftrace_lock is held
+	// and whether any ftrace_ops is registered.
+	FtraceBusy() (lockHeld, opsRegistered bool, err error)
 }
 
 // liveKernel is the kernelView of a running guest.
@@ -44,6 +51,10 @@ type liveKernel struct {
 	linkCfg linuxpatch.Config
 	nx      bool
 	levels  int
+	// ft is the guest's ftrace bookkeeping (nil when its layout could
+	// not be read: ftErr; sites are then switched without it).
+	ft    *linuxkernel.Ftrace
+	ftErr error
 }
 
 // physMem adapts Machine to linuxkernel.PhysMem.
@@ -73,6 +84,7 @@ func openLive(cfg Config) (*liveKernel, error) {
 		return nil, wrap("open kernel", "", ErrGuest, err, "the guest kernel's ORC tables")
 	}
 	lk := &liveKernel{m: cfg.Machine, k: k, u: u, levels: 4}
+	lk.ft, lk.ftErr = k.Ftrace()
 	if k.AS.LA57 {
 		lk.levels = 5
 	}

@@ -97,6 +97,7 @@ type Manager struct {
 
 	patches []*patch        // registration order (Linux's klp_patches)
 	ops     map[uint64]*ops // by old function address
+	ftHeld  map[uint64]bool // sites whose ftrace record the host disabled (ftrace.go)
 	last    *livepatch.Result
 
 	snapMu sync.Mutex
@@ -137,6 +138,7 @@ type fn struct {
 	newAddr, newSize uint64
 	newName          string
 	p                *patch
+	rec              ftraceRec // the guest ftrace's record of site
 }
 
 // ops is klp_ops: the functions redirected at one old address, newest
@@ -155,7 +157,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg.AreaBase+cfg.AreaSize > cfg.Machine.PhysSize() || cfg.AreaBase+cfg.AreaSize < cfg.AreaBase {
 		return nil, errf("new", "", ErrNoSpace, "patch area [%#x, +%#x) is not page-aligned RAM of at least 64 KiB", cfg.AreaBase, cfg.AreaSize)
 	}
-	m := &Manager{cfg: cfg, area: newArea(cfg.AreaBase, cfg.AreaSize), vaNext: ModulesEnd, ops: map[uint64]*ops{}}
+	m := &Manager{cfg: cfg, area: newArea(cfg.AreaBase, cfg.AreaSize), vaNext: ModulesEnd, ops: map[uint64]*ops{}, ftHeld: map[uint64]bool{}}
 	m.publish()
 	return m, nil
 }
@@ -278,6 +280,9 @@ func (m *Manager) register(data []byte, nameHint string) (*patch, error) {
 			return nil, wrap(op, name, ErrGuest, err, "fentry site of %s at %#x", f.OldName, x.site)
 		}
 		x.sitePA = pa
+		if err := m.siteFtrace(x); err != nil {
+			return nil, wrap(op, name, ErrGuest, err, "the guest's ftrace record of %s", f.OldName)
+		}
 		if x.newSize == 0 {
 			x.newSize = 1
 		}

@@ -69,7 +69,34 @@ type fakeKernel struct {
 	running func(check []linuxkernel.AddrRange) verdict
 	code    []linuxkernel.ModuleORC // the last check's patch code
 	checks  int
+	// The guest ftrace's record of the site: its flags word at
+	// ftraceFlags in the text page (noFtrace: the kernel's ftrace is not
+	// readable), the lock and the ops list as FtraceBusy reports them.
+	noFtrace      bool
+	ftLock, ftOps bool
 }
+
+// ftraceFlags is where the fake's ftrace record keeps its flags.
+const ftraceFlags = textPage + 0x800
+
+func (k *fakeKernel) FtraceRecord(site uint64) (ftraceRec, error) {
+	if k.noFtrace {
+		return ftraceRec{}, nil
+	}
+	if site != k.cmdline {
+		return ftraceRec{}, linuxkernel.ErrNotFound
+	}
+	return ftraceRec{ok: true, flagsVA: k.cmdline&^0xfff + 0x800, flagsPA: ftraceFlags, disabled: 1 << 25, enabled: 1 << 31, refMask: 1<<23 - 1}, nil
+}
+
+func (k *fakeKernel) FtraceBusy() (bool, bool, error) {
+	if k.g.depth == 0 {
+		k.g.t.Error("ftrace's lock read while the guest runs")
+	}
+	return k.ftLock, k.ftOps, nil
+}
+
+func (k *fakeKernel) ftraceFlags() uint64 { return get(k.g.fakeMem, ftraceFlags) }
 
 func (k *fakeKernel) BTF() *btf.Spec { return k.spec }
 func (k *fakeKernel) LinkConfig() linuxpatch.Config {

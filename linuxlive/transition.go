@@ -123,14 +123,25 @@ func (m *Manager) attempt(p *patch, sw []siteSwitch, check []linuxkernel.AddrRan
 				s.f.name, s.f.site, cur[:], s.from[:])
 		}
 	}
+	// The guest ftrace's records of the sites taken or given back
+	// (ftrace.go): after the verification, before the first site.
+	flips, why, err := m.ftraceFlips(sw)
+	if err != nil || why != "" {
+		return why, false, err
+	}
+	if err := m.writeFlips(flips, true); err != nil {
+		return "", false, err
+	}
 	for i, s := range sw {
 		if err := m.cfg.Machine.WritePhys(s.f.sitePA, s.to[:]); err != nil {
 			for _, b := range sw[:i] {
 				_ = m.cfg.Machine.WritePhys(b.f.sitePA, b.from[:])
 			}
+			_ = m.writeFlips(flips, false)
 			return "", false, wrap("poke", "", ErrGuest, err, "%s's fentry site %#x (the sites written before it were restored)", s.f.name, s.f.site)
 		}
 	}
+	m.heldFlips(flips)
 	tPoke := time.Now()
 	if err := resume(); err != nil {
 		res.ResumeErr = err.Error()
