@@ -23,12 +23,24 @@ type equalVirt interface {
 }
 
 // Poke is one verified text write: Old must be at Addr before New is
-// written. Where names the place for error messages (symbol+offset).
+// written.
 type Poke struct {
-	Addr  uint64
-	Old   []byte
-	New   []byte
-	Where string
+	Addr uint64
+	Old  []byte
+	New  []byte
+	// site and what name the place for error messages (where): the
+	// name is formatted only for an error, not for each of 1024 sites.
+	site *Site
+	what string
+}
+
+// where names the poke's place: the site's symbol+offset and what of
+// it (" slot", " trampoline"), or what alone.
+func (p *Poke) where() string {
+	if p.site == nil {
+		return p.what
+	}
+	return p.site.Where() + p.what
 }
 
 // maxPoke bounds a single poke: text pokes are instructions and slots,
@@ -100,7 +112,7 @@ func applyClusters(mem Memory, cl []cluster, done []Poke) error {
 			// read per poke so the error names the poke that faults.
 			for _, p := range c.pokes {
 				if err := mem.ReadVirt(p.Addr, c.cur[p.Addr-c.lo:p.Addr-c.lo+uint64(len(p.Old))]); err != nil {
-					return &Error{Op: op, Kind: ErrMemory, Addr: p.Addr, Site: p.Where, Err: err}
+					return &Error{Op: op, Kind: ErrMemory, Addr: p.Addr, Site: p.where(), Err: err}
 				}
 			}
 			c.split = true
@@ -108,7 +120,7 @@ func applyClusters(mem Memory, cl []cluster, done []Poke) error {
 		for _, p := range c.pokes {
 			got := c.cur[p.Addr-c.lo : p.Addr-c.lo+uint64(len(p.Old))]
 			if !bytes.Equal(got, p.Old) {
-				return &Error{Op: op, Kind: ErrMismatch, Addr: p.Addr, Site: p.Where,
+				return &Error{Op: op, Kind: ErrMismatch, Addr: p.Addr, Site: p.where(),
 					Detail: fmt.Sprintf("found % x, expected % x", got, p.Old)}
 			}
 		}
@@ -129,7 +141,7 @@ func applyClusters(mem Memory, cl []cluster, done []Poke) error {
 			}
 			if err := mem.WriteVirt(c.lo, buf); err != nil {
 				undo(mem, done)
-				return &Error{Op: op, Kind: ErrMemory, Addr: c.lo, Site: c.pokes[0].Where, Err: err}
+				return &Error{Op: op, Kind: ErrMemory, Addr: c.lo, Site: c.pokes[0].where(), Err: err}
 			}
 			done = append(done, Poke{Addr: c.lo, Old: c.cur, New: buf})
 			continue
@@ -137,7 +149,7 @@ func applyClusters(mem Memory, cl []cluster, done []Poke) error {
 		for _, p := range c.pokes {
 			if err := mem.WriteVirt(p.Addr, p.New); err != nil {
 				undo(mem, done)
-				return &Error{Op: op, Kind: ErrMemory, Addr: p.Addr, Site: p.Where, Err: err}
+				return &Error{Op: op, Kind: ErrMemory, Addr: p.Addr, Site: p.where(), Err: err}
 			}
 			done = append(done, p)
 		}
@@ -202,7 +214,7 @@ func clusters(pokes []Poke) ([]cluster, error) {
 	const op = "poke"
 	for _, p := range pokes {
 		if len(p.Old) != len(p.New) || len(p.New) == 0 || len(p.New) > maxPoke || p.Addr+uint64(len(p.New)) < p.Addr {
-			return nil, &Error{Op: op, Kind: ErrInvalid, Addr: p.Addr, Site: p.Where,
+			return nil, &Error{Op: op, Kind: ErrInvalid, Addr: p.Addr, Site: p.where(),
 				Detail: fmt.Sprintf("old %d bytes, new %d bytes", len(p.Old), len(p.New))}
 		}
 	}
@@ -215,7 +227,7 @@ func clusters(pokes []Poke) ([]cluster, error) {
 		end := p.Addr + uint64(len(p.New))
 		if i > 0 {
 			if prev := sorted[i-1]; prev.Addr+uint64(len(prev.New)) > p.Addr {
-				return nil, &Error{Op: op, Kind: ErrInvalid, Addr: p.Addr, Site: p.Where, Detail: "overlaps the poke at " + prev.Where}
+				return nil, &Error{Op: op, Kind: ErrInvalid, Addr: p.Addr, Site: p.where(), Detail: "overlaps the poke at " + prev.where()}
 			}
 		}
 		if n := len(out); n > 0 {
@@ -237,7 +249,7 @@ func clusters(pokes []Poke) ([]cluster, error) {
 func Invert(pokes []Poke) []Poke {
 	out := make([]Poke, len(pokes))
 	for i, p := range pokes {
-		out[len(pokes)-1-i] = Poke{Addr: p.Addr, Old: p.New, New: p.Old, Where: p.Where}
+		out[len(pokes)-1-i] = Poke{Addr: p.Addr, Old: p.New, New: p.Old, site: p.site, what: p.what}
 	}
 	return out
 }

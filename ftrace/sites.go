@@ -248,7 +248,7 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 				x.Abort()
 				return nil, err
 			}
-			sitePokes = append(sitePokes, Poke{Addr: s.Addr, Old: jmp[:], New: s.Nop[:], Where: s.Where()})
+			sitePokes = append(sitePokes, Poke{Addr: s.Addr, Old: jmp[:], New: s.Nop[:], site: s})
 			x.oldTramps = append(x.oldTramps, s.Tramp)
 			nu.State, nu.Tramp, nu.Target = StateNop, 0, 0
 		case s.State == StateJmp:
@@ -258,7 +258,7 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 			var o, n [8]byte
 			binary.LittleEndian.PutUint64(o[:], s.Target)
 			binary.LittleEndian.PutUint64(n[:], u.Target)
-			slotPokes = append(slotPokes, Poke{Addr: s.Tramp + TrampSlotOff, Old: o[:], New: n[:], Where: s.Where() + " slot"})
+			slotPokes = append(slotPokes, Poke{Addr: s.Tramp + TrampSlotOff, Old: o[:], New: n[:], site: s, what: " slot"})
 			nu.Target = u.Target
 		default:
 			var tr uint64
@@ -284,8 +284,8 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 				return nil, &Error{Op: op, Kind: ErrMemory, Addr: tr, Site: s.Where(), Err: err}
 			}
 			tb := TrampBytes(u.Target)
-			trampPokes = append(trampPokes, Poke{Addr: tr, Old: cur, New: tb[:], Where: s.Where() + " trampoline"})
-			sitePokes = append(sitePokes, Poke{Addr: s.Addr, Old: s.Nop[:], New: jmp[:], Where: s.Where()})
+			trampPokes = append(trampPokes, Poke{Addr: tr, Old: cur, New: tb[:], site: s, what: " trampoline"})
+			sitePokes = append(sitePokes, Poke{Addr: s.Addr, Old: s.Nop[:], New: jmp[:], site: s})
 			nu.State, nu.Tramp, nu.Target = StateJmp, tr, u.Target
 		}
 		x.before = append(x.before, *s)
@@ -329,7 +329,7 @@ func (x *Txn) Stage() error {
 		got := make([]byte, len(p.Old))
 		err := x.t.mem.ReadVirt(p.Addr, got)
 		if err == nil && !bytes.Equal(got, p.Old) {
-			err = &Error{Op: "stage", Kind: ErrMismatch, Addr: p.Addr, Site: p.Where,
+			err = &Error{Op: "stage", Kind: ErrMismatch, Addr: p.Addr, Site: p.where(),
 				Detail: fmt.Sprintf("found % x, expected % x", got, p.Old)}
 		}
 		if err == nil {
@@ -341,7 +341,7 @@ func (x *Txn) Stage() error {
 			if errors.As(err, &fe) {
 				return fe
 			}
-			return &Error{Op: "stage", Kind: ErrMemory, Addr: p.Addr, Site: p.Where, Err: err}
+			return &Error{Op: "stage", Kind: ErrMemory, Addr: p.Addr, Site: p.where(), Err: err}
 		}
 	}
 	x.staged = true

@@ -1,8 +1,10 @@
 package livepatch
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 
@@ -507,7 +509,7 @@ type spanIndex struct {
 
 func newSpanIndex(spans []span) *spanIndex {
 	x := &spanIndex{spans: append([]span(nil), spans...)}
-	sort.Slice(x.spans, func(i, j int) bool { return x.spans[i].lo < x.spans[j].lo })
+	slices.SortFunc(x.spans, func(a, b span) int { return cmp.Compare(a.lo, b.lo) })
 	x.maxHi = make([]uint64, len(x.spans))
 	for i, s := range x.spans {
 		x.maxHi[i] = s.hi
