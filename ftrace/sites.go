@@ -227,6 +227,29 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 		pool = nil
 	}
 	x.newTramps = pool
+	// The pool's current bytes, read a run of adjacent trampolines at a
+	// time (AllocN hands out mostly one run) instead of one page walk
+	// per trampoline.
+	poolCur := curs[:TrampSize*len(pool)]
+	for i := 0; i < len(pool); {
+		j := i + 1
+		for j < len(pool) && pool[j] == pool[j-1]+TrampSize {
+			j++
+		}
+		if err := t.mem.ReadVirt(pool[i], poolCur[i*TrampSize:j*TrampSize]); err != nil {
+			x.Abort()
+			return nil, &Error{Op: op, Kind: ErrMemory, Addr: pool[i], Err: err}
+		}
+		i = j
+	}
+	curs = curs[len(poolCur):len(poolCur)]
+	// The pokes' new (and a disable's old) bytes, in one allocation.
+	arena := make([]byte, 0, len(updates)*(elfpatch.FentrySize+TrampSize))
+	keep := func(b []byte) []byte {
+		n := len(arena)
+		arena = append(arena, b...)
+		return arena[n:len(arena):len(arena)]
+	}
 	for _, u := range updates {
 		s, ok := t.sites[u.Site]
 		if !ok {
@@ -248,7 +271,7 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 				x.Abort()
 				return nil, err
 			}
-			sitePokes = append(sitePokes, Poke{Addr: s.Addr, Old: jmp[:], New: s.Nop[:], site: s})
+			sitePokes = append(sitePokes, Poke{Addr: s.Addr, Old: keep(jmp[:]), New: s.Nop[:], site: s})
 			x.oldTramps = append(x.oldTramps, s.Tramp)
 			nu.State, nu.Tramp, nu.Target = StateNop, 0, 0
 		case s.State == StateJmp:
@@ -258,12 +281,14 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 			var o, n [8]byte
 			binary.LittleEndian.PutUint64(o[:], s.Target)
 			binary.LittleEndian.PutUint64(n[:], u.Target)
-			slotPokes = append(slotPokes, Poke{Addr: s.Tramp + TrampSlotOff, Old: o[:], New: n[:], site: s, what: " slot"})
+			slotPokes = append(slotPokes, Poke{Addr: s.Tramp + TrampSlotOff, Old: keep(o[:]), New: keep(n[:]), site: s, what: " slot"})
 			nu.Target = u.Target
 		default:
 			var tr uint64
+			var cur []byte
 			if len(pool) > 0 {
 				tr, pool = pool[0], pool[1:]
+				cur, poolCur = poolCur[:TrampSize:TrampSize], poolCur[TrampSize:]
 			} else {
 				var err error
 				if tr, err = t.alloc.Alloc(TrampSize, TrampAlign); err != nil {
@@ -277,15 +302,17 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 				x.Abort()
 				return nil, &Error{Op: op, Kind: ErrRange, Addr: s.Addr, Site: s.Where(), Err: err}
 			}
-			cur := curs[len(curs) : len(curs)+TrampSize : len(curs)+TrampSize]
-			curs = curs[:len(curs)+TrampSize]
-			if err := t.mem.ReadVirt(tr, cur); err != nil {
-				x.Abort()
-				return nil, &Error{Op: op, Kind: ErrMemory, Addr: tr, Site: s.Where(), Err: err}
+			if cur == nil {
+				cur = curs[len(curs) : len(curs)+TrampSize : len(curs)+TrampSize]
+				curs = curs[:len(curs)+TrampSize]
+				if err := t.mem.ReadVirt(tr, cur); err != nil {
+					x.Abort()
+					return nil, &Error{Op: op, Kind: ErrMemory, Addr: tr, Site: s.Where(), Err: err}
+				}
 			}
 			tb := TrampBytes(u.Target)
-			trampPokes = append(trampPokes, Poke{Addr: tr, Old: cur, New: tb[:], site: s, what: " trampoline"})
-			sitePokes = append(sitePokes, Poke{Addr: s.Addr, Old: s.Nop[:], New: jmp[:], site: s})
+			trampPokes = append(trampPokes, Poke{Addr: tr, Old: cur, New: keep(tb[:]), site: s, what: " trampoline"})
+			sitePokes = append(sitePokes, Poke{Addr: s.Addr, Old: s.Nop[:], New: keep(jmp[:]), site: s})
 			nu.State, nu.Tramp, nu.Target = StateJmp, tr, u.Target
 		}
 		x.before = append(x.before, *s)
