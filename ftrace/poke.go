@@ -2,8 +2,9 @@ package ftrace
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
-	"sort"
+	"slices"
 )
 
 // Memory is what ftrace needs of the guest: virtual-address access through
@@ -219,7 +220,7 @@ func clusters(pokes []Poke) ([]cluster, error) {
 		}
 	}
 	sorted := append([]Poke(nil), pokes...)
-	sort.Slice(sorted, func(a, b int) bool { return sorted[a].Addr < sorted[b].Addr })
+	slices.SortFunc(sorted, func(a, b Poke) int { return cmp.Compare(a.Addr, b.Addr) })
 	// A cluster's pokes are a run of sorted: its subslice, not a copy.
 	var out []cluster
 	start := 0

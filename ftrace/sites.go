@@ -207,21 +207,33 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 	x := &Txn{t: t, before: make([]Site, 0, len(updates)), after: make([]Site, 0, len(updates)),
 		live: make([]*Site, 0, len(updates))}
 	seen := make(map[uint64]bool, len(updates))
-	trampPokes := make([]Poke, 0, len(updates))
-	sitePokes := make([]Poke, 0, len(updates))
-	var slotPokes []Poke
+	// The pokes, counted first so that they go into one array in their
+	// final order (trampolines, slots, sites) with no copy: the loop
+	// below appends to each kind's part.
+	nNew, nSlot, nSite := 0, 0, 0
+	for _, u := range updates {
+		s, ok := t.sites[u.Site]
+		switch {
+		case !ok || (u.Target == 0 && s.State == StateNop):
+		case u.Target == 0:
+			nSite++
+		case s.State == StateJmp:
+			if s.Target != u.Target {
+				nSlot++
+			}
+		default:
+			nNew++
+			nSite++
+		}
+	}
+	all := make([]Poke, nNew+nSlot+nSite)
+	trampPokes, slotPokes, sitePokes := all[:0:nNew], all[nNew:nNew:nNew+nSlot], all[nNew+nSlot:nNew+nSlot:len(all)]
 	// The fresh trampolines' expected bytes, one allocation for all.
 	curs := make([]byte, 0, TrampSize*len(updates))
 	// The fresh trampolines, allocated in one walk of the patch area (at
 	// the addresses one Alloc each would give). They are x.newTramps from
 	// the start, so any error below frees them all. If they do not all
 	// fit, each is allocated in turn, so the error is the one it would be.
-	nNew := 0
-	for _, u := range updates {
-		if s, ok := t.sites[u.Site]; ok && u.Target != 0 && s.State == StateNop {
-			nNew++
-		}
-	}
 	pool, err := t.alloc.AllocN(nNew, TrampSize, TrampAlign)
 	if err != nil {
 		pool = nil
@@ -322,7 +334,11 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 	// Trampolines and slots before the sites that jump to them (all under
 	// one pause, but a consistent order costs nothing).
 	x.tramps = trampPokes
-	x.pokes = append(append(append(make([]Poke, 0, len(trampPokes)+len(slotPokes)+len(sitePokes)), trampPokes...), slotPokes...), sitePokes...)
+	if len(trampPokes) == nNew && len(slotPokes) == nSlot && len(sitePokes) == nSite {
+		x.pokes = all
+	} else { // not as counted (cannot happen): put them together
+		x.pokes = append(append(append(make([]Poke, 0, len(trampPokes)+len(slotPokes)+len(sitePokes)), trampPokes...), slotPokes...), sitePokes...)
+	}
 	return x, nil // grouped by Stage, or else by Commit
 }
 

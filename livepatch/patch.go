@@ -1,6 +1,8 @@
 package livepatch
 
 import (
+	"slices"
+
 	"klp-kvm/ftrace"
 )
 
@@ -135,6 +137,11 @@ func removeFunc(ops map[uint64]*Ops, f *Func) {
 // the NOP) and the spans whose meaning changes, for every touched site
 // whose target actually changes. m.mu must be held.
 func (m *Manager) finishPlan(pl *stackPlan, touched map[uint64]*Func, order []uint64) {
+	// At most one update and two spans per function: room for them at
+	// once (growing them by appends was 11% of a 1024-function enable's
+	// bytes).
+	pl.updates = slices.Grow(pl.updates, len(order))
+	pl.spans = slices.Grow(pl.spans, 2*len(order))
 	for _, addr := range order {
 		f := touched[addr]
 		cur, nxt := m.ops[addr], pl.next[addr]
