@@ -52,9 +52,8 @@ type liveKernel struct {
 	nx      bool
 	levels  int
 	// ft is the guest's ftrace bookkeeping (nil when its layout could
-	// not be read: ftErr; sites are then switched without it).
-	ft    *linuxkernel.Ftrace
-	ftErr error
+	// not be read: sites are then switched without it, and said so).
+	ft *linuxkernel.Ftrace
 }
 
 // physMem adapts Machine to linuxkernel.PhysMem.
@@ -84,7 +83,10 @@ func openLive(cfg Config) (*liveKernel, error) {
 		return nil, wrap("open kernel", "", ErrGuest, err, "the guest kernel's ORC tables")
 	}
 	lk := &liveKernel{m: cfg.Machine, k: k, u: u, levels: 4}
-	lk.ft, lk.ftErr = k.Ftrace()
+	var ftErr error
+	if lk.ft, ftErr = k.Ftrace(); ftErr != nil && cfg.Logf != nil {
+		cfg.Logf("linuxlive: the guest's ftrace records cannot be read (%v): the functions patched stay visible to its ftrace, which must not trace them", ftErr)
+	}
 	if k.AS.LA57 {
 		lk.levels = 5
 	}
