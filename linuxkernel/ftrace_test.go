@@ -155,3 +155,34 @@ func TestDebianVmlinuxFtrace(t *testing.T) {
 		t.Errorf("not Linux 6.1's ftrace: %+v", *f)
 	}
 }
+
+// FuzzFtraceRecord writes the input over the synthetic guest's ftrace
+// pages and records (the pages, then the records' area) and looks a
+// site up: whatever the guest holds there, Record and Busy return a
+// record or an error, in bounded time, and a record they return is the
+// site's own.
+func FuzzFtraceRecord(f *testing.F) {
+	f.Add([]byte{}, uint64(0))
+	f.Add(make([]byte, 24), uint64(0x300))
+	loop := make([]byte, 0x110)
+	copy(loop[0x100:], []byte{0x00, 0x10, 0x18, 0x80, 0x88, 0xff, 0xff, 0xff}) // page 2's next: page 1
+	f.Add(loop, uint64(0x300))
+	f.Fuzz(func(t *testing.T, data []byte, off uint64) {
+		k, fr, ip := synFtrace(t)
+		D := uint64(synDirectVA + synDirectPA)
+		if len(data) > 0x3000 {
+			data = data[:0x3000]
+		}
+		k.put(D+0x181000, data) // pages at 0x181000 and 0x181100, records from 0x182000
+		target := ip + off%0x1000 - 0x800
+		va, err := fr.Record(target)
+		if err == nil {
+			if got, rerr := fr.as.U64(va - fr.recFlags + fr.recIP); rerr != nil || got != target {
+				t.Fatalf("Record(%#x) = %#x, whose ip reads %#x (%v)", target, va, got, rerr)
+			}
+		}
+		if _, _, err := fr.Busy(); err != nil {
+			t.Fatalf("Busy: %v", err)
+		}
+	})
+}
