@@ -359,19 +359,29 @@ func TestLinuxLivepatchGuestFtrace(t *testing.T) {
 	if _, err := c.AddPatch(ctx, api.PatchRequest{Object: sampleKO, Name: "livepatch-sample.ko"}); err != nil {
 		t.Fatalf("load after the guest's tracer is off: %v", err)
 	}
+	// traced turns the guest's function tracer on for filter, runs cmds
+	// while it traces, turns it off, and returns their outputs and the
+	// trace.
+	traced := func(filter string, cmds ...string) (outs []string, tr string) {
+		exec("echo '" + filter + "' > /sys/kernel/tracing/set_ftrace_filter")
+		exec("echo > /sys/kernel/tracing/trace")
+		exec("echo function > /sys/kernel/tracing/current_tracer")
+		for _, c := range cmds {
+			outs = append(outs, exec(c))
+		}
+		tr = exec("cat /sys/kernel/tracing/trace")
+		exec("echo nop > /sys/kernel/tracing/current_tracer")
+		return outs, tr
+	}
 	// The guest's ftrace keeps working for other functions while a patch
 	// is on.
-	exec("echo version_proc_show > /sys/kernel/tracing/set_ftrace_filter")
-	exec("echo > /sys/kernel/tracing/trace")
-	exec("echo function > /sys/kernel/tracing/current_tracer")
-	exec("cat /proc/version")
-	if got := exec("cat /proc/cmdline"); got != patchedMsg {
-		t.Errorf("patched while the guest traces another function: /proc/cmdline %q", got)
+	outs, tr := traced("version_proc_show", "cat /proc/version", "cat /proc/cmdline")
+	if outs[1] != patchedMsg {
+		t.Errorf("patched while the guest traces another function: /proc/cmdline %q", outs[1])
 	}
-	if tr := exec("cat /sys/kernel/tracing/trace"); !strings.Contains(tr, "version_proc_show") {
+	if !strings.Contains(tr, "version_proc_show") {
 		t.Errorf("the guest's trace of version_proc_show while patched is empty:\n%s", tail(tr, 10))
 	}
-	exec("echo nop > /sys/kernel/tracing/current_tracer")
 	// ... and for a glob that takes in the patched function: ftrace skips
 	// it (the host disabled its record: linuxlive/ftrace.go) instead of
 	// finding the host's jmp where it expects its NOP, which would be an
@@ -386,17 +396,13 @@ func TestLinuxLivepatchGuestFtrace(t *testing.T) {
 	if f := exec("cat /sys/kernel/tracing/set_ftrace_filter"); strings.Contains(f, "cmdline_proc_show") {
 		t.Errorf("the guest's ftrace took the patched function into its filter: %q", tail(f, 5))
 	}
-	exec("echo '*_proc_show' > /sys/kernel/tracing/set_ftrace_filter")
-	exec("echo > /sys/kernel/tracing/trace")
-	exec("echo function > /sys/kernel/tracing/current_tracer")
-	exec("cat /proc/version")
-	if got := exec("cat /proc/cmdline"); got != patchedMsg {
-		t.Errorf("patched while the guest traces *_proc_show: /proc/cmdline %q", got)
+	outs, tr = traced("*_proc_show", "cat /proc/version", "cat /proc/cmdline")
+	if outs[1] != patchedMsg {
+		t.Errorf("patched while the guest traces *_proc_show: /proc/cmdline %q", outs[1])
 	}
-	if tr := exec("cat /sys/kernel/tracing/trace"); !strings.Contains(tr, "version_proc_show") {
+	if !strings.Contains(tr, "version_proc_show") {
 		t.Errorf("the guest's trace of *_proc_show while patched has no version_proc_show:\n%s", tail(tr, 10))
 	}
-	exec("echo nop > /sys/kernel/tracing/current_tracer")
 	if d := exec("dmesg | grep -c 'ftrace bug' || true"); d != "0" {
 		t.Errorf("the guest's ftrace reported %s ftrace bug(s)", d)
 	}
@@ -406,14 +412,9 @@ func TestLinuxLivepatchGuestFtrace(t *testing.T) {
 	}
 	untouched("unload")
 	// Given back: the guest's ftrace traces cmdline_proc_show again.
-	exec("echo cmdline_proc_show > /sys/kernel/tracing/set_ftrace_filter")
-	exec("echo > /sys/kernel/tracing/trace")
-	exec("echo function > /sys/kernel/tracing/current_tracer")
-	exec("cat /proc/cmdline")
-	if tr := exec("cat /sys/kernel/tracing/trace"); !strings.Contains(tr, "cmdline_proc_show") {
+	if _, tr = traced("cmdline_proc_show", "cat /proc/cmdline"); !strings.Contains(tr, "cmdline_proc_show") {
 		t.Errorf("after the unload the guest's trace of cmdline_proc_show is empty:\n%s", tail(tr, 10))
 	}
-	exec("echo nop > /sys/kernel/tracing/current_tracer")
 	g.cleanDmesg()
 }
 
