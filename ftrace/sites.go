@@ -207,33 +207,24 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 	x := &Txn{t: t, before: make([]Site, 0, len(updates)), after: make([]Site, 0, len(updates)),
 		live: make([]*Site, 0, len(updates))}
 	seen := make(map[uint64]bool, len(updates))
-	// The pokes, counted first so that they go into one array in their
-	// final order (trampolines, slots, sites) with no copy: the loop
-	// below appends to each kind's part.
-	nNew, nSlot, nSite := 0, 0, 0
-	for _, u := range updates {
-		s, ok := t.sites[u.Site]
-		switch {
-		case !ok || (u.Target == 0 && s.State == StateNop):
-		case u.Target == 0:
-			nSite++
-		case s.State == StateJmp:
-			if s.Target != u.Target {
-				nSlot++
-			}
-		default:
-			nNew++
-			nSite++
-		}
-	}
-	all := make([]Poke, nNew+nSlot+nSite)
-	trampPokes, slotPokes, sitePokes := all[:0:nNew], all[nNew:nNew:nNew+nSlot], all[nNew+nSlot:nNew+nSlot:len(all)]
+	// The pokes, each kind in its own third of one array (an update makes
+	// at most one of each), put together in order at the end with no
+	// new allocation.
+	n := len(updates)
+	all := make([]Poke, 3*n)
+	trampPokes, slotPokes, sitePokes := all[:0:n], all[n:n:2*n], all[2*n:2*n:3*n]
 	// The fresh trampolines' expected bytes, one allocation for all.
 	curs := make([]byte, 0, TrampSize*len(updates))
 	// The fresh trampolines, allocated in one walk of the patch area (at
 	// the addresses one Alloc each would give). They are x.newTramps from
 	// the start, so any error below frees them all. If they do not all
 	// fit, each is allocated in turn, so the error is the one it would be.
+	nNew := 0
+	for _, u := range updates {
+		if s, ok := t.sites[u.Site]; ok && u.Target != 0 && s.State == StateNop {
+			nNew++
+		}
+	}
 	pool, err := t.alloc.AllocN(nNew, TrampSize, TrampAlign)
 	if err != nil {
 		pool = nil
@@ -333,12 +324,10 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 	}
 	// Trampolines and slots before the sites that jump to them (all under
 	// one pause, but a consistent order costs nothing).
-	x.tramps = trampPokes
-	if len(trampPokes) == nNew && len(slotPokes) == nSlot && len(sitePokes) == nSite {
-		x.pokes = all
-	} else { // not as counted (cannot happen): put them together
-		x.pokes = append(append(append(make([]Poke, 0, len(trampPokes)+len(slotPokes)+len(sitePokes)), trampPokes...), slotPokes...), sitePokes...)
-	}
+	nt := len(trampPokes)
+	ns := nt + copy(all[nt:], slotPokes)
+	x.pokes = all[:ns+copy(all[ns:], sitePokes)]
+	x.tramps = x.pokes[:nt]
 	return x, nil // grouped by Stage, or else by Commit
 }
 
