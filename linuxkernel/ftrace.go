@@ -2,6 +2,7 @@ package linuxkernel
 
 import (
 	"math/bits"
+	"strings"
 
 	"github.com/cilium/ebpf/btf"
 )
@@ -112,7 +113,7 @@ func (f *Ftrace) flagBits(spec *btf.Spec) error {
 			case "FTRACE_FL_IPMODIFY":
 				ipmodify = v.Value
 			}
-			if len(v.Name) > 10 && v.Name[:10] == "FTRACE_FL_" && bits.OnesCount64(v.Value) == 1 && (lowest == 0 || v.Value < lowest) {
+			if strings.HasPrefix(v.Name, "FTRACE_FL_") && bits.OnesCount64(v.Value) == 1 && (lowest == 0 || v.Value < lowest) {
 				lowest = v.Value
 			}
 		}

@@ -1,10 +1,6 @@
 package linuxkernel
 
 import (
-	"bytes"
-	"debug/elf"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/cilium/ebpf/btf"
@@ -127,22 +123,7 @@ func TestFtraceFlagBits(t *testing.T) {
 // The real Debian 6.1 kernel's BTF has everything Ftrace needs, with
 // 6.1's values (include/linux/ftrace.h).
 func TestDebianVmlinuxFtrace(t *testing.T) {
-	bz, err := os.ReadFile(filepath.Join(nestedKernelDir(), "vmlinuz"))
-	if err != nil {
-		t.Skipf("no cached Debian kernel (%v): run test/nested/prepare.sh", err)
-	}
-	ef, err := elf.NewFile(bytes.NewReader(vmlinuxFromBzImage(t, bz)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := ef.Section(".BTF").Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec, _, err := ParseBTF(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, spec, _ := debianBTF(t)
 	k := &Kernel{BTF: spec, Symbols: NewSymbols([]Symbol{
 		{Name: "ftrace_pages_start", Addr: 1}, {Name: "ftrace_lock", Addr: 2}, {Name: "ftrace_ops_list", Addr: 3}, {Name: "ftrace_list_end", Addr: 4}})}
 	f, err := k.Ftrace()

@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/cilium/ebpf/btf"
 )
 
 // vmlinuxFromBzImage extracts the kernel ELF from a bzImage: the setup
@@ -53,9 +55,11 @@ func vmlinuxFromBzImage(t testing.TB, bz []byte) []byte {
 	return out.Bytes()
 }
 
-func TestDebianVmlinuxBTF(t *testing.T) {
-	dir := nestedKernelDir()
-	bz, err := os.ReadFile(filepath.Join(dir, "vmlinuz"))
+// debianBTF is the cached Debian kernel's BTF: its raw size, the parsed
+// spec and its type count (the test skips without the cache).
+func debianBTF(t *testing.T) (int, *btf.Spec, int) {
+	t.Helper()
+	bz, err := os.ReadFile(filepath.Join(nestedKernelDir(), "vmlinuz"))
 	if err != nil {
 		t.Skipf("no cached Debian kernel (%v): run test/nested/prepare.sh", err)
 	}
@@ -75,11 +79,16 @@ func TestDebianVmlinuxBTF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return len(raw), spec, n
+}
+
+func TestDebianVmlinuxBTF(t *testing.T) {
+	size, spec, n := debianBTF(t)
 	l, err := taskLayout(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf(".BTF %d bytes, %d types; task_struct layout %+v", len(raw), n, *l)
+	t.Logf(".BTF %d bytes, %d types; task_struct layout %+v", size, n, *l)
 	if n < 10000 || l.CommLen != 16 || l.PcpuHotCurrent != -1 || l.Tasks == 0 || l.ThreadSP <= l.Comm {
 		t.Errorf("implausible for Linux 6.1: %d types, %+v", n, *l)
 	}

@@ -150,7 +150,7 @@ func (lk *liveKernel) FtraceRecord(site uint64) (ftraceRec, error) {
 	if err != nil {
 		return ftraceRec{}, err
 	}
-	pa, _, err := lk.k.AS.Translate(va)
+	pa, err := lk.Translate(va)
 	if err != nil {
 		return ftraceRec{}, err
 	}
