@@ -58,79 +58,86 @@ func TestIntrospection(t *testing.T) {
 		r, err := g.m.Regs(cpu)
 		return r.RIP, r.RSP, r.RBP, err
 	}
-	var hostParker []string
-	// A walk that finds the guest's task table busy (a context switch
-	// in flight) is retried; so is one that saw the parker running.
-	poll.Until(t, fmt.Sprintf("a host walk of every task that sees the parker (pid %d) switched out", parkerPID), func() bool {
-		if err := g.m.Pause(); err != nil {
-			t.Fatal(err)
-		}
-		all, err := gst.AllStacks(regs, 0)
-		if err := g.m.Resume(); err != nil {
-			t.Fatal(err)
-		}
-		if guestkernel.IsBusy(err) {
-			return false
-		}
-		if err != nil {
-			t.Fatalf("host walk: %v", err)
-		}
-		names := map[string]bool{}
-		live := 0
-		for _, ts := range all {
-			names[strings.SplitN(ts.Task.Name, "/", 2)[0]] = true
-			fn := gst.FuncNames(ts.Frames)
-			if ts.Live {
-				live++
-			} else if fn[0] != "klp_switch_to" {
-				t.Fatalf("%v: switched out but first frame is %v", ts.Task, gst.FrameNames(ts.Frames))
+	// hostWalk pauses the guest, walks every task and vCPU, checks the
+	// chains, and returns the parker's frames once it finds it switched
+	// out. A walk that finds the guest's task table busy (a context
+	// switch in flight) is retried; so is one that saw the parker running.
+	hostWalk := func() []string {
+		var hostParker []string
+		poll.Until(t, fmt.Sprintf("a host walk of every task that sees the parker (pid %d) switched out", parkerPID), func() bool {
+			if err := g.m.Pause(); err != nil {
+				t.Fatal(err)
 			}
-			// every chain ends in a thread's or a CPU's entry code
-			if last := fn[len(fn)-1]; last != "klp_task_start" && last != "_start" {
-				t.Fatalf("%v: chain ends in %q: %v", ts.Task, last, gst.FrameNames(ts.Frames))
+			all, err := gst.AllStacks(regs, 0)
+			if err := g.m.Resume(); err != nil {
+				t.Fatal(err)
 			}
-			if ts.Task.PID == parkerPID && !ts.Live {
-				hostParker = fn
-				if !strings.Contains(strings.Join(fn, " "), "klp_park_fn") {
-					t.Logf("parker task %+v frames:", ts.Task)
-					for _, f := range ts.Frames {
-						t.Logf("  pc %#x fp %#x %s", f.PC, f.FP, gst.Symbols().Format(f.PC))
+			if guestkernel.IsBusy(err) {
+				return false
+			}
+			if err != nil {
+				t.Fatalf("host walk: %v", err)
+			}
+			names := map[string]bool{}
+			live := 0
+			for _, ts := range all {
+				names[strings.SplitN(ts.Task.Name, "/", 2)[0]] = true
+				fn := gst.FuncNames(ts.Frames)
+				if ts.Live {
+					live++
+				} else if fn[0] != "klp_switch_to" {
+					t.Fatalf("%v: switched out but first frame is %v", ts.Task, gst.FrameNames(ts.Frames))
+				}
+				// every chain ends in a thread's or a CPU's entry code
+				if last := fn[len(fn)-1]; last != "klp_task_start" && last != "_start" {
+					t.Fatalf("%v: chain ends in %q: %v", ts.Task, last, gst.FrameNames(ts.Frames))
+				}
+				if ts.Task.PID == parkerPID && !ts.Live {
+					hostParker = fn
+					if !strings.Contains(strings.Join(fn, " "), "klp_park_fn") {
+						t.Logf("parker task %+v frames:", ts.Task)
+						for _, f := range ts.Frames {
+							t.Logf("  pc %#x fp %#x %s", f.PC, f.FP, gst.Symbols().Format(f.PC))
+						}
 					}
 				}
 			}
-		}
-		if live != 2 {
-			t.Fatalf("%d tasks walked from vCPU registers, want one per CPU", live)
-		}
-		for _, want := range []string{"idle", "worker", "parker", "shell", "agent_reader", "agent_worker"} {
-			if !names[want] {
-				t.Fatalf("task %s not found among %d tasks", want, len(all))
+			if live != 2 {
+				t.Fatalf("%d tasks walked from vCPU registers, want one per CPU", live)
 			}
+			for _, want := range []string{"idle", "worker", "parker", "shell", "agent_reader", "agent_worker"} {
+				if !names[want] {
+					t.Fatalf("task %s not found among %d tasks", want, len(all))
+				}
+			}
+			return hostParker != nil
+		})
+		joined := strings.Join(hostParker, " ")
+		if !strings.Contains(joined, "klp_park_fn parker_thread klp_task_start") {
+			t.Fatalf("host walk of the parker: %v", hostParker)
 		}
-		return hostParker != nil
-	})
-	joined := strings.Join(hostParker, " ")
-	if !strings.Contains(joined, "klp_park_fn parker_thread klp_task_start") {
-		t.Fatalf("host walk of the parker: %v", hostParker)
+		return hostParker
 	}
-	// The guest's own view of the same task, read again (up to three
-	// times) when it differs: a nested CI run read "isr_common
-	// sleep_until parker_thread", without klp_park_fn. The guest's
-	// task_stack is a plain frame-pointer walk that does not stop the
-	// parker, which wakes every 100 ms; caught preempted before
-	// sleep_until pushed its frame, the walk skips its caller, and a
-	// read while the parker runs can be torn. The next read, after the
-	// parker slept again, is whole.
-	var guestView []string
+	// The guest's own view of the same task must match the host's. The
+	// two are taken at different times and the parker wakes every
+	// 100 ms, so a pair that differs is taken again (up to five times):
+	// nested CI runs caught the parker preempted by the timer inside
+	// sleep_until between the host walk and the guest read, and the
+	// guest's task_stack, a plain frame-pointer walk that does not stop
+	// the parker, skips a caller when the interrupt came before
+	// sleep_until pushed its frame ("isr_common sleep_until
+	// parker_thread"), or reads a chain torn by the running parker.
+	var joined string
 	for try := 1; ; try++ {
-		guestView = guestStackNames(g.read(fmt.Sprintf("/proc/%d/stack", parkerPID)))
+		joined = strings.Join(hostWalk(), " ")
+		guestView := guestStackNames(g.read(fmt.Sprintf("/proc/%d/stack", parkerPID)))
 		if strings.Join(guestView, " ") == joined {
 			break
 		}
-		if try == 3 {
-			t.Fatalf("host walk %v != guest's /proc/%d/stack %v (3 reads)", hostParker, parkerPID, guestView)
+		if try == 5 {
+			t.Fatalf("host walk [%s] != guest's /proc/%d/stack %v (5 pairs)", joined, parkerPID, guestView)
 		}
-		t.Logf("guest's /proc/%d/stack read %d: %v (torn?), reading again", parkerPID, try, guestView)
+		t.Logf("pair %d: host walk [%s], guest's /proc/%d/stack %v: taking both again", try, joined, parkerPID, guestView)
 	}
 	t.Logf("parker pid %d: %s", parkerPID, joined)
 }

@@ -31,7 +31,7 @@
 // KLP_KVM_NESTED_DIRECT=0 runs the nested tier only, =1 the direct tier
 // only (even without a usable /dev/kvm); KLP_KVM_NESTED_PARALLEL=1 runs the
 // two tiers at the same time; KLP_KVM_NESTED_RUN is passed to every binary
-// as -test.run, KLP_KVM_NESTED_SKIP as -test.skip; KLP_KVM_NESTED_TIMEOUT (a Go duration, default 8m) bounds
+// as -test.run, KLP_KVM_NESTED_SKIP as -test.skip, KLP_KVM_NESTED_COUNT as -test.count; KLP_KVM_NESTED_TIMEOUT (a Go duration, default 8m) bounds
 // the whole VM run, KLP_KVM_NESTED_BIN_TIMEOUT (default 5m; 12m, and 14m for the run, in the VM of test/linux) each test binary in it; KLP_KVM_NESTED_CACHE overrides the cache directory;
 // KLP_KVM_NESTED_PKGS="./kvm/hw ..." replaces the package list;
 // KLP_KVM_NESTED_CPU sets QEMU's -cpu (default max), KLP_KVM_NESTED_ACCEL

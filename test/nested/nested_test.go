@@ -255,6 +255,11 @@ func runArgs(p string) []string {
 	if s := os.Getenv("KLP_KVM_NESTED_SKIP"); s != "" {
 		args = append(args, "-test.skip="+s)
 	}
+	// Repeats inside one VM boot: chasing a flake costs one L1 boot
+	// (minutes under TCG), not one per try.
+	if n, err := strconv.Atoi(os.Getenv("KLP_KVM_NESTED_COUNT")); err == nil && n > 1 {
+		args = append(args, "-test.count="+strconv.Itoa(n))
+	}
 	return args
 }
 
