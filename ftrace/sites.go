@@ -2,11 +2,11 @@ package ftrace
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
-	"sort"
 
 	"klp-kvm/elfpatch"
 )
@@ -83,11 +83,11 @@ type Tracer struct {
 	mem   Memory
 	alloc *Allocator
 	sites map[uint64]*Site
-	// jmp holds the sites in StateJmp as of the last Redirected; changed
-	// lists the committed or rolled back transactions since, whose sites
-	// Redirected re-reads (so that the pause only appends a pointer).
-	jmp     map[uint64]*Site
-	changed []*Txn
+	// order is the site table by address, built once (the kernel's
+	// sites never change): Redirected walks it instead of sorting the
+	// redirected sites on every call (a reflection sort of 1024 sites
+	// was a sixth of a 1024-function enable's host time).
+	order []*Site
 	// unsettled lists the transactions committed since their sites'
 	// states were last brought up to date (settle): a Commit inside the
 	// pause only writes the guest's text and appends here, and the site
@@ -111,10 +111,16 @@ func (t *Tracer) settle() {
 
 // New builds the site table from the kernel's fentry sites (all NOP).
 func New(mem Memory, alloc *Allocator, sites []elfpatch.Site) *Tracer {
-	t := &Tracer{mem: mem, alloc: alloc, sites: make(map[uint64]*Site, len(sites)), jmp: map[uint64]*Site{}}
-	for _, s := range sites {
-		t.sites[s.Addr] = &Site{Addr: s.Addr, Func: s.Func, FuncOff: s.Offset, Nop: s.Bytes}
+	t := &Tracer{mem: mem, alloc: alloc, sites: make(map[uint64]*Site, len(sites))}
+	all := make([]Site, len(sites))
+	for i, s := range sites {
+		all[i] = Site{Addr: s.Addr, Func: s.Func, FuncOff: s.Offset, Nop: s.Bytes}
+		if _, dup := t.sites[s.Addr]; !dup {
+			t.sites[s.Addr] = &all[i]
+			t.order = append(t.order, &all[i])
+		}
 	}
+	slices.SortFunc(t.order, func(a, b *Site) int { return cmp.Compare(a.Addr, b.Addr) })
 	return t
 }
 
@@ -139,33 +145,23 @@ func (t *Tracer) NumSites() int { return len(t.sites) }
 
 // Redirected returns the sites in StateJmp, by address.
 func (t *Tracer) Redirected() []Site {
-	t.sync()
-	var out []Site
-	if len(t.jmp) > 0 {
-		out = make([]Site, 0, len(t.jmp))
-	}
-	for _, s := range t.jmp {
-		out = append(out, *s)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
-	return out
-}
-
-// sync brings jmp up to date with the transactions committed or rolled
-// back since the last call.
-func (t *Tracer) sync() {
 	t.settle()
-	for _, x := range t.changed {
-		for _, s := range x.live {
-			if s.State == StateJmp {
-				t.jmp[s.Addr] = s
-			} else {
-				delete(t.jmp, s.Addr)
-			}
+	n := 0
+	for _, s := range t.order {
+		if s.State == StateJmp {
+			n++
 		}
 	}
-	clear(t.changed)
-	t.changed = t.changed[:0]
+	if n == 0 {
+		return nil
+	}
+	out := make([]Site, 0, n)
+	for _, s := range t.order {
+		if s.State == StateJmp {
+			out = append(out, *s)
+		}
+	}
+	return out
 }
 
 // Update asks for a site's new target: a function address, or 0 to put
@@ -203,16 +199,10 @@ type Txn struct {
 // bytes.
 func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 	const op = "prepare"
-	t.sync() // bounds changed to the transactions of one Prepare's lifetime
+	t.settle()
 	x := &Txn{t: t, before: make([]Site, 0, len(updates)), after: make([]Site, 0, len(updates)),
 		live: make([]*Site, 0, len(updates))}
 	seen := make(map[uint64]bool, len(updates))
-	// The pokes, each kind in its own third of one array (an update makes
-	// at most one of each), put together in order at the end with no
-	// new allocation.
-	n := len(updates)
-	all := make([]Poke, 3*n)
-	trampPokes, slotPokes, sitePokes := all[:0:n], all[n:n:2*n], all[2*n:2*n:3*n]
 	// The fresh trampolines' expected bytes, one allocation for all.
 	curs := make([]byte, 0, TrampSize*len(updates))
 	// The fresh trampolines, allocated in one walk of the patch area (at
@@ -225,6 +215,15 @@ func (t *Tracer) Prepare(updates []Update) (*Txn, error) {
 			nNew++
 		}
 	}
+	// The pokes, each kind in its own part of one array, put together in
+	// order at the end with no new allocation: a fresh trampoline for
+	// each of the nNew sites going from NOP to a jmp, a slot for at most
+	// each other site, a site poke for at most every update (2n in all,
+	// where a third for each kind was 3n: the array is a Prepare's
+	// largest allocation).
+	n := len(updates)
+	all := make([]Poke, 2*n)
+	trampPokes, slotPokes, sitePokes := all[:0:nNew], all[nNew:nNew:n], all[n:n:2*n]
 	pool, err := t.alloc.AllocN(nNew, TrampSize, TrampAlign)
 	if err != nil {
 		pool = nil
@@ -345,7 +344,6 @@ func (x *Txn) group() {
 	// Room for what Commit records inside the pause.
 	x.undoBuf = make([]Poke, 0, len(x.pokes))
 	x.t.unsettled = slices.Grow(x.t.unsettled, 1)
-	x.t.changed = slices.Grow(x.t.changed, 1)
 }
 
 // Stage writes the fresh trampolines now, while the guest runs: no site
@@ -357,8 +355,12 @@ func (x *Txn) Stage() error {
 	if x.staged || x.committed || x.done {
 		return errorf("stage", ErrState, 0, "transaction already staged, committed or ended")
 	}
+	var buf [TrampSize]byte // one buffer for all: 1024 reads, no garbage
 	for i, p := range x.tramps {
-		got := make([]byte, len(p.Old))
+		got := buf[:]
+		if len(p.Old) != TrampSize {
+			got = make([]byte, len(p.Old))
+		}
 		err := x.t.mem.ReadVirt(p.Addr, got)
 		if err == nil && !bytes.Equal(got, p.Old) {
 			err = &Error{Op: "stage", Kind: ErrMismatch, Addr: p.Addr, Site: p.where(),
@@ -416,7 +418,6 @@ func (x *Txn) Commit() error {
 	// The sites' states follow outside the pause (settle); both lists
 	// have room reserved ahead of it (Stage), so this allocates nothing.
 	x.t.unsettled = append(x.t.unsettled, x)
-	x.t.changed = append(x.t.changed, x)
 	x.committed = true
 	return nil
 }
@@ -434,7 +435,6 @@ func (x *Txn) Rollback() error {
 	for i, s := range x.before {
 		*x.live[i] = s
 	}
-	x.t.changed = append(x.t.changed, x)
 	x.committed = false
 	x.unstage()
 	return nil

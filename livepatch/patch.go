@@ -28,6 +28,15 @@ type span struct {
 	lo, hi  uint64
 	name    string
 	entryOK bool // an exact PC at lo has not started the function yet (old function's fentry site)
+	tramp   bool // the klp_ops trampoline of the function name: named only for a blocker
+}
+
+// label names the span in a blocker's message.
+func (s *span) label() string {
+	if s.tramp {
+		return s.name + " trampoline"
+	}
+	return s.name
 }
 
 // stackPlan is the outcome of an operation on the func_stacks, computed
@@ -142,6 +151,10 @@ func (m *Manager) finishPlan(pl *stackPlan, touched map[uint64]*Func, order []ui
 	// bytes).
 	pl.updates = slices.Grow(pl.updates, len(order))
 	pl.spans = slices.Grow(pl.spans, 2*len(order))
+	// The trampolines' spans go after the functions': each list is in
+	// the patch's order, mostly by address already, and the check's
+	// index merges two sorted runs without sorting (newSpanIndex).
+	var tramps []span
 	for _, addr := range order {
 		f := touched[addr]
 		cur, nxt := m.ops[addr], pl.next[addr]
@@ -160,9 +173,13 @@ func (m *Manager) finishPlan(pl *stackPlan, touched map[uint64]*Func, order []ui
 		if s, ok := m.tracer.Site(f.Site); ok && s.State == ftrace.StateJmp {
 			// A vCPU about to execute the trampoline's jmp would still
 			// read the slot: treat it as inside the current function.
-			pl.spans = append(pl.spans, span{lo: s.Tramp, hi: s.Tramp + ftrace.TrampSize, name: f.OldName + " trampoline"})
+			if tramps == nil {
+				tramps = make([]span, 0, len(order))
+			}
+			tramps = append(tramps, span{lo: s.Tramp, hi: s.Tramp + ftrace.TrampSize, name: f.OldName, tramp: true})
 		}
 	}
+	pl.spans = append(pl.spans, tramps...)
 }
 
 // siteUpdate is the ftrace update that points site at target (0: the

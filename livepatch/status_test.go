@@ -1,8 +1,10 @@
 package livepatch
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -112,13 +114,30 @@ func TestStatusDuringTransition(t *testing.T) {
 // redirected sites (cached between switches) are the tracer's.
 func TestStatusIsACopy(t *testing.T) {
 	g, m := newManager(t, 1, nil)
+	// sites: Status shows the tracer's redirected sites and every
+	// patch's objects as they are (the snapshots share one copy of a
+	// patch's objects until an image is bound or dropped: never stale).
 	sites := func(when string) {
 		t.Helper()
 		m.mu.Lock()
 		want := fmt.Sprint(m.Tracer().Redirected())
+		var wantObjs []string
+		for _, p := range m.patches {
+			b, _ := json.Marshal(p.Objects)
+			wantObjs = append(wantObjs, string(b))
+		}
 		m.mu.Unlock()
-		if got := fmt.Sprint(m.Status().Redirected); got != want {
+		st := m.Status()
+		if got := fmt.Sprint(st.Redirected); got != want {
 			t.Fatalf("%s: Status shows redirected %s, the tracer %s", when, got, want)
+		}
+		var gotObjs []string
+		for _, p := range st.Patches {
+			b, _ := json.Marshal(p.Objects)
+			gotObjs = append(gotObjs, string(b))
+		}
+		if !slices.Equal(gotObjs, wantObjs) {
+			t.Fatalf("%s: Status shows objects %s, the patches have %s", when, gotObjs, wantObjs)
 		}
 	}
 	sites("new")
@@ -154,5 +173,22 @@ func TestStatusIsACopy(t *testing.T) {
 	st2 := m.Status()
 	if st2.Patches[0].Name != sample || st2.Patches[0].Objects[0].Funcs[0].NewAddr == 1 || st2.Redirected[0].Target == 1 || st2.Last.Op != "enable" {
 		t.Fatalf("a caller's change reached the snapshot: %+v", st2)
+	}
+	// The image dropped and laid out again: the addresses Status shows
+	// follow (0 while unregistered, the new layout's after).
+	if _, err := m.Disable(sample, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	sites("disabled again")
+	if err := m.Unregister(sample); err != nil {
+		t.Fatal(err)
+	}
+	sites("unregistered")
+	if _, _, err := m.Load(patchObj(t, "livepatch-sample"), "livepatch-sample.o", Options{}); err != nil {
+		t.Fatal(err)
+	}
+	sites("loaded again")
+	if a := m.Status().Patches[0].Objects[0].Funcs[0].NewAddr; a == 0 {
+		t.Fatalf("loaded again, Status shows new_addr 0")
 	}
 }

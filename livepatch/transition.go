@@ -919,6 +919,7 @@ func bindImage(op string, p *Patch) error {
 			break
 		}
 		ob := p.Objects[i]
+		p.shown = nil
 		ob.Addr, ob.Callbacks = io.Addr, io.Callbacks
 		for j, f := range ob.Funcs {
 			f.NewAddr = p.ImageAddr + f.newOff
@@ -965,7 +966,7 @@ func (m *Manager) dropImage(p *Patch) (quarantined string) {
 		_ = m.g.WriteVirt(p.ImageAddr, p.saved)
 		_ = m.tracer.Alloc().Free(p.ImageAddr)
 	}
-	p.image, p.ImageAddr, p.saved, p.cbPending = nil, 0, nil, false
+	p.image, p.ImageAddr, p.saved, p.cbPending, p.shown = nil, 0, nil, false, nil
 	for _, ob := range p.Objects {
 		ob.Addr, ob.Callbacks = 0, [4]uint64{}
 		for _, f := range ob.Funcs {

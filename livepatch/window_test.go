@@ -1,6 +1,10 @@
 package livepatch
 
 import (
+	"cmp"
+	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -64,5 +68,53 @@ func TestCheckAllocatesOnlyGuestReads(t *testing.T) {
 	// is the verdict and the fake guest's register snapshot.
 	if check > 2 {
 		t.Fatalf("the check allocates %.0f times, want at most 2 (the verdict, the registers)", check)
+	}
+}
+
+// TestSortedSpans: the check's index orders any spans by lo as a sort
+// would, whether they come as one run, the two runs a plan makes (its
+// functions', then their trampolines'), or in no order at all; equal
+// starts keep their input order.
+func TestSortedSpans(t *testing.T) {
+	mk := func(los ...uint64) []span {
+		var out []span
+		for i, lo := range los {
+			out = append(out, span{lo: lo, hi: lo + 8, name: fmt.Sprint(i)})
+		}
+		return out
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	cases := map[string][]span{
+		"empty":      nil,
+		"one":        mk(5),
+		"sorted":     mk(1, 2, 3, 10),
+		"two runs":   mk(10, 20, 30, 5, 15, 25, 35),
+		"ties":       mk(10, 20, 10, 20),
+		"three runs": mk(10, 20, 5, 15, 1, 2),
+		"reversed":   mk(9, 7, 5, 3, 1),
+	}
+	for i := range 200 {
+		var los []uint64
+		for range rng.IntN(40) {
+			los = append(los, uint64(rng.IntN(30)))
+		}
+		if i%2 == 0 { // two sorted runs, as a plan makes
+			h := len(los) / 2
+			slices.Sort(los[:h])
+			slices.Sort(los[h:])
+		}
+		cases[fmt.Sprintf("random %d", i)] = mk(los...)
+	}
+	for name, in := range cases {
+		orig := slices.Clone(in)
+		want := slices.Clone(in)
+		slices.SortStableFunc(want, func(a, b span) int { return cmp.Compare(a.lo, b.lo) })
+		got := sortedSpans(in)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: sortedSpans(%v) = %v, want %v", name, in, got, want)
+		}
+		if !slices.Equal(in, orig) {
+			t.Errorf("%s: the input changed", name)
+		}
 	}
 }
