@@ -237,7 +237,8 @@ func (u *Unwinder) UnwindCPU(cpu int, regs PtRegs, out *Stack) error {
 	if cpu < 0 || cpu >= len(cur) || cur[cpu] == 0 {
 		return errf("unwind", ErrInvalid, "CPU %d has no current task (%d CPUs)", cpu, len(cur))
 	}
-	t, err := u.k.readTask(cur[cpu], cur)
+	r := newObjReader(u.k.AS, cur[cpu])
+	t, err := u.k.readTask(&r, cur)
 	if err != nil {
 		return err
 	}

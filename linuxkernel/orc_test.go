@@ -5,6 +5,7 @@ package linuxkernel
 // the IRQ stack to the task stack, and hostile tables and stacks.
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"strings"
@@ -700,5 +701,84 @@ func TestStackHit(t *testing.T) {
 	}
 	if _, ok := st.Hit([]AddrRange{{tFC + 0x90, tFC + 0xa0}}); ok {
 		t.Error("scan Hit below the stack pointer")
+	}
+}
+
+// readLog records the reads of an unwind.
+type readLog struct {
+	VirtReader
+	reads [][2]uint64 // [addr, addr+len)
+}
+
+func (r *readLog) Read(va uint64, b []byte) error {
+	r.reads = append(r.reads, [2]uint64{va, va + uint64(len(b))})
+	return r.VirtReader.Read(va, b)
+}
+
+// TestUnwindReadsFromStackPointer: a sleeping task's stack is read from
+// the page of its saved stack pointer up, not whole (16 KiB per task was
+// most of the check's copying); the unwind is the same whether the pages
+// below are readable or not, and a read below what is loaded loads the
+// pages in between with the guest's bytes.
+func TestUnwindReadsFromStackPointer(t *testing.T) {
+	f := newUnwindFixture(t)
+	sp := f.top - 0x1400 // in the stack's third page from the top
+	f.kthreadChain(sp, tRFF+0x10)
+	task := f.task()
+	task.SavedSP = sp - 56
+	log := &readLog{VirtReader: f.mem}
+	f.u.Mem = log
+	var whole Stack
+	f.u.UnwindTask(task, &whole)
+	if !whole.Reliable || len(whole.Frames) != 4 {
+		t.Fatalf("unwind: %+v", whole)
+	}
+	low := (task.SavedSP &^ (pageSize - 1))
+	for _, r := range log.reads {
+		if r[0] < low {
+			t.Errorf("read [%#x, %#x) below the page of the saved stack pointer %#x", r[0], r[1], task.SavedSP)
+		}
+	}
+	// The pages below the stack pointer's are not there: same unwind.
+	top := regionMem{low: f.mem[tStack][low-tStack:]}
+	f.u.Mem = top
+	var part Stack
+	f.u.UnwindTask(task, &part)
+	if !part.Reliable || !sameAddrs(frameAddrs(part.Frames), frameAddrs(whole.Frames)) {
+		t.Fatalf("with only [%#x, top) readable: %+v, want %+v", low, part, whole)
+	}
+	// load from high, then from low: every byte from low's page up is
+	// the guest's.
+	for i := range f.mem[tStack] {
+		f.mem[tStack][i] = byte(i * 7)
+	}
+	f.u.Mem = f.mem
+	if err := f.u.setStacks([]StackRange{{StackTask, tStack, f.top}}); err != nil {
+		t.Fatal(err)
+	}
+	lowest := f.top
+	for _, at := range []uint64{f.top - 8, f.top - 0x2100, f.top - 0x1000, tStack + 0x10} {
+		if err := f.u.load(0, at); err != nil {
+			t.Fatal(err)
+		}
+		lowest = min(lowest, at&^(pageSize-1)) // a load above what is loaded reads nothing
+		b := &f.u.stacks[0]
+		if b.lo != lowest || !bytes.Equal(b.data[lowest-tStack:], f.mem[tStack][lowest-tStack:]) {
+			t.Fatalf("after load(%#x): lo %#x, want %#x with the guest's bytes from there", at, b.lo, lowest)
+		}
+	}
+	// An unreadable page below what is loaded: an error naming the
+	// range, and what was loaded stays.
+	f.u.Mem = top
+	if err := f.u.setStacks([]StackRange{{StackTask, tStack, f.top}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.u.load(0, low); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.u.load(0, low-1); err == nil || !strings.Contains(err.Error(), "stack") {
+		t.Fatalf("load below the readable part: %v", err)
+	} else if f.u.stacks[0].lo != low {
+		t.Fatalf("a failed load moved lo to %#x", f.u.stacks[0].lo)
 	}
 }

@@ -263,9 +263,9 @@ type Unwinder struct {
 }
 
 type stackBuf struct {
-	r      StackRange
-	data   []byte
-	loaded bool
+	r    StackRange
+	data []byte // r's bytes; those from lo up are read
+	lo   uint64 // r.End: nothing read yet
 }
 
 // unwindState is struct unwind_state's ORC part.
@@ -290,33 +290,40 @@ func (u *Unwinder) setStacks(rs []StackRange) error {
 			return errf("unwind", ErrInvalid, "%s stack [%#x, %#x)", r.Kind, r.Start, r.End)
 		}
 		b := &u.stacks[i]
-		b.r, b.loaded = r, false
+		b.r, b.lo = r, r.End
 	}
 	return nil
 }
 
-// load reads stack i whole (once per unwind): a few page walks per
-// stack instead of one per word.
-func (u *Unwinder) load(i int) error {
+// load makes stack i's bytes from addr (rounded down to its page) to the
+// stack's end readable: an unwind goes up a stack from its stack
+// pointer, so what lies below is not read. A sleeping task's frames are
+// in the top page or two of its 16 KiB stack; reading stacks whole was
+// most of the check's copying, which costs the most where the host is
+// itself emulated (the nested tier). A read below what is loaded loads
+// the pages in between. A few page walks per stack, not one per word.
+func (u *Unwinder) load(i int, addr uint64) error {
 	b := &u.stacks[i]
-	if b.loaded {
+	from := max(addr&^(pageSize-1), b.r.Start)
+	if from >= b.lo {
 		return nil
 	}
-	n := int(b.r.End - b.r.Start)
-	if cap(b.data) < n {
+	if n := int(b.r.End - b.r.Start); cap(b.data) < n {
 		b.data = make([]byte, n)
+	} else {
+		b.data = b.data[:n]
 	}
-	b.data = b.data[:n]
+	dst := b.data[from-b.r.Start : b.lo-b.r.Start]
 	var err error
 	if as, ok := u.Mem.(*AddressSpace); ok {
-		err = as.read(b.r.Start, b.data, u.pte[:])
+		err = as.read(from, dst, u.pte[:])
 	} else {
-		err = u.Mem.Read(b.r.Start, b.data)
+		err = u.Mem.Read(from, dst)
 	}
 	if err != nil {
-		return wrap("unwind", ErrBounds, err, "%s stack [%#x, %#x)", b.r.Kind, b.r.Start, b.r.End)
+		return wrap("unwind", ErrBounds, err, "%s stack [%#x, %#x)", b.r.Kind, from, b.lo)
 	}
-	b.loaded = true
+	b.lo = from
 	return nil
 }
 
@@ -371,7 +378,7 @@ func (u *Unwinder) read(st *unwindState, addr uint64, b []byte) error {
 	if !u.onStack(st.cur, addr, uint64(len(b))) {
 		return errf("unwind", ErrBounds, "[%#x, +%d) is not on the %s stack", addr, len(b), u.kind(st.cur))
 	}
-	if err := u.load(st.cur); err != nil {
+	if err := u.load(st.cur, addr); err != nil {
 		return err
 	}
 	s := &u.stacks[st.cur]
@@ -716,16 +723,16 @@ func (u *Unwinder) scan(start UnwindStart, out *Stack) error {
 	}
 	var firstErr error
 	for i := 0; i < u.nstacks; i++ {
-		if err := u.load(i); err != nil {
-			if firstErr == nil {
-				firstErr = err
-			}
-			continue
-		}
 		s := &u.stacks[i]
 		from := s.r.Start
 		if sp >= s.r.Start && sp < s.r.End {
 			from = sp &^ 7
+		}
+		if err := u.load(i, from); err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
 		}
 		for a := from; a+8 <= s.r.End; a += 8 {
 			if w := le64(s.data[a-s.r.Start:]); u.isText(w) {

@@ -1,6 +1,7 @@
 package linuxkernel
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"strings"
@@ -164,5 +165,48 @@ func TestPageWalkHugeAndLA57(t *testing.T) {
 	copy(mem[0x9000:], "ijklmnop")
 	if err := as4.Read(4<<39+pageSize-8, b); err != nil || string(b) != "abcdefghijklmnop" {
 		t.Errorf("read across pages: %q %v", b, err)
+	}
+}
+
+// TestObjReader: a task_struct's fields are read from guest-physical
+// memory after one translation while they lie in its page, and through
+// the page tables past it: an object over two 4 KiB pages mapped apart
+// reads the same as the address space reads it, field by field.
+func TestObjReader(t *testing.T) {
+	mem := make(BytesMem, 1<<20)
+	put := func(pa, v uint64) { binary.LittleEndian.PutUint64(mem[pa:], v) }
+	put(0x1000, 0x2000|1)
+	put(0x2000, 0x3000|1)
+	put(0x3000, 0x4000|1)
+	put(0x4000, 0x7000|1)   // VA 0 -> PA 0x7000
+	put(0x4000+8, 0x5000|1) // VA 0x1000 -> PA 0x5000: not adjacent
+	for i := range 0x2000 {
+		mem[0x5000+i] = byte(i*13 + 1)
+	}
+	for i := range 0x1000 {
+		mem[0x7000+i] = byte(i*7 + 3)
+	}
+	as := &AddressSpace{Mem: mem, Root: 0x1000}
+	const obj = 0xf00 // the object starts 0x100 bytes before the page boundary
+	r := newObjReader(as, obj)
+	for _, off := range []uint64{0, 8, 0xf8, 0xfc, 0x100, 0x108, 0x800} {
+		for _, n := range []int{4, 8, 16} {
+			got, want := make([]byte, n), make([]byte, n)
+			if err := as.Read(obj+off, want); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.read(off, got); err != nil || !bytes.Equal(got, want) {
+				t.Errorf("field at +%#x, %d bytes: % x, %v; the address space reads % x", off, n, got, err, want)
+			}
+		}
+	}
+	// Past the mapped pages: the address space's error.
+	if err := r.read(0x1100, make([]byte, 8)); !isKind(err, ErrBounds) {
+		t.Errorf("field in an unmapped page: %v", err)
+	}
+	// An object that does not translate reads nothing.
+	bad := newObjReader(as, 0x10000)
+	if _, err := bad.u64(0); !isKind(err, ErrBounds) {
+		t.Errorf("object not mapped: %v", err)
 	}
 }
