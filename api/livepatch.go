@@ -85,6 +85,12 @@ type Patcher interface {
 	Status() livepatch.Status
 }
 
+// AfterReplier is a Patcher with work to do once a changing operation's
+// reply has been sent: vmm's push of a Linux guest's livepatch tree, which,
+// begun before the reply, shares the host's CPU with it (under nested
+// KVM, where that CPU is emulated, it added ~3 ms to a 10 ms enable).
+type AfterReplier interface{ AfterReply() }
+
 // LivepatchRoutes registers the livepatch routes on mux:
 //
 //	GET  /patches                          livepatch.Status
@@ -100,6 +106,20 @@ type Patcher interface {
 // (no machine section in /status).
 func LivepatchRoutes(mux *http.ServeMux, lm Patcher, m Machine) {
 	uploads := make(chan struct{}, MaxConcurrentUploads)
+	// changing wraps the handler of a route that may change the state:
+	// its reply is sent (flushed) before the Patcher's AfterReply runs,
+	// which runs whatever the handler did, a panic included.
+	changing := func(h func(http.ResponseWriter, *http.Request, []byte)) func(http.ResponseWriter, *http.Request, []byte) {
+		a, ok := lm.(AfterReplier)
+		if !ok {
+			return h
+		}
+		return func(w http.ResponseWriter, r *http.Request, body []byte) {
+			defer a.AfterReply()
+			h(w, r, body)
+			_ = http.NewResponseController(w).Flush()
+		}
+	}
 	handle(mux, RoutePatches, nil, func(w http.ResponseWriter, r *http.Request, body []byte) {
 		if noBody(w, body) {
 			WriteJSON(w, http.StatusOK, StatusJSON(lm.Status()))
@@ -116,7 +136,7 @@ func LivepatchRoutes(mux *http.ServeMux, lm Patcher, m Machine) {
 		st.Machine = infoJSON(st.Machine)
 		WriteJSON(w, http.StatusOK, st)
 	})
-	handle(mux, RoutePatchAdd, uploads, func(w http.ResponseWriter, r *http.Request, body []byte) {
+	handle(mux, RoutePatchAdd, uploads, changing(func(w http.ResponseWriter, r *http.Request, body []byte) {
 		var req PatchRequest
 		if err := decodeJSON(body, &req); err != nil {
 			WriteError(w, http.StatusBadRequest, "EINVAL", err)
@@ -144,7 +164,7 @@ func LivepatchRoutes(mux *http.ServeMux, lm Patcher, m Machine) {
 			}
 			WriteJSON(w, http.StatusOK, OpReply{Op: "register", Patch: p.Name})
 		}
-	})
+	}))
 	patchOp := func(op string, do func(name string, o livepatch.Options) (*livepatch.Result, error)) func(http.ResponseWriter, *http.Request, []byte) {
 		return func(w http.ResponseWriter, r *http.Request, body []byte) {
 			name := r.PathValue("name")
@@ -173,12 +193,12 @@ func LivepatchRoutes(mux *http.ServeMux, lm Patcher, m Machine) {
 			WriteJSON(w, http.StatusOK, OpReply{Op: op, Patch: name, Result: res, CallbackError: errText(err)})
 		}
 	}
-	handle(mux, RoutePatchEnable, nil, patchOp("enable", lm.Enable))
-	handle(mux, RoutePatchDisable, nil, patchOp("disable", lm.Disable))
-	handle(mux, RoutePatchUnload, nil, patchOp("unload", lm.Unload))
-	handle(mux, RoutePatchUnreg, nil, patchOp("unregister", func(name string, _ livepatch.Options) (*livepatch.Result, error) {
+	handle(mux, RoutePatchEnable, nil, changing(patchOp("enable", lm.Enable)))
+	handle(mux, RoutePatchDisable, nil, changing(patchOp("disable", lm.Disable)))
+	handle(mux, RoutePatchUnload, nil, changing(patchOp("unload", lm.Unload)))
+	handle(mux, RoutePatchUnreg, nil, changing(patchOp("unregister", func(name string, _ livepatch.Options) (*livepatch.Result, error) {
 		return nil, lm.Unregister(name)
-	}))
+	})))
 	// Any other operation: a JSON ENOENT naming it (the four routes above
 	// are more specific, so the ServeMux prefers them).
 	handle(mux, routePatchUnknownOp, nil, func(w http.ResponseWriter, r *http.Request, body []byte) {

@@ -27,7 +27,8 @@ import (
 // event. Here:
 //
 //   - treePusher sends the whole tree after every change: each patch
-//     operation of the API (linuxPatcher), each guest write (whatever its
+//     operation of the API (linuxPatcher; the push starts once the
+//     operation's reply is sent), each guest write (whatever its
 //     outcome: a refused one is undone in the file), and each agent-ready
 //     (a restarted agent starts with an empty tree);
 //   - VMM.sysfsWrite carries out a write for either guest kind, for the
@@ -91,6 +92,7 @@ type treePusher struct {
 
 	mu       sync.Mutex
 	want     uint64        // kicks so far
+	started  uint64        // the kicks the push in progress (or the last) covers
 	done     uint64        // the kicks the last finished push covered
 	finished chan struct{} // closed and replaced when done moves
 	kick     chan struct{}
@@ -110,9 +112,23 @@ func newTreePusher(status func() livepatch.Status, push func(context.Context, ag
 
 // Kick asks for a push of the current state.
 func (p *treePusher) Kick() {
+	p.Want()
+	p.Start()
+}
+
+// Want asks for a push without starting it: Flush waits for it from now
+// on, and starts it if nobody has (Start). An API operation wants the
+// push before its reply and starts it after (api.AfterReplier), so that
+// the push does not share the CPU with the reply, while a guest request
+// sent after the reply still sees the tree as of it.
+func (p *treePusher) Want() {
 	p.mu.Lock()
 	p.want++
 	p.mu.Unlock()
+}
+
+// Start lets run push what has been asked for.
+func (p *treePusher) Start() {
 	select {
 	case p.kick <- struct{}{}:
 	default:
@@ -130,6 +146,11 @@ func (p *treePusher) run() {
 		}
 		p.mu.Lock()
 		gen := p.want
+		if gen == p.started { // a second Start for what is pushed already
+			p.mu.Unlock()
+			continue
+		}
+		p.started = gen
 		p.mu.Unlock()
 		t := LivepatchTree(p.status())
 		ctx, cancel := context.WithTimeout(context.Background(), pushTimeout)
@@ -154,8 +175,11 @@ func (p *treePusher) Flush(ctx context.Context) error {
 	p.mu.Lock()
 	want := p.want
 	for p.done < want {
-		ch := p.finished
+		ch, unstarted := p.finished, p.started < want
 		p.mu.Unlock()
+		if unstarted {
+			p.Start() // wanted (Want), and nobody started it yet
+		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
@@ -215,41 +239,45 @@ func clip(s string) string {
 
 // linuxPatcher is the API's Patcher of a Linux guest: linuxlive's
 // operations, each followed by a push of the tree (also after a failure:
-// a failed load may have registered and unregistered).
+// a failed load may have registered and unregistered), wanted before the
+// reply and started after it (AfterReply).
 type linuxPatcher struct {
 	*linuxlive.Manager
 	tree *treePusher
 }
 
 func (l linuxPatcher) Register(data []byte, nameHint string) (*livepatch.Patch, error) {
-	defer l.tree.Kick()
+	defer l.tree.Want()
 	return l.Manager.Register(data, nameHint)
 }
 
 func (l linuxPatcher) Load(data []byte, nameHint string, o livepatch.Options) (*livepatch.Patch, *livepatch.Result, error) {
-	defer l.tree.Kick()
+	defer l.tree.Want()
 	return l.Manager.Load(data, nameHint, o)
 }
 
 func (l linuxPatcher) Enable(name string, o livepatch.Options) (*livepatch.Result, error) {
-	defer l.tree.Kick()
+	defer l.tree.Want()
 	return l.Manager.Enable(name, o)
 }
 
 func (l linuxPatcher) Disable(name string, o livepatch.Options) (*livepatch.Result, error) {
-	defer l.tree.Kick()
+	defer l.tree.Want()
 	return l.Manager.Disable(name, o)
 }
 
 func (l linuxPatcher) Unload(name string, o livepatch.Options) (*livepatch.Result, error) {
-	defer l.tree.Kick()
+	defer l.tree.Want()
 	return l.Manager.Unload(name, o)
 }
 
 func (l linuxPatcher) Unregister(name string) error {
-	defer l.tree.Kick()
+	defer l.tree.Want()
 	return l.Manager.Unregister(name)
 }
+
+// AfterReply starts the push the operation wanted, its reply sent.
+func (l linuxPatcher) AfterReply() { l.tree.Start() }
 
 // flushWait bounds how long a guest request waits for the tree push in
 // flight; past it the request goes ahead (the push is logged if it fails).

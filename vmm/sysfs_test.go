@@ -151,9 +151,33 @@ func TestTreePusher(t *testing.T) {
 		t.Fatal(err)
 	}
 	logMu.Lock()
-	defer logMu.Unlock()
 	if len(logged) != 1 || !strings.Contains(logged[0], "agent gone") {
 		t.Errorf("log %q", logged)
+	}
+	logMu.Unlock()
+	pu.mu.Lock()
+	pu.fail = nil
+	pu.mu.Unlock()
+	// Want without Start (an API operation before its reply): nothing is
+	// pushed until a Flush (a guest request) starts it and waits for it;
+	// Starts with nothing new wanted push nothing.
+	before := pu.n()
+	p.Want()
+	time.Sleep(20 * time.Millisecond)
+	if n := pu.n(); n != before {
+		t.Errorf("%d pushes after Want alone, want none", n-before)
+	}
+	if err := p.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := pu.n(); n != before+1 {
+		t.Errorf("%d pushes for Want then Flush, want 1", n-before)
+	}
+	p.Start()
+	p.Start()
+	time.Sleep(20 * time.Millisecond)
+	if n := pu.n(); n != before+1 {
+		t.Errorf("%d pushes after two Starts with nothing wanted, want none more", n-before-1)
 	}
 }
 

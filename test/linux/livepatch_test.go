@@ -215,7 +215,7 @@ func testLinuxLivepatch(t *testing.T, cpus int) {
 
 	// Disable/enable cycles.
 	const cycles = 20
-	var windows, enables, stops, checks, pokes []time.Duration
+	var windows, enables, stops, checks, pokes, totals []time.Duration
 	for i := range cycles {
 		if _, err := c.Disable(ctx, sampleName, api.OpRequest{}); err != nil {
 			t.Fatalf("cycle %d: disable: %v", i, err)
@@ -231,13 +231,14 @@ func testLinuxLivepatch(t *testing.T, cpus int) {
 		enables = append(enables, time.Since(t1))
 		windows = append(windows, r.Result.PauseWindow)
 		stops, checks, pokes = append(stops, r.Result.Stop), append(checks, r.Result.Check), append(pokes, r.Result.Poke)
+		totals = append(totals, r.Result.Total)
 		if got := exec("cat /proc/cmdline"); got != patchedMsg {
 			t.Fatalf("cycle %d: enabled /proc/cmdline %q", i, got)
 		}
 	}
 	t.Logf("%d enable/disable cycles: enable end to end median %v (min %v, max %v), pause window median %v (min %v, max %v)",
 		cycles, median(enables), slicesMin(enables), slicesMax(enables), median(windows), slicesMin(windows), slicesMax(windows))
-	t.Logf("in the window, medians: stop %v, check %v, poke %v", median(stops), median(checks), median(pokes))
+	t.Logf("in the window, medians: stop %v, check %v, poke %v; the transition (Result.Total) %v", median(stops), median(checks), median(pokes), median(totals))
 
 	// Busy: the guest reads /proc/cmdline in a loop (its agent's task
 	// runs cmdline_proc_show over and over) while the host switches: a
