@@ -88,6 +88,12 @@ type CompareResult struct {
 	KlpDisable       []int64 `json:"klp_disable_ns"`
 	KlpDisableWindow []int64 `json:"klp_disable_window_ns"`
 	KlpAttempts      int     `json:"klp_attempts"` // switch attempts over the cycles (2 per cycle when none was blocked)
+	// The transitions alone (linuxlive's Result.Total: from the first
+	// attempt's start to the switch, retries included), the counterpart
+	// of Linux's kernel-log times, which leave out finit_module and sysfs
+	// as these leave out the API's HTTP round trip.
+	KlpEnableTransition  []int64 `json:"klp_enable_transition_ns,omitempty"`
+	KlpDisableTransition []int64 `json:"klp_disable_transition_ns,omitempty"`
 	// klp-kvm's counterpart of Linux's insmod and rmmod: load/unload
 	// cycles after the disable/enable ones, POST /patches (register:
 	// parse, link, map; enable) and its pause window, DELETE (disable,

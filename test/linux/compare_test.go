@@ -439,6 +439,8 @@ func testLinuxCompare(t *testing.T, cpus int) {
 			r.KlpEnable = append(r.KlpEnable, int64(et))
 			r.KlpEnableWindow = append(r.KlpEnableWindow, int64(e.Result.PauseWindow))
 			r.KlpAttempts += d.Result.Attempts + e.Result.Attempts
+			r.KlpEnableTransition = append(r.KlpEnableTransition, int64(e.Result.Total))
+			r.KlpDisableTransition = append(r.KlpDisableTransition, int64(d.Result.Total))
 		}
 		if _, err := c.Unload(ctx, sampleName, api.OpRequest{}); err != nil {
 			t.Fatalf("%s: klp-kvm unload: %v", mode, err)
