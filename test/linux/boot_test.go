@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,14 +115,15 @@ func (s *syncBuffer) String() string {
 
 type bootResult struct {
 	console string
+	stalled bool // stopped by bootTimeout
 	reason  error
 	toInit  time.Duration // Run to the init's start marker
 	total   time.Duration
 	machine kvm.Info
 }
 
-// boot runs one Linux guest to its end.
-func boot(t *testing.T, cpus int, cmdline string) bootResult {
+// bootOnce runs one Linux guest to its end, or to bootTimeout.
+func bootOnce(t *testing.T, cpus int, cmdline string) bootResult {
 	t.Helper()
 	kernel := kernelImage(t)
 	eng, why, err := kvm.SelectEngine(engineName())
@@ -151,7 +153,9 @@ func boot(t *testing.T, cpus int, cmdline string) bootResult {
 			}
 		}
 	}()
+	var stalled atomic.Bool
 	timer := time.AfterFunc(bootTimeout, func() {
+		stalled.Store(true)
 		// Where the guest is stuck, before stopping it.
 		if err := m.Pause(); err == nil {
 			for i := 0; i < m.NumCPUs(); i++ {
@@ -175,7 +179,7 @@ func boot(t *testing.T, cpus int, cmdline string) bootResult {
 	code, err := m.Run()
 	timer.Stop()
 	<-done
-	r := bootResult{console: con.String(), reason: m.StopReason(), toInit: toInit, total: time.Since(start), machine: m.Info()}
+	r := bootResult{console: con.String(), stalled: stalled.Load(), reason: m.StopReason(), toInit: toInit, total: time.Since(start), machine: m.Info()}
 	if toInit == 0 && strings.Contains(r.console, markerStart) {
 		r.toInit = r.total // the marker arrived in the last poll interval
 	}
@@ -186,6 +190,22 @@ func boot(t *testing.T, cpus int, cmdline string) bootResult {
 		t.Fatalf("Run = %d, %v\nconsole tail:\n%s", code, err, tail(r.console, 40))
 	}
 	t.Logf("boot to init %v, whole run %v, %d I/O exits, %d unknown-port accesses", r.toInit.Round(time.Millisecond), r.total.Round(time.Millisecond), r.machine.IOExits, r.machine.UnknownPorts)
+	return r
+}
+
+// boot is bootOnce, and on nested KVM under QEMU TCG one boot more after
+// a stall: the platform's (docs/linux-guests.md, "Two L1 CPUs stall Linux
+// guests"), seen once in a 1-L1-CPU CI run too (vCPU 0 halted with
+// interrupts off, vCPU 1 spinning on a lock, ~0.02 s into the boot,
+// 2026-12-01). The first boot's diagnostics stay in the log; a second
+// stall fails the test.
+func boot(t *testing.T, cpus int, cmdline string) bootResult {
+	t.Helper()
+	r := bootOnce(t, cpus, cmdline)
+	if r.stalled && underQEMUTCG() {
+		t.Logf("PLATFORM STALL: the boot did not end in %v (diagnostics above); booting once more", bootTimeout)
+		r = bootOnce(t, cpus, cmdline)
+	}
 	return r
 }
 
