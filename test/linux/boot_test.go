@@ -195,10 +195,10 @@ func bootOnce(t *testing.T, cpus int, cmdline string) bootResult {
 
 // boot is bootOnce, and on nested KVM under QEMU TCG one boot more after
 // a stall: the platform's (docs/linux-guests.md, "Two L1 CPUs stall Linux
-// guests"), seen once in a 1-L1-CPU CI run too (vCPU 0 halted with
-// interrupts off, vCPU 1 spinning on a lock, ~0.02 s into the boot,
-// 2026-12-01). The first boot's diagnostics stay in the log; a second
-// stall fails the test.
+// guests"), and with one L1 CPU in about 1 of 7 two-vCPU boots (vCPUs
+// halted with interrupts off, as in kvm_wait, ~0.02 s into the boot:
+// docs/linux-guests.md). The first boot's diagnostics stay in the log;
+// a second stall fails the test.
 func boot(t *testing.T, cpus int, cmdline string) bootResult {
 	t.Helper()
 	r := bootOnce(t, cpus, cmdline)
