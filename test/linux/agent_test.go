@@ -35,20 +35,10 @@ func TestLinuxAgent(t *testing.T) {
 				cmdline += " nokaslr"
 			}
 			con := &syncBuffer{log: t.Logf}
-			v, err := vmm.New(vmm.Config{Engine: engineName(), CPUs: tc.cpus, Kernel: kernel, Cmdline: cmdline,
+			v := startReady(t, vmm.Config{Engine: engineName(), CPUs: tc.cpus, Kernel: kernel, Cmdline: cmdline,
 				Console: con, BootTimeout: bootTimeout})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer v.Close()
-			if err := v.Start(); err != nil {
-				t.Fatal(err)
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 			defer cancel()
-			if err := v.WaitReady(ctx); err != nil {
-				t.Fatalf("agent not ready: %v\nconsole tail:\n%s", err, tail(con.String(), 40))
-			}
 			t.Logf("%s: boot to agent-ready %v", v.EngineWhy, v.BootTime().Round(time.Millisecond))
 
 			exec := func(cmd string) string {

@@ -2,9 +2,11 @@ package linux
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"runtime"
@@ -16,6 +18,7 @@ import (
 
 	"klp-kvm/initramfs"
 	"klp-kvm/kvm"
+	"klp-kvm/vmm"
 )
 
 // bootTimeout bounds one boot: Debian's kernel boots to init in seconds on
@@ -207,6 +210,44 @@ func boot(t *testing.T, cpus int, cmdline string) bootResult {
 		r = bootOnce(t, cpus, cmdline)
 	}
 	return r
+}
+
+// startReady builds the VMM of cfg, starts it and waits for its agent,
+// within bootTimeout; on nested KVM under QEMU TCG a boot that stalls
+// is closed and started once more, as boot does. The VMM is closed at
+// the test's end.
+func startReady(t *testing.T, cfg vmm.Config) *vmm.VMM {
+	t.Helper()
+	for try := 1; ; try++ {
+		v, err := vmm.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { v.Close() })
+		if err := v.Start(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+		err = v.WaitReady(ctx)
+		cancel()
+		if err == nil {
+			return v
+		}
+		if try == 1 && errors.Is(err, context.DeadlineExceeded) && underQEMUTCG() {
+			t.Logf("PLATFORM STALL: no agent after %v (%v); console tail:\n%s\nbooting once more", bootTimeout, err, tailOf(cfg.Console, 20))
+			v.Close()
+			continue
+		}
+		t.Fatalf("agent not ready: %v\nconsole tail:\n%s", err, tailOf(cfg.Console, 40))
+	}
+}
+
+// tailOf is the last n lines of a console that is a *syncBuffer.
+func tailOf(w io.Writer, n int) string {
+	if b, ok := w.(*syncBuffer); ok {
+		return tail(b.String(), n)
+	}
+	return ""
 }
 
 // interruptedFrames looks for the interrupt frame of the context an IRQ

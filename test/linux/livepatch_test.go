@@ -98,11 +98,7 @@ func bootPatchGuestWith(t *testing.T, cpus int, edit func(*vmm.Config)) *patchGu
 	if edit != nil {
 		edit(&cfg)
 	}
-	v, err := vmm.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { v.Close() })
+	v := startReady(t, cfg)
 	if v.Linux == nil {
 		t.Fatalf("no Linux live-patch manager: %v", v.NoLivepatch)
 	}
@@ -114,16 +110,8 @@ func bootPatchGuestWith(t *testing.T, cpus int, edit func(*vmm.Config)) *patchGu
 	srv := &http.Server{Handler: v.Handler()}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
-	if err := v.Start(); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	t.Cleanup(cancel)
-	bctx, bcancel := context.WithTimeout(ctx, bootTimeout)
-	defer bcancel()
-	if err := v.WaitReady(bctx); err != nil {
-		t.Fatalf("agent not ready: %v\nconsole tail:\n%s", err, tail(con.String(), 40))
-	}
 	t.Logf("%s: boot to agent-ready %v", v.EngineWhy, v.BootTime().Round(time.Millisecond))
 	g := &patchGuest{t: t, v: v, c: api.NewClient(sock), ctx: ctx, con: con}
 	if g.original = g.exec("cat /proc/cmdline"); g.original != cmdline {
