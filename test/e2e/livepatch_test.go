@@ -284,9 +284,12 @@ func TestLivepatchConsistency(t *testing.T) {
 		t.Fatalf("%d consistency violations with the check on (conservative mode)", v)
 	}
 	// Forced, the same switches let calls see mixed versions: the checker
-	// must catch some, or this test could never fail. Bounded in time.
+	// must catch some, or this test could never fail. Bounded in time:
+	// 150-290 cycles find one on emu and in the nested tier, where a
+	// cycle takes ~33 ms; a nested CI run once went 910 cycles (30 s)
+	// without, so the bound is 90 s (~2700 cycles there).
 	forced, fstart := 0, time.Now()
-	for violations(t, s) == v0 && time.Since(fstart) < 30*time.Second {
+	for violations(t, s) == v0 && time.Since(fstart) < 90*time.Second {
 		for j := 0; j < 10; j++ {
 			for _, op := range []func(string, livepatch.Options) (*livepatch.Result, error){lm.Enable, lm.Disable} {
 				if _, err := op(p.Name, livepatch.Options{Force: true}); err != nil {
