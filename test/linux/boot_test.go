@@ -198,7 +198,7 @@ func bootOnce(t *testing.T, cpus int, cmdline string) bootResult {
 
 // boot is bootOnce, and on nested KVM under QEMU TCG one boot more after
 // a stall: the platform's (docs/linux-guests.md, "Two L1 CPUs stall Linux
-// guests"), and with one L1 CPU in about 1 of 7 two-vCPU boots (vCPUs
+// guests"), and with one L1 CPU in 1 of 19 two-vCPU boots counted (vCPUs
 // halted with interrupts off, as in kvm_wait, ~0.02 s into the boot:
 // docs/linux-guests.md). The first boot's diagnostics stay in the log;
 // a second stall fails the test.
