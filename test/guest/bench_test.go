@@ -44,20 +44,10 @@ func BenchmarkAllStacks(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	regs := func(cpu int) (uint64, uint64, uint64, error) {
-		r, err := g.m.Regs(cpu)
-		return r.RIP, r.RSP, r.RBP, err
-	}
 	frames, busy := 0, 0
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if err := g.m.Pause(); err != nil {
-			b.Fatal(err)
-		}
-		all, err := gst.AllStacks(regs, 0)
-		if rerr := g.m.Resume(); rerr != nil {
-			b.Fatal(rerr)
-		}
+		all, err := g.allStacks(b, gst)
 		if guestkernel.IsBusy(err) {
 			busy++
 			continue

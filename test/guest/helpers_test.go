@@ -135,3 +135,22 @@ func (g *guestVM) read(path string) string {
 	}
 	return s
 }
+
+// allStacks pauses the guest, walks every task's and vCPU's stack with
+// gst from the vCPUs' registers (what a consistency check does), and
+// resumes it; the walk's error is the caller's (a busy task table is
+// retried).
+func (g *guestVM) allStacks(tb testing.TB, gst *guestkernel.Guest) ([]guestkernel.TaskStack, error) {
+	tb.Helper()
+	if err := g.m.Pause(); err != nil {
+		tb.Fatal(err)
+	}
+	all, err := gst.AllStacks(func(cpu int) (uint64, uint64, uint64, error) {
+		r, err := g.m.Regs(cpu)
+		return r.RIP, r.RSP, r.RBP, err
+	}, 0)
+	if rerr := g.m.Resume(); rerr != nil {
+		tb.Fatal(rerr)
+	}
+	return all, err
+}

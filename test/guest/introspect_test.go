@@ -54,10 +54,6 @@ func TestIntrospection(t *testing.T) {
 		t.Fatalf("parker_pid in %q: %v", sel, err)
 	}
 
-	regs := func(cpu int) (uint64, uint64, uint64, error) {
-		r, err := g.m.Regs(cpu)
-		return r.RIP, r.RSP, r.RBP, err
-	}
 	// hostWalk pauses the guest, walks every task and vCPU, checks the
 	// chains, and returns the parker's frames once it finds it switched
 	// out. A walk that finds the guest's task table busy (a context
@@ -65,13 +61,7 @@ func TestIntrospection(t *testing.T) {
 	hostWalk := func() []string {
 		var hostParker []string
 		poll.Until(t, fmt.Sprintf("a host walk of every task that sees the parker (pid %d) switched out", parkerPID), func() bool {
-			if err := g.m.Pause(); err != nil {
-				t.Fatal(err)
-			}
-			all, err := gst.AllStacks(regs, 0)
-			if err := g.m.Resume(); err != nil {
-				t.Fatal(err)
-			}
+			all, err := g.allStacks(t, gst)
 			if guestkernel.IsBusy(err) {
 				return false
 			}

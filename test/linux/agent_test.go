@@ -36,7 +36,7 @@ func TestLinuxAgent(t *testing.T) {
 			}
 			con := &syncBuffer{log: t.Logf}
 			v := startReady(t, vmm.Config{Engine: engineName(), CPUs: tc.cpus, Kernel: kernel, Cmdline: cmdline,
-				Console: con, BootTimeout: bootTimeout})
+				Console: con, BootTimeout: bootTimeout}, con)
 			ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 			defer cancel()
 			t.Logf("%s: boot to agent-ready %v", v.EngineWhy, v.BootTime().Round(time.Millisecond))

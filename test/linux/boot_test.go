@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"regexp"
 	"runtime"
@@ -214,9 +213,9 @@ func boot(t *testing.T, cpus int, cmdline string) bootResult {
 
 // startReady builds the VMM of cfg, starts it and waits for its agent,
 // within bootTimeout; on nested KVM under QEMU TCG a boot that stalls
-// is closed and started once more, as boot does. The VMM is closed at
-// the test's end.
-func startReady(t *testing.T, cfg vmm.Config) *vmm.VMM {
+// is closed and started once more, as boot does. con is cfg's console,
+// for the tail a failure shows. The VMM is closed at the test's end.
+func startReady(t *testing.T, cfg vmm.Config, con *syncBuffer) *vmm.VMM {
 	t.Helper()
 	for try := 1; ; try++ {
 		v, err := vmm.New(cfg)
@@ -234,20 +233,12 @@ func startReady(t *testing.T, cfg vmm.Config) *vmm.VMM {
 			return v
 		}
 		if try == 1 && errors.Is(err, context.DeadlineExceeded) && underQEMUTCG() {
-			t.Logf("PLATFORM STALL: no agent after %v (%v); console tail:\n%s\nbooting once more", bootTimeout, err, tailOf(cfg.Console, 20))
+			t.Logf("PLATFORM STALL: no agent after %v (%v); console tail:\n%s\nbooting once more", bootTimeout, err, tail(con.String(), 20))
 			v.Close()
 			continue
 		}
-		t.Fatalf("agent not ready: %v\nconsole tail:\n%s", err, tailOf(cfg.Console, 40))
+		t.Fatalf("agent not ready: %v\nconsole tail:\n%s", err, tail(con.String(), 40))
 	}
-}
-
-// tailOf is the last n lines of a console that is a *syncBuffer.
-func tailOf(w io.Writer, n int) string {
-	if b, ok := w.(*syncBuffer); ok {
-		return tail(b.String(), n)
-	}
-	return ""
 }
 
 // interruptedFrames looks for the interrupt frame of the context an IRQ

@@ -98,7 +98,7 @@ func bootPatchGuestWith(t *testing.T, cpus int, edit func(*vmm.Config)) *patchGu
 	if edit != nil {
 		edit(&cfg)
 	}
-	v := startReady(t, cfg)
+	v := startReady(t, cfg, con)
 	if v.Linux == nil {
 		t.Fatalf("no Linux live-patch manager: %v", v.NoLivepatch)
 	}
